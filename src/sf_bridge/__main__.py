@@ -1,0 +1,3 @@
+from sf_bridge.cli import main
+
+main()

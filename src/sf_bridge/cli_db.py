@@ -1,0 +1,23 @@
+"""`sf-bridge db upgrade`."""
+
+from __future__ import annotations
+
+import typer
+
+from sf_bridge.cli import db_app, handle_errors
+from sf_bridge.config import get_settings
+
+
+@db_app.command("upgrade")
+@handle_errors
+def upgrade(
+    database_url: str = typer.Option(
+        None, envvar="DATABASE_URL", help="SQLAlchemy URL [env: DATABASE_URL]", show_default=False
+    ),
+) -> None:
+    """Applies pending schema migrations (safe to run on every release)."""
+    from sf_bridge.db import migrate
+
+    url = database_url or get_settings().database_url
+    migrate.upgrade(url)
+    typer.echo(f"database schema is at revision {migrate.head_revision()}")

@@ -1,0 +1,56 @@
+"""Schema migrations with Alembic: `sf-bridge db upgrade`, and the start-up schema check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine
+
+from sf_bridge.db.engine import make_engine, normalise_url
+from sf_bridge.errors import SchemaOutOfDateError
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+
+def alembic_config(database_url: str) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("sqlalchemy.url", normalise_url(database_url).replace("%", "%%"))
+    return cfg
+
+
+def head_revision() -> str | None:
+    script = ScriptDirectory.from_config(alembic_config("sqlite://"))
+    return script.get_current_head()
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def upgrade(database_url: str, revision: str = "head") -> None:
+    """Applies every pending migration."""
+    engine = make_engine(database_url)
+    try:
+        cfg = alembic_config(database_url)
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, revision)
+    finally:
+        engine.dispose()
+
+
+def ensure_current(engine: Engine) -> None:
+    """Refuses to go on when the schema is not at the head revision."""
+    current, head = current_revision(engine), head_revision()
+    if current != head:
+        raise SchemaOutOfDateError(
+            f"The database schema is at revision {current or 'none (empty database)'} "
+            f"but this sf-bridge needs {head}.",
+            hint="run `sf-bridge db upgrade` (with the same DATABASE_URL), then start again.",
+        )

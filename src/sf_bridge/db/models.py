@@ -1,0 +1,212 @@
+"""Tables. Idempotency lives here: one deal per opportunity, one customer per account.
+
+Deal statuses follow the state machine of docs/operations.md:
+
+    received -> fetched -> mapped -> customer_ready -> subscription_created -> invoice_open
+    -> entitled -> written_back -> done
+    any step: retrying (transient, with next_attempt_at) or needs_attention (permanent)
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite drops the zone otherwise)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, datetime: UTCDateTime}
+
+
+# Deal statuses, in order of progress.
+PROGRESS = (
+    "received",
+    "fetched",
+    "mapped",
+    "customer_ready",
+    "subscription_created",
+    "invoice_open",
+    "entitled",
+    "written_back",
+    "done",
+)
+RETRYING = "retrying"
+NEEDS_ATTENTION = "needs_attention"
+CANCELLED = "cancelled"
+STATUSES = (*PROGRESS, RETRYING, NEEDS_ATTENTION, CANCELLED)
+
+
+class Deal(Base):
+    """One won opportunity and how far its provisioning got."""
+
+    __tablename__ = "deals"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    opportunity_id: Mapped[str] = mapped_column(String(18), unique=True)
+    account_id: Mapped[str | None] = mapped_column(String(18), index=True)
+    status: Mapped[str] = mapped_column(String(32), default="received", index=True)
+    # The step to run next (or that failed, when retrying / needs_attention).
+    current_step: Mapped[str | None] = mapped_column(String(32))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(index=True)
+    locked_by: Mapped[str | None] = mapped_column(String(64))
+    locked_until: Mapped[datetime | None]
+    source: Mapped[str] = mapped_column(String(32), default="stream")
+
+    opportunity: Mapped[dict[str, Any] | None]  # snapshot exactly as Salesforce returned it
+    plan: Mapped[dict[str, Any] | None]  # ProvisioningPlan.to_dict()
+    mapping_version: Mapped[str | None] = mapped_column(String(64))
+
+    customer_id: Mapped[int | None] = mapped_column(ForeignKey("customers.id"))
+    stripe_customer_id: Mapped[str | None] = mapped_column(String(64))
+    stripe_subscription_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    stripe_invoice_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    invoice_status: Mapped[str | None] = mapped_column(String(32))
+    hosted_invoice_url: Mapped[str | None] = mapped_column(Text)
+    invoice_pdf: Mapped[str | None] = mapped_column(Text)
+    invoice_due_at: Mapped[datetime | None]
+
+    last_error: Mapped[str | None] = mapped_column(Text)
+    last_error_code: Mapped[str | None] = mapped_column(String(64))
+    writeback_pending: Mapped[bool] = mapped_column(Boolean, default=False)
+    written_back_at: Mapped[datetime | None]
+
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    completed_at: Mapped[datetime | None]
+
+    attempts_log: Mapped[list[StepAttempt]] = relationship(
+        back_populates="deal", order_by="StepAttempt.id", cascade="all, delete-orphan"
+    )
+    events: Mapped[list[DealEvent]] = relationship(
+        back_populates="deal", order_by="DealEvent.id", cascade="all, delete-orphan"
+    )
+
+    __table_args__ = (Index("ix_deals_claim", "status", "next_attempt_at"),)
+
+
+class StepAttempt(Base):
+    """One try at one step of one deal: timing, outcome, error and idempotency key."""
+
+    __tablename__ = "step_attempts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    deal_id: Mapped[int] = mapped_column(ForeignKey("deals.id", ondelete="CASCADE"), index=True)
+    step: Mapped[str] = mapped_column(String(32))
+    attempt: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
+    duration_ms: Mapped[int | None] = mapped_column(Integer)
+    outcome: Mapped[str] = mapped_column(String(16), default="running")  # ok|retry|failed|running
+    error: Mapped[str | None] = mapped_column(Text)
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    stripe_request_id: Mapped[str | None] = mapped_column(String(255))
+    detail: Mapped[dict[str, Any] | None]
+
+    deal: Mapped[Deal] = relationship(back_populates="attempts_log")
+
+
+class DealEvent(Base):
+    """A line of a deal's history that is not a step attempt (received, replayed, cancelled)."""
+
+    __tablename__ = "deal_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    deal_id: Mapped[int] = mapped_column(ForeignKey("deals.id", ondelete="CASCADE"), index=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    kind: Mapped[str] = mapped_column(String(32))
+    message: Mapped[str] = mapped_column(Text, default="")
+    detail: Mapped[dict[str, Any] | None]
+
+    deal: Mapped[Deal] = relationship(back_populates="events")
+
+
+class Customer(Base):
+    """A Salesforce account and its Stripe customer; reused by every deal of the account."""
+
+    __tablename__ = "customers"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sf_account_id: Mapped[str] = mapped_column(String(18), unique=True)
+    customer_key: Mapped[str | None] = mapped_column(String(255))
+    name: Mapped[str] = mapped_column(String(255), default="")
+    email: Mapped[str | None] = mapped_column(String(255))
+    stripe_customer_id: Mapped[str | None] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    grants: Mapped[list[EntitlementGrant]] = relationship(back_populates="customer")
+
+
+class EntitlementGrant(Base):
+    """One entitlement granted by one deal. Effective entitlements = active grants combined."""
+
+    __tablename__ = "entitlement_grants"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id"), index=True)
+    deal_id: Mapped[int] = mapped_column(ForeignKey("deals.id"), index=True)
+    feature: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))  # flag|limit|seats
+    value: Mapped[int] = mapped_column(BigInteger)  # flags store 1/0
+    unit: Mapped[str | None] = mapped_column(String(32))
+    source: Mapped[str] = mapped_column(String(255), default="")
+    stripe_subscription_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    granted_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None]
+    revoked_reason: Mapped[str | None] = mapped_column(Text)
+
+    customer: Mapped[Customer] = relationship(back_populates="grants")
+
+    __table_args__ = (UniqueConstraint("deal_id", "feature", name="uq_grant_deal_feature"),)
+
+
+class StreamCheckpoint(Base):
+    """Durable position of an intake source: the stream replay id or the sweep's high-water mark."""
+
+    __tablename__ = "stream_checkpoints"
+
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)  # channel or "sweep"
+    value: Mapped[str] = mapped_column(String(255))
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
