@@ -5,4 +5,7 @@ pytest_plugins = [
     "tests.fixtures.stripe",
     "tests.fixtures.salesforce",
     "tests.fixtures.api",
+    "tests.fixtures.mapping",
+    "tests.fixtures.provisioning",
+    "tests.fixtures.demo",
 ]
