@@ -1,0 +1,1 @@
+"""Entitlements: the grant ledger (what each deal granted) and metered usage against limits."""

@@ -1,0 +1,181 @@
+"""The entitlement ledger: one grant per (deal, feature); effective entitlements are derived.
+
+A customer's effective entitlements are computed from its active grants at read time:
+flags are OR-ed, limits and seats add up across deals. Cancelling a subscription revokes the
+grants tied to it and nothing else, so a later deal's grants survive an earlier deal's end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from sf_bridge.db.models import Customer, Deal, EntitlementGrant, utcnow
+from sf_bridge.logging import get_logger
+from sf_bridge.plan import EntitlementValue
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class GrantSource:
+    """One deal's contribution to an effective entitlement."""
+
+    deal_id: int
+    opportunity_id: str
+    value: int | bool
+    source: str
+    stripe_subscription_id: str | None
+    granted_at: datetime
+
+
+@dataclass(frozen=True)
+class Effective:
+    """A customer's entitlement to one feature, combined over its active grants."""
+
+    feature: str
+    kind: str  # flag | limit | seats
+    value: int | bool  # flags: bool (OR of grants); limits and seats: the sum of grants
+    unit: str | None
+    granted_by: tuple[GrantSource, ...]
+
+    @property
+    def access(self) -> bool:
+        return bool(self.value) if self.kind == "flag" else int(self.value) > 0
+
+
+def _stored_value(entitlement: EntitlementValue) -> int:
+    if entitlement.kind == "flag":
+        return 1 if entitlement.value else 0
+    return int(entitlement.value)
+
+
+def _insert(session: Session) -> Any:
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        return postgresql.insert(EntitlementGrant)
+    if dialect == "sqlite":
+        return sqlite.insert(EntitlementGrant)
+    raise NotImplementedError(f"unsupported database dialect {dialect!r}")
+
+
+def grant_deal_entitlements(
+    session: Session,
+    *,
+    deal: Deal,
+    customer: Customer,
+    entitlements: Sequence[EntitlementValue],
+    subscription_id: str | None,
+) -> int:
+    """Grants the deal's entitlements to the customer; returns how many rows were new.
+
+    Idempotent: the unique (deal_id, feature) key makes a second call (a replay, a crash
+    between grant and commit) grant nothing twice. A grant already present, active or
+    revoked, is left as it is.
+    """
+    if not entitlements:
+        return 0
+    now = utcnow()
+    rows = [
+        {
+            "customer_id": customer.id,
+            "deal_id": deal.id,
+            "feature": e.feature,
+            "kind": e.kind,
+            "value": _stored_value(e),
+            "unit": e.unit,
+            "source": e.source[:255],
+            "stripe_subscription_id": subscription_id,
+            "active": True,
+            "granted_at": now,
+        }
+        for e in entitlements
+    ]
+    stmt = (
+        _insert(session)
+        .values(rows)
+        .on_conflict_do_nothing(index_elements=["deal_id", "feature"])
+        .returning(EntitlementGrant.id)
+    )
+    granted = len(session.execute(stmt).all())
+    log.info(
+        "entitlements_granted",
+        deal_id=deal.id,
+        opportunity_id=deal.opportunity_id,
+        customer_id=customer.id,
+        stripe_subscription_id=subscription_id,
+        features=[e.feature for e in entitlements],
+        newly_granted=granted,
+    )
+    return granted
+
+
+def revoke_subscription_grants(session: Session, subscription_id: str, reason: str) -> int:
+    """Revokes every active grant tied to the subscription; returns how many were revoked."""
+    result = session.execute(
+        update(EntitlementGrant)
+        .where(
+            EntitlementGrant.stripe_subscription_id == subscription_id,
+            EntitlementGrant.active.is_(True),
+        )
+        .values(active=False, revoked_at=utcnow(), revoked_reason=reason)
+        .execution_options(synchronize_session=False)
+    )
+    revoked = max(int(getattr(result, "rowcount", 0) or 0), 0)
+    log.info(
+        "entitlements_revoked",
+        stripe_subscription_id=subscription_id,
+        reason=reason,
+        revoked=revoked,
+    )
+    return revoked
+
+
+def effective_entitlements(session: Session, customer: Customer) -> dict[str, Effective]:
+    """The customer's entitlements now, combined over its active grants, by feature."""
+    rows = session.execute(
+        select(EntitlementGrant, Deal.opportunity_id)
+        .join(Deal, Deal.id == EntitlementGrant.deal_id)
+        .where(EntitlementGrant.customer_id == customer.id, EntitlementGrant.active.is_(True))
+        .order_by(EntitlementGrant.feature, EntitlementGrant.granted_at, EntitlementGrant.id)
+    ).all()
+    combined: dict[str, Effective] = {}
+    for grant, opportunity_id in rows:
+        is_flag = grant.kind == "flag"
+        source = GrantSource(
+            deal_id=grant.deal_id,
+            opportunity_id=opportunity_id,
+            value=bool(grant.value) if is_flag else int(grant.value),
+            source=grant.source,
+            stripe_subscription_id=grant.stripe_subscription_id,
+            granted_at=grant.granted_at,
+        )
+        previous = combined.get(grant.feature)
+        if previous is None:
+            combined[grant.feature] = Effective(
+                feature=grant.feature,
+                kind=grant.kind,
+                value=source.value,
+                unit=grant.unit,
+                granted_by=(source,),
+            )
+            continue
+        # The first grant fixes the feature's kind; later deals add to it.
+        if previous.kind == "flag":
+            value: int | bool = bool(previous.value) or bool(grant.value)
+        else:
+            value = int(previous.value) + int(grant.value)
+        combined[grant.feature] = Effective(
+            feature=grant.feature,
+            kind=previous.kind,
+            value=value,
+            unit=previous.unit or grant.unit,
+            granted_by=(*previous.granted_by, source),
+        )
+    return combined
