@@ -210,3 +210,52 @@ class StreamCheckpoint(Base):
     name: Mapped[str] = mapped_column(String(255), primary_key=True)  # channel or "sweep"
     value: Mapped[str] = mapped_column(String(255))
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class UsageCounter(Base):
+    """Metered usage of one feature by one customer in one calendar period (e.g. "2026-11")."""
+
+    __tablename__ = "usage_counters"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id"))
+    feature: Mapped[str] = mapped_column(String(64))
+    period: Mapped[str] = mapped_column(String(16))
+    used: Mapped[int] = mapped_column(BigInteger, default=0)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    __table_args__ = (
+        UniqueConstraint("customer_id", "feature", "period", name="uq_usage_counter"),
+    )
+
+
+class UsageRecord(Base):
+    """One usage report, kept so a report resent with its idempotency key counts once."""
+
+    __tablename__ = "usage_records"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id"))
+    idempotency_key: Mapped[str] = mapped_column(String(255))
+    feature: Mapped[str] = mapped_column(String(64))
+    period: Mapped[str] = mapped_column(String(16))
+    quantity: Mapped[int] = mapped_column(BigInteger)
+    occurred_at: Mapped[datetime]
+    recorded_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (
+        UniqueConstraint("customer_id", "idempotency_key", name="uq_usage_record_key"),
+    )
+
+
+class WebhookEvent(Base):
+    """A Stripe event already processed; its id makes a redelivered event a no-op."""
+
+    __tablename__ = "webhook_events"
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)  # Stripe event id
+    type: Mapped[str] = mapped_column(String(64))
+    object_id: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime | None]  # when Stripe created the event
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    outcome: Mapped[str] = mapped_column(String(255), default="")
