@@ -1,0 +1,333 @@
+"""`SalesforceCrm`: the CrmGateway on simple-salesforce, for a real org or the sandbox org.
+
+- Batch fetch: one SOQL query per 200 opportunity ids, line items as a subquery, the fields the
+  mappings name; `nextRecordsUrl` (of the query and of a line-item subquery) followed.
+- `find_won_since` and `won_among` serve the sweep and the stream's re-reads.
+- `write_back`: PATCH composite/sobjects, 200 records per call, allOrNone false, per-record
+  results.
+- Login is lazy (the first call logs in), an expired session logs in again once and retries,
+  and the org's API budget (`Sforce-Limit-Info`, REQUEST_LIMIT_EXCEEDED) pauses calls with a
+  transient `RateLimitedError` instead of failing deals.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any, Protocol, TypeVar
+
+import requests
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from simple_salesforce import Salesforce
+from simple_salesforce.exceptions import (
+    SalesforceError,
+    SalesforceExpiredSession,
+    SalesforceGeneralError,
+    SalesforceRefusedRequest,
+)
+
+from sf_bridge.config import Settings
+from sf_bridge.crm import soql
+from sf_bridge.crm.auth import AccessToken, SalesforceCredentials, login
+from sf_bridge.crm.limits import ApiBudget
+from sf_bridge.crm.port import Opportunity, OpportunityUpdate, WonOpportunity, WriteBackResult
+from sf_bridge.crm.transport import is_plain_http_loopback, make_http_session
+from sf_bridge.errors import CrmRejected, TransientError
+from sf_bridge.logging import get_logger
+
+log = get_logger(__name__)
+T = TypeVar("T")
+
+# Per-record write-back errors that go away on their own.
+RETRYABLE_RECORD_ERRORS = frozenset(
+    {
+        "UNABLE_TO_LOCK_ROW",
+        "REQUEST_LIMIT_EXCEEDED",
+        "SERVER_UNAVAILABLE",
+        "UNKNOWN_EXCEPTION",
+        "TXN_SECURITY_METERING_ERROR",
+    }
+)
+COMPOSITE_BATCH = 200
+
+
+class FieldSource(Protocol):
+    def query_fields(self) -> tuple[Iterable[str], Iterable[str]]: ...
+
+
+class SalesforceOptions(BaseSettings):
+    """Tuning of the REST client (environment variables, all optional)."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
+
+    request_timeout: float = Field(30.0, alias="SF_BRIDGE_SF_TIMEOUT")
+    api_reserve_fraction: float = Field(0.05, alias="SF_BRIDGE_SF_API_RESERVE")
+    api_probe_interval: float = Field(60.0, alias="SF_BRIDGE_SF_API_PROBE_INTERVAL")
+    limit_exceeded_backoff: float = Field(300.0, alias="SF_BRIDGE_SF_LIMIT_BACKOFF")
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return float(value)
+    return value
+
+
+def _error_code(exc: SalesforceError) -> str | None:
+    content = exc.content
+    if isinstance(content, list) and content and isinstance(content[0], dict):
+        code = content[0].get("errorCode")
+        return str(code) if code else None
+    return None
+
+
+def _error_text(exc: SalesforceError) -> str:
+    content = exc.content
+    if isinstance(content, list) and content and isinstance(content[0], dict):
+        first = content[0]
+        return f"{first.get('errorCode', 'ERROR')}: {first.get('message', '')}".strip()
+    return f"HTTP {exc.status}"
+
+
+class SalesforceCrm:
+    """CrmGateway over simple-salesforce. Thread-safe: worker threads share one instance."""
+
+    def __init__(
+        self,
+        credentials: SalesforceCredentials,
+        *,
+        api_version: str,
+        fields: FieldSource | Callable[[], FieldSource] | None = None,
+        request_timeout: float = 30.0,
+        budget: ApiBudget | None = None,
+    ) -> None:
+        self.credentials = credentials
+        self.api_version = api_version
+        self._fields = fields
+        self.request_timeout = request_timeout
+        self.budget = budget or ApiBudget()
+        self.http = make_http_session(is_plain_http_loopback(credentials.login_url))
+        self._client: Salesforce | None = None
+        self._lock = threading.Lock()
+        self.calls = 0  # REST calls made (logins included), for measurements
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        mappings: FieldSource | Callable[[], FieldSource] | None = None,
+        options: SalesforceOptions | None = None,
+    ) -> SalesforceCrm:
+        options = options or SalesforceOptions()
+        return cls(
+            SalesforceCredentials.from_settings(settings),
+            api_version=settings.sf_api_version,
+            fields=mappings,
+            request_timeout=options.request_timeout,
+            budget=ApiBudget(
+                reserve_fraction=options.api_reserve_fraction,
+                probe_interval=options.api_probe_interval,
+                exceeded_backoff=options.limit_exceeded_backoff,
+            ),
+        )
+
+    # -- session -------------------------------------------------------------------------
+
+    def _login(self) -> Salesforce:
+        self.calls += 1
+        token: AccessToken = login(self.http, self.credentials, self.request_timeout)
+        if token.instance_url.startswith("http://"):
+            # The https URLs simple-salesforce builds reach it through the loopback adapter.
+            self.http = make_http_session(allow_loopback_http=True)
+        return Salesforce(
+            session_id=token.access_token.get_secret_value(),
+            instance_url=token.instance_url,
+            version=self.api_version,
+            session=self.http,
+            object_pairs_hook=dict,
+        )
+
+    def _current(self, stale: Salesforce | None = None) -> Salesforce:
+        with self._lock:
+            if self._client is None or self._client is stale:
+                self._client = self._login()
+            return self._client
+
+    def _call(self, what: str, fn: Callable[[Salesforce], T]) -> T:
+        """Runs one REST call with budget, session-expiry and error translation."""
+        self.budget.before_call()
+        client = self._current()
+        for attempt in (1, 2):
+            self.calls += 1
+            try:
+                result = fn(client)
+            except SalesforceExpiredSession:
+                if attempt == 2:
+                    raise TransientError(
+                        f"Salesforce rejected a fresh session for {what}.", retry_after=30.0
+                    ) from None
+                log.info("salesforce_session_expired", call=what)
+                client = self._current(stale=client)
+                continue
+            except SalesforceRefusedRequest as exc:
+                if _error_code(exc) == "REQUEST_LIMIT_EXCEEDED":
+                    raise self.budget.record_limit_exceeded() from None
+                raise CrmRejected(
+                    f"Salesforce refused {what}: {_error_text(exc)}",
+                    hint="give the integration user access to the object and fields.",
+                ) from None
+            except SalesforceGeneralError as exc:
+                if exc.status >= 500:
+                    raise TransientError(
+                        f"Salesforce failed {what}: {_error_text(exc)}", retry_after=10.0
+                    ) from None
+                raise CrmRejected(f"Salesforce refused {what}: {_error_text(exc)}") from None
+            except SalesforceError as exc:
+                raise CrmRejected(
+                    f"Salesforce refused {what}: {_error_text(exc)}",
+                    hint="check the field names in the mapping against the org.",
+                ) from None
+            except requests.RequestException as exc:
+                raise TransientError(
+                    f"Could not reach Salesforce for {what}: {type(exc).__name__}.",
+                    retry_after=5.0,
+                ) from None
+            usage = client.api_usage.get("api-usage")
+            if usage is not None:
+                self.budget.record_usage(usage.used, usage.total)
+            return result
+        raise AssertionError("unreachable")
+
+    # -- queries -------------------------------------------------------------------------
+
+    def _query_page(self, what: str, query: str | None = None, url: str | None = None) -> Any:
+        timeout = self.request_timeout
+
+        def run(client: Salesforce) -> Any:
+            if url is not None:
+                return client.query_more(url, identifier_is_url=True, timeout=timeout)
+            return client.query(query or "", timeout=timeout)
+
+        return self._call(what, run)
+
+    def _query_all(self, query: str) -> list[dict[str, Any]]:
+        page = self._query_page("query", query=query)
+        records: list[dict[str, Any]] = list(page["records"])
+        while not page.get("done", True) and page.get("nextRecordsUrl"):
+            page = self._query_page("query_more", url=page["nextRecordsUrl"])
+            records.extend(page["records"])
+        for record in records:
+            self._complete_children(record)
+        return records
+
+    def _complete_children(self, record: dict[str, Any]) -> None:
+        """Follows a line-item subquery's own nextRecordsUrl (large opportunities)."""
+        for value in record.values():
+            if not (isinstance(value, dict) and isinstance(value.get("records"), list)):
+                continue
+            child = value
+            while not child.get("done", True) and child.get("nextRecordsUrl"):
+                more = self._query_page("query_more", url=child["nextRecordsUrl"])
+                value["records"].extend(more["records"])
+                value["done"] = more.get("done", True)
+                value.pop("nextRecordsUrl", None)
+                child = more
+
+    def _query_fields(self) -> tuple[list[str], list[str]]:
+        source = self._fields
+        if source is None:
+            return [], []
+        resolved: FieldSource = source if hasattr(source, "query_fields") else source()
+        opportunity_fields, line_fields = resolved.query_fields()
+        return list(opportunity_fields), list(line_fields)
+
+    def fetch_opportunities(self, opportunity_ids: list[str]) -> list[Opportunity]:
+        ids, rejected = soql.split_ids(opportunity_ids)
+        if rejected:
+            log.warning("salesforce_ids_rejected", values=[repr(v)[:40] for v in rejected][:10])
+        opportunity_fields, line_fields = self._query_fields()
+        records: list[Opportunity] = []
+        for batch in soql.chunks(ids):
+            query = soql.opportunities_by_id(batch, opportunity_fields, line_fields)
+            records.extend(self._query_all(query))
+        return records
+
+    def find_won_since(self, since: datetime | None, limit: int = 2000) -> list[WonOpportunity]:
+        found = []
+        for record in self._query_all(soql.won_since(since, limit)):
+            modified = record.get("LastModifiedDate")
+            if not soql.is_salesforce_id(record.get("Id")) or not isinstance(modified, str):
+                continue
+            found.append(WonOpportunity(record["Id"], soql.parse_salesforce_datetime(modified)))
+        return found
+
+    def won_among(self, opportunity_ids: list[str]) -> set[str]:
+        """Which of these opportunities are won now (one query per 200 ids)."""
+        ids, _ = soql.split_ids(opportunity_ids)
+        won: set[str] = set()
+        for batch in soql.chunks(ids):
+            won.update(str(r["Id"]) for r in self._query_all(soql.won_among(batch)))
+        return won
+
+    # -- write-back ----------------------------------------------------------------------
+
+    def write_back(self, updates: list[OpportunityUpdate]) -> list[WriteBackResult]:
+        results: dict[int, WriteBackResult] = {}
+        sendable: list[tuple[int, OpportunityUpdate]] = []
+        for index, update in enumerate(updates):
+            if soql.is_salesforce_id(update.opportunity_id) and update.fields:
+                sendable.append((index, update))
+            elif not update.fields:
+                results[index] = WriteBackResult(update.opportunity_id, True)
+            else:
+                results[index] = WriteBackResult(
+                    update.opportunity_id, False, "not a Salesforce id", retryable=False
+                )
+        for start in range(0, len(sendable), COMPOSITE_BATCH):
+            batch = sendable[start : start + COMPOSITE_BATCH]
+            body = {
+                "allOrNone": False,
+                "records": [
+                    {
+                        "attributes": {"type": "Opportunity"},
+                        "id": update.opportunity_id,
+                        **{k: _json_value(v) for k, v in update.fields.items()},
+                    }
+                    for _, update in batch
+                ],
+            }
+            answer = self._call("write-back", self._composite_patch(body))
+            answers = answer if isinstance(answer, list) else []
+            for position, (index, update) in enumerate(batch):
+                item = answers[position] if position < len(answers) else None
+                results[index] = self._record_result(update.opportunity_id, item)
+        return [results[i] for i in range(len(updates))]
+
+    def _composite_patch(self, body: dict[str, Any]) -> Callable[[Salesforce], Any]:
+        def run(client: Salesforce) -> Any:
+            return client.restful(
+                "composite/sobjects", method="PATCH", json=body, timeout=self.request_timeout
+            )
+
+        return run
+
+    @staticmethod
+    def _record_result(opportunity_id: str, item: Any) -> WriteBackResult:
+        if not isinstance(item, dict):
+            return WriteBackResult(opportunity_id, False, "no result from Salesforce", True)
+        if item.get("success"):
+            return WriteBackResult(opportunity_id, True)
+        errors = item.get("errors") or []
+        codes = [str(e.get("statusCode", "")) for e in errors if isinstance(e, dict)]
+        text = "; ".join(
+            f"{e.get('statusCode', 'ERROR')}: {e.get('message', '')}"
+            + (f" ({', '.join(e['fields'])})" if e.get("fields") else "")
+            for e in errors
+            if isinstance(e, dict)
+        )
+        retryable = bool(codes) and all(code in RETRYABLE_RECORD_ERRORS for code in codes)
+        return WriteBackResult(opportunity_id, False, text or "write-back failed", retryable)

@@ -1,0 +1,127 @@
+"""SOQL text for the few queries sf-bridge issues. Pure functions; nothing here does I/O.
+
+Values never reach SOQL unchecked: opportunity ids must be 15 or 18 alphanumerics and field
+names must be API names (`Account.Name`, `Seats__c`), so a mapping file or an event payload
+cannot inject query text.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
+
+from sf_bridge.errors import CrmRejected
+
+ID_PATTERN = re.compile(r"^[A-Za-z0-9]{15}(?:[A-Za-z0-9]{3})?$")
+FIELD_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_]*(?:\.[A-Za-z][A-Za-z0-9_]*)*$")
+MAX_IDS_PER_QUERY = 200
+
+# Selected whatever the mapping says: intake and provisioning rely on them.
+REQUIRED_OPPORTUNITY_FIELDS = ("Id", "StageName", "IsWon", "LastModifiedDate", "AccountId")
+REQUIRED_LINE_FIELDS = ("Id",)
+
+
+def is_salesforce_id(value: object) -> bool:
+    """True for a 15 or 18 character alphanumeric Salesforce record id."""
+    return isinstance(value, str) and ID_PATTERN.match(value) is not None
+
+
+def split_ids(values: Iterable[object]) -> tuple[list[str], list[object]]:
+    """Valid ids (first occurrence order, duplicates dropped) and the rejected values."""
+    valid: list[str] = []
+    seen: set[str] = set()
+    rejected: list[object] = []
+    for value in values:
+        if is_salesforce_id(value):
+            assert isinstance(value, str)
+            if value not in seen:
+                seen.add(value)
+                valid.append(value)
+        else:
+            rejected.append(value)
+    return valid, rejected
+
+
+def chunks(ids: list[str], size: int = MAX_IDS_PER_QUERY) -> Iterator[list[str]]:
+    for start in range(0, len(ids), size):
+        yield ids[start : start + size]
+
+
+def field_list(fields: Iterable[str], required: Iterable[str]) -> list[str]:
+    """Required fields first, then the others, each once (case-insensitively)."""
+    result: list[str] = []
+    seen: set[str] = set()
+    for name in (*required, *fields):
+        if not FIELD_PATTERN.match(name):
+            raise CrmRejected(
+                f"{name!r} is not a Salesforce field API name.",
+                hint="use API names such as Account.Name or Seats__c in the mapping.",
+            )
+        if name.lower() not in seen:
+            seen.add(name.lower())
+            result.append(name)
+    return result
+
+
+def id_list(ids: Iterable[str]) -> str:
+    quoted = []
+    for value in ids:
+        if not is_salesforce_id(value):
+            raise ValueError(f"not a Salesforce id: {value!r}")
+        quoted.append(f"'{value}'")
+    return ", ".join(quoted)
+
+
+def soql_datetime(value: datetime) -> str:
+    """A SOQL dateTime literal (UTC, unquoted)."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    value = value.astimezone(UTC)
+    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+
+
+def parse_salesforce_datetime(value: str) -> datetime:
+    """Parses `2026-11-25T16:00:00.000+0000` (Salesforce) and ISO 8601 forms."""
+    text = value.strip()
+    if text.endswith("Z"):
+        text = text[:-1] + "+00:00"
+    match = re.match(r"^(.*[T ][0-9:.]+)([+-]\d{2})(\d{2})$", text)
+    if match:
+        text = f"{match.group(1)}{match.group(2)}:{match.group(3)}"
+    parsed = datetime.fromisoformat(text)
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
+
+
+def opportunities_by_id(
+    ids: list[str], opportunity_fields: Iterable[str], line_item_fields: Iterable[str]
+) -> str:
+    """One query for up to 200 opportunities with their line items as a subquery."""
+    if not ids or len(ids) > MAX_IDS_PER_QUERY:
+        raise ValueError(f"between 1 and {MAX_IDS_PER_QUERY} ids per query, got {len(ids)}")
+    opp = field_list(opportunity_fields, REQUIRED_OPPORTUNITY_FIELDS)
+    lines = field_list(line_item_fields, REQUIRED_LINE_FIELDS)
+    return (
+        f"SELECT {', '.join(opp)}, (SELECT {', '.join(lines)} FROM OpportunityLineItems) "
+        f"FROM Opportunity WHERE Id IN ({id_list(ids)})"
+    )
+
+
+def won_among(ids: list[str]) -> str:
+    """Which of these opportunities are won (a re-read for events that carry no values)."""
+    if not ids or len(ids) > MAX_IDS_PER_QUERY:
+        raise ValueError(f"between 1 and {MAX_IDS_PER_QUERY} ids per query, got {len(ids)}")
+    return f"SELECT Id FROM Opportunity WHERE IsWon = true AND Id IN ({id_list(ids)})"
+
+
+def won_since(since: datetime | None, limit: int) -> str:
+    """Won opportunities modified after `since`, oldest first."""
+    where = "IsWon = true"
+    if since is not None:
+        where += f" AND LastModifiedDate > {soql_datetime(since)}"
+    return (
+        f"SELECT Id, LastModifiedDate FROM Opportunity WHERE {where} "
+        f"ORDER BY LastModifiedDate ASC LIMIT {int(limit)}"
+    )
