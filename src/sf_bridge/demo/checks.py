@@ -1,0 +1,220 @@
+"""The demo's expectations, held against the facts read back from database, emulator and org."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from sf_bridge.demo.facts import DealFacts, entitlement_value
+
+
+@dataclass(frozen=True)
+class Check:
+    deal: str  # deal key, or "" for checks over the whole run
+    what: str
+    ok: bool
+    detail: str = ""
+
+
+def _meta(obj: dict[str, Any] | None, key: str) -> Any:
+    if not obj:
+        return None
+    return (obj.get("metadata") or {}).get(key)
+
+
+def _item_amounts(subscription: dict[str, Any] | None) -> list[int]:
+    if not subscription:
+        return []
+    items = (subscription.get("items") or {}).get("data") or []
+    amounts = []
+    for item in items:
+        price = item.get("price") or {}
+        if price.get("unit_amount") is not None:
+            amounts.append(int(price["unit_amount"]))
+    return amounts
+
+
+def negotiated_amounts(plan: dict[str, Any] | None) -> list[int]:
+    """Unit amounts (minor units) the plan carries that differ from the catalog price."""
+    result = []
+    for item in (plan or {}).get("items", ()):
+        amount, catalog = item.get("unit_amount"), item.get("catalog_unit_amount")
+        if amount is not None and amount != catalog:
+            result.append(int(amount))
+    return result
+
+
+def check_deal(facts: DealFacts, by_key: dict[str, DealFacts], write_back: Any) -> list[Check]:
+    """Everything one completed deal must show."""
+    key, expect = facts.deal.key, facts.deal.expect
+    checks: list[Check] = []
+
+    def add(what: str, ok: bool, detail: str = "") -> None:
+        checks.append(Check(key, what, bool(ok), detail))
+
+    add("deal is done", facts.status == "done", f"status {facts.status}")
+    if facts.status != "done":
+        if facts.row and facts.row.last_error:
+            add("no error recorded", False, facts.row.last_error)
+        return checks
+
+    sub, inv = facts.subscription, facts.invoice
+    if expect.plan_kind == "custom":
+        add(
+            "custom plan: no subscription, no invoice",
+            not facts.stripe_subscription_id and not facts.stripe_invoice_id,
+            f"subscription {facts.stripe_subscription_id}, invoice {facts.stripe_invoice_id}",
+        )
+    else:
+        add(
+            "Stripe customer exists in Stripe",
+            facts.customer is not None,
+            f"{facts.stripe_customer_id}",
+        )
+        add(
+            "subscription exists in Stripe, tagged with the opportunity",
+            sub is not None and _meta(sub, "sf_opportunity_id") == facts.opportunity_id,
+            f"{facts.stripe_subscription_id} metadata {sub.get('metadata') if sub else None}",
+        )
+        if sub is not None:
+            add(
+                f"collection method {expect.collection_method}",
+                sub.get("collection_method") == expect.collection_method,
+                f"got {sub.get('collection_method')}",
+            )
+            if expect.days_until_due is not None:
+                add(
+                    f"invoice due {expect.days_until_due} days after issue",
+                    sub.get("days_until_due") == expect.days_until_due,
+                    f"got {sub.get('days_until_due')}",
+                )
+        if expect.negotiated_prices:
+            negotiated = negotiated_amounts(facts.plan)
+            charged = _item_amounts(sub)
+            add(
+                f"{expect.negotiated_prices} negotiated prices on the subscription",
+                len(negotiated) == expect.negotiated_prices
+                and all(a in charged for a in negotiated),
+                f"plan overrides {negotiated}, subscription item prices {charged}",
+            )
+        if expect.collection_method == "send_invoice":
+            add(
+                "first invoice open, with payment link and PDF",
+                inv is not None
+                and inv.get("status") == "open"
+                and bool(inv.get("hosted_invoice_url"))
+                and bool(inv.get("invoice_pdf"))
+                and facts.hosted_invoice_url == inv.get("hosted_invoice_url"),
+                f"invoice {facts.stripe_invoice_id} status {inv.get('status') if inv else None}",
+            )
+        else:
+            add(
+                "first invoice charged automatically",
+                inv is not None and inv.get("collection_method") == "charge_automatically",
+                f"invoice {facts.stripe_invoice_id} status {inv.get('status') if inv else None}",
+            )
+
+    if expect.same_customer_as:
+        first = by_key[expect.same_customer_as]
+        add(
+            f"reuses the Stripe customer of '{first.deal.name}'",
+            facts.stripe_customer_id is not None
+            and facts.stripe_customer_id == first.stripe_customer_id,
+            f"{facts.stripe_customer_id} vs {first.stripe_customer_id}",
+        )
+
+    add("entitlements granted by this deal", bool(facts.grants), f"{facts.grants}")
+    for feature, value in expect.entitlements.items():
+        granted = facts.grants.get(feature)
+        add(
+            f"grants {feature} = {value}",
+            granted is not None and int(granted) == int(value),
+            f"granted {granted}",
+        )
+    if facts.entitlements_error:
+        add("entitlement API answers", False, facts.entitlements_error)
+    else:
+        for feature, value in facts.grants.items():
+            entry = facts.entitlements.get(feature)
+            effective = entitlement_value(entry)
+            ok = entry is not None and (
+                bool(effective) if isinstance(effective, bool) else int(effective or 0) >= value
+            )
+            add(f"API shows {feature}", ok, f"API: {entry}")
+
+    fields = write_back
+    expected_back = {
+        getattr(fields, "stripe_customer_id", None): facts.stripe_customer_id,
+        getattr(fields, "stripe_subscription_id", None): facts.stripe_subscription_id,
+        getattr(fields, "invoice_url", None): facts.hosted_invoice_url,
+    }
+    status_field = getattr(fields, "status", None)
+    if status_field:
+        add(
+            f"Opportunity.{status_field} written back",
+            bool(facts.written_back.get(status_field)),
+            f"{facts.written_back.get(status_field)!r}",
+        )
+    for name, stored in expected_back.items():
+        if name and stored:
+            add(
+                f"Opportunity.{name} written back",
+                facts.written_back.get(name) == stored,
+                f"{facts.written_back.get(name)!r}",
+            )
+    return checks
+
+
+def check_parked(facts: DealFacts, write_back: Any) -> list[Check]:
+    """The unmapped deal parks with a reason naming the product, and Salesforce shows it."""
+    key, expect = facts.deal.key, facts.deal.expect
+    needle = expect.parks_with or ""
+    checks = [
+        Check(
+            key,
+            "parks in needs_attention",
+            facts.status == "needs_attention",
+            f"status {facts.status}",
+        )
+    ]
+    reason = (facts.row.last_error if facts.row else None) or ""
+    checks.append(Check(key, f"reason names {needle}", needle in reason, reason))
+    checks.append(
+        Check(
+            key,
+            "nothing billed while parked",
+            not facts.stripe_subscription_id and not facts.stripe_invoice_id,
+            f"subscription {facts.stripe_subscription_id}, invoice {facts.stripe_invoice_id}",
+        )
+    )
+    error_field = getattr(write_back, "error", None)
+    if error_field:
+        written = facts.written_back.get(error_field) or ""
+        checks.append(
+            Check(
+                key,
+                f"Opportunity.{error_field} tells sales why",
+                needle in str(written),
+                repr(written),
+            )
+        )
+    return checks
+
+
+def check_no_duplicates(emulator: Any, all_facts: list[DealFacts]) -> list[Check]:
+    """Exactly one customer per account and one subscription per paid deal in Stripe."""
+    customers = emulator.objects("customer")
+    per_account = Counter(_meta(c, "sf_account_id") for c in customers)
+    dupes = {acct: n for acct, n in per_account.items() if n > 1}
+    subs = emulator.objects("subscription")
+    per_opp = Counter(_meta(s, "sf_opportunity_id") for s in subs)
+    sub_dupes = {opp: n for opp, n in per_opp.items() if n > 1}
+    paid = [f for f in all_facts if f.deal.expect.plan_kind == "paid"]
+    accounts = {f.account_id for f in paid}
+    return [
+        Check("", "one Stripe customer per account", not dupes and len(customers) >= len(accounts),
+              f"{len(customers)} customers for {len(accounts)} billed accounts"),
+        Check("", "one subscription per paid deal", not sub_dupes and len(subs) == len(paid),
+              f"{len(subs)} subscriptions for {len(paid)} paid deals"),
+    ]  # fmt: skip

@@ -1,0 +1,439 @@
+"""`sf-bridge demo`: the whole product on the embedded default, with no credentials.
+
+1. Starts the sandbox Salesforce org and the Stripe emulator on free loopback ports, seeds the
+   Stripe catalog and the org's price book from the example mappings (copied to a temporary
+   folder), and migrates a fresh SQLite database there.
+2. Starts `sf-bridge run` (the worker) and `sf-bridge serve` (the API) as child processes whose
+   environment points at those, exactly as a user would run them against a real org.
+3. Creates the sample accounts and opportunities and closes them in the org; the org emits the
+   change events a salesperson's click would, and the worker's stream subscription receives
+   them.
+4. Shows the deals moving through their steps, then a summary read back from the database, the
+   emulator, the entitlement API and the org; checks every expectation of `scenario.py`.
+5. Fixes the mapping for the parked deal in the temporary copy, replays it and shows it finish.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import shutil
+import signal
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+
+from sf_bridge.db import migrate
+from sf_bridge.db.models import NEEDS_ATTENTION
+from sf_bridge.demo import view
+from sf_bridge.demo.checks import Check, check_deal, check_no_duplicates, check_parked
+from sf_bridge.demo.components import (
+    DemoFailed,
+    ManagedProcess,
+    child_environment,
+    free_port,
+    http_ok,
+    require,
+    run_command,
+    wait_until,
+)
+from sf_bridge.demo.facts import (
+    DealFacts,
+    read_deal,
+    read_entitlements,
+    read_rows,
+    read_stripe,
+    read_written_back,
+    reader_engine,
+)
+from sf_bridge.demo.mapping_fix import apply_fix
+from sf_bridge.demo.scenario import SCENARIO, Scenario
+
+TERMINAL = ("done", NEEDS_ATTENTION, "cancelled")
+
+
+@dataclass
+class DemoOptions:
+    mappings_dir: Path
+    keep_running: bool = False
+    timeout: float = 45.0  # seconds to wait for the deals to settle, per phase
+
+
+@dataclass
+class Stack:
+    """What the demo started, so that everything is stopped whatever happens."""
+
+    workdir: Path
+    database_url: str
+    org: Any = None
+    stripe: Any = None
+    worker: ManagedProcess | None = None
+    api: ManagedProcess | None = None
+    api_url: str = ""
+    api_key: str = ""
+    env: dict[str, str] | None = None
+
+
+class Demo:
+    def __init__(
+        self, options: DemoOptions, console: Console, scenario: Scenario = SCENARIO
+    ) -> None:
+        self.options = options
+        self.console = console
+        self.scenario = scenario
+        self.started = time.monotonic()
+        self.checks: list[Check] = []
+
+    # -- output ---------------------------------------------------------------------------
+
+    def say(self, text: str) -> None:
+        self.console.print(f"[dim]{time.monotonic() - self.started:5.1f}s[/dim]  {text}")
+
+    def heading(self, text: str) -> None:
+        self.console.print()
+        self.console.rule(f"[bold]{text}", align="left")
+
+    # -- the run --------------------------------------------------------------------------
+
+    def run(self) -> int:
+        load_mappings = require("mappings")
+        stripe_cls = require("stripe")
+        org_cls = require("org")
+        with contextlib.ExitStack() as exits:
+            workdir = Path(tempfile.mkdtemp(prefix="sf-bridge-demo-"))
+            if not self.options.keep_running:
+                exits.callback(shutil.rmtree, workdir, True)
+            stack = Stack(workdir, f"sqlite:///{workdir / 'sf_bridge.db'}")
+            exits.callback(self._stop, stack)
+
+            self.heading("Starting sf-bridge against a sandbox Salesforce org and Stripe emulator")
+            mappings_dir = workdir / "mappings"
+            shutil.copytree(self.options.mappings_dir, mappings_dir)
+            mappings = load_mappings(mappings_dir)
+            self.say(
+                f"example mappings from {self.options.mappings_dir} "
+                f"(version {str(mappings.version)[:12]}) copied to {mappings_dir}"
+            )
+            stack.stripe = stripe_cls(port=0).start()
+            stack.stripe.seed_catalog(mappings.catalog_prices())
+            self.say(
+                f"Stripe emulator on {stack.stripe.url}: "
+                f"{len(mappings.catalog_prices())} catalog prices seeded"
+            )
+            stack.org = org_cls(port=0).start()
+            self._seed_products(stack.org)
+            self.say(f"sandbox Salesforce org on {stack.org.url}")
+            migrate.upgrade(stack.database_url)
+            self.say(f"database migrated: {stack.database_url}")
+            self._start_processes(stack, mappings_dir)
+
+            facts = self._create_deals(stack)
+            self.heading("Closing deals in Salesforce (the stream delivers them to the worker)")
+            self._close_deals(stack, facts)
+            self._watch(stack, facts, "Deals")
+            self._collect(stack, facts, mappings)
+
+            self.heading("What was provisioned")
+            fields = _write_back_fields(mappings)
+            self.console.print(view.summary(facts, fields))
+            by_key = {f.deal.key: f for f in facts}
+            for f in facts:
+                if f.deal.expect.parks_with:
+                    self.checks.extend(check_parked(f, mappings.write_back))
+                else:
+                    self.checks.extend(check_deal(f, by_key, mappings.write_back))
+
+            parked = [f for f in facts if f.deal.expect.parks_with]
+            for f in parked:
+                self._replay(stack, f, mappings_dir)
+            if parked:
+                mappings = load_mappings(mappings_dir)
+                self._collect(stack, parked, mappings)
+                self.heading("After the replay")
+                self.console.print(view.summary(parked, _write_back_fields(mappings)))
+                for f in parked:
+                    self.checks.extend(check_deal(f, by_key, mappings.write_back))
+            self.checks.extend(check_no_duplicates(stack.stripe, facts))
+
+            ok = self._report(facts)
+            if self.options.keep_running:
+                self._keep_running(stack, facts)
+            return 0 if ok else 1
+        return 1  # pragma: no cover - ExitStack does not swallow exceptions
+
+    # -- phases ---------------------------------------------------------------------------
+
+    def _seed_products(self, org: Any) -> None:
+        for product in self.scenario.products:
+            org.create_product(product.code, product.name)
+
+    def _start_processes(self, stack: Stack, mappings_dir: Path) -> None:
+        api_port = free_port()
+        stack.api_key = f"demo-{secrets.token_hex(12)}"
+        stack.api_url = f"http://127.0.0.1:{api_port}"
+        org, stripe = stack.org, stack.stripe
+        env = {
+            "DATABASE_URL": stack.database_url,
+            "SF_BRIDGE_MAPPINGS": str(mappings_dir),
+            "SF_LOGIN_URL": org.url,
+            "SF_USERNAME": org.username,
+            "SF_PASSWORD": org.password,
+            "SF_SECURITY_TOKEN": org.security_token,
+            "SF_CLIENT_ID": org.client_id,
+            "SF_CLIENT_SECRET": org.client_secret,
+            "STRIPE_API_KEY": stripe.api_key,
+            "STRIPE_API_BASE": stripe.url,
+            "SF_BRIDGE_API_KEYS": stack.api_key,
+            "PORT": str(api_port),
+            "LOG_FORMAT": "json",
+        }
+        stack.env = child_environment(env)
+        stack.api = ManagedProcess(
+            "api", ["serve"], stack.env, stack.workdir / "serve.log", stack.workdir
+        ).start()
+        stack.worker = ManagedProcess(
+            "worker", ["run"], stack.env, stack.workdir / "worker.log", stack.workdir
+        ).start()
+
+        def api_up() -> bool:
+            assert stack.api is not None
+            stack.api.check_alive()
+            return http_ok(f"{stack.api_url}/healthz")
+
+        wait_until(api_up, timeout=30, what="`sf-bridge serve` to answer /healthz")
+        self.say(f"API (`sf-bridge serve`) on {stack.api_url}")
+        wait_until(
+            lambda: self._stream_subscribed(stack),
+            timeout=30,
+            what="the worker (`sf-bridge run`) to subscribe to the Salesforce stream",
+        )
+        self.say("worker (`sf-bridge run`) subscribed to the Salesforce stream")
+
+    def _stream_subscribed(self, stack: Stack) -> bool:
+        assert stack.worker is not None
+        stack.worker.check_alive()
+        return bool(stack.org.subscriber_count())
+
+    def _create_deals(self, stack: Stack) -> list[DealFacts]:
+        org = stack.org
+        account_ids: dict[str, str] = {}
+        for account in self.scenario.accounts:
+            account_id = org.create_account(account.name, **account.fields)
+            org.create_contact(account_id, account.contact_email)
+            account_ids[account.key] = account_id
+        facts = []
+        for deal in self.scenario.deals:
+            opportunity_id = org.create_opportunity(
+                account_ids[deal.account],
+                deal.name,
+                lines=[line.as_org_line() for line in deal.lines],
+                currency=deal.currency,
+                **deal.fields,
+            )
+            facts.append(DealFacts(deal, opportunity_id, account_ids[deal.account]))
+        return facts
+
+    def _close_deals(self, stack: Stack, facts: list[DealFacts]) -> None:
+        for f in facts:
+            f.closed_at = datetime.now(UTC)
+            stack.org.close_won(f.opportunity_id)
+            self.say(f"Closed Won: {f.deal.name} ({f.opportunity_id})")
+
+    def _watch(
+        self,
+        stack: Stack,
+        facts: list[DealFacts],
+        title: str,
+        settled: tuple[str, ...] = TERMINAL,
+    ) -> None:
+        """Shows the deals' progress until each is settled; fails after the timeout."""
+        engine = reader_engine(stack.database_url)
+        ids = [f.opportunity_id for f in facts]
+        seen: dict[str, tuple[str, str | None]] = {}
+        deadline = time.monotonic() + self.options.timeout
+
+        def refresh() -> bool:
+            rows = read_rows(engine, ids)
+            for f in facts:
+                f.row = rows.get(f.opportunity_id)
+            return all(f.row is not None and f.row.status in settled for f in facts)
+
+        def print_changes() -> None:
+            for f in facts:
+                state = (f.row.status, f.row.current_step) if f.row else ("waiting", None)
+                if seen.get(f.opportunity_id) != state:
+                    seen[f.opportunity_id] = state
+                    self.say(view.transition_line(f))
+
+        try:
+            live = self.console.is_terminal
+            with contextlib.ExitStack() as live_stack:
+                display = (
+                    live_stack.enter_context(
+                        Live(console=self.console, refresh_per_second=10, transient=False)
+                    )
+                    if live
+                    else None
+                )
+                while True:
+                    for process in (stack.worker, stack.api):
+                        if process is not None:
+                            process.check_alive()
+                    done = refresh()
+                    if display is not None:
+                        display.update(view.progress_table(facts, title))
+                    else:
+                        print_changes()
+                    if done:
+                        break
+                    if time.monotonic() > deadline:
+                        waiting = [
+                            f"{f.deal.name}: {f.row.status if f.row else 'never received'}"
+                            for f in facts
+                            if f.row is None or f.row.status not in settled
+                        ]
+                        raise DemoFailed(
+                            f"Deals did not settle within {self.options.timeout:.0f} s: "
+                            + "; ".join(waiting)
+                            + f"\nWorker log ({stack.workdir / 'worker.log'}):\n"
+                            + (stack.worker.log_tail() if stack.worker else "")
+                        )
+                    time.sleep(0.1)
+        finally:
+            engine.dispose()
+
+    def _collect(self, stack: Stack, facts: list[DealFacts], mappings: Any) -> None:
+        engine = reader_engine(stack.database_url)
+        try:
+            fields = _write_back_fields(mappings)
+            for f in facts:
+                read_deal(engine, f)
+                read_stripe(stack.stripe, f)
+                read_written_back(stack.org, f, fields)
+                if f.status == "done":
+                    read_entitlements(stack.api_url, stack.api_key, f)
+        finally:
+            engine.dispose()
+
+    def _replay(self, stack: Stack, facts: DealFacts, mappings_dir: Path) -> None:
+        assert stack.env is not None
+        fix = self.scenario.fix
+        self.heading(f"Fixing the mapping and replaying '{facts.deal.name}'")
+        changed = apply_fix(mappings_dir, fix)
+        self.say(f"RevOps edits {changed.relative_to(stack.workdir)}: {fix.description}")
+        check = run_command(["mappings", "check", str(mappings_dir)], stack.env, stack.workdir)
+        self.say(f"$ sf-bridge mappings check  ->  exit {check.returncode}")
+        for line in (check.stdout + check.stderr).strip().splitlines()[-5:]:
+            self.console.print(f"      {line}", markup=False)
+        if check.returncode != 0:
+            raise DemoFailed("The fixed mapping does not pass `sf-bridge mappings check`.")
+        replay = run_command(["replay", facts.opportunity_id], stack.env, stack.workdir)
+        self.say(f"$ sf-bridge replay {facts.opportunity_id}  ->  exit {replay.returncode}")
+        for line in (replay.stdout + replay.stderr).strip().splitlines()[-8:]:
+            self.console.print(f"      {line}", markup=False)
+        if replay.returncode != 0:
+            raise DemoFailed(f"`sf-bridge replay {facts.opportunity_id}` failed.")
+        self._watch(stack, [facts], "Replayed deal", settled=("done", "cancelled"))
+
+    def _report(self, facts: list[DealFacts]) -> bool:
+        names = {f.deal.key: f.deal.name for f in facts}
+        self.console.print()
+        self.console.print(view.checks_table(self.checks, names))
+        failed = [c for c in self.checks if not c.ok]
+        wall = time.monotonic() - self.started
+        latencies = [f.latency_ms for f in facts if f.latency_ms is not None]
+        if latencies:
+            self.say(f"close → done: {min(latencies)}-{max(latencies)} ms per deal")
+        if failed:
+            self.console.print(
+                f"[bold red]DEMO FAILED[/]: {len(failed)} of {len(self.checks)} expectations "
+                f"did not hold (first: {names.get(failed[0].deal, 'all deals')}: "
+                f"{failed[0].what}: {failed[0].detail})"
+            )
+            return False
+        self.console.print(
+            f"[bold green]DEMO OK[/]: {len(facts)} deals, {len(self.checks)} expectations held, "
+            f"in {wall:.1f} s"
+        )
+        return True
+
+    def _keep_running(self, stack: Stack, facts: list[DealFacts]) -> None:
+        self.heading("Still running: explore, then press Ctrl-C to stop")
+        stripe, org = stack.stripe, stack.org
+        deal_id = facts[0].opportunity_id
+        account_id = facts[0].account_id
+        lines = [
+            f"export DATABASE_URL={stack.database_url}",
+            f"export SF_BRIDGE_MAPPINGS={stack.workdir / 'mappings'}",
+            "sf-bridge deals",
+            f"sf-bridge deals show {deal_id}",
+            f"curl -H 'Authorization: Bearer {stack.api_key}' "
+            f"{stack.api_url}/v1/customers/{account_id}/entitlements",
+            f"curl {stack.api_url}/metrics",
+            f"# Stripe emulator: STRIPE_API_BASE={stripe.url} STRIPE_API_KEY={stripe.api_key}",
+            f"# sandbox org:     SF_LOGIN_URL={org.url} SF_USERNAME={org.username}",
+            f"# logs:            {stack.workdir / 'worker.log'}  {stack.workdir / 'serve.log'}",
+        ]
+        for line in lines:
+            self.console.print(f"  {line}", markup=False, highlight=False)
+        with contextlib.suppress(KeyboardInterrupt):
+            while True:
+                for process in (stack.worker, stack.api):
+                    if process is not None:
+                        process.check_alive()
+                time.sleep(0.5)
+        self.console.print(f"stopping; the demo's files stay in {stack.workdir}")
+
+    def _stop(self, stack: Stack) -> None:
+        for process in (stack.worker, stack.api):
+            if process is not None:
+                process.stop()
+        for server in (stack.org, stack.stripe):
+            if server is not None:
+                with contextlib.suppress(Exception):
+                    server.stop()
+
+
+def _write_back_fields(mappings: Any) -> list[str]:
+    fields = mappings.write_back
+    names = (
+        getattr(fields, attr, None)
+        for attr in (
+            "status",
+            "stripe_customer_id",
+            "stripe_subscription_id",
+            "invoice_url",
+            "error",
+            "provisioned_at",
+        )
+    )
+    return [n for n in names if n]
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM stops the demo like Ctrl-C does, so that every child process is stopped."""
+
+    def handler(_signum: int, _frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_demo(options: DemoOptions, console: Console | None = None) -> int:
+    """Runs the demo; 0 when every expectation held."""
+    console = console or view.make_console()
+    with _terminate_as_interrupt():
+        return Demo(options, console).run()
