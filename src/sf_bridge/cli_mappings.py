@@ -1,15 +1,133 @@
-"""sf-bridge mappings check / preview (placeholder until its issue lands)."""
+"""`sf-bridge mappings check [DIR]` and `sf-bridge mappings preview`."""
 
-from sf_bridge.cli import mappings_app, not_yet_available
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+
+from sf_bridge.cli import handle_errors, mappings_app
+from sf_bridge.config import get_settings
+from sf_bridge.errors import ConfigurationError
+from sf_bridge.mapping import check_mappings, load_mappings
+from sf_bridge.mapping.engine import map_opportunity
+from sf_bridge.mapping.render import preview_json, print_errors, print_plan
+from sf_bridge.plan import ProvisioningPlan
+
+DIR_HELP = "Mappings folder. [env: SF_BRIDGE_MAPPINGS, default ./mappings]"
+
+
+def _console() -> Console:
+    return Console(width=None if sys.stdout.isatty() else 140, soft_wrap=False)
+
+
+def _folder(directory: Path | None) -> Path:
+    return directory if directory is not None else get_settings().mappings_dir
 
 
 @mappings_app.command("check")
-def check(directory: str = "mappings") -> None:
-    """Validates mapping files; exit 1 on any error."""
-    not_yet_available("mappings check")
+@handle_errors
+def check(
+    directory: Path | None = typer.Argument(None, help=DIR_HELP, show_default=False),
+    as_json: bool = typer.Option(False, "--json", help="Print the problems as JSON."),
+) -> None:
+    """Validates the mapping files: every problem with file:line:column and a fix; exit 1 on
+    any error."""
+    folder = _folder(directory)
+    issues = check_mappings(folder)
+    if as_json:
+        typer.echo(json.dumps([i.to_dict() for i in issues], indent=2))
+    else:
+        for issue in issues:
+            typer.echo(str(issue))
+    if issues:
+        noun = "problem" if len(issues) == 1 else "problems"
+        typer.secho(f"{len(issues)} {noun} in {folder}.", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1)
+    mappings = load_mappings(folder)
+    if not as_json:
+        typer.echo(
+            f"{folder}: OK - {len(mappings.features)} features, {len(mappings.plans)} plans, "
+            f"{len(mappings.addons)} add-ons, {len(mappings.products)} products, "
+            f"{len(mappings.catalog_prices())} catalog prices, currencies "
+            f"{', '.join(c.upper() for c in mappings.currencies)} (mapping version "
+            f"{mappings.version})."
+        )
+
+
+def _records_from_file(path: Path) -> list[dict[str, Any]]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigurationError(
+            f"The file {path} does not exist.", hint="give the path of an opportunity JSON file."
+        ) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigurationError(
+            f"{path} is not valid JSON ({exc}).",
+            hint="save the opportunity as the Salesforce REST query returns it.",
+        ) from None
+    if isinstance(data, dict) and "Id" not in data and isinstance(data.get("records"), list):
+        data = data["records"]  # a whole query response
+    records = data if isinstance(data, list) else [data]
+    if not records or not all(isinstance(r, dict) for r in records):
+        raise ConfigurationError(
+            f"{path} holds no opportunity record.",
+            hint="save one Opportunity record (or a query response with 'records').",
+        )
+    return records
+
+
+def _fetch(opportunity_id: str, mappings: Any) -> list[dict[str, Any]]:
+    from sf_bridge.crm.salesforce import SalesforceCrm  # needs the Salesforce client: lazily
+
+    crm = SalesforceCrm.from_settings(get_settings(), mappings)
+    records: list[dict[str, Any]] = crm.fetch_opportunities([opportunity_id])
+    if not records:
+        raise ConfigurationError(
+            f"No opportunity with the Id {opportunity_id} was found in Salesforce.",
+            hint="check the Id (15 or 18 characters) and that the integration user can see it.",
+        )
+    return records
 
 
 @mappings_app.command("preview")
-def preview() -> None:
-    """What a deal would provision, changing nothing."""
-    not_yet_available("mappings preview")
+@handle_errors
+def preview(
+    file: Path | None = typer.Option(
+        None, "--file", "-f", help="An Opportunity record as JSON, as the REST query returns it."
+    ),
+    opportunity_id: str | None = typer.Option(
+        None, "--opportunity-id", help="Fetch this Opportunity from Salesforce (SF_* settings)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
+    mappings_dir: Path | None = typer.Option(None, "--mappings", help=DIR_HELP, show_default=False),
+) -> None:
+    """What a deal would provision, changing nothing; exit 1 when it does not map."""
+    if (file is None) == (opportunity_id is None):
+        raise typer.BadParameter("give exactly one of --file or --opportunity-id.")
+    mappings = load_mappings(_folder(mappings_dir))
+    records = (
+        _records_from_file(file) if file is not None else _fetch(str(opportunity_id), mappings)
+    )
+    console = _console()
+    results = []
+    failed = False
+    for record in records:
+        result = map_opportunity(record, mappings)
+        opp_id = str(record.get("Id") or "?")
+        failed = failed or not isinstance(result, ProvisioningPlan)
+        if as_json:
+            results.append(preview_json(opp_id, result, mappings.version))
+        elif isinstance(result, ProvisioningPlan):
+            print_plan(console, result)
+        else:
+            print_errors(console, opp_id, result)
+    if as_json:
+        typer.echo(json.dumps(results[0] if len(results) == 1 else results, indent=2))
+    if failed:
+        raise typer.Exit(1)

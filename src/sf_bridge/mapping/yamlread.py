@@ -1,0 +1,127 @@
+"""Reading YAML mapping files as node trees, so every value keeps its file, line and column.
+
+The nodes are walked by `sf_bridge.mapping.schema`; duplicate keys stay visible (a composed
+node tree keeps them), which a constructed dict would hide.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ruamel.yaml import YAML
+from ruamel.yaml.error import MarkedYAMLError
+from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from sf_bridge.mapping.issues import MappingIssue
+
+TAG_PREFIX = "tag:yaml.org,2002:"
+
+
+@dataclass(frozen=True)
+class Loc:
+    file: str
+    line: int  # 1-based
+    column: int  # 1-based
+
+
+@dataclass
+class Ctx:
+    """Collects issues for one file while its nodes are walked."""
+
+    file: str
+    issues: list[MappingIssue] = field(default_factory=list)
+
+    def loc(self, node: Node | None) -> Loc:
+        if node is None:
+            return Loc(self.file, 0, 0)
+        mark = node.start_mark
+        return Loc(self.file, mark.line + 1, mark.column + 1)
+
+    def add(self, node: Node | None, code: str, message: str, hint: str = "") -> None:
+        loc = self.loc(node)
+        self.issues.append(MappingIssue(loc.file, loc.line, loc.column, code, message, hint))
+
+
+def issue_at(loc: Loc, code: str, message: str, hint: str = "") -> MappingIssue:
+    return MappingIssue(loc.file, loc.line, loc.column, code, message, hint)
+
+
+def suggest(word: str, choices: Iterable[str]) -> str | None:
+    """The closest known name to a misspelled one, if any is close enough."""
+    options = list(choices)
+    matches = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
+    if not matches:
+        lowered = {o.lower(): o for o in options}
+        matches = difflib.get_close_matches(word.lower(), list(lowered), n=1, cutoff=0.6)
+        matches = [lowered[m] for m in matches]
+    return matches[0] if matches else None
+
+
+def did_you_mean(word: str, choices: Iterable[str], fallback: str) -> str:
+    options = sorted(choices)
+    best = suggest(word, options)
+    if best is not None:
+        return f"did you mean '{best}'?"
+    if options:
+        shown = ", ".join(f"'{o}'" for o in options[:12])
+        more = ", ..." if len(options) > 12 else ""
+        return f"{fallback} (one of {shown}{more})."
+    return fallback + "."
+
+
+def tag_of(node: Node) -> str:
+    tag = str(node.tag)
+    return tag[len(TAG_PREFIX) :] if tag.startswith(TAG_PREFIX) else tag
+
+
+def describe(node: Node) -> str:
+    """What a node is, in words: 'a list', 'the text "abc"', 'the number 12'."""
+    if isinstance(node, MappingNode):
+        return "a set of keys"
+    if isinstance(node, SequenceNode):
+        return "a list"
+    tag = tag_of(node)
+    if tag == "null":
+        return "nothing (empty)"
+    if tag in ("int", "float"):
+        return f"the number {node.value}"
+    if tag == "bool":
+        return f"the value {node.value}"
+    return f"the text '{node.value}'"
+
+
+def read_file(path: Path, display: str, ctx: Ctx) -> Node | None:
+    """The file's root node, or None with a `yaml_syntax` issue when it does not parse."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        ctx.add(None, "yaml_syntax", "the file is not UTF-8 text.", "save it as UTF-8.")
+        return None
+    yaml = YAML(typ="rt")
+    try:
+        node = yaml.compose(text)
+    except MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else 0
+        column = mark.column + 1 if mark is not None else 0
+        problem = " ".join(str(p) for p in (exc.context, exc.problem) if p)
+        ctx.issues.append(
+            MappingIssue(
+                display,
+                line,
+                column,
+                "yaml_syntax",
+                f"this is not valid YAML: {problem}.",
+                "check indentation (spaces, not tabs), colons after keys and closing brackets "
+                "and quotes around this point.",
+            )
+        )
+        return None
+    return node
+
+
+def is_null(node: Node | None) -> bool:
+    return node is None or (isinstance(node, ScalarNode) and tag_of(node) == "null")
