@@ -1,0 +1,420 @@
+"""`BillingGateway` on the official `stripe` SDK (`StripeClient`), for Stripe or the emulator.
+
+Stripe errors become `sf_bridge.errors` types here, at the boundary: 429 (including
+`lock_timeout`) -> `RateLimitedError` with `retry_after`; 5xx, 409 and network failures ->
+`TransientError`; other 4xx -> `BillingRejected` saying what Stripe refused and what to change.
+Whether to retry is decided in one place, `sf_bridge.provisioning.retry`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import stripe
+
+from sf_bridge.billing.port import (
+    BillingCustomer,
+    BillingInvoice,
+    BillingPrice,
+    BillingSubscription,
+    CustomerSpec,
+    SubscriptionSpec,
+)
+from sf_bridge.errors import BillingRejected, RateLimitedError, SfBridgeError, TransientError
+from sf_bridge.logging import get_logger
+
+log = get_logger(__name__)
+T = TypeVar("T")
+
+
+def _header(headers: Any, name: str) -> str | None:
+    if not headers:
+        return None
+    for key, value in dict(headers).items():
+        if str(key).lower() == name:
+            return str(value)
+    return None
+
+
+def _retry_after(headers: Any) -> float | None:
+    value = _header(headers, "retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+def translate_error(exc: stripe.StripeError, action: str) -> SfBridgeError:
+    """The sf-bridge error for a Stripe error, with the Stripe request id attached."""
+    status = exc.http_status
+    message = exc.user_message or str(getattr(exc, "_message", None) or exc)
+    request_id = exc.request_id
+    param = getattr(exc, "param", None)
+    where = f" (parameter {param})" if param else ""
+    error: SfBridgeError
+    if isinstance(exc, stripe.RateLimitError) or status == 429:
+        error = RateLimitedError(
+            f"Stripe rate-limited {action}: {message}",
+            retry_after=_retry_after(exc.headers),
+        )
+    elif isinstance(exc, stripe.APIConnectionError):
+        error = TransientError(f"Could not reach Stripe to {action}: {message}")
+    elif status is not None and (status >= 500 or status == 409):
+        error = TransientError(
+            f"Stripe failed to {action} (HTTP {status}): {message}",
+            retry_after=_retry_after(exc.headers),
+        )
+    elif isinstance(exc, stripe.AuthenticationError):
+        error = BillingRejected(
+            f"Stripe refused the API key while trying to {action}.",
+            hint="set STRIPE_API_KEY to a valid secret key for this account, then replay.",
+        )
+    elif isinstance(exc, stripe.IdempotencyError):
+        error = BillingRejected(
+            f"Stripe refused to {action}: {message}",
+            hint="the request changed since its first try; replay the deal to build a new one.",
+        )
+    elif status is None:
+        error = TransientError(f"Stripe gave no answer to {action}: {message}")
+    else:
+        error = BillingRejected(
+            f"Stripe refused to {action}{where}: {message}",
+            hint=_rejection_hint(message, param),
+        )
+    setattr(error, "stripe_request_id", request_id)  # noqa: B010
+    error.__cause__ = exc
+    return error
+
+
+def _rejection_hint(message: str, param: str | None) -> str:
+    text = message.lower()
+    if "inactive" in text or "archived" in text:
+        return (
+            "the price or product is archived in Stripe: re-activate it, or point the mapping "
+            "at an active price (lookup key), then `sf-bridge replay` the deal."
+        )
+    if "no such price" in text or (param or "").startswith("items"):
+        return "check the price lookup keys in the mappings against Stripe, then replay."
+    if "no such customer" in text:
+        return "the Stripe customer was deleted; restore it or clear it here, then replay."
+    return "correct the mapping or the Salesforce data named above, then replay the deal."
+
+
+def _to_dt(ts: Any) -> datetime | None:
+    return datetime.fromtimestamp(int(ts), UTC) if ts else None
+
+
+def _id(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        return str(value.get("id")) if value.get("id") else None
+    return str(value)
+
+
+def _meta(value: Any) -> dict[str, str]:
+    return {str(k): str(v) for k, v in (value or {}).items()}
+
+
+def _request_id(obj: Any) -> str | None:
+    response = getattr(obj, "last_response", None)
+    return response.request_id if response is not None else None
+
+
+def _price(data: dict[str, Any], request_id: str | None) -> BillingPrice:
+    recurring = data.get("recurring") or {}
+    product = data.get("product")
+    return BillingPrice(
+        id=data["id"],
+        lookup_key=data.get("lookup_key"),
+        product=_id(product) or "",
+        unit_amount=data.get("unit_amount"),
+        currency=str(data.get("currency", "")),
+        interval=recurring.get("interval"),
+        active=bool(data.get("active", True))
+        and (not isinstance(product, dict) or bool(product.get("active", True))),
+        request_id=request_id,
+    )
+
+
+def _customer(data: dict[str, Any], request_id: str | None) -> BillingCustomer:
+    return BillingCustomer(
+        id=data["id"],
+        name=data.get("name"),
+        email=data.get("email"),
+        metadata=_meta(data.get("metadata")),
+        request_id=request_id,
+    )
+
+
+def _subscription(data: dict[str, Any], request_id: str | None) -> BillingSubscription:
+    return BillingSubscription(
+        id=data["id"],
+        customer=_id(data.get("customer")) or "",
+        status=str(data.get("status", "")),
+        latest_invoice=_id(data.get("latest_invoice")),
+        collection_method=data.get("collection_method"),
+        metadata=_meta(data.get("metadata")),
+        request_id=request_id,
+    )
+
+
+def _invoice(data: dict[str, Any], request_id: str | None) -> BillingInvoice:
+    subscription = data.get("subscription")
+    if subscription is None:
+        parent = data.get("parent") or {}
+        subscription = (parent.get("subscription_details") or {}).get("subscription")
+    return BillingInvoice(
+        id=data["id"],
+        status=str(data.get("status", "")),
+        hosted_invoice_url=data.get("hosted_invoice_url"),
+        invoice_pdf=data.get("invoice_pdf"),
+        due_date=_to_dt(data.get("due_date")),
+        subscription=_id(subscription),
+        customer=_id(data.get("customer")),
+        amount_due=data.get("amount_due"),
+        currency=data.get("currency"),
+        request_id=request_id,
+    )
+
+
+def _search_literal(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+class StripeGateway:
+    """Talks to Stripe (or the emulator at `api_base`) through `stripe.StripeClient`.
+
+    `acquire` is called before every request (a client-side rate limiter). The SDK's own
+    retries are off by default so that one retry policy, sf-bridge's, governs.
+    """
+
+    def __init__(
+        self,
+        api_key: str,
+        *,
+        api_base: str | None = None,
+        acquire: Callable[[], object] | None = None,
+        max_network_retries: int = 0,
+        timeout_seconds: float = 30.0,
+    ) -> None:
+        base = {"api": api_base.rstrip("/")} if api_base else None
+        http_client = stripe.RequestsClient(timeout=timeout_seconds)
+        self._client = stripe.StripeClient(
+            api_key,
+            base_addresses=base,  # type: ignore[arg-type]
+            max_network_retries=max_network_retries,
+            http_client=http_client,
+        )
+        self._acquire = acquire
+        self.requests = 0  # requests sent, for measurements
+
+    def _call(self, action: str, fn: Callable[[], T], **fields: Any) -> T:
+        if self._acquire is not None:
+            self._acquire()
+        self.requests += 1
+        started = time.perf_counter()
+        try:
+            result = fn()
+        except stripe.StripeError as exc:
+            error = translate_error(exc, action)
+            log.info(
+                "stripe_request_failed",
+                action=action,
+                http_status=exc.http_status,
+                stripe_request_id=exc.request_id,
+                duration_ms=int((time.perf_counter() - started) * 1000),
+                error=error.message,
+                **fields,
+            )
+            raise error from exc
+        log.debug(
+            "stripe_request",
+            action=action,
+            stripe_request_id=_request_id(result),
+            duration_ms=int((time.perf_counter() - started) * 1000),
+            **fields,
+        )
+        return result
+
+    def _retrieve_or_none(self, action: str, fn: Callable[[], Any]) -> Any | None:
+        try:
+            return self._call(action, fn)
+        except BillingRejected as exc:
+            cause = exc.__cause__
+            if isinstance(cause, stripe.InvalidRequestError) and cause.http_status == 404:
+                return None
+            raise
+
+    # prices -------------------------------------------------------------------------------
+
+    def find_prices(self, lookup_keys: Sequence[str]) -> dict[str, BillingPrice]:
+        keys = sorted(set(lookup_keys))
+        found: dict[str, BillingPrice] = {}
+        for start in range(0, len(keys), 10):  # Stripe accepts up to 10 lookup keys per list
+            chunk = keys[start : start + 10]
+            result = self._call(
+                "list prices by lookup key",
+                lambda chunk=chunk: self._client.v1.prices.list(  # type: ignore[misc]
+                    {"lookup_keys": chunk, "limit": 100, "expand": ["data.product"]}
+                ),
+            )
+            request_id = _request_id(result)
+            for price in result.data:
+                data = price.to_dict()
+                if data.get("lookup_key"):
+                    found[data["lookup_key"]] = _price(data, request_id)
+        return found
+
+    # customers ----------------------------------------------------------------------------
+
+    def get_customer(self, customer_id: str) -> BillingCustomer | None:
+        obj = self._retrieve_or_none(
+            "retrieve a customer", lambda: self._client.v1.customers.retrieve(customer_id)
+        )
+        if obj is None:
+            return None
+        data = obj.to_dict()
+        if data.get("deleted"):
+            return None
+        return _customer(data, _request_id(obj))
+
+    def find_customer(self, *, sf_account_id: str) -> BillingCustomer | None:
+        query = f"metadata['sf_account_id']:{_search_literal(sf_account_id)}"
+        result = self._call(
+            "search customers",
+            lambda: self._client.v1.customers.search({"query": query, "limit": 10}),
+        )
+        for obj in result.data:
+            data = obj.to_dict()
+            return _customer(data, _request_id(result))
+        return None
+
+    def create_customer(self, spec: CustomerSpec, *, idempotency_key: str) -> BillingCustomer:
+        params: dict[str, Any] = {"name": spec.name, "metadata": dict(spec.metadata)}
+        if spec.email:
+            params["email"] = spec.email
+        obj = self._call(
+            "create a customer",
+            lambda: self._client.v1.customers.create(
+                params,  # type: ignore[arg-type]
+                {"idempotency_key": idempotency_key},
+            ),
+        )
+        return _customer(obj.to_dict(), _request_id(obj))
+
+    # subscriptions ------------------------------------------------------------------------
+
+    def get_subscription(self, subscription_id: str) -> BillingSubscription | None:
+        obj = self._retrieve_or_none(
+            "retrieve a subscription",
+            lambda: self._client.v1.subscriptions.retrieve(subscription_id),
+        )
+        return None if obj is None else _subscription(obj.to_dict(), _request_id(obj))
+
+    def find_subscription(self, *, sf_opportunity_id: str) -> BillingSubscription | None:
+        query = f"metadata['sf_opportunity_id']:{_search_literal(sf_opportunity_id)}"
+        result = self._call(
+            "search subscriptions",
+            lambda: self._client.v1.subscriptions.search({"query": query, "limit": 10}),
+        )
+        for obj in result.data:
+            return _subscription(obj.to_dict(), _request_id(result))
+        return None
+
+    def create_subscription(
+        self, spec: SubscriptionSpec, *, idempotency_key: str
+    ) -> BillingSubscription:
+        params = subscription_params(spec)
+        obj = self._call(
+            "create a subscription",
+            lambda: self._client.v1.subscriptions.create(
+                params,  # type: ignore[arg-type]
+                {"idempotency_key": idempotency_key},
+            ),
+        )
+        return _subscription(obj.to_dict(), _request_id(obj))
+
+    def cancel_subscription(
+        self, subscription_id: str, idempotency_key: str
+    ) -> BillingSubscription:
+        obj = self._call(
+            "cancel a subscription",
+            lambda: self._client.v1.subscriptions.cancel(
+                subscription_id, None, {"idempotency_key": idempotency_key}
+            ),
+        )
+        return _subscription(obj.to_dict(), _request_id(obj))
+
+    # invoices -----------------------------------------------------------------------------
+
+    def get_invoice(self, invoice_id: str) -> BillingInvoice:
+        obj = self._call(
+            "retrieve an invoice", lambda: self._client.v1.invoices.retrieve(invoice_id)
+        )
+        return _invoice(obj.to_dict(), _request_id(obj))
+
+    def finalize_invoice(self, invoice_id: str, *, idempotency_key: str) -> BillingInvoice:
+        obj = self._call(
+            "finalize an invoice",
+            lambda: self._client.v1.invoices.finalize_invoice(
+                invoice_id, None, {"idempotency_key": idempotency_key}
+            ),
+        )
+        return _invoice(obj.to_dict(), _request_id(obj))
+
+    def send_invoice(self, invoice_id: str, *, idempotency_key: str) -> BillingInvoice:
+        obj = self._call(
+            "send an invoice",
+            lambda: self._client.v1.invoices.send_invoice(
+                invoice_id, None, {"idempotency_key": idempotency_key}
+            ),
+        )
+        return _invoice(obj.to_dict(), _request_id(obj))
+
+    def mark_invoice_paid_out_of_band(
+        self, invoice_id: str, idempotency_key: str
+    ) -> BillingInvoice:
+        obj = self._call(
+            "mark an invoice paid out of band",
+            lambda: self._client.v1.invoices.pay(
+                invoice_id, {"paid_out_of_band": True}, {"idempotency_key": idempotency_key}
+            ),
+        )
+        return _invoice(obj.to_dict(), _request_id(obj))
+
+
+def subscription_params(spec: SubscriptionSpec) -> dict[str, Any]:
+    """The Stripe request body for a subscription (also the content its idempotency key hashes)."""
+    items: list[dict[str, Any]] = []
+    for item in spec.items:
+        entry: dict[str, Any] = {"quantity": item.quantity}
+        if item.price_data is not None:
+            entry["price_data"] = {
+                "product": item.price_data.product,
+                "unit_amount": item.price_data.unit_amount,
+                "currency": item.price_data.currency,
+                "recurring": {
+                    "interval": item.price_data.interval,
+                    "interval_count": item.price_data.interval_count,
+                },
+            }
+        else:
+            entry["price"] = item.price
+        items.append(entry)
+    params: dict[str, Any] = {
+        "customer": spec.customer,
+        "items": items,
+        "metadata": dict(spec.metadata),
+        "collection_method": spec.collection_method,
+    }
+    if spec.collection_method == "send_invoice":
+        params["days_until_due"] = spec.days_until_due if spec.days_until_due is not None else 30
+    if spec.payment_behavior:
+        params["payment_behavior"] = spec.payment_behavior
+    return params

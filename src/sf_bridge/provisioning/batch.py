@@ -1,0 +1,244 @@
+"""The batch steps: fetch (one Salesforce query for up to 200 deals) and write-back (one
+update call for up to 200 deals). Salesforce REST calls per deal stay far below one."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import select
+
+from sf_bridge.crm.port import CrmGateway, OpportunityUpdate
+from sf_bridge.db.models import Deal, StepAttempt
+from sf_bridge.errors import CrmRejected, TransientError
+from sf_bridge.logging import get_logger
+from sf_bridge.provisioning import claim
+from sf_bridge.provisioning.runner import Provisioner, record_failure
+from sf_bridge.provisioning.states import STATUS_AFTER, STEP_FETCH, STEP_MAP, STEP_WRITE_BACK
+
+log = get_logger(__name__)
+
+BATCH_LIMIT = 200
+# Keys of `Mappings.write_back` (Opportunity API field names) and where their values come from.
+WRITE_BACK_KEYS = (
+    "status",
+    "stripe_customer_id",
+    "stripe_subscription_id",
+    "invoice_url",
+    "error",
+    "provisioned_at",
+)
+
+
+def _snapshot_id(record: dict[str, Any]) -> str:
+    return str(record.get("Id") or "")
+
+
+def _load(prov: Provisioner, ids: list[int]) -> list[Deal]:
+    with prov.session_factory() as session:
+        return list(session.execute(select(Deal).where(Deal.id.in_(ids))).scalars())
+
+
+def fetch_batch(prov: Provisioner, crm: CrmGateway | None, limit: int = BATCH_LIMIT) -> list[int]:
+    """Fetches the snapshots of up to `limit` received deals in one call; returns their ids."""
+    if crm is None:
+        return []
+    ids = prov.claim((STEP_FETCH,), min(limit, BATCH_LIMIT))
+    if not ids:
+        return []
+    deals = _load(prov, ids)
+    started = time.perf_counter()
+    try:
+        records = crm.fetch_opportunities([d.opportunity_id for d in deals])
+    except Exception as exc:
+        duration = int((time.perf_counter() - started) * 1000)
+        for deal in deals:
+            record_failure(
+                prov,
+                deal_id=deal.id,
+                opportunity_id=deal.opportunity_id,
+                step=STEP_FETCH,
+                attempt_id=None,
+                attempt_no=deal.attempts + 1,
+                exc=exc,
+                duration=duration,
+            )
+        return ids
+    duration = int((time.perf_counter() - started) * 1000)
+    by_id: dict[str, dict[str, Any]] = {}
+    for record in records:
+        by_id[_snapshot_id(record)] = record
+        by_id[_snapshot_id(record)[:15]] = record
+    found: list[tuple[Deal, dict[str, Any]]] = []
+    for deal in deals:
+        match = by_id.get(deal.opportunity_id) or by_id.get(deal.opportunity_id[:15])
+        if match is None:
+            record_failure(
+                prov,
+                deal_id=deal.id,
+                opportunity_id=deal.opportunity_id,
+                step=STEP_FETCH,
+                attempt_id=None,
+                attempt_no=deal.attempts + 1,
+                exc=TransientError(
+                    f"Salesforce did not return opportunity {deal.opportunity_id}.",
+                    hint="check that it exists and that the integration user can read it "
+                    "(sharing, field-level security), then replay the deal.",
+                ),
+                duration=duration,
+            )
+        else:
+            found.append((deal, match))
+    now = prov.clock()
+    with prov.session_factory() as session, session.begin():
+        for deal, record in found:
+            row = claim.load_owned(session, deal.id, prov.owner)
+            if row is None:
+                continue
+            row.opportunity = record
+            row.account_id = record.get("AccountId") or row.account_id or None
+            row.status = STATUS_AFTER[STEP_FETCH]
+            row.current_step = STEP_MAP
+            row.attempts = 0
+            row.next_attempt_at = None
+            row.last_error = row.last_error_code = None
+            row.locked_by = row.locked_until = None
+            session.add(
+                StepAttempt(
+                    deal_id=deal.id,
+                    step=STEP_FETCH,
+                    attempt=deal.attempts + 1,
+                    started_at=now,
+                    finished_at=now,
+                    duration_ms=duration,
+                    outcome="ok",
+                    detail={"batch_size": len(deals)},
+                )
+            )
+    log.info("fetch_batch_done", deals=len(deals), found=len(found), duration_ms=duration)
+    return ids
+
+
+def write_back_fields(deal: Deal, names: Any, now_iso: str) -> dict[str, Any]:
+    """Opportunity field values for a provisioned deal, for the fields the mapping names."""
+    values: dict[str, Any] = {
+        "status": "Provisioned",
+        "stripe_customer_id": deal.stripe_customer_id,
+        "stripe_subscription_id": deal.stripe_subscription_id,
+        "invoice_url": deal.hosted_invoice_url,
+        "error": None,
+        "provisioned_at": now_iso,
+    }
+    fields: dict[str, Any] = {}
+    for key in WRITE_BACK_KEYS:
+        field_name = getattr(names, key, None) if names is not None else None
+        if field_name:
+            fields[str(field_name)] = values[key]
+    return fields
+
+
+def write_back_batch(
+    prov: Provisioner,
+    crm: CrmGateway | None,
+    mappings_loader: Callable[[], Any],
+    limit: int = BATCH_LIMIT,
+) -> list[int]:
+    """Writes status and Stripe ids back onto up to `limit` opportunities in one call, then
+    marks those deals done; returns their ids."""
+    ids = prov.claim((STEP_WRITE_BACK,), min(limit, BATCH_LIMIT))
+    if not ids:
+        return []
+    deals = _load(prov, ids)
+    now = prov.clock()
+    started = time.perf_counter()
+    try:
+        names = getattr(mappings_loader(), "write_back", None) if crm is not None else None
+        updates = [
+            OpportunityUpdate(d.opportunity_id, write_back_fields(d, names, now.isoformat()))
+            for d in deals
+            if d.source != "file"
+        ]
+        updates = [u for u in updates if u.fields]
+        results = crm.write_back(updates) if (crm is not None and updates) else []
+    except Exception as exc:
+        duration = int((time.perf_counter() - started) * 1000)
+        for deal in deals:
+            record_failure(
+                prov,
+                deal_id=deal.id,
+                opportunity_id=deal.opportunity_id,
+                step=STEP_WRITE_BACK,
+                attempt_id=None,
+                attempt_no=deal.attempts + 1,
+                exc=exc,
+                duration=duration,
+            )
+        return ids
+    duration = int((time.perf_counter() - started) * 1000)
+    written = {u.opportunity_id for u in updates}
+    failed = {r.opportunity_id: r for r in results if not r.ok}
+    ok: list[Deal] = []
+    for deal in deals:
+        result = failed.get(deal.opportunity_id)
+        if result is None:
+            ok.append(deal)
+            continue
+        error: Exception = (
+            TransientError(f"Salesforce could not update the opportunity: {result.error}")
+            if result.retryable
+            else CrmRejected(
+                f"Salesforce refused the write-back: {result.error}",
+                hint="check the write-back fields in the mappings and the integration user's "
+                "field permissions, then replay the deal.",
+            )
+        )
+        record_failure(
+            prov,
+            deal_id=deal.id,
+            opportunity_id=deal.opportunity_id,
+            step=STEP_WRITE_BACK,
+            attempt_id=None,
+            attempt_no=deal.attempts + 1,
+            exc=error,
+            duration=duration,
+        )
+    with prov.session_factory() as session, session.begin():
+        for deal in ok:
+            row = claim.load_owned(session, deal.id, prov.owner)
+            if row is None:
+                continue
+            did_write = deal.opportunity_id in written
+            row.status = STATUS_AFTER[STEP_WRITE_BACK]
+            row.current_step = None
+            row.attempts = 0
+            row.next_attempt_at = None
+            row.last_error = row.last_error_code = None
+            row.locked_by = row.locked_until = None
+            row.writeback_pending = False
+            row.written_back_at = now if did_write else None
+            row.completed_at = now
+            session.add(
+                StepAttempt(
+                    deal_id=deal.id,
+                    step=STEP_WRITE_BACK,
+                    attempt=deal.attempts + 1,
+                    started_at=now,
+                    finished_at=now,
+                    duration_ms=duration,
+                    outcome="ok",
+                    detail={"written": did_write, "batch_size": len(updates)}
+                    if did_write
+                    else {"written": False, "why": _skip_reason(crm, deal)},
+                )
+            )
+    log.info("write_back_batch_done", deals=len(deals), written=len(written), duration_ms=duration)
+    return ids
+
+
+def _skip_reason(crm: CrmGateway | None, deal: Deal) -> str:
+    if deal.source == "file":
+        return "provisioned from a file: nothing to write back"
+    if crm is None:
+        return "no Salesforce connection configured"
+    return "the mappings name no write-back fields"

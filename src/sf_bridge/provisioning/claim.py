@@ -1,0 +1,136 @@
+"""Claiming work, in one place: which deals a worker may run now, and the per-account lock.
+
+A claim is a lease (`locked_by`, `locked_until`) on the deal row. PostgreSQL picks candidates
+with `FOR UPDATE SKIP LOCKED`, so replicas never wait on each other; SQLite (one process,
+`BEGIN IMMEDIATE`) uses the same guarded UPDATE and checks the row count. Every later write of
+a step is guarded by the lease too (`load_owned`), so a worker whose lease expired and was
+taken over cannot overwrite the new owner's progress.
+
+The per-account lock is the same kind of lease on the `customers` row: the customer,
+subscription and invoice steps of two deals of one account never run at once (Stripe answers
+`lock_timeout` to concurrent writes on one customer, and two deals could both create it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from sf_bridge.db.models import Customer, Deal, utcnow
+from sf_bridge.provisioning.states import SETTLED
+
+
+def _due(now: datetime) -> Any:
+    return and_(
+        Deal.status.not_in(SETTLED),
+        or_(Deal.next_attempt_at.is_(None), Deal.next_attempt_at <= now),
+        or_(Deal.locked_until.is_(None), Deal.locked_until < now),
+    )
+
+
+def claim_deals(
+    session: Session,
+    *,
+    steps: Collection[str],
+    owner: str,
+    now: datetime,
+    lease: timedelta,
+    limit: int,
+) -> list[int]:
+    """Leases up to `limit` due deals whose next step is one of `steps`; returns their ids,
+    oldest first. Commits."""
+    with session.begin():
+        query = (
+            select(Deal.id)
+            .where(Deal.current_step.in_(list(steps)), _due(now))
+            .order_by(Deal.id)
+            .limit(limit)
+        )
+        if session.get_bind().dialect.name == "postgresql":
+            query = query.with_for_update(skip_locked=True, of=Deal)
+        candidates = list(session.execute(query).scalars())
+        claimed: list[int] = []
+        for deal_id in candidates:
+            result = session.execute(
+                update(Deal)
+                .where(Deal.id == deal_id, Deal.current_step.in_(list(steps)), _due(now))
+                .values(locked_by=owner, locked_until=now + lease)
+                .execution_options(synchronize_session=False)
+            )
+            if result.rowcount == 1:  # type: ignore[attr-defined]
+                claimed.append(deal_id)
+    return claimed
+
+
+def load_owned(session: Session, deal_id: int, owner: str) -> Deal | None:
+    """The deal, locked for this transaction, when `owner` still holds its lease; else None."""
+    query = select(Deal).where(Deal.id == deal_id, Deal.locked_by == owner)
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(of=Deal)
+    return session.execute(query.execution_options(populate_existing=True)).scalar_one_or_none()
+
+
+def release_deal(session: Session, deal_id: int, owner: str) -> None:
+    """Gives the lease back (no commit)."""
+    session.execute(
+        update(Deal)
+        .where(Deal.id == deal_id, Deal.locked_by == owner)
+        .values(locked_by=None, locked_until=None)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def ensure_customer_row(
+    session: Session, *, account_id: str, name: str, customer_key: str | None, email: str | None
+) -> None:
+    """Creates the account's customers row unless it exists (concurrent-safe). Commits."""
+    dialect = session.get_bind().dialect.name
+    insert = (postgresql if dialect == "postgresql" else sqlite).insert(Customer)
+    with session.begin():
+        session.execute(
+            insert.values(
+                sf_account_id=account_id,
+                name=name[:255],
+                customer_key=customer_key,
+                email=email,
+                created_at=utcnow(),
+                updated_at=utcnow(),
+            ).on_conflict_do_nothing(index_elements=["sf_account_id"])
+        )
+
+
+def try_lock_account(
+    session: Session, *, account_id: str, holder: str, now: datetime, lease: timedelta
+) -> bool:
+    """Takes (or renews) the account's lease for `holder`; False when someone else holds it.
+    Commits."""
+    with session.begin():
+        result = session.execute(
+            update(Customer)
+            .where(
+                Customer.sf_account_id == account_id,
+                or_(
+                    Customer.locked_by.is_(None),
+                    Customer.locked_by == holder,
+                    Customer.locked_until < now,
+                ),
+            )
+            .values(locked_by=holder, locked_until=now + lease)
+            .execution_options(synchronize_session=False)
+        )
+        return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+
+def unlock_account(session: Session, *, account_id: str, holder: str) -> None:
+    """Gives the account's lease back (no commit)."""
+    session.execute(
+        update(Customer)
+        .where(Customer.sf_account_id == account_id, Customer.locked_by == holder)
+        .values(locked_by=None, locked_until=None)
+        .execution_options(synchronize_session=False)
+    )

@@ -1,0 +1,123 @@
+"""Durable enqueue of won opportunities: one deal per opportunity, whoever sees it first.
+
+The unique opportunity id does the deduplication (`INSERT ... ON CONFLICT DO NOTHING` on
+SQLite and PostgreSQL), so the stream, the sweep and several replicas can enqueue the same
+opportunity at once and exactly one deal results. The caller commits (the stream commits its
+replay id in the same transaction, after the deals are enqueued).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from sf_bridge.db.models import Deal, DealEvent, utcnow
+from sf_bridge.errors import SfBridgeError
+from sf_bridge.logging import get_logger
+from sf_bridge.provisioning.states import STEP_FETCH, STEP_MAP
+
+log = get_logger(__name__)
+
+MAX_OPPORTUNITY_ID = 18
+
+
+class InvalidOpportunity(SfBridgeError):
+    """The opportunity cannot be enqueued as given."""
+
+    code = "invalid_opportunity"
+
+
+def _insert(session: Session) -> Any:
+    dialect = session.get_bind().dialect.name
+    return (postgresql if dialect == "postgresql" else sqlite).insert(Deal)
+
+
+def _check_id(opportunity_id: str) -> str:
+    value = str(opportunity_id or "").strip()
+    if not value or len(value) > MAX_OPPORTUNITY_ID:
+        raise InvalidOpportunity(
+            f"{opportunity_id!r} is not a Salesforce Opportunity Id.",
+            hint="pass the 15- or 18-character Id of the opportunity (it starts with 006).",
+        )
+    return value
+
+
+def enqueue_opportunities(
+    session: Session, opportunity_ids: Sequence[str], *, source: str
+) -> list[str]:
+    """Creates a `received` deal for each opportunity not seen before; returns the ids that
+    were newly enqueued (in the order given). Does not commit."""
+    ids = list(dict.fromkeys(_check_id(i) for i in opportunity_ids))
+    if not ids:
+        return []
+    now = utcnow()
+    rows = [
+        {
+            "opportunity_id": opp_id,
+            "status": "received",
+            "current_step": STEP_FETCH,
+            "attempts": 0,
+            "source": source,
+            "writeback_pending": False,
+            "created_at": now,
+            "updated_at": now,
+        }
+        for opp_id in ids
+    ]
+    stmt = (
+        _insert(session)
+        .values(rows)
+        .on_conflict_do_nothing(index_elements=["opportunity_id"])
+        .returning(Deal.id, Deal.opportunity_id)
+    )
+    inserted = {opp_id: deal_id for deal_id, opp_id in session.execute(stmt).all()}
+    for deal_id in inserted.values():
+        session.add(DealEvent(deal_id=deal_id, kind="received", message=f"Enqueued from {source}."))
+    session.flush()
+    new = [i for i in ids if i in inserted]
+    if new:
+        log.info("deals_enqueued", source=source, count=len(new), opportunity_ids=new[:20])
+    return new
+
+
+def enqueue_snapshot(session: Session, opportunity: dict[str, Any], *, source: str) -> Deal:
+    """Enqueues an opportunity given as data (`provision --file`): the deal starts at the map
+    step with this snapshot. An opportunity already enqueued keeps its deal, which is
+    returned as it is. Does not commit."""
+    opp_id = _check_id(str(opportunity.get("Id") or ""))
+    account_id = opportunity.get("AccountId") or (opportunity.get("Account") or {}).get("Id")
+    now = utcnow()
+    stmt = (
+        _insert(session)
+        .values(
+            opportunity_id=opp_id,
+            account_id=account_id,
+            status="fetched",
+            current_step=STEP_MAP,
+            attempts=0,
+            source=source,
+            opportunity=opportunity,
+            writeback_pending=False,
+            created_at=now,
+            updated_at=now,
+        )
+        .on_conflict_do_nothing(index_elements=["opportunity_id"])
+        .returning(Deal.id)
+    )
+    new_id = session.execute(stmt).scalar_one_or_none()
+    if new_id is not None:
+        session.add(
+            DealEvent(
+                deal_id=new_id,
+                kind="received",
+                message=f"Enqueued from {source} with the opportunity as given.",
+            )
+        )
+        session.flush()
+        log.info("deal_enqueued", source=source, opportunity_id=opp_id, deal_id=new_id)
+    deal = session.execute(select(Deal).where(Deal.opportunity_id == opp_id)).scalar_one()
+    return deal

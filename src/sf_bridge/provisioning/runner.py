@@ -1,0 +1,409 @@
+"""Runs one deal's steps in order, committing each outcome before the next step starts.
+
+For every step: check the lease, take the account's lock for Stripe steps, record the attempt
+(committed *before* Stripe is called, so a later attempt knows an earlier one may have
+created something), run the step, then in one guarded transaction apply its result, move the
+deal on and renew the lease. A failure goes through `retry.decide`: `retrying` with its next
+attempt time, or `needs_attention` with a reason a person can act on.
+
+`StepHooks.before_commit` / `after_commit` run right before and right after each step's
+commit; tests raise from them to imitate a crash at exactly that point.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from sf_bridge.db.models import NEEDS_ATTENTION, RETRYING, Customer, Deal, DealEvent, StepAttempt
+from sf_bridge.errors import MappingFailed, PermanentError
+from sf_bridge.logging import get_logger
+from sf_bridge.provisioning import claim
+from sf_bridge.provisioning.retry import RetryPolicy, decide
+from sf_bridge.provisioning.states import (
+    ACCOUNT_STEPS,
+    DEAL_STEPS,
+    STATUS_AFTER,
+    STEP_CUSTOMER,
+    STEP_ENTITLEMENTS,
+    STEP_INVOICE,
+    STEP_MAP,
+    STEP_SUBSCRIPTION,
+    next_step,
+)
+from sf_bridge.provisioning.steps import (
+    StepContext,
+    StepResult,
+    customer_step,
+    entitlements_step,
+    invoice_step,
+    map_step,
+    plan_of,
+    subscription_step,
+)
+
+log = get_logger(__name__)
+
+
+def _no_hook(step: str, deal_id: int) -> None:
+    return None
+
+
+@dataclass
+class StepHooks:
+    before_commit: Callable[[str, int], None] = _no_hook
+    after_commit: Callable[[str, int], None] = _no_hook
+
+
+@dataclass(frozen=True)
+class RunnerOptions:
+    owner: str
+    lease: timedelta = timedelta(seconds=120)
+    account_wait_seconds: float = 10.0  # how long a deal waits for its account's lock in-thread
+    account_busy_delay: timedelta = timedelta(milliseconds=200)
+
+
+class Provisioner:
+    """Runs deal steps for one worker (`options.owner` names its leases)."""
+
+    def __init__(
+        self,
+        *,
+        session_factory: sessionmaker[Session],
+        ctx: StepContext,
+        policy: RetryPolicy,
+        options: RunnerOptions,
+        clock: Callable[[], datetime],
+        hooks: StepHooks | None = None,
+    ) -> None:
+        self.session_factory = session_factory
+        self.ctx = ctx
+        self.policy = policy
+        self.options = options
+        self.clock = clock
+        self.hooks = hooks or StepHooks()
+
+    @property
+    def owner(self) -> str:
+        return self.options.owner
+
+    # claiming ------------------------------------------------------------------------------
+
+    def claim(self, steps: tuple[str, ...], limit: int) -> list[int]:
+        with self.session_factory() as session:
+            return claim.claim_deals(
+                session,
+                steps=steps,
+                owner=self.owner,
+                now=self.clock(),
+                lease=self.options.lease,
+                limit=limit,
+            )
+
+    def release(self, deal_id: int) -> None:
+        with self.session_factory() as session, session.begin():
+            claim.release_deal(session, deal_id, self.owner)
+
+    # one deal ------------------------------------------------------------------------------
+
+    def run_deal(self, deal_id: int, stop: threading.Event) -> str | None:
+        """Runs the deal's per-deal steps until it reaches a batch step, settles, fails, or
+        `stop` is set; returns its status then (None when the lease was lost)."""
+        while True:
+            with self.session_factory() as session:
+                deal = session.get(Deal, deal_id)
+            if deal is None or deal.locked_by != self.owner:
+                return None
+            if stop.is_set() or deal.current_step not in DEAL_STEPS:
+                self.release(deal_id)
+                return deal.status
+            if not self.run_step(deal, deal.current_step):
+                with self.session_factory() as session:
+                    row = session.get(Deal, deal_id)
+                    return row.status if row is not None else None
+
+    def run_step(self, deal: Deal, step: str) -> bool:
+        """One step of one deal; True when it succeeded and the deal may go on."""
+        bound = log.bind(deal_id=deal.id, opportunity_id=deal.opportunity_id, step=step)
+        account: str | None = None
+        holder = f"{self.owner}:{deal.id}"
+        try:
+            if step in ACCOUNT_STEPS:
+                account = self._lock_account(deal, holder)
+                if account is None:
+                    self._reschedule(deal.id)
+                    bound.info("account_busy_rescheduled")
+                    return False
+        except Exception as exc:
+            self._fail(deal, step, None, deal.attempts + 1, exc, 0, None, holder)
+            return False
+        attempt_no = deal.attempts + 1
+        attempt_id, resumed = self._start_attempt(deal, step, attempt_no, account)
+        started = time.perf_counter()
+        try:
+            result = self._execute(deal, step, resumed, account)
+            duration = int((time.perf_counter() - started) * 1000)
+            committed = self._commit(
+                deal, step, result, attempt_id, attempt_no, duration, account, holder
+            )
+        except Exception as exc:
+            duration = int((time.perf_counter() - started) * 1000)
+            self._fail(deal, step, attempt_id, attempt_no, exc, duration, account, holder)
+            return False
+        if not committed:
+            bound.warning("lease_lost", attempt=attempt_no)
+            return False
+        self.hooks.after_commit(step, deal.id)
+        bound.info(
+            "step_done",
+            attempt=attempt_no,
+            duration_ms=duration,
+            stripe_request_id=result.stripe_request_id,
+            **{k: v for k, v in result.detail.items() if isinstance(v, str | int | bool)},
+        )
+        return True
+
+    def _execute(self, deal: Deal, step: str, resumed: bool, account: str | None) -> StepResult:
+        if step == STEP_MAP:
+            return map_step(self.ctx, deal, resumed)
+        if step == STEP_CUSTOMER:
+            with self.session_factory() as session:
+                known = session.execute(
+                    select(Customer).where(Customer.sf_account_id == account)
+                ).scalar_one()
+            return customer_step(self.ctx, deal, resumed, known)
+        if step == STEP_SUBSCRIPTION:
+            return subscription_step(self.ctx, deal, resumed)
+        if step == STEP_INVOICE:
+            return invoice_step(self.ctx, deal, resumed)
+        if step == STEP_ENTITLEMENTS:
+            return entitlements_step(self.ctx, deal, resumed)
+        raise PermanentError(f"Unknown step {step!r}.", hint="replay the deal.")
+
+    def _lock_account(self, deal: Deal, holder: str) -> str | None:
+        """Takes the account's lock, waiting up to `account_wait_seconds`; None if busy."""
+        plan = plan_of(deal)
+        account = plan.customer.account_id
+        with self.session_factory() as session:
+            claim.ensure_customer_row(
+                session,
+                account_id=account,
+                name=plan.customer.name,
+                customer_key=plan.customer.customer_key,
+                email=plan.customer.email,
+            )
+        deadline = time.monotonic() + self.options.account_wait_seconds
+        waiter = threading.Event()
+        while True:
+            with self.session_factory() as session:
+                if claim.try_lock_account(
+                    session,
+                    account_id=account,
+                    holder=holder,
+                    now=self.clock(),
+                    lease=self.options.lease,
+                ):
+                    return account
+            if time.monotonic() >= deadline:
+                return None
+            waiter.wait(0.02)
+
+    def _start_attempt(
+        self, deal: Deal, step: str, attempt_no: int, account: str | None
+    ) -> tuple[int | None, bool]:
+        """Records the attempt before a Stripe step runs; says whether an earlier attempt of
+        this step (for the account, for the customer step) may have reached Stripe."""
+        if step not in ACCOUNT_STEPS:
+            return None, False
+        with self.session_factory() as session, session.begin():
+            earlier = select(StepAttempt.id).where(StepAttempt.step == step)
+            if step == STEP_CUSTOMER and account:
+                earlier = earlier.join(Deal, Deal.id == StepAttempt.deal_id).where(
+                    Deal.account_id == account
+                )
+            else:
+                earlier = earlier.where(StepAttempt.deal_id == deal.id)
+            resumed = session.execute(earlier.limit(1)).first() is not None
+            attempt = StepAttempt(
+                deal_id=deal.id, step=step, attempt=attempt_no, started_at=self.clock()
+            )
+            session.add(attempt)
+            if step == STEP_CUSTOMER and account and deal.account_id != account:
+                row = claim.load_owned(session, deal.id, self.owner)
+                if row is not None:
+                    row.account_id = account
+            session.flush()
+            return attempt.id, resumed
+
+    def _attempt_row(
+        self, session: Session, attempt_id: int | None, deal_id: int, step: str, attempt_no: int
+    ) -> StepAttempt:
+        if attempt_id is not None:
+            row = session.get(StepAttempt, attempt_id)
+            if row is not None:
+                return row
+        row = StepAttempt(deal_id=deal_id, step=step, attempt=attempt_no, started_at=self.clock())
+        session.add(row)
+        return row
+
+    def _commit(
+        self,
+        deal: Deal,
+        step: str,
+        result: StepResult,
+        attempt_id: int | None,
+        attempt_no: int,
+        duration: int,
+        account: str | None,
+        holder: str,
+    ) -> bool:
+        now = self.clock()
+        with self.session_factory() as session, session.begin():
+            row = claim.load_owned(session, deal.id, self.owner)
+            if row is None:
+                return False
+            result.apply(session, row)
+            custom = bool(row.plan) and plan_of(row).is_custom
+            row.status = STATUS_AFTER[step]
+            row.current_step = result.skip_to or next_step(step, custom_plan=custom)
+            row.attempts = 0
+            row.next_attempt_at = None
+            row.last_error = None
+            row.last_error_code = None
+            row.locked_until = now + self.options.lease
+            attempt = self._attempt_row(session, attempt_id, deal.id, step, attempt_no)
+            attempt.outcome = "ok"
+            attempt.finished_at = now
+            attempt.duration_ms = duration
+            attempt.idempotency_key = result.idempotency_key
+            attempt.stripe_request_id = result.stripe_request_id
+            attempt.detail = _json_safe(result.detail)
+            if account:
+                claim.unlock_account(session, account_id=account, holder=holder)
+            self.hooks.before_commit(step, deal.id)
+        return True
+
+    def _reschedule(self, deal_id: int) -> None:
+        with self.session_factory() as session, session.begin():
+            row = claim.load_owned(session, deal_id, self.owner)
+            if row is not None:
+                row.next_attempt_at = self.clock() + self.options.account_busy_delay
+                row.locked_by = None
+                row.locked_until = None
+
+    def _fail(
+        self,
+        deal: Deal,
+        step: str,
+        attempt_id: int | None,
+        attempt_no: int,
+        exc: Exception,
+        duration: int,
+        account: str | None,
+        holder: str,
+    ) -> None:
+        record_failure(
+            self,
+            deal_id=deal.id,
+            opportunity_id=deal.opportunity_id,
+            step=step,
+            attempt_id=attempt_id,
+            attempt_no=attempt_no,
+            exc=exc,
+            duration=duration,
+            account=account,
+            holder=holder,
+        )
+
+
+def record_failure(
+    prov: Provisioner,
+    *,
+    deal_id: int,
+    opportunity_id: str,
+    step: str,
+    attempt_id: int | None,
+    attempt_no: int,
+    exc: Exception,
+    duration: int = 0,
+    account: str | None = None,
+    holder: str | None = None,
+) -> str:
+    """Records a failed attempt and moves the deal to `retrying` or `needs_attention`, giving
+    its lease back. Returns the new status."""
+    decision = decide(exc, attempt=attempt_no, policy=prov.policy)
+    request_id = getattr(exc, "stripe_request_id", None)
+    now = prov.clock()
+    status = RETRYING if decision.action == "retry" else NEEDS_ATTENTION
+    with prov.session_factory() as session, session.begin():
+        if account and holder:
+            claim.unlock_account(session, account_id=account, holder=holder)
+        row = claim.load_owned(session, deal_id, prov.owner)
+        if row is None:
+            log.warning("lease_lost", deal_id=deal_id, step=step, attempt=attempt_no)
+            return "lost"
+        attempt = prov._attempt_row(session, attempt_id, deal_id, step, attempt_no)
+        attempt.outcome = "retry" if status == RETRYING else "failed"
+        attempt.finished_at = now
+        attempt.duration_ms = duration
+        attempt.error = decision.reason
+        attempt.error_code = decision.code
+        attempt.stripe_request_id = request_id
+        if isinstance(exc, MappingFailed):
+            attempt.detail = {"mapping_errors": [_error_dict(e) for e in exc.errors]}
+        row.status = status
+        row.current_step = step
+        row.attempts = attempt_no
+        row.last_error = decision.reason
+        row.last_error_code = decision.code
+        row.locked_by = None
+        row.locked_until = None
+        if status == RETRYING:
+            row.next_attempt_at = now + timedelta(seconds=decision.delay)
+        else:
+            row.next_attempt_at = None
+            session.add(
+                DealEvent(
+                    deal_id=deal_id,
+                    kind="needs_attention",
+                    message=decision.reason,
+                    detail={"step": step, "code": decision.code},
+                )
+            )
+    log_fields: dict[str, Any] = {
+        "deal_id": deal_id,
+        "opportunity_id": opportunity_id,
+        "step": step,
+        "attempt": attempt_no,
+        "duration_ms": duration,
+        "stripe_request_id": request_id,
+        "error_code": decision.code,
+        "error": decision.reason,
+    }
+    if status == RETRYING:
+        log.info("step_retrying", retry_in_ms=int(decision.delay * 1000), **log_fields)
+    else:
+        log.warning("deal_needs_attention", **log_fields)
+    return status
+
+
+def _error_dict(error: object) -> dict[str, Any]:
+    to_dict = getattr(error, "to_dict", None)
+    return to_dict() if callable(to_dict) else {"message": str(error)}
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    return str(value)

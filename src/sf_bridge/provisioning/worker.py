@@ -1,0 +1,171 @@
+"""The provisioning worker: fetch in batches, run each deal's steps on a thread pool, write
+back in batches. Any number of workers (threads or replicas) can run at once: they share
+work through the claim leases in `sf_bridge.provisioning.claim`."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from sf_bridge.billing.port import BillingGateway
+from sf_bridge.config import Settings
+from sf_bridge.crm.port import CrmGateway
+from sf_bridge.logging import get_logger
+from sf_bridge.provisioning.batch import fetch_batch, write_back_batch
+from sf_bridge.provisioning.prices import PriceCache
+from sf_bridge.provisioning.retry import RetryPolicy
+from sf_bridge.provisioning.runner import Provisioner, RunnerOptions, StepHooks
+from sf_bridge.provisioning.states import DEAL_STEPS
+from sf_bridge.provisioning.steps import Mapper, StepContext, default_mapper
+
+log = get_logger(__name__)
+
+DRAIN_SECONDS = 25.0
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()[:24]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class _MappingsOnce:
+    """Loads the mappings once per worker cycle; a load error is raised where it is used."""
+
+    def __init__(self, loader: Callable[[], Any]) -> None:
+        self._loader = loader
+        self._value: Any = None
+        self._error: Exception | None = None
+        self._loaded = False
+        self._lock = threading.Lock()
+
+    def refresh(self) -> None:
+        with self._lock:
+            self._loaded = False
+
+    def __call__(self) -> Any:
+        with self._lock:
+            if not self._loaded:
+                try:
+                    self._value, self._error = self._loader(), None
+                except Exception as exc:
+                    self._value, self._error = None, exc
+                self._loaded = True
+            if self._error is not None:
+                raise self._error
+            return self._value
+
+
+class Worker:
+    def __init__(
+        self,
+        settings: Settings,
+        session_factory: sessionmaker[Session],
+        billing: BillingGateway | None,
+        crm: CrmGateway | None,
+        mappings_loader: Callable[[], Any],
+        *,
+        mapper: Mapper = default_mapper,
+        policy: RetryPolicy | None = None,
+        hooks: StepHooks | None = None,
+        clock: Callable[[], datetime] = _utcnow,
+        owner: str | None = None,
+        lease: timedelta = timedelta(seconds=120),
+        poll_interval: float = 0.5,
+        prices: PriceCache | None = None,
+    ) -> None:
+        self.settings = settings
+        self.crm = crm
+        self.concurrency = max(1, settings.worker_concurrency)
+        self.poll_interval = poll_interval
+        self.mappings = _MappingsOnce(mappings_loader)
+        ctx = StepContext(
+            billing=billing,
+            mappings_loader=self.mappings,
+            mapper=mapper,
+            prices=prices or PriceCache(),
+        )
+        self.provisioner = Provisioner(
+            session_factory=session_factory,
+            ctx=ctx,
+            policy=policy or RetryPolicy.from_settings(settings),
+            options=RunnerOptions(owner=owner or worker_id(), lease=lease),
+            clock=clock,
+            hooks=hooks,
+        )
+
+    @property
+    def owner(self) -> str:
+        return self.provisioner.owner
+
+    def run_once(self, max_deals: int = 100) -> int:
+        """Processes what is due now (up to `max_deals` deal runs); returns how many distinct
+        deals it worked on. For tests and `provision --file`."""
+        touched: set[int] = set()
+        budget = max_deals
+        never = threading.Event()
+        self.mappings.refresh()
+        with ThreadPoolExecutor(self.concurrency, thread_name_prefix="provision") as pool:
+            while budget > 0:
+                fetched = fetch_batch(self.provisioner, self.crm, limit=budget)
+                claimed = self.provisioner.claim(DEAL_STEPS, min(budget, self.concurrency * 4))
+                futures = [pool.submit(self.provisioner.run_deal, i, never) for i in claimed]
+                for future in futures:
+                    future.result()
+                written = write_back_batch(self.provisioner, self.crm, self.mappings, limit=budget)
+                touched.update(fetched, claimed, written)
+                budget -= len(claimed) + len(fetched) + len(written)
+                if not (fetched or claimed or written):
+                    break
+        return len(touched)
+
+    def run(self, stop: threading.Event) -> None:
+        """Runs until `stop` is set, then lets in-flight deals finish their current step and
+        returns (well within 30 s)."""
+        log.info("worker_started", worker=self.owner, concurrency=self.concurrency)
+        inflight: set[Future[str | None]] = set()
+        with ThreadPoolExecutor(self.concurrency, thread_name_prefix="provision") as pool:
+            while not stop.is_set():
+                busy = False
+                try:
+                    self.mappings.refresh()
+                    busy = bool(fetch_batch(self.provisioner, self.crm))
+                    free = self.concurrency * 2 - len(inflight)
+                    if free > 0:
+                        for deal_id in self.provisioner.claim(DEAL_STEPS, free):
+                            inflight.add(pool.submit(self.provisioner.run_deal, deal_id, stop))
+                            busy = True
+                    busy = bool(write_back_batch(self.provisioner, self.crm, self.mappings)) or busy
+                except Exception as exc:  # keep running through a database hiccup
+                    log.error("worker_cycle_failed", error=str(exc), error_type=type(exc).__name__)
+                if inflight:
+                    done, inflight = wait(
+                        inflight,
+                        timeout=0 if busy else self.poll_interval,
+                        return_when=FIRST_COMPLETED,
+                    )
+                    self._report(done)
+                elif not busy:
+                    stop.wait(self.poll_interval)
+            done, pending = wait(inflight, timeout=DRAIN_SECONDS)
+            self._report(done)
+            if pending:
+                log.warning("worker_drain_incomplete", deals_in_flight=len(pending))
+        log.info("worker_stopped", worker=self.owner)
+
+    @staticmethod
+    def _report(done: set[Future[str | None]]) -> None:
+        for future in done:
+            exc = future.exception()
+            if exc is not None:
+                log.error("deal_run_failed", error=str(exc), error_type=type(exc).__name__)
