@@ -69,8 +69,7 @@ def require(name: str) -> Any:
     except (ImportError, AttributeError) as exc:
         raise MissingPiece(
             f"The demo needs {piece.what} (`{piece.module}.{piece.attribute}`), "
-            f"which this build of sf-bridge does not have ({exc}).",
-            hint="install a complete build of sf-bridge (`make demo` installs the checkout).",
+            f"which this build of sf-bridge does not have ({exc})."
         ) from exc
 
 

@@ -31,6 +31,7 @@ def apply_fix(mappings_dir: Path, fix: MappingFix) -> Path:
     yaml = YAML()
     yaml.preserve_quotes = True
     yaml.width = 100
+    yaml.indent(mapping=2, sequence=4, offset=2)
     data = yaml.load(path.read_text())
     products = data["products"]
     if fix.product_code in products:
