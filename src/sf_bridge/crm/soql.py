@@ -27,6 +27,26 @@ def is_salesforce_id(value: object) -> bool:
     return isinstance(value, str) and ID_PATTERN.match(value) is not None
 
 
+_SUFFIX_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ012345"
+
+
+def to_18(value: str) -> str:
+    """The case-insensitive 18-character form of a record id (15-character ids gain their
+    checksum suffix), so one record has one key whichever form an event carried."""
+    if not is_salesforce_id(value):
+        raise ValueError(f"not a Salesforce id: {value!r}")
+    if len(value) == 18:
+        return value[:15] + value[15:].upper()
+    suffix = ""
+    for block in range(3):
+        bits = 0
+        for position, char in enumerate(value[block * 5 : block * 5 + 5]):
+            if "A" <= char <= "Z":
+                bits |= 1 << position
+        suffix += _SUFFIX_ALPHABET[bits]
+    return value + suffix
+
+
 def split_ids(values: Iterable[object]) -> tuple[list[str], list[object]]:
     """Valid ids (first occurrence order, duplicates dropped) and the rejected values."""
     valid: list[str] = []

@@ -1,0 +1,1 @@
+"""Intake: learning that deals were won (stream + sweep) and enqueueing them durably."""

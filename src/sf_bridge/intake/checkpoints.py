@@ -1,0 +1,30 @@
+"""Named positions in `stream_checkpoints`: replay ids, the sweep's high-water mark, status."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from sf_bridge.db.models import StreamCheckpoint, utcnow
+
+MAX_VALUE = 255
+
+
+def read_checkpoint(session: Session, name: str) -> str | None:
+    return session.scalar(select(StreamCheckpoint.value).where(StreamCheckpoint.name == name))
+
+
+def write_checkpoint(session: Session, name: str, value: str) -> None:
+    """Insert or update in one statement (safe when two writers race). Does not commit."""
+    if len(value) > MAX_VALUE:
+        raise ValueError(f"checkpoint {name!r} value longer than {MAX_VALUE} characters")
+    dialect: Any = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    now = utcnow()
+    stmt = dialect.insert(StreamCheckpoint).values(name=name, value=value, updated_at=now)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["name"], set_={"value": value, "updated_at": now}
+    )
+    session.execute(stmt)

@@ -1,0 +1,208 @@
+"""Streaming messages -> "opportunity ids that may have been won". Pure functions.
+
+Three channel kinds (see docs/operations.md):
+- Change Data Capture `/data/OpportunityChangeEvent`: a won-stage transition in
+  `changedFields` (several `recordIds` per event); GAP_* events carry no values, so their
+  records are re-read by id; GAP_OVERFLOW carries no ids, so only a sweep finds them.
+- Platform Event `/event/<Name>__e`: published on Closed Won, with an opportunity id field.
+- PushTopic `/topic/<Name>`: `data.sobject` with the selected fields.
+
+A malformed message never raises: the outcome says why it was skipped and asks for a sweep,
+so whatever it might have announced is still found.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+from sf_bridge.crm.soql import is_salesforce_id, to_18
+
+ChannelKind = Literal["cdc", "platform_event", "push_topic"]
+DEFAULT_ID_FIELDS = ("OpportunityId__c", "Opportunity_Id__c", "Opportunity__c", "OpportunityId")
+WON_CHANGE_TYPES = frozenset({"CREATE", "UPDATE", "UNDELETE"})
+GAP_CHANGE_TYPES = frozenset({"GAP_CREATE", "GAP_UPDATE", "GAP_UNDELETE"})
+
+
+def channel_kind(channel: str) -> ChannelKind:
+    if channel.startswith("/data/"):
+        return "cdc"
+    if channel.startswith("/event/"):
+        return "platform_event"
+    if channel.startswith("/topic/"):
+        return "push_topic"
+    raise ValueError(
+        f"{channel!r} is not a streaming channel: use /data/OpportunityChangeEvent, "
+        "/event/<Name>__e or /topic/<Name>"
+    )
+
+
+@dataclass(frozen=True)
+class EventRules:
+    """What makes an opportunity won, and where a platform event keeps its opportunity id."""
+
+    won_stages: frozenset[str] = frozenset({"Closed Won"})
+    id_fields: tuple[str, ...] = DEFAULT_ID_FIELDS
+    entity: str = "Opportunity"
+
+
+@dataclass(frozen=True)
+class EventOutcome:
+    won: tuple[str, ...] = ()  # the payload shows these opportunities won
+    recheck: tuple[str, ...] = ()  # may be won: re-read them by id
+    sweep: bool = False  # ids unknown (overflow, malformed): a sweep must look
+    malformed: str | None = None  # why (part of) the message was unusable
+    rejected_ids: tuple[str, ...] = field(default=())  # values that were not ids (truncated)
+    replay_id: int | None = None
+    created: str | None = None  # creation date, for the replay marker
+
+    @property
+    def ids(self) -> tuple[str, ...]:
+        return self.won + self.recheck
+
+
+def _replay_part(data: Mapping[str, Any]) -> tuple[int | None, str | None]:
+    event = data.get("event")
+    replay_id = event.get("replayId") if isinstance(event, Mapping) else None
+    if isinstance(replay_id, bool) or not isinstance(replay_id, int):
+        replay_id = None
+    created: Any = None
+    if isinstance(event, Mapping) and isinstance(event.get("createdDate"), str):
+        created = event["createdDate"]
+    else:
+        payload = data.get("payload")
+        if isinstance(payload, Mapping):
+            header = payload.get("ChangeEventHeader")
+            if isinstance(header, Mapping):
+                stamp = header.get("commitTimestamp")
+                created = str(stamp) if isinstance(stamp, int | str) else None
+            elif isinstance(payload.get("CreatedDate"), str):
+                created = payload["CreatedDate"]
+    return replay_id, created if isinstance(created, str) else None
+
+
+def _ids(values: Iterable[Any]) -> tuple[list[str], list[str]]:
+    good: list[str] = []
+    bad: list[str] = []
+    for value in values:
+        if is_salesforce_id(value):
+            normal = to_18(value)
+            if normal not in good:
+                good.append(normal)
+        else:
+            bad.append(repr(value)[:40])
+    return good, bad
+
+
+def _won_by_values(values: Mapping[str, Any], rules: EventRules) -> bool | None:
+    """True/False when the values tell, None when they do not carry the stage."""
+    is_won = values.get("IsWon")
+    if isinstance(is_won, bool):
+        return is_won
+    stage = values.get("StageName")
+    if isinstance(stage, str):
+        return stage in rules.won_stages
+    return None
+
+
+def _cdc(data: Mapping[str, Any], rules: EventRules) -> EventOutcome:
+    payload = data.get("payload")
+    header = payload.get("ChangeEventHeader") if isinstance(payload, Mapping) else None
+    if not isinstance(payload, Mapping) or not isinstance(header, Mapping):
+        return EventOutcome(malformed="change event without a ChangeEventHeader", sweep=True)
+    if header.get("entityName") not in (None, rules.entity):
+        return EventOutcome()
+    change_type = header.get("changeType")
+    if change_type == "GAP_OVERFLOW":
+        return EventOutcome(sweep=True)
+    record_ids = header.get("recordIds")
+    if not isinstance(record_ids, list) or not record_ids:
+        if change_type in WON_CHANGE_TYPES or change_type in GAP_CHANGE_TYPES:
+            return EventOutcome(malformed="change event without recordIds", sweep=True)
+        return EventOutcome()
+    ids, bad = _ids(record_ids)
+    malformed = f"{len(bad)} record id(s) that are not ids" if bad else None
+    sweep = bool(bad)
+    if change_type in GAP_CHANGE_TYPES:
+        return EventOutcome(
+            recheck=tuple(ids), sweep=sweep, malformed=malformed, rejected_ids=tuple(bad)
+        )
+    if change_type not in WON_CHANGE_TYPES:
+        if not isinstance(change_type, str):
+            return EventOutcome(malformed="change event without a changeType", sweep=True)
+        return EventOutcome()  # DELETE, GAP_DELETE
+    changed = header.get("changedFields")
+    changed_fields = {str(f) for f in changed} if isinstance(changed, list) else set()
+    if change_type == "UPDATE" and not changed_fields & {"StageName", "IsWon"}:
+        return EventOutcome(malformed=malformed, sweep=sweep, rejected_ids=tuple(bad))
+    verdict = _won_by_values(payload, rules)
+    if verdict is False:
+        return EventOutcome(malformed=malformed, sweep=sweep, rejected_ids=tuple(bad))
+    return EventOutcome(
+        won=tuple(ids) if verdict else (),
+        recheck=() if verdict else tuple(ids),
+        sweep=sweep,
+        malformed=malformed,
+        rejected_ids=tuple(bad),
+    )
+
+
+def _platform_event(data: Mapping[str, Any], rules: EventRules) -> EventOutcome:
+    payload = data.get("payload")
+    if not isinstance(payload, Mapping):
+        return EventOutcome(malformed="platform event without a payload", sweep=True)
+    field_name = next((f for f in rules.id_fields if f in payload), None)
+    if field_name is None:
+        return EventOutcome(
+            malformed=f"platform event without an opportunity id field ({rules.id_fields[0]})",
+            sweep=True,
+        )
+    ids, bad = _ids([payload[field_name]])
+    if bad:
+        return EventOutcome(
+            malformed=f"{field_name} is not an id", sweep=True, rejected_ids=tuple(bad)
+        )
+    verdict = _won_by_values(payload, rules)
+    if verdict is False:
+        return EventOutcome()
+    return EventOutcome(won=tuple(ids))
+
+
+def _push_topic(data: Mapping[str, Any], rules: EventRules) -> EventOutcome:
+    sobject = data.get("sobject")
+    event = data.get("event")
+    if not isinstance(sobject, Mapping):
+        return EventOutcome(malformed="push topic event without an sobject", sweep=True)
+    event_type = event.get("type") if isinstance(event, Mapping) else None
+    if event_type == "deleted":
+        return EventOutcome()
+    ids, bad = _ids([sobject.get("Id")])
+    if bad:
+        return EventOutcome(
+            malformed="sobject Id is not an id", sweep=True, rejected_ids=tuple(bad)
+        )
+    verdict = _won_by_values(sobject, rules)
+    if verdict is False:
+        return EventOutcome()
+    return EventOutcome(won=tuple(ids) if verdict else (), recheck=() if verdict else tuple(ids))
+
+
+def normalise(message: Any, kind: ChannelKind, rules: EventRules) -> EventOutcome:
+    """What one streaming message tells about won opportunities. Never raises."""
+    if not isinstance(message, Mapping) or not isinstance(message.get("data"), Mapping):
+        return EventOutcome(malformed="message without a data object", sweep=True)
+    data = message["data"]
+    replay_id, created = _replay_part(data)
+    try:
+        if kind == "cdc":
+            outcome = _cdc(data, rules)
+        elif kind == "platform_event":
+            outcome = _platform_event(data, rules)
+        else:
+            outcome = _push_topic(data, rules)
+    except Exception as exc:  # a shape nobody foresaw: skip it, the sweep will look
+        outcome = EventOutcome(malformed=f"unreadable event ({type(exc).__name__})", sweep=True)
+    if replay_id is None and outcome.malformed is None:
+        outcome = replace(outcome, malformed="event without a replay id")
+    return replace(outcome, replay_id=replay_id, created=created)
