@@ -10,13 +10,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from sf_bridge.db.models import Customer, Deal, EntitlementGrant, utcnow
+from sf_bridge.entitlements.sql import dialect_insert
 from sf_bridge.logging import get_logger
 from sf_bridge.plan import EntitlementValue
 
@@ -56,15 +55,6 @@ def _stored_value(entitlement: EntitlementValue) -> int:
     return int(entitlement.value)
 
 
-def _insert(session: Session) -> Any:
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        return postgresql.insert(EntitlementGrant)
-    if dialect == "sqlite":
-        return sqlite.insert(EntitlementGrant)
-    raise NotImplementedError(f"unsupported database dialect {dialect!r}")
-
-
 def grant_deal_entitlements(
     session: Session,
     *,
@@ -98,7 +88,7 @@ def grant_deal_entitlements(
         for e in entitlements
     ]
     stmt = (
-        _insert(session)
+        dialect_insert(session, EntitlementGrant)
         .values(rows)
         .on_conflict_do_nothing(index_elements=["deal_id", "feature"])
         .returning(EntitlementGrant.id)

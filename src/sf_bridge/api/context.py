@@ -1,0 +1,29 @@
+"""What every route needs, built once by `create_app` and kept on `app.state.ctx`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from sf_bridge.api.auth import ApiKeys
+from sf_bridge.config import Settings
+
+if TYPE_CHECKING:
+    from sf_bridge.billing.port import BillingGateway
+
+
+@dataclass
+class ApiContext:
+    settings: Settings
+    session_factory: sessionmaker[Session]
+    engine: Engine
+    api_keys: ApiKeys
+    clock: Callable[[], datetime]
+    billing: BillingGateway | None
+    webhook_tolerance_seconds: int
+    schema_head: str | None

@@ -1,0 +1,76 @@
+"""POST /webhooks/stripe: verify the signature, then process the event once."""
+
+from __future__ import annotations
+
+import json
+
+import stripe
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from sf_bridge.api.context import ApiContext
+from sf_bridge.api.responses import error_response, json_response
+from sf_bridge.invoices.webhooks import process_event
+from sf_bridge.logging import get_logger
+from sf_bridge.metrics import WEBHOOK_EVENTS
+
+log = get_logger(__name__)
+
+
+async def stripe_webhook(request: Request) -> Response:
+    ctx: ApiContext = request.app.state.ctx
+    secret = ctx.settings.stripe_webhook_secret
+    if secret is None or not secret.get_secret_value():
+        WEBHOOK_EVENTS.labels("unknown", "refused_unconfigured").inc()
+        return error_response(
+            503,
+            "webhooks_not_configured",
+            "Stripe webhooks are refused: STRIPE_WEBHOOK_SECRET is not set.",
+            "set STRIPE_WEBHOOK_SECRET to the endpoint's signing secret (whsec_...) and restart.",
+        )
+    payload = await request.body()
+    signature = request.headers.get("stripe-signature")
+    if not signature:
+        WEBHOOK_EVENTS.labels("unknown", "bad_signature").inc()
+        return error_response(
+            400,
+            "missing_signature",
+            "The request has no Stripe-Signature header.",
+            "send events from Stripe (or sign them with the endpoint secret).",
+        )
+    try:
+        stripe.Webhook.construct_event(
+            payload, signature, secret.get_secret_value(), tolerance=ctx.webhook_tolerance_seconds
+        )
+    except stripe.SignatureVerificationError as exc:
+        WEBHOOK_EVENTS.labels("unknown", "bad_signature").inc()
+        log.warning("stripe_webhook_refused", reason=str(exc.user_message or exc))
+        return error_response(
+            400,
+            "bad_signature",
+            f"The Stripe-Signature does not verify: {exc.user_message or exc}.",
+            "check that STRIPE_WEBHOOK_SECRET is this endpoint's signing secret and that the "
+            f"sender's clock is within {ctx.webhook_tolerance_seconds} s of ours.",
+        )
+    except ValueError:
+        WEBHOOK_EVENTS.labels("unknown", "bad_payload").inc()
+        return error_response(400, "bad_payload", "The event body is not JSON.")
+    event = json.loads(payload)
+    if not isinstance(event, dict) or not event.get("id") or not event.get("type"):
+        WEBHOOK_EVENTS.labels("unknown", "bad_payload").inc()
+        return error_response(400, "bad_payload", "The body is not a Stripe event (id, type).")
+    result = await run_in_threadpool(process_event, ctx.session_factory, event, ctx.billing)
+    WEBHOOK_EVENTS.labels(result.type, result.outcome).inc()
+    return json_response(
+        {
+            "received": True,
+            "event_id": result.event_id,
+            "duplicate": result.duplicate,
+            "outcome": result.outcome,
+        }
+    )
+
+
+routes = [Route("/webhooks/stripe", stripe_webhook, methods=["POST"])]

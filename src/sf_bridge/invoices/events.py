@@ -1,0 +1,137 @@
+"""Applying Stripe events (delivered by webhook) to our records.
+
+Events arrive late, twice and out of order, so each is applied from the object's current
+state: read from Stripe through the `BillingGateway` when one is configured, otherwise from
+the event's own copy with rules that never move a state backwards (a paid invoice is never
+reopened, a cancelled subscription never re-grants).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.orm import Session
+
+from sf_bridge.invoices.records import (
+    ENDED_SUBSCRIPTION_STATUSES,
+    TERMINAL_INVOICE_STATUSES,
+    add_event,
+    deal_for_invoice,
+    record_invoice_status,
+    record_subscription_ended,
+)
+from sf_bridge.logging import get_logger
+
+if TYPE_CHECKING:
+    from sf_bridge.billing.port import BillingGateway
+
+log = get_logger(__name__)
+
+INVOICE_EVENTS = frozenset(
+    {
+        "invoice.paid",
+        "invoice.payment_succeeded",
+        "invoice.payment_failed",
+        "invoice.overdue",
+        "invoice.finalized",
+        "invoice.voided",
+        "invoice.marked_uncollectible",
+    }
+)
+SUBSCRIPTION_EVENTS = frozenset({"customer.subscription.deleted", "customer.subscription.updated"})
+
+
+def _id(value: Any) -> str | None:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, Mapping):
+        found = value.get("id")
+        return found if isinstance(found, str) else None
+    return None
+
+
+def invoice_subscription_id(invoice: Mapping[str, Any]) -> str | None:
+    """The invoice's subscription, in the field of older and newer Stripe API versions."""
+    direct = _id(invoice.get("subscription"))
+    if direct:
+        return direct
+    parent = invoice.get("parent") or {}
+    details = parent.get("subscription_details") or {} if isinstance(parent, Mapping) else {}
+    return _id(details.get("subscription")) if isinstance(details, Mapping) else None
+
+
+def apply_stripe_event(
+    session: Session, event: Mapping[str, Any], billing: BillingGateway | None = None
+) -> str:
+    """Applies one verified event; returns a short outcome for logs and the dedupe record."""
+    kind = str(event.get("type", ""))
+    obj = (event.get("data") or {}).get("object") or {}
+    if kind in INVOICE_EVENTS:
+        return _apply_invoice(session, kind, obj, billing)
+    if kind in SUBSCRIPTION_EVENTS:
+        return _apply_subscription(session, kind, obj, billing)
+    return "ignored"
+
+
+def _apply_invoice(
+    session: Session, kind: str, invoice: Mapping[str, Any], billing: BillingGateway | None
+) -> str:
+    invoice_id = str(invoice.get("id", ""))
+    subscription_id = invoice_subscription_id(invoice)
+    deal = deal_for_invoice(session, invoice_id, subscription_id)
+    if deal is None:
+        return "unknown_invoice"
+    if billing is not None:
+        current = billing.get_invoice(invoice_id)
+        status, authoritative = current.status, True
+    else:
+        status, authoritative = str(invoice.get("status", "")), False
+    changed = False
+    if status:
+        changed = record_invoice_status(
+            session, deal, invoice_id, status, authoritative=authoritative, how=kind
+        )
+    if kind == "invoice.payment_failed" and status not in TERMINAL_INVOICE_STATUSES:
+        add_event(
+            session,
+            deal,
+            "invoice_payment_failed",
+            f"A payment of invoice {invoice_id} failed; it is still {status or 'unpaid'}.",
+            {"invoice_id": invoice_id, "attempt_count": invoice.get("attempt_count")},
+        )
+        return "payment_failed_recorded"
+    if kind == "invoice.overdue" and status == "open":
+        add_event(
+            session,
+            deal,
+            "invoice_overdue",
+            f"Invoice {invoice_id} is past its due date and unpaid; the overdue policy "
+            "cancels the subscription once the grace period ends.",
+            {"invoice_id": invoice_id, "due_date": invoice.get("due_date")},
+        )
+        return "overdue_recorded"
+    return f"invoice_{status}" if changed else "unchanged"
+
+
+def _apply_subscription(
+    session: Session, kind: str, subscription: Mapping[str, Any], billing: BillingGateway | None
+) -> str:
+    subscription_id = str(subscription.get("id", ""))
+    if billing is not None:
+        current = billing.get_subscription(subscription_id)
+        status = current.status if current is not None else "canceled"
+    elif kind == "customer.subscription.deleted":
+        status = "canceled"
+    else:
+        status = str(subscription.get("status", ""))
+    if status not in ENDED_SUBSCRIPTION_STATUSES:
+        return "unchanged"
+    reason = f"Stripe subscription {status}"
+    details = subscription.get("cancellation_details")
+    if isinstance(details, Mapping) and details.get("reason"):
+        reason += f" ({details['reason']})"
+    cancelled, revoked = record_subscription_ended(session, subscription_id, reason, how=kind)
+    if not cancelled and not revoked:
+        return "unchanged"
+    return "subscription_cancelled"

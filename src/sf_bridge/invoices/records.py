@@ -1,0 +1,110 @@
+"""Recording invoice and subscription outcomes on deals; shared by webhooks, mark-paid and
+the overdue policy so each records the same thing the same way."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from sf_bridge.db.models import CANCELLED, Deal, DealEvent, utcnow
+from sf_bridge.entitlements.ledger import revoke_subscription_grants
+
+# An invoice in one of these states never goes back to draft or open.
+TERMINAL_INVOICE_STATUSES = frozenset({"paid", "void", "uncollectible"})
+ENDED_SUBSCRIPTION_STATUSES = frozenset({"canceled", "incomplete_expired"})
+
+
+def deal_for_invoice(session: Session, invoice_id: str, subscription_id: str | None) -> Deal | None:
+    """The deal whose first invoice this is, else the deal of the invoice's subscription."""
+    deal = session.scalar(select(Deal).where(Deal.stripe_invoice_id == invoice_id))
+    if deal is None and subscription_id:
+        deal = session.scalar(
+            select(Deal).where(Deal.stripe_subscription_id == subscription_id).order_by(Deal.id)
+        )
+    return deal
+
+
+def add_event(
+    session: Session, deal: Deal, kind: str, message: str, detail: dict[str, Any] | None = None
+) -> None:
+    session.add(DealEvent(deal_id=deal.id, kind=kind, message=message, detail=detail))
+
+
+def record_invoice_status(
+    session: Session,
+    deal: Deal,
+    invoice_id: str,
+    status: str,
+    *,
+    authoritative: bool,
+    how: str,
+) -> bool:
+    """Records an invoice's status on its deal; returns whether anything changed.
+
+    Only the deal's own (first) invoice sets `invoice_status`; other invoices of the
+    subscription (renewals) are recorded as events. A status that is not `authoritative`
+    (read from an event, which may be older than one already applied) never moves a paid,
+    void or uncollectible invoice back.
+    """
+    if deal.stripe_invoice_id != invoice_id:
+        add_event(
+            session,
+            deal,
+            f"invoice_{status}",
+            f"Invoice {invoice_id} of subscription {deal.stripe_subscription_id} is {status} "
+            f"({how}).",
+            {"invoice_id": invoice_id, "status": status},
+        )
+        return True
+    if deal.invoice_status == status:
+        return False
+    if not authoritative and deal.invoice_status in TERMINAL_INVOICE_STATUSES:
+        return False
+    previous = deal.invoice_status
+    deal.invoice_status = status
+    deal.updated_at = utcnow()
+    add_event(
+        session,
+        deal,
+        f"invoice_{status}",
+        f"Invoice {invoice_id} is {status} ({how}).",
+        {"invoice_id": invoice_id, "status": status, "previous_status": previous},
+    )
+    return True
+
+
+def record_subscription_ended(
+    session: Session, subscription_id: str, reason: str, *, how: str
+) -> tuple[list[Deal], int]:
+    """Revokes the subscription's grants and marks its deals cancelled; idempotent.
+
+    Returns the deals newly cancelled and how many grants were revoked.
+    """
+    revoked = revoke_subscription_grants(session, subscription_id, reason)
+    deals = session.scalars(
+        select(Deal).where(Deal.stripe_subscription_id == subscription_id).order_by(Deal.id)
+    ).all()
+    cancelled: list[Deal] = []
+    for deal in deals:
+        if deal.status == CANCELLED:
+            continue
+        previous = deal.status
+        deal.status = CANCELLED
+        deal.updated_at = utcnow()
+        add_event(
+            session,
+            deal,
+            "subscription_cancelled",
+            f"Subscription {subscription_id} ended ({how}): {reason}. "
+            f"{revoked} entitlement grant(s) revoked.",
+            {
+                "subscription_id": subscription_id,
+                "reason": reason,
+                "previous_status": previous,
+                "grants_revoked": revoked,
+            },
+        )
+        cancelled.append(deal)
+    return cancelled, revoked

@@ -1,0 +1,164 @@
+"""Prometheus metrics.
+
+Two kinds:
+- Process counters below, which any module may import and increment (entitlement checks,
+  webhook events, usage reports, Stripe and Salesforce requests). Each process counts its own.
+- Deal metrics computed from the database at scrape time (`DatabaseCollector`): deals by
+  status, step latency, step attempts by outcome. They read the shared database, so every
+  replica reports the same, correct figures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+from sqlalchemy import case, func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from sf_bridge.db.models import STATUSES, Deal, StepAttempt
+from sf_bridge.logging import get_logger
+
+log = get_logger(__name__)
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+ENTITLEMENT_CHECKS = Counter(
+    "sf_bridge_entitlement_checks",
+    "Entitlement checks answered by this process, by result (granted, denied, unknown).",
+    ["result"],
+    registry=REGISTRY,
+)
+USAGE_REPORTS = Counter(
+    "sf_bridge_usage_reports",
+    "Usage reports received by this process, by outcome (recorded, duplicate, rejected).",
+    ["outcome"],
+    registry=REGISTRY,
+)
+WEBHOOK_EVENTS = Counter(
+    "sf_bridge_webhook_events",
+    "Stripe webhook deliveries received by this process, by event type and outcome.",
+    ["type", "outcome"],
+    registry=REGISTRY,
+)
+STRIPE_REQUESTS = Counter(
+    "sf_bridge_stripe_requests",
+    "Requests this process sent to Stripe, by operation and outcome (ok, retry, error).",
+    ["operation", "outcome"],
+    registry=REGISTRY,
+)
+SALESFORCE_REQUESTS = Counter(
+    "sf_bridge_salesforce_requests",
+    "Requests this process sent to Salesforce, by operation and outcome (ok, retry, error).",
+    ["operation", "outcome"],
+    registry=REGISTRY,
+)
+HTTP_REQUEST_SECONDS = Histogram(
+    "sf_bridge_http_request_seconds",
+    "Time this process took to answer HTTP requests, by route.",
+    ["route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+    registry=REGISTRY,
+)
+
+STEP_BUCKETS_SECONDS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+
+
+class DatabaseCollector(Collector):
+    """Deal metrics read from the database at each scrape."""
+
+    def __init__(self, session_factory: sessionmaker[Session]) -> None:
+        self._session_factory = session_factory
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily(
+            "sf_bridge_metrics_database_up", "1 when the deal metrics could be read."
+        )
+        try:
+            with self._session_factory() as session:
+                metrics = [
+                    self._deals_by_status(session),
+                    self._step_latency(session),
+                    self._step_attempts(session),
+                ]
+        except Exception as exc:
+            log.warning("metrics_database_unavailable", error=str(exc))
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        yield from metrics
+
+    @staticmethod
+    def _deals_by_status(session: Session) -> Metric:
+        family = GaugeMetricFamily("sf_bridge_deals", "Deals by status.", labels=["status"])
+        counts = dict(
+            session.execute(select(Deal.status, func.count()).group_by(Deal.status)).tuples().all()
+        )
+        for status in sorted({*STATUSES, *counts}):
+            family.add_metric([status], counts.get(status, 0))
+        return family
+
+    @staticmethod
+    def _step_latency(session: Session) -> Metric:
+        family = HistogramMetricFamily(
+            "sf_bridge_step_duration_seconds",
+            "Duration of finished provisioning step attempts, by step.",
+            labels=["step"],
+        )
+        bucket_columns = [
+            func.sum(case((StepAttempt.duration_ms <= int(b * 1000), 1), else_=0))
+            for b in STEP_BUCKETS_SECONDS
+        ]
+        rows = session.execute(
+            select(
+                StepAttempt.step,
+                func.count(),
+                func.coalesce(func.sum(StepAttempt.duration_ms), 0),
+                *bucket_columns,
+            )
+            .where(StepAttempt.duration_ms.is_not(None))
+            .group_by(StepAttempt.step)
+        ).all()
+        for step, count, total_ms, *cumulative in rows:
+            buckets = [
+                (str(b), int(c or 0)) for b, c in zip(STEP_BUCKETS_SECONDS, cumulative, strict=True)
+            ]
+            buckets.append(("+Inf", int(count)))
+            family.add_metric([step], buckets, sum_value=int(total_ms) / 1000)
+        return family
+
+    @staticmethod
+    def _step_attempts(session: Session) -> Metric:
+        family = CounterMetricFamily(
+            "sf_bridge_step_attempts",
+            "Provisioning step attempts by step and outcome (ok, retry, failed, running).",
+            labels=["step", "outcome"],
+        )
+        rows = session.execute(
+            select(StepAttempt.step, StepAttempt.outcome, func.count()).group_by(
+                StepAttempt.step, StepAttempt.outcome
+            )
+        ).all()
+        for step, outcome, count in rows:
+            family.add_metric([step, outcome], int(count))
+        return family
+
+
+def render(session_factory: sessionmaker[Session] | None = None) -> bytes:
+    """The Prometheus text exposition: this process's counters, then the database's figures."""
+    text = generate_latest(REGISTRY)
+    if session_factory is not None:
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(DatabaseCollector(session_factory))
+        text += generate_latest(registry)
+    return text
