@@ -1,0 +1,221 @@
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sf_bridge.crm.soql import to_18
+from sf_bridge.intake.events import EventRules, channel_kind, normalise
+
+OPP_A = "0068d00000AbCdEAAV"
+OPP_B = "0068d00000XyZwVAAV"
+RULES = EventRules(won_stages=frozenset({"Closed Won", "Won - Renewal"}))
+
+
+def cdc(change_type: str, ids: Any, changed: Any = None, replay_id: Any = 11, **values: Any):
+    return {
+        "channel": "/data/OpportunityChangeEvent",
+        "data": {
+            "schema": "x",
+            "payload": {
+                "ChangeEventHeader": {
+                    "entityName": "Opportunity",
+                    "recordIds": ids,
+                    "changeType": change_type,
+                    "changedFields": changed if changed is not None else [],
+                    "commitTimestamp": 1764086400000,
+                },
+                **values,
+            },
+            "event": {"replayId": replay_id},
+        },
+    }
+
+
+def test_channel_kinds():
+    assert channel_kind("/data/OpportunityChangeEvent") == "cdc"
+    assert channel_kind("/event/Deal_Won__e") == "platform_event"
+    assert channel_kind("/topic/WonDeals") == "push_topic"
+
+
+def test_cdc_update_to_a_won_stage_names_every_record():
+    out = normalise(
+        cdc("UPDATE", [OPP_A, OPP_B], ["StageName", "LastModifiedDate"], StageName="Closed Won"),
+        "cdc",
+        RULES,
+    )
+    assert out.won == (OPP_A, OPP_B)
+    assert out.recheck == ()
+    assert out.malformed is None
+    assert out.replay_id == 11
+    assert out.created == "1764086400000"
+
+
+def test_cdc_update_uses_the_mapping_won_stages():
+    message = cdc("UPDATE", [OPP_A], ["StageName"], StageName="Won - Renewal")
+    assert normalise(message, "cdc", RULES).won == (OPP_A,)
+    assert normalise(message, "cdc", EventRules()).won == ()
+
+
+def test_cdc_update_that_does_not_touch_the_stage_is_ignored():
+    out = normalise(cdc("UPDATE", [OPP_A], ["Amount"], Amount=5), "cdc", RULES)
+    assert out.ids == ()
+    assert not out.sweep
+    assert out.malformed is None
+
+
+def test_cdc_update_to_a_lost_stage_is_ignored():
+    out = normalise(cdc("UPDATE", [OPP_A], ["StageName"], StageName="Closed Lost"), "cdc", RULES)
+    assert out.ids == ()
+
+
+def test_cdc_is_won_flag_counts():
+    out = normalise(cdc("UPDATE", [OPP_A], ["IsWon"], IsWon=True), "cdc", RULES)
+    assert out.won == (OPP_A,)
+
+
+def test_cdc_create_directly_won():
+    out = normalise(cdc("CREATE", [OPP_A], StageName="Closed Won"), "cdc", RULES)
+    assert out.won == (OPP_A,)
+
+
+def test_cdc_stage_changed_without_value_is_rechecked():
+    out = normalise(cdc("UPDATE", [OPP_A], ["StageName"]), "cdc", RULES)
+    assert out.recheck == (OPP_A,)
+
+
+def test_gap_events_are_rechecked_and_overflow_asks_for_a_sweep():
+    assert normalise(cdc("GAP_UPDATE", [OPP_A, OPP_B]), "cdc", RULES).recheck == (OPP_A, OPP_B)
+    overflow = normalise(cdc("GAP_OVERFLOW", []), "cdc", RULES)
+    assert overflow.sweep
+    assert overflow.ids == ()
+    assert normalise(cdc("DELETE", [OPP_A]), "cdc", RULES).ids == ()
+    assert normalise(cdc("GAP_DELETE", [OPP_A]), "cdc", RULES).ids == ()
+
+
+def test_other_entities_are_ignored():
+    message = cdc("UPDATE", [OPP_A], ["StageName"], StageName="Closed Won")
+    message["data"]["payload"]["ChangeEventHeader"]["entityName"] = "Account"
+    assert normalise(message, "cdc", RULES).ids == ()
+
+
+def test_fifteen_character_ids_become_eighteen():
+    out = normalise(
+        cdc("UPDATE", [OPP_A[:15], OPP_A], ["StageName"], StageName="Closed Won"), "cdc", RULES
+    )
+    assert out.won == (to_18(OPP_A[:15]),)
+
+
+def test_malformed_cdc_events_are_reported_not_raised():
+    cases = [
+        {"channel": "/data/OpportunityChangeEvent"},
+        {"channel": "x", "data": "nope"},
+        {"channel": "x", "data": {"payload": {"no": "header"}, "event": {"replayId": 3}}},
+        cdc("UPDATE", "not-a-list", ["StageName"], StageName="Closed Won"),
+        cdc("UPDATE", [], ["StageName"], StageName="Closed Won"),
+        cdc(None, [OPP_A]),  # type: ignore[arg-type]
+        "a string",
+        None,
+    ]
+    for message in cases:
+        out = normalise(message, "cdc", RULES)
+        assert out.malformed, message
+        assert out.sweep, message
+        assert out.ids == ()
+
+
+def test_bad_ids_are_skipped_and_the_good_ones_kept():
+    out = normalise(
+        cdc("UPDATE", [OPP_A, "'; DELETE", 42], ["StageName"], StageName="Closed Won"), "cdc", RULES
+    )
+    assert out.won == (OPP_A,)
+    assert out.malformed
+    assert out.sweep
+    assert len(out.rejected_ids) == 2
+
+
+def test_missing_or_wrongly_typed_replay_id_is_reported():
+    out = normalise(
+        cdc("UPDATE", [OPP_A], ["StageName"], replay_id="12", StageName="Closed Won"), "cdc", RULES
+    )
+    assert out.won == (OPP_A,)
+    assert out.replay_id is None
+    assert out.malformed == "event without a replay id"
+
+
+def pe(fields: dict[str, Any], replay_id: Any = 5):
+    return {
+        "channel": "/event/Deal_Won__e",
+        "data": {
+            "payload": {"CreatedDate": "2026-11-25T16:00:00.000Z", **fields},
+            "event": {"replayId": replay_id},
+        },
+    }
+
+
+def test_platform_event_names_its_opportunity():
+    out = normalise(pe({"OpportunityId__c": OPP_A}), "platform_event", RULES)
+    assert out.won == (OPP_A,)
+    assert out.created == "2026-11-25T16:00:00.000Z"
+    custom = EventRules(id_fields=("Deal__c",))
+    assert normalise(pe({"Deal__c": OPP_B}), "platform_event", custom).won == (OPP_B,)
+
+
+def test_platform_event_problems():
+    missing = normalise(pe({"Other__c": OPP_A}), "platform_event", RULES)
+    assert missing.malformed
+    assert missing.sweep
+    bad = normalise(pe({"OpportunityId__c": "not an id"}), "platform_event", RULES)
+    assert bad.malformed
+    assert bad.ids == ()
+    wrong_type = normalise(pe({"OpportunityId__c": ["x"]}), "platform_event", RULES)
+    assert wrong_type.malformed
+    lost = normalise(pe({"OpportunityId__c": OPP_A, "StageName": "Lost"}), "platform_event", RULES)
+    assert lost.ids == ()
+
+
+def topic(sobject: Any, event_type: str = "updated"):
+    return {
+        "channel": "/topic/WonDeals",
+        "data": {
+            "event": {"createdDate": "2026-11-25T16:00:00.000Z", "type": event_type, "replayId": 9},
+            "sobject": sobject,
+        },
+    }
+
+
+def test_push_topic_events():
+    assert normalise(topic({"Id": OPP_A, "IsWon": True}), "push_topic", RULES).won == (OPP_A,)
+    assert normalise(topic({"Id": OPP_A, "StageName": "Closed Won"}), "push_topic", RULES).won == (
+        OPP_A,
+    )
+    assert normalise(topic({"Id": OPP_A, "IsWon": False}), "push_topic", RULES).ids == ()
+    assert normalise(topic({"Id": OPP_A}), "push_topic", RULES).recheck == (OPP_A,)
+    assert normalise(topic({"Id": OPP_A, "IsWon": True}, "deleted"), "push_topic", RULES).ids == ()
+    bad = normalise(topic({"Id": 17}), "push_topic", RULES)
+    assert bad.malformed
+    assert bad.sweep
+    assert normalise(topic(None), "push_topic", RULES).malformed
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    data=st.dictionaries(
+        st.sampled_from(["payload", "event", "sobject", "schema"]), json_values, max_size=4
+    ),
+    kind=st.sampled_from(["cdc", "platform_event", "push_topic"]),
+)
+def test_no_message_shape_makes_normalise_raise(data: dict[str, Any], kind: Any):
+    out = normalise({"channel": "/x", "data": data}, kind, RULES)
+    for opportunity_id in out.ids:
+        assert len(opportunity_id) == 18
