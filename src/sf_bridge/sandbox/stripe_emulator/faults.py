@@ -1,0 +1,104 @@
+"""Switchable faults: latency, a request-rate limit (429), a share of 500s, dropped
+connections and `lock_timeout` on concurrent writes to one customer.
+
+`Faults` is plain, mutable configuration; `FaultInjector` draws the dice (seeded when
+`seed` is set) and keeps the rate-limit bucket and the set of customers being written."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Literal
+
+DropPhase = Literal["before", "after", "either"]
+
+
+@dataclass
+class Faults:
+    """What the emulator does wrong, on purpose. Change fields at any time, even mid-test."""
+
+    latency_ms: float = 0
+    rate_limit_per_second: float | None = None
+    error_rate: float = 0.0  # share of requests answered 500 (before the endpoint runs)
+    drop_rate: float = 0.0  # share of connections closed without an answer
+    lock_timeout: bool = False  # 429 lock_timeout when two writes hit one customer at once
+    seed: int | None = None
+    # "before": the request is lost unprocessed; "after": processed, the answer lost;
+    # "either": each drop picks one at random.
+    drop_phase: DropPhase = "either"
+
+
+class FaultInjector:
+    def __init__(self, faults: Faults) -> None:
+        self.faults = faults
+        self._lock = threading.Lock()
+        self._seed = faults.seed
+        self._random = random.Random(faults.seed)
+        self._tokens = 0.0
+        self._rate: float | None = None
+        self._refilled = time.monotonic()
+        self._writing: dict[str, int] = {}
+
+    def _roll(self, share: float) -> bool:
+        if share <= 0:
+            return False
+        with self._lock:
+            if self.faults.seed != self._seed:  # reseeded mid-run
+                self._seed = self.faults.seed
+                self._random = random.Random(self._seed)
+            return self._random.random() < share
+
+    def should_fail(self) -> bool:
+        return self._roll(self.faults.error_rate)
+
+    def drop_phase(self) -> Literal["before", "after"] | None:
+        if not self._roll(self.faults.drop_rate):
+            return None
+        phase = self.faults.drop_phase
+        if phase == "either":
+            with self._lock:
+                return "before" if self._random.random() < 0.5 else "after"
+        return phase
+
+    def admit(self) -> bool:
+        """Token bucket of `rate_limit_per_second` tokens a second (burst of one second)."""
+        rate = self.faults.rate_limit_per_second
+        if rate is None:
+            return True
+        with self._lock:
+            now = time.monotonic()
+            if rate != self._rate:
+                self._rate = rate
+                self._tokens = max(1.0, rate)
+                self._refilled = now
+            self._tokens = min(max(1.0, rate), self._tokens + (now - self._refilled) * rate)
+            self._refilled = now
+            if self._tokens >= 1.0:
+                self._tokens -= 1.0
+                return True
+            return False
+
+    def latency_seconds(self) -> float:
+        return max(0.0, self.faults.latency_ms) / 1000.0
+
+    @contextmanager
+    def writing(self, customer_id: str | None) -> Iterator[bool]:
+        """Marks a write to `customer_id` in flight; yields False when `lock_timeout` is on and
+        another write to the same customer is already in flight."""
+        if customer_id is None:
+            yield True
+            return
+        with self._lock:
+            busy = self._writing.get(customer_id, 0) > 0
+            self._writing[customer_id] = self._writing.get(customer_id, 0) + 1
+        try:
+            yield not (busy and self.faults.lock_timeout)
+        finally:
+            with self._lock:
+                self._writing[customer_id] -= 1
+                if not self._writing[customer_id]:
+                    del self._writing[customer_id]

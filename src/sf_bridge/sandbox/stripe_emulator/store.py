@@ -1,0 +1,211 @@
+"""The emulator's state: objects by kind, events, expansion and listing. Every mutation runs
+under one lock; objects handed out are copies."""
+
+from __future__ import annotations
+
+import copy
+import secrets
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from .clock import Clock
+from .errors import StripeApiError
+from .objects import build, kind_of, list_object, new_id, search_result
+from .search import matcher
+
+KINDS = ("customer", "product", "price", "subscription", "invoice", "event")
+NAMES = {
+    "customer": "customer",
+    "product": "product",
+    "price": "price",
+    "subscription": "subscription",
+    "invoice": "invoice",
+    "event": "event",
+    "subscription_item": "subscription item",
+}
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    """Who caused a change: the API request (for `event.request`) or the emulator itself."""
+
+    request_id: str | None = None
+    idempotency_key: str | None = None
+
+
+SYSTEM = RequestContext()
+
+
+class Store:
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.lock = threading.RLock()
+        self.objects: dict[str, dict[str, dict[str, Any]]] = {k: {} for k in KINDS}
+        self.items: dict[str, str] = {}  # subscription item id -> subscription id
+        self.listeners: list[Callable[[dict[str, Any]], None]] = []
+        self.base_url = ""
+        self.overdue_sent: set[str] = set()  # invoices whose invoice.overdue went out
+
+    # ------------------------------------------------------------------------ basics
+
+    def now(self) -> int:
+        return self.clock()
+
+    def add(self, obj: dict[str, Any]) -> dict[str, Any]:
+        self.objects[obj["object"]][obj["id"]] = obj
+        return obj
+
+    def get(self, kind: str, object_id: str, param: str = "id") -> dict[str, Any]:
+        obj = self.objects[kind].get(object_id)
+        if obj is None:
+            raise StripeApiError.missing(NAMES[kind], object_id, param)
+        return obj
+
+    def all(self, kind: str) -> list[dict[str, Any]]:
+        with self.lock:
+            return copy.deepcopy(list(self.objects[kind].values()))
+
+    def count(self, kind: str) -> int:
+        with self.lock:
+            return len(self.objects[kind])
+
+    # ------------------------------------------------------------------------ events
+
+    def emit(
+        self,
+        type_: str,
+        obj: dict[str, Any],
+        ctx: RequestContext = SYSTEM,
+        previous: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        data: dict[str, Any] = {"object": copy.deepcopy(obj)}
+        if previous is not None:
+            data["previous_attributes"] = copy.deepcopy(previous)
+        event = build(
+            "event",
+            id=new_id("event"),
+            created=self.now(),
+            data=data,
+            type=type_,
+            api_version=API_VERSION,
+            request={"id": ctx.request_id, "idempotency_key": ctx.idempotency_key},
+        )
+        self.add(event)
+        for listener in self.listeners:
+            listener(event)
+        return event
+
+    # ------------------------------------------------------------------------ reading
+
+    def expand(self, obj: dict[str, Any], paths: Iterable[str]) -> dict[str, Any]:
+        """A copy of `obj` with the ids at the dotted `paths` replaced by their objects."""
+        out = copy.deepcopy(obj)
+        for path in paths:
+            self._expand_path(out, path.split("."), path)
+        return out
+
+    def _expand_path(self, node: Any, parts: list[str], full: str) -> None:
+        head, rest = parts[0], parts[1:]
+        is_list = isinstance(node, dict) and node.get("object") in ("list", "search_result")
+        if is_list and head == "data":
+            for element in node["data"]:
+                if rest:
+                    self._expand_path(element, rest, full)
+            return
+        if not isinstance(node, dict) or head not in node:
+            raise StripeApiError.invalid_request(
+                f"This property cannot be expanded ({full}).", param="expand"
+            )
+        value = node[head]
+        if not rest:
+            if isinstance(value, str):
+                kind = kind_of(value)
+                if kind is None or kind not in self.objects:
+                    raise StripeApiError.invalid_request(
+                        f"This property cannot be expanded ({full}).", param="expand"
+                    )
+                target = self.objects[kind].get(value)
+                if target is not None:
+                    node[head] = copy.deepcopy(target)
+            elif value is not None and not isinstance(value, dict):
+                raise StripeApiError.invalid_request(
+                    f"This property cannot be expanded ({full}).", param="expand"
+                )
+            return
+        if isinstance(value, str):
+            self._expand_path(node, [head], full)
+            value = node[head]
+        if value is not None:
+            self._expand_path(value, rest, full)
+
+    def page(
+        self,
+        kind: str,
+        url: str,
+        params: dict[str, Any],
+        keep: Callable[[dict[str, Any]], bool],
+    ) -> dict[str, Any]:
+        """A Stripe list (newest first) with limit, starting_after and ending_before."""
+        rows = [o for o in reversed(self.objects[kind].values()) if keep(o)]
+        limit = max(1, min(int(params.get("limit", 10)), 100))
+        after = params.get("starting_after")
+        before = params.get("ending_before")
+        ids = [o["id"] for o in rows]
+        if after:
+            if after not in self.objects[kind]:
+                raise StripeApiError.missing(NAMES[kind], after, "starting_after")
+            rows = rows[ids.index(after) + 1 :] if after in ids else []
+        elif before:
+            if before not in self.objects[kind]:
+                raise StripeApiError.missing(NAMES[kind], before, "ending_before")
+            rows = rows[: ids.index(before)] if before in ids else []
+            rows = rows[-limit:]
+        result = list_object(rows[:limit], url, has_more=len(rows) > limit)
+        return self.expand(result, params.get("expand", []))
+
+    def search(
+        self, kind: str, url: str, params: dict[str, Any], fields: frozenset[str]
+    ) -> dict[str, Any]:
+        matches = matcher(params["query"], fields)
+        rows = [o for o in reversed(self.objects[kind].values()) if matches(o)]
+        limit = max(1, min(int(params.get("limit", 10)), 100))
+        start = int(params["page"]) if str(params.get("page", "")).isdigit() else 0
+        chunk = rows[start : start + limit]
+        result = search_result(chunk, url)
+        if start + limit < len(rows):
+            result["has_more"] = True
+            result["next_page"] = str(start + limit)
+        return self.expand(result, params.get("expand", []))
+
+
+API_VERSION = "2026-10-28.endive"
+
+
+def merge_metadata(current: dict[str, str], update: Any, param: str = "metadata") -> dict[str, str]:
+    """Stripe's metadata update: keys set to '' are removed, `metadata=''` clears all."""
+    if update == "":
+        return {}
+    if not isinstance(update, dict):
+        raise StripeApiError.invalid_request(f"Invalid object: {param}", param=param)
+    merged = dict(current)
+    for key, value in update.items():
+        if len(key) > 40:
+            raise StripeApiError.invalid_request(
+                f"Metadata keys must be at most 40 characters; '{key}' is too long.",
+                param=f"{param}[{key}]",
+            )
+        if value == "":
+            merged.pop(key, None)
+        else:
+            merged[key] = str(value)[:500]
+    if len(merged) > 50:
+        raise StripeApiError.invalid_request(
+            "Metadata can have at most 50 keys.", param=param, code="parameter_invalid_string"
+        )
+    return merged
+
+
+def invoice_prefix() -> str:
+    return secrets.token_hex(4).upper()
