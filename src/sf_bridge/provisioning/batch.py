@@ -116,6 +116,10 @@ def fetch_batch(prov: Provisioner, crm: CrmGateway | None, limit: int = BATCH_LI
                     detail={"batch_size": len(deals)},
                 )
             )
+        for deal, _record in found:
+            prov.hooks.before_commit(STEP_FETCH, deal.id)
+    for deal, _record in found:
+        prov.hooks.after_commit(STEP_FETCH, deal.id)
     log.info("fetch_batch_done", deals=len(deals), found=len(found), duration_ms=duration)
     return ids
 
@@ -232,6 +236,10 @@ def write_back_batch(
                     else {"written": False, "why": _skip_reason(crm, deal)},
                 )
             )
+        for deal in ok:
+            prov.hooks.before_commit(STEP_WRITE_BACK, deal.id)
+    for deal in ok:
+        prov.hooks.after_commit(STEP_WRITE_BACK, deal.id)
     log.info("write_back_batch_done", deals=len(deals), written=len(written), duration_ms=duration)
     return ids
 

@@ -1,0 +1,157 @@
+"""Replay: put parked (or chosen) deals back in the queue at the step where they stopped.
+
+When the mappings changed since the deal was mapped, or the opportunity changed in
+Salesforce, the deal goes back to the map step first (re-fetched when a CRM is at hand). Every
+step is idempotent, so replaying a deal any number of times never creates anything twice:
+the customer, subscription and invoice already recorded are found and reused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from sf_bridge.crm.port import CrmGateway
+from sf_bridge.db.models import NEEDS_ATTENTION, Deal, DealEvent
+from sf_bridge.errors import SfBridgeError
+from sf_bridge.logging import get_logger
+from sf_bridge.provisioning.states import (
+    DONE,
+    STEP_FETCH,
+    STEP_MAP,
+    STEPS,
+    status_before,
+)
+
+log = get_logger(__name__)
+
+
+class DealNotFound(SfBridgeError):
+    """No deal has that id or opportunity id."""
+
+    code = "deal_not_found"
+
+
+@dataclass(frozen=True)
+class ReplayOutcome:
+    deal_id: int
+    opportunity_id: str
+    from_step: str | None
+    message: str
+    requeued: bool
+
+
+def find_deal(session: Session, ref: str | int) -> Deal:
+    """A deal by its number or its opportunity id (15 or 18 characters)."""
+    text = str(ref).strip()
+    deal: Deal | None = None
+    if text.isdigit():
+        deal = session.get(Deal, int(text))
+    if deal is None and text:
+        deal = session.execute(
+            select(Deal).where(
+                or_(Deal.opportunity_id == text, Deal.opportunity_id.startswith(text[:15]))
+            )
+        ).scalar_one_or_none()
+    if deal is None:
+        raise DealNotFound(
+            f"No deal matches {text!r}.",
+            hint="give a deal number or an Opportunity Id as listed by `sf-bridge deals`.",
+        )
+    return deal
+
+
+def _comparable(snapshot: dict[str, Any] | None) -> Any:
+    if not snapshot:
+        return None
+    return {k: v for k, v in snapshot.items() if k not in ("attributes", "LastModifiedDate")}
+
+
+def replay(
+    session_factory: sessionmaker[Session],
+    deal_ids: Sequence[str | int] = (),
+    *,
+    failed: bool = False,
+    mappings: Any = None,
+    crm: CrmGateway | None = None,
+) -> list[ReplayOutcome]:
+    """Requeues the deals named (deal numbers or opportunity ids) and, with `failed`, every
+    deal in `needs_attention`. Done deals are left alone. Returns what was done to each."""
+    with session_factory() as session, session.begin():
+        deals: dict[int, Deal] = {}
+        for ref in deal_ids:
+            deal = find_deal(session, ref)
+            deals[deal.id] = deal
+        if failed:
+            for deal in session.execute(
+                select(Deal).where(Deal.status == NEEDS_ATTENTION).order_by(Deal.id)
+            ).scalars():
+                deals[deal.id] = deal
+        fresh = _refetch(crm, [d for d in deals.values() if d.source != "file"])
+        version = getattr(mappings, "version", None)
+        outcomes = [_requeue(session, deal, fresh, version) for deal in deals.values()]
+    for outcome in outcomes:
+        log.info(
+            "deal_replayed",
+            deal_id=outcome.deal_id,
+            opportunity_id=outcome.opportunity_id,
+            step=outcome.from_step,
+            requeued=outcome.requeued,
+        )
+    return outcomes
+
+
+def _refetch(crm: CrmGateway | None, deals: list[Deal]) -> dict[str, dict[str, Any]]:
+    if crm is None or not deals:
+        return {}
+    records = crm.fetch_opportunities([d.opportunity_id for d in deals])
+    return {str(r.get("Id")): r for r in records}
+
+
+def _requeue(
+    session: Session, deal: Deal, fresh: dict[str, dict[str, Any]], version: str | None
+) -> ReplayOutcome:
+    if deal.status == DONE:
+        return ReplayOutcome(
+            deal.id, deal.opportunity_id, None, "already done; nothing to replay", False
+        )
+    step = deal.current_step or STEP_FETCH
+    if step not in STEPS:
+        step = STEP_FETCH
+    reasons: list[str] = []
+    record = fresh.get(deal.opportunity_id)
+    if record is not None and _comparable(record) != _comparable(deal.opportunity):
+        deal.opportunity = record
+        reasons.append("the opportunity changed in Salesforce")
+    if version is not None and deal.mapping_version and version != deal.mapping_version:
+        reasons.append(f"the mappings changed ({deal.mapping_version} -> {version})")
+    if reasons and STEPS.index(step) > STEPS.index(STEP_MAP) and deal.opportunity:
+        step = STEP_MAP
+    if step == STEP_FETCH and deal.opportunity and deal.source == "file":
+        step = STEP_MAP
+    custom = bool(deal.plan) and (deal.plan or {}).get("plan_kind") == "custom"
+    previous = deal.status
+    deal.status = status_before(step, custom_plan=custom)
+    deal.current_step = step
+    deal.attempts = 0
+    deal.next_attempt_at = None
+    deal.locked_by = None
+    deal.locked_until = None
+    why = f" because {' and '.join(reasons)}" if reasons else ""
+    message = f"Replayed from {previous} at step {step}{why}."
+    session.add(
+        DealEvent(
+            deal_id=deal.id,
+            kind="replayed",
+            message=message,
+            detail={"from_status": previous, "step": step, "last_error": deal.last_error},
+        )
+    )
+    return ReplayOutcome(deal.id, deal.opportunity_id, step, message, True)
+
+
+__all__ = ["DealNotFound", "ReplayOutcome", "find_deal", "replay"]

@@ -1,0 +1,59 @@
+"""A crash just before or just after any step's commit, then a restart: the deal completes and
+Stripe holds exactly one customer, one subscription and one invoice for it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from sf_bridge.provisioning.queue import enqueue_opportunities
+from sf_bridge.provisioning.runner import StepHooks
+from sf_bridge.provisioning.states import STEPS
+from tests.fixtures.provisioning import Harness, drain, make_plan, settled
+
+OPP = "006000000000001AAA"
+
+
+class SimulatedCrash(BaseException):
+    """Stands for the process dying: not an Exception, so nothing in the worker handles it."""
+
+
+def crash_at(step: str, phase: str) -> StepHooks:
+    fired: list[bool] = []
+
+    def hook(at: str, _deal_id: int) -> None:
+        if at == step and not fired:
+            fired.append(True)
+            raise SimulatedCrash(f"{phase} commit of {step}")
+
+    if phase == "before":
+        return StepHooks(before_commit=hook)
+    return StepHooks(after_commit=hook)
+
+
+@pytest.mark.parametrize("phase", ["before", "after"])
+@pytest.mark.parametrize("step", STEPS)
+def test_crash_around_a_commit_then_restart_creates_nothing_twice(
+    stripe_harness: Harness, provisioning_emulator: Any, step: str, phase: str
+) -> None:
+    h = stripe_harness
+    h.add_opportunity(make_plan(OPP))
+    with h.session_factory() as session, session.begin():
+        enqueue_opportunities(session, [OPP], source="test")
+
+    with pytest.raises(SimulatedCrash):
+        drain(h.worker(hooks=crash_at(step, phase), owner="first"), settled(h, OPP))
+
+    h.clock.advance(120)  # the dead worker's leases expire
+    drain(h.worker(owner="restarted"), settled(h, OPP))
+
+    deal = h.deal(OPP)
+    assert deal.status == "done", deal.last_error
+    emu = provisioning_emulator
+    assert emu.count("customer") == 1
+    assert emu.count("subscription") == 1
+    assert emu.count("invoice") == 1
+    invoice = emu.get(deal.stripe_invoice_id)
+    assert invoice["status"] == "open"
+    assert deal.hosted_invoice_url == invoice["hosted_invoice_url"]
