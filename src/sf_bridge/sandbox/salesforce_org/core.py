@@ -1,0 +1,648 @@
+"""The sandbox org without its HTTP front: records, the event channels fed by record changes,
+sessions, API-limit accounting, call counters and switchable faults. `SalesforceSandbox` serves
+it over HTTP; tests drive it through the methods here."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from sf_bridge.logging import get_logger
+from sf_bridge.sandbox.salesforce_org.auth import Credentials, SessionStore
+from sf_bridge.sandbox.salesforce_org.events import (
+    EventLog,
+    change_event_data,
+    iso_z,
+    platform_event_data,
+    push_topic_data,
+)
+from sf_bridge.sandbox.salesforce_org.ids import IdFactory
+from sf_bridge.sandbox.salesforce_org.query import QueryEngine, render_value
+from sf_bridge.sandbox.salesforce_org.schema import is_custom_name
+from sf_bridge.sandbox.salesforce_org.soql import Query, SoqlError, parse
+from sf_bridge.sandbox.salesforce_org.store import RecordError, RecordStore, Stage
+
+log = get_logger(__name__)
+
+CDC_CHANNEL = "/data/OpportunityChangeEvent"
+# Fixed, documented credentials of the local sandbox org (never a real org's).
+SANDBOX_CREDENTIALS = Credentials(
+    username="integration@sandbox.example",
+    password="sandbox-password",
+    security_token="SANDBOXTOKEN0123456789",
+    client_id="3MVG9sandbox.client.id",
+    client_secret="sandbox-client-secret",
+)
+_SKIPPED_IN_EVENTS = {"Id", "SystemModstamp", "IsDeleted"}
+
+
+@dataclass
+class PushTopic:
+    name: str
+    query: Query
+    notify_for_fields: str  # All, Referenced, Select, Where
+    on_create: bool
+    on_update: bool
+    select_fields: list[str]
+    where_fields: set[str]
+
+
+@dataclass
+class PlatformEvent:
+    name: str
+    fields: dict[str, str]  # event field -> Opportunity field
+
+
+@dataclass
+class UpdateFault:
+    status_code: str
+    message: str
+    remaining: int
+
+
+@dataclass
+class Faults:
+    request_limit_exceeded: bool = False
+    update_faults: dict[str, UpdateFault] = field(default_factory=dict)
+
+
+class Org:
+    """The org's data and behaviour. Thread-safe; every public method may be called from tests
+    while the HTTP server runs."""
+
+    def __init__(
+        self,
+        *,
+        api_version: str = "62.0",
+        retention_seconds: float = 72 * 3600,
+        query_batch_size: int = 2000,
+        credentials: Credentials = SANDBOX_CREDENTIALS,
+    ) -> None:
+        self.api_version = api_version
+        self.query_batch_size = query_batch_size
+        self.credentials = credentials
+        self._clock_offset = timedelta(0)
+        self._ids = IdFactory()
+        self.org_id = self._ids.new_id("Organization")
+        self.store = RecordStore(self.now, self._ids)
+        self.events = EventLog(self.now, retention_seconds)
+        self.sessions = SessionStore(self.org_id)
+        self.queries = QueryEngine(self.store, api_version, self.now)
+        self.calls: Counter[str] = Counter()
+        self.faults = Faults()
+        self._api_used = 0
+        self._api_max = 100_000
+        self._charged = 0
+        self._commit_numbers = itertools.count(10_650_152_450)
+        self._lock = threading.RLock()
+        self.push_topics: dict[str, PushTopic] = {}
+        self.platform_events: dict[str, PlatformEvent] = {}
+
+    # -- credentials -----------------------------------------------------------------------
+    @property
+    def username(self) -> str:
+        return self.credentials.username
+
+    @property
+    def password(self) -> str:
+        return self.credentials.password
+
+    @property
+    def security_token(self) -> str:
+        return self.credentials.security_token
+
+    @property
+    def client_id(self) -> str:
+        return self.credentials.client_id
+
+    @property
+    def client_secret(self) -> str:
+        return self.credentials.client_secret
+
+    @property
+    def user_id(self) -> str:
+        return self.store.user_id
+
+    # -- clock ---------------------------------------------------------------------------
+    def now(self) -> datetime:
+        """The org's clock: whole seconds, as Salesforce stores datetimes."""
+        return (datetime.now(UTC) + self._clock_offset).replace(microsecond=0)
+
+    def advance_clock(self, seconds: float) -> None:
+        """Moves the org's clock forward (ages retained events and timestamps)."""
+        with self._lock:
+            self._clock_offset += timedelta(seconds=seconds)
+
+    # -- counters and limits -------------------------------------------------------------
+    def count(self, kind: str) -> None:
+        with self._lock:
+            self.calls[kind] += 1
+
+    def rest_calls(self) -> int:
+        """REST API calls that counted against the org's daily request limit (since the last
+        `reset_counters`); refused and unauthenticated requests do not count."""
+        with self._lock:
+            return self._charged
+
+    def reset_counters(self) -> None:
+        with self._lock:
+            self.calls.clear()
+            self._charged = 0
+
+    @property
+    def api_limit(self) -> tuple[int, int]:
+        """(used, max) of the daily API request limit, as Sforce-Limit-Info reports it."""
+        with self._lock:
+            return self._api_used, self._api_max
+
+    @api_limit.setter
+    def api_limit(self, value: tuple[int, int]) -> None:
+        with self._lock:
+            self._api_used, self._api_max = int(value[0]), int(value[1])
+
+    def charge_api_call(self) -> bool:
+        """Counts one REST call against the limit; False when the limit refuses it."""
+        with self._lock:
+            if self.faults.request_limit_exceeded or self._api_used >= self._api_max:
+                return False
+            self._api_used += 1
+            self._charged += 1
+            return True
+
+    @property
+    def request_limit_exceeded(self) -> bool:
+        return self.faults.request_limit_exceeded
+
+    @request_limit_exceeded.setter
+    def request_limit_exceeded(self, value: bool) -> None:
+        self.faults.request_limit_exceeded = value
+
+    # -- faults --------------------------------------------------------------------------
+    def expire_sessions(self) -> None:
+        """Every issued session becomes invalid: REST answers 401 INVALID_SESSION_ID and the
+        streaming endpoint 401::Authentication invalid until the client logs in again."""
+        self.sessions.expire_all()
+        log.info("sandbox_sessions_expired")
+
+    def expire_events_before(self, replay_id: int) -> None:
+        """Drops events older than `replay_id`: subscribing with an older id is refused."""
+        self.events.expire_before(replay_id)
+
+    def fail_updates(
+        self,
+        record_id: str,
+        status_code: str = "UNABLE_TO_LOCK_ROW",
+        message: str = "unable to obtain exclusive access to this record or 1 records",
+        times: int = 1,
+    ) -> None:
+        """The next `times` REST updates of this record fail with that per-record error."""
+        with self._lock:
+            self.faults.update_faults[record_id] = UpdateFault(status_code, message, times)
+
+    def _take_update_fault(self, record_id: str) -> UpdateFault | None:
+        with self._lock:
+            fault = self.faults.update_faults.get(record_id)
+            if fault is None or fault.remaining <= 0:
+                return None
+            fault.remaining -= 1
+            return fault
+
+    # -- records -------------------------------------------------------------------------
+    def define_field(self, sobject: str, name: str, field_type: str = "string") -> None:
+        self.store.define_field(sobject, name, field_type)
+
+    def add_stage(
+        self, name: str, *, probability: float, closed: bool, won: bool, forecast: str = "Pipeline"
+    ) -> None:
+        """Adds an opportunity stage (for orgs whose won stage is not named Closed Won)."""
+        with self.store.lock:
+            self.store.stages[name] = Stage(name, probability, closed, won, forecast)
+
+    def create_user(self, first_name: str, last_name: str, email: str, **fields: Any) -> str:
+        return self.store.insert(
+            "User",
+            {"FirstName": first_name, "LastName": last_name, "Email": email, "Username": email}
+            | {"Name": f"{first_name} {last_name}", "IsActive": True}
+            | fields,
+        )
+
+    def create_account(self, name: str, **fields: Any) -> str:
+        return self.store.insert("Account", {"Name": name, "CurrencyIsoCode": "USD"} | fields)
+
+    def create_contact(self, account_id: str, email: str, **fields: Any) -> str:
+        first = fields.pop("FirstName", email.split("@")[0].split(".")[0].title())
+        last = fields.pop("LastName", "Contact")
+        return self.store.insert(
+            "Contact",
+            {
+                "AccountId": account_id,
+                "Email": email,
+                "FirstName": first,
+                "LastName": last,
+                "Name": f"{first} {last}".strip(),
+            }
+            | fields,
+        )
+
+    def create_product(
+        self, product_code: str, name: str, *, unit_price: float = 0.0, **fields: Any
+    ) -> str:
+        """Creates a Product2 and its standard PricebookEntry; returns the Product2 id."""
+        with self.store.lock:
+            product_id = self.store.insert(
+                "Product2", {"ProductCode": product_code, "Name": name, "IsActive": True} | fields
+            )
+            self.store.insert(
+                "PricebookEntry",
+                {
+                    "Name": name,
+                    "Pricebook2Id": self.store.standard_pricebook_id,
+                    "Product2Id": product_id,
+                    "ProductCode": product_code,
+                    "UnitPrice": float(unit_price),
+                    "IsActive": True,
+                    "UseStandardPrice": False,
+                    "CurrencyIsoCode": "USD",
+                },
+            )
+            return product_id
+
+    def seed_products(
+        self, codes_and_names: Iterable[tuple[str, str]] | dict[str, str]
+    ) -> dict[str, str]:
+        """Creates the products that do not exist yet; returns product code -> Product2 id."""
+        pairs = codes_and_names.items() if isinstance(codes_and_names, dict) else codes_and_names
+        result: dict[str, str] = {}
+        with self.store.lock:
+            existing = {p["ProductCode"]: p["Id"] for p in self.store.all("Product2")}
+            for code, name in pairs:
+                result[code] = existing.get(code) or self.create_product(code, name)
+        return result
+
+    def _pricebook_entry(self, product_code: str) -> dict[str, Any]:
+        for entry in self.store.all("PricebookEntry"):
+            if entry["ProductCode"] == product_code:
+                return entry
+        raise KeyError(f"no product with code {product_code!r}: create it with create_product")
+
+    def create_opportunity(
+        self,
+        account_id: str,
+        name: str,
+        lines: list[dict[str, Any]],
+        *,
+        stage: str = "Negotiation/Review",
+        currency: str = "USD",
+        contact_id: str | None = None,
+        **fields: Any,
+    ) -> str:
+        """Creates an opportunity with line items. A line: product_code, quantity, unit_price,
+        optional list_price and discount (%), plus any other OpportunityLineItem fields."""
+        with self.store.lock:
+            values: dict[str, Any] = {
+                "AccountId": account_id,
+                "Name": name,
+                "StageName": stage,
+                "CurrencyIsoCode": currency,
+                "CloseDate": self.now().date(),
+                "Pricebook2Id": self.store.standard_pricebook_id,
+                "Amount": 0.0,
+            }
+            if contact_id:
+                values["ContactId"] = contact_id
+            values.update(fields)
+            if isinstance(values.get("CloseDate"), date):
+                values["CloseDate"] = values["CloseDate"].isoformat()
+            opportunity_id = self.store.insert("Opportunity", values)
+            for position, line in enumerate(lines, start=1):
+                self._add_line(opportunity_id, currency, position, dict(line))
+            if contact_id:
+                self.store.insert(
+                    "OpportunityContactRole",
+                    {
+                        "OpportunityId": opportunity_id,
+                        "ContactId": contact_id,
+                        "Role": "Decision Maker",
+                        "IsPrimary": True,
+                    },
+                )
+            record = self.store.get("Opportunity", opportunity_id)
+            assert record is not None
+            changed = [f for f, v in record.items() if v is not None]
+            self._after_opportunity_change(record, changed, origin="", created=True)
+            return opportunity_id
+
+    def _add_line(
+        self, opportunity_id: str, currency: str, position: int, line: dict[str, Any]
+    ) -> None:
+        code = line.pop("product_code")
+        entry = self._pricebook_entry(code)
+        product = self.store.get("Product2", entry["Product2Id"])
+        assert product is not None
+        list_price = line.pop("list_price", None)
+        unit_price = line.pop("unit_price", None)
+        values = {
+            "OpportunityId": opportunity_id,
+            "PricebookEntryId": entry["Id"],
+            "Product2Id": entry["Product2Id"],
+            "ProductCode": code,
+            "Name": f"{self._name_of(opportunity_id)} {product['Name']}",
+            "Quantity": float(line.pop("quantity", 1)),
+            "UnitPrice": float(unit_price if unit_price is not None else entry["UnitPrice"]),
+            "ListPrice": float(list_price if list_price is not None else entry["UnitPrice"]),
+            "Discount": line.pop("discount", None),
+            "SortOrder": position,
+            "CurrencyIsoCode": currency,
+        }
+        values.update(line)
+        self.store.insert("OpportunityLineItem", values)
+
+    def _name_of(self, opportunity_id: str) -> str:
+        record = self.store.get("Opportunity", opportunity_id)
+        return str(record["Name"]) if record else ""
+
+    def get_opportunity(self, opportunity_id: str) -> dict[str, Any]:
+        """The stored fields of an opportunity (datetimes and dates as Python values)."""
+        record = self.store.get("Opportunity", opportunity_id)
+        if record is None:
+            raise KeyError(opportunity_id)
+        with self.store.lock:
+            return dict(record)
+
+    def update_opportunity(self, opportunity_id: str, **fields: Any) -> list[str]:
+        """Edits an opportunity as a user would in the UI; emits its change events."""
+        with self.store.lock:
+            changed = self.store.update("Opportunity", opportunity_id, fields, as_api=False)
+            self._emit_update(opportunity_id, changed, origin="")
+            return changed
+
+    def close_won(self, opportunity_id: str, **field_changes: Any) -> None:
+        """Moves the deal to Closed Won (IsWon, IsClosed, LastModifiedDate follow) and emits the
+        CDC UPDATE event, plus the PushTopic / Platform Event events of defined channels."""
+        won_stage = next((s.name for s in self.store.stages.values() if s.is_won), "Closed Won")
+        self.update_opportunity(opportunity_id, StageName=won_stage, **field_changes)
+
+    def api_update(self, sobject: str, record_id: str, values: dict[str, Any]) -> None:
+        """An update through the REST API: read-only fields refused, events emitted."""
+        with self.store.lock:
+            name = self._check_api_update(sobject, record_id, values)
+            changed = self.store.update(name, record_id, values, as_api=True)
+            if name == "Opportunity":
+                self._emit_update(
+                    record_id, changed, origin=f"com/salesforce/api/rest/{self.api_version}"
+                )
+
+    def _check_api_update(self, sobject: str, record_id: str, values: dict[str, Any]) -> str:
+        fault = self._take_update_fault(record_id)
+        if fault is not None:
+            raise RecordError(fault.status_code, fault.message)
+        obj = self.store.object_def(sobject)
+        if obj is None:
+            raise RecordError("INVALID_TYPE", f"sObject type '{sobject}' is not supported.")
+        for name in values:
+            if obj.field_named(name) is None and not (
+                is_custom_name(name) and obj.name == "Opportunity"
+            ):
+                raise RecordError(
+                    "INVALID_FIELD",
+                    f"No such column '{name}' on sobject of type {obj.name}",
+                    [name],
+                )
+        self.store.update(obj.name, record_id, values, as_api=True, dry_run=True)
+        return obj.name
+
+    def api_update_collection(
+        self, records: list[dict[str, Any]], *, all_or_none: bool
+    ) -> list[dict[str, Any]]:
+        """The composite sObject collections update: one result per record, in order."""
+        prepared: list[tuple[str, str, dict[str, Any]] | RecordError] = []
+        for raw in records:
+            values = dict(raw)
+            attributes = values.pop("attributes", None)
+            record_id = values.pop("id", None) or values.pop("Id", None)
+            sobject = attributes.get("type") if isinstance(attributes, dict) else None
+            if not sobject:
+                prepared.append(RecordError("INVALID_TYPE", "Unable to find type for record"))
+            elif not record_id:
+                prepared.append(
+                    RecordError("MISSING_ARGUMENT", "Id not specified in an update call")
+                )
+            else:
+                prepared.append((str(sobject), str(record_id), values))
+        results: list[dict[str, Any]] = []
+        with self.store.lock:
+            if all_or_none:
+                failures: list[RecordError | None] = []
+                for item in prepared:
+                    if isinstance(item, RecordError):
+                        failures.append(item)
+                        continue
+                    try:
+                        self._check_api_update(*item)
+                        failures.append(None)
+                    except RecordError as exc:
+                        failures.append(exc)
+                if any(failures):
+                    return [
+                        _collection_error(
+                            failure
+                            or RecordError(
+                                "ALL_OR_NONE_OPERATION_ROLLED_BACK",
+                                "Record rolled back because not all records were valid and the "
+                                "request was using AllOrNone header",
+                            )
+                        )
+                        for failure in failures
+                    ]
+            for item in prepared:
+                if isinstance(item, RecordError):
+                    results.append(_collection_error(item))
+                    continue
+                try:
+                    self.api_update(*item)
+                    results.append({"id": item[1], "success": True, "errors": []})
+                except RecordError as exc:
+                    results.append(_collection_error(exc))
+        return results
+
+    def _emit_update(self, opportunity_id: str, changed: list[str], *, origin: str) -> None:
+        if not changed:
+            return
+        record = self.store.get("Opportunity", opportunity_id)
+        assert record is not None
+        self._after_opportunity_change(record, changed, origin=origin, created=False)
+
+    # -- channels ------------------------------------------------------------------------
+    def channel_exists(self, channel: str) -> bool:
+        if channel == CDC_CHANNEL:
+            return True
+        if channel.startswith("/topic/"):
+            return channel.removeprefix("/topic/") in self.push_topics
+        if channel.startswith("/event/"):
+            return channel.removeprefix("/event/") in self.platform_events
+        return False
+
+    def define_push_topic(
+        self,
+        name: str,
+        query: str,
+        *,
+        notify_for_fields: str = "Referenced",
+        notify_for_operation_create: bool = True,
+        notify_for_operation_update: bool = True,
+    ) -> str:
+        """Stores a PushTopic (a SOQL query on Opportunity); returns its channel /topic/<name>."""
+        parsed = parse(query)
+        if parsed.sobject.lower() != "opportunity" or parsed.subqueries:
+            raise SoqlError("INVALID_FIELD", "the sandbox supports PushTopics on Opportunity only")
+        obj = self.store.object_def("Opportunity")
+        assert obj is not None
+        select_fields = []
+        for path in parsed.fields:
+            if len(path.parts) != 1:
+                raise SoqlError("INVALID_FIELD", "relationships are not supported in PushTopics")
+            _, field_def = self.queries.resolve(query, obj, path)
+            select_fields.append(field_def.name)
+        if "Id" not in select_fields:
+            select_fields.insert(0, "Id")
+        where_fields: set[str] = set()
+        self._collect_where_fields(query, parsed.where, where_fields)
+        self.push_topics[name] = PushTopic(
+            name,
+            parsed,
+            notify_for_fields,
+            notify_for_operation_create,
+            notify_for_operation_update,
+            select_fields,
+            where_fields,
+        )
+        return f"/topic/{name}"
+
+    def _collect_where_fields(self, query: str, condition: Any, out: set[str]) -> None:
+        if condition is None:
+            return
+        if hasattr(condition, "operands"):
+            for operand in condition.operands:
+                self._collect_where_fields(query, operand, out)
+        elif hasattr(condition, "operand"):
+            self._collect_where_fields(query, condition.operand, out)
+        else:
+            obj = self.store.object_def("Opportunity")
+            assert obj is not None
+            _, field_def = self.queries.resolve(query, obj, condition.path)
+            out.add(field_def.name)
+
+    def define_platform_event(self, name: str, fields: dict[str, str] | None = None) -> str:
+        """Defines a platform event published (as a Flow would) when a deal is won; `fields`
+        maps event fields to Opportunity fields. Returns its channel /event/<name>."""
+        if not name.endswith("__e"):
+            name += "__e"
+        self.platform_events[name] = PlatformEvent(name, fields or {"Opportunity_Id__c": "Id"})
+        return f"/event/{name}"
+
+    def emit(self, channel: str, payload: dict[str, Any], *, add_replay_id: bool = True) -> int:
+        """Publishes a raw `data` payload on a channel (malformed events included); returns its
+        replay id. `add_replay_id=False` leaves `data.event` exactly as given."""
+        data = dict(payload)
+        if add_replay_id and "event" not in data:
+            data["event"] = {}
+        return self.events.publish(channel, data, set_replay_id=add_replay_id).replay_id
+
+    def emit_gap(self, record_ids: list[str], change_type: str = "GAP_UPDATE") -> int:
+        """A CDC gap event: the header names the records, no field values come with it."""
+        data = change_event_data(
+            entity="Opportunity",
+            record_ids=record_ids,
+            change_type=change_type,
+            changed_values={},
+            changed_fields=[],
+            commit_time=self.now(),
+            commit_user=self.user_id,
+            commit_number=next(self._commit_numbers),
+            change_origin="",
+        )
+        return self.events.publish(CDC_CHANNEL, data).replay_id
+
+    def _after_opportunity_change(
+        self, record: dict[str, Any], changed: list[str], *, origin: str, created: bool
+    ) -> None:
+        obj = self.store.object_def("Opportunity")
+        assert obj is not None
+        fields = [f for f in changed if f not in _SKIPPED_IN_EVENTS]
+        values = {f: _event_value(obj.fields[f].type, record.get(f)) for f in fields}
+        commit_time = record["LastModifiedDate"]
+        data = change_event_data(
+            entity="Opportunity",
+            record_ids=[record["Id"]],
+            change_type="CREATE" if created else "UPDATE",
+            changed_values=values,
+            changed_fields=[] if created else fields,
+            commit_time=commit_time,
+            commit_user=self.user_id,
+            commit_number=next(self._commit_numbers),
+            change_origin=origin,
+        )
+        self.events.publish(CDC_CHANNEL, data)
+        for topic in self.push_topics.values():
+            self._maybe_push(topic, record, set(changed), created)
+        became_won = record.get("IsWon") and (created or "IsWon" in changed)
+        if became_won:
+            for event in self.platform_events.values():
+                payload = {
+                    event_field: render_value(obj.fields[source], record.get(source))
+                    for event_field, source in event.fields.items()
+                }
+                self.events.publish(
+                    f"/event/{event.name}",
+                    platform_event_data(event.name, payload, self.now(), self.user_id),
+                )
+
+    def _maybe_push(
+        self, topic: PushTopic, record: dict[str, Any], changed: set[str], created: bool
+    ) -> None:
+        if (created and not topic.on_create) or (not created and not topic.on_update):
+            return
+        if not self.queries.matches("Opportunity", record, topic.query.where):
+            return
+        if not created:
+            relevant = {
+                "All": None,
+                "Referenced": set(topic.select_fields) | topic.where_fields,
+                "Select": set(topic.select_fields),
+                "Where": topic.where_fields,
+            }.get(topic.notify_for_fields)
+            if relevant is not None and not (relevant & changed):
+                return
+        obj = self.store.object_def("Opportunity")
+        assert obj is not None
+        sobject = {f: render_value(obj.fields[f], record.get(f)) for f in topic.select_fields}
+        self.events.publish(
+            f"/topic/{topic.name}",
+            push_topic_data(sobject, "created" if created else "updated", self.now()),
+        )
+
+
+def _collection_error(error: RecordError) -> dict[str, Any]:
+    return {
+        "success": False,
+        "errors": [
+            {"statusCode": error.status_code, "message": error.message, "fields": error.fields}
+        ],
+    }
+
+
+def _event_value(field_type: str, value: Any) -> Any:
+    """Field values in change events: datetimes as 2026-11-25T10:00:00.000Z."""
+    if isinstance(value, datetime):
+        return iso_z(value)
+    if isinstance(value, date):
+        return value.isoformat()
+    return value
+
+
+__all__ = ["CDC_CHANNEL", "Org", "RecordError", "iso_z"]

@@ -1,0 +1,231 @@
+"""The REST API of the sandbox org: SOQL query with pagination, sObject read and update, and the
+composite sObject collections update. Every response carries `Sforce-Limit-Info`; errors come
+as Salesforce's JSON list `[{"message": ..., "errorCode": ...}]`."""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from sf_bridge.logging import get_logger
+from sf_bridge.sandbox.salesforce_org.core import Org
+from sf_bridge.sandbox.salesforce_org.query import record_url, render_value
+from sf_bridge.sandbox.salesforce_org.soql import SoqlError
+from sf_bridge.sandbox.salesforce_org.store import RecordError
+
+log = get_logger(__name__)
+
+MAX_COLLECTION_RECORDS = 200
+_VERSION = re.compile(r"^v(\d{2,3}\.0)$")
+_BATCH_OPTION = re.compile(r"batchSize=(\d+)")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error_response(status: int, error_code: str, message: str, **extra: Any) -> web.Response:
+    return web.json_response(
+        [{"message": message, "errorCode": error_code, **extra}], status=status
+    )
+
+
+@dataclass
+class _Cursor:
+    records: list[dict[str, Any]]
+    batch_size: int
+
+
+class RestApi:
+    def __init__(self, org: Org) -> None:
+        self.org = org
+        self._cursors: dict[str, _Cursor] = {}
+        self._lock = threading.Lock()
+
+    def routes(self) -> list[web.RouteDef]:
+        base = "/services/data/{version}"
+        return [
+            web.get("/services/data", self.versions),
+            web.get("/services/data/", self.versions),
+            web.get(base + "/query", self._api("query", self.query)),
+            web.get(base + "/query/", self._api("query", self.query)),
+            web.get(base + "/queryAll", self._api("query", self.query)),
+            web.get(base + "/queryAll/", self._api("query", self.query)),
+            web.get(base + "/query/{locator}", self._api("query_more", self.query_more)),
+            web.get(base + "/queryAll/{locator}", self._api("query_more", self.query_more)),
+            web.get(base + "/limits", self._api("limits", self.limits)),
+            web.get(base + "/limits/", self._api("limits", self.limits)),
+            web.get(base + "/sobjects/{sobject}/{id}", self._api("sobject_get", self.get_record)),
+            web.patch(
+                base + "/sobjects/{sobject}/{id}", self._api("sobject_update", self.update_record)
+            ),
+            web.patch(base + "/composite/sobjects", self._api("composite", self.composite_update)),
+            web.patch(base + "/composite/sobjects/", self._api("composite", self.composite_update)),
+        ]
+
+    # -- plumbing ------------------------------------------------------------------------
+    def _limit_header(self) -> dict[str, str]:
+        used, maximum = self.org.api_limit
+        return {"Sforce-Limit-Info": f"api-usage={used}/{maximum}"}
+
+    def _api(self, kind: str, handler: Handler) -> Handler:
+        """Authentication, version, limits and the Sforce-Limit-Info header for one endpoint."""
+
+        async def wrapped(request: web.Request) -> web.StreamResponse:
+            self.org.count(kind)
+            response = await self._guarded(request, handler)
+            response.headers.update(self._limit_header())
+            return response
+
+        return wrapped
+
+    async def _guarded(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        version = _VERSION.match(request.match_info.get("version", ""))
+        if version is None or float(version.group(1)) > float(self.org.api_version):
+            return error_response(404, "NOT_FOUND", "The requested resource does not exist")
+        if not self.org.sessions.is_valid(_bearer(request)):
+            return error_response(401, "INVALID_SESSION_ID", "Session expired or invalid")
+        if not self.org.charge_api_call():
+            return error_response(403, "REQUEST_LIMIT_EXCEEDED", "TotalRequests Limit exceeded.")
+        return await handler(request)
+
+    async def versions(self, request: web.Request) -> web.Response:
+        version = self.org.api_version
+        return web.json_response(
+            [{"label": "Sandbox", "url": f"/services/data/v{version}", "version": version}]
+        )
+
+    # -- query ---------------------------------------------------------------------------
+    async def query(self, request: web.Request) -> web.Response:
+        soql = request.query.get("q")
+        if not soql:
+            return error_response(400, "MALFORMED_QUERY", "A query string has to be specified")
+        try:
+            total, records = self.org.queries.run(soql)
+        except SoqlError as exc:
+            log.info("sandbox_query_refused", error_code=exc.error_code)
+            return error_response(400, exc.error_code, exc.message)
+        batch_size = self._batch_size(request)
+        version = request.match_info["version"]
+        return web.json_response(self._page(version, total, records, batch_size, 0, None))
+
+    def _batch_size(self, request: web.Request) -> int:
+        size = self.org.query_batch_size
+        option = _BATCH_OPTION.search(request.headers.get("Sforce-Query-Options", ""))
+        if option:
+            size = min(size, max(200, min(2000, int(option.group(1)))))
+        return max(1, size)
+
+    def _page(
+        self,
+        version: str,
+        total: int,
+        records: list[dict[str, Any]],
+        batch_size: int,
+        offset: int,
+        locator: str | None,
+    ) -> dict[str, Any]:
+        page = records[offset : offset + batch_size]
+        done = offset + batch_size >= len(records)
+        body: dict[str, Any] = {"totalSize": total, "done": done}
+        if not done:
+            if locator is None:
+                locator = self.org.store.ids.new_id("QueryLocator")
+                with self._lock:
+                    self._cursors[locator] = _Cursor(records, batch_size)
+            body["nextRecordsUrl"] = (
+                f"/services/data/{version}/query/{locator}-{offset + batch_size}"
+            )
+        elif locator is not None:
+            with self._lock:
+                self._cursors.pop(locator, None)
+        body["records"] = page
+        return body
+
+    async def query_more(self, request: web.Request) -> web.Response:
+        locator, _, offset_text = request.match_info["locator"].rpartition("-")
+        with self._lock:
+            cursor = self._cursors.get(locator)
+        if cursor is None or not offset_text.isdigit():
+            return error_response(400, "INVALID_QUERY_LOCATOR", "invalid query locator")
+        return web.json_response(
+            self._page(
+                request.match_info["version"],
+                len(cursor.records),
+                cursor.records,
+                cursor.batch_size,
+                int(offset_text),
+                locator,
+            )
+        )
+
+    async def limits(self, request: web.Request) -> web.Response:
+        used, maximum = self.org.api_limit
+        return web.json_response(
+            {"DailyApiRequests": {"Max": maximum, "Remaining": maximum - used}}
+        )
+
+    # -- sObjects ------------------------------------------------------------------------
+    async def get_record(self, request: web.Request) -> web.Response:
+        obj = self.org.store.object_def(request.match_info["sobject"])
+        record_id = request.match_info["id"]
+        record = self.org.store.get(obj.name, record_id) if obj else None
+        if obj is None or record is None:
+            return error_response(404, "NOT_FOUND", "The requested resource does not exist")
+        with self.org.store.lock:
+            body: dict[str, Any] = {
+                "attributes": {
+                    "type": obj.name,
+                    "url": record_url(self.org.api_version, obj.name, record["Id"]),
+                }
+            }
+            for name, field_def in obj.fields.items():
+                body[name] = render_value(field_def, record.get(name))
+        return web.json_response(body)
+
+    async def update_record(self, request: web.Request) -> web.Response:
+        values = await _json_object(request)
+        if values is None:
+            return error_response(400, "JSON_PARSER_ERROR", "The request body is not a JSON object")
+        sobject, record_id = request.match_info["sobject"], request.match_info["id"]
+        if self.org.store.object_def(sobject) is None:
+            return error_response(404, "NOT_FOUND", "The requested resource does not exist")
+        if self.org.store.get(sobject, record_id) is None:
+            return error_response(404, "NOT_FOUND", "The requested resource does not exist")
+        try:
+            self.org.api_update(sobject, record_id, values)
+        except RecordError as exc:
+            return error_response(400, exc.status_code, exc.message, fields=exc.fields)
+        return web.Response(status=204)
+
+    async def composite_update(self, request: web.Request) -> web.Response:
+        body = await _json_object(request)
+        records = body.get("records") if body else None
+        if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+            return error_response(400, "JSON_PARSER_ERROR", "records must be a list of sObjects")
+        if len(records) > MAX_COLLECTION_RECORDS:
+            return error_response(
+                400,
+                "EXCEEDED_ID_LIMIT",
+                "record limit reached. cannot submit more than 200 records into this call",
+            )
+        all_or_none = bool(body.get("allOrNone", False)) if body else False
+        return web.json_response(self.org.api_update_collection(records, all_or_none=all_or_none))
+
+
+async def _json_object(request: web.Request) -> dict[str, Any] | None:
+    try:
+        body = await request.json()
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def _bearer(request: web.Request) -> str | None:
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    return value.strip() or None if scheme.lower() in {"bearer", "oauth"} else None
+
+
+__all__ = ["RestApi", "error_response"]
