@@ -36,10 +36,10 @@ def demo(
     the usual environment variables: everything it talks to is started by the demo itself.
     """
     from sf_bridge.demo import DemoOptions, run_demo
-    from sf_bridge.demo.components import DemoFailed
+    from sf_bridge.errors import ConfigurationError
 
-    if not (mappings / "catalog.yaml").exists() and not any(mappings.glob("*.yaml")):
-        raise DemoFailed(
+    if not mappings.is_dir() or not any(mappings.glob("*.yaml")):
+        raise ConfigurationError(
             f"No mapping files in {mappings.resolve()}.",
             hint="run the demo from the repository root, or pass --mappings PATH/TO/mappings.",
         )

@@ -35,6 +35,13 @@ def _item_amounts(subscription: dict[str, Any] | None) -> list[int]:
     return amounts
 
 
+def _short(entry: Any) -> str:
+    if not isinstance(entry, dict):
+        return repr(entry)
+    keys = ("access", "limit", "enabled", "unit")
+    return ", ".join(f"{k}={entry[k]}" for k in keys if k in entry)
+
+
 def negotiated_amounts(plan: dict[str, Any] | None) -> list[int]:
     """Unit amounts (minor units) the plan carries that differ from the catalog price."""
     result = []
@@ -135,13 +142,17 @@ def check_deal(facts: DealFacts, by_key: dict[str, DealFacts], write_back: Any) 
     if facts.entitlements_error:
         add("entitlement API answers", False, facts.entitlements_error)
     else:
-        for feature, value in facts.grants.items():
+        for feature, value in sorted(facts.grants.items()):
+            if not value:
+                continue  # a flag left off, or a zero limit: nothing to see in the API
             entry = facts.entitlements.get(feature)
             effective = entitlement_value(entry)
             ok = entry is not None and (
-                bool(effective) if isinstance(effective, bool) else int(effective or 0) >= value
+                effective is True
+                if isinstance(effective, bool)
+                else int(effective or 0) >= int(value)
             )
-            add(f"API shows {feature}", ok, f"API: {entry}")
+            add(f"entitlement API shows {feature}", ok, f"{_short(entry)}")
 
     fields = write_back
     expected_back = {

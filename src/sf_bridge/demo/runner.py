@@ -31,6 +31,7 @@ from typing import Any
 from rich.console import Console
 from rich.live import Live
 
+from sf_bridge.config import CDC_CHANNEL
 from sf_bridge.db import migrate
 from sf_bridge.db.models import NEEDS_ATTENTION
 from sf_bridge.demo import view
@@ -56,6 +57,7 @@ from sf_bridge.demo.facts import (
 )
 from sf_bridge.demo.mapping_fix import apply_fix
 from sf_bridge.demo.scenario import SCENARIO, Scenario
+from sf_bridge.logging import configure_logging
 
 TERMINAL = ("done", NEEDS_ATTENTION, "cancelled")
 
@@ -119,7 +121,7 @@ class Demo:
             shutil.copytree(self.options.mappings_dir, mappings_dir)
             mappings = load_mappings(mappings_dir)
             self.say(
-                f"example mappings from {self.options.mappings_dir} "
+                f"example mappings from {self.options.mappings_dir.resolve()} "
                 f"(version {str(mappings.version)[:12]}) copied to {mappings_dir}"
             )
             stack.stripe = stripe_cls(port=0).start()
@@ -218,16 +220,19 @@ class Demo:
         self.say("worker (`sf-bridge run`) subscribed to the Salesforce stream")
 
     def _stream_subscribed(self, stack: Stack) -> bool:
+        """True once a streaming client of the org is subscribed to the CDC channel."""
         assert stack.worker is not None
         stack.worker.check_alive()
-        return bool(stack.org.subscriber_count())
+        subscriptions: dict[str, set[str]] = stack.org.subscriptions()
+        return any(CDC_CHANNEL in channels for channels in subscriptions.values())
 
     def _create_deals(self, stack: Stack) -> list[DealFacts]:
         org = stack.org
         account_ids: dict[str, str] = {}
+        contact_ids: dict[str, str] = {}
         for account in self.scenario.accounts:
             account_id = org.create_account(account.name, **account.fields)
-            org.create_contact(account_id, account.contact_email)
+            contact_ids[account.key] = org.create_contact(account_id, account.contact_email)
             account_ids[account.key] = account_id
         facts = []
         for deal in self.scenario.deals:
@@ -236,6 +241,7 @@ class Demo:
                 deal.name,
                 lines=[line.as_org_line() for line in deal.lines],
                 currency=deal.currency,
+                contact_id=contact_ids[deal.account],
                 **deal.fields,
             )
             facts.append(DealFacts(deal, opportunity_id, account_ids[deal.account]))
@@ -435,5 +441,7 @@ def _terminate_as_interrupt() -> Iterator[None]:
 def run_demo(options: DemoOptions, console: Console | None = None) -> int:
     """Runs the demo; 0 when every expectation held."""
     console = console or view.make_console()
+    # The sandbox servers run in this process: only their warnings belong on the demo's screen.
+    configure_logging("console", "WARNING")
     with _terminate_as_interrupt():
         return Demo(options, console).run()

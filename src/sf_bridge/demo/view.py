@@ -6,6 +6,7 @@ a deal's step is printed as one line, so the run can still be followed and check
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -175,4 +176,7 @@ def summary(all_facts: list[DealFacts], write_back_fields: list[str]) -> Group:
 
 
 def make_console(force_terminal: bool | None = None) -> Console:
-    return Console(force_terminal=force_terminal, highlight=False, soft_wrap=False, width=None)
+    console = Console(force_terminal=force_terminal, highlight=False, soft_wrap=False)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console.width = 160  # logs and pipes: wide enough that ids and links stay on one line
+    return console
