@@ -12,7 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -27,6 +33,8 @@ from sf_bridge.db.models import STATUSES, Deal, StepAttempt
 from sf_bridge.logging import get_logger
 
 log = get_logger(__name__)
+
+disable_created_metrics()  # *_created series only add noise to every scrape
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -101,9 +109,8 @@ class DatabaseCollector(Collector):
     @staticmethod
     def _deals_by_status(session: Session) -> Metric:
         family = GaugeMetricFamily("sf_bridge_deals", "Deals by status.", labels=["status"])
-        counts = dict(
-            session.execute(select(Deal.status, func.count()).group_by(Deal.status)).tuples().all()
-        )
+        rows = session.execute(select(Deal.status, func.count()).group_by(Deal.status)).all()
+        counts = {status: int(count) for status, count in rows}
         for status in sorted({*STATUSES, *counts}):
             family.add_metric([status], counts.get(status, 0))
         return family

@@ -92,6 +92,8 @@ def _apply_invoice(
         changed = record_invoice_status(
             session, deal, invoice_id, status, authoritative=authoritative, how=kind
         )
+    if deal.stripe_invoice_id == invoice_id and deal.invoice_status:
+        status = deal.invoice_status  # what we hold now, after this event was considered
     if kind == "invoice.payment_failed" and status not in TERMINAL_INVOICE_STATUSES:
         add_event(
             session,

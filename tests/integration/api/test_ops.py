@@ -1,0 +1,90 @@
+"""/healthz, /readyz and /metrics."""
+
+from __future__ import annotations
+
+import httpx
+from sqlalchemy import text
+
+from sf_bridge.api import create_app
+from sf_bridge.db.engine import make_engine, make_session_factory
+from sf_bridge.db.models import StepAttempt, StreamCheckpoint
+from tests.fixtures.api import (
+    ACCOUNT_ID,
+    STANDARD_ENTITLEMENTS,
+    ApiServer,
+    api_settings,
+    seed_deal,
+    serve_in_thread,
+)
+
+
+def test_healthz_and_readyz_with_the_worker_stream(
+    api_server: ApiServer, http: httpx.Client
+) -> None:
+    assert http.get("/healthz").json() == {"status": "ok"}
+    ready = http.get("/readyz")
+    assert ready.status_code == 200
+    checks = ready.json()["checks"]
+    assert checks["database"]["ok"]
+    assert checks["schema"]["ok"]
+    assert "stream" not in checks  # no worker has reported a stream
+
+    with api_server.session_factory() as session, session.begin():
+        session.add(StreamCheckpoint(name="status:/data/OpportunityChangeEvent", value="down"))
+    down = http.get("/readyz")
+    assert down.status_code == 503
+    assert down.json()["checks"]["stream"]["channels"][0]["status"] == "down"
+
+    with api_server.session_factory() as session, session.begin():
+        row = session.get(StreamCheckpoint, "status:/data/OpportunityChangeEvent")
+        assert row is not None
+        row.value = "connected"
+    assert http.get("/readyz").status_code == 200
+
+
+def test_readyz_refuses_an_out_of_date_schema(sqlite_url: str) -> None:
+    engine = make_engine(sqlite_url)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '0001'"))
+    app = create_app(api_settings(sqlite_url), make_session_factory(engine))
+    with serve_in_thread(app) as url:
+        response = httpx.get(f"{url}/readyz")
+    engine.dispose()
+    assert response.status_code == 503
+    schema = response.json()["checks"]["schema"]
+    assert (schema["ok"], schema["revision"]) == (False, "0001")
+    assert "sf-bridge db upgrade" in schema["hint"]
+
+
+def test_metrics_show_deals_steps_and_this_process_counters(
+    api_server: ApiServer, http: httpx.Client
+) -> None:
+    _, deal_id = seed_deal(api_server.session_factory, STANDARD_ENTITLEMENTS)
+    with api_server.session_factory() as session, session.begin():
+        for step, duration_ms, outcome in [
+            ("customer", 80, "ok"),
+            ("subscription", 300, "retry"),
+            ("subscription", 700, "ok"),
+        ]:
+            session.add(
+                StepAttempt(
+                    deal_id=deal_id, step=step, attempt=1, duration_ms=duration_ms, outcome=outcome
+                )
+            )
+    http.get(f"/v1/customers/{ACCOUNT_ID}/entitlements/sso")
+    http.get(f"/v1/customers/{ACCOUNT_ID}/entitlements/nothing")
+    response = http.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    lines = set(response.text.splitlines())
+    assert 'sf_bridge_deals{status="done"} 1.0' in lines
+    assert 'sf_bridge_deals{status="needs_attention"} 0.0' in lines
+    assert 'sf_bridge_step_duration_seconds_bucket{le="0.1",step="customer"} 1.0' in lines
+    assert 'sf_bridge_step_duration_seconds_bucket{le="0.5",step="subscription"} 1.0' in lines
+    assert 'sf_bridge_step_duration_seconds_bucket{le="+Inf",step="subscription"} 2.0' in lines
+    assert 'sf_bridge_step_duration_seconds_sum{step="subscription"} 1.0' in lines
+    assert 'sf_bridge_step_attempts_total{outcome="retry",step="subscription"} 1.0' in lines
+    assert "sf_bridge_metrics_database_up 1.0" in lines
+    checks = [line for line in lines if line.startswith("sf_bridge_entitlement_checks_total")]
+    assert any('result="granted"' in line for line in checks)
+    assert any('result="unknown"' in line for line in checks)
