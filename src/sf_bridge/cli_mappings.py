@@ -109,7 +109,12 @@ def preview(
 ) -> None:
     """What a deal would provision, changing nothing; exit 1 when it does not map."""
     if (file is None) == (opportunity_id is None):
-        raise typer.BadParameter("give exactly one of --file or --opportunity-id.")
+        typer.secho(
+            "error: give exactly one of --file OPP.json or --opportunity-id ID.",
+            fg=typer.colors.RED,
+            err=True,
+        )
+        raise typer.Exit(2)
     mappings = load_mappings(_folder(mappings_dir))
     records = (
         _records_from_file(file) if file is not None else _fetch(str(opportunity_id), mappings)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 
 # Active ISO 4217 codes (funds and precious metals left out).
@@ -20,6 +21,15 @@ _ZERO = "BIF CLP DJF GNF JPY KMF KRW MGA PYG RWF UGX VND VUV XAF XOF XPF"
 ZERO_DECIMAL = frozenset(_ZERO.split())
 _THREE = "BHD JOD KWD OMR TND"
 THREE_DECIMAL = frozenset(_THREE.split())
+
+
+# Offered first when a code is misspelled.
+COMMON = ("USD", "EUR", "GBP", "JPY", "CAD", "AUD", "CHF", "SEK", "NOK", "DKK", "NZD", "SGD")
+
+
+def suggest_common(code: str) -> bool:
+    """True when a misspelled code is close to one of the common currencies."""
+    return bool(difflib.get_close_matches(code.upper(), COMMON, n=1, cutoff=0.6))
 
 
 def is_currency(code: str) -> bool:

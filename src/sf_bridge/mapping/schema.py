@@ -224,8 +224,12 @@ class SectionReader:
             self.ctx.add(
                 node,
                 "invalid_currency",
-                f"{what} '{text}' is not an ISO 4217 currency code.",
-                did_you_mean(text.upper(), money.ISO_4217, "use a three-letter code such as USD"),
+                f"{what} is '{text}', which is not an ISO 4217 currency code.",
+                did_you_mean(
+                    text.upper(),
+                    money.COMMON if money.suggest_common(text) else money.ISO_4217,
+                    "use a three-letter code such as USD",
+                ),
             )
             return None
         return text.lower()

@@ -210,7 +210,7 @@ class Walker:
             self.ctx.add(
                 node,
                 "invalid_choice",
-                f"{what} '{text}' is not one of {', '.join(repr(o) for o in options)}.",
+                f"{what} is '{text}', which is not one of {', '.join(repr(o) for o in options)}.",
                 did_you_mean(text, options, "use one of the listed values"),
             )
             return None

@@ -1,0 +1,153 @@
+"""`sf-bridge mappings check` and `preview`, run as a user runs them: in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.fixtures.mapping import (
+    EXAMPLE_MAPPINGS_DIR,
+    EXAMPLE_OPPORTUNITIES_DIR,
+    REPO_ROOT,
+    copy_mappings,
+    line_of,
+)
+
+
+def sf_bridge(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    environment = {
+        k: v for k, v in os.environ.items() if not k.startswith(("SF_", "STRIPE_", "DATABASE"))
+    }
+    environment.update({"LOG_FORMAT": "json", "NO_COLOR": "1"})
+    environment.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "sf_bridge", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        env=environment,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_check_of_the_example_mappings_prints_a_clean_summary() -> None:
+    done = sf_bridge("mappings", "check", "mappings")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("mappings: OK - 8 features, 3 plans, 3 add-ons, 11 products")
+    assert len(done.stdout.strip().splitlines()) == 1
+
+
+def test_check_defaults_to_the_folder_in_the_environment(tmp_path: Path) -> None:
+    folder = copy_mappings(tmp_path / "elsewhere")
+    done = sf_bridge("mappings", "check", env={"SF_BRIDGE_MAPPINGS": str(folder)})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"{folder}: OK")
+
+
+def test_check_with_a_misspelled_plan_names_file_line_and_a_fix(tmp_path: Path) -> None:
+    folder = copy_mappings(
+        tmp_path / "m",
+        {"salesforce.yaml": [("SB-ENT-Y: {plan: enterprise,", "SB-ENT-Y: {plan: enterprize,")]},
+    )
+    done = sf_bridge("mappings", "check", str(folder))
+    assert done.returncode == 1
+    line = line_of(folder / "salesforce.yaml", "enterprize")
+    assert f"{folder}/salesforce.yaml:{line}:" in done.stdout
+    assert "[unknown_plan]" in done.stdout
+    assert "Fix: did you mean 'enterprise'?" in done.stdout
+    assert "1 problem in" in done.stderr
+
+
+def test_check_json_lists_the_problems(tmp_path: Path) -> None:
+    folder = copy_mappings(
+        tmp_path / "m", {"salesforce.yaml": [("price_overrides: negotiated", "price_overrides: x")]}
+    )
+    done = sf_bridge("mappings", "check", str(folder), "--json")
+    assert done.returncode == 1
+    [issue] = json.loads(done.stdout)
+    assert issue["code"] == "invalid_choice"
+    assert issue["line"] == line_of(folder / "salesforce.yaml", "price_overrides: x")
+
+
+def test_preview_shows_the_plan_overrides_and_entitlements() -> None:
+    done = sf_bridge(
+        "mappings", "preview", "--file", "examples/opportunities/enterprise-negotiated.json"
+    )
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "Acme Corp - Enterprise 2027" in out
+    assert "mapping version " in out
+    assert "Plan: enterprise (paid)  billing: send_invoice, due in 45 days, yearly, USD" in out
+    assert "22,000.00 USD (override)" in out
+    assert "180.00 USD (override)" in out
+    assert "plan enterprise + add-on extra_seats 1 x 40" in out
+
+
+def test_preview_json_is_the_plan_with_the_mapping_version() -> None:
+    done = sf_bridge(
+        "mappings",
+        "preview",
+        "--file",
+        str(EXAMPLE_OPPORTUNITIES_DIR / "custom-contract.json"),
+        "--json",
+        "--mappings",
+        str(EXAMPLE_MAPPINGS_DIR),
+    )
+    assert done.returncode == 0, done.stderr
+    body = json.loads(done.stdout)
+    assert body["ok"] is True
+    assert len(body["mapping_version"]) == 12
+    assert body["plan"]["plan_kind"] == "custom"
+    assert body["plan"]["billing"] is None
+    seats = next(e for e in body["plan"]["entitlements"] if e["feature"] == "seats")
+    assert seats["value"] == 750
+
+
+def test_preview_of_a_deal_that_does_not_map_exits_1_with_the_errors() -> None:
+    done = sf_bridge("mappings", "preview", "--file", "examples/opportunities/unknown-product.json")
+    assert done.returncode == 1
+    assert "does not map (1 problem)" in done.stdout
+    assert "[unknown_product] line item 00kHs00003EchoSupA (product SB-SUPPORT-PREMIUM)" in (
+        done.stdout
+    )
+    body = json.loads(
+        sf_bridge(
+            "mappings", "preview", "--json", "--file", "examples/opportunities/unknown-product.json"
+        ).stdout
+    )
+    assert body["ok"] is False
+    assert [e["code"] for e in body["errors"]] == ["unknown_product"]
+
+
+def test_preview_needs_exactly_one_source() -> None:
+    done = sf_bridge("mappings", "preview")
+    assert done.returncode == 2
+    assert "exactly one of --file OPP.json or --opportunity-id ID" in done.stderr
+
+
+def test_preview_with_broken_mappings_says_to_run_check(tmp_path: Path) -> None:
+    folder = copy_mappings(
+        tmp_path / "m",
+        {"salesforce.yaml": [("SB-ENT-Y: {plan: enterprise,", "SB-ENT-Y: {plan: enterprize,")]},
+    )
+    done = sf_bridge(
+        "mappings",
+        "preview",
+        "--file",
+        "examples/opportunities/enterprise-negotiated.json",
+        "--mappings",
+        str(folder),
+    )
+    assert done.returncode == 2
+    assert "[unknown_plan]" in done.stderr
+    assert "sf-bridge mappings check" in done.stderr
+
+
+def test_preview_of_a_missing_file(tmp_path: Path) -> None:
+    done = sf_bridge("mappings", "preview", "--file", str(tmp_path / "nope.json"))
+    assert done.returncode == 2
+    assert "does not exist" in done.stderr

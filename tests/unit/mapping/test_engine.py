@@ -1,0 +1,356 @@
+"""The mapping engine on the example opportunities and every mapping error code."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from sf_bridge.mapping import Mappings
+from sf_bridge.mapping.engine import map_opportunity
+from sf_bridge.plan import MappingError, ProvisioningPlan
+from tests.fixtures.mapping import make_opportunity, opportunity_line
+
+Loader = Callable[[str], dict[str, Any]]
+
+
+def plan_of(result: ProvisioningPlan | list[MappingError]) -> ProvisioningPlan:
+    assert isinstance(result, ProvisioningPlan), [str(e) for e in result]
+    return result
+
+
+def errors_of(result: ProvisioningPlan | list[MappingError]) -> list[MappingError]:
+    assert isinstance(result, list), result
+    return result
+
+
+def only_error(result: ProvisioningPlan | list[MappingError], code: str) -> MappingError:
+    errors = errors_of(result)
+    assert [e.code for e in errors] == [code], [str(e) for e in errors]
+    return errors[0]
+
+
+def ents(plan: ProvisioningPlan) -> dict[str, int | bool]:
+    return {e.feature: e.value for e in plan.entitlements}
+
+
+# -- the example opportunities ---------------------------------------------------------------
+
+
+def test_negotiated_enterprise_deal(
+    example_mappings: Mappings, example_opportunity: Loader
+) -> None:
+    plan = plan_of(map_opportunity(example_opportunity("enterprise-negotiated"), example_mappings))
+    assert (plan.plan_name, plan.plan_kind) == ("enterprise", "paid")
+    assert plan.mapping_version == example_mappings.version
+    assert plan.customer.email == "billing@acme.example"
+    assert plan.customer.customer_key == "001Hs00002AcmeCAAQ"
+    assert plan.billing is not None
+    assert (plan.billing.collection_method, plan.billing.days_until_due) == ("send_invoice", 45)
+    assert (plan.billing.interval, plan.billing.currency) == ("year", "usd")
+    items = {i.name: i for i in plan.items}
+    assert items["enterprise"].unit_amount == 2_200_000  # 25,000 less 12%
+    assert items["enterprise"].catalog_unit_amount == 2_500_000
+    assert items["enterprise"].lookup_key == "enterprise_yearly_usd"
+    assert (items["extra_seats"].quantity, items["extra_seats"].unit_amount) == (40, 18_000)
+    assert items["advanced_analytics"].unit_amount is None
+    assert not items["advanced_analytics"].has_override
+    assert ents(plan)["seats"] == 140
+    assert ents(plan)["advanced_analytics"] is True
+    by_feature = {e.feature: e for e in plan.entitlements}
+    assert by_feature["seats"].source == "plan enterprise + add-on extra_seats 1 x 40"
+    assert ProvisioningPlan.from_dict(plan.to_dict()) == plan
+
+
+def test_self_serve_deal_is_charged_automatically(
+    example_mappings: Mappings, example_opportunity: Loader
+) -> None:
+    plan = plan_of(map_opportunity(example_opportunity("team-self-serve"), example_mappings))
+    assert plan.billing is not None
+    assert plan.billing.collection_method == "charge_automatically"
+    assert plan.billing.days_until_due is None
+    assert plan.billing.currency == "eur"
+    assert [i.lookup_key for i in plan.items] == ["team_monthly_eur", "sandbox_monthly_eur"]
+    assert all(i.unit_amount is None for i in plan.items)
+    assert ents(plan)["seats"] == 12  # priced per seat: the quantity
+    assert ents(plan)["environments"] == 2
+    assert ents(plan)["sso"] is False
+
+
+def test_custom_contract_takes_values_from_the_deal(
+    example_mappings: Mappings, example_opportunity: Loader
+) -> None:
+    plan = plan_of(map_opportunity(example_opportunity("custom-contract"), example_mappings))
+    assert plan.is_custom
+    assert plan.billing is None
+    assert plan.items == ()
+    assert ents(plan)["seats"] == 750
+    assert ents(plan)["api_calls"] == 25_000_000  # from the text "25,000,000"
+    assert ents(plan)["data_retention"] == 730  # picklist "2 years"
+    assert ents(plan)["advanced_analytics"] is True
+    sources = {e.feature: e.source for e in plan.entitlements}
+    assert sources["data_retention"] == "Opportunity.Data_Retention__c = '2 years'"
+    assert any("not billed in Stripe" in n for n in plan.notes)
+
+
+def test_catalog_price_deal_has_no_override(
+    example_mappings: Mappings, example_opportunity: Loader
+) -> None:
+    plan = plan_of(map_opportunity(example_opportunity("enterprise-list-price"), example_mappings))
+    assert [i.unit_amount for i in plan.items] == [None]
+    assert plan.billing is not None
+    assert plan.billing.days_until_due == 30
+
+
+def test_variable_default_applies_when_the_field_is_empty(
+    example_mappings: Mappings, example_opportunity: Loader
+) -> None:
+    opp = example_opportunity("custom-contract")
+    opp["Data_Retention__c"] = None
+    plan = plan_of(map_opportunity(opp, example_mappings))
+    assert ents(plan)["data_retention"] == 730
+    assert {e.feature: e.source for e in plan.entitlements}["data_retention"] == (
+        "default of plan enterprise_custom"
+    )
+
+
+def test_catalog_policy_keeps_catalog_price(
+    example_mappings: Mappings, example_opportunity: Loader
+) -> None:
+    mappings = dataclasses.replace(example_mappings, price_override_policy="catalog")
+    plan = plan_of(map_opportunity(example_opportunity("enterprise-negotiated"), mappings))
+    assert all(i.unit_amount is None for i in plan.items)
+    assert any("charged at the catalog price" in n for n in plan.notes)
+
+
+def test_the_input_is_not_changed(example_mappings: Mappings, example_opportunity: Loader) -> None:
+    opp = example_opportunity("enterprise-negotiated")
+    before = copy.deepcopy(opp)
+    first = map_opportunity(opp, example_mappings)
+    assert opp == before
+    assert map_opportunity(opp, example_mappings) == first
+
+
+def test_net_terms_text_without_a_picklist_table(example_mappings: Mappings) -> None:
+    billing = dataclasses.replace(
+        example_mappings.billing,
+        payment_terms=dataclasses.replace(example_mappings.billing.payment_terms, values=()),  # type: ignore[arg-type]
+    )
+    mappings = dataclasses.replace(example_mappings, billing=billing)
+    opp = make_opportunity(
+        [opportunity_line("00k1", "SB-ENT-M", 1, 2500)], Payment_Terms__c="Net 75"
+    )
+    plan = plan_of(map_opportunity(opp, mappings))
+    assert plan.billing is not None
+    assert plan.billing.days_until_due == 75
+
+
+# -- every error code ------------------------------------------------------------------------
+
+
+def ent_line(**kw: Any) -> dict[str, Any]:
+    return opportunity_line("00kENT", "SB-ENT-Y", 1, 25000, **kw)
+
+
+ERROR_CASES: list[tuple[str, Callable[[], dict[str, Any]], list[str]]] = [
+    (
+        "unknown_product",
+        lambda: make_opportunity([ent_line(), opportunity_line("00kX", "SB-GOLD", 1, 10)]),
+        ["line item 00kX (product SB-GOLD)", "'SB-GOLD' is not in the mapping", "under 'products'"],
+    ),
+    (
+        "no_plan",
+        lambda: make_opportunity([opportunity_line("00kA", "SB-ANALYTICS-Y", 1, 5000)]),
+        ["no line item for a plan", "add exactly one plan product"],
+    ),
+    (
+        "multiple_plans",
+        lambda: make_opportunity([ent_line(), opportunity_line("00kT", "SB-TEAM-Y", 5, 150)]),
+        ["2 plan lines", "SB-ENT-Y (enterprise)", "SB-TEAM-Y (team)", "keep one plan line"],
+    ),
+    (
+        "addon_not_allowed",
+        lambda: make_opportunity(
+            [
+                opportunity_line("00kT", "SB-TEAM-M", 5, 15),
+                opportunity_line("00kS", "SB-SEATS-M", 5, 20),
+            ]
+        ),
+        [
+            "line item 00kS (product SB-SEATS-M)",
+            "'extra_seats' cannot be sold with the plan 'team'",
+            "add 'team' to 'sold_with'",
+        ],
+    ),
+    (
+        "duplicate_addon",
+        lambda: make_opportunity(
+            [
+                ent_line(),
+                opportunity_line("00kA1", "SB-ANALYTICS-Y", 1, 5000),
+                opportunity_line("00kA2", "SB-ANALYTICS-Y", 1, 5000),
+            ]
+        ),
+        ["line item 00kA2", "'advanced_analytics' is on the deal twice", "merge the lines"],
+    ),
+    (
+        "missing_value",
+        lambda: make_opportunity([opportunity_line("00kC", "SB-ENT-CUSTOM", 1, 0)]),
+        ["Opportunity.Seats__c", "the 'seats' entitlement", "fill in Opportunity.Seats__c"],
+    ),
+    (
+        "invalid_value",
+        lambda: make_opportunity(
+            [opportunity_line("00kC", "SB-ENT-CUSTOM", 1, 0)], Seats__c="about forty"
+        ),
+        ["Opportunity.Seats__c", "must be a number", "'about forty'"],
+    ),
+    (
+        "value_out_of_bounds",
+        lambda: make_opportunity([opportunity_line("00kC", "SB-ENT-CUSTOM", 1, 0)], Seats__c=0),
+        ["Opportunity.Seats__c", "is 0, but the mapping allows only between 1 and 100000"],
+    ),
+    (
+        "invalid_quantity",
+        lambda: make_opportunity([ent_line(), opportunity_line("00kS", "SB-SEATS-Y", 2.5, 200)]),
+        ["line item 00kS (product SB-SEATS-Y)", "the quantity is 2.5", "whole number"],
+    ),
+    (
+        "unsupported_currency",
+        lambda: make_opportunity([ent_line()], currency="GBP"),
+        ["Opportunity.CurrencyIsoCode", "in GBP", "bills only in USD, EUR"],
+    ),
+    (
+        "mixed_intervals",
+        lambda: make_opportunity([ent_line(), opportunity_line("00kS", "SB-SEATS-M", 5, 20)]),
+        ["SB-ENT-Y: yearly", "SB-SEATS-M: monthly", "split the deal"],
+    ),
+    (
+        "missing_customer_identifier",
+        lambda: make_opportunity([ent_line()], AccountId=None, Account=None),
+        ["Account.Id", "identifies the customer", "attach the deal to an account"],
+    ),
+    (
+        "missing_billing_email",
+        lambda: make_opportunity(
+            [ent_line()],
+            Account={"Id": "001Hs00009TestAAAQ", "Name": "No Mail", "Billing_Email__c": None},
+        ),
+        ["invoiced but has no billing email", "Opportunity.Billing_Email__c"],
+    ),
+    (
+        "invalid_billing_email",
+        lambda: make_opportunity([ent_line()], Billing_Email__c="accounts at acme"),
+        ["Opportunity.Billing_Email__c", "'accounts at acme'", "not an email address"],
+    ),
+    (
+        "invalid_price",
+        lambda: make_opportunity([ent_line(discount=120.0)]),
+        ["line item 00kENT (product SB-ENT-Y)", "discount is 120", "between 0 and 100"],
+    ),
+    (
+        "unknown_picklist_value",
+        lambda: make_opportunity([ent_line()], Payment_Terms__c="Net 50"),
+        [
+            "Opportunity.Payment_Terms__c",
+            "'Net 50' is not a value the mapping knows",
+            "did you mean",
+        ],
+    ),
+    (
+        "invalid_opportunity",
+        lambda: {"attributes": {"type": "Opportunity"}, "Name": "no id"},
+        ["has no Id"],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("code", "build", "expected"), ERROR_CASES, ids=[c[0] for c in ERROR_CASES]
+)
+def test_each_mapping_error_names_the_line_or_field_and_the_fix(
+    example_mappings: Mappings,
+    code: str,
+    build: Callable[[], dict[str, Any]],
+    expected: list[str],
+) -> None:
+    error = only_error(map_opportunity(build(), example_mappings), code)
+    assert error.hint
+    text = str(error)
+    for fragment in expected:
+        assert fragment in text, text
+
+
+def test_no_catalog_price(example_mappings: Mappings) -> None:
+    ent = example_mappings.plans["enterprise"]
+    without_eur_year = tuple(p for p in ent.prices if (p.currency, p.interval) != ("eur", "year"))
+    plans = {
+        **example_mappings.plans,
+        "enterprise": dataclasses.replace(ent, prices=without_eur_year),
+    }
+    mappings = dataclasses.replace(example_mappings, plans=plans)
+    error = only_error(
+        map_opportunity(make_opportunity([ent_line()], "EUR"), mappings), "no_catalog_price"
+    )
+    assert "the plan 'enterprise' has no yearly catalog price in EUR" in error.message
+    assert "'currency: EUR' and 'interval: year'" in error.hint
+
+
+def test_price_override_not_allowed(
+    example_mappings: Mappings, example_opportunity: Loader
+) -> None:
+    mappings = dataclasses.replace(example_mappings, price_override_policy="reject")
+    errors = errors_of(map_opportunity(example_opportunity("enterprise-negotiated"), mappings))
+    assert [e.code for e in errors] == ["price_override_not_allowed"] * 2
+    assert "22,000.00 USD instead of the catalog 25,000.00 USD" in errors[0].message
+    assert errors[0].where == "line item 00kHs00003AcmeEntA (product SB-ENT-Y)"
+
+
+def test_plan_sold_more_than_once_is_an_invalid_quantity(example_mappings: Mappings) -> None:
+    opp = make_opportunity([opportunity_line("00kE", "SB-ENT-Y", 2, 25000)])
+    error = only_error(map_opportunity(opp, example_mappings), "invalid_quantity")
+    assert "sold once per deal, but the quantity is 2" in error.message
+
+
+@pytest.mark.parametrize("quantity", [0.0, -3.0, None])
+def test_zero_negative_or_missing_quantity(example_mappings: Mappings, quantity: Any) -> None:
+    opp = make_opportunity([ent_line(), opportunity_line("00kS", "SB-SEATS-Y", 1, 200)])
+    opp["OpportunityLineItems"]["records"][1]["Quantity"] = quantity
+    error = only_error(map_opportunity(opp, example_mappings), "invalid_quantity")
+    assert f"the quantity is {quantity!r}" in error.message
+
+
+def test_line_without_product_code(example_mappings: Mappings) -> None:
+    opp = make_opportunity([ent_line(), opportunity_line("00kN", None, 1, 5)])
+    error = only_error(map_opportunity(opp, example_mappings), "unknown_product")
+    assert error.where == "line item 00kN"
+    assert "has no product code" in error.message
+
+
+def test_fractional_variable_value(example_mappings: Mappings) -> None:
+    opp = make_opportunity([opportunity_line("00kC", "SB-ENT-CUSTOM", 1, 0)], Seats__c=12.5)
+    error = only_error(map_opportunity(opp, example_mappings), "invalid_value")
+    assert "must be a whole number" in error.message
+
+
+def test_all_errors_are_reported_together(example_mappings: Mappings) -> None:
+    opp = make_opportunity(
+        [
+            ent_line(discount=150.0),
+            opportunity_line("00kX", "SB-NOPE", 1, 1),
+            opportunity_line("00kS", "SB-SEATS-Y", 0, 200),
+        ],
+        Payment_Terms__c="Net 99",
+        Billing_Email__c="nope",
+    )
+    codes = sorted(e.code for e in errors_of(map_opportunity(opp, example_mappings)))
+    assert codes == [
+        "invalid_billing_email",
+        "invalid_price",
+        "invalid_quantity",
+        "unknown_picklist_value",
+        "unknown_product",
+    ]
