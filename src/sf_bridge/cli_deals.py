@@ -1,15 +1,334 @@
-"""sf-bridge deals / deals show / replay / provision (placeholder until its issue lands)."""
+"""`sf-bridge deals [--status S]`, `deals show ID`, `replay ID... | --failed` and
+`provision --file OPP.json`."""
 
-from sf_bridge.cli import app, deals_app, not_yet_available
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from sf_bridge.cli import app, deals_app, handle_errors
+from sf_bridge.config import Settings, get_settings
+from sf_bridge.db.engine import make_engine, make_session_factory
+from sf_bridge.db.models import STATUSES, Deal
+from sf_bridge.errors import ConfigurationError
+
+STATUS_HELP = f"Only deals in this status: {', '.join(STATUSES)}."
+ENV_HELP = (
+    "Reads DATABASE_URL, SF_BRIDGE_MAPPINGS, STRIPE_API_KEY, STRIPE_API_BASE and the SF_* "
+    "Salesforce settings."
+)
+SETTLED = ("done", "needs_attention", "cancelled")
+STATUS_STYLE = {"done": "green", "needs_attention": "bold red", "retrying": "yellow"}
+
+
+def _console() -> Console:
+    return Console(width=None if sys.stdout.isatty() else 160, soft_wrap=False)
+
+
+def _session_factory(settings: Settings) -> sessionmaker[Session]:
+    from sf_bridge.db.migrate import ensure_current
+
+    engine = make_engine(settings.database_url)
+    ensure_current(engine)
+    return make_session_factory(engine)
+
+
+def _when(value: Any) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value else ""
+
+
+def _short(text: str | None, width: int = 60) -> str:
+    if not text:
+        return ""
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+# deals ---------------------------------------------------------------------------------------
 
 
 @deals_app.callback()
-def deals() -> None:
-    """State of every deal."""
-    not_yet_available("deals")
+@handle_errors
+def deals(
+    ctx: typer.Context,
+    status: str | None = typer.Option(None, "--status", "-s", help=STATUS_HELP),
+    limit: int = typer.Option(200, "--limit", help="Show at most this many (newest first)."),
+) -> None:
+    """State of every deal. Reads DATABASE_URL."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if status is not None and status not in STATUSES:
+        raise ConfigurationError(
+            f"Unknown status {status!r}.", hint=f"use one of: {', '.join(STATUSES)}."
+        )
+    from sf_bridge.provisioning.report import list_deals
+
+    factory = _session_factory(get_settings())
+    with factory() as session:
+        rows = list_deals(session, status=status, limit=limit)
+    table = Table(title=f"Deals{f' ({status})' if status else ''}: {len(rows)}")
+    for column in ("#", "Opportunity", "Account", "Status", "Next step", "Tries"):
+        table.add_column(column, no_wrap=True)
+    for column in ("Next try", "Subscription", "Invoice", "Updated", "Error"):
+        table.add_column(column, overflow="fold")
+    for deal in rows:
+        style = STATUS_STYLE.get(deal.status, "")
+        table.add_row(
+            str(deal.id),
+            deal.opportunity_id,
+            deal.account_id or "",
+            f"[{style}]{deal.status}[/]" if style else deal.status,
+            deal.current_step or "",
+            str(deal.attempts or ""),
+            _when(deal.next_attempt_at),
+            deal.stripe_subscription_id or "",
+            deal.invoice_status or "",
+            _when(deal.updated_at),
+            _short(deal.last_error),
+        )
+    _console().print(table)
+
+
+@deals_app.command("show")
+@handle_errors
+def show(ref: str = typer.Argument(..., help="Deal number or Opportunity Id.")) -> None:
+    """One deal's full history: steps, attempts, errors, Stripe ids and links."""
+    from sf_bridge.provisioning.replay import find_deal
+    from sf_bridge.provisioning.report import deal_story
+
+    factory = _session_factory(get_settings())
+    with factory() as session:
+        story = deal_story(session, find_deal(session, ref))
+    print_story(_console(), story)
+
+
+def print_story(console: Console, story: Any) -> None:
+    deal: Deal = story.deal
+    plan = deal.plan or {}
+    style = STATUS_STYLE.get(deal.status, "bold")
+    console.print(
+        f"[bold]Deal {deal.id}[/] opportunity [bold]{deal.opportunity_id}[/] "
+        f"({plan.get('opportunity_name') or (deal.opportunity or {}).get('Name') or ''})"
+    )
+    console.print(
+        f"  status        [{style}]{deal.status}[/]"
+        + (f" at step {deal.current_step}" if deal.status != "done" else "")
+    )
+    if deal.last_error:
+        console.print(f"  [red]error[/]         {deal.last_error}")
+    if deal.next_attempt_at and deal.status == "retrying":
+        console.print(f"  next attempt  {_when(deal.next_attempt_at)} UTC")
+    facts = [
+        ("account", deal.account_id),
+        ("plan", f"{plan.get('plan_name')} ({plan.get('plan_kind')})" if plan else None),
+        ("mapping", deal.mapping_version),
+        ("customer", deal.stripe_customer_id),
+        ("subscription", deal.stripe_subscription_id),
+        (
+            "invoice",
+            f"{deal.stripe_invoice_id} ({deal.invoice_status})" if deal.stripe_invoice_id else None,
+        ),
+        ("pay link", deal.hosted_invoice_url),
+        ("invoice PDF", deal.invoice_pdf),
+        ("due", _when(deal.invoice_due_at)),
+        ("source", deal.source),
+        ("received", _when(deal.created_at)),
+        ("completed", _when(deal.completed_at)),
+    ]
+    for name, value in facts:
+        if value:
+            console.print(f"  {name:<13} {value}")
+    if story.grants:
+        granted = ", ".join(
+            f"{g.feature}={g.value}{'' if g.active else ' (revoked)'}" for g in story.grants
+        )
+        console.print(f"  entitlements  {granted}")
+    table = Table(title="Timeline", show_lines=False)
+    for column in (
+        "When (UTC)",
+        "Step",
+        "Try",
+        "Outcome",
+        "ms",
+        "What happened",
+        "Stripe request",
+        "Idempotency key",
+    ):
+        table.add_column(column, overflow="fold")
+    for entry in story.timeline:
+        outcome_style = {"ok": "green", "retry": "yellow", "failed": "red"}.get(entry.outcome, "")
+        table.add_row(
+            _when(entry.at),
+            entry.step or "",
+            str(entry.attempt or ""),
+            f"[{outcome_style}]{entry.outcome}[/]" if outcome_style else entry.outcome,
+            "" if entry.duration_ms is None else str(entry.duration_ms),
+            entry.message,
+            entry.stripe_request_id or "",
+            entry.idempotency_key or "",
+        )
+    console.print(table)
+
+
+# processing --------------------------------------------------------------------------------
+
+
+def _process(
+    settings: Settings,
+    factory: sessionmaker[Session],
+    deal_ids: Sequence[int],
+    timeout: float,
+    *,
+    crm: Any = None,
+) -> list[Deal]:
+    """Runs a worker in this process until the deals settle or `timeout` passes."""
+    from sf_bridge.provisioning.wiring import MappingsLoader, build_worker
+
+    loader = MappingsLoader(settings.mappings_dir)
+    worker = build_worker(settings, factory, crm=crm, mappings_loader=loader, poll_interval=0.1)
+    deadline = time.monotonic() + timeout
+    pause = threading.Event()
+
+    def current() -> list[Deal]:
+        with factory() as session:
+            return list(session.execute(select(Deal).where(Deal.id.in_(deal_ids))).scalars())
+
+    rows = current()
+    while any(d.status not in SETTLED for d in rows) and time.monotonic() < deadline:
+        if worker.run_once() == 0:
+            pause.wait(0.1)
+        rows = current()
+    return rows
+
+
+def _outcome_line(deal: Deal) -> str:
+    if deal.status == "done":
+        parts = [f"deal {deal.id} ({deal.opportunity_id}): done"]
+        if deal.stripe_customer_id:
+            parts.append(f"customer {deal.stripe_customer_id}")
+        if deal.stripe_subscription_id:
+            parts.append(f"subscription {deal.stripe_subscription_id}")
+        if deal.hosted_invoice_url:
+            parts.append(f"invoice {deal.stripe_invoice_id} {deal.hosted_invoice_url}")
+        return ", ".join(parts)
+    if deal.status == "retrying":
+        return (
+            f"deal {deal.id} ({deal.opportunity_id}): still retrying step {deal.current_step} "
+            f"(next try {_when(deal.next_attempt_at)} UTC): {deal.last_error}. "
+            "`sf-bridge run` carries on with it."
+        )
+    return (
+        f"deal {deal.id} ({deal.opportunity_id}): {deal.status} at step {deal.current_step}: "
+        f"{deal.last_error or ''}"
+    )
+
+
+# replay --------------------------------------------------------------------------------------
 
 
 @app.command("replay")
-def replay() -> None:
-    """Re-runs failed deals from where they stopped."""
-    not_yet_available("replay")
+@handle_errors
+def replay_command(
+    refs: list[str] | None = typer.Argument(None, help="Deal numbers or Opportunity Ids."),
+    failed: bool = typer.Option(False, "--failed", help="Every deal in needs_attention."),
+    queue_only: bool = typer.Option(
+        False, "--queue-only", help="Only requeue; let a running `sf-bridge run` process them."
+    ),
+    timeout: float = typer.Option(120.0, "--timeout", help="Seconds to wait for the outcome."),
+) -> None:
+    """Re-runs failed deals from where they stopped, with the current mappings.
+
+    Never duplicates: what a deal already created in Stripe is found and reused. The deals
+    are processed here and their outcome printed (unless --queue-only).
+
+    Reads DATABASE_URL, SF_BRIDGE_MAPPINGS, STRIPE_API_KEY, STRIPE_API_BASE and the SF_*
+    Salesforce settings."""
+    if not refs and not failed:
+        raise ConfigurationError(
+            "Nothing to replay.", hint="name deals (number or Opportunity Id) or pass --failed."
+        )
+    from sf_bridge.provisioning.replay import replay
+    from sf_bridge.provisioning.wiring import MappingsLoader, build_crm
+
+    settings = get_settings()
+    factory = _session_factory(settings)
+    loader = MappingsLoader(settings.mappings_dir)
+    crm = build_crm(settings, loader)
+    outcomes = replay(factory, refs or [], failed=failed, mappings=loader(), crm=crm)
+    if not outcomes:
+        typer.echo("No deal needs a replay.")
+        return
+    for outcome in outcomes:
+        typer.echo(f"deal {outcome.deal_id} ({outcome.opportunity_id}): {outcome.message}")
+    requeued = [o.deal_id for o in outcomes if o.requeued]
+    if queue_only or not requeued:
+        return
+    rows = _process(settings, factory, requeued, timeout, crm=crm)
+    for deal in rows:
+        typer.echo(_outcome_line(deal))
+    if any(d.status == "needs_attention" for d in rows):
+        raise typer.Exit(1)
+
+
+# provision -----------------------------------------------------------------------------------
+
+
+@app.command("provision")
+@handle_errors
+def provision(
+    file: Path = typer.Option(
+        ...,
+        "--file",
+        "-f",
+        help="Opportunity JSON (as Salesforce REST "
+        "returns it, with OpportunityLineItems and Account).",
+    ),
+    timeout: float = typer.Option(120.0, "--timeout", help="Seconds to wait for the outcome."),
+) -> None:
+    """Provisions one opportunity given as JSON, through the same queue and worker.
+
+    Prints the deal's story and outcome; exit 1 unless it is done. Paid plans need
+    STRIPE_API_KEY (and STRIPE_API_BASE for the sandbox); custom plans need neither.
+
+    Reads DATABASE_URL, SF_BRIDGE_MAPPINGS, STRIPE_API_KEY, STRIPE_API_BASE."""
+    from sf_bridge.provisioning.queue import enqueue_snapshot
+    from sf_bridge.provisioning.replay import find_deal
+    from sf_bridge.provisioning.report import deal_story
+
+    try:
+        opportunity = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigurationError(
+            f"Cannot read the opportunity from {file}: {exc}.",
+            hint="pass a JSON file holding one Opportunity record (see examples/opportunities).",
+        ) from exc
+    if isinstance(opportunity, dict) and isinstance(opportunity.get("records"), list):
+        records = opportunity["records"]
+        opportunity = records[0] if len(records) == 1 else opportunity
+    if not isinstance(opportunity, dict) or not opportunity.get("Id"):
+        raise ConfigurationError(
+            f"{file} does not hold one Opportunity record with an Id.",
+            hint="pass a JSON object with at least Id, AccountId and OpportunityLineItems.",
+        )
+    settings = get_settings()
+    factory = _session_factory(settings)
+    with factory() as session, session.begin():
+        deal = enqueue_snapshot(session, opportunity, source="file")
+        deal_id = deal.id
+    typer.echo(f"deal {deal_id} ({deal.opportunity_id}) enqueued")
+    rows = _process(settings, factory, [deal_id], timeout)
+    with factory() as session:
+        print_story(_console(), deal_story(session, find_deal(session, str(deal_id))))
+    typer.echo(_outcome_line(rows[0]))
+    if rows[0].status != "done":
+        raise typer.Exit(1)

@@ -190,7 +190,8 @@ def _search_literal(value: str) -> str:
 class StripeGateway:
     """Talks to Stripe (or the emulator at `api_base`) through `stripe.StripeClient`.
 
-    `acquire` is called before every request (a client-side rate limiter). The SDK's own
+    `acquire` is called before every request (a client-side rate limiter) and
+    `on_rate_limited(seconds)` after a 429, so every thread slows down. The SDK's own
     retries are off by default so that one retry policy, sf-bridge's, governs.
     """
 
@@ -200,6 +201,7 @@ class StripeGateway:
         *,
         api_base: str | None = None,
         acquire: Callable[[], object] | None = None,
+        on_rate_limited: Callable[[float], object] | None = None,
         max_network_retries: int = 0,
         timeout_seconds: float = 30.0,
     ) -> None:
@@ -212,6 +214,7 @@ class StripeGateway:
             http_client=http_client,
         )
         self._acquire = acquire
+        self._on_rate_limited = on_rate_limited
         self.requests = 0  # requests sent, for measurements
 
     def _call(self, action: str, fn: Callable[[], T], **fields: Any) -> T:
@@ -223,6 +226,12 @@ class StripeGateway:
             result = fn()
         except stripe.StripeError as exc:
             error = translate_error(exc, action)
+            if (
+                isinstance(error, RateLimitedError)
+                and exc.code != "lock_timeout"
+                and self._on_rate_limited is not None
+            ):
+                self._on_rate_limited(error.retry_after or 0.5)
             log.info(
                 "stripe_request_failed",
                 action=action,
