@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from sf_bridge.mapping.codes import mapping_error
 from sf_bridge.mapping.fields import line_items, line_product_code, line_product_id, read_path
 from sf_bridge.mapping.model import Addon, Mappings, Plan, ProductRule
 from sf_bridge.mapping.money import format_minor, parse_decimal, to_minor_units
@@ -67,7 +68,7 @@ class _Mapper:
         self.notes: list[str] = []
 
     def error(self, code: str, message: str, hint: str, where: str = "") -> None:
-        self.errors.append(MappingError(code=code, message=message, hint=hint, where=where))
+        self.errors.append(mapping_error(code, message, hint, where))
 
     # -- lines -------------------------------------------------------------------------------
 
@@ -504,7 +505,7 @@ class _Mapper:
         opp_id = self.opp.get("Id")
         if is_empty(opp_id):
             return [
-                MappingError(
+                mapping_error(
                     code="invalid_opportunity",
                     message="the record has no Id; it is not an Opportunity as the Salesforce "
                     "REST API returns it.",

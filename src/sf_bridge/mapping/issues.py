@@ -18,6 +18,12 @@ class MappingIssue:
     message: str
     hint: str = ""
 
+    def __post_init__(self) -> None:
+        from sf_bridge.mapping.codes import CHECK_CODES
+
+        if self.code not in CHECK_CODES:
+            raise ValueError(f"unknown mapping check code {self.code!r}")
+
     def location(self) -> str:
         if self.line <= 0:
             return self.file

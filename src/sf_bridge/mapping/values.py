@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from sf_bridge.mapping.codes import mapping_error
 from sf_bridge.mapping.fields import read_ref
 from sf_bridge.mapping.model import FieldRef, ValueSource
 from sf_bridge.mapping.money import parse_decimal
@@ -56,7 +57,7 @@ def resolve(
             if known.strip().lower() == label.lower():
                 return Resolved(value, f"{ref} = '{label}'", ref, translated=True)
         labels = [known for known, _ in source.values]
-        return MappingError(
+        return mapping_error(
             code="unknown_picklist_value",
             message=f"'{label}' is not a value the mapping knows for {what}.",
             hint=did_you_mean(
@@ -83,7 +84,7 @@ def to_whole_number(resolved: Resolved, what: str) -> int | MappingError:
     if number is None:
         return _not_a_number(resolved, what)
     if number != number.to_integral_value():
-        return MappingError(
+        return mapping_error(
             code="invalid_value",
             message=f"{what} must be a whole number, but {resolved.origin} is {value!r}.",
             hint=f"enter a whole number in {resolved.origin} on the deal.",
@@ -93,7 +94,7 @@ def to_whole_number(resolved: Resolved, what: str) -> int | MappingError:
 
 
 def _not_a_number(resolved: Resolved, what: str) -> MappingError:
-    return MappingError(
+    return mapping_error(
         code="invalid_value",
         message=f"{what} must be a number, but {resolved.origin} is {resolved.value!r}.",
         hint=f"enter digits only (e.g. 2500) in {resolved.origin} on the deal, or translate "
@@ -111,7 +112,7 @@ def to_flag(resolved: Resolved, what: str) -> bool | MappingError:
         return True
     if text in FALSE_TEXT:
         return False
-    return MappingError(
+    return mapping_error(
         code="invalid_value",
         message=f"{what} must be true or false, but {resolved.origin} is {value!r}.",
         hint=f"use a checkbox field, or translate the values of {resolved.origin} under "
@@ -127,7 +128,7 @@ def check_bounds(
     if value >= low and (high is None or value <= high):
         return None
     bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
-    return MappingError(
+    return mapping_error(
         code="value_out_of_bounds",
         message=f"{what} is {value}, but the mapping allows only {bounds}.",
         hint=f"correct {origin} on the deal, or widen 'min'/'max' of this entitlement in the "
