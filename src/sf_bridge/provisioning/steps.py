@@ -362,4 +362,5 @@ def entitlements_step(ctx: StepContext, deal: Deal, resumed: bool) -> StepResult
             subscription_id=row.stripe_subscription_id,
         )
 
-    return StepResult(apply, detail={"features": [e.feature for e in plan.entitlements]})
+    features = ", ".join(e.feature for e in plan.entitlements) or "none"
+    return StepResult(apply, detail={"features": features})

@@ -166,3 +166,35 @@ def test_same_deal_enqueued_twice_and_run_by_two_workers_gives_one_subscription(
     assert emu.count("customer") == 1
     assert emu.count("subscription") == 1
     assert emu.count("invoice") == 1
+
+
+def test_stripe_requests_per_deal(stripe_harness: Harness, provisioning_emulator: Any) -> None:
+    """A paid send_invoice deal costs 3 requests for a new customer (create customer, create
+    subscription, finalize the invoice) and 2 for an account already known; the catalog
+    lookup is one request per process, cached afterwards."""
+    h, emu = stripe_harness, provisioning_emulator
+    first, second, third = "006000000000011AAA", "006000000000012AAA", "006000000000013AAA"
+    h.add_opportunity(make_plan(first))
+    h.add_opportunity(make_plan(second))
+    h.add_opportunity(make_plan(third, account_id="001000000000099AAA"))
+    worker = h.worker()
+
+    def run(opp: str) -> dict[str, int]:
+        emu.stats.reset()
+        _enqueue(h, opp)
+        drain(worker, settled(h, opp))
+        assert h.deal(opp).status == "done"
+        return dict(emu.stats.snapshot().by_route)
+
+    assert run(first) == {
+        "GET /v1/prices": 1,
+        "POST /v1/customers": 1,
+        "POST /v1/subscriptions": 1,
+        "POST /v1/invoices/{id}/finalize": 1,
+    }
+    assert run(second) == {"POST /v1/subscriptions": 1, "POST /v1/invoices/{id}/finalize": 1}
+    assert run(third) == {
+        "POST /v1/customers": 1,
+        "POST /v1/subscriptions": 1,
+        "POST /v1/invoices/{id}/finalize": 1,
+    }
