@@ -63,5 +63,11 @@ class IdempotencyStore:
             if saved is not None and saved.status is None:
                 del self._saved[key]
 
+    def in_progress(self, key: str) -> bool:
+        """True while the first request with `key` is still running."""
+        with self._lock:
+            saved = self._saved.get(key)
+            return saved is not None and saved.status is None
+
     def __len__(self) -> int:
         return len(self._saved)

@@ -100,7 +100,11 @@ class Store:
     # ------------------------------------------------------------------------ reading
 
     def expand(self, obj: dict[str, Any], paths: Iterable[str]) -> dict[str, Any]:
-        """A copy of `obj` with the ids at the dotted `paths` replaced by their objects."""
+        """`obj` with the ids at the dotted `paths` replaced by their objects (a copy when
+        anything is expanded; callers serialise under the store lock)."""
+        paths = list(paths)
+        if not paths:
+            return obj
         out = copy.deepcopy(obj)
         for path in paths:
             self._expand_path(out, path.split("."), path)

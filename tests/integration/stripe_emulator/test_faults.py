@@ -1,0 +1,257 @@
+"""Switchable faults: latency, rate limit, 500s, dropped connections, lock timeouts."""
+
+from __future__ import annotations
+
+import http.client
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+import stripe
+
+from sf_bridge.sandbox.stripe_emulator import Faults, StripeEmulator
+from tests.fixtures.stripe import SAMPLE_CATALOG
+
+
+def _headers(emu: StripeEmulator, key: str | None = None) -> dict[str, str]:
+    headers = {"Authorization": f"Bearer {emu.api_key}"}
+    if key:
+        headers["Idempotency-Key"] = key
+    return headers
+
+
+def test_latency_is_per_request_and_does_not_serialise_requests(
+    stripe_emulator: StripeEmulator,
+) -> None:
+    stripe_emulator.faults.latency_ms = 300
+    clients = 12
+
+    def call(_: int) -> float:
+        conn = http.client.HTTPConnection("127.0.0.1", stripe_emulator.port, timeout=10)
+        try:
+            started = time.perf_counter()
+            conn.request("GET", "/v1/customers", headers=_headers(stripe_emulator))
+            conn.getresponse().read()
+            return time.perf_counter() - started
+        finally:
+            conn.close()
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        durations = list(pool.map(call, range(clients)))
+    wall = time.perf_counter() - started
+    assert min(durations) >= 0.3
+    # Serialised, twelve requests would need 3.6 s; concurrently they need about one latency.
+    assert wall < 0.3 * clients / 3
+
+
+def test_rate_limit_answers_429_above_the_rate(stripe_emulator: StripeEmulator) -> None:
+    stripe_emulator.faults.rate_limit_per_second = 5
+    with httpx.Client(headers=_headers(stripe_emulator)) as http:
+        statuses = [http.get(f"{stripe_emulator.url}/v1/customers").status_code for _ in range(20)]
+        limited = next(
+            r for r in (http.get(f"{stripe_emulator.url}/v1/customers") for _ in range(5))
+            if r.status_code == 429
+        )  # fmt: skip
+    assert statuses.count(200) >= 5
+    assert statuses.count(429) >= 10
+    error = limited.json()["error"]
+    assert error["code"] == "rate_limit"
+    assert error["type"] == "invalid_request_error"
+    assert "Stripe-Should-Retry" not in limited.headers  # the SDK must not retry these itself
+    assert stripe_emulator.stats.rate_limited >= 10
+
+
+def test_rate_limit_429_surfaces_as_rate_limit_error(
+    stripe_emulator: StripeEmulator, stripe_client: stripe.StripeClient
+) -> None:
+    stripe_emulator.faults.rate_limit_per_second = 0.001  # the bucket holds one request
+    stripe_client.v1.customers.list()
+    with pytest.raises(stripe.RateLimitError) as caught:
+        stripe_client.v1.customers.list()
+    assert caught.value.http_status == 429
+
+
+def test_error_rate_gives_that_share_of_500s_reproducibly() -> None:
+    def run() -> list[int]:
+        emu = StripeEmulator(faults=Faults(error_rate=0.3, seed=42))
+        with emu, httpx.Client(headers=_headers(emu)) as http:
+            return [http.get(f"{emu.url}/v1/customers").status_code for _ in range(100)]
+
+    first, second = run(), run()
+    assert first == second
+    share = first.count(500) / len(first)
+    assert 0.2 < share < 0.4
+
+
+def test_injected_500_is_not_saved_under_the_idempotency_key(
+    stripe_emulator: StripeEmulator,
+) -> None:
+    stripe_emulator.faults.error_rate = 1.0
+    url = f"{stripe_emulator.url}/v1/customers"
+    failed = httpx.post(url, data={"name": "Acme"}, headers=_headers(stripe_emulator, "k"))
+    assert failed.status_code == 500
+    assert failed.json()["error"]["type"] == "api_error"
+    stripe_emulator.faults.error_rate = 0.0
+    ok = httpx.post(url, data={"name": "Acme"}, headers=_headers(stripe_emulator, "k"))
+    assert ok.status_code == 200
+    assert stripe_emulator.count("customer") == 1
+
+
+def test_sdk_retries_500s_with_one_idempotency_key(stripe_emulator: StripeEmulator) -> None:
+    stripe_emulator.faults.error_rate = 0.3
+    stripe_emulator.faults.seed = 3
+    client = stripe.StripeClient(
+        stripe_emulator.api_key,
+        base_addresses={"api": stripe_emulator.url},
+        max_network_retries=10,
+    )
+    for n in range(4):
+        client.v1.customers.create(params={"name": f"c{n}"})
+    assert stripe_emulator.count("customer") == 4
+    assert stripe_emulator.stats.server_errors > 0
+
+
+def test_dropped_after_processing_then_retried_with_the_key_creates_one(
+    stripe_emulator: StripeEmulator,
+) -> None:
+    stripe_emulator.faults.drop_rate = 1.0
+    stripe_emulator.faults.drop_phase = "after"
+    url = f"{stripe_emulator.url}/v1/customers"
+    with pytest.raises(httpx.RemoteProtocolError):
+        httpx.post(url, data={"name": "Acme"}, headers=_headers(stripe_emulator, "k"))
+    assert stripe_emulator.count("customer") == 1  # processed, the answer lost
+    stripe_emulator.faults.drop_rate = 0.0
+    retried = httpx.post(url, data={"name": "Acme"}, headers=_headers(stripe_emulator, "k"))
+    assert retried.headers["Idempotent-Replayed"] == "true"
+    assert stripe_emulator.count("customer") == 1
+    assert stripe_emulator.stats.dropped == 1
+
+
+def test_dropped_before_processing_creates_nothing(stripe_emulator: StripeEmulator) -> None:
+    stripe_emulator.faults.drop_rate = 1.0
+    stripe_emulator.faults.drop_phase = "before"
+    client = stripe.StripeClient(
+        stripe_emulator.api_key, base_addresses={"api": stripe_emulator.url}
+    )
+    with pytest.raises(stripe.APIConnectionError):
+        client.v1.customers.create(params={"name": "Acme"})
+    assert stripe_emulator.count("customer") == 0
+
+
+def test_concurrent_writes_to_one_customer_get_lock_timeout(
+    stripe_emulator: StripeEmulator, stripe_client: stripe.StripeClient
+) -> None:
+    prices = stripe_emulator.seed_catalog(SAMPLE_CATALOG)
+    customer = stripe_client.v1.customers.create(params={"name": "Acme"})
+    stripe_emulator.faults.latency_ms = 300
+    stripe_emulator.faults.lock_timeout = True
+    barrier = threading.Barrier(2)
+
+    def subscribe(_: int) -> httpx.Response:
+        barrier.wait(timeout=5)
+        return httpx.post(
+            f"{stripe_emulator.url}/v1/subscriptions",
+            data={
+                "customer": customer.id,
+                "items[0][price]": prices["pro_monthly"],
+                "collection_method": "send_invoice",
+                "days_until_due": "30",
+            },
+            headers=_headers(stripe_emulator),
+        )
+
+    with ThreadPoolExecutor(2) as pool:
+        responses = list(pool.map(subscribe, range(2)))
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses == [200, 429]
+    refused = next(r for r in responses if r.status_code == 429)
+    assert refused.json()["error"]["code"] == "lock_timeout"
+    assert refused.headers["Stripe-Should-Retry"] == "true"
+    assert stripe_emulator.count("subscription") == 1
+
+
+def test_concurrent_writes_to_different_customers_do_not_conflict(
+    stripe_emulator: StripeEmulator, stripe_client: stripe.StripeClient
+) -> None:
+    ids = [stripe_client.v1.customers.create(params={"name": f"c{i}"}).id for i in range(4)]
+    stripe_emulator.faults.latency_ms = 200
+    stripe_emulator.faults.lock_timeout = True
+
+    def update(customer_id: str) -> int:
+        return httpx.post(
+            f"{stripe_emulator.url}/v1/customers/{customer_id}",
+            data={"metadata[x]": "1"},
+            headers=_headers(stripe_emulator),
+        ).status_code
+
+    with ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(update, ids)) == [200] * 4
+
+
+def _wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.005)
+
+
+def test_concurrent_same_key_gets_409_while_the_first_runs(
+    stripe_emulator: StripeEmulator,
+) -> None:
+    stripe_emulator.faults.latency_ms = 1_000
+
+    def create() -> httpx.Response:
+        return httpx.post(
+            f"{stripe_emulator.url}/v1/customers",
+            data={"name": "Acme"},
+            headers=_headers(stripe_emulator, "same"),
+        )
+
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(create)
+        _wait_until(lambda: stripe_emulator.idempotency.in_progress("same"))
+        stripe_emulator.faults.latency_ms = 0
+        second = create()
+        assert first.result().status_code == 200
+    assert second.status_code == 409
+    assert second.json()["error"]["type"] == "idempotency_error"
+    assert stripe_emulator.count("customer") == 1
+
+
+def test_stats_count_routes_and_reset(
+    stripe_emulator: StripeEmulator, stripe_client: stripe.StripeClient
+) -> None:
+    customer = stripe_client.v1.customers.create(params={"name": "Acme"})
+    stripe_client.v1.customers.retrieve(customer.id)
+    stripe_client.v1.customers.retrieve(customer.id)
+    snapshot = stripe_emulator.stats.snapshot()
+    assert snapshot.total == 3
+    assert snapshot.by_route == {"POST /v1/customers": 1, "GET /v1/customers/{id}": 2}
+    assert stripe_emulator.stats.count("GET /v1/customers/{id}") == 2
+    stripe_emulator.stats.reset()
+    assert stripe_emulator.stats.total == 0
+
+
+def test_sustains_concurrent_clients(stripe_emulator: StripeEmulator) -> None:
+    """Many keep-alive clients at once; the figure is printed for the record."""
+    per_client, clients = 60, 8
+    base = stripe_emulator.url
+
+    def work(n: int) -> int:
+        with httpx.Client(headers=_headers(stripe_emulator)) as http:
+            for i in range(per_client // 2):
+                created = http.post(f"{base}/v1/customers", data={"name": f"{n}-{i}"})
+                http.get(f"{base}/v1/customers/{created.json()['id']}")
+        return per_client
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        total = sum(pool.map(work, range(clients)))
+    rate = total / (time.perf_counter() - started)
+    print(f"stripe emulator: {rate:.0f} requests/s from {clients} concurrent clients")
+    assert stripe_emulator.count("customer") == total // 2
+    assert rate > 100  # a floor that holds on a loaded machine; unloaded it does ~1000/s
