@@ -311,3 +311,21 @@ def test_load_raises_with_every_issue(tmp_path: Path) -> None:
 def test_issue_string_without_position() -> None:
     issue = MappingIssue("mappings", 0, 0, "no_mapping_files", "nothing here.", "add files.")
     assert str(issue) == "mappings: [no_mapping_files] nothing here. Fix: add files."
+
+
+def test_a_file_that_is_not_utf8(tmp_path: Path) -> None:
+    folder = copy_mappings(tmp_path / "m")
+    (folder / "notes.yaml").write_bytes(b"# caf\xe9\n")
+    [issue] = check_mappings(folder)
+    assert (issue.code, issue.file) == ("yaml_syntax", str(folder / "notes.yaml"))
+    assert "not UTF-8" in issue.message
+
+
+def test_an_empty_file_is_fine_and_a_list_at_the_top_is_not(tmp_path: Path) -> None:
+    folder = copy_mappings(tmp_path / "m")
+    (folder / "empty.yaml").write_text("# nothing yet\n")
+    assert check_mappings(folder) == []
+    (folder / "list.yaml").write_text("- plans\n")
+    [issue] = check_mappings(folder)
+    assert issue.code == "wrong_type"
+    assert "must be a set of 'key: value' lines, not a list" in issue.message
