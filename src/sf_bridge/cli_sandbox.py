@@ -1,9 +1,145 @@
-"""sf-bridge sandbox (placeholder until its issue lands)."""
+"""`sf-bridge sandbox`: the sandbox Salesforce org and the Stripe emulator on loopback, for
+local development and mapping trials. Prints the addresses and the environment to export, then
+runs until Ctrl-C or SIGTERM."""
 
-from sf_bridge.cli import app, not_yet_available
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import typer
+
+from sf_bridge.cli import app, handle_errors
+from sf_bridge.config import get_settings
+from sf_bridge.logging import get_logger
+
+log = get_logger(__name__)
+
+PUSH_TOPIC = "ClosedWonDeals"
+PUSH_TOPIC_QUERY = (
+    "SELECT Id, Name, StageName, IsWon, LastModifiedDate FROM Opportunity WHERE IsWon = true"
+)
+PLATFORM_EVENT = "Deal_Won__e"
 
 
 @app.command("sandbox")
-def sandbox() -> None:
-    """Starts only the sandbox Salesforce org and the Stripe emulator on loopback."""
-    not_yet_available("sandbox")
+@handle_errors
+def sandbox(
+    host: str = typer.Option("127.0.0.1", help="Address both servers listen on (loopback)."),
+    sf_port: int = typer.Option(8700, "--sf-port", help="Port of the sandbox org (0: any free)."),
+    stripe_port: int = typer.Option(
+        8701, "--stripe-port", help="Port of the Stripe emulator (0: any free)."
+    ),
+    mappings_dir: Path | None = typer.Option(
+        None,
+        "--mappings",
+        help="Mappings folder whose products and custom fields the org gets. "
+        "[env: SF_BRIDGE_MAPPINGS, default ./mappings]",
+        show_default=False,
+    ),
+) -> None:
+    """Starts only the sandbox Salesforce org and the Stripe emulator on loopback, prints the
+    environment to point `sf-bridge run` / `serve` at them, and runs until Ctrl-C / SIGTERM."""
+    from sf_bridge.sandbox.salesforce_org import SalesforceSandbox
+
+    stop = threading.Event()
+    previous = _on_signals(stop)
+    folder = mappings_dir if mappings_dir is not None else get_settings().mappings_dir
+    org = SalesforceSandbox(host=host, port=sf_port)
+    emulator: Any = None
+    try:
+        org.start()
+        mappings = _load_mappings(folder)
+        if mappings is not None:
+            from sf_bridge.sandbox.salesforce_org.seeding import prepare_for_mappings
+
+            prepared = prepare_for_mappings(org, mappings)
+            typer.echo(
+                f"Org prepared for {folder}: {len(prepared['products'])} products, "
+                f"{len(prepared['fields'])} custom fields."
+            )
+        org.define_push_topic(PUSH_TOPIC, PUSH_TOPIC_QUERY)
+        org.define_platform_event(PLATFORM_EVENT)
+        emulator = _start_stripe_emulator(host, stripe_port, mappings)
+        _print_environment(org, emulator)
+        stop.wait()
+    finally:
+        if emulator is not None:
+            emulator.stop()
+        org.stop()
+        _restore_signals(previous)
+    typer.echo("Sandbox stopped.")
+
+
+def _on_signals(stop: threading.Event) -> dict[int, Any]:
+    def handler(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous: dict[int, Any] = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        previous[signum] = signal.signal(signum, handler)
+    return previous
+
+
+def _restore_signals(previous: dict[int, Any]) -> None:
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
+
+
+def _load_mappings(folder: Path) -> Any:
+    """The mappings of `folder`, or None (with a note) when there are none or they are invalid:
+    the sandbox is useful without them."""
+    if not folder.is_dir():
+        typer.echo(f"No mappings folder at {folder}: the org starts without products.")
+        return None
+    try:
+        from sf_bridge.mapping import load_mappings
+
+        return load_mappings(folder)
+    except Exception as exc:
+        typer.secho(
+            f"Mappings in {folder} not loaded ({exc}); run `sf-bridge mappings check {folder}`.",
+            fg=typer.colors.YELLOW,
+            err=True,
+        )
+        return None
+
+
+def _start_stripe_emulator(host: str, port: int, mappings: Any) -> Any:
+    try:
+        from sf_bridge.sandbox.stripe_emulator import StripeEmulator
+    except ImportError:
+        typer.echo("Stripe emulator not available in this installation; Salesforce org only.")
+        return None
+    emulator = StripeEmulator(host=host, port=port).start()
+    if mappings is not None:
+        emulator.seed_catalog(mappings.catalog_prices())
+    return emulator
+
+
+def _print_environment(org: Any, emulator: Any) -> None:
+    typer.echo(f"Salesforce sandbox org: {org.url}  (login and instance URL)")
+    typer.echo(
+        f"  streaming channels: /data/OpportunityChangeEvent (default), /topic/{PUSH_TOPIC}, "
+        f"/event/{PLATFORM_EVENT}"
+    )
+    if emulator is not None:
+        typer.echo(f"Stripe emulator: {emulator.url}")
+    typer.echo("\nExport these to point sf-bridge at the sandbox:\n")
+    variables = {
+        "SF_LOGIN_URL": org.url,
+        "SF_USERNAME": org.username,
+        "SF_PASSWORD": org.password,
+        "SF_SECURITY_TOKEN": org.security_token,
+        "SF_CLIENT_ID": org.client_id,
+        "SF_CLIENT_SECRET": org.client_secret,
+        "SF_API_VERSION": org.api_version,
+    }
+    if emulator is not None:
+        variables |= {"STRIPE_API_BASE": emulator.url, "STRIPE_API_KEY": emulator.api_key}
+    for name, value in variables.items():
+        typer.echo(f"export {name}={value}")
+    typer.echo("\nPress Ctrl-C to stop.", err=True)
