@@ -32,6 +32,7 @@ class DealRow:
     last_error_code: str | None
     completed_at: datetime | None
     updated_at: datetime | None
+    writeback_pending: bool = False
 
 
 @dataclass
@@ -55,6 +56,7 @@ class DealFacts:
     entitlements: dict[str, Any] = field(default_factory=dict)  # from the API, per feature
     entitlements_error: str | None = None
     closed_at: datetime | None = None  # when the demo clicked Closed Won
+    replayed_at: datetime | None = None  # when the demo ran `sf-bridge replay` for it
 
     @property
     def status(self) -> str:
@@ -62,9 +64,11 @@ class DealFacts:
 
     @property
     def latency_ms(self) -> int | None:
-        if self.row is None or self.row.completed_at is None or self.closed_at is None:
+        """Milliseconds from the click (or the replay) to the deal's completion."""
+        start = self.replayed_at or self.closed_at
+        if self.row is None or self.row.completed_at is None or start is None:
             return None
-        return int((self.row.completed_at - self.closed_at).total_seconds() * 1000)
+        return int((self.row.completed_at - start).total_seconds() * 1000)
 
 
 def reader_engine(database_url: str) -> Engine:
@@ -86,6 +90,7 @@ def read_rows(engine: Engine, opportunity_ids: list[str]) -> dict[str, DealRow]:
                 last_error_code=d.last_error_code,
                 completed_at=d.completed_at,
                 updated_at=d.updated_at,
+                writeback_pending=bool(d.writeback_pending),
             )
             for d in deals
         }

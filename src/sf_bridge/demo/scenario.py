@@ -216,4 +216,16 @@ FIX = MappingFix(
     comment="new price book product, same add-on",
 )
 
+# Types of the custom fields the example mapping reads, as an admin creates them
+# (docs/setup-salesforce.md); any other custom field the mapping names is created as text.
+FIELD_TYPES = {
+    "Seats__c": "double",
+    "API_Calls_per_Month__c": "string",
+    "Payment_Method__c": "picklist",
+    "Payment_Terms__c": "picklist",
+    "Data_Retention__c": "picklist",
+    "SF_Bridge_Error__c": "textarea",
+    "SF_Bridge_Provisioned_At__c": "datetime",
+}
+
 SCENARIO = Scenario(products=PRODUCTS, accounts=ACCOUNTS, deals=DEALS, fix=FIX)

@@ -83,6 +83,13 @@ def _money(amount: Any, currency: Any) -> str:
     return f"{int(amount) / 100:,.2f} {str(currency or '').upper()}"
 
 
+def _field(value: Any) -> str:
+    """A Salesforce field value as the org shows it."""
+    if isinstance(value, datetime):
+        return value.isoformat(timespec="seconds")
+    return "(empty)" if value in (None, "") else repr(value)
+
+
 def _link(url: str | None) -> str:
     return url or "-"
 
@@ -95,7 +102,8 @@ def deal_panel(facts: DealFacts, write_back_fields: list[str]) -> Panel:
     table.add_row("shows", facts.deal.story)
     table.add_row("opportunity", f"{facts.opportunity_id}  (account {facts.account_id})")
     status = row.status if row else "not received"
-    latency = f"  closed → done in {facts.latency_ms} ms" if facts.latency_ms is not None else ""
+    since = "`sf-bridge replay`" if facts.replayed_at else "closed"
+    latency = f"  {since} → done in {facts.latency_ms} ms" if facts.latency_ms is not None else ""
     source = f"  (arrived by {row.source})" if row else ""
     table.add_row("status", Text(status, style=STATUS_STYLE.get(status, "")) + latency + source)
     plan = facts.plan or {}
@@ -152,7 +160,9 @@ def deal_panel(facts: DealFacts, write_back_fields: list[str]) -> Panel:
     if write_back_fields:
         table.add_row(
             "on the Opportunity",
-            "\n".join(f"{name} = {facts.written_back.get(name)!r}" for name in write_back_fields),
+            "\n".join(
+                f"{name} = {_field(facts.written_back.get(name))}" for name in write_back_fields
+            ),
         )
     if row and row.status == NEEDS_ATTENTION:
         table.add_row("reason", Text(row.last_error or "", style="red"))
@@ -160,14 +170,19 @@ def deal_panel(facts: DealFacts, write_back_fields: list[str]) -> Panel:
 
 
 def checks_table(checks: list[Check], names: dict[str, str]) -> Table:
-    table = Table(title="Checks", title_justify="left")
-    table.add_column("")
+    """One row per deal: how many expectations held, and every one that did not."""
+    table = Table(title="Expectations", title_justify="left")
     table.add_column("deal")
-    table.add_column("expectation")
-    table.add_column("seen", overflow="fold")
-    for check in checks:
-        mark = Text("PASS", style="green") if check.ok else Text("FAIL", style="bold red")
-        table.add_row(mark, names.get(check.deal, "all deals"), check.what, check.detail)
+    table.add_column("held", justify="right")
+    table.add_column("failed (what was seen)", overflow="fold")
+    for key in dict.fromkeys(c.deal for c in checks):
+        mine = [c for c in checks if c.deal == key]
+        failed = [c for c in mine if not c.ok]
+        held = Text(
+            f"{len(mine) - len(failed)}/{len(mine)}", style="bold red" if failed else "green"
+        )
+        detail = "\n".join(f"FAIL {c.what}: {c.detail}" for c in failed)
+        table.add_row(names.get(key, "all deals"), held, Text(detail, style="red"))
     return table
 
 
