@@ -224,7 +224,7 @@ class Handler(BaseHTTPRequestHandler):
     def _write(self, payload: bytes) -> None:
         """Ends the headers and writes them with the body in one write."""
         buffered: list[bytes] = getattr(self, "_headers_buffer", [])
-        self._headers_buffer = []
+        self._headers_buffer: list[bytes] = []
         self.wfile.write(b"".join(buffered) + b"\r\n" + payload)
 
     def _hosted(self, method: str, path: str, body: str) -> None:
