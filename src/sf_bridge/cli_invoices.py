@@ -1,9 +1,125 @@
-"""sf-bridge invoices mark-paid (placeholder until its issue lands)."""
+"""sf-bridge invoices: mark-paid (a wire payment) and overdue (run the overdue policy once)."""
 
-from sf_bridge.cli import invoices_app, not_yet_available
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import typer
+
+from sf_bridge.cli import handle_errors, invoices_app
+from sf_bridge.config import Settings, get_settings
+
+
+def _settings(database_url: str | None) -> Settings:
+    settings = get_settings()
+    if database_url:
+        settings = settings.model_copy(update={"database_url": database_url})
+    return settings
 
 
 @invoices_app.command("mark-paid")
-def mark_paid(ref: str) -> None:
-    """Records a wire payment (paid out of band) in Stripe and in our records."""
-    not_yet_available("invoices mark-paid")
+@handle_errors
+def mark_paid(
+    ref: str = typer.Argument(..., help="Invoice id (in_...), deal id or opportunity id"),
+    database_url: str = typer.Option(
+        None, "--database-url", envvar="DATABASE_URL", help="SQLAlchemy URL"
+    ),
+) -> None:
+    """Records a wire payment (paid out of band) in Stripe and in our records.
+
+    Entitlements do not change (they were granted when the deal was provisioned). Reads
+    STRIPE_API_KEY and STRIPE_API_BASE. Running it again on a paid invoice changes nothing.
+    """
+    from sf_bridge.db.engine import make_engine, make_session_factory
+    from sf_bridge.db.migrate import ensure_current
+    from sf_bridge.errors import ConfigurationError
+    from sf_bridge.invoices.mark_paid import mark_paid as mark_invoice_paid
+    from sf_bridge.provisioning.wiring import build_billing
+
+    settings = _settings(database_url)
+    billing = build_billing(settings)
+    if billing is None:
+        raise ConfigurationError(
+            "STRIPE_API_KEY is not set, so the invoice cannot be marked paid in Stripe.",
+            hint="set STRIPE_API_KEY (and STRIPE_API_BASE for the sandbox emulator), then "
+            "run the command again.",
+        )
+    engine = make_engine(settings.database_url)
+    try:
+        ensure_current(engine)
+        result = mark_invoice_paid(make_session_factory(engine), billing, ref)
+    finally:
+        engine.dispose()
+    if result.already_paid:
+        typer.echo(
+            f"Invoice {result.invoice_id} (deal {result.deal_id}, opportunity "
+            f"{result.opportunity_id}) was already paid in Stripe; recorded."
+        )
+    else:
+        typer.echo(
+            f"Invoice {result.invoice_id} (deal {result.deal_id}, opportunity "
+            f"{result.opportunity_id}) marked paid out of band in Stripe and recorded. "
+            "Entitlements are unchanged."
+        )
+
+
+@invoices_app.command("overdue")
+@handle_errors
+def overdue(
+    apply: bool = typer.Option(
+        False, "--apply", help="Cancel and revoke for real (default: dry run, changes nothing)"
+    ),
+    grace_days: int = typer.Option(
+        None,
+        "--grace-days",
+        envvar="SF_BRIDGE_OVERDUE_GRACE_DAYS",
+        help="Days an invoice may stay open past its due date [14]",
+    ),
+    database_url: str = typer.Option(
+        None, "--database-url", envvar="DATABASE_URL", help="SQLAlchemy URL"
+    ),
+) -> None:
+    """Runs the overdue policy once: lists (or, with --apply, cancels) overdue subscriptions.
+
+    The worker (`sf-bridge run`) applies the same policy periodically. Reads STRIPE_API_KEY
+    and STRIPE_API_BASE. Does not write to Salesforce; the worker does.
+    """
+    from sf_bridge.db.engine import make_engine, make_session_factory
+    from sf_bridge.db.migrate import ensure_current
+    from sf_bridge.errors import ConfigurationError
+    from sf_bridge.invoices.overdue import apply_overdue_policy
+    from sf_bridge.provisioning.wiring import build_billing
+
+    settings = _settings(database_url)
+    billing = build_billing(settings)
+    if billing is None:
+        raise ConfigurationError(
+            "STRIPE_API_KEY is not set, so invoices cannot be checked in Stripe.",
+            hint="set STRIPE_API_KEY (and STRIPE_API_BASE for the sandbox emulator).",
+        )
+    grace = settings.overdue_grace_days if grace_days is None else grace_days
+    engine = make_engine(settings.database_url)
+    try:
+        ensure_current(engine)
+        actions = apply_overdue_policy(
+            make_session_factory(engine),
+            billing,
+            None,
+            now=datetime.now(UTC),
+            grace_days=grace,
+            dry_run=not apply,
+        )
+    finally:
+        engine.dispose()
+    if not actions:
+        typer.echo(f"No open invoice is more than {grace} days past its due date.")
+    for action in actions:
+        line = (
+            f"{action.action:<15} deal {action.deal_id} opportunity {action.opportunity_id} "
+            f"invoice {action.invoice_id}: {action.reason}"
+        )
+        if action.error:
+            line += f" (error: {action.error})"
+        typer.echo(line)
+    if any(a.action == "failed" for a in actions):
+        raise typer.Exit(1)

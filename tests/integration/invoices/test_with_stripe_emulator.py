@@ -1,0 +1,195 @@
+"""The invoice lifecycle against the Stripe emulator: webhooks delivered and signed by it,
+mark-paid through the CLI as ops run it, and the overdue policy on its clock."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from sf_bridge.api import create_app
+from sf_bridge.billing.port import CustomerSpec, SubscriptionItemSpec, SubscriptionSpec
+from sf_bridge.billing.stripe_gateway import StripeGateway
+from sf_bridge.crm.port import InMemoryCrm
+from sf_bridge.db.models import CANCELLED, Deal, EntitlementGrant
+from sf_bridge.invoices.overdue import apply_overdue_policy
+from sf_bridge.mapping.model import WriteBackFields
+from sf_bridge.sandbox.stripe_emulator import StripeEmulator
+from tests.fixtures.api import (
+    STANDARD_ENTITLEMENTS,
+    WEBHOOK_SECRET,
+    api_settings,
+    seed_deal,
+    serve_in_thread,
+)
+from tests.fixtures.stripe import SAMPLE_CATALOG
+
+OPP = "006000000000001AAA"
+
+
+@dataclass
+class Provisioned:
+    gateway: StripeGateway
+    subscription_id: str
+    invoice_id: str
+    deal_id: int
+    due_at: datetime
+
+
+@pytest.fixture
+def provisioned(
+    stripe_emulator: StripeEmulator, session_factory: sessionmaker[Session]
+) -> Provisioned:
+    """A customer, a send_invoice subscription and its finalized invoice in the emulator, and
+    the deal with its grants in our database, as provisioning leaves them."""
+    prices = stripe_emulator.seed_catalog(SAMPLE_CATALOG)
+    gateway = StripeGateway(stripe_emulator.api_key, api_base=stripe_emulator.url)
+    customer = gateway.create_customer(
+        CustomerSpec("Acme Corp", "ap@acme.example", {"sf_account_id": "001000000000001AAA"}),
+        idempotency_key="test-customer",
+    )
+    subscription = gateway.create_subscription(
+        SubscriptionSpec(
+            customer=customer.id,
+            items=[SubscriptionItemSpec(quantity=1, price=prices["pro_monthly"])],
+            metadata={"sf_opportunity_id": OPP},
+            collection_method="send_invoice",
+            days_until_due=30,
+        ),
+        idempotency_key="test-subscription",
+    )
+    assert subscription.latest_invoice is not None
+    invoice = gateway.finalize_invoice(subscription.latest_invoice, idempotency_key="test-fin")
+    assert invoice.status == "open"
+    assert invoice.due_date is not None
+    _, deal_id = seed_deal(
+        session_factory,
+        STANDARD_ENTITLEMENTS,
+        subscription_id=subscription.id,
+        invoice_id=invoice.id,
+        invoice_due_at=invoice.due_date,
+    )
+    return Provisioned(gateway, subscription.id, invoice.id, deal_id, invoice.due_date)
+
+
+def _deal(session_factory: sessionmaker[Session], deal_id: int) -> Deal:
+    with session_factory() as session:
+        deal = session.get_one(Deal, deal_id)
+        deal.events  # noqa: B018
+        return deal
+
+
+def _active_grants(session_factory: sessionmaker[Session]) -> int:
+    with session_factory() as session:
+        rows = session.scalars(select(EntitlementGrant).where(EntitlementGrant.active.is_(True)))
+        return len(rows.all())
+
+
+def test_webhooks_from_stripe_record_payment_and_revoke_on_cancellation(
+    db_url: str,
+    session_factory: sessionmaker[Session],
+    stripe_emulator: StripeEmulator,
+    provisioned: Provisioned,
+) -> None:
+    app = create_app(api_settings(db_url), session_factory, billing=provisioned.gateway)
+    with serve_in_thread(app) as url:
+        stripe_emulator.add_webhook_endpoint(f"{url}/webhooks/stripe", WEBHOOK_SECRET)
+        stripe_emulator.pay_invoice(provisioned.invoice_id)
+        assert stripe_emulator.wait_for_webhooks(10)
+        assert _deal(session_factory, provisioned.deal_id).invoice_status == "paid"
+        assert _active_grants(session_factory) == 3
+
+        provisioned.gateway.cancel_subscription(
+            provisioned.subscription_id, idempotency_key="test-cancel"
+        )
+        assert stripe_emulator.wait_for_webhooks(10)
+        attempts = stripe_emulator.webhook_attempts()
+    assert attempts
+    assert all(200 <= (a.status or 0) < 300 for a in attempts), attempts
+    deal = _deal(session_factory, provisioned.deal_id)
+    assert deal.status == CANCELLED
+    assert "subscription_cancelled" in [e.kind for e in deal.events]
+    assert _active_grants(session_factory) == 0
+
+
+def test_mark_paid_cli_marks_the_invoice_paid_out_of_band(
+    db_url: str,
+    session_factory: sessionmaker[Session],
+    stripe_emulator: StripeEmulator,
+    provisioned: Provisioned,
+    tmp_path: Path,
+) -> None:
+    env = {
+        **os.environ,
+        "DATABASE_URL": db_url,
+        "STRIPE_API_KEY": stripe_emulator.api_key,
+        "STRIPE_API_BASE": stripe_emulator.url,
+        "LOG_FORMAT": "json",
+    }
+    command = [sys.executable, "-m", "sf_bridge", "invoices", "mark-paid", OPP]
+    done = subprocess.run(
+        command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert "marked paid out of band" in done.stdout
+    invoice = stripe_emulator.get(provisioned.invoice_id)
+    assert invoice["status"] == "paid"
+    # Paid without a charge: the customer has no payment method, so only a pay request with
+    # paid_out_of_band can have paid it.
+    assert stripe_emulator.stats.snapshot().by_route.get("POST /v1/invoices/{id}/pay") == 1
+    assert _deal(session_factory, provisioned.deal_id).invoice_status == "paid"
+    assert _active_grants(session_factory) == 3
+    assert stripe_emulator.api_key not in done.stdout + done.stderr
+
+    unknown = subprocess.run(
+        [*command[:-1], "006999999999999ZZZ"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert unknown.returncode == 1
+    assert "No deal" in unknown.stderr
+    assert "Traceback" not in unknown.stderr
+
+
+def test_overdue_policy_cancels_in_stripe_after_the_grace_period(
+    session_factory: sessionmaker[Session],
+    stripe_emulator: StripeEmulator,
+    provisioned: Provisioned,
+) -> None:
+    crm = InMemoryCrm()
+    fields = WriteBackFields(status="SF_Bridge_Status__c", error="SF_Bridge_Error__c")
+
+    def run(now: datetime, dry_run: bool = False) -> list:
+        return apply_overdue_policy(
+            session_factory,
+            provisioned.gateway,
+            crm,
+            now=now,
+            grace_days=7,
+            dry_run=dry_run,
+            write_back=fields,
+        )
+
+    assert run(provisioned.due_at + timedelta(days=6)) == []
+    late = provisioned.due_at + timedelta(days=8)
+    assert [a.action for a in run(late, dry_run=True)] == ["would_cancel"]
+    assert stripe_emulator.get(provisioned.subscription_id)["status"] == "active"
+
+    actions = run(late)
+    assert [(a.action, a.days_overdue, a.written_back) for a in actions] == [("cancelled", 8, True)]
+    assert stripe_emulator.get(provisioned.subscription_id)["status"] == "canceled"
+    assert _deal(session_factory, provisioned.deal_id).status == CANCELLED
+    assert _active_grants(session_factory) == 0
+    assert crm.written[OPP]["SF_Bridge_Status__c"] == "cancelled"
+    assert run(late + timedelta(days=1)) == []
+    assert late.tzinfo == UTC
