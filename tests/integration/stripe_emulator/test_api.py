@@ -6,7 +6,7 @@ import pytest
 import stripe
 
 from sf_bridge.sandbox.stripe_emulator import StripeEmulator
-from tests.fixtures.stripe import SAMPLE_CATALOG, CatalogEntry
+from tests.fixtures.stripe import SAMPLE_CATALOG, CatalogEntry, http_get, http_post
 
 
 @pytest.fixture
@@ -135,8 +135,6 @@ def test_send_invoice_subscription_with_override_and_finalize(
 def test_hosted_invoice_page_and_pdf_are_served(
     stripe_emulator: StripeEmulator, stripe_client: stripe.StripeClient, catalog: dict[str, str]
 ) -> None:
-    import httpx
-
     customer = _customer(stripe_client)
     sub = stripe_client.v1.subscriptions.create(
         params={
@@ -147,14 +145,14 @@ def test_hosted_invoice_page_and_pdf_are_served(
         }
     )
     invoice = stripe_client.v1.invoices.finalize_invoice(str(sub.latest_invoice))
-    page = httpx.get(invoice.hosted_invoice_url)
+    page = http_get(invoice.hosted_invoice_url)
     assert page.status_code == 200
     assert invoice.number in page.text
-    pdf = httpx.get(invoice.invoice_pdf)
+    pdf = http_get(invoice.invoice_pdf)
     assert pdf.headers["content-type"] == "application/pdf"
     assert pdf.content.startswith(b"%PDF-")
 
-    paid = httpx.post(invoice.hosted_invoice_url + "/pay", follow_redirects=False)
+    paid = http_post(invoice.hosted_invoice_url + "/pay", follow_redirects=False)
     assert paid.status_code == 303
     assert stripe_client.v1.invoices.retrieve(invoice.id).status == "paid"
 

@@ -13,7 +13,7 @@ import pytest
 import stripe
 
 from sf_bridge.sandbox.stripe_emulator import Faults, StripeEmulator
-from tests.fixtures.stripe import SAMPLE_CATALOG
+from tests.fixtures.stripe import SAMPLE_CATALOG, http_post, loopback_http
 
 
 def _headers(emu: StripeEmulator, key: str | None = None) -> dict[str, str]:
@@ -50,7 +50,7 @@ def test_latency_is_per_request_and_does_not_serialise_requests(
 
 def test_rate_limit_answers_429_above_the_rate(stripe_emulator: StripeEmulator) -> None:
     stripe_emulator.faults.rate_limit_per_second = 5
-    with httpx.Client(headers=_headers(stripe_emulator)) as http:
+    with loopback_http(headers=_headers(stripe_emulator)) as http:
         statuses = [http.get(f"{stripe_emulator.url}/v1/customers").status_code for _ in range(20)]
         limited = next(
             r for r in (http.get(f"{stripe_emulator.url}/v1/customers") for _ in range(5))
@@ -78,7 +78,7 @@ def test_rate_limit_429_surfaces_as_rate_limit_error(
 def test_error_rate_gives_that_share_of_500s_reproducibly() -> None:
     def run() -> list[int]:
         emu = StripeEmulator(faults=Faults(error_rate=0.3, seed=42))
-        with emu, httpx.Client(headers=_headers(emu)) as http:
+        with emu, loopback_http(headers=_headers(emu)) as http:
             return [http.get(f"{emu.url}/v1/customers").status_code for _ in range(100)]
 
     first, second = run(), run()
@@ -92,11 +92,11 @@ def test_injected_500_is_not_saved_under_the_idempotency_key(
 ) -> None:
     stripe_emulator.faults.error_rate = 1.0
     url = f"{stripe_emulator.url}/v1/customers"
-    failed = httpx.post(url, data={"name": "Acme"}, headers=_headers(stripe_emulator, "k"))
+    failed = http_post(url, data={"name": "Acme"}, headers=_headers(stripe_emulator, "k"))
     assert failed.status_code == 500
     assert failed.json()["error"]["type"] == "api_error"
     stripe_emulator.faults.error_rate = 0.0
-    ok = httpx.post(url, data={"name": "Acme"}, headers=_headers(stripe_emulator, "k"))
+    ok = http_post(url, data={"name": "Acme"}, headers=_headers(stripe_emulator, "k"))
     assert ok.status_code == 200
     assert stripe_emulator.count("customer") == 1
 
@@ -122,10 +122,10 @@ def test_dropped_after_processing_then_retried_with_the_key_creates_one(
     stripe_emulator.faults.drop_phase = "after"
     url = f"{stripe_emulator.url}/v1/customers"
     with pytest.raises(httpx.RemoteProtocolError):
-        httpx.post(url, data={"name": "Acme"}, headers=_headers(stripe_emulator, "k"))
+        http_post(url, data={"name": "Acme"}, headers=_headers(stripe_emulator, "k"))
     assert stripe_emulator.count("customer") == 1  # processed, the answer lost
     stripe_emulator.faults.drop_rate = 0.0
-    retried = httpx.post(url, data={"name": "Acme"}, headers=_headers(stripe_emulator, "k"))
+    retried = http_post(url, data={"name": "Acme"}, headers=_headers(stripe_emulator, "k"))
     assert retried.headers["Idempotent-Replayed"] == "true"
     assert stripe_emulator.count("customer") == 1
     assert stripe_emulator.stats.dropped == 1
@@ -153,7 +153,7 @@ def test_concurrent_writes_to_one_customer_get_lock_timeout(
 
     def subscribe(_: int) -> httpx.Response:
         barrier.wait(timeout=5)
-        return httpx.post(
+        return http_post(
             f"{stripe_emulator.url}/v1/subscriptions",
             data={
                 "customer": customer.id,
@@ -182,7 +182,7 @@ def test_concurrent_writes_to_different_customers_do_not_conflict(
     stripe_emulator.faults.lock_timeout = True
 
     def update(customer_id: str) -> int:
-        return httpx.post(
+        return http_post(
             f"{stripe_emulator.url}/v1/customers/{customer_id}",
             data={"metadata[x]": "1"},
             headers=_headers(stripe_emulator),
@@ -205,7 +205,7 @@ def test_concurrent_same_key_gets_409_while_the_first_runs(
     stripe_emulator.faults.latency_ms = 1_000
 
     def create() -> httpx.Response:
-        return httpx.post(
+        return http_post(
             f"{stripe_emulator.url}/v1/customers",
             data={"name": "Acme"},
             headers=_headers(stripe_emulator, "same"),
@@ -242,7 +242,7 @@ def test_sustains_concurrent_clients(stripe_emulator: StripeEmulator) -> None:
     base = stripe_emulator.url
 
     def work(n: int) -> int:
-        with httpx.Client(headers=_headers(stripe_emulator)) as http:
+        with loopback_http(headers=_headers(stripe_emulator)) as http:
             for i in range(per_client // 2):
                 created = http.post(f"{base}/v1/customers", data={"name": f"{n}-{i}"})
                 http.get(f"{base}/v1/customers/{created.json()['id']}")

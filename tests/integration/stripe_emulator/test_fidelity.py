@@ -6,12 +6,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import stripe
 
 from sf_bridge.sandbox.stripe_emulator import StripeEmulator
-from tests.fixtures.stripe import SAMPLE_CATALOG
+from tests.fixtures.stripe import SAMPLE_CATALOG, http_get
 
 FIXTURES: dict[str, dict[str, Any]] = json.loads(
     (Path(__file__).parents[2] / "data" / "stripe" / "fixtures.json").read_text()
@@ -167,7 +166,7 @@ def test_idempotency_keys_expire_after_24_hours(
 
 
 def test_missing_or_wrong_api_key_is_401(stripe_emulator: StripeEmulator) -> None:
-    bare = httpx.get(f"{stripe_emulator.url}/v1/customers")
+    bare = http_get(f"{stripe_emulator.url}/v1/customers")
     assert bare.status_code == 401
     assert bare.json()["error"]["type"] == "invalid_request_error"
     assert bare.headers["Request-Id"].startswith("req_")
@@ -177,7 +176,7 @@ def test_missing_or_wrong_api_key_is_401(stripe_emulator: StripeEmulator) -> Non
 
 
 def test_unrecognized_url_is_404(stripe_emulator: StripeEmulator) -> None:
-    response = httpx.get(
+    response = http_get(
         f"{stripe_emulator.url}/v1/unicorns",
         headers={"Authorization": f"Bearer {stripe_emulator.api_key}"},
     )
