@@ -18,7 +18,7 @@ from sf_bridge.mapping.engine import map_opportunity
 from sf_bridge.mapping.render import preview_json, print_errors, print_plan
 from sf_bridge.plan import ProvisioningPlan
 
-DIR_HELP = "Mappings folder. [env: SF_BRIDGE_MAPPINGS, default ./mappings]"
+DIR_HELP = "Mappings folder (default: SF_BRIDGE_MAPPINGS, else ./mappings)."
 
 
 def _console() -> Console:

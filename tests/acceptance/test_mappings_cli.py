@@ -8,6 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from sf_bridge.mapping import load_mappings
+from sf_bridge.sandbox.salesforce_org import SalesforceSandbox
+from sf_bridge.sandbox.salesforce_org.seeding import prepare_for_mappings
 from tests.fixtures.mapping import (
     EXAMPLE_MAPPINGS_DIR,
     EXAMPLE_OPPORTUNITIES_DIR,
@@ -151,3 +154,42 @@ def test_preview_of_a_missing_file(tmp_path: Path) -> None:
     done = sf_bridge("mappings", "preview", "--file", str(tmp_path / "nope.json"))
     assert done.returncode == 2
     assert "does not exist" in done.stderr
+
+
+def test_preview_of_a_live_opportunity_in_the_sandbox_org() -> None:
+    with SalesforceSandbox(host="127.0.0.1", port=0, long_poll_seconds=5.0) as org:
+        prepare_for_mappings(org, load_mappings(EXAMPLE_MAPPINGS_DIR))
+        account = org.create_account("Umbrella Health", Billing_Email__c="ap@umbrella.example")
+        opportunity = org.create_opportunity(
+            account,
+            "Umbrella - Enterprise",
+            [
+                {
+                    "product_code": "SB-ENT-Y",
+                    "quantity": 1,
+                    "unit_price": 25000.0,
+                    "discount": 12.0,
+                },
+                {"product_code": "SB-SEATS-Y", "quantity": 40, "unit_price": 180.0},
+            ],
+            Payment_Method__c="Invoice",
+            Payment_Terms__c="Net 45",
+        )
+        env = {
+            "SF_LOGIN_URL": org.url,
+            "SF_USERNAME": org.username,
+            "SF_PASSWORD": org.password,
+            "SF_SECURITY_TOKEN": org.security_token,
+            "SF_CLIENT_ID": org.client_id,
+            "SF_CLIENT_SECRET": org.client_secret,
+        }
+        found = sf_bridge("mappings", "preview", "--opportunity-id", opportunity, "--json", env=env)
+        missing = sf_bridge("mappings", "preview", "--opportunity-id", "0068d00000009ZZ", env=env)
+    assert found.returncode == 0, found.stderr
+    plan = json.loads(found.stdout)["plan"]
+    assert plan["opportunity_id"] == opportunity
+    assert plan["customer"]["email"] == "ap@umbrella.example"
+    assert plan["billing"]["days_until_due"] == 45
+    assert [i["unit_amount"] for i in plan["items"]] == [2_200_000, 18_000]
+    assert missing.returncode == 2
+    assert "No opportunity with the Id 0068d00000009ZZ" in missing.stderr
