@@ -28,6 +28,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import httpx
 from rich.console import Console
 from rich.live import Live
 
@@ -81,6 +82,7 @@ class Stack:
     api: ManagedProcess | None = None
     api_url: str = ""
     api_key: str = ""
+    webhook_secret: str = ""
     env: dict[str, str] | None = None
 
 
@@ -156,6 +158,9 @@ class Demo:
                 else:
                     self.checks.extend(check_deal(f, by_key, mappings.write_back))
 
+            if self.scenario.payments:
+                self._payments(stack, by_key)
+
             parked = [f for f in facts if f.deal.expect.parks_with]
             for f in parked:
                 self._replay(stack, f, mappings_dir)
@@ -196,6 +201,7 @@ class Demo:
     def _start_processes(self, stack: Stack, mappings_dir: Path) -> None:
         api_port = free_port()
         stack.api_key = f"demo-{secrets.token_hex(12)}"
+        stack.webhook_secret = f"whsec_demo{secrets.token_hex(16)}"
         stack.api_url = f"http://127.0.0.1:{api_port}"
         org, stripe = stack.org, stack.stripe
         env = {
@@ -209,6 +215,7 @@ class Demo:
             "SF_CLIENT_SECRET": org.client_secret,
             "STRIPE_API_KEY": stripe.api_key,
             "STRIPE_API_BASE": stripe.url,
+            "STRIPE_WEBHOOK_SECRET": stack.webhook_secret,
             "SF_BRIDGE_API_KEYS": stack.api_key,
             "PORT": str(api_port),
             "LOG_FORMAT": "json",
@@ -227,7 +234,11 @@ class Demo:
             return http_ok(f"{stack.api_url}/healthz")
 
         wait_until(api_up, timeout=30, what="`sf-bridge serve` to answer /healthz")
-        self.say(f"API (`sf-bridge serve`) on {stack.api_url}")
+        stripe.add_webhook_endpoint(f"{stack.api_url}/webhooks/stripe", stack.webhook_secret)
+        self.say(
+            f"API (`sf-bridge serve`) on {stack.api_url}; "
+            "the Stripe emulator sends it signed webhooks"
+        )
         wait_until(
             lambda: self._stream_subscribed(stack),
             timeout=30,
@@ -367,6 +378,82 @@ class Demo:
         if replay.returncode != 0:
             raise DemoFailed(f"`sf-bridge replay {facts.opportunity_id}` failed.")
         self._watch(stack, [facts], "Replayed deal", settled=("done", "cancelled"))
+
+    def _payments(self, stack: Stack, by_key: dict[str, DealFacts]) -> None:
+        """The customers pay: by card on the payment page (the webhook tells sf-bridge) and by
+        wire (finance tells sf-bridge). Checked in the database and in Stripe."""
+        assert stack.env is not None
+        self.heading("Invoices get paid")
+        engine = reader_engine(stack.database_url)
+        try:
+            for payment in self.scenario.payments:
+                facts = by_key[payment.deal]
+                invoice_id = facts.stripe_invoice_id
+                grants_before = dict(facts.grants)
+                self.say(payment.story)
+                if not invoice_id:
+                    self.checks.append(
+                        Check(payment.deal, f"paid by {payment.how}", False, "no invoice")
+                    )
+                    continue
+                if payment.how == "card":
+                    paid = self._pay_by_card(stack, invoice_id)
+                    self.say(f"  Stripe: invoice {invoice_id} {paid}")
+                else:
+                    args = ["invoices", "mark-paid", facts.opportunity_id]
+                    done = run_command(args, stack.env, stack.workdir)
+                    self.say(f"$ sf-bridge invoices mark-paid {facts.opportunity_id}")
+                    shown = done.stdout if done.returncode == 0 else done.stdout + done.stderr
+                    for line in shown.strip().splitlines()[-3:]:
+                        self.console.print(f"      {line}", markup=False)
+
+                def recorded(f: DealFacts = facts) -> bool:
+                    read_deal(engine, f)
+                    return f.invoice_status == "paid"
+
+                with contextlib.suppress(DemoFailed):
+                    wait_until(recorded, timeout=15, what="the payment to be recorded")
+                read_stripe(stack.stripe, facts)
+                invoice = facts.invoice or {}
+                self.say(
+                    f"  sf-bridge records invoice {invoice_id} as {facts.invoice_status}; "
+                    f"Stripe shows it {invoice.get('status')}"
+                )
+                how = "wire (out of band)" if payment.how == "wire" else "card"
+                self.checks += [
+                    Check(
+                        payment.deal,
+                        f"payment by {how} recorded on the deal",
+                        facts.invoice_status == "paid",
+                        f"invoice_status {facts.invoice_status}",
+                    ),
+                    Check(
+                        payment.deal,
+                        "invoice paid in Stripe",
+                        invoice.get("status") == "paid",
+                        f"status {invoice.get('status')}",
+                    ),
+                    Check(
+                        payment.deal,
+                        "entitlements unchanged by the payment",
+                        facts.grants == grants_before,
+                        f"{facts.grants}",
+                    ),
+                ]
+        finally:
+            engine.dispose()
+
+    def _pay_by_card(self, stack: Stack, invoice_id: str) -> str:
+        """What the payment page does with the card the customer enters."""
+        response = httpx.post(
+            f"{stack.stripe.url}/v1/invoices/{invoice_id}/pay",
+            headers={"Authorization": f"Bearer {stack.stripe.api_key}"},
+            data={"payment_method": "pm_card_visa"},
+            timeout=10,
+        )
+        if response.status_code != 200:
+            return f"refused the card: {response.text}"
+        return f"charged the card: {response.json().get('status')}"
 
     def _report(self, facts: list[DealFacts]) -> bool:
         names = {f.deal.key: f.deal.name for f in facts}

@@ -73,6 +73,15 @@ class MappingFix:
 
 
 @dataclass(frozen=True)
+class Payment:
+    """How the customer of a provisioned deal pays its first invoice, after provisioning."""
+
+    deal: str  # DemoDeal.key
+    how: str  # "card" (on the invoice's payment page, reported by webhook) or "wire"
+    story: str
+
+
+@dataclass(frozen=True)
 class Product:
     code: str
     name: str
@@ -84,6 +93,7 @@ class Scenario:
     accounts: tuple[Account, ...]
     deals: tuple[DemoDeal, ...]
     fix: MappingFix
+    payments: tuple[Payment, ...] = ()
 
     def account(self, key: str) -> Account:
         return next(a for a in self.accounts if a.key == key)
@@ -228,4 +238,17 @@ FIELD_TYPES = {
     "SF_Bridge_Provisioned_At__c": "datetime",
 }
 
-SCENARIO = Scenario(products=PRODUCTS, accounts=ACCOUNTS, deals=DEALS, fix=FIX)
+PAYMENTS = (
+    Payment(
+        "self_serve",
+        "card",
+        "Initech enters a card on the invoice's payment page; Stripe reports invoice.paid",
+    ),
+    Payment(
+        "enterprise",
+        "wire",
+        "Acme Robotics pays by bank transfer; finance runs `sf-bridge invoices mark-paid`",
+    ),
+)
+
+SCENARIO = Scenario(products=PRODUCTS, accounts=ACCOUNTS, deals=DEALS, fix=FIX, payments=PAYMENTS)
