@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 import typer
 
 from sf_bridge.cli import app, handle_errors
@@ -54,6 +56,9 @@ def serve(
             settings, make_session_factory(engine), billing=build_billing(settings)
         )
         log.info("serve_starting", host=host, port=settings.port)
+        # uvicorn drains on SIGTERM, then raises the signal again once it has restored the
+        # handler found here: a no-op, so a graceful stop exits 0.
+        signal.signal(signal.SIGTERM, lambda *_: None)
         uvicorn.run(
             application,
             host=host,
@@ -65,5 +70,6 @@ def serve(
             proxy_headers=True,
             timeout_graceful_shutdown=25,
         )
+        log.info("serve_stopped")
     finally:
         engine.dispose()
