@@ -199,15 +199,15 @@ def check_parked(facts: DealFacts, write_back: Any) -> list[Check]:
             f"subscription {facts.stripe_subscription_id}, invoice {facts.stripe_invoice_id}",
         )
     )
-    error_field = getattr(write_back, "error", None)
-    if error_field:
-        written = facts.written_back.get(error_field) or ""
+    ids_field = getattr(write_back, "stripe_subscription_id", None)
+    if ids_field:
+        written = facts.written_back.get(ids_field)
         checks.append(
             Check(
                 key,
-                f"Opportunity.{error_field} tells sales why",
-                needle in str(written),
-                repr(written),
+                "the Opportunity is not marked provisioned while parked",
+                not written,
+                f"{ids_field} = {written!r}",
             )
         )
     return checks
