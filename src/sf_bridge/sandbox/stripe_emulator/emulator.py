@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 from sf_bridge.logging import get_logger
 
-from . import billing, catalog
+from . import catalog, invoices, timeline
 from .clock import Clock
 from .errors import StripeApiError
 from .faults import FaultInjector, Faults
@@ -215,7 +215,7 @@ class StripeEmulator:
 
     def tick(self) -> None:
         with self.store.lock:
-            billing.tick(self.store)
+            timeline.tick(self.store)
 
     def now(self) -> int:
         return self.clock()
@@ -225,9 +225,9 @@ class StripeEmulator:
         with self.store.lock:
             invoice = self.store.get("invoice", invoice_id)
             if invoice["status"] == "draft":
-                billing.finalize_invoice(self.store, invoice_id, {}, SYSTEM)
+                invoices.finalize_invoice(self.store, invoice_id, {}, SYSTEM)
             if invoice["status"] != "paid":
-                billing.pay_invoice(self.store, invoice_id, {"paid_out_of_band": True}, SYSTEM)
+                invoices.pay_invoice(self.store, invoice_id, {"paid_out_of_band": True}, SYSTEM)
             return copy.deepcopy(invoice)
 
     def trigger_invoice_overdue(self, invoice_id: str) -> None:
@@ -238,7 +238,7 @@ class StripeEmulator:
                 raise StripeApiError.invalid_request(
                     f"Invoice {invoice_id} is {invoice['status']}, not open."
                 )
-            billing.mark_overdue(self.store, invoice)
+            timeline.mark_overdue(self.store, invoice)
 
     def fail_invoice_payment(self, invoice_id: str) -> None:
         """A payment attempt on an open invoice fails: `invoice.payment_failed`."""

@@ -10,7 +10,7 @@ from typing import Any
 
 import stripe.params as sp
 
-from . import billing, catalog
+from . import catalog, invoices, subscriptions
 from .errors import StripeApiError
 from .store import RequestContext, Store
 
@@ -166,37 +166,37 @@ ROUTES: list[Route] = [
     Route("POST", "/v1/prices/{id}", sp.PriceUpdateParams, _expanded(catalog.update_price)),
     # subscriptions
     Route("POST", "/v1/subscriptions", sp.SubscriptionCreateParams,
-          _expanded(lambda s, p, c: billing.create_subscription(s, p, c)), _customer_param),
+          _expanded(lambda s, p, c: subscriptions.create_subscription(s, p, c)), _customer_param),
     Route("GET", "/v1/subscriptions/search", sp.SubscriptionSearchParams,
           _search("subscription", "/v1/subscriptions/search",
-                  billing.SUBSCRIPTION_SEARCH_FIELDS)),
+                  subscriptions.SUBSCRIPTION_SEARCH_FIELDS)),
     Route("GET", "/v1/subscriptions", sp.SubscriptionListParams,
-          _list("subscription", "/v1/subscriptions", billing.subscription_filter)),
+          _list("subscription", "/v1/subscriptions", subscriptions.subscription_filter)),
     Route("GET", "/v1/subscriptions/{id}", sp.SubscriptionRetrieveParams,
           _retrieve("subscription")),
     Route("POST", "/v1/subscriptions/{id}", sp.SubscriptionUpdateParams,
-          _expanded(billing.update_subscription), _customer_of("subscription")),
+          _expanded(subscriptions.update_subscription), _customer_of("subscription")),
     Route("DELETE", "/v1/subscriptions/{id}", sp.SubscriptionCancelParams,
-          _expanded(billing.cancel_subscription), _customer_of("subscription")),
+          _expanded(subscriptions.cancel_subscription), _customer_of("subscription")),
     # invoices
     Route("GET", "/v1/invoices/search", sp.InvoiceSearchParams,
-          _search("invoice", "/v1/invoices/search", billing.INVOICE_SEARCH_FIELDS)),
+          _search("invoice", "/v1/invoices/search", invoices.INVOICE_SEARCH_FIELDS)),
     Route("GET", "/v1/invoices", sp.InvoiceListParams,
-          _list("invoice", "/v1/invoices", billing.invoice_filter)),
+          _list("invoice", "/v1/invoices", invoices.invoice_filter)),
     Route("GET", "/v1/invoices/{id}", sp.InvoiceRetrieveParams, _retrieve("invoice")),
     Route("POST", "/v1/invoices/{id}", sp.InvoiceUpdateParams,
-          _expanded(billing.update_invoice), _customer_of("invoice")),
+          _expanded(invoices.update_invoice), _customer_of("invoice")),
     Route("GET", "/v1/invoices/{id}/lines", sp.InvoiceListLinesParams, _invoice_lines),
     Route("POST", "/v1/invoices/{id}/finalize", sp.InvoiceFinalizeInvoiceParams,
-          _expanded(billing.finalize_invoice), _customer_of("invoice")),
+          _expanded(invoices.finalize_invoice), _customer_of("invoice")),
     Route("POST", "/v1/invoices/{id}/send", sp.InvoiceSendInvoiceParams,
-          _expanded(billing.send_invoice), _customer_of("invoice")),
+          _expanded(invoices.send_invoice), _customer_of("invoice")),
     Route("POST", "/v1/invoices/{id}/pay", sp.InvoicePayParams,
-          _expanded(billing.pay_invoice), _customer_of("invoice")),
+          _expanded(invoices.pay_invoice), _customer_of("invoice")),
     Route("POST", "/v1/invoices/{id}/void", sp.InvoiceVoidInvoiceParams,
-          _expanded(billing.void_invoice), _customer_of("invoice")),
+          _expanded(invoices.void_invoice), _customer_of("invoice")),
     Route("POST", "/v1/invoices/{id}/mark_uncollectible", sp.InvoiceMarkUncollectibleParams,
-          _expanded(billing.mark_uncollectible), _customer_of("invoice")),
+          _expanded(invoices.mark_uncollectible), _customer_of("invoice")),
     # events
     Route("GET", "/v1/events", sp.EventListParams, _list("event", "/v1/events", _event_filter)),
     Route("GET", "/v1/events/{id}", sp.EventRetrieveParams, _retrieve("event")),

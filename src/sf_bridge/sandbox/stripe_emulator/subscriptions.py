@@ -1,0 +1,224 @@
+"""Subscriptions: create (with its first invoice), update, cancel, list filters."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from .catalog import Params
+from .clock import add_interval
+from .errors import StripeApiError
+from .invoices import charge, create_subscription_invoice, finalize
+from .items import check_compatible, item_object, plan_from_price, quantity_of, resolve_item_price
+from .objects import build, list_object, new_id
+from .store import RequestContext, Store, merge_metadata
+
+SUBSCRIPTION_SEARCH_FIELDS = frozenset({"created", "metadata", "status"})
+
+
+def create_subscription(store: Store, params: Params, ctx: RequestContext) -> dict[str, Any]:
+    if not params.get("customer"):
+        raise StripeApiError.invalid_request(
+            "Missing required param: customer.", param="customer", code="parameter_missing"
+        )
+    customer = store.get("customer", params["customer"], param="customer")
+    items = params.get("items") or []
+    if not items:
+        raise StripeApiError.invalid_request(
+            "Missing required param: items.", param="items", code="parameter_missing"
+        )
+    method = params.get("collection_method", "charge_automatically")
+    days = params.get("days_until_due")
+    if method == "send_invoice" and days is None:
+        raise StripeApiError.invalid_request(
+            "Missing required param: days_until_due.",
+            param="days_until_due",
+            code="parameter_missing",
+        )
+    if method != "send_invoice" and days is not None:
+        raise StripeApiError.invalid_request(
+            "Invalid days_until_due: can only be set when collection_method is send_invoice",
+            param="days_until_due",
+        )
+    prices = [resolve_item_price(store, item, i) for i, item in enumerate(items)]
+    quantities = [quantity_of(item, f"items[{i}]") for i, item in enumerate(items)]
+    check_compatible(prices)
+    pm = (
+        params.get("default_payment_method")
+        or customer["invoice_settings"]["default_payment_method"]
+    )
+    behavior = params.get("payment_behavior", "allow_incomplete")
+    if method == "charge_automatically" and not pm and behavior == "error_if_incomplete":
+        raise StripeApiError.invalid_request(
+            "This customer has no attached payment source or default payment method. Please "
+            "consider adding a default payment method.",
+            code="resource_missing",
+        )
+    now = store.now()
+    recurring = prices[0]["recurring"]
+    period = (now, add_interval(now, recurring["interval"], recurring["interval_count"]))
+    sub_id = new_id("subscription")
+    sub = build(
+        "subscription",
+        id=sub_id,
+        created=now,
+        start_date=now,
+        billing_cycle_anchor=now,
+        collection_method=method,
+        days_until_due=days,
+        currency=prices[0]["currency"],
+        customer=customer["id"],
+        default_payment_method=params.get("default_payment_method"),
+        description=params.get("description") or None,
+        metadata=merge_metadata({}, params.get("metadata", {})),
+        cancel_at_period_end=bool(params.get("cancel_at_period_end", False)),
+        status="active",
+    )
+    sub["items"] = list_object(
+        [
+            item_object(store, sub_id, price, quantity, item, period)
+            for price, quantity, item in zip(prices, quantities, items, strict=True)
+        ],
+        f"/v1/subscription_items?subscription={sub_id}",
+    )
+    if customer["currency"] is None:
+        customer["currency"] = sub["currency"]
+    store.add(sub)
+    invoice = create_subscription_invoice(store, sub, customer, "subscription_create", period)
+    sub["latest_invoice"] = invoice["id"]
+    if method == "charge_automatically":
+        sub["status"] = "incomplete"
+    store.emit("customer.subscription.created", sub, ctx)
+    store.emit("invoice.created", invoice, ctx)
+    if method == "charge_automatically":
+        finalize(store, invoice, ctx)
+        if pm and invoice["status"] == "open":
+            charge(store, invoice, pm, ctx)
+    return sub
+
+
+SUB_UPDATABLE = ("description", "cancel_at_period_end", "default_payment_method")
+
+
+def update_subscription(
+    store: Store, sub_id: str, params: Params, ctx: RequestContext
+) -> dict[str, Any]:
+    sub = store.get("subscription", sub_id)
+    if sub["status"] in ("canceled", "incomplete_expired"):
+        allowed = {"metadata", "cancellation_details", "expand"}
+        if set(params) - allowed:
+            raise StripeApiError.invalid_request(
+                "A canceled subscription can only update its cancellation_details and metadata."
+            )
+    previous: dict[str, Any] = {}
+    for field in SUB_UPDATABLE:
+        if field in params and sub[field] != params[field]:
+            previous[field] = sub[field]
+            sub[field] = params[field] if params[field] != "" else None
+    if "metadata" in params:
+        merged = merge_metadata(sub["metadata"], params["metadata"])
+        if merged != sub["metadata"]:
+            previous["metadata"] = sub["metadata"]
+            sub["metadata"] = merged
+    if "collection_method" in params and params["collection_method"] != sub["collection_method"]:
+        previous["collection_method"] = sub["collection_method"]
+        sub["collection_method"] = params["collection_method"]
+    if "days_until_due" in params and params["days_until_due"] != sub["days_until_due"]:
+        previous["days_until_due"] = sub["days_until_due"]
+        sub["days_until_due"] = params["days_until_due"]
+    if sub["collection_method"] == "send_invoice" and sub["days_until_due"] is None:
+        raise StripeApiError.invalid_request(
+            "Missing required param: days_until_due.",
+            param="days_until_due",
+            code="parameter_missing",
+        )
+    if "items" in params:
+        old_items = copy.deepcopy(sub["items"])
+        _update_items(store, sub, params["items"])
+        if sub["items"] != old_items:
+            previous["items"] = old_items
+    if "cancellation_details" in params:
+        sub["cancellation_details"].update(params["cancellation_details"] or {})
+    if previous:
+        store.emit("customer.subscription.updated", sub, ctx, previous)
+    return sub
+
+
+def _update_items(store: Store, sub: dict[str, Any], updates: list[Params]) -> None:
+    current = {item["id"]: item for item in sub["items"]["data"]}
+    period = (
+        sub["items"]["data"][0]["current_period_start"],
+        sub["items"]["data"][0]["current_period_end"],
+    )
+    for index, update in enumerate(updates):
+        prefix = f"items[{index}]"
+        item_id = update.get("id")
+        if item_id:
+            item = current.get(item_id)
+            if item is None:
+                raise StripeApiError.missing("subscription item", item_id, f"{prefix}[id]")
+            if update.get("deleted"):
+                del current[item_id]
+                continue
+            if update.get("price") or update.get("price_data"):
+                price = resolve_item_price(store, update, index)
+                item["price"] = copy.deepcopy(price)
+                item["plan"] = plan_from_price(price)
+            if "quantity" in update:
+                item["quantity"] = quantity_of(update, prefix)
+            if "metadata" in update:
+                item["metadata"] = merge_metadata(item["metadata"], update["metadata"])
+        else:
+            price = resolve_item_price(store, update, index)
+            new = item_object(store, sub["id"], price, quantity_of(update, prefix), update, period)
+            current[new["id"]] = new
+    if not current:
+        raise StripeApiError.invalid_request(
+            "A subscription must have at least one active plan.", param="items"
+        )
+    check_compatible([item["price"] for item in current.values()])
+    sub["items"]["data"] = list(current.values())
+
+
+def cancel_subscription(
+    store: Store, sub_id: str, params: Params, ctx: RequestContext
+) -> dict[str, Any]:
+    sub = store.get("subscription", sub_id)
+    if sub["status"] == "canceled":
+        raise StripeApiError.missing("subscription", sub_id)
+    now = store.now()
+    sub["status"] = "canceled"
+    sub["canceled_at"] = now
+    sub["ended_at"] = now
+    details = params.get("cancellation_details") or {}
+    sub["cancellation_details"] = {
+        "comment": details.get("comment") or None,
+        "feedback": details.get("feedback") or None,
+        "reason": "cancellation_requested",
+    }
+    store.emit("customer.subscription.deleted", sub, ctx)
+    return sub
+
+
+def subscription_filter(params: Params) -> Any:
+    status = params.get("status")
+
+    def keep(sub: dict[str, Any]) -> bool:
+        if params.get("customer") and sub["customer"] != params["customer"]:
+            return False
+        if (
+            params.get("collection_method")
+            and sub["collection_method"] != params["collection_method"]
+        ):
+            return False
+        if params.get("price") and all(
+            item["price"]["id"] != params["price"] for item in sub["items"]["data"]
+        ):
+            return False
+        if status == "all":
+            return True
+        if status:
+            return bool(sub["status"] == status)
+        return bool(sub["status"] != "canceled")
+
+    return keep
