@@ -156,6 +156,7 @@ class StreamIntake:
         self._stop = asyncio.Event()
         self._sweep_wanted = asyncio.Event()
         stop_wait = asyncio.ensure_future(self._stop.wait())
+        led = False
         try:
             while not self._stop.is_set():
                 try:
@@ -167,13 +168,16 @@ class StreamIntake:
                     self.status.set("standby", publish=False)
                     await self._sleep(self.options.leader_poll_seconds)
                     continue
+                led = True
                 try:
                     await self._lead(stop_wait)
                 finally:
                     await asyncio.to_thread(self.leader_lock.release)
+                # Back from leading without a stop: the lock was lost, the row is another's.
+                led = self._stop.is_set()
         finally:
             stop_wait.cancel()
-            await asyncio.to_thread(self.status.set, "stopped", "worker stopped")
+            await asyncio.to_thread(self.status.set, "stopped", "worker stopped", publish=led)
 
     async def _sleep(self, seconds: float) -> None:
         assert self._stop is not None
@@ -201,7 +205,7 @@ class StreamIntake:
         while True:
             await asyncio.sleep(self.options.leader_poll_seconds)
             if not await asyncio.to_thread(self.leader_lock.still_held):
-                await asyncio.to_thread(self.status.set, "standby", "stream lock lost")
+                self.status.set("standby", "stream lock lost", publish=False)
                 return
 
     async def _heartbeat_loop(self) -> None:
@@ -275,7 +279,7 @@ class StreamIntake:
             await client.open()
             await self._subscribe(client, storage)
             monitor.reset()
-            await asyncio.to_thread(self.status.set, "streaming")
+            await asyncio.to_thread(self.status.set, "connected")
             log.info("stream_subscribed", channel=self.channel, url=client.url)
             receiver = asyncio.ensure_future(self._receive_loop(client, rules))
             watchdog = asyncio.ensure_future(self._watchdog(monitor))
@@ -299,6 +303,10 @@ class StreamIntake:
             log.debug("stream_close_failed", error=describe_stream_error(exc))
 
     async def _subscribe(self, client: StreamClient, storage: DatabaseReplayStorage) -> None:
+        if self.stats.sessions > 1 and await storage.get_replay_marker(self.channel) is None:
+            # Resubscribing without a stored replay id receives new events only: whatever
+            # was published since the last session ended can only be found by a sweep.
+            self.request_sweep("resubscribed_without_replay_id")
         try:
             await client.subscribe(self.channel)
         except ServerError as exc:

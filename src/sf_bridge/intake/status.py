@@ -1,31 +1,31 @@
 """Stream health, in process and in the database for `/readyz`.
 
-The replica holding the stream writes `status:<channel>` into `stream_checkpoints` as a small
-JSON object: `{"state", "detail", "since", "at", "replica"}`, refreshed every heartbeat, so any
-process (the API, another replica) can tell whether the stream is healthy and how fresh that
-news is. States: starting, standby, connecting, streaming, reconnecting, error, stopped.
+The replica holding the stream writes `status:<channel>` into `stream_checkpoints`: the state
+word first, then the detail (`connected`, `reconnecting: 403::Unknown client`, ...), refreshed
+on every change and every heartbeat so the row's `updated_at` tells how fresh the news is.
+States: connecting, connected (the healthy one), reconnecting, stopped. A replica on standby
+writes nothing: the row belongs to the replica holding the stream.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import threading
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from sf_bridge.db.engine import transaction
-from sf_bridge.db.models import utcnow
-from sf_bridge.intake.checkpoints import MAX_VALUE, read_checkpoint, write_checkpoint
+from sf_bridge.db.models import StreamCheckpoint, utcnow
+from sf_bridge.intake.checkpoints import MAX_VALUE, write_checkpoint
 from sf_bridge.logging import get_logger
 
 log = get_logger(__name__)
 
-HEALTHY_STATES = frozenset({"streaming"})
+HEALTHY_STATE = "connected"
 
 
 def status_key(channel: str) -> str:
@@ -36,81 +36,67 @@ def replica_name() -> str:
     return f"{socket.gethostname()[:40]}:{os.getpid()}"
 
 
-@dataclass
+@dataclass(frozen=True)
 class StreamStatus:
     state: str = "starting"
     detail: str = ""
-    since: str = field(default_factory=lambda: utcnow().isoformat())
-    at: str = field(default_factory=lambda: utcnow().isoformat())
-    replica: str = field(default_factory=replica_name)
+    since: datetime = field(default_factory=utcnow)
+    updated_at: datetime = field(default_factory=utcnow)
+
+    @property
+    def healthy(self) -> bool:
+        return self.state == HEALTHY_STATE
 
     def encode(self) -> str:
-        data = asdict(self)
-        text = json.dumps(data)
-        if len(text) > MAX_VALUE:
-            data["detail"] = self.detail[: max(0, len(self.detail) - (len(text) - MAX_VALUE))]
-            text = json.dumps(data)
-        return text
+        text = self.state + (f": {self.detail}" if self.detail else "")
+        return text[:MAX_VALUE]
 
     @classmethod
-    def decode(cls, value: str | None) -> StreamStatus | None:
-        if not value:
-            return None
-        try:
-            data: dict[str, Any] = json.loads(value)
-            return cls(
-                **{k: str(data.get(k, "")) for k in ("state", "detail", "since", "at", "replica")}
-            )
-        except (ValueError, TypeError):
-            return None
-
-    def age_seconds(self, now: datetime | None = None) -> float:
-        try:
-            at = datetime.fromisoformat(self.at)
-        except ValueError:
-            return float("inf")
-        return ((now or utcnow()) - at).total_seconds()
+    def decode(cls, value: str, updated_at: datetime) -> StreamStatus:
+        state, _, detail = value.partition(":")
+        return cls(state.strip(), detail.strip(), updated_at, updated_at)
 
 
 def read_stream_status(session: Session, channel: str) -> StreamStatus | None:
-    """The last status the stream holder wrote (check `age_seconds` for freshness)."""
-    return StreamStatus.decode(read_checkpoint(session, status_key(channel)))
+    """The last status the stream holder wrote (`updated_at` says how fresh it is)."""
+    row = session.scalar(
+        select(StreamCheckpoint).where(StreamCheckpoint.name == status_key(channel))
+    )
+    return StreamStatus.decode(row.value, row.updated_at) if row else None
 
 
 class StatusBoard:
-    """The in-process status of this replica's stream; written to the database when it changes
-    and on every heartbeat. Thread-safe."""
+    """This replica's stream status; written to the database on change and heartbeat."""
 
     def __init__(self, session_factory: sessionmaker[Session], channel: str) -> None:
         self.session_factory = session_factory
         self.channel = channel
+        self.replica = replica_name()
         self._status = StreamStatus()
         self._lock = threading.Lock()
 
     @property
     def current(self) -> StreamStatus:
         with self._lock:
-            return StreamStatus(**asdict(self._status))
+            return self._status
 
     def set(self, state: str, detail: str = "", *, publish: bool = True) -> None:
+        now = utcnow()
         with self._lock:
-            now = utcnow().isoformat()
             changed = state != self._status.state
-            self._status.detail = detail[:160]
-            self._status.at = now
-            if changed:
-                self._status.state = state
-                self._status.since = now
-            snapshot = StreamStatus(**asdict(self._status))
+            self._status = StreamStatus(
+                state, detail[:200], now if changed else self._status.since, now
+            )
+            snapshot = self._status
         if changed:
-            log.info("stream_status", channel=self.channel, state=state, detail=detail[:160])
+            log.info("stream_status", channel=self.channel, state=state, detail=detail[:200])
         if publish:
             self._write(snapshot)
 
     def heartbeat(self) -> None:
         with self._lock:
-            self._status.at = utcnow().isoformat()
-            snapshot = StreamStatus(**asdict(self._status))
+            self._status = replace(self._status, updated_at=utcnow())
+            snapshot = self._status
         self._write(snapshot)
 
     def _write(self, status: StreamStatus) -> None:

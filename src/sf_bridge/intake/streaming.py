@@ -160,6 +160,15 @@ class StreamClient(Client):
             except TimeoutError:
                 break
 
+    async def close(self) -> None:
+        """Closes without the transport's connect callback seeing its task cancelled (it only
+        catches `Exception`, and a cancelled task raises `CancelledError`)."""
+        transport: Any = self._transport
+        task = getattr(transport, "_connect_task", None)
+        if task is not None and not task.done():
+            task.remove_done_callback(transport._connect_done)
+        await super().close()
+
     @property
     def transport_state(self) -> Any:
         return self._transport.state if self._transport is not None else None

@@ -51,7 +51,7 @@ class Sweeper:
         self.initial_lookback = initial_lookback
         self.page_size = page_size
         self.clock = clock
-        self.runs = 0
+        self.runs = 0  # sweeps finished (successfully or not)
 
     def checkpoint(self) -> datetime | None:
         with self.session_factory() as session:
@@ -70,7 +70,12 @@ class Sweeper:
 
     def run_once(self, reason: str = "schedule") -> list[str]:
         """One sweep; returns the opportunity ids it newly enqueued."""
-        self.runs += 1
+        try:
+            return self._sweep(reason)
+        finally:
+            self.runs += 1
+
+    def _sweep(self, reason: str) -> list[str]:
         checkpoint = self.checkpoint() or self._initial_checkpoint()
         since = checkpoint - self.overlap
         enqueued: list[str] = []

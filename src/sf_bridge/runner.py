@@ -1,0 +1,217 @@
+"""`sf-bridge run`: the worker process.
+
+Threads of one process:
+- intake (asyncio): the Salesforce stream and the sweep, on the replica holding the stream lock;
+- provisioning: `Worker.run`, which fetches, provisions and writes back in batches;
+- overdue: the overdue-invoice policy, on a schedule.
+
+Start-up refuses an out-of-date schema. `stop()` (SIGTERM, SIGINT) lets in-flight deals finish
+their current step and returns within the drain deadline (under 30 s).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from types import FrameType
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from sf_bridge.config import Settings
+from sf_bridge.db.engine import make_engine, make_session_factory
+from sf_bridge.db.migrate import ensure_current
+from sf_bridge.logging import get_logger
+
+log = get_logger(__name__)
+
+DRAIN_DEADLINE_SECONDS = 28.0
+
+
+@dataclass
+class RunOptions:
+    overdue_interval_seconds: float = 3600.0
+    drain_deadline_seconds: float = DRAIN_DEADLINE_SECONDS
+    intake_options: Any = None  # IntakeOptions; None reads the environment
+    worker_options: dict[str, Any] = field(default_factory=dict)
+
+
+def _enqueue(session: Session, ids: Sequence[str], source: str) -> list[str]:
+    from sf_bridge.provisioning.queue import enqueue_opportunities
+
+    return enqueue_opportunities(session, ids, source=source)
+
+
+class WorkerProcess:
+    """Everything `sf-bridge run` runs; `start()`, then `stop()` or `run_until_signalled()`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        options: RunOptions | None = None,
+        *,
+        engine: Engine | None = None,
+    ) -> None:
+        self.settings = settings
+        self.options = options or RunOptions()
+        self.engine = engine or make_engine(settings.database_url)
+        self.session_factory: sessionmaker[Session] = make_session_factory(self.engine)
+        self.stop_event = threading.Event()
+        self.threads: list[threading.Thread] = []
+        self.intake: Any = None
+        self.worker: Any = None
+        self.crm: Any = None
+        self.billing: Any = None
+
+    # -- assembly ------------------------------------------------------------------------
+
+    def _build(self) -> None:
+        from sf_bridge.provisioning.wiring import (
+            MappingsLoader,
+            build_billing,
+            build_crm,
+            build_worker,
+        )
+
+        ensure_current(self.engine)
+        loader = MappingsLoader(self.settings.mappings_dir)
+        self.crm = build_crm(self.settings, loader)
+        self.billing = build_billing(self.settings)
+        self.worker = build_worker(
+            self.settings,
+            self.session_factory,
+            crm=self.crm,
+            billing=self.billing,
+            mappings_loader=loader,
+            **self.options.worker_options,
+        )
+        if self.crm is None:
+            log.warning(
+                "salesforce_not_configured",
+                hint="set SF_USERNAME/SF_PASSWORD/... or SF_CLIENT_ID/SF_CLIENT_SECRET to stream",
+            )
+            return
+        self.intake = self._build_intake(loader)
+
+    def _build_intake(self, loader: Callable[[], Any]) -> Any:
+        from sf_bridge.crm.auth import SalesforceCredentials
+        from sf_bridge.intake.events import DEFAULT_ID_FIELDS, EventRules
+        from sf_bridge.intake.leader import make_leader_lock
+        from sf_bridge.intake.options import IntakeOptions
+        from sf_bridge.intake.service import StreamIntake
+
+        intake_options = self.options.intake_options or IntakeOptions()
+        id_fields: tuple[str, ...] = DEFAULT_ID_FIELDS
+        if intake_options.event_id_field:
+            id_fields = (intake_options.event_id_field, *DEFAULT_ID_FIELDS)
+
+        def rules() -> EventRules:
+            mappings = loader()
+            return EventRules(won_stages=frozenset(mappings.won_stages), id_fields=id_fields)
+
+        channel = self.settings.sf_channel
+        return StreamIntake(
+            channel=channel,
+            credentials=SalesforceCredentials.from_settings(self.settings),
+            api_version=self.settings.sf_api_version,
+            session_factory=self.session_factory,
+            crm=self.crm,
+            enqueue=_enqueue,
+            rules=rules,
+            options=intake_options,
+            sweep_interval=self.settings.sweep_interval_seconds,
+            leader_lock=make_leader_lock(self.engine, f"stream:{channel}"),
+        )
+
+    # -- threads -------------------------------------------------------------------------
+
+    def start(self) -> WorkerProcess:
+        self._build()
+        self._spawn("provisioning", lambda: self.worker.run(self.stop_event))
+        if self.intake is not None:
+            self._spawn("intake", lambda: asyncio.run(self.intake.run()))
+        self._spawn("overdue", self._overdue_loop)
+        log.info(
+            "worker_process_started",
+            channel=self.settings.sf_channel if self.intake else None,
+            threads=[t.name for t in self.threads],
+        )
+        return self
+
+    def _spawn(self, name: str, target: Callable[[], None]) -> None:
+        def guarded() -> None:
+            try:
+                target()
+            except Exception as exc:
+                log.error("thread_failed", thread=name, error=str(exc)[:300])
+
+        thread = threading.Thread(target=guarded, name=f"sf-bridge-{name}", daemon=True)
+        thread.start()
+        self.threads.append(thread)
+
+    def _overdue_loop(self) -> None:
+        try:
+            module = importlib.import_module("sf_bridge.invoices.overdue")
+            apply_policy = module.apply_overdue_policy
+        except (ImportError, AttributeError):
+            log.info("overdue_policy_unavailable")
+            return
+        while not self.stop_event.is_set():
+            try:
+                actions = apply_policy(
+                    self.session_factory,
+                    self.billing,
+                    self.crm,
+                    now=datetime.now(UTC),
+                    grace_days=self.settings.overdue_grace_days,
+                    dry_run=self.settings.overdue_dry_run,
+                )
+                if actions:
+                    log.info("overdue_policy_applied", actions=len(actions))
+            except Exception as exc:
+                log.error("overdue_policy_failed", error=str(exc)[:300])
+            self.stop_event.wait(self.options.overdue_interval_seconds)
+
+    # -- shutdown ------------------------------------------------------------------------
+
+    def stop(self) -> bool:
+        """Stops every thread; True when all ended before the drain deadline."""
+        started = time.monotonic()
+        log.info("worker_process_stopping")
+        self.stop_event.set()
+        if self.intake is not None:
+            self.intake.request_stop()
+        deadline = started + self.options.drain_deadline_seconds
+        for thread in self.threads:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        alive = [t.name for t in self.threads if t.is_alive()]
+        if alive:
+            log.warning("worker_process_drain_incomplete", threads=alive)
+        log.info("worker_process_stopped", duration_ms=round((time.monotonic() - started) * 1000))
+        self.engine.dispose()
+        return not alive
+
+    def run_until_signalled(self) -> bool:
+        """Starts, waits for SIGTERM or SIGINT, then stops. Call from the main thread."""
+        received = threading.Event()
+
+        def on_signal(signum: int, _frame: FrameType | None) -> None:
+            log.info("signal_received", signal=signal.Signals(signum).name)
+            received.set()
+
+        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            self.start()
+            while not received.wait(0.5):
+                pass
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return self.stop()
