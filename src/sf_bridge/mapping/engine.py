@@ -38,6 +38,7 @@ from sf_bridge.plan import (
 
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 HUNDRED = Decimal(100)
+MAX_UNIT_PRICE = Decimal(10) ** 10  # far above any real unit price; keeps amounts exact
 
 
 @dataclass(frozen=True)
@@ -296,15 +297,26 @@ class _Mapper:
         if is_empty(unit_price):
             return None
         price = parse_decimal(unit_price)
-        discount = parse_decimal(line.record.get("Discount")) or Decimal(0)
-        if price is None or price < 0:
+        raw_discount = line.record.get("Discount")
+        discount = parse_decimal(raw_discount)
+        if price is None or not Decimal(0) <= price <= MAX_UNIT_PRICE:
             self.error(
                 "invalid_price",
-                f"the sales price (UnitPrice) is {unit_price!r}; it must be a positive amount.",
+                f"the sales price (UnitPrice) is {unit_price!r}; it must be an amount between 0 "
+                f"and {MAX_UNIT_PRICE:,}.",
                 "correct the line's Sales Price.",
                 line.where,
             )
             return None
+        if discount is None and not is_empty(raw_discount):
+            self.error(
+                "invalid_price",
+                f"the discount is {raw_discount!r}; it must be a percentage between 0 and 100.",
+                "correct the line's Discount.",
+                line.where,
+            )
+            return None
+        discount = discount or Decimal(0)
         if not Decimal(0) <= discount <= HUNDRED:
             self.error(
                 "invalid_price",

@@ -47,25 +47,23 @@ def exponent(currency: str) -> int:
 
 
 def parse_decimal(value: object) -> Decimal | None:
-    """A number from a JSON/YAML value or a text such as "1,200.50"; None if it is not one."""
+    """A finite number from a JSON/YAML value or a text such as "1,200.50"; None otherwise."""
+    number: Decimal | None = None
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, int):
-        return Decimal(value)
-    if isinstance(value, float):
-        return Decimal(repr(value))
-    if isinstance(value, Decimal):
-        return value
-    if isinstance(value, str):
+        number = Decimal(value)
+    elif isinstance(value, float):
+        number = Decimal(repr(value))
+    elif isinstance(value, Decimal):
+        number = value
+    elif isinstance(value, str):
         text = value.strip().replace(",", "").replace("_", "").replace(" ", "")
-        if not text:
-            return None
         try:
-            number = Decimal(text)
+            number = Decimal(text) if text else None
         except InvalidOperation:
-            return None
-        return number if number.is_finite() else None
-    return None
+            number = None
+    return number if number is not None and number.is_finite() else None
 
 
 def to_minor_units(amount: Decimal, currency: str) -> int:

@@ -354,3 +354,21 @@ def test_all_errors_are_reported_together(example_mappings: Mappings) -> None:
         "unknown_picklist_value",
         "unknown_product",
     ]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "fragment"),
+    [
+        ("UnitPrice", float("nan"), "must be an amount between 0 and 10,000,000,000"),
+        ("UnitPrice", 1e308, "must be an amount between 0 and 10,000,000,000"),
+        ("UnitPrice", -5.0, "must be an amount between 0"),
+        ("Discount", "a lot", "the discount is 'a lot'; it must be a percentage"),
+    ],
+)
+def test_prices_that_are_not_amounts(
+    example_mappings: Mappings, field: str, value: Any, fragment: str
+) -> None:
+    line = ent_line()
+    line[field] = value
+    error = only_error(map_opportunity(make_opportunity([line]), example_mappings), "invalid_price")
+    assert fragment in error.message

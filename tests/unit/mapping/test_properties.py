@@ -164,3 +164,42 @@ def test_no_product_is_ever_silently_dropped(lines: list[tuple[str, int]]) -> No
                 for e in result
             ), [str(e) for e in result]
         assert result, "a deal that does not map says why"
+
+
+odd_values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**12), 10**12),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=12),
+    st.sampled_from(["Net 45", "1,000", "2 years", "Credit card", "usd", "EUR", "1e400", "NaN"]),
+    st.sampled_from([1e308, -1e308, float("nan"), float("inf"), 0.004, 99.995]),
+    st.lists(st.integers(), max_size=2),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+)
+LINE_FIELDS = ["Quantity", "UnitPrice", "Discount", "Id"]
+OPP_FIELDS = ["CurrencyIsoCode", "Seats__c", "API_Calls_per_Month__c", "Data_Retention__c",
+              "Payment_Terms__c", "Payment_Method__c", "Billing_Email__c", "AccountId", "Account",
+              "StageName", "Name"]  # fmt: skip
+
+
+@SETTINGS
+@given(
+    st.lists(st.tuples(known_codes, st.dictionaries(st.sampled_from(LINE_FIELDS), odd_values)),
+             max_size=4),
+    st.dictionaries(st.sampled_from(OPP_FIELDS), odd_values),
+)  # fmt: skip
+def test_any_field_values_give_a_plan_or_errors_never_a_crash(
+    lines: list[tuple[str, dict[str, Any]]], fields: dict[str, Any]
+) -> None:
+    records = []
+    for index, (code, overrides) in enumerate(lines):
+        record = opportunity_line(f"00kO{index}", code, 1.0, 10.0)
+        record.update(overrides)
+        records.append(record)
+    result = map_opportunity(make_opportunity(records, **fields), MAPPINGS)
+    if isinstance(result, list):
+        assert result
+        assert all(isinstance(e, MappingError) and e.hint for e in result)
+    else:
+        assert result.opportunity_id
