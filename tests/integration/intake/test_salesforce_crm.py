@@ -1,0 +1,134 @@
+"""SalesforceCrm (simple-salesforce over HTTP) against the sandbox org."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+import pytest
+
+from sf_bridge.crm.limits import ApiBudget
+from sf_bridge.crm.port import OpportunityUpdate
+from sf_bridge.crm.salesforce import SalesforceCrm
+from sf_bridge.errors import CrmRejected, RateLimitedError
+from sf_bridge.sandbox.salesforce_org import SalesforceSandbox
+from tests.integration.intake.conftest import API_VERSION, credentials_for, open_deal
+
+
+@dataclass
+class Fields:
+    opportunity: tuple[str, ...] = ("Name", "Account.Name", "CloseDate")
+    lines: tuple[str, ...] = ("Quantity", "UnitPrice", "PricebookEntry.Product2.ProductCode")
+
+    def query_fields(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        return self.opportunity, self.lines
+
+
+@pytest.fixture
+def org():
+    sandbox = SalesforceSandbox(port=0, long_poll_seconds=1.0, query_batch_size=50).start()
+    sandbox.create_product("PRO-M", "Pro", unit_price=100)
+    yield sandbox
+    sandbox.stop()
+
+
+def crm_for(org: SalesforceSandbox, **kwargs) -> SalesforceCrm:
+    return SalesforceCrm(
+        credentials_for(org),
+        api_version=API_VERSION,
+        fields=kwargs.pop("fields", Fields()),
+        **kwargs,
+    )
+
+
+def test_batch_fetch_one_query_per_200_ids_with_lines_and_pagination(org: SalesforceSandbox):
+    account = org.create_account("Acme")
+    ids = [open_deal(org, f"Deal {i}", account=account) for i in range(210)]
+    crm = crm_for(org)
+    crm.fetch_opportunities(ids[:1])  # logs in
+    org.reset_counters()
+    records = crm.fetch_opportunities([*ids, "not-an-id", ids[0], "006000000000000' OR Id != '"])
+    assert sorted(r["Id"] for r in records) == sorted(ids)
+    # 210 ids: two queries (200 + 10); the sandbox pages by 50, so 4 + 1 more calls follow
+    # nextRecordsUrl. Every call is counted by the org.
+    assert org.rest_calls() == 2 + 3
+    first = next(r for r in records if r["Id"] == ids[0])
+    assert first["Account"]["Name"] == "Acme"
+    lines = first["OpportunityLineItems"]["records"]
+    assert lines[0]["PricebookEntry"]["Product2"]["ProductCode"] == "PRO-M"
+
+
+def test_won_queries(org: SalesforceSandbox):
+    crm = crm_for(org)
+    won, lost = open_deal(org, "Won"), open_deal(org, "Open")
+    org.close_won(won)
+    assert crm.won_among([won, lost, "bogus"]) == {won}
+    found = crm.find_won_since(None)
+    assert [w.opportunity_id for w in found] == [won]
+    assert crm.find_won_since(found[0].last_modified) == []
+    assert [
+        w.opportunity_id for w in crm.find_won_since(found[0].last_modified - timedelta(seconds=1))
+    ] == [won]
+
+
+def test_write_back_batches_of_200_with_per_record_results(org: SalesforceSandbox):
+    account = org.create_account("Acme")
+    ids = [open_deal(org, f"Deal {i}", account=account) for i in range(205)]
+    crm = crm_for(org)
+    crm.won_among(ids[:1])
+    org.fail_updates(ids[3])  # UNABLE_TO_LOCK_ROW once: retryable
+    org.reset_counters()
+    updates = [OpportunityUpdate(i, {"SF_Bridge_Status__c": "done"}) for i in ids]
+    updates.append(OpportunityUpdate("nope", {"SF_Bridge_Status__c": "done"}))
+    results = crm.write_back(updates)
+    assert org.rest_calls() == 2
+    assert [r.opportunity_id for r in results] == [u.opportunity_id for u in updates]
+    failed = {r.opportunity_id: r for r in results if not r.ok}
+    assert set(failed) == {ids[3], "nope"}
+    assert failed[ids[3]].retryable
+    assert "UNABLE_TO_LOCK_ROW" in (failed[ids[3]].error or "")
+    assert not failed["nope"].retryable
+    assert org.get_opportunity(ids[0])["SF_Bridge_Status__c"] == "done"
+    assert crm.write_back([OpportunityUpdate(ids[3], {"SF_Bridge_Status__c": "done"})])[0].ok
+
+
+def test_expired_session_logs_in_again_once(org: SalesforceSandbox):
+    crm = crm_for(org)
+    opp = open_deal(org, "Deal")
+    crm.fetch_opportunities([opp])
+    logins = crm.calls
+    org.expire_sessions()
+    assert [r["Id"] for r in crm.fetch_opportunities([opp])] == [opp]
+    assert crm.calls == logins + 3  # refused call, login, retried call
+
+
+def test_request_limit_exceeded_pauses_calls_instead_of_failing(org: SalesforceSandbox):
+    crm = crm_for(org, budget=ApiBudget(exceeded_backoff=60, probe_interval=60))
+    opp = open_deal(org, "Deal")
+    crm.fetch_opportunities([opp])
+    org.request_limit_exceeded = True
+    with pytest.raises(RateLimitedError) as info:
+        crm.fetch_opportunities([opp])
+    assert info.value.retry_after == 60
+    org.request_limit_exceeded = False
+    org.reset_counters()
+    with pytest.raises(RateLimitedError):  # paused locally: no call goes out
+        crm.fetch_opportunities([opp])
+    assert org.rest_calls() == 0
+
+
+def test_low_api_budget_slows_down_before_the_limit(org: SalesforceSandbox):
+    crm = crm_for(org, budget=ApiBudget(reserve_fraction=0.1, probe_interval=60))
+    opp = open_deal(org, "Deal")
+    org.api_limit = (950, 1000)
+    crm.fetch_opportunities([opp])  # this answer says 951/1000: under the 10 % reserve
+    org.reset_counters()
+    with pytest.raises(RateLimitedError):
+        crm.fetch_opportunities([opp])
+    assert org.rest_calls() == 0
+
+
+def test_unknown_field_is_a_permanent_rejection(org: SalesforceSandbox):
+    crm = crm_for(org, fields=Fields(opportunity=("No_Such_Field__x",)))
+    with pytest.raises(CrmRejected, match="INVALID_FIELD"):
+        crm.fetch_opportunities([open_deal(org, "Deal")])
