@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from datetime import UTC, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from sf_bridge.crm.port import CrmGateway, OpportunityUpdate
 from sf_bridge.db.models import Deal, StepAttempt
@@ -147,9 +148,15 @@ def write_back_batch(
     crm: CrmGateway | None,
     mappings_loader: Callable[[], Any],
     limit: int = BATCH_LIMIT,
+    linger: float = 0.0,
 ) -> list[int]:
     """Writes status and Stripe ids back onto up to `limit` opportunities in one call, then
-    marks those deals done; returns their ids."""
+    marks those deals done; returns their ids.
+
+    With `linger` > 0 it waits until a full batch is ready or the oldest ready deal has waited
+    that long, so that a steady flow of deals still makes few, full calls."""
+    if linger > 0 and not _write_back_due(prov, linger):
+        return []
     ids = prov.claim((STEP_WRITE_BACK,), min(limit, BATCH_LIMIT))
     if not ids:
         return []
@@ -242,6 +249,23 @@ def write_back_batch(
         prov.hooks.after_commit(STEP_WRITE_BACK, deal.id)
     log.info("write_back_batch_done", deals=len(deals), written=len(written), duration_ms=duration)
     return ids
+
+
+def _write_back_due(prov: Provisioner, linger: float) -> bool:
+    now = prov.clock()
+    with prov.session_factory() as session:
+        count, oldest = session.execute(
+            select(func.count(Deal.id), func.min(Deal.updated_at)).where(
+                Deal.current_step == STEP_WRITE_BACK, claim.due(now)
+            )
+        ).one()
+    if not count:
+        return False
+    if count >= BATCH_LIMIT or oldest is None:
+        return True
+    if oldest.tzinfo is None:
+        oldest = oldest.replace(tzinfo=UTC)
+    return bool(oldest <= now - timedelta(seconds=linger))
 
 
 def _skip_reason(crm: CrmGateway | None, deal: Deal) -> str:

@@ -25,7 +25,8 @@ from sf_bridge.db.models import Customer, Deal, utcnow
 from sf_bridge.provisioning.states import SETTLED
 
 
-def _due(now: datetime) -> Any:
+def due(now: datetime) -> Any:
+    """Deals a worker may take now: not settled, due, and not leased by someone else."""
     return and_(
         Deal.status.not_in(SETTLED),
         or_(Deal.next_attempt_at.is_(None), Deal.next_attempt_at <= now),
@@ -47,7 +48,7 @@ def claim_deals(
     with session.begin():
         query = (
             select(Deal.id)
-            .where(Deal.current_step.in_(list(steps)), _due(now))
+            .where(Deal.current_step.in_(list(steps)), due(now))
             .order_by(Deal.id)
             .limit(limit)
         )
@@ -58,7 +59,7 @@ def claim_deals(
         for deal_id in candidates:
             result = session.execute(
                 update(Deal)
-                .where(Deal.id == deal_id, Deal.current_step.in_(list(steps)), _due(now))
+                .where(Deal.id == deal_id, Deal.current_step.in_(list(steps)), due(now))
                 .values(locked_by=owner, locked_until=now + lease)
                 .execution_options(synchronize_session=False)
             )
@@ -72,7 +73,7 @@ def load_owned(session: Session, deal_id: int, owner: str) -> Deal | None:
     query = select(Deal).where(Deal.id == deal_id, Deal.locked_by == owner)
     if session.get_bind().dialect.name == "postgresql":
         query = query.with_for_update(of=Deal)
-    return session.execute(query.execution_options(populate_existing=True)).scalar_one_or_none()
+    return session.execute(query).scalar_one_or_none()
 
 
 def release_deal(session: Session, deal_id: int, owner: str) -> None:

@@ -116,34 +116,36 @@ class Provisioner:
     def run_deal(self, deal_id: int, stop: threading.Event) -> str | None:
         """Runs the deal's per-deal steps until it reaches a batch step, settles, fails, or
         `stop` is set; returns its status then (None when the lease was lost)."""
+        with self.session_factory() as session:
+            deal = session.get(Deal, deal_id)
         while True:
-            with self.session_factory() as session:
-                deal = session.get(Deal, deal_id)
             if deal is None or deal.locked_by != self.owner:
                 return None
             if stop.is_set() or deal.current_step not in DEAL_STEPS:
                 self.release(deal_id)
                 return deal.status
-            if not self.run_step(deal, deal.current_step):
+            moved_on = self.run_step(deal, deal.current_step)
+            if moved_on is None:
                 with self.session_factory() as session:
                     row = session.get(Deal, deal_id)
                     return row.status if row is not None else None
+            deal = moved_on
 
-    def run_step(self, deal: Deal, step: str) -> bool:
-        """One step of one deal; True when it succeeded and the deal may go on."""
+    def run_step(self, deal: Deal, step: str) -> Deal | None:
+        """One step of one deal; the deal as committed when the step succeeded, else None."""
         bound = log.bind(deal_id=deal.id, opportunity_id=deal.opportunity_id, step=step)
         account: str | None = None
         holder = f"{self.owner}:{deal.id}"
         try:
             if step in ACCOUNT_STEPS:
-                account = self._lock_account(deal, holder)
+                account = self._lock_account(deal, holder, create=step == STEP_CUSTOMER)
                 if account is None:
                     self._reschedule(deal.id)
                     bound.info("account_busy_rescheduled")
-                    return False
+                    return None
         except Exception as exc:
             self._fail(deal, step, None, deal.attempts + 1, exc, 0, None, holder)
-            return False
+            return None
         attempt_no = deal.attempts + 1
         attempt_id, resumed = self._start_attempt(deal, step, attempt_no, account)
         started = time.perf_counter()
@@ -156,10 +158,10 @@ class Provisioner:
         except Exception as exc:
             duration = int((time.perf_counter() - started) * 1000)
             self._fail(deal, step, attempt_id, attempt_no, exc, duration, account, holder)
-            return False
-        if not committed:
+            return None
+        if committed is None:
             bound.warning("lease_lost", attempt=attempt_no)
-            return False
+            return None
         self.hooks.after_commit(step, deal.id)
         bound.info(
             "step_done",
@@ -168,7 +170,7 @@ class Provisioner:
             stripe_request_id=result.stripe_request_id,
             **{k: v for k, v in result.detail.items() if isinstance(v, str | int | bool)},
         )
-        return True
+        return committed
 
     def _execute(self, deal: Deal, step: str, resumed: bool, account: str | None) -> StepResult:
         if step == STEP_MAP:
@@ -187,18 +189,20 @@ class Provisioner:
             return entitlements_step(self.ctx, deal, resumed)
         raise PermanentError(f"Unknown step {step!r}.", hint="replay the deal.")
 
-    def _lock_account(self, deal: Deal, holder: str) -> str | None:
-        """Takes the account's lock, waiting up to `account_wait_seconds`; None if busy."""
+    def _lock_account(self, deal: Deal, holder: str, *, create: bool) -> str | None:
+        """Takes the account's lock, waiting up to `account_wait_seconds`; None if busy.
+        `create`: make the account's customers row first (the customer step)."""
         plan = plan_of(deal)
         account = plan.customer.account_id
-        with self.session_factory() as session:
-            claim.ensure_customer_row(
-                session,
-                account_id=account,
-                name=plan.customer.name,
-                customer_key=plan.customer.customer_key,
-                email=plan.customer.email,
-            )
+        if create:
+            with self.session_factory() as session:
+                claim.ensure_customer_row(
+                    session,
+                    account_id=account,
+                    name=plan.customer.name,
+                    customer_key=plan.customer.customer_key,
+                    email=plan.customer.email,
+                )
         deadline = time.monotonic() + self.options.account_wait_seconds
         waiter = threading.Event()
         while True:
@@ -263,12 +267,12 @@ class Provisioner:
         duration: int,
         account: str | None,
         holder: str,
-    ) -> bool:
+    ) -> Deal | None:
         now = self.clock()
         with self.session_factory() as session, session.begin():
             row = claim.load_owned(session, deal.id, self.owner)
             if row is None:
-                return False
+                return None
             result.apply(session, row)
             custom = bool(row.plan) and plan_of(row).is_custom
             row.status = STATUS_AFTER[step]
@@ -288,7 +292,7 @@ class Provisioner:
             if account:
                 claim.unlock_account(session, account_id=account, holder=holder)
             self.hooks.before_commit(step, deal.id)
-        return True
+        return row
 
     def _reschedule(self, deal_id: int) -> None:
         with self.session_factory() as session, session.begin():

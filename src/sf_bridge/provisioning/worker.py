@@ -82,12 +82,14 @@ class Worker:
         owner: str | None = None,
         lease: timedelta = timedelta(seconds=120),
         poll_interval: float = 0.5,
+        write_back_linger: float = 2.0,
         prices: PriceCache | None = None,
     ) -> None:
         self.settings = settings
         self.crm = crm
         self.concurrency = max(1, settings.worker_concurrency)
         self.poll_interval = poll_interval
+        self.write_back_linger = write_back_linger
         self.mappings = _MappingsOnce(mappings_loader)
         ctx = StepContext(
             billing=billing,
@@ -122,7 +124,13 @@ class Worker:
                 futures = [pool.submit(self.provisioner.run_deal, i, never) for i in claimed]
                 for future in futures:
                     future.result()
-                written = write_back_batch(self.provisioner, self.crm, self.mappings, limit=budget)
+                written = write_back_batch(
+                    self.provisioner,
+                    self.crm,
+                    self.mappings,
+                    limit=budget,
+                    linger=self.write_back_linger if claimed else 0.0,
+                )
                 touched.update(fetched, claimed, written)
                 budget -= len(claimed) + len(fetched) + len(written)
                 if not (fetched or claimed or written):
@@ -145,7 +153,13 @@ class Worker:
                         for deal_id in self.provisioner.claim(DEAL_STEPS, free):
                             inflight.add(pool.submit(self.provisioner.run_deal, deal_id, stop))
                             busy = True
-                    busy = bool(write_back_batch(self.provisioner, self.crm, self.mappings)) or busy
+                    written = write_back_batch(
+                        self.provisioner,
+                        self.crm,
+                        self.mappings,
+                        linger=self.write_back_linger if inflight else 0.0,
+                    )
+                    busy = bool(written) or busy
                 except Exception as exc:  # keep running through a database hiccup
                     log.error("worker_cycle_failed", error=str(exc), error_type=type(exc).__name__)
                 if inflight:
