@@ -108,12 +108,16 @@ class EventLog:
             self._purge_locked()
 
     def _purge_locked(self) -> None:
+        # Events are stored in publication order, so expired ones are at the front.
         horizon = self.clock() - self.retention
-        expired = [e for e in self._events if e.created < horizon]
-        if expired:
-            newest_expired = max(e.replay_id for e in expired)
-            self._first_valid_replay_id = max(self._first_valid_replay_id, newest_expired + 1)
-            self._events = [e for e in self._events if e.created >= horizon]
+        if not self._events or self._events[0].created >= horizon:
+            return
+        cut = next((i for i, e in enumerate(self._events) if e.created >= horizon), None)
+        expired, self._events = (
+            (self._events, []) if cut is None else (self._events[:cut], self._events[cut:])
+        )
+        newest_expired = max(e.replay_id for e in expired)
+        self._first_valid_replay_id = max(self._first_valid_replay_id, newest_expired + 1)
 
     def retained(self, channel: str | None = None) -> list[StoredEvent]:
         with self._lock:

@@ -3,6 +3,7 @@ a 3-character case-safe checksum suffix."""
 
 from __future__ import annotations
 
+import functools
 import itertools
 import re
 import threading
@@ -28,6 +29,7 @@ KEY_PREFIXES = {
 POD = "8d"  # the two characters after the prefix name the instance, as on a real org
 
 
+@functools.lru_cache(maxsize=65536)
 def checksum_suffix(id15: str) -> str:
     """The 3 characters that make a 15-character id case-insensitively unique."""
     suffix = ""

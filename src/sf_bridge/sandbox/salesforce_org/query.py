@@ -76,6 +76,8 @@ class QueryEngine:
         self.store = store
         self.api_version = api_version
         self.now = now  # callable returning the org's current datetime
+        # id(condition) -> (condition, its IN list as a set); identity-checked on use.
+        self._in_sets: dict[int, tuple[InList, frozenset[Any] | None]] = {}
 
     def run(self, soql: str) -> tuple[int, list[dict[str, Any]]]:
         """(totalSize, rendered records). Raises SoqlError with Salesforce's error codes."""
@@ -83,7 +85,7 @@ class QueryEngine:
         with self.store.lock:
             obj = self._object_for(soql, query.sobject, query.sobject_position)
             self._validate(soql, query, obj)
-            rows = self._select(soql, query, obj, self.store.all(obj.name))
+            rows = self._select(soql, query, obj, self._candidates(obj, query.where))
             if query.count_only:
                 return len(rows), []
             return len(rows), [self._render(soql, query, obj, row) for row in rows]
@@ -234,6 +236,31 @@ class QueryEngine:
         )
 
     # -- evaluation ----------------------------------------------------------------------
+    def _candidates(self, obj: ObjectDef, where: Condition | None) -> list[Record]:
+        """The records the WHERE clause can match: looked up by id when it pins `Id` (the
+        batch fetch), every record of the object otherwise. Creation order either way."""
+        ids = _pinned_ids(where)
+        if ids is None:
+            return self.store.all(obj.name)
+        found = (self.store.get(obj.name, i) for i in sorted(ids))
+        return [r for r in found if r is not None]
+
+    def _in_set(self, condition: InList) -> frozenset[Any] | None:
+        """The IN list as a set of normalised values, or None when it needs a full compare."""
+        cached = self._in_sets.get(id(condition))
+        if cached is not None and cached[0] is condition:
+            return cached[1]
+        if len(self._in_sets) > 1000:
+            self._in_sets.clear()
+        values = [v.value for v in condition.values if v.kind != "null"]
+        result = (
+            frozenset(to_18(v) if is_valid_id(v) else v.lower() for v in values)
+            if all(isinstance(v, str) for v in values)
+            else None
+        )
+        self._in_sets[id(condition)] = (condition, result)
+        return result
+
     def value_at(self, obj: ObjectDef, record: Record | None, path: FieldPath) -> Any:
         parts = list(path.parts)
         if len(parts) > 1 and parts[0].lower() == obj.name.lower():
@@ -286,7 +313,12 @@ class QueryEngine:
             return not self._matches(obj, record, condition.operand)
         actual = self.value_at(obj, record, condition.path)
         if isinstance(condition, InList):
-            found = any(_equal(actual, v, self.now()) for v in condition.values)
+            fast = self._in_set(condition) if isinstance(actual, str) else None
+            if fast is not None:
+                key = to_18(actual) if is_valid_id(actual) else actual.lower()
+                found = key in fast
+            else:
+                found = any(_equal(actual, v, self.now()) for v in condition.values)
             return found != condition.negated
         return _compare(actual, condition, self.now())
 
@@ -353,6 +385,26 @@ class QueryEngine:
         }
 
 
+def _pinned_ids(where: Condition | None) -> set[str] | None:
+    """Ids a WHERE clause restricts `Id` to (`Id = '...'`, `Id IN (...)`, or either inside a
+    top-level AND), or None when it does not."""
+    if isinstance(where, BoolOp) and where.operator == "AND":
+        for operand in where.operands:
+            ids = _pinned_ids(operand)
+            if ids is not None:
+                return ids
+        return None
+    if isinstance(where, Comparison | InList) and [p.lower() for p in where.path.parts] == ["id"]:
+        if isinstance(where, Comparison) and where.operator == "=":
+            literals: tuple[Literal, ...] = (where.value,)
+        elif isinstance(where, InList) and not where.negated:
+            literals = where.values
+        else:
+            return None
+        return {to_18(v.value) for v in literals if isinstance(v.value, str)}
+    return None
+
+
 def _sort_key(value: Any) -> Any:
     if isinstance(value, str):
         return (0, value.lower())
@@ -363,10 +415,6 @@ def _sort_key(value: Any) -> Any:
     if isinstance(value, date):
         return (2, datetime(value.year, value.month, value.day, tzinfo=UTC).timestamp())
     return (1, value)
-
-
-def _literal_value(literal: Literal) -> Any:
-    return literal.value
 
 
 def _equal(actual: Any, literal: Literal, now: datetime) -> bool:

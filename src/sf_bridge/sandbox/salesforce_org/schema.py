@@ -54,25 +54,28 @@ class ObjectDef:
     fields: dict[str, FieldDef] = field(default_factory=dict)
     parents: dict[str, ParentRelationship] = field(default_factory=dict)
     children: dict[str, ChildRelationship] = field(default_factory=dict)
+    _lower: dict[str, FieldDef] = field(default_factory=dict, repr=False)
 
     def field_named(self, name: str) -> FieldDef | None:
         """Case-insensitive lookup, as SOQL and the REST API resolve names."""
-        return self.fields.get(name) or self._lower_fields().get(name.lower())
+        found = self.fields.get(name)
+        if found is None:
+            if len(self._lower) != len(self.fields):
+                self._lower = {n.lower(): f for n, f in self.fields.items()}
+            found = self._lower.get(name.lower())
+        return found
 
     def parent_named(self, name: str) -> ParentRelationship | None:
-        for rel_name, rel in self.parents.items():
-            if rel_name.lower() == name.lower():
-                return rel
-        return None
+        found = self.parents.get(name)
+        if found is None:
+            found = next((r for n, r in self.parents.items() if n.lower() == name.lower()), None)
+        return found
 
     def child_named(self, name: str) -> ChildRelationship | None:
-        for rel_name, rel in self.children.items():
-            if rel_name.lower() == name.lower():
-                return rel
-        return None
-
-    def _lower_fields(self) -> dict[str, FieldDef]:
-        return {name.lower(): f for name, f in self.fields.items()}
+        found = self.children.get(name)
+        if found is None:
+            found = next((r for n, r in self.children.items() if n.lower() == name.lower()), None)
+        return found
 
 
 _AUDIT = [

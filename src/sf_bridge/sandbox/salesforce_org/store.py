@@ -14,6 +14,7 @@ from sf_bridge.sandbox.salesforce_org.ids import IdFactory, is_valid_id, to_18
 from sf_bridge.sandbox.salesforce_org.schema import (
     DATE,
     DATETIME,
+    REFERENCE,
     FieldDef,
     ObjectDef,
     custom_field_type,
@@ -77,6 +78,8 @@ class RecordStore:
         self.objects: dict[str, ObjectDef] = standard_objects()
         self.records: dict[str, dict[str, Record]] = {name: {} for name in self.objects}
         self.stages: dict[str, Stage] = {s.name: s for s in DEFAULT_STAGES}
+        # (object, reference field) -> parent id -> child ids, for subqueries and roll-ups.
+        self._references: dict[tuple[str, str], dict[str, list[str]]] = {}
         self.lock = threading.RLock()
         self.user_id = self.insert(
             "User",
@@ -108,7 +111,10 @@ class RecordStore:
         if not is_custom_name(name):
             raise ValueError(f"custom field names end in __c: {name!r}")
         with self.lock:
-            obj.fields.setdefault(name, FieldDef(name, field_type))
+            if obj.field_named(name) is None:
+                obj.fields[name] = FieldDef(name, field_type)
+                for record in self.records[obj.name].values():
+                    record.setdefault(name, None)
 
     def _require_object(self, sobject: str) -> ObjectDef:
         obj = self.object_def(sobject)
@@ -118,10 +124,16 @@ class RecordStore:
 
     # -- reads ---------------------------------------------------------------------------
     def get(self, sobject: str, record_id: str | None) -> Record | None:
-        if not record_id or not is_valid_id(record_id):
+        if not record_id:
             return None
         with self.lock:
-            return self.records[self._require_object(sobject).name].get(to_18(record_id))
+            records = self.records.get(sobject)
+            if records is None:
+                records = self.records[self._require_object(sobject).name]
+            found = records.get(record_id)
+            if found is None and is_valid_id(record_id):
+                found = records.get(to_18(record_id))
+            return found
 
     def all(self, sobject: str) -> list[Record]:
         with self.lock:
@@ -129,7 +141,22 @@ class RecordStore:
 
     def children(self, child: str, foreign_key: str, parent_id: str) -> list[Record]:
         with self.lock:
-            return [r for r in self.records[child].values() if r.get(foreign_key) == parent_id]
+            ids = self._references.get((child, foreign_key), {}).get(parent_id, [])
+            records = self.records[child]
+            return [records[i] for i in ids if records[i].get(foreign_key) == parent_id]
+
+    def _index_references(self, obj: ObjectDef, record: Record, before: Record | None) -> None:
+        for name, field_def in obj.fields.items():
+            if field_def.type != REFERENCE:
+                continue
+            value, old = record.get(name), (before or {}).get(name)
+            if value == old and before is not None:
+                continue
+            index = self._references.setdefault((obj.name, name), {})
+            if old and record["Id"] in index.get(old, []):
+                index[old].remove(record["Id"])
+            if value:
+                index.setdefault(value, []).append(record["Id"])
 
     # -- writes --------------------------------------------------------------------------
     def insert(self, sobject: str, values: dict[str, Any]) -> str:
@@ -156,6 +183,7 @@ class RecordStore:
                 field_def = self._field_for_write(obj, name, value, allow_read_only=True)
                 record[field_def.name] = coerce(field_def, value)
             self.records[obj.name][record_id] = record
+            self._index_references(obj, record, None)
             self._derive(obj.name, record, None, set(record))
             return record_id
 
@@ -191,6 +219,7 @@ class RecordStore:
             before = dict(record)
             for name, value in resolved.items():
                 record[name] = coerce(obj.fields[name], value)
+            self._index_references(obj, record, before)
             self._derive(obj.name, record, before.get("StageName"), set(resolved))
             changed = [f for f in record if record[f] != before.get(f)]
             if changed:
