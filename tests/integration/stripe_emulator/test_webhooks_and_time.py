@@ -221,3 +221,88 @@ def test_given_clock_drives_timestamps() -> None:
         now[0] += 60
         emu.advance_clock(40)
         assert client.v1.customers.create(params={"name": "B"}).created == 1_800_000_100
+
+
+def test_subscription_renews_with_a_new_invoice_each_period(
+    stripe_emulator: StripeEmulator, stripe_client: stripe.StripeClient
+) -> None:
+    sub = _invoice_subscription(stripe_emulator, stripe_client, days=30)
+    first_end = sub["items"].data[0].current_period_end
+    stripe_emulator.advance_clock(first_end - stripe_emulator.now() + 2 * 3600)
+    renewed = stripe_client.v1.subscriptions.retrieve(sub.id)
+    assert renewed["items"].data[0].current_period_start == first_end
+    assert renewed.latest_invoice != sub.latest_invoice
+    invoice = stripe_client.v1.invoices.retrieve(str(renewed.latest_invoice))
+    assert invoice.billing_reason == "subscription_cycle"
+    assert invoice.status == "open"  # finalized an hour into the period
+    assert invoice.status_transitions.finalized_at == first_end + 3600
+    assert invoice.lines.data[0].period.start == first_end
+    invoices = stripe_client.v1.invoices.list(params={"subscription": sub.id})
+    assert len(invoices.data) == 2
+
+
+def test_cancel_at_period_end_cancels_when_the_period_ends(
+    stripe_emulator: StripeEmulator, stripe_client: stripe.StripeClient
+) -> None:
+    sub = _invoice_subscription(stripe_emulator, stripe_client)
+    stripe_client.v1.subscriptions.update(sub.id, params={"cancel_at_period_end": True})
+    end = sub["items"].data[0].current_period_end
+    stripe_emulator.advance_clock(end - stripe_emulator.now() + 1)
+    ended = stripe_client.v1.subscriptions.retrieve(sub.id)
+    assert ended.status == "canceled"
+    assert ended.ended_at == end
+    assert stripe_emulator.count("invoice") == 1
+    assert stripe_emulator.events()[-1]["type"] == "customer.subscription.deleted"
+
+
+def test_card_subscription_renewal_charges_or_goes_past_due(
+    stripe_emulator: StripeEmulator, stripe_client: stripe.StripeClient
+) -> None:
+    prices = stripe_emulator.seed_catalog(SAMPLE_CATALOG)
+    customer = stripe_client.v1.customers.create(
+        params={"name": "Card", "invoice_settings": {"default_payment_method": "pm_card_visa"}}
+    )
+    sub = stripe_client.v1.subscriptions.create(
+        params={"customer": customer.id, "items": [{"price": prices["pro_monthly"]}]}
+    )
+    assert sub.status == "active"
+    end = sub["items"].data[0].current_period_end
+    stripe_emulator.advance_clock(end - stripe_emulator.now() + 60)
+    renewal = stripe_client.v1.subscriptions.retrieve(sub.id, params={"expand": ["latest_invoice"]})
+    assert renewal.latest_invoice.status == "paid"
+    assert renewal.status == "active"
+
+    stripe_emulator.set_default_payment_method(customer.id, "pm_card_chargeCustomerFail")
+    stripe_emulator.advance_clock(40 * 86_400)
+    failed = stripe_client.v1.subscriptions.retrieve(sub.id, params={"expand": ["latest_invoice"]})
+    assert failed.latest_invoice.status == "open"
+    assert failed.status == "past_due"
+    assert stripe_emulator.events("invoice.payment_failed")
+
+
+def test_incomplete_subscription_expires_after_23_hours(
+    stripe_emulator: StripeEmulator, stripe_client: stripe.StripeClient
+) -> None:
+    prices = stripe_emulator.seed_catalog(SAMPLE_CATALOG)
+    customer = stripe_client.v1.customers.create(params={"name": "No card"})
+    sub = stripe_client.v1.subscriptions.create(
+        params={"customer": customer.id, "items": [{"price": prices["pro_monthly"]}]}
+    )
+    assert sub.status == "incomplete"
+    stripe_emulator.advance_clock(23 * 3600 + 1)
+    expired = stripe_client.v1.subscriptions.retrieve(sub.id, params={"expand": ["latest_invoice"]})
+    assert expired.status == "incomplete_expired"
+    assert expired.latest_invoice.status == "void"
+
+
+def test_search_lags_behind_writes_when_asked(
+    stripe_emulator: StripeEmulator, stripe_client: stripe.StripeClient
+) -> None:
+    stripe_emulator.faults.search_lag_seconds = 0.3
+    created = stripe_client.v1.customers.create(
+        params={"name": "Acme", "metadata": {"sf_account_id": "001LAG"}}
+    )
+    query = {"query": "metadata['sf_account_id']:'001LAG'"}
+    assert stripe_client.v1.customers.search(params=query).data == []
+    assert stripe_client.v1.customers.retrieve(created.id).id == created.id  # reads are current
+    wait_for(lambda: len(stripe_client.v1.customers.search(params=query).data) == 1, timeout=5)

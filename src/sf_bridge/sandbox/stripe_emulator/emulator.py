@@ -62,7 +62,7 @@ class StripeEmulator:
         self.injector = FaultInjector(self.faults)
         self.webhook_secret = webhook_secret
         self.clock = Clock(now)
-        self.store = Store(self.clock)
+        self.store = Store(self.clock, search_lag=lambda: self.faults.search_lag_seconds)
         self.idempotency = IdempotencyStore(self.clock)
         self.stats = Stats()
         self.webhooks = WebhookDispatcher(webhook_retry_delays, on_delivered=self._delivered)

@@ -30,6 +30,9 @@ class Faults:
     # "before": the request is lost unprocessed; "after": processed, the answer lost;
     # "either": each drop picks one at random.
     drop_phase: DropPhase = "either"
+    # Search is eventually consistent: writes become searchable this many seconds later
+    # (Stripe: under a minute normally). Lists and retrieves are always current.
+    search_lag_seconds: float = 0.0
 
 
 class FaultInjector:

@@ -38,8 +38,11 @@ def create_subscription_invoice(
     customer: dict[str, Any],
     reason: str,
     period: tuple[int, int],
+    at: int | None = None,
+    invoice_period: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
-    now = store.now()
+    now = at if at is not None else store.now()
+    invoice_period = invoice_period or (period[0], period[0])
     invoice_id = new_id("invoice")
     lines = [_line(store, invoice_id, sub, item, period) for item in sub["items"]["data"]]
     total = sum(line["amount"] for line in lines)
@@ -47,8 +50,8 @@ def create_subscription_invoice(
         "invoice",
         id=invoice_id,
         created=now,
-        period_start=period[0],
-        period_end=period[0],
+        period_start=invoice_period[0],
+        period_end=invoice_period[1],
         currency=sub["currency"],
         customer=customer["id"],
         customer_email=customer["email"],
@@ -137,8 +140,12 @@ def _line(
     )
 
 
-def finalize(store: Store, invoice: dict[str, Any], ctx: RequestContext) -> None:
-    now = store.now()
+def finalize(
+    store: Store, invoice: dict[str, Any], ctx: RequestContext, at: int | None = None
+) -> None:
+    """Draft -> open: number, hosted page and PDF links, due date. `at` backdates it to when
+    Stripe would have done it (the emulator's clock may have jumped past that moment)."""
+    now = at if at is not None else store.now()
     customer = store.objects["customer"][invoice["customer"]]
     sequence = customer["next_invoice_sequence"]
     customer["next_invoice_sequence"] = sequence + 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import secrets
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -39,8 +40,12 @@ SYSTEM = RequestContext()
 
 
 class Store:
-    def __init__(self, clock: Clock) -> None:
+    def __init__(self, clock: Clock, search_lag: Callable[[], float] = lambda: 0.0) -> None:
         self.clock = clock
+        # Search is eventually consistent in Stripe: a write becomes searchable `search_lag`
+        # seconds later. Versions are kept only while a lag is set.
+        self.search_lag = search_lag
+        self.search_versions: dict[str, list[tuple[float, dict[str, Any]]]] = {}
         self.lock = threading.RLock()
         self.objects: dict[str, dict[str, dict[str, Any]]] = {k: {} for k in KINDS}
         self.items: dict[str, str] = {}  # subscription item id -> subscription id
@@ -93,6 +98,10 @@ class Store:
             request={"id": ctx.request_id, "idempotency_key": ctx.idempotency_key},
         )
         self.add(event)
+        lag = self.search_lag()
+        if lag > 0 and obj.get("object") in SEARCHABLE:
+            versions = self.search_versions.setdefault(obj["id"], [])
+            versions.append((time.monotonic() + lag, copy.deepcopy(obj)))
         for listener in self.listeners:
             listener(event)
         return event
@@ -173,7 +182,7 @@ class Store:
         self, kind: str, url: str, params: dict[str, Any], fields: frozenset[str]
     ) -> dict[str, Any]:
         matches = matcher(params["query"], fields)
-        rows = [o for o in reversed(self.objects[kind].values()) if matches(o)]
+        rows = [o for o in self._searchable(kind) if matches(o)]
         limit = max(1, min(int(params.get("limit", 10)), 100))
         start = int(params["page"]) if str(params.get("page", "")).isdigit() else 0
         chunk = rows[start : start + limit]
@@ -183,8 +192,26 @@ class Store:
             result["next_page"] = str(start + limit)
         return self.expand(result, params.get("expand", []))
 
+    def _searchable(self, kind: str) -> list[dict[str, Any]]:
+        """Newest first, each object as the search index sees it now."""
+        live = list(reversed(self.objects[kind].values()))
+        if self.search_lag() <= 0 and not self.search_versions:
+            return live
+        now = time.monotonic()
+        seen: list[dict[str, Any]] = []
+        for obj in live:
+            versions = self.search_versions.get(obj["id"])
+            if versions is None:
+                seen.append(obj)  # written before any lag was set
+                continue
+            visible = [version for since, version in versions if since <= now]
+            if visible:
+                seen.append(visible[-1])
+        return seen
+
 
 API_VERSION = "2026-10-28.endive"
+SEARCHABLE = frozenset({"customer", "subscription", "invoice", "price", "product"})
 
 
 def merge_metadata(current: dict[str, str], update: Any, param: str = "metadata") -> dict[str, str]:
