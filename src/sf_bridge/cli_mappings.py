@@ -13,7 +13,7 @@ from rich.console import Console
 from sf_bridge.cli import handle_errors, mappings_app
 from sf_bridge.config import get_settings
 from sf_bridge.errors import ConfigurationError
-from sf_bridge.mapping import check_mappings, load_mappings
+from sf_bridge.mapping import Mappings, check_mappings, load_mappings
 from sf_bridge.mapping.engine import map_opportunity
 from sf_bridge.mapping.render import preview_json, print_errors, print_plan
 from sf_bridge.plan import ProvisioningPlan
@@ -82,7 +82,7 @@ def _records_from_file(path: Path) -> list[dict[str, Any]]:
     return records
 
 
-def _fetch(opportunity_id: str, mappings: Any) -> list[dict[str, Any]]:
+def _fetch(opportunity_id: str, mappings: Mappings) -> list[dict[str, Any]]:
     from sf_bridge.crm.salesforce import SalesforceCrm  # needs the Salesforce client: lazily
 
     crm = SalesforceCrm.from_settings(get_settings(), mappings)
@@ -122,8 +122,10 @@ def preview(
     console = _console()
     results = []
     failed = False
-    for record in records:
+    for index, record in enumerate(records):
         result = map_opportunity(record, mappings)
+        if index and not as_json:
+            console.print()
         opp_id = str(record.get("Id") or "?")
         failed = failed or not isinstance(result, ProvisioningPlan)
         if as_json:
