@@ -233,7 +233,7 @@ class Demo:
             stack.api.check_alive()
             return http_ok(f"{stack.api_url}/healthz")
 
-        wait_until(api_up, timeout=30, what="`sf-bridge serve` to answer /healthz")
+        wait_until(api_up, timeout=90, what="`sf-bridge serve` to answer /healthz")
         stripe.add_webhook_endpoint(f"{stack.api_url}/webhooks/stripe", stack.webhook_secret)
         self.say(
             f"API (`sf-bridge serve`) on {stack.api_url}; "
@@ -241,7 +241,7 @@ class Demo:
         )
         wait_until(
             lambda: self._stream_subscribed(stack),
-            timeout=30,
+            timeout=90,
             what="the worker (`sf-bridge run`) to subscribe to the Salesforce stream",
         )
         self.say("worker (`sf-bridge run`) subscribed to the Salesforce stream")
