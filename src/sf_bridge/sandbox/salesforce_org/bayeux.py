@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import string
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,6 +43,11 @@ class BayeuxClient:
     forgotten: bool = False
     polls: int = 0
     waiting: int = 0
+    last_seen: float = field(default_factory=time.monotonic)
+
+    def idle_for(self, now: float) -> float:
+        """Seconds since the client's last request ended (0 while a connect is pending)."""
+        return 0.0 if self.waiting else now - self.last_seen
 
 
 class BayeuxServer:
@@ -53,12 +59,15 @@ class BayeuxServer:
         channel_exists: Callable[[str], bool],
         count: Callable[[str], None],
         long_poll_seconds: float,
+        client_timeout_seconds: float = 40.0,
     ) -> None:
         self.events = events
         self.token_valid = token_valid
         self.channel_exists = channel_exists
         self.count = count
         self.long_poll_seconds = long_poll_seconds
+        # Salesforce drops a client that has not reconnected within 40 s of a response.
+        self.client_timeout_seconds = client_timeout_seconds
         self.clients: dict[str, BayeuxClient] = {}
         self.stream_up = True
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -98,6 +107,21 @@ class BayeuxServer:
             client.wake.set()
         self.clients.clear()
 
+    def live_clients(self) -> dict[str, BayeuxClient]:
+        """Clients that are connected or reconnected recently enough to be kept."""
+        now = time.monotonic()
+        return {
+            cid: c
+            for cid, c in list(self.clients.items())
+            if c.idle_for(now) <= self.client_timeout_seconds
+        }
+
+    def _expire_idle(self) -> None:
+        live = self.live_clients()
+        for client_id in [cid for cid in self.clients if cid not in live]:
+            log.info("cometd_client_expired", client_id=client_id)
+            self.clients.pop(client_id).forgotten = True
+
     def wake_all(self) -> None:
         for client in self.clients.values():
             client.wake.set()
@@ -117,6 +141,7 @@ class BayeuxServer:
                 [{"successful": False, "error": "400::Invalid message"}], status=400
             )
         token = _bearer_token(request.headers.get("Authorization"))
+        self._expire_idle()
         replies: list[dict[str, Any]] = []
         connects = [m for m in messages if m.get("channel") == "/meta/connect"]
         for message in messages:
@@ -127,6 +152,9 @@ class BayeuxServer:
             if connect_replies is None:
                 return web.Response(status=503, text="Service Unavailable")
             replies.extend(connect_replies)
+        client = self.clients.get(str(messages[0].get("clientId")))
+        if client is not None:
+            client.last_seen = time.monotonic()
         return web.json_response(replies)
 
     def _handle_message(

@@ -47,7 +47,7 @@ class EventLog:
         self.retention = timedelta(seconds=retention_seconds)
         self._events: list[StoredEvent] = []
         self._last_replay_id = FIRST_REPLAY_ID
-        self._first_valid_replay_id = 0
+        self._first_valid_replay_id = FIRST_REPLAY_ID  # older ids were never issued here
         self._lock = threading.Lock()
         self._listeners: list[Listener] = []
 

@@ -36,6 +36,7 @@ class SalesforceSandbox(Org):
         *,
         query_batch_size: int = 2000,
         long_poll_seconds: float = 110.0,
+        client_timeout_seconds: float = 40.0,
         **org_options: Any,
     ) -> None:
         super().__init__(
@@ -52,6 +53,7 @@ class SalesforceSandbox(Org):
             channel_exists=self.channel_exists,
             count=self.count,
             long_poll_seconds=long_poll_seconds,
+            client_timeout_seconds=client_timeout_seconds,
         )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -208,12 +210,12 @@ class SalesforceSandbox(Org):
         self._in_loop(up)
 
     def stream_clients(self) -> int:
-        """How many CometD clients the server knows (handshaken and not forgotten)."""
-        return len(self.bayeux.clients)
+        """How many CometD clients are live (handshaken, not forgotten, not gone idle)."""
+        return len(self.bayeux.live_clients())
 
     def subscriptions(self) -> dict[str, set[str]]:
-        """Channels each known client is subscribed to, by client id."""
-        return {cid: set(c.subscriptions) for cid, c in list(self.bayeux.clients.items())}
+        """Channels each live client is subscribed to, by client id."""
+        return {cid: set(c.subscriptions) for cid, c in self.bayeux.live_clients().items()}
 
 
 @web.middleware
