@@ -173,6 +173,8 @@ class CrossChecker:
                     continue
                 prices = [p for p, _ in addon.prices]
                 owner, owner_loc = f"add-on '{name}'", addon.loc
+            if owner in self.d.unreadable_prices:
+                continue
             intervals = self.intervals_of(product.interval)
             if intervals is None:
                 self.add(

@@ -131,6 +131,9 @@ class Draft:
     entitlement_sources: dict[str, DraftSource] = field(default_factory=dict)
     override_policy: OverridePolicy = "negotiated"
     write_back: WriteBackFields = field(default_factory=WriteBackFields)
+    # plans and add-ons ("plan 'team'") with a price entry that did not read: their missing
+    # prices are not reported on top
+    unreadable_prices: set[str] = field(default_factory=set)
 
 
 Convert = Callable[[Node, str], Any]
@@ -196,7 +199,10 @@ class SectionReader:
 
     def read_prices(self, node: Node, owner: str) -> list[tuple[Price, Loc]]:
         prices: list[tuple[Price, Loc]] = []
-        for item in self.w.items(node, f"the prices of {owner}", single_ok=False) or []:
+        items = self.w.items(node, f"the prices of {owner}", single_ok=False)
+        if items is None:
+            self.draft.unreadable_prices.add(owner)
+        for item in items or []:
             what = f"a price of {owner}"
             spec = self.w.fields(
                 item,
@@ -205,12 +211,14 @@ class SectionReader:
                 ("lookup_key", "currency", "interval", "amount"),
             )
             if spec is None or len(spec) < 4:
+                self.draft.unreadable_prices.add(owner)
                 continue
             key = self.w.text(spec["lookup_key"], f"the lookup_key of {what}")
             currency = self.currency(spec["currency"], f"the currency of {what}")
             interval = self.w.choice(spec["interval"], f"the interval of {what}", INTERVALS)
             amount = self.w.amount(spec["amount"], f"the amount of {what}", currency)
             if key is None or currency is None or interval is None or amount is None:
+                self.draft.unreadable_prices.add(owner)
                 continue
             price = Price(key, currency, interval, amount)  # type: ignore[arg-type]
             prices.append((price, self.ctx.loc(item)))

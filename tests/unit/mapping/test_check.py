@@ -329,3 +329,22 @@ def test_an_empty_file_is_fine_and_a_list_at_the_top_is_not(tmp_path: Path) -> N
     [issue] = check_mappings(folder)
     assert issue.code == "wrong_type"
     assert "must be a set of 'key: value' lines, not a list" in issue.message
+
+
+def test_an_unreadable_price_is_reported_once_not_also_as_missing(tmp_path: Path) -> None:
+    folder = copy_mappings(
+        tmp_path / "m",
+        {CAT: [("team_yearly_eur, currency: EUR, interval: year",
+                "team_yearly_eur, currency: EUX, interval: year")]},
+    )  # fmt: skip
+    assert [i.code for i in check_mappings(folder)] == ["invalid_currency"]
+
+
+def test_prices_that_are_not_a_list(tmp_path: Path) -> None:
+    folder = copy_mappings(
+        tmp_path / "m",
+        {CAT: [("    prices:\n      - {lookup_key: team_monthly_usd",
+                "    prices: 15\n    old_prices:\n      - {lookup_key: team_monthly_usd")]},
+    )  # fmt: skip
+    codes = [i.code for i in check_mappings(folder)]
+    assert sorted(codes) == ["unknown_key", "wrong_type"]
