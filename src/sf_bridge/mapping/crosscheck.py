@@ -44,7 +44,7 @@ class CrossChecker:
     def feature(self, name: str, loc: Loc, what: str, kinds: Iterable[str] | None = None) -> bool:
         feature = self.d.features.get(name)
         if feature is None:
-            if "features" in self.d.sections:
+            if "features" in self.d.sections and name not in self.d.declared["feature"]:
                 self.add(
                     loc,
                     "unknown_feature",
@@ -67,7 +67,7 @@ class CrossChecker:
     def plan_ref(self, name: str, loc: Loc, what: str) -> bool:
         if name in self.d.plans:
             return True
-        if "plans" in self.d.sections:
+        if "plans" in self.d.sections and name not in self.d.declared["plan"]:
             self.add(
                 loc,
                 "unknown_plan",
@@ -157,6 +157,8 @@ class CrossChecker:
                 assert product.addon is not None
                 name, loc = product.addon
                 if name not in self.d.addons:
+                    if name in self.d.declared["addon"]:
+                        continue
                     self.add(
                         loc,
                         "unknown_addon",

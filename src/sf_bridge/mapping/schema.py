@@ -134,6 +134,11 @@ class Draft:
     # plans and add-ons ("plan 'team'") with a price entry that did not read: their missing
     # prices are not reported on top
     unreadable_prices: set[str] = field(default_factory=set)
+    # every feature, plan and add-on name written, even when its definition has errors: a
+    # reference to one of them is not reported as unknown on top
+    declared: dict[str, set[str]] = field(
+        default_factory=lambda: {"feature": set(), "plan": set(), "addon": set()}
+    )
 
 
 Convert = Callable[[Node, str], Any]
@@ -178,6 +183,7 @@ class SectionReader:
 
     def read_features(self, node: Node) -> None:
         for name, key_node, value in self.w.entries(node, "'features'") or []:
+            self.draft.declared["feature"].add(name)
             if self.w.name(key_node, "the feature name") is None:
                 continue
             what = f"feature '{name}'"
@@ -244,6 +250,7 @@ class SectionReader:
 
     def read_plans(self, node: Node) -> None:
         for name, key_node, value in self.w.entries(node, "'plans'") or []:
+            self.draft.declared["plan"].add(name)
             if self.w.name(key_node, "the plan name") is None:
                 continue
             what = f"plan '{name}'"
@@ -402,6 +409,7 @@ class SectionReader:
             "sold_with",
         )
         for name, key_node, value in self.w.entries(node, "'addons'") or []:
+            self.draft.declared["addon"].add(name)
             if self.w.name(key_node, "the add-on name") is None:
                 continue
             what = f"add-on '{name}'"
