@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 from .errors import StripeApiError
-from .objects import build, new_id
+from .objects import build, clone, new_id
 from .store import RequestContext, Store, invoice_prefix, merge_metadata
 
 CUSTOMER_SEARCH_FIELDS = frozenset({"created", "email", "metadata", "name", "phone"})
@@ -72,7 +71,7 @@ def update_customer(
             customer["metadata"] = merged
     pm = _pm_from(params)
     if pm is not None and pm != customer["invoice_settings"]["default_payment_method"]:
-        previous["invoice_settings"] = copy.deepcopy(customer["invoice_settings"])
+        previous["invoice_settings"] = clone(customer["invoice_settings"])
         customer["invoice_settings"]["default_payment_method"] = pm
     if previous:
         store.emit("customer.updated", customer, ctx, previous)

@@ -3,7 +3,6 @@ sandbox`. The real `stripe` SDK talks to it via `base_addresses={"api": emulator
 
 from __future__ import annotations
 
-import copy
 import threading
 from collections.abc import Callable, Iterable
 from types import TracebackType
@@ -16,6 +15,7 @@ from .clock import Clock
 from .errors import StripeApiError
 from .faults import FaultInjector, Faults
 from .idempotency import IdempotencyStore
+from .objects import clone
 from .server import EmulatorHTTPServer
 from .stats import Stats
 from .store import SYSTEM, Store
@@ -139,7 +139,7 @@ class StripeEmulator:
         with self.store.lock:
             for objects in self.store.objects.values():
                 if object_id in objects:
-                    return copy.deepcopy(objects[object_id])
+                    return clone(objects[object_id])
         raise KeyError(object_id)
 
     def events(self, type_: str | None = None) -> list[dict[str, Any]]:
@@ -228,7 +228,7 @@ class StripeEmulator:
                 invoices.finalize_invoice(self.store, invoice_id, {}, SYSTEM)
             if invoice["status"] != "paid":
                 invoices.pay_invoice(self.store, invoice_id, {"paid_out_of_band": True}, SYSTEM)
-            return copy.deepcopy(invoice)
+            return clone(invoice)
 
     def trigger_invoice_overdue(self, invoice_id: str) -> None:
         """Emits `invoice.overdue` for an open invoice now, whatever its due date."""

@@ -3,13 +3,12 @@ date), send, pay (charged or out of band), void, mark uncollectible, update."""
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 from .catalog import Params
 from .clock import SECONDS_PER_DAY
 from .errors import StripeApiError
-from .objects import build, list_object, new_id
+from .objects import build, clone, list_object, new_id
 from .store import RequestContext, Store, merge_metadata
 
 INVOICE_SEARCH_FIELDS = frozenset(
@@ -57,14 +56,14 @@ def create_subscription_invoice(
         customer_email=customer["email"],
         customer_name=customer["name"],
         customer_phone=customer["phone"],
-        customer_address=copy.deepcopy(customer["address"]),
+        customer_address=clone(customer["address"]),
         collection_method=sub["collection_method"],
         billing_reason=reason,
         subscription=sub["id"],
         parent={
             "quote_details": None,
             "subscription_details": {
-                "metadata": copy.deepcopy(sub["metadata"]),
+                "metadata": clone(sub["metadata"]),
                 "subscription": sub["id"],
             },
             "type": "subscription_details",
@@ -120,7 +119,7 @@ def _line(
         invoice=invoice_id,
         period={"start": period[0], "end": period[1]},
         quantity=item["quantity"],
-        metadata=copy.deepcopy(sub["metadata"]),
+        metadata=clone(sub["metadata"]),
         parent={
             "invoice_item_details": None,
             "subscription_item_details": {

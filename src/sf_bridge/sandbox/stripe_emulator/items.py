@@ -3,12 +3,11 @@ price), its quantity, and the rule that one subscription's items share currency 
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 from .catalog import Params, price_object
 from .errors import StripeApiError
-from .objects import build, new_id
+from .objects import build, clone, new_id
 from .store import Store, merge_metadata
 
 
@@ -123,7 +122,7 @@ def item_object(
         "subscription_item",
         id=item_id,
         created=store.now(),
-        price=copy.deepcopy(price),
+        price=clone(price),
         plan=plan_from_price(price),
         quantity=quantity,
         subscription=sub_id,

@@ -4,8 +4,8 @@ the emulator's objects carry every field Stripe's do."""
 
 from __future__ import annotations
 
-import copy
 import json
+import random
 import secrets
 import string
 from functools import cache
@@ -28,9 +28,22 @@ PREFIXES = {
 KIND_BY_PREFIX = {v: k for k, v in PREFIXES.items()}
 
 
+_ids = random.Random(secrets.randbits(64))  # ids need to be unique, not secret
+
+
 def new_id(kind: str) -> str:
-    suffix = "".join(secrets.choice(ALPHABET) for _ in range(24 if kind != "customer" else 14))
+    suffix = "".join(_ids.choices(ALPHABET, k=24 if kind != "customer" else 14))
     return f"{PREFIXES[kind]}_{suffix}"
+
+
+def clone(obj: Any) -> Any:
+    """A deep copy of JSON-shaped data: new dicts and lists, shared (immutable) strings.
+    Several times faster than `copy.deepcopy`, and lighter than a JSON round trip."""
+    if type(obj) is dict:
+        return {key: clone(value) for key, value in obj.items()}
+    if type(obj) is list:
+        return [clone(value) for value in obj]
+    return obj
 
 
 def kind_of(object_id: str) -> str | None:
@@ -237,13 +250,19 @@ NEUTRAL: dict[str, dict[str, Any]] = {
 }
 
 
-def build(kind: str, **values: Any) -> dict[str, Any]:
-    """A `kind` object with every field of Stripe's example, neutral defaults and `values`."""
-    obj = copy.deepcopy(fixtures()[kind])
-    obj.update(copy.deepcopy(NEUTRAL.get(kind, {})))
+@cache
+def _template(kind: str) -> dict[str, Any]:
+    obj = dict(fixtures()[kind])
+    obj.update(NEUTRAL.get(kind, {}))
     if "livemode" in obj:
         obj["livemode"] = False
     obj["object"] = kind
+    return obj
+
+
+def build(kind: str, **values: Any) -> dict[str, Any]:
+    """A `kind` object with every field of Stripe's example, neutral defaults and `values`."""
+    obj: dict[str, Any] = clone(_template(kind))
     obj.update(values)
     return obj
 

@@ -3,7 +3,6 @@ under one lock; objects handed out are copies."""
 
 from __future__ import annotations
 
-import copy
 import secrets
 import threading
 import time
@@ -13,7 +12,7 @@ from typing import Any
 
 from .clock import Clock
 from .errors import StripeApiError
-from .objects import build, kind_of, list_object, new_id, search_result
+from .objects import build, clone, kind_of, list_object, new_id, search_result
 from .search import matcher
 
 KINDS = ("customer", "product", "price", "subscription", "invoice", "event")
@@ -70,7 +69,7 @@ class Store:
 
     def all(self, kind: str) -> list[dict[str, Any]]:
         with self.lock:
-            return copy.deepcopy(list(self.objects[kind].values()))
+            return clone(list(self.objects[kind].values()))
 
     def count(self, kind: str) -> int:
         with self.lock:
@@ -85,9 +84,9 @@ class Store:
         ctx: RequestContext = SYSTEM,
         previous: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        data: dict[str, Any] = {"object": copy.deepcopy(obj)}
+        data: dict[str, Any] = {"object": clone(obj)}
         if previous is not None:
-            data["previous_attributes"] = copy.deepcopy(previous)
+            data["previous_attributes"] = clone(previous)
         event = build(
             "event",
             id=new_id("event"),
@@ -101,7 +100,7 @@ class Store:
         lag = self.search_lag()
         if lag > 0 and obj.get("object") in SEARCHABLE:
             versions = self.search_versions.setdefault(obj["id"], [])
-            versions.append((time.monotonic() + lag, copy.deepcopy(obj)))
+            versions.append((time.monotonic() + lag, clone(obj)))
         for listener in self.listeners:
             listener(event)
         return event
@@ -114,7 +113,7 @@ class Store:
         paths = list(paths)
         if not paths:
             return obj
-        out = copy.deepcopy(obj)
+        out = clone(obj)
         for path in paths:
             self._expand_path(out, path.split("."), path)
         return out
@@ -141,7 +140,7 @@ class Store:
                     )
                 target = self.objects[kind].get(value)
                 if target is not None:
-                    node[head] = copy.deepcopy(target)
+                    node[head] = clone(target)
             elif value is not None and not isinstance(value, dict):
                 raise StripeApiError.invalid_request(
                     f"This property cannot be expanded ({full}).", param="expand"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 from .catalog import Params
@@ -10,7 +9,7 @@ from .clock import add_interval
 from .errors import StripeApiError
 from .invoices import charge, create_subscription_invoice, finalize
 from .items import check_compatible, item_object, plan_from_price, quantity_of, resolve_item_price
-from .objects import build, list_object, new_id
+from .objects import build, clone, list_object, new_id
 from .store import RequestContext, Store, merge_metadata
 
 SUBSCRIPTION_SEARCH_FIELDS = frozenset({"created", "metadata", "status"})
@@ -133,7 +132,7 @@ def update_subscription(
             code="parameter_missing",
         )
     if "items" in params:
-        old_items = copy.deepcopy(sub["items"])
+        old_items = clone(sub["items"])
         _update_items(store, sub, params["items"])
         if sub["items"] != old_items:
             previous["items"] = old_items
@@ -162,7 +161,7 @@ def _update_items(store: Store, sub: dict[str, Any], updates: list[Params]) -> N
                 continue
             if update.get("price") or update.get("price_data"):
                 price = resolve_item_price(store, update, index)
-                item["price"] = copy.deepcopy(price)
+                item["price"] = clone(price)
                 item["plan"] = plan_from_price(price)
             if "quantity" in update:
                 item["quantity"] = quantity_of(update, prefix)

@@ -5,7 +5,6 @@ after creation, and open invoices past their due date are flagged overdue."""
 
 from __future__ import annotations
 
-import copy
 import heapq
 from collections.abc import Callable
 from typing import Any
@@ -18,6 +17,7 @@ from .invoices import (
     finalize,
     set_subscription_status,
 )
+from .objects import clone
 from .store import SYSTEM, Store
 
 INCOMPLETE_EXPIRES_AFTER = 23 * 3600
@@ -119,7 +119,7 @@ def _renew(store: Store, sub: dict[str, Any], when: int) -> None:
         return
     recurring = items[0]["price"]["recurring"]
     end = add_interval(start, recurring["interval"], recurring["interval_count"])
-    previous = {"items": copy.deepcopy(sub["items"])}
+    previous = {"items": clone(sub["items"])}
     old_period = (items[0]["current_period_start"], start)
     for item in items:
         item["current_period_start"], item["current_period_end"] = start, end
