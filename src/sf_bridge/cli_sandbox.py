@@ -126,6 +126,10 @@ def _print_environment(org: Any, emulator: Any) -> None:
         f"  streaming channels: /data/OpportunityChangeEvent (default), /topic/{PUSH_TOPIC}, "
         f"/event/{PLATFORM_EVENT}"
     )
+    typer.echo(
+        "  deals: create Account / Opportunity / OpportunityLineItem records through its REST "
+        "API; setting StageName to 'Closed Won' emits the change events"
+    )
     if emulator is not None:
         typer.echo(f"Stripe emulator: {emulator.url}")
     typer.echo("\nExport these to point sf-bridge at the sandbox:\n")

@@ -393,9 +393,7 @@ class Org:
             name = self._check_api_update(sobject, record_id, values)
             changed = self.store.update(name, record_id, values, as_api=True)
             if name == "Opportunity":
-                self._emit_update(
-                    record_id, changed, origin=f"com/salesforce/api/rest/{self.api_version}"
-                )
+                self._emit_update(record_id, changed, origin=self.rest_origin)
 
     def _check_api_update(self, sobject: str, record_id: str, values: dict[str, Any]) -> str:
         fault = self._take_update_fault(record_id)
@@ -469,6 +467,18 @@ class Org:
                 except RecordError as exc:
                     results.append(_collection_error(exc))
         return results
+
+    @property
+    def rest_origin(self) -> str:
+        """`changeOrigin` of changes made through the REST API."""
+        return f"com/salesforce/api/rest/{self.api_version}"
+
+    def notify_opportunity_change(
+        self, record: dict[str, Any], changed: list[str], *, origin: str, created: bool
+    ) -> None:
+        """Publishes the change events of an opportunity change (CDC, PushTopics, Platform
+        Events) made outside the helpers here."""
+        self._after_opportunity_change(record, changed, origin=origin, created=created)
 
     def _emit_update(self, opportunity_id: str, changed: list[str], *, origin: str) -> None:
         if not changed:

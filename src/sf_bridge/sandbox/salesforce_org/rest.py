@@ -14,7 +14,9 @@ from aiohttp import web
 
 from sf_bridge.logging import get_logger
 from sf_bridge.sandbox.salesforce_org.core import Org
+from sf_bridge.sandbox.salesforce_org.creation import CREATEABLE, api_create
 from sf_bridge.sandbox.salesforce_org.query import record_url, render_value
+from sf_bridge.sandbox.salesforce_org.schema import is_custom_name
 from sf_bridge.sandbox.salesforce_org.soql import SoqlError
 from sf_bridge.sandbox.salesforce_org.store import RecordError
 
@@ -57,6 +59,18 @@ class RestApi:
             web.get(base + "/queryAll/{locator}", self._api("query_more", self.query_more)),
             web.get(base + "/limits", self._api("limits", self.limits)),
             web.get(base + "/limits/", self._api("limits", self.limits)),
+            web.get(base + "/sobjects", self._api("describe", self.describe_global)),
+            web.get(base + "/sobjects/", self._api("describe", self.describe_global)),
+            web.get(
+                base + "/sobjects/{sobject}/describe", self._api("describe", self.describe_object)
+            ),
+            web.get(
+                base + "/sobjects/{sobject}/describe/", self._api("describe", self.describe_object)
+            ),
+            web.post(base + "/sobjects/{sobject}", self._api("sobject_create", self.create_record)),
+            web.post(
+                base + "/sobjects/{sobject}/", self._api("sobject_create", self.create_record)
+            ),
             web.get(base + "/sobjects/{sobject}/{id}", self._api("sobject_get", self.get_record)),
             web.patch(
                 base + "/sobjects/{sobject}/{id}", self._api("sobject_update", self.update_record)
@@ -184,6 +198,82 @@ class RestApi:
             for name, field_def in obj.fields.items():
                 body[name] = render_value(field_def, record.get(name))
         return web.json_response(body)
+
+    async def create_record(self, request: web.Request) -> web.Response:
+        values = await _json_object(request)
+        if values is None:
+            return error_response(400, "JSON_PARSER_ERROR", "The request body is not a JSON object")
+        try:
+            record_id = api_create(self.org, request.match_info["sobject"], values)
+        except RecordError as exc:
+            status = 404 if exc.status_code == "NOT_FOUND" else 400
+            extra = {"fields": exc.fields} if status == 400 else {}
+            return error_response(status, exc.status_code, exc.message, **extra)
+        return web.json_response({"id": record_id, "success": True, "errors": []}, status=201)
+
+    async def describe_global(self, request: web.Request) -> web.Response:
+        names = sorted(self.org.store.objects)
+        return web.json_response(
+            {
+                "encoding": "UTF-8",
+                "maxBatchSize": MAX_COLLECTION_RECORDS,
+                "sobjects": [
+                    {
+                        "name": name,
+                        "label": name,
+                        "custom": False,
+                        "queryable": True,
+                        "createable": name in CREATEABLE,
+                        "updateable": True,
+                        "urls": {
+                            "sobject": f"/services/data/v{self.org.api_version}/sobjects/{name}"
+                        },
+                    }
+                    for name in names
+                ],
+            }
+        )
+
+    async def describe_object(self, request: web.Request) -> web.Response:
+        obj = self.org.store.object_def(request.match_info["sobject"])
+        if obj is None:
+            return error_response(
+                404,
+                "NOT_FOUND",
+                f"The requested resource does not exist: {request.match_info['sobject']}",
+            )
+        references = {p.foreign_key: p for p in obj.parents.values()}
+        fields = []
+        for field_def in list(obj.fields.values()):
+            parent = references.get(field_def.name)
+            fields.append(
+                {
+                    "name": field_def.name,
+                    "label": field_def.name.removesuffix("__c").replace("_", " "),
+                    "type": field_def.type,
+                    "custom": is_custom_name(field_def.name),
+                    "updateable": field_def.updateable,
+                    "createable": field_def.can_create,
+                    "nillable": field_def.name != "Id",
+                    "referenceTo": [parent.target] if parent else [],
+                    "relationshipName": parent.name if parent else None,
+                }
+            )
+        return web.json_response(
+            {
+                "name": obj.name,
+                "label": obj.name,
+                "custom": False,
+                "createable": obj.name in CREATEABLE,
+                "updateable": True,
+                "queryable": True,
+                "fields": fields,
+                "childRelationships": [
+                    {"relationshipName": c.name, "childSObject": c.child, "field": c.foreign_key}
+                    for c in obj.children.values()
+                ],
+            }
+        )
 
     async def update_record(self, request: web.Request) -> web.Response:
         values = await _json_object(request)

@@ -32,6 +32,11 @@ class FieldDef:
     name: str
     type: str = STRING
     updateable: bool = True
+    createable: bool | None = None  # None: same as updateable
+
+    @property
+    def can_create(self) -> bool:
+        return self.updateable if self.createable is None else self.createable
 
 
 @dataclass(frozen=True)
@@ -185,13 +190,13 @@ def standard_objects() -> dict[str, ObjectDef]:
             "PricebookEntry",
             [
                 FieldDef("Name", STRING, updateable=False),
-                FieldDef("Pricebook2Id", REFERENCE, updateable=False),
-                FieldDef("Product2Id", REFERENCE, updateable=False),
+                FieldDef("Pricebook2Id", REFERENCE, updateable=False, createable=True),
+                FieldDef("Product2Id", REFERENCE, updateable=False, createable=True),
                 FieldDef("ProductCode", STRING, updateable=False),
                 FieldDef("UnitPrice", CURRENCY),
                 FieldDef("IsActive", BOOLEAN),
                 FieldDef("UseStandardPrice", BOOLEAN),
-                FieldDef("CurrencyIsoCode", PICKLIST, updateable=False),
+                FieldDef("CurrencyIsoCode", PICKLIST, updateable=False, createable=True),
             ],
             [
                 ParentRelationship("Pricebook2", "Pricebook2Id", "Pricebook2"),
@@ -236,9 +241,9 @@ def standard_objects() -> dict[str, ObjectDef]:
         _object(
             "OpportunityLineItem",
             [
-                FieldDef("OpportunityId", REFERENCE, updateable=False),
-                FieldDef("PricebookEntryId", REFERENCE, updateable=False),
-                FieldDef("Product2Id", REFERENCE, updateable=False),
+                FieldDef("OpportunityId", REFERENCE, updateable=False, createable=True),
+                FieldDef("PricebookEntryId", REFERENCE, updateable=False, createable=True),
+                FieldDef("Product2Id", REFERENCE, updateable=False, createable=True),
                 FieldDef("ProductCode", STRING, updateable=False),
                 FieldDef("Name", STRING, updateable=False),
                 FieldDef("Quantity", DOUBLE),
@@ -249,7 +254,7 @@ def standard_objects() -> dict[str, ObjectDef]:
                 FieldDef("Description"),
                 FieldDef("ServiceDate", DATE),
                 FieldDef("SortOrder", INT),
-                FieldDef("CurrencyIsoCode", PICKLIST, updateable=False),
+                FieldDef("CurrencyIsoCode", PICKLIST, updateable=False, createable=True),
             ],
             [
                 ParentRelationship("Opportunity", "OpportunityId", "Opportunity"),
@@ -260,7 +265,7 @@ def standard_objects() -> dict[str, ObjectDef]:
         _object(
             "OpportunityContactRole",
             [
-                FieldDef("OpportunityId", REFERENCE, updateable=False),
+                FieldDef("OpportunityId", REFERENCE, updateable=False, createable=True),
                 FieldDef("ContactId", REFERENCE),
                 FieldDef("Role", PICKLIST),
                 FieldDef("IsPrimary", BOOLEAN),

@@ -84,6 +84,7 @@ class RecordStore:
         self.user_id = self.insert(
             "User",
             {
+                "Name": "Integration User",
                 "FirstName": "Integration",
                 "LastName": "User",
                 "Email": "integration@sandbox.example",
@@ -229,6 +230,14 @@ class RecordStore:
                 record["LastModifiedById"] = self.user_id
                 changed += [f for f in ("LastModifiedDate", "SystemModstamp") if f not in changed]
             return changed
+
+    def touch(self, record: Record) -> None:
+        """Marks a record modified now (after a roll-up from a child record)."""
+        with self.lock:
+            now = self.clock()
+            record["LastModifiedDate"] = now
+            record["SystemModstamp"] = now
+            record["LastModifiedById"] = self.user_id
 
     def _field_for_write(
         self, obj: ObjectDef, name: str, value: Any, *, allow_read_only: bool
