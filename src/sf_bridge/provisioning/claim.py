@@ -89,42 +89,40 @@ def release_deal(session: Session, deal_id: int, owner: str) -> None:
 def ensure_customer_row(
     session: Session, *, account_id: str, name: str, customer_key: str | None, email: str | None
 ) -> None:
-    """Creates the account's customers row unless it exists (concurrent-safe). Commits."""
+    """Creates the account's customers row unless it exists (concurrent-safe; no commit)."""
     dialect = session.get_bind().dialect.name
     insert = (postgresql if dialect == "postgresql" else sqlite).insert(Customer)
-    with session.begin():
-        session.execute(
-            insert.values(
-                sf_account_id=account_id,
-                name=name[:255],
-                customer_key=customer_key,
-                email=email,
-                created_at=utcnow(),
-                updated_at=utcnow(),
-            ).on_conflict_do_nothing(index_elements=["sf_account_id"])
-        )
+    session.execute(
+        insert.values(
+            sf_account_id=account_id,
+            name=name[:255],
+            customer_key=customer_key,
+            email=email,
+            created_at=utcnow(),
+            updated_at=utcnow(),
+        ).on_conflict_do_nothing(index_elements=["sf_account_id"])
+    )
 
 
 def try_lock_account(
     session: Session, *, account_id: str, holder: str, now: datetime, lease: timedelta
 ) -> bool:
-    """Takes (or renews) the account's lease for `holder`; False when someone else holds it.
-    Commits."""
-    with session.begin():
-        result = session.execute(
-            update(Customer)
-            .where(
-                Customer.sf_account_id == account_id,
-                or_(
-                    Customer.locked_by.is_(None),
-                    Customer.locked_by == holder,
-                    Customer.locked_until < now,
-                ),
-            )
-            .values(locked_by=holder, locked_until=now + lease)
-            .execution_options(synchronize_session=False)
+    """Takes (or renews) the account's lease for `holder`; False when someone else holds it
+    (no commit)."""
+    result = session.execute(
+        update(Customer)
+        .where(
+            Customer.sf_account_id == account_id,
+            or_(
+                Customer.locked_by.is_(None),
+                Customer.locked_by == holder,
+                Customer.locked_until < now,
+            ),
         )
-        return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+        .values(locked_by=holder, locked_until=now + lease)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
 
 def unlock_account(session: Session, *, account_id: str, holder: str) -> None:

@@ -134,20 +134,18 @@ class Provisioner:
     def run_step(self, deal: Deal, step: str) -> Deal | None:
         """One step of one deal; the deal as committed when the step succeeded, else None."""
         bound = log.bind(deal_id=deal.id, opportunity_id=deal.opportunity_id, step=step)
-        account: str | None = None
         holder = f"{self.owner}:{deal.id}"
-        try:
-            if step in ACCOUNT_STEPS:
-                account = self._lock_account(deal, holder, create=step == STEP_CUSTOMER)
-                if account is None:
-                    self._reschedule(deal.id)
-                    bound.info("account_busy_rescheduled")
-                    return None
-        except Exception as exc:
-            self._fail(deal, step, None, deal.attempts + 1, exc, 0, None, holder)
-            return None
         attempt_no = deal.attempts + 1
-        attempt_id, resumed = self._start_attempt(deal, step, attempt_no, account)
+        try:
+            started_step = self._start(deal, step, attempt_no, holder)
+        except Exception as exc:
+            self._fail(deal, step, None, attempt_no, exc, 0, None, holder)
+            return None
+        if started_step is None:
+            self._reschedule(deal.id)
+            bound.info("account_busy_rescheduled")
+            return None
+        attempt_id, resumed, account = started_step
         started = time.perf_counter()
         try:
             result = self._execute(deal, step, resumed, account)
@@ -189,62 +187,66 @@ class Provisioner:
             return entitlements_step(self.ctx, deal, resumed)
         raise PermanentError(f"Unknown step {step!r}.", hint="replay the deal.")
 
-    def _lock_account(self, deal: Deal, holder: str, *, create: bool) -> str | None:
-        """Takes the account's lock, waiting up to `account_wait_seconds`; None if busy.
-        `create`: make the account's customers row first (the customer step)."""
+    def _start(
+        self, deal: Deal, step: str, attempt_no: int, holder: str
+    ) -> tuple[int | None, bool, str | None] | None:
+        """Before a Stripe step: takes the account's lock (waiting up to
+        `account_wait_seconds`) and records the attempt, in one commit, so that a later
+        attempt knows an earlier one may have reached Stripe. Returns (attempt id, resumed,
+        account), or None when the account stayed busy. Other steps start with no writes."""
+        if step not in ACCOUNT_STEPS:
+            return None, False, None
         plan = plan_of(deal)
         account = plan.customer.account_id
-        if create:
-            with self.session_factory() as session:
-                claim.ensure_customer_row(
-                    session,
-                    account_id=account,
-                    name=plan.customer.name,
-                    customer_key=plan.customer.customer_key,
-                    email=plan.customer.email,
-                )
         deadline = time.monotonic() + self.options.account_wait_seconds
         waiter = threading.Event()
         while True:
-            with self.session_factory() as session:
-                if claim.try_lock_account(
+            with self.session_factory() as session, session.begin():
+                if step == STEP_CUSTOMER:
+                    claim.ensure_customer_row(
+                        session,
+                        account_id=account,
+                        name=plan.customer.name,
+                        customer_key=plan.customer.customer_key,
+                        email=plan.customer.email,
+                    )
+                locked = claim.try_lock_account(
                     session,
                     account_id=account,
                     holder=holder,
                     now=self.clock(),
                     lease=self.options.lease,
-                ):
-                    return account
+                )
+                if locked:
+                    attempt_id, resumed = self._record_attempt(
+                        session, deal, step, attempt_no, account
+                    )
+                    return attempt_id, resumed, account
             if time.monotonic() >= deadline:
                 return None
             waiter.wait(0.02)
 
-    def _start_attempt(
-        self, deal: Deal, step: str, attempt_no: int, account: str | None
-    ) -> tuple[int | None, bool]:
-        """Records the attempt before a Stripe step runs; says whether an earlier attempt of
-        this step (for the account, for the customer step) may have reached Stripe."""
-        if step not in ACCOUNT_STEPS:
-            return None, False
-        with self.session_factory() as session, session.begin():
-            earlier = select(StepAttempt.id).where(StepAttempt.step == step)
-            if step == STEP_CUSTOMER and account:
-                earlier = earlier.join(Deal, Deal.id == StepAttempt.deal_id).where(
-                    Deal.account_id == account
-                )
-            else:
-                earlier = earlier.where(StepAttempt.deal_id == deal.id)
-            resumed = session.execute(earlier.limit(1)).first() is not None
-            attempt = StepAttempt(
-                deal_id=deal.id, step=step, attempt=attempt_no, started_at=self.clock()
+    def _record_attempt(
+        self, session: Session, deal: Deal, step: str, attempt_no: int, account: str
+    ) -> tuple[int, bool]:
+        earlier = select(StepAttempt.id).where(StepAttempt.step == step)
+        if step == STEP_CUSTOMER:
+            earlier = earlier.join(Deal, Deal.id == StepAttempt.deal_id).where(
+                Deal.account_id == account
             )
-            session.add(attempt)
-            if step == STEP_CUSTOMER and account and deal.account_id != account:
-                row = claim.load_owned(session, deal.id, self.owner)
-                if row is not None:
-                    row.account_id = account
-            session.flush()
-            return attempt.id, resumed
+        else:
+            earlier = earlier.where(StepAttempt.deal_id == deal.id)
+        resumed = session.execute(earlier.limit(1)).first() is not None
+        attempt = StepAttempt(
+            deal_id=deal.id, step=step, attempt=attempt_no, started_at=self.clock()
+        )
+        session.add(attempt)
+        if step == STEP_CUSTOMER and deal.account_id != account:
+            row = claim.load_owned(session, deal.id, self.owner)
+            if row is not None:
+                row.account_id = account
+        session.flush()
+        return attempt.id, resumed
 
     def _attempt_row(
         self, session: Session, attempt_id: int | None, deal_id: int, step: str, attempt_no: int

@@ -146,30 +146,23 @@ def test_account_lock_is_held_by_one_deal_at_a_time(
     session_factory: sessionmaker[Session],
 ) -> None:
     now = datetime.now(UTC)
-    with session_factory() as session:
-        claim.ensure_customer_row(
-            session, account_id="001A", name="Acme", customer_key=None, email=None
-        )
-        claim.ensure_customer_row(
-            session, account_id="001A", name="Acme", customer_key=None, email=None
-        )
-    with session_factory() as session:
-        assert claim.try_lock_account(
-            session, account_id="001A", holder="w1:1", now=now, lease=LEASE
-        )
-        assert not claim.try_lock_account(
-            session, account_id="001A", holder="w2:2", now=now, lease=LEASE
-        )
-        assert claim.try_lock_account(
-            session, account_id="001A", holder="w1:1", now=now, lease=LEASE
-        )
-        with session.begin():
-            claim.unlock_account(session, account_id="001A", holder="w1:1")
-        assert claim.try_lock_account(
-            session, account_id="001A", holder="w2:2", now=now, lease=LEASE
-        )
-        # an expired lease (its holder died) is taken over
-        later = now + LEASE + timedelta(seconds=1)
-        assert claim.try_lock_account(
-            session, account_id="001A", holder="w3:3", now=later, lease=LEASE
-        )
+    with session_factory() as session, session.begin():
+        for _ in range(2):
+            claim.ensure_customer_row(
+                session, account_id="001A", name="Acme", customer_key=None, email=None
+            )
+
+    def lock(holder: str, at: datetime = now) -> bool:
+        with session_factory() as session, session.begin():
+            return claim.try_lock_account(
+                session, account_id="001A", holder=holder, now=at, lease=LEASE
+            )
+
+    assert lock("w1:1")
+    assert not lock("w2:2")
+    assert lock("w1:1")  # renewing one's own lock
+    with session_factory() as session, session.begin():
+        claim.unlock_account(session, account_id="001A", holder="w1:1")
+    assert lock("w2:2")
+    # an expired lease (its holder died) is taken over
+    assert lock("w3:3", now + LEASE + timedelta(seconds=1))
