@@ -88,6 +88,13 @@ class FaultInjector:
     def latency_seconds(self) -> float:
         return max(0.0, self.faults.latency_ms) / 1000.0
 
+    def wait_latency(self) -> None:
+        """Sleeps the configured latency in the calling request's thread (a zero sleep is
+        skipped: it would still give up the GIL)."""
+        seconds = self.latency_seconds()
+        if seconds > 0:
+            time.sleep(seconds)
+
     @contextmanager
     def writing(self, customer_id: str | None) -> Iterator[bool]:
         """Marks a write to `customer_id` in flight; yields False when `lock_timeout` is on and

@@ -11,7 +11,6 @@ import json
 import secrets
 import socket
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -122,7 +121,7 @@ class Handler(BaseHTTPRequestHandler):
         injector = emu.injector
         drop = injector.drop_phase()
         if drop == "before":
-            time.sleep(injector.latency_seconds())
+            injector.wait_latency()
             raise Drop
         slept = False
         headers: dict[str, str] = {}
@@ -147,14 +146,14 @@ class Handler(BaseHTTPRequestHandler):
                     try:
                         replay = self._replay(saved, key, method, path, body)
                     finally:
-                        time.sleep(injector.latency_seconds())
+                        injector.wait_latency()
                         slept = True
                     return (*replay, True)
                 reserved = True
             with emu.store.lock:
                 customer = route.lock_key(emu.store, args, params) if route.lock_key else None
             with injector.writing(customer) as granted:
-                time.sleep(injector.latency_seconds())
+                injector.wait_latency()
                 slept = True
                 if not granted:
                     emu.stats.record_lock_timeout()
@@ -176,7 +175,7 @@ class Handler(BaseHTTPRequestHandler):
             return status, payload, headers, False
         except StripeApiError as exc:
             if not slept:
-                time.sleep(injector.latency_seconds())
+                injector.wait_latency()
             headers.update(exc.headers)
             return exc.status, _dumps(exc.body(rid)), headers, False
         finally:
