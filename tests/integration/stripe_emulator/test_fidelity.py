@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -182,3 +183,22 @@ def test_unrecognized_url_is_404(stripe_emulator: StripeEmulator) -> None:
     )
     assert response.status_code == 404
     assert "Unrecognized request URL" in response.json()["error"]["message"]
+
+
+def test_overlong_idempotency_key_is_refused(stripe_client: stripe.StripeClient) -> None:
+    with pytest.raises(stripe.InvalidRequestError) as caught:
+        stripe_client.v1.customers.create(
+            params={"name": "Acme"}, options={"idempotency_key": "k" * 256}
+        )
+    assert "Idempotency-Key" in caught.value.user_message
+
+
+def test_start_and_stop_are_cheap() -> None:
+    durations = []
+    for _ in range(10):
+        started = time.perf_counter()
+        with StripeEmulator() as emu:
+            assert emu.url.startswith("http://127.0.0.1:")
+        durations.append(time.perf_counter() - started)
+    durations.sort()
+    assert durations[len(durations) // 2] < 0.1  # median; typically 2-5 ms

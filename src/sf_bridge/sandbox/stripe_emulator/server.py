@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 
+MAX_IDEMPOTENCY_KEY = 255
+
 
 def request_id() -> str:
     return "req_" + secrets.token_hex(7)
@@ -140,6 +142,10 @@ class Handler(BaseHTTPRequestHandler):
                 raise StripeApiError.unrecognized_url(method, path)
             route, args = found
             params = parse_params(route.params, decode_form(body if method == "POST" else query))
+            if key and len(key) > MAX_IDEMPOTENCY_KEY:
+                raise StripeApiError.invalid_request(
+                    f"Invalid Idempotency-Key: must be at most {MAX_IDEMPOTENCY_KEY} characters",
+                )
             if key:
                 saved = emu.idempotency.begin(key, fingerprint(method, path, body), rid)
                 if saved is not None:
