@@ -44,6 +44,7 @@ from sf_bridge.sandbox.stripe_emulator import Faults, StripeEmulator
 
 REPO = Path(__file__).resolve().parent.parent
 MAPPINGS = REPO / "mappings"
+DRILL_WORKER = REPO / "bench" / "drills" / "worker_main.py"
 PG_ADMIN_URL = os.environ.get(
     "SF_BRIDGE_BENCH_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
@@ -190,6 +191,7 @@ class WorkerProc:
     env: dict[str, str]
     log_path: Path
     cwd: Path
+    command: list[str] = field(default_factory=lambda: [sys.executable, "-m", "sf_bridge", "run"])
     process: subprocess.Popen[bytes] | None = None
     ps: psutil.Process | None = None
     peak_rss: int = 0
@@ -198,7 +200,7 @@ class WorkerProc:
     def start(self) -> WorkerProc:
         self._log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "sf_bridge", "run"],
+            self.command,
             env=self.env,
             cwd=self.cwd,
             stdin=subprocess.DEVNULL,
@@ -434,10 +436,20 @@ class Stack:
         env.update(extra)
         return child_environment(env)
 
-    def start_worker(self, name: str | None = None, **extra: str) -> WorkerProc:
+    def start_worker(
+        self, name: str | None = None, *, lease_seconds: float | None = None, **extra: str
+    ) -> WorkerProc:
+        """`sf-bridge run`; with `lease_seconds`, the same worker with a shorter claim lease
+        (bench/drills/worker_main.py)."""
         name = name or f"worker{len(self.workers) + 1}"
+        env = self.worker_env(**extra)
+        command = [sys.executable, "-m", "sf_bridge", "run"]
+        if lease_seconds is not None:
+            env["SF_BRIDGE_DRILL_LEASE"] = str(lease_seconds)
+            env["PYTHONPATH"] = str(REPO)
+            command = [sys.executable, str(DRILL_WORKER)]
         worker = WorkerProc(
-            name, self.worker_env(**extra), self.workdir / f"{name}.log", self.workdir
+            name, env, self.workdir / f"{name}.log", self.workdir, command=command
         ).start()
         self.workers.append(worker)
         return worker
