@@ -57,3 +57,25 @@ def test_crash_around_a_commit_then_restart_creates_nothing_twice(
     invoice = emu.get(deal.stripe_invoice_id)
     assert invoice["status"] == "open"
     assert deal.hosted_invoice_url == invoice["hosted_invoice_url"]
+
+
+@pytest.mark.parametrize("step", ["customer", "subscription", "invoice"])
+def test_crash_before_commit_with_search_lagging_relies_on_the_idempotency_key(
+    stripe_harness: Harness, provisioning_emulator: Any, step: str
+) -> None:
+    """Stripe's search is eventually consistent: right after a crash it may not find what the
+    lost attempt created. The retry then sends the same request with the same key, and Stripe
+    answers with the object already created."""
+    h, emu = stripe_harness, provisioning_emulator
+    emu.faults.search_lag_seconds = 3600
+    h.add_opportunity(make_plan(OPP))
+    with h.session_factory() as session, session.begin():
+        enqueue_opportunities(session, [OPP], source="test")
+    with pytest.raises(SimulatedCrash):
+        drain(h.worker(hooks=crash_at(step, "before"), owner="first"), settled(h, OPP))
+    h.clock.advance(120)
+    drain(h.worker(owner="restarted"), settled(h, OPP))
+    assert h.deal(OPP).status == "done"
+    assert emu.count("customer") == 1
+    assert emu.count("subscription") == 1
+    assert emu.count("invoice") == 1

@@ -119,7 +119,12 @@ def test_faults_on_a_batch_completes_without_duplicates(
 ) -> None:
     h, emu = stripe_harness, provisioning_emulator
     emu.faults = Faults(
-        error_rate=0.2, rate_limit_per_second=25, latency_ms=5, drop_rate=0.05, seed=7
+        error_rate=0.2,
+        rate_limit_per_second=25,
+        latency_ms=5,
+        drop_rate=0.05,
+        lock_timeout=True,
+        seed=7,
     )
     bucket = TokenBucket(20, burst=2)
     h.billing = StripeGateway(emu.api_key, api_base=emu.url, acquire=bucket.acquire)
@@ -136,6 +141,10 @@ def test_faults_on_a_batch_completes_without_duplicates(
     assert emu.count("invoice") == 12
     subscribed = {s["metadata"]["sf_opportunity_id"] for s in emu.objects("subscription")}
     assert subscribed == set(opps)
+    stats = emu.stats.snapshot()
+    assert stats.server_errors > 0  # the faults did happen
+    # the client-side token bucket keeps under Stripe's rate: no storm of 429s
+    assert stats.rate_limited <= stats.total * 0.05, stats
 
 
 def test_same_deal_enqueued_twice_and_run_by_two_workers_gives_one_subscription(
