@@ -13,9 +13,16 @@ from decimal import Decimal
 from typing import Any
 
 from sf_bridge.mapping.codes import mapping_error
-from sf_bridge.mapping.fields import line_items, line_product_code, line_product_id, read_path
+from sf_bridge.mapping.fields import (
+    line_items,
+    line_product_code,
+    line_product_id,
+    read_path,
+    read_ref,
+)
 from sf_bridge.mapping.model import Addon, Mappings, Plan, ProductRule
 from sf_bridge.mapping.money import format_minor, parse_decimal, to_minor_units
+from sf_bridge.mapping.suggest import did_you_mean
 from sf_bridge.mapping.values import (
     Resolved,
     check_bounds,
@@ -24,7 +31,6 @@ from sf_bridge.mapping.values import (
     to_flag,
     to_whole_number,
 )
-from sf_bridge.mapping.yamlread import did_you_mean
 from sf_bridge.plan import (
     BillingTerms,
     CollectionMethod,
@@ -426,9 +432,7 @@ class _Mapper:
 
     def customer(self, collection: CollectionMethod | None, paid: bool) -> CustomerIdentity | None:
         ident = self.m.customer.identifier
-        key = read_path(self.opp, ("Account", *ident.path)) if ident.obj == "Account" else None
-        if ident.obj == "Opportunity":
-            key = read_path(self.opp, ident.path)
+        key = read_ref(ident, self.opp, None)
         account_id = self.opp.get("AccountId") or read_path(self.opp, ("Account", "Id"))
         if is_empty(key) or is_empty(account_id):
             missing = str(ident) if is_empty(key) else "Opportunity.AccountId"
@@ -442,9 +446,7 @@ class _Mapper:
             return None
         email: str | None = None
         for ref in self.m.customer.email:
-            value = read_path(
-                self.opp, ("Account", *ref.path) if ref.obj == "Account" else ref.path
-            )
+            value = read_ref(ref, self.opp, None)
             if not is_empty(value):
                 email = str(value).strip()
                 if not EMAIL.match(email):

@@ -457,7 +457,15 @@ class SectionReader:
     # -- Salesforce mapping ---------------------------------------------------------------
 
     def read_currencies(self, node: Node) -> None:
-        for item in self.w.items(node, "'currencies'") or []:
+        items = self.w.items(node, "'currencies'")
+        if items == []:
+            self.ctx.add(
+                node,
+                "missing_value",
+                "'currencies' is empty.",
+                "list the currencies deals are billed in, e.g. [USD, EUR].",
+            )
+        for item in items or []:
             code = self.currency(item, "a currency in 'currencies'")
             if code is not None:
                 self.draft.currencies.append((code, self.ctx.loc(item)))

@@ -11,7 +11,7 @@ from sf_bridge.mapping.codes import mapping_error
 from sf_bridge.mapping.fields import read_ref
 from sf_bridge.mapping.model import FieldRef, ValueSource
 from sf_bridge.mapping.money import parse_decimal
-from sf_bridge.mapping.yamlread import did_you_mean
+from sf_bridge.mapping.suggest import did_you_mean
 from sf_bridge.plan import MappingError
 
 TRUE_TEXT = frozenset({"true", "yes", "y", "1", "on", "enabled"})

@@ -6,8 +6,6 @@ node tree keeps them), which a constructed dict would hide.
 
 from __future__ import annotations
 
-import difflib
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +14,9 @@ from ruamel.yaml.error import MarkedYAMLError
 from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from sf_bridge.mapping.issues import MappingIssue
+from sf_bridge.mapping.suggest import did_you_mean, suggest
+
+__all__ = ["Ctx", "Loc", "did_you_mean", "suggest"]
 
 TAG_PREFIX = "tag:yaml.org,2002:"
 
@@ -47,29 +48,6 @@ class Ctx:
 
 def issue_at(loc: Loc, code: str, message: str, hint: str = "") -> MappingIssue:
     return MappingIssue(loc.file, loc.line, loc.column, code, message, hint)
-
-
-def suggest(word: str, choices: Iterable[str]) -> str | None:
-    """The closest known name to a misspelled one, if any is close enough."""
-    options = list(choices)
-    matches = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
-    if not matches:
-        lowered = {o.lower(): o for o in options}
-        matches = difflib.get_close_matches(word.lower(), list(lowered), n=1, cutoff=0.6)
-        matches = [lowered[m] for m in matches]
-    return matches[0] if matches else None
-
-
-def did_you_mean(word: str, choices: Iterable[str], fallback: str) -> str:
-    options = sorted(choices)
-    best = suggest(word, options)
-    if best is not None:
-        return f"did you mean '{best}'?"
-    if options:
-        shown = ", ".join(f"'{o}'" for o in options[:12])
-        more = ", ..." if len(options) > 12 else ""
-        return f"{fallback} (one of {shown}{more})."
-    return fallback + "."
 
 
 def tag_of(node: Node) -> str:

@@ -353,9 +353,22 @@ def test_prices_that_are_not_a_list(tmp_path: Path) -> None:
 def test_a_broken_definition_is_reported_once_not_at_every_reference(tmp_path: Path) -> None:
     folder = copy_mappings(
         tmp_path / "m",
-        {CAT: [("  seats:\n    type: seats\n", "  seats:\n    type: seat\n"),
-               ("    display_name: Extra seats\n", "    display_name: Extra seats\n    colour: red\n")]},
-    )  # fmt: skip
+        {
+            CAT: [
+                ("  seats:\n    type: seats\n", "  seats:\n    type: seat\n"),
+                (
+                    "    display_name: Extra seats\n",
+                    "    display_name: Extra seats\n    colour: x\n",
+                ),
+            ]
+        },
+    )
     issues = check_mappings(folder)
     assert [i.code for i in issues] == ["invalid_choice", "unknown_key"], [str(i) for i in issues]
     assert "did you mean 'seats'?" in issues[0].hint
+
+
+def test_an_empty_currency_list(tmp_path: Path) -> None:
+    folder = copy_mappings(tmp_path / "m", {SF: [("currencies: [USD, EUR]", "currencies: []")]})
+    [issue] = check_mappings(folder)
+    assert (issue.code, issue.message) == ("missing_value", "'currencies' is empty.")
