@@ -55,8 +55,8 @@ async def list_entitlements(request: Request) -> Response:
     ref = request.path_params["ref"]
 
     def read() -> dict[str, Any]:
-        with ctx.session_factory() as session:
-            return all_entitlements(session, find_customer(session, ref), ctx.clock())
+        with ctx.engine.connect() as conn:
+            return all_entitlements(conn, ref, ctx.clock())
 
     try:
         body = await run_in_threadpool(read)
@@ -74,8 +74,8 @@ async def get_entitlement(request: Request) -> Response:
     ref, feature = request.path_params["ref"], request.path_params["feature"]
 
     def read() -> dict[str, Any]:
-        with ctx.session_factory() as session:
-            return one_entitlement(session, find_customer(session, ref), feature, ctx.clock())
+        with ctx.engine.connect() as conn:
+            return one_entitlement(conn, ref, feature, ctx.clock())
 
     try:
         body = await run_in_threadpool(read)

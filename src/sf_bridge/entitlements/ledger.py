@@ -7,7 +7,7 @@ grants tied to it and nothing else, so a later deal's grants survive an earlier 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -29,6 +29,21 @@ class GrantSource:
     deal_id: int
     opportunity_id: str
     value: int | bool
+    source: str
+    stripe_subscription_id: str | None
+    granted_at: datetime
+
+
+@dataclass(frozen=True)
+class GrantRow:
+    """One active grant as read from the database, with its deal's opportunity id."""
+
+    feature: str
+    kind: str
+    value: int
+    unit: str | None
+    deal_id: int
+    opportunity_id: str
     source: str
     stripe_subscription_id: str | None
     granted_at: datetime
@@ -127,20 +142,17 @@ def revoke_subscription_grants(session: Session, subscription_id: str, reason: s
     return revoked
 
 
-def effective_entitlements(session: Session, customer: Customer) -> dict[str, Effective]:
-    """The customer's entitlements now, combined over its active grants, by feature."""
-    rows = session.execute(
-        select(EntitlementGrant, Deal.opportunity_id)
-        .join(Deal, Deal.id == EntitlementGrant.deal_id)
-        .where(EntitlementGrant.customer_id == customer.id, EntitlementGrant.active.is_(True))
-        .order_by(EntitlementGrant.feature, EntitlementGrant.granted_at, EntitlementGrant.id)
-    ).all()
+def combine_grants(grants: Iterable[GrantRow]) -> dict[str, Effective]:
+    """Active grants (ordered by feature, then grant time) combined into one per feature.
+
+    Flags are OR-ed; limits and seats add up. The first grant fixes the feature's kind.
+    """
     combined: dict[str, Effective] = {}
-    for grant, opportunity_id in rows:
+    for grant in grants:
         is_flag = grant.kind == "flag"
         source = GrantSource(
             deal_id=grant.deal_id,
-            opportunity_id=opportunity_id,
+            opportunity_id=grant.opportunity_id,
             value=bool(grant.value) if is_flag else int(grant.value),
             source=grant.source,
             stripe_subscription_id=grant.stripe_subscription_id,
@@ -149,23 +161,39 @@ def effective_entitlements(session: Session, customer: Customer) -> dict[str, Ef
         previous = combined.get(grant.feature)
         if previous is None:
             combined[grant.feature] = Effective(
-                feature=grant.feature,
-                kind=grant.kind,
-                value=source.value,
-                unit=grant.unit,
-                granted_by=(source,),
+                grant.feature, grant.kind, source.value, grant.unit, (source,)
             )
             continue
-        # The first grant fixes the feature's kind; later deals add to it.
         if previous.kind == "flag":
             value: int | bool = bool(previous.value) or bool(grant.value)
         else:
             value = int(previous.value) + int(grant.value)
         combined[grant.feature] = Effective(
-            feature=grant.feature,
-            kind=previous.kind,
-            value=value,
-            unit=previous.unit or grant.unit,
-            granted_by=(*previous.granted_by, source),
+            grant.feature,
+            previous.kind,
+            value,
+            previous.unit or grant.unit,
+            (*previous.granted_by, source),
         )
     return combined
+
+
+def effective_entitlements(session: Session, customer: Customer) -> dict[str, Effective]:
+    """The customer's entitlements now, combined over its active grants, by feature."""
+    rows = session.execute(
+        select(
+            EntitlementGrant.feature,
+            EntitlementGrant.kind,
+            EntitlementGrant.value,
+            EntitlementGrant.unit,
+            EntitlementGrant.deal_id,
+            Deal.opportunity_id,
+            EntitlementGrant.source,
+            EntitlementGrant.stripe_subscription_id,
+            EntitlementGrant.granted_at,
+        )
+        .join(Deal, Deal.id == EntitlementGrant.deal_id)
+        .where(EntitlementGrant.customer_id == customer.id, EntitlementGrant.active.is_(True))
+        .order_by(EntitlementGrant.feature, EntitlementGrant.granted_at, EntitlementGrant.id)
+    ).all()
+    return combine_grants(GrantRow(*row) for row in rows)

@@ -1,26 +1,84 @@
-"""What the entitlement API answers about a customer's features: plain data, JSON-ready."""
+"""What the entitlement API answers about a customer's features: plain data, JSON-ready.
+
+This is the hot path of every entitlement check, so it reads with two prepared Core
+statements (the customer with all its grants, then the current period's usage) and combines
+them in Python with the ledger's own rules (`combine_grants`).
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, bindparam, func, select
+from sqlalchemy.sql import Select
 
-from sf_bridge.db.models import Customer, EntitlementGrant, UsageCounter
-from sf_bridge.entitlements.errors import UnknownFeature
-from sf_bridge.entitlements.ledger import Effective, effective_entitlements
+from sf_bridge.db.models import Customer, Deal, EntitlementGrant, UsageCounter
+from sf_bridge.entitlements.errors import UnknownCustomer, UnknownFeature
+from sf_bridge.entitlements.ledger import Effective, GrantRow, combine_grants
 from sf_bridge.entitlements.periods import period_of
+
+_c = Customer.__table__.c
+_g = EntitlementGrant.__table__.c
+_d = Deal.__table__.c
+_u = UsageCounter.__table__.c
+
+
+def _customer_with_grants(condition: Any) -> Select[Any]:
+    return (
+        select(
+            _c.id,
+            _c.sf_account_id,
+            _c.name,
+            _c.stripe_customer_id,
+            _g.feature,
+            _g.kind,
+            _g.value,
+            _g.unit,
+            _g.deal_id,
+            _d.opportunity_id,
+            _g.source,
+            _g.stripe_subscription_id,
+            _g.granted_at,
+            _g.active,
+            _g.revoked_at,
+            _g.revoked_reason,
+        )
+        .select_from(
+            Customer.__table__.outerjoin(
+                EntitlementGrant.__table__, _g.customer_id == _c.id
+            ).outerjoin(Deal.__table__, _d.id == _g.deal_id)
+        )
+        .where(condition)
+        .order_by(_g.feature, _g.granted_at, _g.id)
+    )
+
+
+_BY_ID = _customer_with_grants(_c.id == bindparam("ref_id"))
+_BY_ACCOUNT = _customer_with_grants(_c.sf_account_id == bindparam("ref"))
+_BY_SHORT_ACCOUNT = _customer_with_grants(func.substr(_c.sf_account_id, 1, 15) == bindparam("ref"))
+_USAGE = select(_u.feature, _u.period, _u.used).where(
+    _u.customer_id == bindparam("customer_id"),
+    _u.period.in_(bindparam("periods", expanding=True)),
+)
 
 
 def _iso(at: datetime) -> str:
     return at.isoformat().replace("+00:00", "Z")
 
 
-def feature_status(
-    effective: Effective, used_by_period: dict[str, int], now: datetime
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class CustomerEntitlements:
+    customer: dict[str, Any]
+    features: dict[str, dict[str, Any]]  # feature -> the API's answer for it
+    held: tuple[str, ...]  # every feature the customer has or had a grant of
+
+    def held_text(self) -> str:
+        return ", ".join(self.held) or "nothing (no grants)"
+
+
+def feature_status(effective: Effective, used: int, now: datetime) -> dict[str, Any]:
     """One feature as the API returns it: access, limit, usage and who granted it."""
     body: dict[str, Any] = {
         "feature": effective.feature,
@@ -34,7 +92,6 @@ def feature_status(
         body["unit"] = effective.unit
     if effective.kind == "limit":
         period = period_of(effective.unit, now)
-        used = used_by_period.get(period.key, 0)
         remaining = max(int(effective.value) - used, 0)
         body.update(
             used=used,
@@ -61,43 +118,98 @@ def feature_status(
     return body
 
 
-def _usage(session: Session, customer_id: int, features: list[str]) -> dict[str, dict[str, int]]:
-    if not features:
-        return {}
-    rows = session.execute(
-        select(UsageCounter.feature, UsageCounter.period, UsageCounter.used).where(
-            UsageCounter.customer_id == customer_id, UsageCounter.feature.in_(features)
+def _revoked_status(
+    feature: str, kind: str, revoked_at: datetime | None, reason: str | None
+) -> dict[str, Any]:
+    return {
+        "feature": feature,
+        "kind": kind,
+        "access": False,
+        "revoked": True,
+        "revoked_at": _iso(revoked_at) if revoked_at else None,
+        "revoked_reason": reason,
+        "granted_by": [],
+    }
+
+
+def read_customer(
+    conn: Connection, ref: str, now: datetime, *, only: str | None = None
+) -> CustomerEntitlements:
+    """Everything the API says about customer `ref` (Account id, 15 or 18, or our id) now.
+
+    Features whose every grant was revoked answer access false with the reason; features
+    never granted are absent. `only` limits the answer to one feature (a single check).
+    `UnknownCustomer` when no customer matches.
+    """
+    ref = ref.strip()
+    if ref.isdigit() and len(ref) < 15:
+        rows = conn.execute(_BY_ID, {"ref_id": int(ref)}).all()
+    elif len(ref) == 18:
+        rows = conn.execute(_BY_ACCOUNT, {"ref": ref}).all()
+    elif len(ref) == 15:
+        rows = conn.execute(_BY_SHORT_ACCOUNT, {"ref": ref}).all()
+    else:
+        rows = []
+    if not rows:
+        raise UnknownCustomer(
+            f"No customer {ref!r}.",
+            hint="use the Salesforce Account id (15 or 18 characters) or the sf-bridge "
+            "customer id of a customer with a provisioned deal; `sf-bridge deals` lists them.",
         )
-    ).all()
-    usage: dict[str, dict[str, int]] = {}
-    for feature, period, used in rows:
-        usage.setdefault(feature, {})[period] = int(used)
-    return usage
-
-
-def revoked_features(
-    session: Session, customer: Customer, held: set[str]
-) -> dict[str, dict[str, Any]]:
-    """Features the customer had but whose every grant is revoked: access false, and why."""
-    rows = session.scalars(
-        select(EntitlementGrant)
-        .where(EntitlementGrant.customer_id == customer.id, EntitlementGrant.active.is_(False))
-        .order_by(EntitlementGrant.revoked_at, EntitlementGrant.id)
-    ).all()
-    revoked: dict[str, dict[str, Any]] = {}
-    for grant in rows:
-        if grant.feature in held:
+    first = rows[0]
+    customer = {
+        "id": first[0],
+        "sf_account_id": first[1],
+        "name": first[2],
+        "stripe_customer_id": first[3],
+    }
+    grants = [tuple(r)[4:] for r in rows if r[4] is not None]
+    # (feature, kind, value, unit, deal_id, opportunity_id, source, subscription, granted_at,
+    #  active, revoked_at, revoked_reason)
+    effective = combine_grants(GrantRow(*g[:9]) for g in grants if g[9])
+    wanted = effective if only is None else {k: v for k, v in effective.items() if k == only}
+    usage: dict[tuple[str, str], int] = {}
+    limits = [e for e in wanted.values() if e.kind == "limit"]
+    if limits:
+        periods = sorted({period_of(e.unit, now).key for e in limits})
+        for feature, period, used in conn.execute(
+            _USAGE, {"customer_id": first[0], "periods": periods}
+        ):
+            usage[(feature, period)] = int(used)
+    features: dict[str, dict[str, Any]] = {}
+    for feature, e in wanted.items():
+        used = usage.get((feature, period_of(e.unit, now).key), 0) if e.kind == "limit" else 0
+        features[feature] = feature_status(e, used, now)
+    latest_revocation: dict[str, tuple[Any, ...]] = {}
+    for g in grants:
+        feature, revoked_at = g[0], g[10]
+        if g[9] or feature in effective or (only is not None and feature != only):
             continue
-        revoked[grant.feature] = {
-            "feature": grant.feature,
-            "kind": grant.kind,
-            "access": False,
-            "revoked": True,
-            "revoked_at": _iso(grant.revoked_at) if grant.revoked_at else None,
-            "revoked_reason": grant.revoked_reason,
-            "granted_by": [],
-        }
-    return revoked
+        seen = latest_revocation.get(feature)
+        if seen is None or (revoked_at and (seen[10] is None or revoked_at >= seen[10])):
+            latest_revocation[feature] = g
+    for feature, g in latest_revocation.items():
+        features[feature] = _revoked_status(feature, g[1], g[10], g[11])
+    held = sorted({g[0] for g in grants})
+    return CustomerEntitlements(customer, dict(sorted(features.items())), tuple(held))
+
+
+def all_entitlements(conn: Connection, ref: str, now: datetime) -> dict[str, Any]:
+    """Every feature the customer holds (or held, when revoked) now."""
+    found = read_customer(conn, ref, now)
+    return {"customer": found.customer, "entitlements": found.features}
+
+
+def one_entitlement(conn: Connection, ref: str, feature: str, now: datetime) -> dict[str, Any]:
+    """One feature of the customer; `UnknownFeature` when it was never granted."""
+    found = read_customer(conn, ref, now, only=feature)
+    status = found.features.get(feature)
+    if status is None:
+        raise UnknownFeature(
+            f"Customer {found.customer['sf_account_id']} has no grant of feature {feature!r}.",
+            hint=f"check the feature name; the customer holds: {found.held_text()}.",
+        )
+    return {"customer": found.customer, **status}
 
 
 def customer_summary(customer: Customer) -> dict[str, Any]:
@@ -106,41 +218,4 @@ def customer_summary(customer: Customer) -> dict[str, Any]:
         "sf_account_id": customer.sf_account_id,
         "name": customer.name,
         "stripe_customer_id": customer.stripe_customer_id,
-    }
-
-
-def all_entitlements(session: Session, customer: Customer, now: datetime) -> dict[str, Any]:
-    """Every feature the customer holds now."""
-    effective = effective_entitlements(session, customer)
-    metered = [f for f, e in effective.items() if e.kind == "limit"]
-    usage = _usage(session, customer.id, metered)
-    features = {
-        feature: feature_status(e, usage.get(feature, {}), now) for feature, e in effective.items()
-    }
-    features.update(revoked_features(session, customer, set(effective)))
-    return {
-        "customer": customer_summary(customer),
-        "entitlements": dict(sorted(features.items())),
-    }
-
-
-def one_entitlement(
-    session: Session, customer: Customer, feature: str, now: datetime
-) -> dict[str, Any]:
-    """One feature of the customer; `UnknownFeature` when no active grant gives it."""
-    effective = effective_entitlements(session, customer)
-    if feature not in effective:
-        revoked = revoked_features(session, customer, set(effective))
-        if feature in revoked:
-            return {"customer": customer_summary(customer), **revoked[feature]}
-        raise UnknownFeature(
-            f"Customer {customer.sf_account_id} has no active grant of feature {feature!r}.",
-            hint=f"check the feature name; the customer holds: "
-            f"{', '.join(sorted(effective)) or 'nothing (no active grants)'}.",
-        )
-    e = effective[feature]
-    usage = _usage(session, customer.id, [feature]) if e.kind == "limit" else {}
-    return {
-        "customer": customer_summary(customer),
-        **feature_status(e, usage.get(feature, {}), now),
     }
