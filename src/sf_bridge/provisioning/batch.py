@@ -8,10 +8,10 @@ from collections.abc import Callable
 from datetime import UTC, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from sf_bridge.crm.port import CrmGateway, OpportunityUpdate
-from sf_bridge.db.models import Deal, StepAttempt
+from sf_bridge.db.models import NEEDS_ATTENTION, Deal, StepAttempt
 from sf_bridge.errors import CrmRejected, TransientError
 from sf_bridge.logging import get_logger
 from sf_bridge.provisioning import claim
@@ -248,6 +248,66 @@ def write_back_batch(
     for deal in ok:
         prov.hooks.after_commit(STEP_WRITE_BACK, deal.id)
     log.info("write_back_batch_done", deals=len(deals), written=len(written), duration_ms=duration)
+    return ids
+
+
+ERROR_TEXT_LIMIT = 255  # Opportunity text fields hold 255 characters
+
+
+def report_parked_batch(
+    prov: Provisioner,
+    crm: CrmGateway | None,
+    mappings_loader: Callable[[], Any],
+    limit: int = BATCH_LIMIT,
+) -> list[int]:
+    """Writes "Needs attention" and the reason onto the opportunities of newly parked deals
+    (when the mappings name a status or error field), in one call; returns their ids. A
+    failed call is raised; records Salesforce refuses are logged and not retried."""
+    if crm is None:
+        return []
+    with prov.session_factory() as session:
+        deals = list(
+            session.execute(
+                select(Deal)
+                .where(Deal.status == NEEDS_ATTENTION, Deal.writeback_pending.is_(True))
+                .order_by(Deal.id)
+                .limit(min(limit, BATCH_LIMIT))
+            ).scalars()
+        )
+    if not deals:
+        return []
+    names = getattr(mappings_loader(), "write_back", None)
+    values = {
+        "status": "Needs attention",
+        "error": None,
+    }
+    updates: list[OpportunityUpdate] = []
+    for deal in deals:
+        values["error"] = (deal.last_error or "")[:ERROR_TEXT_LIMIT]
+        fields = {
+            str(getattr(names, key)): value
+            for key, value in values.items()
+            if names is not None and getattr(names, key, None)
+        }
+        if fields:
+            updates.append(OpportunityUpdate(deal.opportunity_id, fields))
+    results = crm.write_back(updates) if updates else []
+    for result in results:
+        if not result.ok:
+            log.warning(
+                "parked_write_back_refused",
+                opportunity_id=result.opportunity_id,
+                error=result.error,
+            )
+    ids = [d.id for d in deals]
+    with prov.session_factory() as session, session.begin():
+        session.execute(
+            update(Deal)
+            .where(Deal.id.in_(ids), Deal.status == NEEDS_ATTENTION)
+            .values(writeback_pending=False)
+            .execution_options(synchronize_session=False)
+        )
+    log.info("parked_deals_reported", deals=len(deals), written=len(updates))
     return ids
 
 

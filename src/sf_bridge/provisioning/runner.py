@@ -375,6 +375,7 @@ def record_failure(
             row.next_attempt_at = now + timedelta(seconds=decision.delay)
         else:
             row.next_attempt_at = None
+            row.writeback_pending = row.source != "file"  # tell Salesforce users too
             session.add(
                 DealEvent(
                     deal_id=deal_id,

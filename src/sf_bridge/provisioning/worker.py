@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -19,7 +20,7 @@ from sf_bridge.billing.port import BillingGateway
 from sf_bridge.config import Settings
 from sf_bridge.crm.port import CrmGateway
 from sf_bridge.logging import get_logger
-from sf_bridge.provisioning.batch import fetch_batch, write_back_batch
+from sf_bridge.provisioning.batch import fetch_batch, report_parked_batch, write_back_batch
 from sf_bridge.provisioning.prices import PriceCache
 from sf_bridge.provisioning.retry import RetryPolicy
 from sf_bridge.provisioning.runner import Provisioner, RunnerOptions, StepHooks
@@ -29,6 +30,7 @@ from sf_bridge.provisioning.steps import Mapper, StepContext, default_mapper
 log = get_logger(__name__)
 
 DRAIN_SECONDS = 25.0
+PARKED_REPORT_BACKOFF = 30.0  # seconds before telling Salesforce again after a failed call
 
 
 def worker_id() -> str:
@@ -90,6 +92,7 @@ class Worker:
         self.concurrency = max(1, settings.worker_concurrency)
         self.poll_interval = poll_interval
         self.write_back_linger = write_back_linger
+        self._report_parked_after = 0.0
         self.mappings = _MappingsOnce(mappings_loader)
         ctx = StepContext(
             billing=billing,
@@ -131,6 +134,7 @@ class Worker:
                     limit=budget,
                     linger=self.write_back_linger if claimed else 0.0,
                 )
+                self._report_parked()
                 touched.update(fetched, claimed, written)
                 budget -= len(claimed) + len(fetched) + len(written)
                 if not (fetched or claimed or written):
@@ -160,6 +164,7 @@ class Worker:
                         linger=self.write_back_linger if inflight else 0.0,
                     )
                     busy = bool(written) or busy
+                    self._report_parked()
                 except Exception as exc:  # keep running through a database hiccup
                     log.error("worker_cycle_failed", error=str(exc), error_type=type(exc).__name__)
                 if inflight:
@@ -176,6 +181,16 @@ class Worker:
             if pending:
                 log.warning("worker_drain_incomplete", deals_in_flight=len(pending))
         log.info("worker_stopped", worker=self.owner)
+
+    def _report_parked(self) -> None:
+        """Tells Salesforce about newly parked deals; after a failed call, waits a while."""
+        if self.crm is None or time.monotonic() < self._report_parked_after:
+            return
+        try:
+            report_parked_batch(self.provisioner, self.crm, self.mappings)
+        except Exception as exc:
+            self._report_parked_after = time.monotonic() + PARKED_REPORT_BACKOFF
+            log.warning("parked_write_back_failed", error=str(exc), error_type=type(exc).__name__)
 
     @staticmethod
     def _report(done: set[Future[str | None]]) -> None:

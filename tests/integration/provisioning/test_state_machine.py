@@ -131,6 +131,15 @@ def test_permanent_error_parks_with_reason(harness: Harness) -> None:
     assert deal.status == "needs_attention"
     assert deal.current_step == "subscription"
     assert deal.last_error == "Invalid currency: xyz Fix: fix the currency in the mappings"
+    # Salesforce users see it on the opportunity, once.
+    assert h.crm.written["006000000000001AAA"] == {
+        "Provisioning_Status__c": "Needs attention",
+        "Provisioning_Error__c": deal.last_error,
+    }
+    calls = h.crm.calls
+    h.worker().run_once()
+    assert h.crm.calls == calls
+    assert h.deal("006000000000001AAA").writeback_pending is False
 
 
 def test_transient_errors_park_after_max_attempts(harness: Harness) -> None:
