@@ -203,7 +203,7 @@ class StripeGateway:
         acquire: Callable[[], object] | None = None,
         on_rate_limited: Callable[[float], object] | None = None,
         max_network_retries: int = 0,
-        timeout_seconds: float = 30.0,
+        timeout_seconds: float = 20.0,
     ) -> None:
         base = {"api": api_base.rstrip("/")} if api_base else None
         http_client = stripe.RequestsClient(timeout=timeout_seconds)

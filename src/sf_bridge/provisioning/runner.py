@@ -362,6 +362,7 @@ def record_failure(
         attempt.error = decision.reason
         attempt.error_code = decision.code
         attempt.stripe_request_id = request_id
+        attempt.idempotency_key = getattr(exc, "idempotency_key", None)
         if isinstance(exc, MappingFailed):
             attempt.detail = {"mapping_errors": [_error_dict(e) for e in exc.errors]}
         row.status = status

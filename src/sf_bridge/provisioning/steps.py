@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,6 +72,18 @@ def idempotency_key(scope: str, step: str, content: Any) -> str:
     """Deterministic: the same scope, step and request content always give the same key."""
     payload = json.dumps([scope, step, content], sort_keys=True, separators=(",", ":"), default=str)
     return f"sfb-{step}-{hashlib.sha256(payload.encode()).hexdigest()[:40]}"
+
+
+@contextmanager
+def keyed(key: str) -> Iterator[None]:
+    """Tags an error raised inside with the idempotency key of the request that failed, so the
+    attempt records it."""
+    try:
+        yield
+    except Exception as exc:
+        if getattr(exc, "idempotency_key", None) is None:
+            setattr(exc, "idempotency_key", key)  # noqa: B010
+        raise
 
 
 def plan_of(deal: Deal) -> ProvisioningPlan:
@@ -168,7 +181,8 @@ def customer_step(ctx: StepContext, deal: Deal, resumed: bool, known: Customer) 
     )
     content = {"name": spec.name, "email": spec.email, "account": account}
     key = idempotency_key(account, "customer", content)
-    created = billing.create_customer(spec, idempotency_key=key)
+    with keyed(key):
+        created = billing.create_customer(spec, idempotency_key=key)
     return StepResult(
         link(created.id),
         idempotency_key=key,
@@ -261,7 +275,8 @@ def subscription_step(ctx: StepContext, deal: Deal, resumed: bool) -> StepResult
     spec = build_subscription(ctx, deal, plan)
     key = idempotency_key(deal.opportunity_id, "subscription", subscription_params(spec))
     try:
-        created = billing.create_subscription(spec, idempotency_key=key)
+        with keyed(key):
+            created = billing.create_subscription(spec, idempotency_key=key)
     except BillingRejected:
         ctx.prices.forget([i.lookup_key for i in plan.items if i.lookup_key])
         raise
@@ -311,7 +326,8 @@ def invoice_step(ctx: StepContext, deal: Deal, resumed: bool) -> StepResult:
         if invoice is None or invoice.status == "draft":
             key = idempotency_key(deal.opportunity_id, "invoice", {"finalize": invoice_id})
             try:
-                invoice = billing.finalize_invoice(invoice_id, idempotency_key=key)
+                with keyed(key):
+                    invoice = billing.finalize_invoice(invoice_id, idempotency_key=key)
             except BillingRejected:
                 # Already finalized (by Stripe after an hour, or by a lost earlier response).
                 invoice = billing.get_invoice(invoice_id)

@@ -116,6 +116,20 @@ def test_transient_errors_retry_then_complete(harness: Harness) -> None:
         )
     assert ("customer", "retry") in outcomes
     assert ("subscription", "retry") in outcomes
+    with h.session_factory() as session:
+        tries = list(
+            session.execute(
+                select(StepAttempt.idempotency_key, StepAttempt.detail)
+                .where(StepAttempt.step == "subscription")
+                .order_by(StepAttempt.id)
+            ).all()
+        )
+    # the first try's response was lost after Stripe created the subscription: the failed
+    # attempt keeps its key, and the retry finds the subscription instead of creating one
+    assert len(tries) == 2
+    assert tries[0][0] is not None
+    assert tries[0][0].startswith("sfb-subscription-")
+    assert tries[1][1]["found_by"] == "search"
 
 
 def test_permanent_error_parks_with_reason(harness: Harness) -> None:
