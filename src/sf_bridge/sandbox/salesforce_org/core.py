@@ -4,7 +4,6 @@ it over HTTP; tests drive it through the methods here."""
 
 from __future__ import annotations
 
-import itertools
 import threading
 from collections import Counter
 from collections.abc import Iterable
@@ -14,22 +13,19 @@ from typing import Any
 
 from sf_bridge.logging import get_logger
 from sf_bridge.sandbox.salesforce_org.auth import Credentials, SessionStore
-from sf_bridge.sandbox.salesforce_org.events import (
-    EventLog,
-    change_event_data,
-    iso_z,
-    platform_event_data,
-    push_topic_data,
+from sf_bridge.sandbox.salesforce_org.channels import (
+    CDC_CHANNEL,
+    Channels,
+    PlatformEvent,
+    PushTopic,
 )
+from sf_bridge.sandbox.salesforce_org.events import EventLog
 from sf_bridge.sandbox.salesforce_org.ids import IdFactory
-from sf_bridge.sandbox.salesforce_org.query import QueryEngine, render_value
-from sf_bridge.sandbox.salesforce_org.schema import is_custom_name
-from sf_bridge.sandbox.salesforce_org.soql import Query, SoqlError, parse
+from sf_bridge.sandbox.salesforce_org.query import QueryEngine
 from sf_bridge.sandbox.salesforce_org.store import RecordError, RecordStore, Stage
 
 log = get_logger(__name__)
 
-CDC_CHANNEL = "/data/OpportunityChangeEvent"
 # Fixed, documented credentials of the local sandbox org (never a real org's).
 SANDBOX_CREDENTIALS = Credentials(
     username="integration@sandbox.example",
@@ -38,24 +34,6 @@ SANDBOX_CREDENTIALS = Credentials(
     client_id="3MVG9sandbox.client.id",
     client_secret="sandbox-client-secret",
 )
-_SKIPPED_IN_EVENTS = {"Id", "SystemModstamp", "IsDeleted"}
-
-
-@dataclass
-class PushTopic:
-    name: str
-    query: Query
-    notify_for_fields: str  # All, Referenced, Select, Where
-    on_create: bool
-    on_update: bool
-    select_fields: list[str]
-    where_fields: set[str]
-
-
-@dataclass
-class PlatformEvent:
-    name: str
-    fields: dict[str, str]  # event field -> Opportunity field
 
 
 @dataclass
@@ -98,10 +76,8 @@ class Org:
         self._api_used = 0
         self._api_max = 100_000
         self._charged = 0
-        self._commit_numbers = itertools.count(10_650_152_450)
         self._lock = threading.RLock()
-        self.push_topics: dict[str, PushTopic] = {}
-        self.platform_events: dict[str, PlatformEvent] = {}
+        self.channels = Channels(self.store, self.events, self.queries, self.now)
 
     # -- credentials -----------------------------------------------------------------------
     @property
@@ -204,7 +180,7 @@ class Org:
         with self._lock:
             self.faults.update_faults[record_id] = UpdateFault(status_code, message, times)
 
-    def _take_update_fault(self, record_id: str) -> UpdateFault | None:
+    def take_update_fault(self, record_id: str) -> UpdateFault | None:
         with self._lock:
             fault = self.faults.update_faults.get(record_id)
             if fault is None or fault.remaining <= 0:
@@ -334,7 +310,7 @@ class Org:
             record = self.store.get("Opportunity", opportunity_id)
             assert record is not None
             changed = [f for f, v in record.items() if v is not None]
-            self._after_opportunity_change(record, changed, origin="", created=True)
+            self.channels.publish_opportunity_change(record, changed, origin="", created=True)
             return opportunity_id
 
     def _add_line(
@@ -378,7 +354,7 @@ class Org:
         """Edits an opportunity as a user would in the UI; emits its change events."""
         with self.store.lock:
             changed = self.store.update("Opportunity", opportunity_id, fields, as_api=False)
-            self._emit_update(opportunity_id, changed, origin="")
+            self.emit_update(opportunity_id, changed, origin="")
             return changed
 
     def close_won(self, opportunity_id: str, **field_changes: Any) -> None:
@@ -387,86 +363,36 @@ class Org:
         won_stage = next((s.name for s in self.store.stages.values() if s.is_won), "Closed Won")
         self.update_opportunity(opportunity_id, StageName=won_stage, **field_changes)
 
-    def api_update(self, sobject: str, record_id: str, values: dict[str, Any]) -> None:
-        """An update through the REST API: read-only fields refused, events emitted."""
-        with self.store.lock:
-            name = self._check_api_update(sobject, record_id, values)
-            changed = self.store.update(name, record_id, values, as_api=True)
-            if name == "Opportunity":
-                self._emit_update(record_id, changed, origin=self.rest_origin)
+    # -- channels ------------------------------------------------------------------------
+    @property
+    def push_topics(self) -> dict[str, PushTopic]:
+        return self.channels.push_topics
 
-    def _check_api_update(self, sobject: str, record_id: str, values: dict[str, Any]) -> str:
-        fault = self._take_update_fault(record_id)
-        if fault is not None:
-            raise RecordError(fault.status_code, fault.message)
-        obj = self.store.object_def(sobject)
-        if obj is None:
-            raise RecordError("INVALID_TYPE", f"sObject type '{sobject}' is not supported.")
-        for name in values:
-            if obj.field_named(name) is None and not (
-                is_custom_name(name) and obj.name == "Opportunity"
-            ):
-                raise RecordError(
-                    "INVALID_FIELD",
-                    f"No such column '{name}' on sobject of type {obj.name}",
-                    [name],
-                )
-        self.store.update(obj.name, record_id, values, as_api=True, dry_run=True)
-        return obj.name
+    @property
+    def platform_events(self) -> dict[str, PlatformEvent]:
+        return self.channels.platform_events
 
-    def api_update_collection(
-        self, records: list[dict[str, Any]], *, all_or_none: bool
-    ) -> list[dict[str, Any]]:
-        """The composite sObject collections update: one result per record, in order."""
-        prepared: list[tuple[str, str, dict[str, Any]] | RecordError] = []
-        for raw in records:
-            values = dict(raw)
-            attributes = values.pop("attributes", None)
-            record_id = values.pop("id", None) or values.pop("Id", None)
-            sobject = attributes.get("type") if isinstance(attributes, dict) else None
-            if not sobject:
-                prepared.append(RecordError("INVALID_TYPE", "Unable to find type for record"))
-            elif not record_id:
-                prepared.append(
-                    RecordError("MISSING_ARGUMENT", "Id not specified in an update call")
-                )
-            else:
-                prepared.append((str(sobject), str(record_id), values))
-        results: list[dict[str, Any]] = []
-        with self.store.lock:
-            if all_or_none:
-                failures: list[RecordError | None] = []
-                for item in prepared:
-                    if isinstance(item, RecordError):
-                        failures.append(item)
-                        continue
-                    try:
-                        self._check_api_update(*item)
-                        failures.append(None)
-                    except RecordError as exc:
-                        failures.append(exc)
-                if any(failures):
-                    return [
-                        _collection_error(
-                            failure
-                            or RecordError(
-                                "ALL_OR_NONE_OPERATION_ROLLED_BACK",
-                                "Record rolled back because not all records were valid and the "
-                                "request was using AllOrNone header",
-                            )
-                        )
-                        for failure in failures
-                    ]
-            for item in prepared:
-                if isinstance(item, RecordError):
-                    results.append(_collection_error(item))
-                    continue
-                try:
-                    self.api_update(*item)
-                    results.append({"id": item[1], "success": True, "errors": []})
-                except RecordError as exc:
-                    results.append(_collection_error(exc))
-        return results
+    def channel_exists(self, channel: str) -> bool:
+        return self.channels.channel_exists(channel)
+
+    def define_push_topic(self, name: str, query: str, **options: Any) -> str:
+        """Stores a PushTopic (a SOQL query on Opportunity; options notify_for_fields,
+        notify_for_operation_create / _update); returns its channel /topic/<name>."""
+        return self.channels.define_push_topic(name, query, **options)
+
+    def define_platform_event(self, name: str, fields: dict[str, str] | None = None) -> str:
+        """Defines a platform event published (as a Flow would) when a deal is won; `fields`
+        maps event fields to Opportunity fields. Returns its channel /event/<name>."""
+        return self.channels.define_platform_event(name, fields)
+
+    def emit(self, channel: str, payload: dict[str, Any], *, add_replay_id: bool = True) -> int:
+        """Publishes a raw `data` payload on a channel (malformed events included); returns its
+        replay id. `add_replay_id=False` leaves `data.event` exactly as given."""
+        return self.channels.emit(channel, payload, add_replay_id=add_replay_id)
+
+    def emit_gap(self, record_ids: list[str], change_type: str = "GAP_UPDATE") -> int:
+        """A CDC gap event: the header names the records, no field values come with it."""
+        return self.channels.emit_gap(record_ids, change_type)
 
     @property
     def rest_origin(self) -> str:
@@ -478,181 +404,14 @@ class Org:
     ) -> None:
         """Publishes the change events of an opportunity change (CDC, PushTopics, Platform
         Events) made outside the helpers here."""
-        self._after_opportunity_change(record, changed, origin=origin, created=created)
+        self.channels.publish_opportunity_change(record, changed, origin=origin, created=created)
 
-    def _emit_update(self, opportunity_id: str, changed: list[str], *, origin: str) -> None:
+    def emit_update(self, opportunity_id: str, changed: list[str], *, origin: str) -> None:
         if not changed:
             return
         record = self.store.get("Opportunity", opportunity_id)
         assert record is not None
-        self._after_opportunity_change(record, changed, origin=origin, created=False)
-
-    # -- channels ------------------------------------------------------------------------
-    def channel_exists(self, channel: str) -> bool:
-        if channel == CDC_CHANNEL:
-            return True
-        if channel.startswith("/topic/"):
-            return channel.removeprefix("/topic/") in self.push_topics
-        if channel.startswith("/event/"):
-            return channel.removeprefix("/event/") in self.platform_events
-        return False
-
-    def define_push_topic(
-        self,
-        name: str,
-        query: str,
-        *,
-        notify_for_fields: str = "Referenced",
-        notify_for_operation_create: bool = True,
-        notify_for_operation_update: bool = True,
-    ) -> str:
-        """Stores a PushTopic (a SOQL query on Opportunity); returns its channel /topic/<name>."""
-        parsed = parse(query)
-        if parsed.sobject.lower() != "opportunity" or parsed.subqueries:
-            raise SoqlError("INVALID_FIELD", "the sandbox supports PushTopics on Opportunity only")
-        obj = self.store.object_def("Opportunity")
-        assert obj is not None
-        select_fields = []
-        for path in parsed.fields:
-            if len(path.parts) != 1:
-                raise SoqlError("INVALID_FIELD", "relationships are not supported in PushTopics")
-            _, field_def = self.queries.resolve(query, obj, path)
-            select_fields.append(field_def.name)
-        if "Id" not in select_fields:
-            select_fields.insert(0, "Id")
-        where_fields: set[str] = set()
-        self._collect_where_fields(query, parsed.where, where_fields)
-        self.push_topics[name] = PushTopic(
-            name,
-            parsed,
-            notify_for_fields,
-            notify_for_operation_create,
-            notify_for_operation_update,
-            select_fields,
-            where_fields,
-        )
-        return f"/topic/{name}"
-
-    def _collect_where_fields(self, query: str, condition: Any, out: set[str]) -> None:
-        if condition is None:
-            return
-        if hasattr(condition, "operands"):
-            for operand in condition.operands:
-                self._collect_where_fields(query, operand, out)
-        elif hasattr(condition, "operand"):
-            self._collect_where_fields(query, condition.operand, out)
-        else:
-            obj = self.store.object_def("Opportunity")
-            assert obj is not None
-            _, field_def = self.queries.resolve(query, obj, condition.path)
-            out.add(field_def.name)
-
-    def define_platform_event(self, name: str, fields: dict[str, str] | None = None) -> str:
-        """Defines a platform event published (as a Flow would) when a deal is won; `fields`
-        maps event fields to Opportunity fields. Returns its channel /event/<name>."""
-        if not name.endswith("__e"):
-            name += "__e"
-        self.platform_events[name] = PlatformEvent(name, fields or {"Opportunity_Id__c": "Id"})
-        return f"/event/{name}"
-
-    def emit(self, channel: str, payload: dict[str, Any], *, add_replay_id: bool = True) -> int:
-        """Publishes a raw `data` payload on a channel (malformed events included); returns its
-        replay id. `add_replay_id=False` leaves `data.event` exactly as given."""
-        data = dict(payload)
-        if add_replay_id and "event" not in data:
-            data["event"] = {}
-        return self.events.publish(channel, data, set_replay_id=add_replay_id).replay_id
-
-    def emit_gap(self, record_ids: list[str], change_type: str = "GAP_UPDATE") -> int:
-        """A CDC gap event: the header names the records, no field values come with it."""
-        data = change_event_data(
-            entity="Opportunity",
-            record_ids=record_ids,
-            change_type=change_type,
-            changed_values={},
-            changed_fields=[],
-            commit_time=self.now(),
-            commit_user=self.user_id,
-            commit_number=next(self._commit_numbers),
-            change_origin="",
-        )
-        return self.events.publish(CDC_CHANNEL, data).replay_id
-
-    def _after_opportunity_change(
-        self, record: dict[str, Any], changed: list[str], *, origin: str, created: bool
-    ) -> None:
-        obj = self.store.object_def("Opportunity")
-        assert obj is not None
-        fields = [f for f in changed if f not in _SKIPPED_IN_EVENTS]
-        values = {f: _event_value(obj.fields[f].type, record.get(f)) for f in fields}
-        commit_time = record["LastModifiedDate"]
-        data = change_event_data(
-            entity="Opportunity",
-            record_ids=[record["Id"]],
-            change_type="CREATE" if created else "UPDATE",
-            changed_values=values,
-            changed_fields=[] if created else fields,
-            commit_time=commit_time,
-            commit_user=self.user_id,
-            commit_number=next(self._commit_numbers),
-            change_origin=origin,
-        )
-        self.events.publish(CDC_CHANNEL, data)
-        for topic in self.push_topics.values():
-            self._maybe_push(topic, record, set(changed), created)
-        became_won = record.get("IsWon") and (created or "IsWon" in changed)
-        if became_won:
-            for event in self.platform_events.values():
-                payload = {
-                    event_field: render_value(obj.fields[source], record.get(source))
-                    for event_field, source in event.fields.items()
-                }
-                self.events.publish(
-                    f"/event/{event.name}",
-                    platform_event_data(event.name, payload, self.now(), self.user_id),
-                )
-
-    def _maybe_push(
-        self, topic: PushTopic, record: dict[str, Any], changed: set[str], created: bool
-    ) -> None:
-        if (created and not topic.on_create) or (not created and not topic.on_update):
-            return
-        if not self.queries.matches("Opportunity", record, topic.query.where):
-            return
-        if not created:
-            relevant = {
-                "All": None,
-                "Referenced": set(topic.select_fields) | topic.where_fields,
-                "Select": set(topic.select_fields),
-                "Where": topic.where_fields,
-            }.get(topic.notify_for_fields)
-            if relevant is not None and not (relevant & changed):
-                return
-        obj = self.store.object_def("Opportunity")
-        assert obj is not None
-        sobject = {f: render_value(obj.fields[f], record.get(f)) for f in topic.select_fields}
-        self.events.publish(
-            f"/topic/{topic.name}",
-            push_topic_data(sobject, "created" if created else "updated", self.now()),
-        )
+        self.channels.publish_opportunity_change(record, changed, origin=origin, created=False)
 
 
-def _collection_error(error: RecordError) -> dict[str, Any]:
-    return {
-        "success": False,
-        "errors": [
-            {"statusCode": error.status_code, "message": error.message, "fields": error.fields}
-        ],
-    }
-
-
-def _event_value(field_type: str, value: Any) -> Any:
-    """Field values in change events: datetimes as 2026-11-25T10:00:00.000Z."""
-    if isinstance(value, datetime):
-        return iso_z(value)
-    if isinstance(value, date):
-        return value.isoformat()
-    return value
-
-
-__all__ = ["CDC_CHANNEL", "Org", "RecordError", "iso_z"]
+__all__ = ["CDC_CHANNEL", "SANDBOX_CREDENTIALS", "Org", "RecordError"]

@@ -19,6 +19,7 @@ from sf_bridge.sandbox.salesforce_org.query import record_url, render_value
 from sf_bridge.sandbox.salesforce_org.schema import is_custom_name
 from sf_bridge.sandbox.salesforce_org.soql import SoqlError
 from sf_bridge.sandbox.salesforce_org.store import RecordError
+from sf_bridge.sandbox.salesforce_org.writes import api_update, api_update_collection
 
 log = get_logger(__name__)
 
@@ -285,7 +286,7 @@ class RestApi:
         if self.org.store.get(sobject, record_id) is None:
             return error_response(404, "NOT_FOUND", "The requested resource does not exist")
         try:
-            self.org.api_update(sobject, record_id, values)
+            api_update(self.org, sobject, record_id, values)
         except RecordError as exc:
             return error_response(400, exc.status_code, exc.message, fields=exc.fields)
         return web.Response(status=204)
@@ -302,7 +303,7 @@ class RestApi:
                 "record limit reached. cannot submit more than 200 records into this call",
             )
         all_or_none = bool(body.get("allOrNone", False)) if body else False
-        return web.json_response(self.org.api_update_collection(records, all_or_none=all_or_none))
+        return web.json_response(api_update_collection(self.org, records, all_or_none=all_or_none))
 
 
 async def _json_object(request: web.Request) -> dict[str, Any] | None:
