@@ -7,12 +7,13 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import httpx
 import pytest
 import stripe
 
-from sf_bridge.sandbox.stripe_emulator import Faults, StripeEmulator
+from sf_bridge.sandbox.stripe_emulator import FaultKind, Faults, StripeEmulator
 from tests.fixtures.stripe import SAMPLE_CATALOG, http_post, loopback_http
 
 
@@ -255,3 +256,82 @@ def test_sustains_concurrent_clients(stripe_emulator: StripeEmulator) -> None:
     print(f"stripe emulator: {rate:.0f} requests/s from {clients} concurrent clients")
     assert stripe_emulator.count("customer") == total // 2
     assert rate > 100  # a floor that holds on a loaded machine; unloaded it does ~1000/s
+
+
+def _subscribe_params(emu: StripeEmulator, client: stripe.StripeClient) -> dict[str, Any]:
+    prices = emu.seed_catalog(SAMPLE_CATALOG)
+    customer = client.v1.customers.create(params={"name": "Acme"})
+    return {
+        "customer": customer.id,
+        "items": [{"price": prices["pro_monthly"]}],
+        "collection_method": "send_invoice",
+        "days_until_due": 30,
+        "metadata": {"sf_opportunity_id": "006A"},
+    }
+
+
+def test_scripted_drop_after_processing_hits_only_that_route(
+    stripe_emulator: StripeEmulator, stripe_client: stripe.StripeClient
+) -> None:
+    params = _subscribe_params(stripe_emulator, stripe_client)
+    stripe_emulator.fail_next("POST /v1/subscriptions", "drop_after")
+    options: stripe.RequestOptions = {"idempotency_key": "sub-006A"}
+    with pytest.raises(stripe.APIConnectionError):
+        stripe_client.v1.subscriptions.create(params=params, options=options)  # type: ignore[arg-type]
+    assert stripe_emulator.count("subscription") == 1  # created; the answer was lost
+    again = stripe_client.v1.subscriptions.create(params=params, options=options)  # type: ignore[arg-type]
+    assert again.id == stripe_emulator.objects("subscription")[0]["id"]
+    assert stripe_emulator.count("subscription") == 1
+    (dropped, replayed) = stripe_emulator.requests("POST /v1/subscriptions")
+    assert (dropped.status, dropped.idempotency_key) == (None, "sub-006A")
+    assert (replayed.status, replayed.replayed) == (200, True)
+
+
+def test_scripted_error_after_processing_is_replayed_under_its_key(
+    stripe_emulator: StripeEmulator, stripe_client: stripe.StripeClient
+) -> None:
+    """Stripe saves a 500 from an endpoint that ran: retrying the key gets the 500 again, and
+    only a lookup (search by metadata, or list) finds what was created."""
+    params = _subscribe_params(stripe_emulator, stripe_client)
+    stripe_emulator.fail_next("POST /v1/subscriptions", "error_after")
+    options: stripe.RequestOptions = {"idempotency_key": "sub-006A"}
+    for _ in range(2):
+        with pytest.raises(stripe.APIError) as caught:
+            stripe_client.v1.subscriptions.create(params=params, options=options)  # type: ignore[arg-type]
+        assert caught.value.http_status == 500
+    assert stripe_emulator.count("subscription") == 1
+    found = stripe_client.v1.subscriptions.search(
+        params={"query": "metadata['sf_opportunity_id']:'006A'"}
+    )
+    assert len(found.data) == 1
+
+
+@pytest.mark.parametrize(
+    ("kind", "error", "created"),
+    [
+        ("error", stripe.APIError, 0),
+        ("rate_limit", stripe.RateLimitError, 0),
+        ("lock_timeout", stripe.RateLimitError, 0),
+        ("drop_before", stripe.APIConnectionError, 0),
+    ],
+)
+def test_scripted_faults_before_processing_create_nothing_and_pass(
+    stripe_emulator: StripeEmulator,
+    stripe_client: stripe.StripeClient,
+    kind: FaultKind,
+    error: type[Exception],
+    created: int,
+) -> None:
+    params = _subscribe_params(stripe_emulator, stripe_client)
+    stripe_emulator.fail_next("POST /v1/subscriptions", kind)
+    options: stripe.RequestOptions = {"idempotency_key": "k"}
+    with pytest.raises(error):
+        stripe_client.v1.subscriptions.create(params=params, options=options)  # type: ignore[arg-type]
+    assert stripe_emulator.count("subscription") == created
+    stripe_client.v1.subscriptions.create(params=params, options=options)  # type: ignore[arg-type]
+    assert stripe_emulator.count("subscription") == 1
+
+
+def test_fail_next_refuses_unknown_routes(stripe_emulator: StripeEmulator) -> None:
+    with pytest.raises(ValueError, match="no such route"):
+        stripe_emulator.fail_next("POST /v1/unicorns")

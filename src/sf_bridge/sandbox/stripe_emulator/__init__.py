@@ -3,15 +3,17 @@
 
 from .emulator import DEFAULT_API_KEY, CatalogPrice, StripeEmulator
 from .errors import StripeApiError
-from .faults import Faults
-from .stats import StatsSnapshot
+from .faults import FaultKind, Faults
+from .stats import RequestRecord, StatsSnapshot
 from .webhooks import DeliveryAttempt, WebhookEndpoint, sign
 
 __all__ = [
     "DEFAULT_API_KEY",
     "CatalogPrice",
     "DeliveryAttempt",
+    "FaultKind",
     "Faults",
+    "RequestRecord",
     "StatsSnapshot",
     "StripeApiError",
     "StripeEmulator",

@@ -4,6 +4,7 @@ sandbox`. The real `stripe` SDK talks to it via `base_addresses={"api": emulator
 from __future__ import annotations
 
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any, Protocol
@@ -13,17 +14,19 @@ from sf_bridge.logging import get_logger
 from . import catalog, invoices, timeline
 from .clock import Clock
 from .errors import StripeApiError
-from .faults import FaultInjector, Faults
+from .faults import FaultInjector, FaultKind, Faults
 from .idempotency import IdempotencyStore
 from .objects import clone
+from .routes import ROUTES
 from .server import EmulatorHTTPServer
-from .stats import Stats
+from .stats import RequestRecord, Stats
 from .store import SYSTEM, Store
 from .webhooks import DEFAULT_RETRY_DELAYS, DeliveryAttempt, WebhookDispatcher, WebhookEndpoint
 
 log = get_logger(__name__)
 
 DEFAULT_API_KEY = "sk_test_sfbridgesandbox000000000000"
+REQUEST_LOG_SIZE = 10_000
 
 
 class CatalogPrice(Protocol):
@@ -67,6 +70,7 @@ class StripeEmulator:
         self.stats = Stats()
         self.webhooks = WebhookDispatcher(webhook_retry_delays, on_delivered=self._delivered)
         self.store.listeners.append(self._publish)
+        self._requests: deque[RequestRecord] = deque(maxlen=REQUEST_LOG_SIZE)
         self._server: EmulatorHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -141,6 +145,20 @@ class StripeEmulator:
                 if object_id in objects:
                     return clone(objects[object_id])
         raise KeyError(object_id)
+
+    def requests(self, route: str | None = None) -> list[RequestRecord]:
+        """The last API requests (up to 10,000), oldest first; only `route`'s when given."""
+        return [r for r in list(self._requests) if route is None or r.route == route]
+
+    def record_request(self, record: RequestRecord) -> None:
+        self._requests.append(record)
+
+    def fail_next(self, route: str, kind: FaultKind = "error", times: int = 1) -> None:
+        """Scripts a fault for the next `times` requests of `route` ("POST /v1/subscriptions",
+        "POST /v1/invoices/{id}/finalize"...): see `FaultKind` for what each kind does."""
+        if not any(r.name == route for r in ROUTES):
+            raise ValueError(f"no such route: {route!r}")
+        self.injector.fail_next(route, kind, times)
 
     def events(self, type_: str | None = None) -> list[dict[str, Any]]:
         return [e for e in self.objects("event") if type_ is None or e["type"] == type_]

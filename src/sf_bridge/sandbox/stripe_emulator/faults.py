@@ -12,9 +12,19 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 DropPhase = Literal["before", "after", "either"]
+# Scripted one-off faults for one route:
+#   "error"        500 before the endpoint runs (nothing saved under the idempotency key)
+#   "error_after"  the endpoint runs, then 500; saved and replayed under its key, as Stripe does
+#   "drop_before"  connection closed before the endpoint runs
+#   "drop_after"   the endpoint runs, the connection is closed without the answer
+#   "rate_limit"   429 rate_limit
+#   "lock_timeout" 429 lock_timeout
+FaultKind = Literal[
+    "error", "error_after", "drop_before", "drop_after", "rate_limit", "lock_timeout"
+]
 
 
 @dataclass
@@ -45,6 +55,22 @@ class FaultInjector:
         self._rate: float | None = None
         self._refilled = time.monotonic()
         self._writing: dict[str, int] = {}
+        self._scripted: list[list[Any]] = []  # [route, kind, times left]
+
+    def fail_next(self, route: str, kind: FaultKind, times: int = 1) -> None:
+        with self._lock:
+            self._scripted.append([route, kind, times])
+
+    def take_scripted(self, route: str) -> FaultKind | None:
+        """The scripted fault for this request of `route`, if one is pending."""
+        with self._lock:
+            for entry in self._scripted:
+                if entry[0] == route and entry[2] > 0:
+                    entry[2] -= 1
+                    kind: FaultKind = entry[1]
+                    self._scripted = [e for e in self._scripted if e[2] > 0]
+                    return kind
+        return None
 
     def _roll(self, share: float) -> bool:
         if share <= 0:

@@ -21,6 +21,7 @@ from . import routes
 from .errors import StripeApiError
 from .idempotency import Saved, fingerprint
 from .params import decode_form, parse_params
+from .stats import RequestRecord
 from .store import API_VERSION, RequestContext
 
 if TYPE_CHECKING:
@@ -103,25 +104,34 @@ class Handler(BaseHTTPRequestHandler):
         rid = request_id()
         match = routes.match(method, url.path)
         route_name = match[0].name if match else f"{method} {url.path}"
+        key = self.headers.get("Idempotency-Key") if method == "POST" else None
+        status: int | None
         try:
-            status, payload, headers, replayed = self._api(method, url.path, url.query, body, rid)
+            status, payload, headers, replayed = self._api(
+                method, url.path, url.query, body, rid, route_name
+            )
         except Drop:
-            emu.stats.record(route_name, None)
-            self.close_connection = True
-            return
+            status, replayed = None, False
         except Exception:  # a defect in the emulator: answer as Stripe does, keep serving
             log.exception("stripe_emulator.internal_error", route=route_name, request_id=rid)
             error = StripeApiError.api_error()
             status, payload, headers, replayed = 500, _dumps(error.body(rid)), {}, False
         emu.stats.record(route_name, status, replayed=replayed)
+        emu.record_request(RequestRecord(rid, method, route_name, self.path, status, key, replayed))
+        if status is None:
+            self.close_connection = True
+            return
         self._send(status, payload, {**headers, "Request-Id": rid})
 
     def _api(
-        self, method: str, path: str, query: str, body: str, rid: str
+        self, method: str, path: str, query: str, body: str, rid: str, route_name: str
     ) -> tuple[int, bytes, dict[str, str], bool]:
         emu = self.server.emulator
         injector = emu.injector
+        scripted = injector.take_scripted(route_name)
         drop = injector.drop_phase()
+        if scripted in ("drop_before", "drop_after"):
+            drop = "before" if scripted == "drop_before" else "after"
         if drop == "before":
             injector.wait_latency()
             raise Drop
@@ -133,9 +143,9 @@ class Handler(BaseHTTPRequestHandler):
         reserved = False
         try:
             self._authenticate()
-            if not injector.admit():
+            if scripted == "rate_limit" or not injector.admit():
                 raise StripeApiError.rate_limited()
-            if injector.should_fail():
+            if scripted == "error" or injector.should_fail():
                 raise StripeApiError.api_error()
             found = routes.match(method, path)
             if found is None:
@@ -161,7 +171,7 @@ class Handler(BaseHTTPRequestHandler):
             with injector.writing(customer) as granted:
                 injector.wait_latency()
                 slept = True
-                if not granted:
+                if not granted or scripted == "lock_timeout":
                     emu.stats.record_lock_timeout()
                     raise StripeApiError.lock_timeout()
                 ctx = RequestContext(rid, key)
@@ -173,6 +183,8 @@ class Handler(BaseHTTPRequestHandler):
                 except StripeApiError as exc:
                     status, payload = exc.status, _dumps(exc.body(rid))
                     headers.update(exc.headers)
+                if scripted == "error_after":
+                    status, payload = 500, _dumps(StripeApiError.api_error().body(rid))
             if reserved and key:
                 emu.idempotency.finish(key, status, payload, dict(headers))
                 reserved = False

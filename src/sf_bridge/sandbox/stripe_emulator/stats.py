@@ -8,6 +8,19 @@ from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
+class RequestRecord:
+    """One API request as the emulator saw it (status None: dropped without an answer)."""
+
+    request_id: str
+    method: str
+    route: str  # "POST /v1/subscriptions", "GET /v1/customers/{id}"
+    path: str  # as requested, with its query string
+    status: int | None
+    idempotency_key: str | None
+    replayed: bool
+
+
+@dataclass(frozen=True)
 class StatsSnapshot:
     total: int
     by_route: dict[str, int]
