@@ -10,11 +10,14 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from sf_bridge.demo.scenario import SCENARIO
@@ -48,13 +51,90 @@ def run_demo(*args: str, cwd: Path = REPO_ROOT) -> tuple[subprocess.CompletedPro
     return result, time.monotonic() - started
 
 
-def test_demo_provisions_every_sample_deal_and_replays_the_parked_one() -> None:
-    result, wall = run_demo()
-    out = result.stdout
-    assert result.returncode == 0, f"demo failed after {wall:.1f} s:\n{out}\n{result.stderr}"
-    print(f"sf-bridge demo wall time: {wall:.1f} s")
+def _env_file(out: str) -> dict[str, str]:
+    match = re.search(r"set -a; \. (\S+demo\.env); set \+a", out)
+    assert match, "the demo says where its settings are"
+    settings = {}
+    for line in Path(match.group(1)).read_text().splitlines():
+        key, _, value = line.partition("=")
+        settings[key] = value
+    return settings
 
-    assert "DEMO OK" in out
+
+def _explore_then_stop(proc: subprocess.Popen[str], started: float) -> tuple[int, str]:
+    """Waits for the demo's summary, explores what it left running as a user would, then
+    stops it with SIGTERM. Returns its exit code and its whole output."""
+    lines: list[str] = []
+    ready = threading.Event()
+
+    def collect() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if "# logs:" in line or "DEMO FAILED" in line:
+                ready.set()
+        ready.set()
+
+    reader = threading.Thread(target=collect, daemon=True)
+    reader.start()
+    try:
+        assert ready.wait(200), "the demo did not finish its run"
+        print(f"sf-bridge demo wall time (to the summary): {time.monotonic() - started:.1f} s")
+        out = "".join(lines)
+        assert "DEMO OK" in out, out
+
+        # What a user does next, with the settings the demo printed.
+        settings = _env_file(out)
+        deals = subprocess.run(
+            [sys.executable, "-m", "sf_bridge", "deals"],
+            env={**demo_env(), **settings},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert deals.returncode == 0, deals.stderr
+        assert deals.stdout.count(" done ") == len(SCENARIO.deals), deals.stdout
+        api = re.search(r"curl -H .*? (http://127\.0\.0\.1:\d+/v1/customers/\w+/entitlements)", out)
+        assert api, out
+        answer = httpx.get(
+            api.group(1),
+            headers={"Authorization": f"Bearer {settings['SF_BRIDGE_API_KEYS']}"},
+            timeout=10,
+        )
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["entitlements"]["seats"]["limit"] == 155  # Acme: 150 + 5 seats
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+        reader.join(10)
+    return code, "".join(lines)
+
+
+def test_demo_provisions_every_sample_deal_and_replays_the_parked_one(tmp_path: Path) -> None:
+    """One run with --keep-running: the summary, then the user's exploring commands against
+    what it left running, then SIGTERM stops everything and the exit code says it all held."""
+    errors_path = tmp_path / "stderr.txt"
+    with (
+        errors_path.open("w") as errors,
+        subprocess.Popen(
+            [sys.executable, "-m", "sf_bridge", "demo", "--keep-running"],
+            cwd=REPO_ROOT,
+            env=demo_env(),
+            stdout=subprocess.PIPE,
+            stderr=errors,
+            text=True,
+        ) as proc,
+    ):
+        code, out = _explore_then_stop(proc, time.monotonic())
+    assert code == 0, out + errors_path.read_text()
+    assert "stopping" in out
+
     assert "FAIL" not in out
     for deal in SCENARIO.deals:
         assert deal.name in out, deal.name
@@ -66,6 +146,8 @@ def test_demo_provisions_every_sample_deal_and_replays_the_parked_one() -> None:
     assert "SF_Bridge_Status__c" in out
     assert "Stripe_Invoice_URL__c" in out
     assert "none: custom plan, billed outside Stripe" in out
+    # Payments after provisioning.
+    assert re.search(r"records invoice in_\w+ as paid; Stripe shows it paid", out)
     # The parked deal: its reason, the fix and the replay.
     assert "needs_attention" in out
     assert "SB-SANDBOX-PLUS-Y" in out

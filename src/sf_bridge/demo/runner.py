@@ -22,7 +22,7 @@ import signal
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -84,6 +84,7 @@ class Stack:
     api_key: str = ""
     webhook_secret: str = ""
     env: dict[str, str] | None = None
+    settings: dict[str, str] = field(default_factory=dict)  # what the demo sets for its children
 
 
 class Demo:
@@ -220,6 +221,7 @@ class Demo:
             "PORT": str(api_port),
             "LOG_FORMAT": "json",
         }
+        stack.settings = env
         stack.env = child_environment(env)
         stack.api = ManagedProcess(
             "api", ["serve"], stack.env, stack.workdir / "serve.log", stack.workdir
@@ -486,20 +488,19 @@ class Demo:
 
     def _keep_running(self, stack: Stack, facts: list[DealFacts]) -> None:
         self.heading("Still running: explore, then press Ctrl-C to stop")
-        stripe, org = stack.stripe, stack.org
+        env_file = stack.workdir / "demo.env"
+        env_file.write_text("".join(f"{k}={v}\n" for k, v in sorted(stack.settings.items())))
         deal_id = facts[0].opportunity_id
         account_id = facts[0].account_id
         lines = [
-            f"export DATABASE_URL={stack.database_url}",
-            f"export SF_BRIDGE_MAPPINGS={stack.workdir / 'mappings'}",
+            f"set -a; . {env_file}; set +a      # the settings the worker and the API run with",
             "sf-bridge deals",
             f"sf-bridge deals show {deal_id}",
-            f"curl -H 'Authorization: Bearer {stack.api_key}' "
+            "sf-bridge mappings preview --opportunity-id " + facts[-1].opportunity_id,
+            f'curl -H "Authorization: Bearer $SF_BRIDGE_API_KEYS" '
             f"{stack.api_url}/v1/customers/{account_id}/entitlements",
             f"curl {stack.api_url}/metrics",
-            f"# Stripe emulator: STRIPE_API_BASE={stripe.url} STRIPE_API_KEY={stripe.api_key}",
-            f"# sandbox org:     SF_LOGIN_URL={org.url} SF_USERNAME={org.username}",
-            f"# logs:            {stack.workdir / 'worker.log'}  {stack.workdir / 'serve.log'}",
+            f"# logs: {stack.workdir / 'worker.log'}  {stack.workdir / 'serve.log'}",
         ]
         for line in lines:
             self.console.print(f"  {line}", markup=False, highlight=False)
