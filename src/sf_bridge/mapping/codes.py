@@ -22,6 +22,7 @@ CHECK_CODES: dict[str, str] = {
     "unknown_plan": "a reference to a plan not in `plans`",
     "unknown_addon": "a reference to an add-on not in `addons`",
     "duplicate_product_code": "one product code mapped twice",
+    "invalid_product_id": "not a Product2 Id while `match_products_by: product_id`",
     "variable_without_source": "a variable entitlement with no source and no default",
     "negative_value": "a negative amount or number",
     "not_an_integer": "a fraction where a whole number is required",

@@ -3,6 +3,7 @@ agree, prices that must be there."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 from sf_bridge.mapping.issues import MappingIssue
@@ -11,6 +12,7 @@ from sf_bridge.mapping.yamlread import Loc, did_you_mean, issue_at
 from sf_bridge.plan import Interval
 
 NUMERIC = ("limit", "seats")
+SALESFORCE_ID = re.compile(r"^[A-Za-z0-9]{15}(?:[A-Za-z0-9]{3})?$")
 
 
 class CrossChecker:
@@ -144,6 +146,15 @@ class CrossChecker:
         reported: set[tuple[str, str, str]] = set()
         for code, product in self.d.products.items():
             what = f"product '{code}'"
+            if self.d.match_by == "product_id" and not SALESFORCE_ID.match(code):
+                self.add(
+                    product.loc,
+                    "invalid_product_id",
+                    f"{what} is not a Salesforce Product2 Id, but 'match_products_by' is "
+                    "product_id.",
+                    "use the product's 15- or 18-character Id (it starts with 01t), or set "
+                    "'match_products_by: product_code' to list product codes.",
+                )
             if product.plan is not None:
                 name, loc = product.plan
                 if not self.plan_ref(name, loc, what):

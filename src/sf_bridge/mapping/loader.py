@@ -17,6 +17,7 @@ from sf_bridge.mapping.model import (
     Plan,
     PlanEntitlement,
     ProductRule,
+    product_key,
 )
 from sf_bridge.mapping.schema import Draft, SectionReader
 from sf_bridge.mapping.yamlread import Ctx, read_file
@@ -124,8 +125,7 @@ def build(draft: Draft, version: str) -> Mappings:
     }
     products = {}
     for code, p in draft.products.items():
-        key = code.upper() if draft.match_by == "product_code" else code
-        products[key] = ProductRule(
+        products[product_key(code, draft.match_by)] = ProductRule(
             key=code,
             plan=p.plan[0] if p.plan else None,
             addon=p.addon[0] if p.addon else None,

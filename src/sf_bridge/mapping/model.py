@@ -149,6 +149,13 @@ class ProductRule:
         return self.plan or self.addon or ""
 
 
+def product_key(key: str, match_by: MatchBy) -> str:
+    """How products are looked up: codes regardless of case; Product2 Ids by their
+    case-sensitive 15-character form (the 18-character form only adds a checksum)."""
+    key = key.strip()
+    return key.upper() if match_by == "product_code" else key[:15]
+
+
 @dataclass(frozen=True)
 class WriteBackFields:
     """Opportunity fields (API names) sf-bridge writes back; None means not written."""
@@ -196,7 +203,7 @@ class Mappings:
     features: dict[str, Feature]
     plans: dict[str, Plan]
     addons: dict[str, Addon]
-    products: dict[str, ProductRule]  # keyed by upper-cased product code, or by Product2 Id
+    products: dict[str, ProductRule]  # keyed by `product_key`
     match_by: MatchBy
     currencies: tuple[str, ...]  # accepted, lower case; the first is the default
     customer: CustomerRules
@@ -207,9 +214,7 @@ class Mappings:
     won_stages: list[str] = field(default_factory=lambda: ["Closed Won"])
 
     def product(self, key: str) -> ProductRule | None:
-        if self.match_by == "product_code":
-            return self.products.get(key.strip().upper())
-        return self.products.get(key.strip())
+        return self.products.get(product_key(key, self.match_by))
 
     def referenced_fields(self) -> list[FieldRef]:
         refs: list[FieldRef] = [self.customer.identifier, *self.customer.email]

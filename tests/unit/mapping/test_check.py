@@ -372,3 +372,13 @@ def test_an_empty_currency_list(tmp_path: Path) -> None:
     folder = copy_mappings(tmp_path / "m", {SF: [("currencies: [USD, EUR]", "currencies: []")]})
     [issue] = check_mappings(folder)
     assert (issue.code, issue.message) == ("missing_value", "'currencies' is empty.")
+
+
+def test_product_ids_must_be_salesforce_ids(tmp_path: Path) -> None:
+    folder = copy_mappings(
+        tmp_path / "m", {SF: [("products:\n", "match_products_by: product_id\nproducts:\n")]}
+    )
+    issues = check_mappings(folder)
+    assert {i.code for i in issues} == {"invalid_product_id"}
+    assert len(issues) == 11
+    assert "product 'SB-TEAM-M' is not a Salesforce Product2 Id" in issues[0].message

@@ -77,25 +77,24 @@ def test_interval_field_with_an_unknown_value(interval_from_field: Mappings) -> 
 
 
 def test_products_matched_by_product2_id(tmp_path: Path) -> None:
-    folder = copy_mappings(
-        tmp_path / "m",
-        {
-            SF: [
-                (
-                    "products:\n  SB-TEAM-M: {plan: team, interval: month}\n",
-                    "match_products_by: product_id\nproducts:\n"
-                    "  01tHs00000TeamMAAA: {plan: team, interval: month}\n",
-                )
-            ]
-        },
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "all.yaml").write_text(
+        "features:\n  seats: {type: seats}\n"
+        "plans:\n  basic:\n    kind: paid\n    priced_per: seats\n    entitlements: {}\n"
+        "    prices:\n      - {lookup_key: basic_m, currency: USD, interval: month, amount: 9}\n"
+        "currencies: [USD]\n"
+        "match_products_by: product_id\n"
+        "products:\n  01tHs00000TeamMAAA: {plan: basic, interval: month}\n"
     )
     mappings = load_mappings(folder)
-    line = opportunity_line("00kT", "SOMETHING-ELSE", 3, 15)
-    line["PricebookEntry"]["Product2Id"] = "01tHs00000TeamMAAA"
+    line = opportunity_line("00kT", "SOMETHING-ELSE", 3, 9)
+    line["PricebookEntry"]["Product2Id"] = "01tHs00000TeamM"  # the 15-character form
     plan = map_opportunity(make_opportunity([line], Payment_Method__c="Credit card"), mappings)
     assert isinstance(plan, ProvisioningPlan), plan
-    assert plan.plan_name == "team"
-    assert plan.items[0].product_code == "01tHs00000TeamMAAA"
+    assert plan.plan_name == "basic"
+    assert plan.items[0].product_code == "01tHs00000TeamM"
+    assert {e.feature: e.value for e in plan.entitlements} == {"seats": 3}
 
 
 def test_customer_identified_by_an_account_field(tmp_path: Path) -> None:
