@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -306,3 +308,35 @@ def test_search_lags_behind_writes_when_asked(
     assert stripe_client.v1.customers.search(params=query).data == []
     assert stripe_client.v1.customers.retrieve(created.id).id == created.id  # reads are current
     wait_for(lambda: len(stripe_client.v1.customers.search(params=query).data) == 1, timeout=5)
+
+
+def test_webhook_endpoints_through_the_api(
+    stripe_emulator: StripeEmulator, stripe_client: stripe.StripeClient, receiver: Receiver
+) -> None:
+    created = stripe_client.v1.webhook_endpoints.create(
+        params={"url": receiver.url, "enabled_events": ["customer.created"]}
+    )
+    assert created.secret.startswith("whsec_")
+    receiver.secret = created.secret
+    stripe_client.v1.customers.create(params={"name": "Acme"})
+    wait_for(lambda: receiver.types() == ["customer.created"])
+
+    listed = stripe_client.v1.webhook_endpoints.list()
+    assert [e.id for e in listed.data] == [created.id]
+    assert "secret" not in listed.data[0]  # shown once, at creation
+    stripe_client.v1.webhook_endpoints.update(created.id, params={"disabled": True})
+    stripe_client.v1.customers.create(params={"name": "Quiet"})
+    assert stripe_emulator.events("customer.created")[-1]["pending_webhooks"] == 0
+    deleted = stripe_client.v1.webhook_endpoints.delete(created.id)
+    assert deleted.deleted is True
+    with pytest.raises(stripe.InvalidRequestError):
+        stripe_client.v1.webhook_endpoints.retrieve(created.id)
+
+
+def test_registered_endpoints_have_stripes_shape(stripe_emulator: StripeEmulator) -> None:
+    fixture = json.loads(
+        (Path(__file__).parents[2] / "data" / "stripe" / "fixtures.json").read_text()
+    )["resources"]["webhook_endpoint"]
+    stripe_emulator.add_webhook_endpoint("http://127.0.0.1:9/x", "whsec_x")
+    (endpoint,) = stripe_emulator.objects("webhook_endpoint")
+    assert set(endpoint) == set(fixture)

@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 from sf_bridge.logging import get_logger
 
-from . import catalog, invoices, timeline
+from . import catalog, invoices, timeline, webhook_endpoints
 from .clock import Clock
 from .errors import StripeApiError
 from .faults import FaultInjector, FaultKind, Faults
@@ -271,12 +271,15 @@ class StripeEmulator:
     def add_webhook_endpoint(
         self, url: str, secret: str | None = None, enabled_events: Iterable[str] = ("*",)
     ) -> WebhookEndpoint:
+        """Registers an endpoint (as `POST /v1/webhook_endpoints` does) signed with `secret`
+        (default: the emulator's `webhook_secret`)."""
         secret = secret or self.webhook_secret
         if not secret:
             raise ValueError("a webhook endpoint needs a signing secret (whsec_...)")
-        endpoint = WebhookEndpoint(url, secret, tuple(enabled_events))
-        self.webhooks.add_endpoint(endpoint)
-        return endpoint
+        params = {"url": url, "enabled_events": list(enabled_events)}
+        with self.store.lock:
+            created = webhook_endpoints.create_endpoint(self.store, params, SYSTEM, secret)
+        return WebhookEndpoint(url, secret, tuple(params["enabled_events"]), created["id"])
 
     def webhook_attempts(self) -> list[DeliveryAttempt]:
         return list(self.webhooks.attempts)
@@ -286,7 +289,8 @@ class StripeEmulator:
         return self.webhooks.wait_idle(timeout)
 
     def _publish(self, event: dict[str, Any]) -> None:
-        event["pending_webhooks"] = self.webhooks.publish(event)
+        targets = webhook_endpoints.targets(self.store, event["type"])
+        event["pending_webhooks"] = self.webhooks.publish(event, targets)
 
     def _delivered(self, event: dict[str, Any]) -> None:
         with self.store.lock:

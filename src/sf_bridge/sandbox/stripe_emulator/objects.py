@@ -24,6 +24,7 @@ PREFIXES = {
     "line_item": "il",
     "event": "evt",
     "request": "req",
+    "webhook_endpoint": "we",
 }
 KIND_BY_PREFIX = {v: k for k, v in PREFIXES.items()}
 
@@ -241,6 +242,13 @@ NEUTRAL: dict[str, dict[str, Any]] = {
         "pretax_credit_amounts": [],
         "taxes": [],
         "quantity_decimal": None,
+    },
+    "webhook_endpoint": {
+        "api_version": None,
+        "application": None,
+        "description": None,
+        "metadata": {},
+        "status": "enabled",
     },
     "event": {
         "api_version": None,

@@ -10,7 +10,7 @@ from typing import Any
 
 import stripe.params as sp
 
-from . import catalog, invoices, subscriptions
+from . import catalog, invoices, subscriptions, webhook_endpoints
 from .errors import StripeApiError
 from .store import RequestContext, Store
 
@@ -197,6 +197,17 @@ ROUTES: list[Route] = [
           _expanded(invoices.void_invoice), _customer_of("invoice")),
     Route("POST", "/v1/invoices/{id}/mark_uncollectible", sp.InvoiceMarkUncollectibleParams,
           _expanded(invoices.mark_uncollectible), _customer_of("invoice")),
+    # webhook endpoints
+    Route("POST", "/v1/webhook_endpoints", sp.WebhookEndpointCreateParams,
+          _expanded(lambda s, p, c: webhook_endpoints.create_endpoint(s, p, c))),
+    Route("GET", "/v1/webhook_endpoints", sp.WebhookEndpointListParams,
+          _list("webhook_endpoint", "/v1/webhook_endpoints", _no_filter)),
+    Route("GET", "/v1/webhook_endpoints/{id}", sp.WebhookEndpointRetrieveParams,
+          _retrieve("webhook_endpoint")),
+    Route("POST", "/v1/webhook_endpoints/{id}", sp.WebhookEndpointUpdateParams,
+          _expanded(webhook_endpoints.update_endpoint)),
+    Route("DELETE", "/v1/webhook_endpoints/{id}", sp.WebhookEndpointDeleteParams,
+          _expanded(webhook_endpoints.delete_endpoint)),
     # events
     Route("GET", "/v1/events", sp.EventListParams, _list("event", "/v1/events", _event_filter)),
     Route("GET", "/v1/events/{id}", sp.EventRetrieveParams, _retrieve("event")),

@@ -15,7 +15,7 @@ from .errors import StripeApiError
 from .objects import build, clone, kind_of, list_object, new_id, search_result
 from .search import matcher
 
-KINDS = ("customer", "product", "price", "subscription", "invoice", "event")
+KINDS = ("customer", "product", "price", "subscription", "invoice", "event", "webhook_endpoint")
 NAMES = {
     "customer": "customer",
     "product": "product",
@@ -24,6 +24,7 @@ NAMES = {
     "invoice": "invoice",
     "event": "event",
     "subscription_item": "subscription item",
+    "webhook_endpoint": "webhook endpoint",
 }
 
 
@@ -48,6 +49,7 @@ class Store:
         self.lock = threading.RLock()
         self.objects: dict[str, dict[str, dict[str, Any]]] = {k: {} for k in KINDS}
         self.items: dict[str, str] = {}  # subscription item id -> subscription id
+        self.webhook_secrets: dict[str, str] = {}  # webhook endpoint id -> signing secret
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
         self.base_url = ""
         self.overdue_sent: set[str] = set()  # invoices whose invoice.overdue went out

@@ -36,6 +36,7 @@ class WebhookEndpoint:
     url: str
     secret: str
     enabled_events: tuple[str, ...] = ("*",)
+    id: str | None = None
 
     def wants(self, event_type: str) -> bool:
         return any(
@@ -70,7 +71,6 @@ class WebhookDispatcher:
         timeout: float = 5.0,
         on_delivered: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
-        self.endpoints: list[WebhookEndpoint] = []
         self.retry_delays = retry_delays
         self.timeout = timeout
         self.attempts: list[DeliveryAttempt] = []
@@ -84,14 +84,9 @@ class WebhookDispatcher:
 
     # -------------------------------------------------------------------- wiring
 
-    def add_endpoint(self, endpoint: WebhookEndpoint) -> None:
+    def publish(self, event: dict[str, Any], targets: list[WebhookEndpoint]) -> int:
+        """Queues `event` for each of `targets`; returns how many will receive it."""
         with self._cond:
-            self.endpoints.append(endpoint)
-
-    def publish(self, event: dict[str, Any]) -> int:
-        """Queues `event` for every interested endpoint; returns how many will receive it."""
-        with self._cond:
-            targets = [e for e in self.endpoints if e.wants(event["type"])]
             for endpoint in targets:
                 heapq.heappush(
                     self._queue, _Pending(time.monotonic(), next(self._seq), endpoint, event)
