@@ -175,6 +175,8 @@ def test_charge_automatically_without_card_is_incomplete_and_with_card_paid(
     )
     assert paid_sub.status == "active"
     assert stripe_client.v1.invoices.retrieve(str(paid_sub.latest_invoice)).status == "paid"
+    types = [e["type"] for e in stripe_emulator.events() if e["type"].startswith("invoice.")]
+    assert types[-3:] == ["invoice.finalized", "invoice.payment_succeeded", "invoice.paid"]
 
 
 def test_pay_out_of_band_void_and_cancel(

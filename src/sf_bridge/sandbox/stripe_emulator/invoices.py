@@ -164,13 +164,18 @@ def finalize(
         mark_paid(store, invoice, ctx)
 
 
-def mark_paid(store: Store, invoice: dict[str, Any], ctx: RequestContext) -> None:
+def mark_paid(
+    store: Store, invoice: dict[str, Any], ctx: RequestContext, charged: bool = False
+) -> None:
+    """Paid: `invoice.payment_succeeded` when a card was charged, then `invoice.paid`."""
     invoice["status"] = "paid"
     invoice["amount_paid"] = invoice["amount_due"]
     invoice["amount_remaining"] = 0
     invoice["attempted"] = True
     invoice["status_transitions"]["paid_at"] = store.now()
     invoice["auto_advance"] = False
+    if charged:
+        store.emit("invoice.payment_succeeded", invoice, ctx)
     store.emit("invoice.paid", invoice, ctx)
     sub = store.objects["subscription"].get(invoice["subscription"] or "")
     if (
@@ -204,7 +209,7 @@ def charge(store: Store, invoice: dict[str, Any], pm: str, ctx: RequestContext) 
             code="card_declined",
             extra={"decline_code": "generic_decline"},
         )
-    mark_paid(store, invoice, ctx)
+    mark_paid(store, invoice, ctx, charged=True)
 
 
 def finalize_invoice(
