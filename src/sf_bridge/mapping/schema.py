@@ -325,7 +325,10 @@ class SectionReader:
                 )
                 if spec is None or "variable" not in spec:
                     continue
-                if self.w.boolean(spec["variable"], f"'variable' of {where}") is not True:
+                flag = self.w.boolean(spec["variable"], f"'variable' of {where}")
+                if flag is None:
+                    continue
+                if not flag:
                     self.ctx.add(
                         spec["variable"],
                         "wrong_type",

@@ -9,6 +9,7 @@ from decimal import Decimal
 from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from sf_bridge.mapping import money
+from sf_bridge.mapping.suggest import suggest
 from sf_bridge.mapping.yamlread import Ctx, describe, did_you_mean, is_null, tag_of
 
 NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
@@ -207,11 +208,13 @@ class Walker:
             return None
         options = list(choices)
         if text not in options:
+            listed = ", ".join(repr(o) for o in options)
+            best = suggest(text, options)
             self.ctx.add(
                 node,
                 "invalid_choice",
-                f"{what} is '{text}', which is not one of {', '.join(repr(o) for o in options)}.",
-                did_you_mean(text, options, "use one of the listed values"),
+                f"{what} is '{text}'; it must be one of {listed}.",
+                f"did you mean '{best}'?" if best else f"write one of {listed}.",
             )
             return None
         return text
