@@ -199,6 +199,17 @@ def check_parked(facts: DealFacts, write_back: Any) -> list[Check]:
             f"subscription {facts.stripe_subscription_id}, invoice {facts.stripe_invoice_id}",
         )
     )
+    error_field = getattr(write_back, "error", None)
+    if error_field:
+        written = facts.written_back.get(error_field) or ""
+        checks.append(
+            Check(
+                key,
+                f"Opportunity.{error_field} tells sales why",
+                needle in str(written),
+                repr(written),
+            )
+        )
     ids_field = getattr(write_back, "stripe_subscription_id", None)
     if ids_field:
         written = facts.written_back.get(ids_field)

@@ -299,7 +299,13 @@ class Demo:
             rows = read_rows(engine, ids)
             for f in facts:
                 f.row = rows.get(f.opportunity_id)
-            return all(f.row is not None and f.row.status in settled for f in facts)
+            return all(
+                f.row is not None
+                and f.row.status in settled
+                # a parked deal is settled once Salesforce has been told why
+                and not (f.row.status == NEEDS_ATTENTION and f.row.writeback_pending)
+                for f in facts
+            )
 
         def print_changes() -> None:
             for f in facts:
