@@ -151,3 +151,13 @@ def test_signature_is_what_the_sdk_verifies() -> None:
     assert event.id == "evt_1"
     with pytest.raises(stripe.SignatureVerificationError):
         stripe.Webhook.construct_event(payload, header, "whsec_other")
+
+
+def test_new_fault_settings_keep_scripted_faults() -> None:
+    injector = FaultInjector(Faults())
+    injector.fail_next("POST /v1/customers", "error", times=2)
+    injector.configure(Faults(error_rate=0.0, seed=1))
+    assert injector.take_scripted("GET /v1/customers") is None
+    assert injector.take_scripted("POST /v1/customers") == "error"
+    assert injector.take_scripted("POST /v1/customers") == "error"
+    assert injector.take_scripted("POST /v1/customers") is None

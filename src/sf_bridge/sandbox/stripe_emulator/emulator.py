@@ -82,9 +82,10 @@ class StripeEmulator:
 
     @faults.setter
     def faults(self, value: Faults) -> None:
+        """Replacing the faults keeps scripted faults (`fail_next`) and writes in flight."""
         self._faults = value
         if hasattr(self, "injector"):
-            self.injector = FaultInjector(value)
+            self.injector.configure(value)
 
     def start(self) -> StripeEmulator:
         if self._server is not None:

@@ -47,15 +47,20 @@ class Faults:
 
 class FaultInjector:
     def __init__(self, faults: Faults) -> None:
-        self.faults = faults
         self._lock = threading.Lock()
-        self._seed = faults.seed
-        self._random = random.Random(faults.seed)
-        self._tokens = 0.0
-        self._rate: float | None = None
-        self._refilled = time.monotonic()
         self._writing: dict[str, int] = {}
         self._scripted: list[list[Any]] = []  # [route, kind, times left]
+        self.configure(faults)
+
+    def configure(self, faults: Faults) -> None:
+        """Takes new fault settings: the dice are reseeded, the rate bucket starts full."""
+        with self._lock:
+            self.faults = faults
+            self._seed = faults.seed
+            self._random = random.Random(faults.seed)
+            self._tokens = 0.0
+            self._rate: float | None = None
+            self._refilled = time.monotonic()
 
     def fail_next(self, route: str, kind: FaultKind, times: int = 1) -> None:
         with self._lock:
