@@ -151,6 +151,7 @@ def test_demo_provisions_every_sample_deal_and_replays_the_parked_one(tmp_path: 
     # The parked deal: its reason, the fix and the replay.
     assert "needs_attention" in out
     assert "SB-SANDBOX-PLUS-Y" in out
+    assert re.search(r"then\s+sf-bridge replay 006[A-Za-z0-9]{12,15}", out), "the replay command"
     assert re.search(r"\$ sf-bridge mappings check\s+->\s+exit 0", out)
     assert re.search(r"\$ sf-bridge replay 006[A-Za-z0-9]{12,15}\s+->\s+exit 0", out)
     assert "After the replay" in out

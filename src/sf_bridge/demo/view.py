@@ -166,6 +166,7 @@ def deal_panel(facts: DealFacts, write_back_fields: list[str]) -> Panel:
         )
     if row and row.status == NEEDS_ATTENTION:
         table.add_row("reason", Text(row.last_error or "", style="red"))
+        table.add_row("then", f"sf-bridge replay {facts.opportunity_id}")
     return Panel(table, title=facts.deal.name, title_align="left")
 
 
