@@ -10,7 +10,7 @@ from simple_salesforce import Salesforce, SalesforceAuthenticationFailed
 from simple_salesforce.login import SalesforceLogin
 
 from sf_bridge.sandbox.salesforce_org import SalesforceSandbox
-from tests.integration.salesforce_org.clients import sandbox_session
+from tests.integration.salesforce_org.clients import oauth_login, sandbox_session
 
 
 def token_url(org: SalesforceSandbox) -> str:
@@ -127,3 +127,18 @@ def test_soap_login_refuses_a_wrong_password(salesforce_org: SalesforceSandbox) 
             sf_version=salesforce_org.api_version,
         )
     assert failure.value.code == "INVALID_LOGIN"
+
+
+def test_sessions_end_after_two_idle_hours_on_the_org_clock(
+    salesforce_org: SalesforceSandbox, http: requests.Session
+) -> None:
+    token = oauth_login(salesforce_org, http)["access_token"]
+    url = f"{salesforce_org.url}/services/data/v62.0/limits"
+    headers = {"Authorization": f"Bearer {token}"}
+    for _ in range(3):  # in use every 90 minutes: stays alive
+        salesforce_org.advance_clock(90 * 60)
+        assert http.get(url, headers=headers).status_code == 200
+    salesforce_org.advance_clock(2 * 3600 + 1)
+    expired = http.get(url, headers=headers)
+    assert expired.status_code == 401
+    assert expired.json()[0]["errorCode"] == "INVALID_SESSION_ID"

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from xml.etree import ElementTree
 from xml.sax.saxutils import escape
 
@@ -34,26 +35,46 @@ class Credentials:
 
 
 class SessionStore:
-    """Valid session ids (access tokens). Thread-safe."""
+    """Valid session ids (access tokens). A session ends after `timeout_seconds` without use
+    on the org clock (Salesforce's default session timeout is 2 hours), or when expired.
+    Thread-safe."""
 
-    def __init__(self, org_id: str) -> None:
+    def __init__(
+        self,
+        org_id: str,
+        clock: Callable[[], datetime],
+        timeout_seconds: float | None = 2 * 3600,
+    ) -> None:
         self.org_id = org_id
-        self._valid: set[str] = set()
+        self.clock = clock
+        self.timeout = timedelta(seconds=timeout_seconds) if timeout_seconds else None
+        self._last_used: dict[str, datetime] = {}
         self._lock = threading.Lock()
 
     def issue(self) -> str:
         token = self.org_id[:15] + "!" + "".join(secrets.choice(_TOKEN_ALPHABET) for _ in range(96))
         with self._lock:
-            self._valid.add(token)
+            self._last_used[token] = self.clock()
         return token
 
     def is_valid(self, token: str | None) -> bool:
+        """True for a live session; using it keeps it alive."""
+        if token is None:
+            return False
+        now = self.clock()
         with self._lock:
-            return token is not None and token in self._valid
+            last_used = self._last_used.get(token)
+            if last_used is None:
+                return False
+            if self.timeout is not None and now - last_used > self.timeout:
+                del self._last_used[token]
+                return False
+            self._last_used[token] = now
+            return True
 
     def expire_all(self) -> None:
         with self._lock:
-            self._valid.clear()
+            self._last_used.clear()
 
 
 class LoginService:

@@ -60,6 +60,7 @@ class Org:
         retention_seconds: float = 72 * 3600,
         query_batch_size: int = 2000,
         credentials: Credentials = SANDBOX_CREDENTIALS,
+        session_timeout_seconds: float | None = 2 * 3600,
     ) -> None:
         self.api_version = api_version
         self.query_batch_size = query_batch_size
@@ -69,7 +70,7 @@ class Org:
         self.org_id = self._ids.new_id("Organization")
         self.store = RecordStore(self.now, self._ids)
         self.events = EventLog(self.now, retention_seconds)
-        self.sessions = SessionStore(self.org_id)
+        self.sessions = SessionStore(self.org_id, self.now, session_timeout_seconds)
         self.queries = QueryEngine(self.store, api_version, self.now)
         self.calls: Counter[str] = Counter()
         self.faults = Faults()
