@@ -6,7 +6,7 @@ import json
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-DEFAULT_MAX_BODY_BYTES = 256 * 1024
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024  # Stripe events with many invoice lines stay well below
 
 
 class BodyTooLarge(Exception):

@@ -127,7 +127,7 @@ def test_huge_payloads_are_refused_with_413(api_server: ApiServer, http: httpx.C
     assert response.json()["error"]["code"] == "payload_too_large"
 
     def chunks() -> object:
-        for _ in range(64):
+        for _ in range(160):
             yield b"y" * 16384
 
     streamed = http.post("/v1/usage", content=chunks())  # chunked: no Content-Length

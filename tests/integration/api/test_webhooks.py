@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 from sqlalchemy import select
@@ -83,6 +84,18 @@ def test_a_replayed_event_is_applied_once(api_server: ApiServer, post_event: Pos
     deal = _deal(api_server)
     assert deal.invoice_status == "paid"
     assert [e.kind for e in deal.events] == ["invoice_paid"]
+
+
+def test_the_same_event_delivered_concurrently_is_applied_once(
+    api_server: ApiServer, post_event: PostEvent
+) -> None:
+    seed_deal(api_server.session_factory, STANDARD_ENTITLEMENTS)
+    payload = stripe_event("evt_race", "invoice.paid", {**INVOICE, "status": "paid"})
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda _: post_event(payload), range(4)))
+    assert [a.status_code for a in answers] == [200] * 4
+    assert sorted(a.json()["duplicate"] for a in answers) == [False, True, True, True]
+    assert [e.kind for e in _deal(api_server).events] == ["invoice_paid"]
 
 
 def test_subscription_events_in_any_order_end_with_grants_revoked(
