@@ -126,7 +126,7 @@ def _log(action: OverdueAction, dry_run: bool) -> None:
 
 def apply_overdue_policy(
     session_factory: sessionmaker[Session],
-    billing: BillingGateway,
+    billing: BillingGateway | None,
     crm: CrmGateway | None,
     *,
     now: datetime,
@@ -138,10 +138,13 @@ def apply_overdue_policy(
 
     `write_back` names the Opportunity fields to write the decision to (the mappings'
     `write_back` section: its `status` and `error` fields); without it, or without `crm`,
-    nothing is written to Salesforce.
+    nothing is written to Salesforce. Without `billing` (no Stripe configured) there is
+    nothing to do.
     """
     if grace_days < 0:
         raise ValueError("grace_days must be zero or more")
+    if billing is None:  # no STRIPE_API_KEY: custom plans only, so no invoices to follow
+        return []
     actions: list[OverdueAction] = []
     for c in _candidates(session_factory, now - timedelta(days=grace_days)):
         days = _days_overdue(c.due_at, now)

@@ -157,3 +157,11 @@ def test_a_failed_cancellation_is_retried_on_the_next_run(
     )
     assert [a.action for a in second] == ["cancelled"]
     assert _deal(session_factory, deal_id).status == CANCELLED
+
+
+def test_without_stripe_there_is_nothing_to_do(session_factory: sessionmaker[Session]) -> None:
+    seed_deal(session_factory, STANDARD_ENTITLEMENTS, invoice_due_at=DUE)
+    assert (
+        apply_overdue_policy(session_factory, None, None, now=_at(30), grace_days=14, dry_run=False)
+        == []
+    )
