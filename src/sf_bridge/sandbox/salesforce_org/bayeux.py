@@ -146,7 +146,7 @@ class BayeuxServer:
         connects = [m for m in messages if m.get("channel") == "/meta/connect"]
         for message in messages:
             if message.get("channel") != "/meta/connect":
-                replies.append(self._handle_message(message, token, request.headers))
+                replies.append(self._handle_message(message, token))
         for message in connects[:1]:
             connect_replies = await self._connect(message, token)
             if connect_replies is None:
@@ -157,12 +157,10 @@ class BayeuxServer:
             client.last_seen = time.monotonic()
         return web.json_response(replies)
 
-    def _handle_message(
-        self, message: dict[str, Any], token: str | None, headers: Any
-    ) -> dict[str, Any]:
+    def _handle_message(self, message: dict[str, Any], token: str | None) -> dict[str, Any]:
         channel = str(message.get("channel", ""))
         if channel == "/meta/handshake":
-            return self._handshake(message, token, headers)
+            return self._handshake(message, token)
         kind = channel.removeprefix("/meta/")
         self.count(kind if channel.startswith("/meta/") else "publish")
         failure = self._check_session(message, token)
@@ -182,9 +180,7 @@ class BayeuxServer:
             return self._reply(message, client, successful=True)
         return self._reply(message, client, successful=False, error="403::Publish not allowed")
 
-    def _handshake(
-        self, message: dict[str, Any], token: str | None, headers: Any
-    ) -> dict[str, Any]:
+    def _handshake(self, message: dict[str, Any], token: str | None) -> dict[str, Any]:
         self.count("handshake")
         reply: dict[str, Any] = {"channel": "/meta/handshake"}
         if "id" in message:

@@ -92,6 +92,7 @@ class RestApi:
             self.org.count(kind)
             response = await self._guarded(request, handler)
             response.headers.update(self._limit_header())
+            log.debug("sandbox_rest_call", kind=kind, path=request.path, status=response.status)
             return response
 
         return wrapped
