@@ -191,8 +191,9 @@ class StripeGateway:
     """Talks to Stripe (or the emulator at `api_base`) through `stripe.StripeClient`.
 
     `acquire` is called before every request (a client-side rate limiter) and
-    `on_rate_limited(seconds)` after a 429, so every thread slows down. The SDK's own
-    retries are off by default so that one retry policy, sf-bridge's, governs.
+    `on_rate_limited(seconds)` after a 429, so every thread slows down. `retry(call)` runs
+    each request, retrying it quickly on transient errors (POSTs keep their idempotency key).
+    The SDK's own retries are off by default so that one retry policy, sf-bridge's, governs.
     """
 
     def __init__(
@@ -202,6 +203,7 @@ class StripeGateway:
         api_base: str | None = None,
         acquire: Callable[[], object] | None = None,
         on_rate_limited: Callable[[float], object] | None = None,
+        retry: Callable[[Callable[[], Any]], Any] | None = None,
         max_network_retries: int = 0,
         timeout_seconds: float = 20.0,
     ) -> None:
@@ -215,9 +217,15 @@ class StripeGateway:
         )
         self._acquire = acquire
         self._on_rate_limited = on_rate_limited
+        self._retry = retry
         self.requests = 0  # requests sent, for measurements
 
     def _call(self, action: str, fn: Callable[[], T], **fields: Any) -> T:
+        if self._retry is None:
+            return self._send(action, fn, **fields)
+        return self._retry(lambda: self._send(action, fn, **fields))
+
+    def _send(self, action: str, fn: Callable[[], T], **fields: Any) -> T:
         if self._acquire is not None:
             self._acquire()
         self.requests += 1

@@ -55,16 +55,18 @@ def claim_deals(
         if session.get_bind().dialect.name == "postgresql":
             query = query.with_for_update(skip_locked=True, of=Deal)
         candidates = list(session.execute(query).scalars())
-        claimed: list[int] = []
-        for deal_id in candidates:
-            result = session.execute(
-                update(Deal)
-                .where(Deal.id == deal_id, Deal.current_step.in_(list(steps)), due(now))
-                .values(locked_by=owner, locked_until=now + lease)
-                .execution_options(synchronize_session=False)
-            )
-            if result.rowcount == 1:  # type: ignore[attr-defined]
-                claimed.append(deal_id)
+        if not candidates:
+            return []
+        # The guard repeats the conditions: on SQLite (no row locks) a row another worker
+        # claimed in between no longer matches, and RETURNING says which rows we got.
+        result = session.execute(
+            update(Deal)
+            .where(Deal.id.in_(candidates), Deal.current_step.in_(list(steps)), due(now))
+            .values(locked_by=owner, locked_until=now + lease)
+            .returning(Deal.id)
+            .execution_options(synchronize_session=False)
+        )
+        claimed = sorted(result.scalars())
     return claimed
 
 

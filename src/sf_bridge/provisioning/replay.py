@@ -51,7 +51,7 @@ def find_deal(session: Session, ref: str | int) -> Deal:
     deal: Deal | None = None
     if text.isdigit():
         deal = session.get(Deal, int(text))
-    if deal is None and text:
+    if deal is None and len(text) in (15, 18):
         deal = session.execute(
             select(Deal).where(
                 or_(Deal.opportunity_id == text, Deal.opportunity_id.startswith(text[:15]))

@@ -6,12 +6,17 @@ database connection loss, timeouts. Permanent (park in `needs_attention`): `Perm
 (Stripe 4xx, mapping errors, Salesforce refusals), configuration errors, and anything not
 recognised: closed by default, an unknown error is never silently retried forever nor dropped.
 After `max_attempts` tries a transient failure is parked too.
+
+Two levels use the same classification: `request_retrier` retries one Stripe request in
+place a few times within a second or two (a lost answer, a 500), and `decide` reschedules the
+whole step with a longer backoff when that was not enough.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 import tenacity
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -19,6 +24,8 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from sf_bridge.config import Settings
 from sf_bridge.errors import ConfigurationError, PermanentError, SfBridgeError, TransientError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -28,6 +35,10 @@ class RetryPolicy:
     max_attempts: int = 8
     base_delay: float = 1.0  # seconds; the n-th retry waits about base * 2**(n-1), randomised
     max_delay: float = 300.0
+    # One request is first retried in place, quickly, before its step counts as failed.
+    request_attempts: int = 3
+    request_base_delay: float = 0.2
+    request_max_delay: float = 2.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RetryPolicy:
@@ -71,6 +82,33 @@ def classify(exc: BaseException) -> Classification:
         f"Unexpected error {type(exc).__name__}: {exc}. Fix: check the logs for this deal, "
         "correct the cause, then `sf-bridge replay` it.",
     )
+
+
+def request_retrier(policy: RetryPolicy) -> Callable[[Callable[[], T]], T]:
+    """Runs one request, retrying it in place on transient errors (same classification as
+    the steps), with exponential backoff and jitter that honours Retry-After."""
+
+    def wait(state: tenacity.RetryCallState) -> float:
+        error = state.outcome.exception() if state.outcome else None
+        retry_after = classify(error).retry_after if error is not None else None
+        jitter = tenacity.wait_random_exponential(
+            multiplier=policy.request_base_delay, max=policy.request_max_delay
+        )
+        delay = float(jitter(state))
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, policy.request_max_delay))
+        return delay
+
+    def call(fn: Callable[[], T]) -> T:
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(max(1, policy.request_attempts)),
+            wait=wait,
+            retry=tenacity.retry_if_exception(lambda e: classify(e).transient),
+            reraise=True,
+        )
+        return retrying(fn)
+
+    return call
 
 
 def backoff_delay(policy: RetryPolicy, attempt: int, retry_after: float | None = None) -> float:

@@ -16,6 +16,7 @@ from sf_bridge.billing.stripe_gateway import StripeGateway
 from sf_bridge.config import Settings
 from sf_bridge.crm.port import CrmGateway
 from sf_bridge.provisioning.ratelimit import TokenBucket
+from sf_bridge.provisioning.retry import RetryPolicy, request_retrier
 from sf_bridge.provisioning.worker import Worker
 
 
@@ -29,6 +30,7 @@ def build_billing(settings: Settings) -> BillingGateway | None:
         api_base=settings.stripe_api_base,
         acquire=bucket.acquire,
         on_rate_limited=bucket.pause,
+        retry=request_retrier(RetryPolicy.from_settings(settings)),
     )
 
 

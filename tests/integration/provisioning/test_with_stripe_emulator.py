@@ -9,8 +9,9 @@ from sf_bridge.billing.stripe_gateway import StripeGateway
 from sf_bridge.provisioning.queue import enqueue_opportunities
 from sf_bridge.provisioning.ratelimit import TokenBucket
 from sf_bridge.provisioning.replay import replay
+from sf_bridge.provisioning.retry import request_retrier
 from sf_bridge.sandbox.stripe_emulator import Faults
-from tests.fixtures.provisioning import Harness, drain, make_plan, settled
+from tests.fixtures.provisioning import FAST_RETRY, Harness, drain, make_plan, settled
 
 
 def _enqueue(h: Harness, *ids: str) -> list[str]:
@@ -127,7 +128,13 @@ def test_faults_on_a_batch_completes_without_duplicates(
         seed=7,
     )
     bucket = TokenBucket(20, burst=2)
-    h.billing = StripeGateway(emu.api_key, api_base=emu.url, acquire=bucket.acquire)
+    h.billing = StripeGateway(
+        emu.api_key,
+        api_base=emu.url,
+        acquire=bucket.acquire,
+        on_rate_limited=bucket.pause,
+        retry=request_retrier(FAST_RETRY),
+    )
     opps = [f"0060000000000{n:02d}AAA" for n in range(12)]
     for n, opp in enumerate(opps):
         h.add_opportunity(make_plan(opp, account_id=f"0010000000000{n % 4:02d}AAA"))

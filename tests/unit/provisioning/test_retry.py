@@ -10,7 +10,13 @@ from sf_bridge.errors import (
     RateLimitedError,
     TransientError,
 )
-from sf_bridge.provisioning.retry import RetryPolicy, backoff_delay, classify, decide
+from sf_bridge.provisioning.retry import (
+    RetryPolicy,
+    backoff_delay,
+    classify,
+    decide,
+    request_retrier,
+)
 
 POLICY = RetryPolicy(max_attempts=4, base_delay=0.5, max_delay=10.0)
 
@@ -82,3 +88,36 @@ def test_retry_after_is_honoured() -> None:
     # but never beyond the policy's ceiling
     huge = RateLimitedError("slow down", retry_after=3600)
     assert decide(huge, attempt=1, policy=POLICY).delay <= POLICY.max_delay
+
+
+def test_request_retrier_retries_transient_errors_in_place() -> None:
+    policy = RetryPolicy(request_attempts=3, request_base_delay=0.001, request_max_delay=0.002)
+    call = request_retrier(policy)
+    outcomes: list[Exception | str] = [TransientError("500"), RateLimitedError("429"), "ok"]
+
+    def flaky() -> str:
+        outcome = outcomes.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    assert call(flaky) == "ok"
+    assert outcomes == []
+
+
+def test_request_retrier_gives_up_and_never_retries_permanent_errors() -> None:
+    policy = RetryPolicy(request_attempts=2, request_base_delay=0.001, request_max_delay=0.002)
+    call = request_retrier(policy)
+    tries: list[int] = []
+
+    def always(error: Exception) -> None:
+        tries.append(1)
+        raise error
+
+    with pytest.raises(TransientError):
+        call(lambda: always(TransientError("500")))
+    assert len(tries) == 2
+    tries.clear()
+    with pytest.raises(BillingRejected):
+        call(lambda: always(BillingRejected("inactive price")))
+    assert len(tries) == 1
