@@ -14,7 +14,7 @@ from datetime import datetime
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from sf_bridge.db.models import Customer, Deal, EntitlementGrant, utcnow
+from sf_bridge.db.models import CANCELLED, Customer, Deal, EntitlementGrant, utcnow
 from sf_bridge.entitlements.sql import dialect_insert
 from sf_bridge.logging import get_logger
 from sf_bridge.plan import EntitlementValue
@@ -82,11 +82,14 @@ def grant_deal_entitlements(
 
     Idempotent: the unique (deal_id, feature) key makes a second call (a replay, a crash
     between grant and commit) grant nothing twice. A grant already present, active or
-    revoked, is left as it is.
+    revoked, is left as it is. A cancelled deal's grants are recorded already revoked.
     """
     if not entitlements:
         return 0
     now = utcnow()
+    # The subscription may have ended before this step ran (a webhook arrived first): the
+    # grants are recorded, already revoked, so they never give access.
+    ended = deal.status == CANCELLED
     rows = [
         {
             "customer_id": customer.id,
@@ -97,8 +100,10 @@ def grant_deal_entitlements(
             "unit": e.unit,
             "source": e.source[:255],
             "stripe_subscription_id": subscription_id,
-            "active": True,
+            "active": not ended,
             "granted_at": now,
+            "revoked_at": now if ended else None,
+            "revoked_reason": "the subscription had ended before the grant" if ended else None,
         }
         for e in entitlements
     ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from sf_bridge.db.models import Customer, Deal, EntitlementGrant
+from sf_bridge.db.models import CANCELLED, Customer, Deal, EntitlementGrant
 from sf_bridge.entitlements.ledger import (
     effective_entitlements,
     grant_deal_entitlements,
@@ -115,3 +115,19 @@ def test_revoked_grant_is_not_granted_again_by_a_replay(
             == 0
         )
         assert effective_entitlements(session, customer) == {}
+
+
+def test_a_deal_cancelled_before_its_grant_records_it_revoked(
+    session_factory: sessionmaker[Session],
+) -> None:
+    with session_factory() as session, session.begin():
+        customer = _customer(session)
+        deal = _deal(session, customer, "006000000000001AAA")
+        deal.status = CANCELLED
+        granted = grant_deal_entitlements(
+            session, deal=deal, customer=customer, entitlements=FIRST, subscription_id="sub_1"
+        )
+        assert granted == 3
+        assert effective_entitlements(session, customer) == {}
+        reasons = session.scalars(select(EntitlementGrant.revoked_reason)).all()
+        assert set(reasons) == {"the subscription had ended before the grant"}
