@@ -9,6 +9,7 @@ import requests
 from simple_salesforce import (
     Salesforce,
     SalesforceExpiredSession,
+    SalesforceGeneralError,
     SalesforceMalformedRequest,
     SalesforceRefusedRequest,
     SalesforceResourceNotFound,
@@ -285,3 +286,20 @@ def test_limit_info_header_and_request_limit_exceeded(
     )
     assert response.status_code == 403
     assert response.headers["Sforce-Limit-Info"] == "api-usage=0/15000"
+
+
+def test_switchable_request_faults_answer_like_salesforce(
+    salesforce_org: SalesforceSandbox, sf: Salesforce, deal: Deal
+) -> None:
+    salesforce_org.fail_requests("query", times=1)
+    with pytest.raises(SalesforceGeneralError) as unavailable:
+        sf.query("SELECT Id FROM Opportunity")
+    assert unavailable.value.status == 503
+    assert unavailable.value.content[0]["errorCode"] == "SERVER_UNAVAILABLE"
+    assert sf.query("SELECT Id FROM Opportunity")["totalSize"] == 1  # only once
+
+    salesforce_org.fail_requests("sobject_update", 400, "UNABLE_TO_LOCK_ROW", "locked", times=2)
+    for _ in range(2):
+        with pytest.raises(SalesforceMalformedRequest):
+            sf.Opportunity.update(deal.opportunity_id, {"Note__c": "x"})
+    assert sf.Opportunity.update(deal.opportunity_id, {"Note__c": "x"}) == 204

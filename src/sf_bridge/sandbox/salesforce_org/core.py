@@ -44,9 +44,18 @@ class UpdateFault:
 
 
 @dataclass
+class RequestFault:
+    http_status: int
+    error_code: str
+    message: str
+    remaining: int
+
+
+@dataclass
 class Faults:
     request_limit_exceeded: bool = False
     update_faults: dict[str, UpdateFault] = field(default_factory=dict)
+    request_faults: dict[str, RequestFault] = field(default_factory=dict)
 
 
 class Org:
@@ -184,6 +193,27 @@ class Org:
     def take_update_fault(self, record_id: str) -> UpdateFault | None:
         with self._lock:
             fault = self.faults.update_faults.get(record_id)
+            if fault is None or fault.remaining <= 0:
+                return None
+            fault.remaining -= 1
+            return fault
+
+    def fail_requests(
+        self,
+        kind: str,
+        http_status: int = 503,
+        error_code: str = "SERVER_UNAVAILABLE",
+        message: str = "Server temporarily unavailable",
+        times: int = 1,
+    ) -> None:
+        """The next `times` REST calls of `kind` ("query", "query_more", "sobject_update",
+        "composite", ... as in `calls`) fail with that status and Salesforce error body."""
+        with self._lock:
+            self.faults.request_faults[kind] = RequestFault(http_status, error_code, message, times)
+
+    def take_request_fault(self, kind: str) -> RequestFault | None:
+        with self._lock:
+            fault = self.faults.request_faults.get(kind)
             if fault is None or fault.remaining <= 0:
                 return None
             fault.remaining -= 1

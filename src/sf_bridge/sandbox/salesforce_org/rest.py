@@ -90,14 +90,16 @@ class RestApi:
 
         async def wrapped(request: web.Request) -> web.StreamResponse:
             self.org.count(kind)
-            response = await self._guarded(request, handler)
+            response = await self._guarded(request, kind, handler)
             response.headers.update(self._limit_header())
             log.debug("sandbox_rest_call", kind=kind, path=request.path, status=response.status)
             return response
 
         return wrapped
 
-    async def _guarded(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+    async def _guarded(
+        self, request: web.Request, kind: str, handler: Handler
+    ) -> web.StreamResponse:
         version = _VERSION.match(request.match_info.get("version", ""))
         if version is None or float(version.group(1)) > float(self.org.api_version):
             return error_response(404, "NOT_FOUND", "The requested resource does not exist")
@@ -105,6 +107,9 @@ class RestApi:
             return error_response(401, "INVALID_SESSION_ID", "Session expired or invalid")
         if not self.org.charge_api_call():
             return error_response(403, "REQUEST_LIMIT_EXCEEDED", "TotalRequests Limit exceeded.")
+        fault = self.org.take_request_fault(kind)
+        if fault is not None:
+            return error_response(fault.http_status, fault.error_code, fault.message)
         return await handler(request)
 
     async def versions(self, request: web.Request) -> web.Response:
