@@ -224,7 +224,11 @@ class Demo:
         stack.settings = env
         stack.env = child_environment(env)
         stack.api = ManagedProcess(
-            "api", ["serve"], stack.env, stack.workdir / "serve.log", stack.workdir
+            "api",
+            ["serve", "--host", "127.0.0.1"],
+            stack.env,
+            stack.workdir / "serve.log",
+            stack.workdir,
         ).start()
         stack.worker = ManagedProcess(
             "worker", ["run"], stack.env, stack.workdir / "worker.log", stack.workdir
