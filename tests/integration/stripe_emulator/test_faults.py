@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import http.client
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +21,13 @@ def _headers(emu: StripeEmulator, key: str | None = None) -> dict[str, str]:
     if key:
         headers["Idempotency-Key"] = key
     return headers
+
+
+def _wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.005)
 
 
 def test_latency_is_per_request_and_does_not_serialise_requests(
@@ -50,15 +56,15 @@ def test_latency_is_per_request_and_does_not_serialise_requests(
 
 
 def test_rate_limit_answers_429_above_the_rate(stripe_emulator: StripeEmulator) -> None:
-    stripe_emulator.faults.rate_limit_per_second = 5
+    stripe_emulator.faults.rate_limit_per_second = 2  # a bucket of 2, refilled 2 a second
     with loopback_http(headers=_headers(stripe_emulator)) as http:
         statuses = [http.get(f"{stripe_emulator.url}/v1/customers").status_code for _ in range(20)]
         limited = next(
             r for r in (http.get(f"{stripe_emulator.url}/v1/customers") for _ in range(5))
             if r.status_code == 429
         )  # fmt: skip
-    assert statuses.count(200) >= 5
-    assert statuses.count(429) >= 10
+    assert statuses[:2] == [200, 200]
+    assert statuses.count(429) >= 10  # unless 20 requests took over 4 s
     error = limited.json()["error"]
     assert error["code"] == "rate_limit"
     assert error["type"] == "invalid_request_error"
@@ -148,12 +154,9 @@ def test_concurrent_writes_to_one_customer_get_lock_timeout(
 ) -> None:
     prices = stripe_emulator.seed_catalog(SAMPLE_CATALOG)
     customer = stripe_client.v1.customers.create(params={"name": "Acme"})
-    stripe_emulator.faults.latency_ms = 300
     stripe_emulator.faults.lock_timeout = True
-    barrier = threading.Barrier(2)
 
-    def subscribe(_: int) -> httpx.Response:
-        barrier.wait(timeout=5)
+    def subscribe() -> httpx.Response:
         return http_post(
             f"{stripe_emulator.url}/v1/subscriptions",
             data={
@@ -165,14 +168,18 @@ def test_concurrent_writes_to_one_customer_get_lock_timeout(
             headers=_headers(stripe_emulator),
         )
 
-    with ThreadPoolExecutor(2) as pool:
-        responses = list(pool.map(subscribe, range(2)))
-    statuses = sorted(r.status_code for r in responses)
-    assert statuses == [200, 429]
-    refused = next(r for r in responses if r.status_code == 429)
+    stripe_emulator.faults.latency_ms = 1_000  # the first write holds the customer this long
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(subscribe)
+        _wait_until(lambda: stripe_emulator.injector.writes_in_flight(customer.id) == 1)
+        stripe_emulator.faults.latency_ms = 0
+        refused = subscribe()
+        assert first.result().status_code == 200
+    assert refused.status_code == 429
     assert refused.json()["error"]["code"] == "lock_timeout"
     assert refused.headers["Stripe-Should-Retry"] == "true"
     assert stripe_emulator.count("subscription") == 1
+    assert subscribe().status_code == 200  # once the first is done, writes pass again
 
 
 def test_concurrent_writes_to_different_customers_do_not_conflict(
@@ -191,13 +198,6 @@ def test_concurrent_writes_to_different_customers_do_not_conflict(
 
     with ThreadPoolExecutor(4) as pool:
         assert list(pool.map(update, ids)) == [200] * 4
-
-
-def _wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.005)
 
 
 def test_concurrent_same_key_gets_409_while_the_first_runs(
@@ -237,6 +237,21 @@ def test_stats_count_routes_and_reset(
     assert stripe_emulator.stats.total == 0
 
 
+def test_one_connection_is_not_held_up_by_delayed_acks(stripe_emulator: StripeEmulator) -> None:
+    """Answers leave in one segment with TCP_NODELAY; otherwise each request on a keep-alive
+    connection waits ~40 ms for the client's delayed ACK (under 25 requests/s)."""
+    conn = http.client.HTTPConnection("127.0.0.1", stripe_emulator.port, timeout=10)
+    try:
+        started = time.perf_counter()
+        for _ in range(60):
+            conn.request("GET", "/v1/customers", headers=_headers(stripe_emulator))
+            conn.getresponse().read()
+        rate = 60 / (time.perf_counter() - started)
+    finally:
+        conn.close()
+    assert rate > 40
+
+
 def test_sustains_concurrent_clients(stripe_emulator: StripeEmulator) -> None:
     """Many keep-alive clients at once; the figure is printed for the record."""
     per_client, clients = 60, 8
@@ -255,7 +270,7 @@ def test_sustains_concurrent_clients(stripe_emulator: StripeEmulator) -> None:
     rate = total / (time.perf_counter() - started)
     print(f"stripe emulator: {rate:.0f} requests/s from {clients} concurrent clients")
     assert stripe_emulator.count("customer") == total // 2
-    assert rate > 100  # a floor that holds on a loaded machine; unloaded it does ~1000/s
+    assert stripe_emulator.stats.snapshot().by_status == {200: total}
 
 
 def _subscribe_params(emu: StripeEmulator, client: stripe.StripeClient) -> dict[str, Any]:

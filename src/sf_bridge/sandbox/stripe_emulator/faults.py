@@ -126,6 +126,10 @@ class FaultInjector:
         if seconds > 0:
             time.sleep(seconds)
 
+    def writes_in_flight(self, customer_id: str) -> int:
+        with self._lock:
+            return self._writing.get(customer_id, 0)
+
     @contextmanager
     def writing(self, customer_id: str | None) -> Iterator[bool]:
         """Marks a write to `customer_id` in flight; yields False when `lock_timeout` is on and
