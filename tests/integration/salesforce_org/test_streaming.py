@@ -259,3 +259,20 @@ async def test_raw_event_without_a_creation_date_trips_the_client_replay_storage
         salesforce_org.emit(CDC_CHANNEL, {"payload": {}})
         with pytest.raises(ReplayError):
             await next_message(automatic)
+
+
+async def test_a_mass_update_shares_one_cdc_event_across_records(
+    salesforce_org: SalesforceSandbox,
+) -> None:
+    deals = [make_deal(salesforce_org, n).opportunity_id for n in ("A", "B", "C")]
+    salesforce_org.define_platform_event("Deal_Won__e")
+    async with stream_client(salesforce_org, ReplayOption.NEW_EVENTS) as client:
+        await client.subscribe(CDC_CHANNEL)
+        await client.subscribe("/event/Deal_Won__e")
+        salesforce_org.close_won_together(deals)
+        messages = [await next_message(client) for _ in range(4)]
+    [cdc] = [m for m in messages if m["channel"] == CDC_CHANNEL]
+    assert cdc["data"]["payload"]["ChangeEventHeader"]["recordIds"] == deals
+    assert cdc["data"]["payload"]["StageName"] == "Closed Won"
+    platform = [m["data"]["payload"]["Opportunity_Id__c"] for m in messages if m is not cdc]
+    assert sorted(platform) == sorted(deals)

@@ -157,36 +157,53 @@ class Channels:
     def publish_opportunity_change(
         self, record: dict[str, Any], changed: list[str], *, origin: str, created: bool
     ) -> None:
+        self.publish_opportunity_changes([(record, changed)], origin=origin, created=created)
+
+    def publish_opportunity_changes(
+        self,
+        changes: list[tuple[dict[str, Any], list[str]]],
+        *,
+        origin: str,
+        created: bool,
+    ) -> None:
+        """The events of one transaction: records changed the same way share one CDC event
+        (several `recordIds`), as Salesforce merges them; PushTopic and platform events come
+        per record."""
         obj = self.store.object_def("Opportunity")
         assert obj is not None
-        fields = [f for f in changed if f not in _SKIPPED_IN_EVENTS]
-        values = {f: _event_value(obj.fields[f].type, record.get(f)) for f in fields}
-        commit_time = record["LastModifiedDate"]
-        data = change_event_data(
-            entity="Opportunity",
-            record_ids=[record["Id"]],
-            change_type="CREATE" if created else "UPDATE",
-            changed_values=values,
-            changed_fields=[] if created else fields,
-            commit_time=commit_time,
-            commit_user=self.user_id,
-            commit_number=next(self._commit_numbers),
-            change_origin=origin,
-        )
-        self.events.publish(CDC_CHANNEL, data)
-        for topic in self.push_topics.values():
-            self._maybe_push(topic, record, set(changed), created)
-        became_won = record.get("IsWon") and (created or "IsWon" in changed)
-        if became_won:
-            for event in self.platform_events.values():
-                payload = {
-                    event_field: render_value(obj.fields[source], record.get(source))
-                    for event_field, source in event.fields.items()
-                }
-                self.events.publish(
-                    f"/event/{event.name}",
-                    platform_event_data(event.name, payload, self.now(), self.user_id),
-                )
+        groups: dict[str, tuple[list[str], list[str], dict[str, Any], Any]] = {}
+        for record, changed in changes:
+            fields = [f for f in changed if f not in _SKIPPED_IN_EVENTS]
+            values = {f: _event_value(obj.fields[f].type, record.get(f)) for f in fields}
+            key = repr((fields, sorted(values.items()))) if not created else record["Id"]
+            group = groups.setdefault(key, ([], fields, values, record["LastModifiedDate"]))
+            group[0].append(record["Id"])
+        for record_ids, fields, values, commit_time in groups.values():
+            data = change_event_data(
+                entity="Opportunity",
+                record_ids=record_ids,
+                change_type="CREATE" if created else "UPDATE",
+                changed_values=values,
+                changed_fields=[] if created else fields,
+                commit_time=commit_time,
+                commit_user=self.user_id,
+                commit_number=next(self._commit_numbers),
+                change_origin=origin,
+            )
+            self.events.publish(CDC_CHANNEL, data)
+        for record, changed in changes:
+            for topic in self.push_topics.values():
+                self._maybe_push(topic, record, set(changed), created)
+            if record.get("IsWon") and (created or "IsWon" in changed):
+                for event in self.platform_events.values():
+                    payload = {
+                        event_field: render_value(obj.fields[source], record.get(source))
+                        for event_field, source in event.fields.items()
+                    }
+                    self.events.publish(
+                        f"/event/{event.name}",
+                        platform_event_data(event.name, payload, self.now(), self.user_id),
+                    )
 
     def _maybe_push(
         self, topic: PushTopic, record: dict[str, Any], changed: set[str], created: bool

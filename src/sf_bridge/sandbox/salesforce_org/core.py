@@ -394,6 +394,26 @@ class Org:
         won_stage = next((s.name for s in self.store.stages.values() if s.is_won), "Closed Won")
         self.update_opportunity(opportunity_id, StageName=won_stage, **field_changes)
 
+    def close_won_together(self, opportunity_ids: list[str], **field_changes: Any) -> None:
+        """Closes several deals in one transaction (a mass update): deals changed the same way
+        share one CDC event whose `recordIds` lists them all."""
+        won_stage = next((s.name for s in self.store.stages.values() if s.is_won), "Closed Won")
+        with self.store.lock:
+            changes = []
+            committed_at = self.now()
+            for opportunity_id in opportunity_ids:
+                changed = self.store.update(
+                    "Opportunity",
+                    opportunity_id,
+                    {"StageName": won_stage, **field_changes},
+                    as_api=False,
+                    at=committed_at,
+                )
+                record = self.store.get("Opportunity", opportunity_id)
+                if changed and record is not None:
+                    changes.append((record, changed))
+            self.channels.publish_opportunity_changes(changes, origin="", created=False)
+
     # -- channels ------------------------------------------------------------------------
     @property
     def push_topics(self) -> dict[str, PushTopic]:

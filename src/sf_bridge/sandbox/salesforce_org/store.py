@@ -196,10 +196,11 @@ class RecordStore:
         *,
         as_api: bool = True,
         dry_run: bool = False,
+        at: datetime | None = None,
     ) -> list[str]:
         """Writes `values`; returns the names of the fields whose value changed (audit fields
         included when anything changed). `as_api` enforces what the REST API refuses;
-        `dry_run` only validates."""
+        `dry_run` only validates; `at` is the transaction's time (the clock by default)."""
         obj = self._require_object(sobject)
         with self.lock:
             record = self.get(obj.name, record_id)
@@ -224,7 +225,7 @@ class RecordStore:
             self._derive(obj.name, record, before.get("StageName"), set(resolved))
             changed = [f for f in record if record[f] != before.get(f)]
             if changed:
-                now = self.clock()
+                now = at or self.clock()
                 record["LastModifiedDate"] = now
                 record["SystemModstamp"] = now
                 record["LastModifiedById"] = self.user_id
