@@ -83,6 +83,17 @@ def _money(amount: Any, currency: Any) -> str:
     return f"{int(amount) / 100:,.2f} {str(currency or '').upper()}"
 
 
+def _onoff(value: Any) -> str:
+    return ("on" if value else "off") if isinstance(value, bool) else str(value)
+
+
+def _grant(value: int, api_entry: Any) -> str:
+    """A stored grant (flags are stored as 1/0) as a person reads it."""
+    if isinstance(api_entry, dict) and api_entry.get("kind") == "flag":
+        return "on" if value else "off"
+    return str(value)
+
+
 def _field(value: Any) -> str:
     """A Salesforce field value as the org shows it."""
     if isinstance(value, datetime):
@@ -148,14 +159,19 @@ def deal_panel(facts: DealFacts, write_back_fields: list[str]) -> Panel:
     if facts.grants:
         table.add_row(
             "granted by deal",
-            ", ".join(f"{k}={v}" for k, v in sorted(facts.grants.items())),
+            ", ".join(
+                f"{k}={_grant(v, facts.entitlements.get(k))}"
+                for k, v in sorted(facts.grants.items())
+            ),
         )
     if facts.entitlements_error:
         table.add_row("entitlement API", Text(facts.entitlements_error, style="red"))
     elif facts.entitlements:
         table.add_row(
-            "entitlement API",
-            ", ".join(f"{k}={entitlement_value(v)}" for k, v in sorted(facts.entitlements.items())),
+            "account now (API)",
+            ", ".join(
+                f"{k}={_onoff(entitlement_value(v))}" for k, v in sorted(facts.entitlements.items())
+            ),
         )
     if write_back_fields:
         table.add_row(
