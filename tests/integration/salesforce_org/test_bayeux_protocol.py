@@ -174,3 +174,18 @@ def test_a_client_that_stops_reconnecting_is_dropped() -> None:
         assert org.stream_clients() == 0
         [reply] = client.connect()
         assert reply["error"] == "403::Unknown client"
+
+
+def test_a_restarted_org_keeps_its_address_and_data_but_not_its_clients() -> None:
+    org = SalesforceSandbox(long_poll_seconds=0.5)
+    with org:
+        url = org.url
+        account = org.create_account("Acme")
+        client = Bayeux(org)
+        client.handshake()
+    with org:
+        assert org.url == url
+        assert org.store.get("Account", account) is not None
+        client.token = oauth_login(org, client.http)["access_token"]
+        [reply] = client.connect()
+        assert reply["error"] == "403::Unknown client"

@@ -74,8 +74,12 @@ class BayeuxServer:
 
     # -- called from any thread ----------------------------------------------------------
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Serves from `loop` (again after a restart: the listener is added once)."""
+        if self.loop is None:
+            self.events.add_listener(self._on_event_any_thread)
         self.loop = loop
-        self.events.add_listener(self._on_event_any_thread)
+        self.clients.clear()
+        self.stream_up = True
 
     def _on_event_any_thread(self, event: StoredEvent) -> None:
         if self.loop is not None and not self.loop.is_closed():

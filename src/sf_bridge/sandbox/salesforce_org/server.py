@@ -58,7 +58,6 @@ class SalesforceSandbox(Org):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
-        self._stopped = threading.Event()
 
     # -- lifecycle -----------------------------------------------------------------------
     @property
