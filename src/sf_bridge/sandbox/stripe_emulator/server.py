@@ -1,13 +1,10 @@
 """The HTTP side: a threaded server (one thread per connection, keep-alive), so latency is
-slept per request without holding up others. Each API request goes through: drop (before),
-auth, rate limit, 500s, route, parameters, idempotency, the customer lock, latency, the
-operation, drop (after)."""
+slept per request without holding up others. API requests go to `pipeline.process`; the
+hosted invoice page and PDF are served here too."""
 
 from __future__ import annotations
 
 import contextlib
-import html
-import json
 import secrets
 import socket
 import threading
@@ -19,17 +16,15 @@ from sf_bridge.logging import get_logger
 
 from . import routes
 from .errors import StripeApiError
-from .idempotency import Saved, fingerprint
-from .params import decode_form, parse_params
+from .hosted import invoice_page, invoice_pdf
+from .pipeline import Answer, ApiRequest, Drop, dumps, process
 from .stats import RequestRecord
-from .store import API_VERSION, RequestContext
+from .store import API_VERSION
 
 if TYPE_CHECKING:
     from .emulator import StripeEmulator
 
 log = get_logger(__name__)
-
-MAX_IDEMPOTENCY_KEY = 255
 
 
 def request_id() -> str:
@@ -69,10 +64,6 @@ class EmulatorHTTPServer(ThreadingHTTPServer):
                 conn.shutdown(socket.SHUT_RDWR)
 
 
-class Drop(Exception):
-    """Close the connection without answering."""
-
-
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: EmulatorHTTPServer
@@ -98,132 +89,39 @@ class Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(length).decode() if length else ""
         url = urlsplit(self.path)
         if url.path.startswith("/i/"):
-            self._hosted(method, url.path, body)
+            self._hosted(method, url.path)
             return
         emu = self.server.emulator
-        rid = request_id()
         match = routes.match(method, url.path)
-        route_name = match[0].name if match else f"{method} {url.path}"
-        key = self.headers.get("Idempotency-Key") if method == "POST" else None
-        status: int | None
+        req = ApiRequest(
+            method=method,
+            path=url.path,
+            query=url.query,
+            body=body,
+            request_id=request_id(),
+            route_name=match[0].name if match else f"{method} {url.path}",
+            authorization=self.headers.get("Authorization"),
+            idempotency_key=self.headers.get("Idempotency-Key") if method == "POST" else None,
+        )
+        answer: Answer | None
         try:
-            status, payload, headers, replayed = self._api(
-                method, url.path, url.query, body, rid, route_name
-            )
+            answer = process(emu, req)
         except Drop:
-            status, replayed = None, False
+            answer = None
         except Exception:  # a defect in the emulator: answer as Stripe does, keep serving
-            log.exception("stripe_emulator.internal_error", route=route_name, request_id=rid)
-            error = StripeApiError.api_error()
-            status, payload, headers, replayed = 500, _dumps(error.body(rid)), {}, False
-        emu.stats.record(route_name, status, replayed=replayed)
-        emu.record_request(RequestRecord(rid, method, route_name, self.path, status, key, replayed))
-        if status is None:
+            log.exception("stripe_emulator.internal_error", route=req.route_name)
+            answer = Answer(500, dumps(StripeApiError.api_error().body(req.request_id)))
+        status = answer.status if answer else None
+        replayed = answer.replayed if answer else False
+        emu.stats.record(req.route_name, status, replayed=replayed)
+        record = RequestRecord(
+            req.request_id, method, req.route_name, self.path, status, req.idempotency_key, replayed
+        )
+        emu.record_request(record)
+        if answer is None:
             self.close_connection = True
             return
-        self._send(status, payload, {**headers, "Request-Id": rid})
-
-    def _api(
-        self, method: str, path: str, query: str, body: str, rid: str, route_name: str
-    ) -> tuple[int, bytes, dict[str, str], bool]:
-        emu = self.server.emulator
-        injector = emu.injector
-        scripted = injector.take_scripted(route_name)
-        drop = injector.drop_phase()
-        if scripted in ("drop_before", "drop_after"):
-            drop = "before" if scripted == "drop_before" else "after"
-        if drop == "before":
-            injector.wait_latency()
-            raise Drop
-        slept = False
-        headers: dict[str, str] = {}
-        key = self.headers.get("Idempotency-Key") if method == "POST" else None
-        if key:
-            headers["Idempotency-Key"] = key
-        reserved = False
-        try:
-            self._authenticate()
-            if scripted == "rate_limit" or not injector.admit():
-                raise StripeApiError.rate_limited()
-            if scripted == "error" or injector.should_fail():
-                raise StripeApiError.api_error()
-            found = routes.match(method, path)
-            if found is None:
-                raise StripeApiError.unrecognized_url(method, path)
-            route, args = found
-            params = parse_params(route.params, decode_form(body if method == "POST" else query))
-            if key and len(key) > MAX_IDEMPOTENCY_KEY:
-                raise StripeApiError.invalid_request(
-                    f"Invalid Idempotency-Key: must be at most {MAX_IDEMPOTENCY_KEY} characters",
-                )
-            if key:
-                saved = emu.idempotency.begin(key, fingerprint(method, path, body), rid)
-                if saved is not None:
-                    try:
-                        replay = self._replay(saved, key, method, path, body)
-                    finally:
-                        injector.wait_latency()
-                        slept = True
-                    return (*replay, True)
-                reserved = True
-            with emu.store.lock:
-                customer = route.lock_key(emu.store, args, params) if route.lock_key else None
-            with injector.writing(customer) as granted:
-                injector.wait_latency()
-                slept = True
-                if not granted or scripted == "lock_timeout":
-                    emu.stats.record_lock_timeout()
-                    raise StripeApiError.lock_timeout()
-                ctx = RequestContext(rid, key)
-                try:
-                    with emu.store.lock:
-                        result = route.handler(emu.store, args, params, ctx)
-                        payload = _dumps(result)
-                    status = 200
-                except StripeApiError as exc:
-                    status, payload = exc.status, _dumps(exc.body(rid))
-                    headers.update(exc.headers)
-                if scripted == "error_after":
-                    status, payload = 500, _dumps(StripeApiError.api_error().body(rid))
-            if reserved and key:
-                emu.idempotency.finish(key, status, payload, dict(headers))
-                reserved = False
-            if drop == "after":
-                raise Drop
-            return status, payload, headers, False
-        except StripeApiError as exc:
-            if not slept:
-                injector.wait_latency()
-            headers.update(exc.headers)
-            return exc.status, _dumps(exc.body(rid)), headers, False
-        finally:
-            if reserved and key:
-                emu.idempotency.release(key)
-
-    def _replay(
-        self, saved: Saved, key: str, method: str, path: str, body: str
-    ) -> tuple[int, bytes, dict[str, str]]:
-        if saved.fingerprint != fingerprint(method, path, body):
-            raise StripeApiError.idempotency_mismatch(key)
-        if saved.status is None:
-            raise StripeApiError.idempotency_in_progress(key)
-        return (
-            saved.status,
-            saved.body,
-            {
-                **saved.headers,
-                "Idempotent-Replayed": "true",
-                "Original-Request": saved.request_id,
-            },
-        )
-
-    def _authenticate(self) -> None:
-        header = self.headers.get("Authorization") or ""
-        scheme, _, key = header.partition(" ")
-        if not header or scheme.lower() != "bearer" or not key.strip():
-            raise StripeApiError.no_api_key()
-        if not secrets.compare_digest(key.strip(), self.server.emulator.api_key):
-            raise StripeApiError.bad_api_key(key.strip())
+        self._send(answer.status, answer.payload, {**answer.headers, "Request-Id": req.request_id})
 
     # ------------------------------------------------------------------------ responses
 
@@ -244,7 +142,7 @@ class Handler(BaseHTTPRequestHandler):
         self._headers_buffer: list[bytes] = []
         self.wfile.write(b"".join(buffered) + b"\r\n" + payload)
 
-    def _hosted(self, method: str, path: str, body: str) -> None:
+    def _hosted(self, method: str, path: str) -> None:
         """The hosted invoice page and PDF a finalized invoice links to; `POST /i/<id>/pay`
         is the customer paying on that page."""
         emu = self.server.emulator
@@ -280,64 +178,3 @@ class Handler(BaseHTTPRequestHandler):
         for name, value in (extra or {}).items():
             self.send_header(name, value)
         self._write(payload)
-
-
-def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode()
-
-
-def _money(amount: int, currency: str) -> str:
-    return f"{amount / 100:,.2f} {currency.upper()}"
-
-
-def invoice_page(invoice: dict[str, Any]) -> bytes:
-    rows = "".join(
-        f"<tr><td>{html.escape(line['description'] or '')}</td>"
-        f"<td>{_money(line['amount'], line['currency'])}</td></tr>"
-        for line in invoice["lines"]["data"]
-    )
-    pay = (
-        f'<form method="post" action="/i/{invoice["id"]}/pay"><button>Pay</button></form>'
-        if invoice["status"] == "open"
-        else ""
-    )
-    page = (
-        "<!doctype html><html><head><meta charset='utf-8'>"
-        f"<title>Invoice {html.escape(invoice['number'] or invoice['id'])}</title></head><body>"
-        f"<h1>Invoice {html.escape(invoice['number'] or invoice['id'])}</h1>"
-        f"<p>Status: <strong>{invoice['status']}</strong></p>"
-        f"<p>Amount due: {_money(invoice['amount_remaining'], invoice['currency'])}</p>"
-        f"<table>{rows}</table>{pay}</body></html>"
-    )
-    return page.encode()
-
-
-def invoice_pdf(invoice: dict[str, Any]) -> bytes:
-    """A one-page PDF naming the invoice, its status and amount."""
-    text = (
-        f"Invoice {invoice['number'] or invoice['id']} - {invoice['status']} - "
-        f"{_money(invoice['amount_due'], invoice['currency'])}"
-    )
-    safe = text.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
-    stream = f"BT /F1 14 Tf 72 720 Td ({safe}) Tj ET".encode("latin-1", "replace")
-    objects = [
-        b"<< /Type /Catalog /Pages 2 0 R >>",
-        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
-        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
-        b"/Resources << /Font << /F1 5 0 R >> >> >>",
-        b"<< /Length " + str(len(stream)).encode() + b" >>\nstream\n" + stream + b"\nendstream",
-        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
-    ]
-    out = bytearray(b"%PDF-1.4\n")
-    offsets = []
-    for number, body in enumerate(objects, start=1):
-        offsets.append(len(out))
-        out += f"{number} 0 obj\n".encode() + body + b"\nendobj\n"
-    xref = len(out)
-    out += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
-    for offset in offsets:
-        out += f"{offset:010d} 00000 n \n".encode()
-    out += (
-        f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode()
-    )
-    return bytes(out)
