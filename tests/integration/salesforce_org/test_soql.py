@@ -147,3 +147,20 @@ def test_ids_have_salesforce_checksums() -> None:
     assert len(first) == 18
     assert first < second
     assert is_valid_id(first)
+
+
+def test_an_org_specific_won_stage_sets_is_won() -> None:
+    org = Org()
+    org.add_stage("Signed", probability=100, closed=True, won=True, forecast="Closed")
+    account = org.create_account("Acme")
+    opportunity = org.create_opportunity(account, "Deal", [])
+    org.close_won(opportunity, StageName="Signed")
+    stored = org.get_opportunity(opportunity)
+    assert (stored["StageName"], stored["IsWon"], stored["IsClosed"]) == ("Signed", True, True)
+    [event] = [
+        e.message["data"]["payload"]
+        for e in org.events.retained()
+        if e.message["data"]["payload"]["ChangeEventHeader"]["changeType"] == "UPDATE"
+    ]
+    assert event["StageName"] == "Signed"
+    assert event["IsWon"] is True

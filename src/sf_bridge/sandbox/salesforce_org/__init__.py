@@ -1,14 +1,28 @@
-"""A local Salesforce org for tests, the demo and mapping trials: OAuth / SOAP login, REST query
-(the SOQL subset sf-bridge issues), sObject and composite updates, and the CometD streaming
-endpoint with Salesforce's replay extension, for Change Data Capture, PushTopic and Platform
-Event channels.
+"""A local Salesforce org for tests, the demo and mapping trials, served on loopback:
 
-    with SalesforceSandbox() as org:
+- OAuth token endpoint (username-password and client-credentials flows) and the SOAP `login`
+  call simple-salesforce uses; sessions end after two idle hours on the org clock.
+- REST: SOQL query (field lists, parent paths, child subqueries, WHERE / ORDER BY / LIMIT /
+  OFFSET, pagination with `nextRecordsUrl`), sObject create / read / update, the composite
+  sObject collections update, describe and limits. Every answer carries `Sforce-Limit-Info`.
+- CometD (`/cometd/<any version>`): handshake, long-polling connect, subscribe with the replay
+  extension and its retention window, for Change Data Capture (`/data/OpportunityChangeEvent`),
+  PushTopics (`/topic/<Name>`) and Platform Events (`/event/<Name>__e`).
+
+    with SalesforceSandbox() as org:            # or the `salesforce_org` pytest fixture
+        org.create_product("PLAN-PRO", "Pro plan", unit_price=100)
         account = org.create_account("Acme")
-        ...
+        deal = org.create_opportunity(account, "Acme deal",
+                                      [{"product_code": "PLAN-PRO", "quantity": 5}])
+        org.close_won(deal)                     # CDC UPDATE (+ PushTopic / Platform Event)
+
+Faults: `expire_sessions`, `forget_clients`, `expire_events_before` / `advance_clock`,
+`stop_stream` / `start_stream`, `request_limit_exceeded`, `api_limit`, `fail_requests`,
+`fail_updates`. Counters: `calls`, `rest_calls()`, `reset_counters()`.
 """
 
-from sf_bridge.sandbox.salesforce_org.core import CDC_CHANNEL
+from sf_bridge.sandbox.salesforce_org.core import CDC_CHANNEL, SANDBOX_CREDENTIALS
+from sf_bridge.sandbox.salesforce_org.seeding import prepare_for_mappings
 from sf_bridge.sandbox.salesforce_org.server import SalesforceSandbox
 
-__all__ = ["CDC_CHANNEL", "SalesforceSandbox"]
+__all__ = ["CDC_CHANNEL", "SANDBOX_CREDENTIALS", "SalesforceSandbox", "prepare_for_mappings"]

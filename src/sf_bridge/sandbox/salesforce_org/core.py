@@ -390,9 +390,10 @@ class Org:
 
     def close_won(self, opportunity_id: str, **field_changes: Any) -> None:
         """Moves the deal to Closed Won (IsWon, IsClosed, LastModifiedDate follow) and emits the
-        CDC UPDATE event, plus the PushTopic / Platform Event events of defined channels."""
+        CDC UPDATE event, plus the PushTopic / Platform Event events of defined channels.
+        `StageName=` in `field_changes` picks another won stage (see `add_stage`)."""
         won_stage = next((s.name for s in self.store.stages.values() if s.is_won), "Closed Won")
-        self.update_opportunity(opportunity_id, StageName=won_stage, **field_changes)
+        self.update_opportunity(opportunity_id, **({"StageName": won_stage} | field_changes))
 
     def close_won_together(self, opportunity_ids: list[str], **field_changes: Any) -> None:
         """Closes several deals in one transaction (a mass update): deals changed the same way
