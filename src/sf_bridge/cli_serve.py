@@ -65,7 +65,7 @@ def serve(
             port=settings.port,
             log_config=None,
             access_log=False,
-            lifespan="off",
+            lifespan="on",
             ws="none",
             proxy_headers=True,
             timeout_graceful_shutdown=25,

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -20,9 +21,11 @@ from sf_bridge.api.auth import ApiKeys
 from sf_bridge.api.body_limit import DEFAULT_MAX_BODY_BYTES, BodySizeLimit
 from sf_bridge.api.context import ApiContext
 from sf_bridge.api.openapi import DOCUMENT
+from sf_bridge.api.read_engine import read_engine_for
 from sf_bridge.api.responses import error_response, json_response
 from sf_bridge.config import Settings
 from sf_bridge.db import migrate
+from sf_bridge.db.engine import make_session_factory
 from sf_bridge.db.models import utcnow
 from sf_bridge.logging import get_logger
 
@@ -68,6 +71,14 @@ async def server_error(request: Request, exc: Exception) -> Response:
     )
 
 
+@asynccontextmanager
+async def _lifespan(app: Starlette) -> AsyncIterator[None]:
+    yield
+    ctx: ApiContext = app.state.ctx
+    if ctx.read_engine is not ctx.engine:
+        ctx.read_engine.dispose()
+
+
 def create_app(
     settings: Settings,
     session_factory: sessionmaker[Session],
@@ -86,10 +97,13 @@ def create_app(
     engine = session_factory.kw.get("bind")
     if not isinstance(engine, Engine):
         raise TypeError("session_factory must be bound to an Engine")
+    read_engine = read_engine_for(engine)
     ctx = ApiContext(
         settings=settings,
         session_factory=session_factory,
         engine=engine,
+        read_engine=read_engine,
+        read_session_factory=make_session_factory(read_engine),
         api_keys=ApiKeys(settings.api_key_list()),
         clock=clock,
         billing=billing,
@@ -105,6 +119,7 @@ def create_app(
         ],
         middleware=[Middleware(BodySizeLimit, max_bytes=max_body_bytes)],
         exception_handlers={HTTPException: http_error, Exception: server_error},
+        lifespan=_lifespan,
     )
     app.state.ctx = ctx
     return app

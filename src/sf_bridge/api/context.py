@@ -22,6 +22,8 @@ class ApiContext:
     settings: Settings
     session_factory: sessionmaker[Session]
     engine: Engine
+    read_engine: Engine  # entitlement reads (see read_engine.py)
+    read_session_factory: sessionmaker[Session]  # metrics, over read_engine
     api_keys: ApiKeys
     clock: Callable[[], datetime]
     billing: BillingGateway | None

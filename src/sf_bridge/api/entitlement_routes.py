@@ -55,7 +55,7 @@ async def list_entitlements(request: Request) -> Response:
     ref = request.path_params["ref"]
 
     def read() -> dict[str, Any]:
-        with ctx.engine.connect() as conn:
+        with ctx.read_engine.connect() as conn:
             return all_entitlements(conn, ref, ctx.clock())
 
     try:
@@ -74,7 +74,7 @@ async def get_entitlement(request: Request) -> Response:
     ref, feature = request.path_params["ref"], request.path_params["feature"]
 
     def read() -> dict[str, Any]:
-        with ctx.engine.connect() as conn:
+        with ctx.read_engine.connect() as conn:
             return one_entitlement(conn, ref, feature, ctx.clock())
 
     try:

@@ -69,7 +69,7 @@ async def readyz(request: Request) -> Response:
 
 async def metrics_endpoint(request: Request) -> Response:
     ctx: ApiContext = request.app.state.ctx
-    body = await run_in_threadpool(metrics.render, ctx.session_factory)
+    body = await run_in_threadpool(metrics.render, ctx.read_session_factory)
     return Response(body, headers={"Content-Type": metrics.CONTENT_TYPE})
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import time
+
 import httpx
+from sqlalchemy import Engine, text
 
 from sf_bridge.entitlements.ledger import revoke_subscription_grants
 from sf_bridge.plan import EntitlementValue
@@ -145,3 +148,16 @@ def test_openapi_document_lists_the_routes(http: httpx.Client) -> None:
         "/readyz",
         "/metrics",
     } <= set(document["paths"])
+
+
+def test_reads_do_not_wait_for_a_writer(
+    api_server: ApiServer, http: httpx.Client, engine: Engine
+) -> None:
+    seed_deal(api_server.session_factory, STANDARD_ENTITLEMENTS)
+    with engine.begin() as conn:  # a worker's write transaction holds the write lock
+        conn.execute(text("UPDATE customers SET name = 'Acme Renamed'"))
+        started = time.monotonic()
+        response = http.get(f"/v1/customers/{ACCOUNT_ID}/entitlements/sso", timeout=5)
+        assert response.status_code == 200
+        assert response.json()["customer"]["name"] == "Acme Corp"  # the committed state
+        assert time.monotonic() - started < 2

@@ -1,0 +1,38 @@
+"""The engine entitlement reads use.
+
+On SQLite the shared engine opens every transaction with BEGIN IMMEDIATE (writers never
+deadlock), which would also make each read wait for any writer. Reads get their own engine
+whose transactions BEGIN deferred on `query_only` connections: in WAL mode they never wait for
+a writer and never block one. Other databases use the shared engine as it is.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+
+from sf_bridge.db.engine import SQLITE_BUSY_TIMEOUT_MS
+
+
+def read_engine_for(engine: Engine) -> Engine:
+    if engine.dialect.name != "sqlite":
+        return engine
+    reader = create_engine(
+        engine.url,
+        connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
+    )
+
+    @event.listens_for(reader, "connect")
+    def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cur.execute("PRAGMA query_only=ON")
+        cur.close()
+
+    @event.listens_for(reader, "begin")
+    def _begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN")
+
+    return reader
