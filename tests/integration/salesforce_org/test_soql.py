@@ -164,3 +164,21 @@ def test_an_org_specific_won_stage_sets_is_won() -> None:
     ]
     assert event["StageName"] == "Signed"
     assert event["IsWon"] is True
+
+
+def test_push_topic_events_are_kept_24_hours_and_change_events_72() -> None:
+    from sf_bridge.sandbox.salesforce_org.events import ReplayIdRefused
+
+    org = Org()
+    topic = org.define_push_topic("Won", "SELECT Id, StageName FROM Opportunity WHERE IsWon = true")
+    account = org.create_account("Acme")
+    opportunity = org.create_opportunity(account, "Deal", [])
+    org.close_won(opportunity)
+    first_topic_event = org.events.retained(topic)[0].replay_id
+    org.advance_clock(25 * 3600)
+
+    assert org.events.retained(topic) == []
+    assert len(org.events.retained("/data/OpportunityChangeEvent")) == 2
+    with pytest.raises(ReplayIdRefused):
+        org.events.events_after(topic, first_topic_event)
+    org.events.events_after("/data/OpportunityChangeEvent", first_topic_event)  # still valid

@@ -67,6 +67,7 @@ class Org:
         *,
         api_version: str = "62.0",
         retention_seconds: float = 72 * 3600,
+        push_topic_retention_seconds: float = 24 * 3600,
         query_batch_size: int = 2000,
         credentials: Credentials = SANDBOX_CREDENTIALS,
         session_timeout_seconds: float | None = 2 * 3600,
@@ -78,7 +79,7 @@ class Org:
         self._ids = IdFactory()
         self.org_id = self._ids.new_id("Organization")
         self.store = RecordStore(self.now, self._ids)
-        self.events = EventLog(self.now, retention_seconds)
+        self.events = EventLog(self.now, retention_seconds, push_topic_retention_seconds)
         self.sessions = SessionStore(self.org_id, self.now, session_timeout_seconds)
         self.queries = QueryEngine(self.store, api_version, self.now)
         self.calls: Counter[str] = Counter()

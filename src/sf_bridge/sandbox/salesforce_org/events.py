@@ -40,14 +40,25 @@ Listener = Callable[[StoredEvent], None]
 
 
 class EventLog:
-    """Thread-safe event store with retention and replay."""
+    """Thread-safe event store with retention and replay, per channel. PushTopic channels keep
+    events for `push_topic_retention_seconds` (24 h on Salesforce), the others for
+    `retention_seconds` (72 h)."""
 
-    def __init__(self, clock: Callable[[], datetime], retention_seconds: float) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], datetime],
+        retention_seconds: float,
+        push_topic_retention_seconds: float = 24 * 3600,
+    ) -> None:
         self.clock = clock
         self.retention = timedelta(seconds=retention_seconds)
-        self._events: list[StoredEvent] = []
+        self.push_topic_retention = timedelta(seconds=push_topic_retention_seconds)
+        self._events: dict[str, list[StoredEvent]] = {}
         self._last_replay_id = FIRST_REPLAY_ID
-        self._first_valid_replay_id = FIRST_REPLAY_ID  # older ids were never issued here
+        # Per channel: the oldest replay id a subscription may name (older ids were never
+        # issued here, or their events are gone).
+        self._first_valid: dict[str, int] = {}
+        self._floor = FIRST_REPLAY_ID
         self._lock = threading.Lock()
         self._listeners: list[Listener] = []
 
@@ -57,6 +68,9 @@ class EventLog:
     @property
     def last_replay_id(self) -> int:
         return self._last_replay_id
+
+    def retention_for(self, channel: str) -> timedelta:
+        return self.push_topic_retention if channel.startswith("/topic/") else self.retention
 
     def publish(
         self, channel: str, data: dict[str, Any], *, set_replay_id: bool = True
@@ -73,8 +87,8 @@ class EventLog:
             event = StoredEvent(
                 replay_id, channel, self.clock(), {"channel": channel, "data": data}
             )
-            self._events.append(event)
-            self._purge_locked()
+            self._events.setdefault(channel, []).append(event)
+            self._purge_locked(channel)
             # Inside the lock so that listeners see events in replay-id order.
             for listener in list(self._listeners):
                 listener(event)
@@ -84,15 +98,15 @@ class EventLog:
         """Retained events of `channel` a subscription with `replay_id` receives first, and the
         newest replay id issued so far (live delivery continues after it)."""
         with self._lock:
-            self._purge_locked()
+            self._purge_locked(channel)
+            retained = self._events.get(channel, [])
+            first_valid = max(self._floor, self._first_valid.get(channel, FIRST_REPLAY_ID))
             if replay_id == NEW_EVENTS:
                 events = []
             elif replay_id == ALL_EVENTS:
-                events = [e for e in self._events if e.channel == channel]
-            elif self._first_valid_replay_id <= replay_id <= self._last_replay_id:
-                events = [
-                    e for e in self._events if e.channel == channel and e.replay_id > replay_id
-                ]
+                events = list(retained)
+            elif first_valid <= replay_id <= self._last_replay_id:
+                events = [e for e in retained if e.replay_id > replay_id]
             else:
                 raise ReplayIdRefused(replay_id)
             return events, self._last_replay_id
@@ -100,29 +114,36 @@ class EventLog:
     def expire_before(self, replay_id: int) -> None:
         """Drops events with a smaller replay id; subscribing with such an id is then refused."""
         with self._lock:
-            self._events = [e for e in self._events if e.replay_id >= replay_id]
-            self._first_valid_replay_id = max(self._first_valid_replay_id, replay_id)
+            for channel, events in self._events.items():
+                self._events[channel] = [e for e in events if e.replay_id >= replay_id]
+            self._floor = max(self._floor, replay_id)
 
     def purge(self) -> None:
         with self._lock:
-            self._purge_locked()
+            for channel in list(self._events):
+                self._purge_locked(channel)
 
-    def _purge_locked(self) -> None:
-        # Events are stored in publication order, so expired ones are at the front.
-        horizon = self.clock() - self.retention
-        if not self._events or self._events[0].created >= horizon:
+    def _purge_locked(self, channel: str) -> None:
+        # A channel's events are stored in publication order: expired ones are at the front.
+        events = self._events.get(channel)
+        horizon = self.clock() - self.retention_for(channel)
+        if not events or events[0].created >= horizon:
             return
-        cut = next((i for i, e in enumerate(self._events) if e.created >= horizon), None)
-        expired, self._events = (
-            (self._events, []) if cut is None else (self._events[:cut], self._events[cut:])
+        cut = next((i for i, e in enumerate(events) if e.created >= horizon), len(events))
+        newest_expired = events[cut - 1].replay_id
+        self._events[channel] = events[cut:]
+        self._first_valid[channel] = max(
+            self._first_valid.get(channel, FIRST_REPLAY_ID), newest_expired + 1
         )
-        newest_expired = max(e.replay_id for e in expired)
-        self._first_valid_replay_id = max(self._first_valid_replay_id, newest_expired + 1)
 
     def retained(self, channel: str | None = None) -> list[StoredEvent]:
+        """Events still retained (of one channel, or all in replay-id order)."""
         with self._lock:
-            self._purge_locked()
-            return [e for e in self._events if channel is None or e.channel == channel]
+            channels = [channel] if channel is not None else list(self._events)
+            for name in channels:
+                self._purge_locked(name)
+            found = [e for name in channels for e in self._events.get(name, [])]
+            return sorted(found, key=lambda e: e.replay_id)
 
 
 # -- payload shapes, one per channel kind ------------------------------------------------------
