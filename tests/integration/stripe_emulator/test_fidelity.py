@@ -202,3 +202,23 @@ def test_start_and_stop_are_cheap() -> None:
         durations.append(time.perf_counter() - started)
     durations.sort()
     assert durations[len(durations) // 2] < 0.1  # median; typically 2-5 ms
+
+
+@pytest.mark.parametrize("limit", [0, 101])
+def test_list_limit_outside_1_to_100_is_refused(
+    stripe_client: stripe.StripeClient, limit: int
+) -> None:
+    with pytest.raises(stripe.InvalidRequestError) as caught:
+        stripe_client.v1.customers.list(params={"limit": limit})
+    assert caught.value.param == "limit"
+
+
+def test_only_ids_expand(
+    stripe_emulator: StripeEmulator, stripe_client: stripe.StripeClient
+) -> None:
+    _everything(stripe_emulator, stripe_client)
+    (sub,) = stripe_emulator.objects("subscription")
+    with pytest.raises(stripe.InvalidRequestError):
+        stripe_client.v1.subscriptions.retrieve(
+            sub["id"], params={"expand": ["latest_invoice.lines"]}
+        )

@@ -12,7 +12,7 @@ import stripe.params as sp
 
 from . import catalog, invoices, subscriptions, webhook_endpoints
 from .errors import StripeApiError
-from .store import RequestContext, Store
+from .store import RequestContext, Store, page_limit
 
 Params = dict[str, Any]
 Handler = Callable[[Store, list[str], Params, RequestContext], dict[str, Any]]
@@ -92,7 +92,7 @@ def _event_filter(params: Params) -> Callable[[dict[str, Any]], bool]:
 def _invoice_lines(store: Store, args: list[str], params: Params, ctx: RequestContext) -> Any:
     invoice = store.get("invoice", args[0])
     lines = invoice["lines"]["data"]
-    limit = max(1, min(int(params.get("limit", 10)), 100))
+    limit = page_limit(params)
     result = {
         "object": "list",
         "data": lines[:limit],

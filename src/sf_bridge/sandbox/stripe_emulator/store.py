@@ -143,7 +143,7 @@ class Store:
                 target = self.objects[kind].get(value)
                 if target is not None:
                     node[head] = clone(target)
-            elif value is not None and not isinstance(value, dict):
+            elif value is not None and (not isinstance(value, dict) or "id" not in value):
                 raise StripeApiError.invalid_request(
                     f"This property cannot be expanded ({full}).", param="expand"
                 )
@@ -163,7 +163,7 @@ class Store:
     ) -> dict[str, Any]:
         """A Stripe list (newest first) with limit, starting_after and ending_before."""
         rows = [o for o in reversed(self.objects[kind].values()) if keep(o)]
-        limit = max(1, min(int(params.get("limit", 10)), 100))
+        limit = page_limit(params)
         after = params.get("starting_after")
         before = params.get("ending_before")
         ids = [o["id"] for o in rows]
@@ -184,7 +184,7 @@ class Store:
     ) -> dict[str, Any]:
         matches = matcher(params["query"], fields)
         rows = [o for o in self._searchable(kind) if matches(o)]
-        limit = max(1, min(int(params.get("limit", 10)), 100))
+        limit = page_limit(params)
         start = int(params["page"]) if str(params.get("page", "")).isdigit() else 0
         chunk = rows[start : start + limit]
         result = search_result(chunk, url)
@@ -213,6 +213,16 @@ class Store:
 
 API_VERSION = "2026-10-28.endive"
 SEARCHABLE = frozenset({"customer", "subscription", "invoice", "price", "product"})
+
+
+def page_limit(params: dict[str, Any]) -> int:
+    """`limit` of a list or search: 1 to 100, default 10; Stripe refuses anything else."""
+    limit = int(params.get("limit", 10))
+    if not 1 <= limit <= 100:
+        raise StripeApiError.invalid_request(
+            "Invalid limit: must be between 1 and 100", param="limit"
+        )
+    return limit
 
 
 def merge_metadata(current: dict[str, str], update: Any, param: str = "metadata") -> dict[str, str]:
