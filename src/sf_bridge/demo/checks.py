@@ -52,6 +52,12 @@ def negotiated_amounts(plan: dict[str, Any] | None) -> list[int]:
     return result
 
 
+def _arrived_by_stream(facts: DealFacts) -> Check:
+    """The click reached the worker through its stream subscription, not a later sweep."""
+    source = facts.row.source if facts.row else None
+    return Check(facts.deal.key, "arrived through the stream", source == "stream", f"{source}")
+
+
 def check_deal(facts: DealFacts, by_key: dict[str, DealFacts], write_back: Any) -> list[Check]:
     """Everything one completed deal must show."""
     key, expect = facts.deal.key, facts.deal.expect
@@ -61,6 +67,7 @@ def check_deal(facts: DealFacts, by_key: dict[str, DealFacts], write_back: Any) 
         checks.append(Check(key, what, bool(ok), detail))
 
     add("deal is done", facts.status == "done", f"status {facts.status}")
+    checks.append(_arrived_by_stream(facts))
     if facts.status != "done":
         if facts.row and facts.row.last_error:
             add("no error recorded", False, facts.row.last_error)
@@ -182,12 +189,13 @@ def check_parked(facts: DealFacts, write_back: Any) -> list[Check]:
     key, expect = facts.deal.key, facts.deal.expect
     needle = expect.parks_with or ""
     checks = [
+        _arrived_by_stream(facts),
         Check(
             key,
             "parks in needs_attention",
             facts.status == "needs_attention",
             f"status {facts.status}",
-        )
+        ),
     ]
     reason = (facts.row.last_error if facts.row else None) or ""
     checks.append(Check(key, f"reason names {needle}", needle in reason, reason))
