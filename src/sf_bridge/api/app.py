@@ -104,6 +104,7 @@ def create_app(
         engine=engine,
         read_engine=read_engine,
         read_session_factory=make_session_factory(read_engine),
+        inline_reads=read_engine.dialect.name == "sqlite",
         api_keys=ApiKeys(settings.api_key_list()),
         clock=clock,
         billing=billing,

@@ -24,6 +24,7 @@ class ApiContext:
     engine: Engine
     read_engine: Engine  # entitlement reads (see read_engine.py)
     read_session_factory: sessionmaker[Session]  # metrics, over read_engine
+    inline_reads: bool  # SQLite: entitlement reads run on the event loop (no thread hand-off)
     api_keys: ApiKeys
     clock: Callable[[], datetime]
     billing: BillingGateway | None

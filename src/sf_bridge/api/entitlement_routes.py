@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 from starlette.concurrency import run_in_threadpool
@@ -23,6 +24,7 @@ from sf_bridge.logging import get_logger
 from sf_bridge.metrics import ENTITLEMENT_CHECKS, USAGE_REPORTS
 
 log = get_logger(__name__)
+T = TypeVar("T")
 
 MAX_QUANTITY = 10**12
 # Usage reported with a time ahead of ours by more than this is refused (clock skew allowance).
@@ -37,6 +39,15 @@ class UsageReport(BaseModel):
     quantity: StrictInt = Field(ge=0, le=MAX_QUANTITY)
     idempotency_key: str = Field(min_length=1, max_length=MAX_IDEMPOTENCY_KEY_LENGTH)
     occurred_at: datetime | None = None
+
+
+async def run_read(ctx: ApiContext, read: Callable[[], T]) -> T:
+    """Runs an entitlement read. SQLite reads are local, CPU-bound and never wait for a writer
+    (see read_engine.py), so they run inline: a thread hand-off would cost more than the read.
+    Reads over the network (PostgreSQL) go to the thread pool."""
+    if ctx.inline_reads:
+        return read()
+    return await run_in_threadpool(read)
 
 
 def _ctx(request: Request) -> ApiContext:
@@ -59,7 +70,7 @@ async def list_entitlements(request: Request) -> Response:
             return all_entitlements(conn, ref, ctx.clock())
 
     try:
-        body = await run_in_threadpool(read)
+        body = await run_read(ctx, read)
     except EntitlementError as exc:
         ENTITLEMENT_CHECKS.labels("unknown").inc()
         return entitlement_error(exc)
@@ -78,7 +89,7 @@ async def get_entitlement(request: Request) -> Response:
             return one_entitlement(conn, ref, feature, ctx.clock())
 
     try:
-        body = await run_in_threadpool(read)
+        body = await run_read(ctx, read)
     except EntitlementError as exc:
         ENTITLEMENT_CHECKS.labels("unknown").inc()
         return entitlement_error(exc)
