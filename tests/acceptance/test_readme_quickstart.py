@@ -145,6 +145,23 @@ def test_readme_documents_every_setting() -> None:
     assert not missing, f"README.md's configuration table misses {sorted(missing)}"
 
 
+def test_operations_guide_documents_every_tuning_variable() -> None:
+    from sf_bridge.crm.salesforce import SalesforceOptions
+    from sf_bridge.intake.options import IntakeOptions
+
+    guide = (REPO_ROOT / "docs" / "operations.md").read_text()
+    tuning = guide.split("## Tuning", 1)[1]
+    documented = set(re.findall(r"`([A-Z][A-Z0-9_]+)`", tuning))
+    read = {
+        str(field.alias)
+        for options in (IntakeOptions, SalesforceOptions)
+        for field in options.model_fields.values()
+        if field.alias
+    }
+    missing = read - documented
+    assert not missing, f"docs/operations.md's tuning table misses {sorted(missing)}"
+
+
 def _relative_links(path: Path) -> list[tuple[str, Path]]:
     links = []
     for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", path.read_text()):
