@@ -303,3 +303,18 @@ def test_switchable_request_faults_answer_like_salesforce(
         with pytest.raises(SalesforceMalformedRequest):
             sf.Opportunity.update(deal.opportunity_id, {"Note__c": "x"})
     assert sf.Opportunity.update(deal.opportunity_id, {"Note__c": "x"}) == 204
+
+
+def test_an_internal_failure_answers_unknown_exception_and_the_org_keeps_serving(
+    salesforce_org: SalesforceSandbox, sf: Salesforce, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(soql: str) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(salesforce_org.queries, "run", broken)
+    with pytest.raises(SalesforceGeneralError) as failure:
+        sf.query("SELECT Id FROM Opportunity")
+    assert failure.value.status == 500
+    assert failure.value.content[0]["errorCode"] == "UNKNOWN_EXCEPTION"
+    monkeypatch.undo()
+    assert sf.query("SELECT Id FROM Opportunity")["done"] is True

@@ -228,3 +228,11 @@ async def _not_found_as_salesforce(request: web.Request, handler: Any) -> web.St
         return error_response(
             405, "METHOD_NOT_ALLOWED", f"HTTP Method '{request.method}' not allowed."
         )
+    except web.HTTPException:
+        raise
+    except Exception:
+        # Salesforce answers an internal error with UNKNOWN_EXCEPTION; the cause is logged.
+        log.exception("sandbox_internal_error", path=request.path)
+        return error_response(
+            500, "UNKNOWN_EXCEPTION", "An unexpected error occurred. Please include this ErrorId."
+        )
