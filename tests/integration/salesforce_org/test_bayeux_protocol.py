@@ -189,3 +189,13 @@ def test_a_restarted_org_keeps_its_address_and_data_but_not_its_clients() -> Non
         client.token = oauth_login(org, client.http)["access_token"]
         [reply] = client.connect()
         assert reply["error"] == "403::Unknown client"
+
+
+def test_a_port_in_use_fails_start_cleanly() -> None:
+    with SalesforceSandbox() as running:
+        taken = SalesforceSandbox(port=running.port)
+        with pytest.raises(OSError, match="address already in use"):
+            taken.start()
+        taken.stop()  # nothing to stop: no error
+        with pytest.raises(RuntimeError):
+            _ = taken.url

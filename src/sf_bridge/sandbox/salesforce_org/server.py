@@ -74,7 +74,12 @@ class SalesforceSandbox(Org):
             target=self._serve, args=(started,), name="salesforce-sandbox", daemon=True
         )
         self._thread.start()
-        started.result(timeout=START_TIMEOUT_SECONDS)
+        try:
+            started.result(timeout=START_TIMEOUT_SECONDS)
+        except BaseException:
+            self._thread.join(timeout=START_TIMEOUT_SECONDS)
+            self._thread = self._loop = None
+            raise
         log.info("salesforce_sandbox_started", url=self.url)
         return self
 
