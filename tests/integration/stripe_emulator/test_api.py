@@ -10,8 +10,8 @@ from tests.fixtures.stripe import SAMPLE_CATALOG, CatalogEntry, http_get, http_p
 
 
 @pytest.fixture
-def catalog(stripe_emulator: StripeEmulator) -> dict[str, str]:
-    return stripe_emulator.seed_catalog(SAMPLE_CATALOG)
+def catalog(stripe_catalog: dict[str, str]) -> dict[str, str]:
+    return stripe_catalog
 
 
 def _customer(client: stripe.StripeClient, account: str = "001A") -> stripe.Customer:
