@@ -95,7 +95,7 @@ def wait_until(
         time.sleep(interval)
 
 
-@dataclass
+@dataclass(eq=False)
 class ManagedProcess:
     """A `sf-bridge` child process with its log in a file; stopped with SIGTERM."""
 

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import contextlib
+import resource
 import secrets
 import shutil
 import signal
@@ -174,6 +175,17 @@ class Demo:
                     self.checks.extend(check_deal(f, by_key, mappings.write_back))
             self.checks.extend(check_no_duplicates(stack.stripe, facts))
 
+            if not self.options.keep_running:
+                # Stopped as a platform stops them; reaped now, so their CPU time is counted.
+                for process, code in self._stop_processes(stack).items():
+                    self.checks.append(
+                        Check(
+                            "",
+                            f"`{process.command_line}` stops cleanly on SIGTERM",
+                            code == 0,
+                            f"exit code {code}",
+                        )
+                    )
             ok = self._report(facts)
             if self.options.keep_running:
                 self._keep_running(stack, facts)
@@ -478,6 +490,7 @@ class Demo:
         ]
         if latencies:
             self.say(f"close → done: {min(latencies)}-{max(latencies)} ms per deal")
+        self.say(self._cpu_line())
         if failed:
             self.console.print(
                 f"[bold red]DEMO FAILED[/]: {len(failed)} of {len(self.checks)} expectations "
@@ -495,6 +508,21 @@ class Demo:
             f"in {wall:.1f} s"
         )
         return True
+
+    def _cpu_line(self) -> str:
+        """CPU time of the demo process (with its sandbox servers) and of the sf-bridge
+        processes it ran, so that a slow run on a busy machine can be told from a slow demo."""
+        own = resource.getrusage(resource.RUSAGE_SELF)
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return (
+            f"CPU time: {own.ru_utime + own.ru_stime:.1f} s in the demo and its sandbox servers, "
+            f"{children.ru_utime + children.ru_stime:.1f} s in the sf-bridge processes it ran"
+            + (
+                " and stopped"
+                if not self.options.keep_running
+                else " (the worker and the API still run)"
+            )
+        )
 
     def _keep_running(self, stack: Stack, facts: list[DealFacts]) -> None:
         self.heading("Still running: explore, then press Ctrl-C to stop")
@@ -522,10 +550,12 @@ class Demo:
                 time.sleep(0.5)
         self.console.print(f"stopping; the demo's files stay in {stack.workdir}")
 
+    def _stop_processes(self, stack: Stack) -> dict[ManagedProcess, int | None]:
+        """SIGTERM to the worker and the API; their exit codes."""
+        return {p: p.stop() for p in (stack.worker, stack.api) if p is not None}
+
     def _stop(self, stack: Stack) -> None:
-        for process in (stack.worker, stack.api):
-            if process is not None:
-                process.stop()
+        self._stop_processes(stack)
         for server in (stack.org, stack.stripe):
             if server is not None:
                 with contextlib.suppress(Exception):
