@@ -160,5 +160,5 @@ class Lifecycle(RuleBasedStateMachine):
             assert len(periods) == 1
 
 
-Lifecycle.TestCase.settings = settings(max_examples=40, stateful_step_count=25, deadline=None)
+Lifecycle.TestCase.settings = settings(max_examples=30, stateful_step_count=20, deadline=None)
 TestLifecycle = Lifecycle.TestCase
