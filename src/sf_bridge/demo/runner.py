@@ -164,8 +164,10 @@ class Demo:
                 self._payments(stack, by_key)
 
             parked = [f for f in facts if f.deal.expect.parks_with]
+            if parked:
+                self._fix_mapping(stack, mappings_dir)
             for f in parked:
-                self._replay(stack, f, mappings_dir)
+                self._replay(stack, f)
             if parked:
                 mappings = load_mappings(mappings_dir)
                 self._collect(stack, parked, mappings)
@@ -380,10 +382,11 @@ class Demo:
         finally:
             engine.dispose()
 
-    def _replay(self, stack: Stack, facts: DealFacts, mappings_dir: Path) -> None:
+    def _fix_mapping(self, stack: Stack, mappings_dir: Path) -> None:
+        """RevOps' edit, checked with `sf-bridge mappings check` as docs/mappings.md says."""
         assert stack.env is not None
         fix = self.scenario.fix
-        self.heading(f"Fixing the mapping and replaying '{facts.deal.name}'")
+        self.heading("Fixing the mapping and replaying the parked deal")
         changed = apply_fix(mappings_dir, fix)
         self.say(f"RevOps edits {changed.relative_to(stack.workdir)}: {fix.description}")
         check = run_command(["mappings", "check", str(mappings_dir)], stack.env, stack.workdir)
@@ -393,6 +396,9 @@ class Demo:
             self.console.print(f"      {line}", markup=False)
         if check.returncode != 0:
             raise DemoFailed("The fixed mapping does not pass `sf-bridge mappings check`.")
+
+    def _replay(self, stack: Stack, facts: DealFacts) -> None:
+        assert stack.env is not None
         facts.replayed_at = datetime.now(UTC)
         replay = run_command(["replay", facts.opportunity_id], stack.env, stack.workdir)
         self.say(f"$ sf-bridge replay {facts.opportunity_id}  ->  exit {replay.returncode}")

@@ -1,0 +1,175 @@
+"""The demo's expectations catch what is wrong: each check fails on the fact that breaks it."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from sf_bridge.demo.checks import check_deal, check_no_duplicates, check_parked
+from sf_bridge.demo.facts import DealFacts, DealRow, entitlements_by_feature
+from sf_bridge.demo.scenario import SCENARIO
+from sf_bridge.mapping.model import WriteBackFields
+
+WRITE_BACK = WriteBackFields(
+    status="SF_Bridge_Status__c",
+    stripe_customer_id="Stripe_Customer_Id__c",
+    stripe_subscription_id="Stripe_Subscription_Id__c",
+    invoice_url="Stripe_Invoice_URL__c",
+    error="SF_Bridge_Error__c",
+)
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+
+
+def row(status: str = "done", source: str = "stream", error: str | None = None) -> DealRow:
+    return DealRow("006A", status, None, 1, source, error, None, NOW, NOW)
+
+
+def enterprise_facts() -> DealFacts:
+    """What a correctly provisioned enterprise deal looks like."""
+    deal = SCENARIO.deal("enterprise")
+    link = "http://127.0.0.1:1/i/in_1"
+    facts = DealFacts(deal, "006A", "001A", row=row())
+    facts.stripe_customer_id, facts.stripe_subscription_id = "cus_1", "sub_1"
+    facts.stripe_invoice_id, facts.hosted_invoice_url = "in_1", link
+    facts.plan = {
+        "items": [
+            {"unit_amount": 2_200_000, "catalog_unit_amount": 2_500_000},
+            {"unit_amount": 18_000, "catalog_unit_amount": 20_000},
+            {"unit_amount": None, "catalog_unit_amount": 500_000},
+        ]
+    }
+    facts.customer = {"id": "cus_1", "metadata": {"sf_account_id": "001A"}}
+    facts.subscription = {
+        "id": "sub_1",
+        "metadata": {"sf_opportunity_id": "006A"},
+        "collection_method": "send_invoice",
+        "days_until_due": 45,
+        "items": {
+            "data": [
+                {"price": {"unit_amount": 2_200_000}},
+                {"price": {"unit_amount": 18_000}},
+                {"price": {"unit_amount": 500_000}},
+            ]
+        },
+    }
+    facts.invoice = {
+        "id": "in_1",
+        "status": "open",
+        "hosted_invoice_url": link,
+        "invoice_pdf": link + "/pdf",
+        "collection_method": "send_invoice",
+    }
+    facts.grants = {"seats": 150, "advanced_analytics": 1, "sso": 1, "scim": 0}
+    facts.entitlements = entitlements_by_feature(
+        {
+            "entitlements": {
+                "seats": {"kind": "seats", "access": True, "limit": 155},
+                "advanced_analytics": {"kind": "flag", "access": True, "enabled": True},
+                "sso": {"kind": "flag", "access": True, "enabled": True},
+            }
+        }
+    )
+    facts.written_back = {
+        "SF_Bridge_Status__c": "Provisioned",
+        "Stripe_Customer_Id__c": "cus_1",
+        "Stripe_Subscription_Id__c": "sub_1",
+        "Stripe_Invoice_URL__c": link,
+    }
+    return facts
+
+
+def failed(facts: DealFacts) -> list[str]:
+    return [c.what for c in check_deal(facts, {"enterprise": facts}, WRITE_BACK) if not c.ok]
+
+
+def test_a_correct_deal_passes_every_check() -> None:
+    assert failed(enterprise_facts()) == []
+
+
+def _broken(change: str) -> DealFacts:
+    facts = enterprise_facts()
+    assert facts.subscription is not None
+    assert facts.invoice is not None
+    if change == "terms":
+        facts.subscription["days_until_due"] = 30
+    elif change == "catalog_price":
+        facts.subscription["items"]["data"][0]["price"]["unit_amount"] = 2_500_000
+    elif change == "draft_invoice":
+        facts.invoice["status"] = "draft"
+    elif change == "no_grant":
+        facts.grants.pop("seats")
+    elif change == "api_short":
+        facts.entitlements["seats"]["limit"] = 100
+    elif change == "not_written":
+        facts.written_back["Stripe_Subscription_Id__c"] = None
+    elif change == "swept":
+        facts.row = row(source="sweep")
+    elif change == "untagged":
+        facts.subscription["metadata"] = {}
+    return facts
+
+
+@pytest.mark.parametrize(
+    ("change", "expectation"),
+    [
+        ("terms", "invoice due 45 days after issue"),
+        ("catalog_price", "2 negotiated prices on the subscription"),
+        ("draft_invoice", "first invoice open, with payment link and PDF"),
+        ("no_grant", "grants seats = 150"),
+        ("api_short", "entitlement API shows seats"),
+        ("not_written", "Opportunity.Stripe_Subscription_Id__c written back"),
+        ("swept", "arrived through the stream"),
+        ("untagged", "subscription exists in Stripe, tagged with the opportunity"),
+    ],
+)
+def test_each_broken_fact_fails_its_check(change: str, expectation: str) -> None:
+    assert failed(_broken(change)) == [expectation]
+
+
+def test_a_deal_that_is_not_done_fails_and_says_why() -> None:
+    facts = enterprise_facts()
+    facts.row = row(status="retrying", error="Stripe answered 500")
+    checks = check_deal(facts, {"enterprise": facts}, WRITE_BACK)
+    assert [(c.what, c.ok) for c in checks if not c.ok] == [
+        ("deal is done", False),
+        ("no error recorded", False),
+    ]
+
+
+def test_parked_deal_checks() -> None:
+    deal = SCENARIO.deal("unmapped")
+    reason = "[unknown_product] product SB-SANDBOX-PLUS-Y is not in the mapping"
+    facts = DealFacts(deal, "006B", "001B", row=row("needs_attention", error=reason))
+    facts.written_back = {"SF_Bridge_Error__c": reason, "Stripe_Subscription_Id__c": None}
+    assert all(c.ok for c in check_parked(facts, WRITE_BACK))
+
+    silent = dataclasses.replace(facts, written_back={"SF_Bridge_Error__c": None})
+    assert [c.what for c in check_parked(silent, WRITE_BACK) if not c.ok] == [
+        "Opportunity.SF_Bridge_Error__c tells sales why"
+    ]
+    billed = dataclasses.replace(facts, stripe_subscription_id="sub_9")
+    assert "nothing billed while parked" in [
+        c.what for c in check_parked(billed, WRITE_BACK) if not c.ok
+    ]
+
+
+class FakeEmulator:
+    def __init__(self, objects: dict[str, list[dict[str, Any]]]) -> None:
+        self._objects = objects
+
+    def objects(self, kind: str) -> list[dict[str, Any]]:
+        return self._objects.get(kind, [])
+
+
+def test_duplicates_in_stripe_are_caught() -> None:
+    facts = [enterprise_facts()]
+    one = {
+        "customer": [{"metadata": {"sf_account_id": "001A"}}],
+        "subscription": [{"metadata": {"sf_opportunity_id": "006A"}}],
+    }
+    assert all(c.ok for c in check_no_duplicates(FakeEmulator(one), facts))
+    two = {k: v * 2 for k, v in one.items()}
+    assert [c.ok for c in check_no_duplicates(FakeEmulator(two), facts)] == [False, False]
