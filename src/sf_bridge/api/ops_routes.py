@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select, text
@@ -17,6 +18,24 @@ from sf_bridge.db import migrate
 from sf_bridge.db.models import StreamCheckpoint
 
 STREAM_STATUS_PREFIX = "status:"
+# The stream holder refreshes its row every SF_BRIDGE_STREAM_STATUS_INTERVAL (15 s): a row this
+# old means no worker holds the stream, which is not this process's readiness problem.
+STREAM_STATUS_STALE_SECONDS = 120.0
+
+
+def _stream_check(name: str, value: str, updated_at: datetime, now: datetime) -> dict[str, Any]:
+    """A worker's stream status row: not ready only when a live holder reports it unhealthy."""
+    state = value.partition(":")[0].strip()
+    age = (now - updated_at).total_seconds()
+    stale = age > STREAM_STATUS_STALE_SECONDS
+    return {
+        "channel": name[len(STREAM_STATUS_PREFIX) :],
+        "status": value,
+        "ok": state in ("connected", "stopped") or stale,
+        "stale": stale,
+        "updated_at": updated_at.isoformat(),
+        "age_seconds": round(age, 1),
+    }
 
 
 async def healthz(request: Request) -> Response:
@@ -45,16 +64,7 @@ def readiness(ctx: ApiContext) -> dict[str, Any]:
                 StreamCheckpoint.name.startswith(STREAM_STATUS_PREFIX, autoescape=True)
             )
         ).all()
-    streams = [
-        {
-            "channel": row.name[len(STREAM_STATUS_PREFIX) :],
-            "status": row.value,
-            "ok": row.value.startswith("connected"),
-            "updated_at": row.updated_at.isoformat(),
-            "age_seconds": round((now - row.updated_at).total_seconds(), 1),
-        }
-        for row in rows
-    ]
+    streams = [_stream_check(row.name, row.value, row.updated_at, now) for row in rows]
     if streams:
         checks["stream"] = {"ok": all(s["ok"] for s in streams), "channels": streams}
     return checks

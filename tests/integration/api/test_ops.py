@@ -7,7 +7,7 @@ from sqlalchemy import text
 
 from sf_bridge.api import create_app
 from sf_bridge.db.engine import make_engine, make_session_factory
-from sf_bridge.db.models import StepAttempt, StreamCheckpoint
+from sf_bridge.db.models import StepAttempt, StreamCheckpoint, utcnow
 from tests.fixtures.api import (
     ACCOUNT_ID,
     STANDARD_ENTITLEMENTS,
@@ -29,17 +29,26 @@ def test_healthz_and_readyz_with_the_worker_stream(
     assert checks["schema"]["ok"]
     assert "stream" not in checks  # no worker has reported a stream
 
+    channel = "status:/data/OpportunityChangeEvent"
+    api_server.clock.now = utcnow()  # rows are stamped with the real time when written
     with api_server.session_factory() as session, session.begin():
-        session.add(StreamCheckpoint(name="status:/data/OpportunityChangeEvent", value="down"))
+        session.add(StreamCheckpoint(name=channel, value="reconnecting: 403::Unknown client"))
     down = http.get("/readyz")
     assert down.status_code == 503
-    assert down.json()["checks"]["stream"]["channels"][0]["status"] == "down"
+    assert down.json()["checks"]["stream"]["channels"][0]["status"].startswith("reconnecting")
 
-    with api_server.session_factory() as session, session.begin():
-        row = session.get(StreamCheckpoint, "status:/data/OpportunityChangeEvent")
-        assert row is not None
-        row.value = "connected"
-    assert http.get("/readyz").status_code == 200
+    for value, ready in [("connected", 200), ("stopped", 200), ("connecting", 503)]:
+        with api_server.session_factory() as session, session.begin():
+            row = session.get(StreamCheckpoint, channel)
+            assert row is not None
+            row.value = value
+        assert http.get("/readyz").status_code == ready, value
+
+    # No heartbeat for minutes: no worker holds the stream; this process is still ready.
+    api_server.clock.advance(minutes=5)
+    stale = http.get("/readyz")
+    assert stale.status_code == 200, stale.text
+    assert stale.json()["checks"]["stream"]["channels"][0]["stale"] is True
 
 
 def test_readyz_refuses_an_out_of_date_schema(sqlite_url: str) -> None:
