@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import httpx
+import psutil
 from sqlalchemy import text
 
 from bench.common import PG_ADMIN_URL, percentile, print_header, print_load_after
@@ -210,13 +212,20 @@ def main() -> None:
     port = free_port()
     serve = start_serve(database_url, port, workdir)
     url = f"http://127.0.0.1:{port}"
+    server = psutil.Process(serve.pid)
     try:
+        cpu_before = server.cpu_times()
         sequential = http_sequential(url, args.customers, args.requests)
+        cpu_after = server.cpu_times()
+        server_cpu = (cpu_after.user + cpu_after.system - cpu_before.user - cpu_before.system) / (
+            args.requests + 200
+        )
         total, elapsed = http_concurrent(url, args.customers, args.threads, args.seconds)
         cached, cached_rate = client_cache(url, args.customers, args.client_checks)
     finally:
         serve.terminate()
         serve.wait(30)
+        shutil.rmtree(workdir, ignore_errors=True)
         if admin is not None:
             with admin.connect() as conn:
                 conn.execute(text('DROP DATABASE IF EXISTS "sfb_bench_entitlements" WITH (FORCE)'))
@@ -224,20 +233,21 @@ def main() -> None:
 
     print(f"database: {args.database}, {args.customers} customers x 2 deals x 4 features")
     print()
-    print("| path | p50 | p99 | checks/s |")
-    print("|---|---|---|---|")
+    print("| path | p50 | p99 | checks/s | server CPU per check |")
+    print("|---|---|---|---|---|")
     print(
         f"| HTTP, one client, sequential ({len(sequential)} checks) | "
         f"{ms(percentile(sequential, 50))} | {ms(percentile(sequential, 99))} | "
-        f"{len(sequential) / sum(sequential):,.0f} |"
+        f"{len(sequential) / sum(sequential):,.0f} | {ms(server_cpu)} |"
     )
     print(
         f"| HTTP, {args.threads} clients at once ({args.seconds:.0f} s) | | | "
-        f"{total / elapsed:,.0f} |"
+        f"{total / elapsed:,.0f} | |"
     )
     print(
         f"| Python client, local cache ({len(cached)} checks) | "
-        f"{us(percentile(cached, 50))} | {us(percentile(cached, 99))} | {cached_rate:,.0f} |"
+        f"{us(percentile(cached, 50))} | {us(percentile(cached, 99))} | {cached_rate:,.0f} | "
+        "none |"
     )
     print()
     print_load_after()
