@@ -91,7 +91,7 @@ def test_error_rate_gives_that_share_of_500s_reproducibly() -> None:
     first, second = run(), run()
     assert first == second
     share = first.count(500) / len(first)
-    assert 0.2 < share < 0.4
+    assert 0.15 < share < 0.45  # 0.3 +- 2.5 standard deviations for 60 draws
 
 
 def test_injected_500_is_not_saved_under_the_idempotency_key(
