@@ -136,7 +136,7 @@ class WorkerProcess:
         self._build()
         self._spawn("provisioning", lambda: self.worker.run(self.stop_event))
         if self.intake is not None:
-            self._spawn("intake", lambda: asyncio.run(self.intake.run()))
+            self._spawn("intake", self._intake_loop)
         self._spawn("overdue", self._overdue_loop)
         log.info(
             "worker_process_started",
@@ -155,6 +155,17 @@ class WorkerProcess:
         thread = threading.Thread(target=guarded, name=f"sf-bridge-{name}", daemon=True)
         thread.start()
         self.threads.append(thread)
+
+    def _intake_loop(self) -> None:
+        """The stream never takes the worker down: should intake itself fail, it starts again."""
+        while not self.stop_event.is_set():
+            try:
+                asyncio.run(self.intake.run())
+            except Exception as exc:
+                log.error("intake_failed", error=str(exc)[:300], error_type=type(exc).__name__)
+                self.stop_event.wait(5.0)
+                continue
+            return
 
     def _overdue_loop(self) -> None:
         try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -126,13 +127,17 @@ class StreamIntake:
         self._stop: asyncio.Event | None = None
         self._sweep_wanted: asyncio.Event | None = None
         self._sweep_reason = "request"
+        self._stop_requested = threading.Event()
 
     # -- control -------------------------------------------------------------------------
 
     def request_stop(self) -> None:
-        """Thread-safe: ends `run` after the current batch."""
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
+        """Thread-safe: ends `run` after the current batch (also when `run` has not started)."""
+        self._stop_requested.set()
+        loop, stop = self._loop, self._stop
+        if loop is not None and stop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop has already closed
+                loop.call_soon_threadsafe(stop.set)
 
     def request_sweep(self, reason: str) -> None:
         """Asks for a sweep soon (call from the intake's event loop)."""
@@ -152,9 +157,11 @@ class StreamIntake:
 
     async def run(self) -> None:
         """Runs until `request_stop`: standby while another replica holds the stream."""
-        self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
         self._sweep_wanted = asyncio.Event()
+        if self._stop_requested.is_set():
+            self._stop.set()
         stop_wait = asyncio.ensure_future(self._stop.wait())
         led = False
         try:
