@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import stripe
 
@@ -298,3 +300,83 @@ def test_catalog_entry_currency_is_lowercased(stripe_emulator: StripeEmulator) -
     stripe_emulator.seed_catalog([CatalogEntry("eu_pro", "Pro EU", 9_000, currency="EUR")])
     (price,) = stripe_emulator.objects("price")
     assert price["currency"] == "eur"
+
+
+def _price_data(product: str, **overrides: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "currency": "usd",
+        "product": product,
+        "unit_amount": 1_000,
+        "recurring": {"interval": "month"},
+    }
+    data.update(overrides)
+    return data
+
+
+@pytest.mark.parametrize(
+    ("overrides", "param"),
+    [
+        ({"currency": "dollars"}, "items[0][price_data][currency]"),
+        ({"unit_amount": 100_000_000}, "items[0][price_data][unit_amount]"),
+        ({"recurring": {"interval": "fortnight"}}, "items[0][price_data][recurring][interval]"),
+        (
+            {"recurring": {"interval": "month", "interval_count": 37}},
+            "items[0][price_data][recurring][interval_count]",
+        ),
+    ],
+)
+def test_bad_inline_prices_are_refused_with_their_param(
+    stripe_client: stripe.StripeClient,
+    catalog: dict[str, str],
+    overrides: dict[str, Any],
+    param: str,
+) -> None:
+    customer = _customer(stripe_client)
+    product = stripe_client.v1.prices.retrieve(catalog["pro_monthly"]).product
+    with pytest.raises(stripe.InvalidRequestError) as caught:
+        stripe_client.v1.subscriptions.create(
+            params={
+                "customer": customer.id,
+                "items": [{"price_data": _price_data(product, **overrides)}],
+            }
+        )
+    assert caught.value.param == param
+
+
+def test_unknown_collection_method_is_refused(
+    stripe_client: stripe.StripeClient, catalog: dict[str, str]
+) -> None:
+    customer = _customer(stripe_client)
+    with pytest.raises(stripe.InvalidRequestError) as caught:
+        stripe_client.v1.subscriptions.create(
+            params={
+                "customer": customer.id,
+                "items": [{"price": catalog["pro_monthly"]}],
+                "collection_method": "invoice",
+            }
+        )
+    assert caught.value.param == "collection_method"
+
+
+def test_one_customer_is_billed_in_one_currency_while_anything_is_live(
+    stripe_client: stripe.StripeClient, catalog: dict[str, str]
+) -> None:
+    customer = _customer(stripe_client)
+    product = stripe_client.v1.prices.retrieve(catalog["pro_monthly"]).product
+    terms: dict[str, Any] = {"collection_method": "send_invoice", "days_until_due": 30}
+    usd = stripe_client.v1.subscriptions.create(
+        params={"customer": customer.id, "items": [{"price": catalog["pro_monthly"]}], **terms}
+    )
+    eur_items = [{"price_data": _price_data(product, currency="eur")}]
+    with pytest.raises(stripe.InvalidRequestError, match="combine currencies"):
+        stripe_client.v1.subscriptions.create(
+            params={"customer": customer.id, "items": eur_items, **terms}
+        )
+    stripe_client.v1.subscriptions.cancel(usd.id)
+    stripe_client.v1.invoices.finalize_invoice(str(usd.latest_invoice))
+    stripe_client.v1.invoices.void_invoice(str(usd.latest_invoice))
+    eur = stripe_client.v1.subscriptions.create(
+        params={"customer": customer.id, "items": eur_items, **terms}
+    )
+    assert eur.currency == "eur"
+    assert stripe_client.v1.customers.retrieve(customer.id).currency == "eur"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from .errors import StripeApiError
@@ -145,12 +146,17 @@ def price_object(
     nickname: str | None = None,
     metadata: dict[str, str] | None = None,
     active: bool = True,
+    param: str = "",
 ) -> dict[str, Any]:
+    """A price object, checked as Stripe checks one; `param` prefixes the names errors give
+    (e.g. `items[0][price_data]`)."""
+    currency = _check_currency(currency, _name(param, "currency"))
+    _check_amount(unit_amount, _name(param, "unit_amount"))
     recurring_obj = None
     if recurring:
         recurring_obj = {
             "interval": recurring["interval"],
-            "interval_count": int(recurring.get("interval_count", 1)),
+            "interval_count": _check_interval(recurring, _name(param, "recurring")),
             "meter": None,
             "usage_type": recurring.get("usage_type", "licensed"),
             "trial_period_days": recurring.get("trial_period_days"),
@@ -160,7 +166,7 @@ def price_object(
         id=new_id("price"),
         created=store.now(),
         active=active,
-        currency=currency.lower(),
+        currency=currency,
         product=product,
         unit_amount=unit_amount,
         unit_amount_decimal=str(unit_amount),
@@ -170,6 +176,48 @@ def price_object(
         nickname=nickname,
         metadata=metadata or {},
     )
+
+
+MAX_UNIT_AMOUNT = 99_999_999
+MAX_INTERVALS = {"day": 3 * 365, "week": 3 * 52, "month": 3 * 12, "year": 3}
+
+
+def _name(prefix: str, field: str) -> str:
+    return f"{prefix}[{field}]" if prefix else field
+
+
+def _check_currency(currency: str, param: str) -> str:
+    code = currency.lower()
+    if not re.fullmatch(r"[a-z]{3}", code):
+        raise StripeApiError.invalid_request(
+            f"Invalid currency: {currency}. Use a three-letter ISO currency code.", param=param
+        )
+    return code
+
+
+def _check_amount(amount: int, param: str) -> None:
+    if amount > MAX_UNIT_AMOUNT:
+        raise StripeApiError.invalid_request(
+            f"This value must be less than or equal to {MAX_UNIT_AMOUNT}.",
+            param=param,
+            code="parameter_invalid_integer",
+        )
+
+
+def _check_interval(recurring: Params, param: str) -> int:
+    interval = recurring.get("interval")
+    if interval not in MAX_INTERVALS:
+        raise StripeApiError.invalid_request(
+            f"Invalid {param}[interval]: must be one of day, month, week, or year",
+            param=f"{param}[interval]",
+        )
+    count = int(recurring.get("interval_count", 1))
+    if not 1 <= count <= MAX_INTERVALS[interval]:
+        raise StripeApiError.invalid_request(
+            "The maximum billing interval is three years (3 years, 36 months, or 156 weeks).",
+            param=f"{param}[interval_count]",
+        )
+    return count
 
 
 def _unit_amount(params: Params, param_prefix: str = "") -> int:

@@ -97,6 +97,7 @@ def resolve_item_price(
         unit_amount=amount,
         recurring=data["recurring"],
         active=False,
+        param=f"{prefix}[price_data]",
     )
     store.add(price)
     return price

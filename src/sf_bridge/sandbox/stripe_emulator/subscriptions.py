@@ -13,6 +13,37 @@ from .objects import build, clone, list_object, new_id
 from .store import RequestContext, Store, merge_metadata
 
 SUBSCRIPTION_SEARCH_FIELDS = frozenset({"created", "metadata", "status"})
+COLLECTION_METHODS = ("charge_automatically", "send_invoice")
+ENDED = ("canceled", "incomplete_expired")
+
+
+def _check_method(method: str) -> str:
+    if method not in COLLECTION_METHODS:
+        raise StripeApiError.invalid_request(
+            "Invalid collection_method: must be one of charge_automatically or send_invoice",
+            param="collection_method",
+        )
+    return method
+
+
+def _check_single_currency(store: Store, customer: dict[str, Any], currency: str) -> None:
+    """Stripe bills one customer in one currency while anything of theirs is still live."""
+    held = customer["currency"]
+    if held is None or held == currency:
+        return
+    live = any(
+        sub["customer"] == customer["id"] and sub["status"] not in ENDED
+        for sub in store.objects["subscription"].values()
+    ) or any(
+        invoice["customer"] == customer["id"] and invoice["status"] in ("draft", "open")
+        for invoice in store.objects["invoice"].values()
+    )
+    if live:
+        raise StripeApiError.invalid_request(
+            "You cannot combine currencies on a single customer. This customer has an active "
+            f"subscription, subscription schedule, discount, quote, or invoice item with "
+            f"currency {held}."
+        )
 
 
 def create_subscription(store: Store, params: Params, ctx: RequestContext) -> dict[str, Any]:
@@ -26,7 +57,7 @@ def create_subscription(store: Store, params: Params, ctx: RequestContext) -> di
         raise StripeApiError.invalid_request(
             "Missing required param: items.", param="items", code="parameter_missing"
         )
-    method = params.get("collection_method", "charge_automatically")
+    method = _check_method(params.get("collection_method", "charge_automatically"))
     days = params.get("days_until_due")
     if method == "send_invoice" and days is None:
         raise StripeApiError.invalid_request(
@@ -80,8 +111,8 @@ def create_subscription(store: Store, params: Params, ctx: RequestContext) -> di
         ],
         f"/v1/subscription_items?subscription={sub_id}",
     )
-    if customer["currency"] is None:
-        customer["currency"] = sub["currency"]
+    _check_single_currency(store, customer, sub["currency"])
+    customer["currency"] = sub["currency"]
     store.add(sub)
     invoice = create_subscription_invoice(store, sub, customer, "subscription_create", period)
     sub["latest_invoice"] = invoice["id"]
@@ -119,6 +150,8 @@ def update_subscription(
         if merged != sub["metadata"]:
             previous["metadata"] = sub["metadata"]
             sub["metadata"] = merged
+    if "collection_method" in params:
+        _check_method(params["collection_method"])
     if "collection_method" in params and params["collection_method"] != sub["collection_method"]:
         previous["collection_method"] = sub["collection_method"]
         sub["collection_method"] = params["collection_method"]
