@@ -37,7 +37,7 @@ def _snapshot_id(record: dict[str, Any]) -> str:
 
 
 def _load(prov: Provisioner, ids: list[int]) -> list[Deal]:
-    with prov.session_factory() as session:
+    with prov.db() as session:
         return list(session.execute(select(Deal).where(Deal.id.in_(ids))).scalars())
 
 
@@ -92,7 +92,7 @@ def fetch_batch(prov: Provisioner, crm: CrmGateway | None, limit: int = BATCH_LI
         else:
             found.append((deal, match))
     now = prov.clock()
-    with prov.session_factory() as session, session.begin():
+    with prov.db() as session, session.begin():
         for deal, record in found:
             row = claim.load_owned(session, deal.id, prov.owner)
             if row is None:
@@ -214,7 +214,7 @@ def write_back_batch(
             exc=error,
             duration=duration,
         )
-    with prov.session_factory() as session, session.begin():
+    with prov.db() as session, session.begin():
         for deal in ok:
             row = claim.load_owned(session, deal.id, prov.owner)
             if row is None:
@@ -265,7 +265,7 @@ def report_parked_batch(
     failed call is raised; records Salesforce refuses are logged and not retried."""
     if crm is None:
         return []
-    with prov.session_factory() as session:
+    with prov.db() as session:
         deals = list(
             session.execute(
                 select(Deal)
@@ -300,7 +300,7 @@ def report_parked_batch(
                 error=result.error,
             )
     ids = [d.id for d in deals]
-    with prov.session_factory() as session, session.begin():
+    with prov.db() as session, session.begin():
         session.execute(
             update(Deal)
             .where(Deal.id.in_(ids), Deal.status == NEEDS_ATTENTION)
@@ -313,7 +313,7 @@ def report_parked_batch(
 
 def _write_back_due(prov: Provisioner, linger: float) -> bool:
     now = prov.clock()
-    with prov.session_factory() as session:
+    with prov.db() as session:
         count, oldest = session.execute(
             select(func.count(Deal.id), func.min(Deal.updated_at)).where(
                 Deal.current_step == STEP_WRITE_BACK, claim.due(now)

@@ -19,13 +19,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from sf_bridge.db.models import NEEDS_ATTENTION, RETRYING, Customer, Deal, DealEvent, StepAttempt
 from sf_bridge.errors import MappingFailed, PermanentError
 from sf_bridge.logging import get_logger
 from sf_bridge.provisioning import claim
+from sf_bridge.provisioning.dbscope import SessionScope
 from sf_bridge.provisioning.retry import RetryPolicy, decide
 from sf_bridge.provisioning.states import (
     ACCOUNT_STEPS,
@@ -84,6 +85,7 @@ class Provisioner:
         hooks: StepHooks | None = None,
     ) -> None:
         self.session_factory = session_factory
+        self.db = SessionScope(session_factory)
         self.ctx = ctx
         self.policy = policy
         self.options = options
@@ -97,7 +99,7 @@ class Provisioner:
     # claiming ------------------------------------------------------------------------------
 
     def claim(self, steps: tuple[str, ...], limit: int) -> list[int]:
-        with self.session_factory() as session:
+        with self.db() as session:
             return claim.claim_deals(
                 session,
                 steps=steps,
@@ -108,7 +110,7 @@ class Provisioner:
             )
 
     def release(self, deal_id: int) -> None:
-        with self.session_factory() as session, session.begin():
+        with self.db() as session, session.begin():
             claim.release_deal(session, deal_id, self.owner)
 
     # one deal ------------------------------------------------------------------------------
@@ -116,7 +118,7 @@ class Provisioner:
     def run_deal(self, deal_id: int, stop: threading.Event) -> str | None:
         """Runs the deal's per-deal steps until it reaches a batch step, settles, fails, or
         `stop` is set; returns its status then (None when the lease was lost)."""
-        with self.session_factory() as session:
+        with self.db() as session:
             deal = session.get(Deal, deal_id)
         while True:
             if deal is None or deal.locked_by != self.owner:
@@ -126,7 +128,7 @@ class Provisioner:
                 return deal.status
             moved_on = self.run_step(deal, deal.current_step)
             if moved_on is None:
-                with self.session_factory() as session:
+                with self.db() as session:
                     row = session.get(Deal, deal_id)
                     return row.status if row is not None else None
             deal = moved_on
@@ -174,10 +176,12 @@ class Provisioner:
         if step == STEP_MAP:
             return map_step(self.ctx, deal, resumed)
         if step == STEP_CUSTOMER:
-            with self.session_factory() as session:
-                known = session.execute(
-                    select(Customer).where(Customer.sf_account_id == account)
-                ).scalar_one()
+            known = None
+            if account is not None:
+                with self.db() as session:
+                    known = session.execute(
+                        select(Customer).where(Customer.sf_account_id == account)
+                    ).scalar_one()
             return customer_step(self.ctx, deal, resumed, known)
         if step == STEP_SUBSCRIPTION:
             return subscription_step(self.ctx, deal, resumed)
@@ -197,11 +201,13 @@ class Provisioner:
         if step not in ACCOUNT_STEPS:
             return None, False, None
         plan = plan_of(deal)
+        if plan.is_custom:  # no Stripe for entitlements-only plans: nothing to serialise
+            return None, False, None
         account = plan.customer.account_id
         deadline = time.monotonic() + self.options.account_wait_seconds
         waiter = threading.Event()
         while True:
-            with self.session_factory() as session, session.begin():
+            with self.db() as session, session.begin():
                 if step == STEP_CUSTOMER:
                     claim.ensure_customer_row(
                         session,
@@ -248,16 +254,30 @@ class Provisioner:
         session.flush()
         return attempt.id, resumed
 
-    def _attempt_row(
-        self, session: Session, attempt_id: int | None, deal_id: int, step: str, attempt_no: int
-    ) -> StepAttempt:
+    def _finish_attempt(
+        self,
+        session: Session,
+        attempt_id: int | None,
+        deal_id: int,
+        step: str,
+        attempt_no: int,
+        **values: Any,
+    ) -> None:
+        """Completes the attempt recorded at the start (one UPDATE), or records it whole."""
+        values["finished_at"] = self.clock()
         if attempt_id is not None:
-            row = session.get(StepAttempt, attempt_id)
-            if row is not None:
-                return row
-        row = StepAttempt(deal_id=deal_id, step=step, attempt=attempt_no, started_at=self.clock())
-        session.add(row)
-        return row
+            session.execute(
+                update(StepAttempt)
+                .where(StepAttempt.id == attempt_id)
+                .values(**values)
+                .execution_options(synchronize_session=False)
+            )
+            return
+        session.add(
+            StepAttempt(
+                deal_id=deal_id, step=step, attempt=attempt_no, started_at=self.clock(), **values
+            )
+        )
 
     def _commit(
         self,
@@ -271,7 +291,7 @@ class Provisioner:
         holder: str,
     ) -> Deal | None:
         now = self.clock()
-        with self.session_factory() as session, session.begin():
+        with self.db() as session, session.begin():
             row = claim.load_owned(session, deal.id, self.owner)
             if row is None:
                 return None
@@ -284,20 +304,25 @@ class Provisioner:
             row.last_error = None
             row.last_error_code = None
             row.locked_until = now + self.options.lease
-            attempt = self._attempt_row(session, attempt_id, deal.id, step, attempt_no)
-            attempt.outcome = "ok"
-            attempt.finished_at = now
-            attempt.duration_ms = duration
-            attempt.idempotency_key = result.idempotency_key
-            attempt.stripe_request_id = result.stripe_request_id
-            attempt.detail = _json_safe(result.detail)
+            self._finish_attempt(
+                session,
+                attempt_id,
+                deal.id,
+                step,
+                attempt_no,
+                outcome="ok",
+                duration_ms=duration,
+                idempotency_key=result.idempotency_key,
+                stripe_request_id=result.stripe_request_id,
+                detail=_json_safe(result.detail),
+            )
             if account:
                 claim.unlock_account(session, account_id=account, holder=holder)
             self.hooks.before_commit(step, deal.id)
         return row
 
     def _reschedule(self, deal_id: int) -> None:
-        with self.session_factory() as session, session.begin():
+        with self.db() as session, session.begin():
             row = claim.load_owned(session, deal_id, self.owner)
             if row is not None:
                 row.next_attempt_at = self.clock() + self.options.account_busy_delay
@@ -348,23 +373,31 @@ def record_failure(
     request_id = getattr(exc, "stripe_request_id", None)
     now = prov.clock()
     status = RETRYING if decision.action == "retry" else NEEDS_ATTENTION
-    with prov.session_factory() as session, session.begin():
+    with prov.db() as session, session.begin():
         if account and holder:
             claim.unlock_account(session, account_id=account, holder=holder)
         row = claim.load_owned(session, deal_id, prov.owner)
         if row is None:
             log.warning("lease_lost", deal_id=deal_id, step=step, attempt=attempt_no)
             return "lost"
-        attempt = prov._attempt_row(session, attempt_id, deal_id, step, attempt_no)
-        attempt.outcome = "retry" if status == RETRYING else "failed"
-        attempt.finished_at = now
-        attempt.duration_ms = duration
-        attempt.error = decision.reason
-        attempt.error_code = decision.code
-        attempt.stripe_request_id = request_id
-        attempt.idempotency_key = getattr(exc, "idempotency_key", None)
-        if isinstance(exc, MappingFailed):
-            attempt.detail = {"mapping_errors": [_error_dict(e) for e in exc.errors]}
+        prov._finish_attempt(
+            session,
+            attempt_id,
+            deal_id,
+            step,
+            attempt_no,
+            outcome="retry" if status == RETRYING else "failed",
+            duration_ms=duration,
+            error=decision.reason,
+            error_code=decision.code,
+            stripe_request_id=request_id,
+            idempotency_key=getattr(exc, "idempotency_key", None),
+            detail=(
+                {"mapping_errors": [_error_dict(e) for e in exc.errors]}
+                if isinstance(exc, MappingFailed)
+                else None
+            ),
+        )
         row.status = status
         row.current_step = step
         row.attempts = attempt_no

@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from sf_bridge.billing.port import (
@@ -35,6 +36,7 @@ from sf_bridge.db.models import Customer, Deal
 from sf_bridge.entitlements.ledger import grant_deal_entitlements
 from sf_bridge.errors import BillingRejected, MappingFailed, PermanentError, TransientError
 from sf_bridge.plan import MappingError, ProvisioningPlan
+from sf_bridge.provisioning.claim import ensure_customer_row
 from sf_bridge.provisioning.prices import PriceCache
 
 Mapper = Callable[[dict[str, Any], Any], "ProvisioningPlan | list[MappingError]"]
@@ -139,15 +141,27 @@ def map_step(ctx: StepContext, deal: Deal, resumed: bool) -> StepResult:
 # customer -----------------------------------------------------------------------------------
 
 
-def customer_step(ctx: StepContext, deal: Deal, resumed: bool, known: Customer) -> StepResult:
-    """`known` is the account's customers row (created by the runner before the step)."""
+def customer_step(
+    ctx: StepContext, deal: Deal, resumed: bool, known: Customer | None
+) -> StepResult:
+    """`known` is the account's customers row, made by the runner under the account's lock;
+    None for custom plans, whose row is made in the step's own commit (no Stripe involved)."""
     plan = plan_of(deal)
     account = plan.customer.account_id
 
     def link(stripe_id: str | None) -> Callable[[Session, Deal], None]:
         def apply(session: Session, row: Deal) -> None:
-            customer = session.get(Customer, known.id, populate_existing=True)
-            assert customer is not None
+            if known is None:
+                ensure_customer_row(
+                    session,
+                    account_id=account,
+                    name=plan.customer.name,
+                    customer_key=plan.customer.customer_key,
+                    email=plan.customer.email,
+                )
+            customer = session.execute(
+                select(Customer).where(Customer.sf_account_id == account)
+            ).scalar_one()
             if stripe_id and not customer.stripe_customer_id:
                 customer.stripe_customer_id = stripe_id
             row.customer_id = customer.id
@@ -156,10 +170,14 @@ def customer_step(ctx: StepContext, deal: Deal, resumed: bool, known: Customer) 
 
         return apply
 
+    if known is None:
+        if not plan.is_custom:
+            raise PermanentError(
+                "The account's customer record is missing.", hint="replay the deal."
+            )
+        return StepResult(link(None), detail={"stripe": "not needed for a custom plan"})
     if known.stripe_customer_id:
         return StepResult(link(None), detail={"customer": known.stripe_customer_id, "reused": True})
-    if plan.is_custom:
-        return StepResult(link(None), detail={"stripe": "not needed for a custom plan"})
     billing = _billing(ctx)
     if resumed:
         found = billing.find_customer(sf_account_id=account)
