@@ -20,10 +20,13 @@ def serve(
 ) -> None:
     """The HTTP service: entitlement API, Stripe webhooks, /healthz, /readyz, /metrics.
 
-    Also reads SF_BRIDGE_API_KEYS (keys the API accepts; none set: every API request is
-    refused), STRIPE_WEBHOOK_SECRET (verifies Stripe-Signature; none set: webhooks refused),
-    STRIPE_API_KEY and STRIPE_API_BASE (to read an object's current state when a webhook
-    arrives) and LOG_FORMAT. Refuses an out-of-date schema: run `sf-bridge db upgrade`.
+    Also reads SF_BRIDGE_API_KEYS: the keys the API accepts (none set: every request refused).
+
+    STRIPE_WEBHOOK_SECRET: verifies Stripe-Signature (none set: webhooks refused).
+
+    STRIPE_API_KEY, STRIPE_API_BASE: read an object's current state when a webhook arrives.
+
+    Refuses an out-of-date schema: run `sf-bridge db upgrade`.
     """
     import uvicorn
 
