@@ -166,32 +166,9 @@ def coerce(node: Node, value: Any, param: str) -> Any:
     if value == "" and (node.allow_empty or node.kind in ("str", "any", "map")):
         return ""
     if node.kind == "obj":
-        if not isinstance(value, dict):
-            raise _invalid(f"Invalid object: {param}", param, "parameter_invalid_object")
-        out: dict[str, Any] = {}
-        for key, sub in value.items():
-            child = node.fields.get(key)
-            if child is None:
-                raise _invalid(
-                    f"Received unknown parameter: {_path(param, key)}", _path(param, key)
-                )
-            out[key] = coerce(child, sub, _path(param, key))
-        for key in sorted(node.required - out.keys()):
-            raise _invalid(
-                f"Missing required param: {_path(param, key)}.",
-                _path(param, key),
-                "parameter_missing",
-            )
-        return out
+        return _coerce_object(node, value, param)
     if node.kind == "list":
-        if isinstance(value, dict) and all(k.isdigit() for k in value):
-            items = [value[k] for k in sorted(value, key=int)]
-        elif isinstance(value, list):
-            items = value
-        else:
-            raise _invalid(f"Invalid array: {param}", param, "parameter_invalid_array")
-        assert node.item is not None
-        return [coerce(node.item, v, f"{param}[{i}]") for i, v in enumerate(items)]
+        return _coerce_list(node, value, param)
     if node.kind == "map":
         if not isinstance(value, dict):
             raise _invalid(f"Invalid object: {param}", param, "parameter_invalid_object")
@@ -200,7 +177,37 @@ def coerce(node: Node, value: Any, param: str) -> Any:
         if node.kind == "any":
             return value
         raise _invalid(f"Invalid {node.kind}: {param}", param, "parameter_invalid_string")
-    text = str(value)
+    return _coerce_scalar(node, str(value), param)
+
+
+def _coerce_object(node: Node, value: Any, param: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _invalid(f"Invalid object: {param}", param, "parameter_invalid_object")
+    out: dict[str, Any] = {}
+    for key, sub in value.items():
+        child = node.fields.get(key)
+        if child is None:
+            raise _invalid(f"Received unknown parameter: {_path(param, key)}", _path(param, key))
+        out[key] = coerce(child, sub, _path(param, key))
+    missing = sorted(node.required - out.keys())
+    if missing:
+        name = _path(param, missing[0])
+        raise _invalid(f"Missing required param: {name}.", name, "parameter_missing")
+    return out
+
+
+def _coerce_list(node: Node, value: Any, param: str) -> list[Any]:
+    if isinstance(value, dict) and all(k.isdigit() for k in value):
+        items = [value[k] for k in sorted(value, key=int)]
+    elif isinstance(value, list):
+        items = value
+    else:
+        raise _invalid(f"Invalid array: {param}", param, "parameter_invalid_array")
+    assert node.item is not None
+    return [coerce(node.item, v, f"{param}[{i}]") for i, v in enumerate(items)]
+
+
+def _coerce_scalar(node: Node, text: str, param: str) -> Any:
     if node.kind == "int":
         try:
             return int(text)
@@ -213,7 +220,7 @@ def coerce(node: Node, value: Any, param: str) -> Any:
             raise _invalid(f"Invalid decimal: {text}", param, "parameter_invalid_decimal") from None
     if node.kind == "bool":
         if text not in ("true", "false"):
-            raise _invalid(f"Invalid boolean: {text}", param, "parameter_invalid_boolean") from None
+            raise _invalid(f"Invalid boolean: {text}", param, "parameter_invalid_boolean")
         return text == "true"
     if node.choices is not None and text not in node.choices:
         allowed = ", ".join(f"`{c}`" for c in sorted(node.choices) if c)
