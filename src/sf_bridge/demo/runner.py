@@ -432,7 +432,10 @@ class Demo:
                 else:
                     args = ["invoices", "mark-paid", facts.opportunity_id]
                     done = run_command(args, stack.env, stack.workdir)
-                    self.say(f"$ sf-bridge invoices mark-paid {facts.opportunity_id}")
+                    self.say(
+                        f"$ sf-bridge invoices mark-paid {facts.opportunity_id}  ->  "
+                        f"exit {done.returncode}"
+                    )
                     shown = done.stdout if done.returncode == 0 else done.stdout + done.stderr
                     for line in shown.strip().splitlines()[-3:]:
                         self.console.print(f"      {line}", markup=False)
