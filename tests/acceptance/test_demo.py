@@ -147,7 +147,8 @@ def test_demo_provisions_every_sample_deal_and_replays_the_parked_one(tmp_path: 
     assert "Stripe_Invoice_URL__c" in out
     assert "none: custom plan, billed outside Stripe" in out
     # Payments after provisioning.
-    assert re.search(r"records invoice in_\w+ as paid; Stripe shows it paid", out)
+    assert len(re.findall(r"records invoice in_\w+ as paid; Stripe shows it paid", out)) == 2
+    assert re.search(r"\$ sf-bridge invoices mark-paid 006\w+\s+->\s+exit 0", out)
     # The parked deal: its reason, the fix and the replay.
     assert "needs_attention" in out
     assert "SB-SANDBOX-PLUS-Y" in out
