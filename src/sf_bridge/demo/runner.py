@@ -407,7 +407,7 @@ class Demo:
             self.console.print(f"      {line}", markup=False)
         if replay.returncode != 0:
             raise DemoFailed(f"`sf-bridge replay {facts.opportunity_id}` failed.")
-        self._watch(stack, [facts], "Replayed deal", settled=("done", "cancelled"))
+        self._watch(stack, [facts], "Replayed deal", settled=TERMINAL)
 
     def _payments(self, stack: Stack, by_key: dict[str, DealFacts]) -> None:
         """The customers pay: by card on the payment page (the webhook tells sf-bridge) and by
@@ -445,7 +445,7 @@ class Demo:
                     return f.invoice_status == "paid"
 
                 with contextlib.suppress(DemoFailed):
-                    wait_until(recorded, timeout=15, what="the payment to be recorded")
+                    wait_until(recorded, timeout=30, what="the payment to be recorded")
                 read_stripe(stack.stripe, facts)
                 invoice = facts.invoice or {}
                 self.say(
