@@ -6,7 +6,18 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
-from tests.fixtures.api import ACCOUNT_ID, STANDARD_ENTITLEMENTS, ApiServer, seed_deal
+from sf_bridge.api import create_app
+from sf_bridge.db.engine import make_engine, make_session_factory
+from tests.fixtures.api import (
+    ACCOUNT_ID,
+    API_KEY,
+    STANDARD_ENTITLEMENTS,
+    ApiServer,
+    Clock,
+    api_settings,
+    seed_deal,
+    serve_in_thread,
+)
 
 
 def _report(http: httpx.Client, key: str, quantity: int = 1, **extra: object) -> httpx.Response:
@@ -134,21 +145,29 @@ def test_huge_payloads_are_refused_with_413(api_server: ApiServer, http: httpx.C
     assert streamed.status_code == 413
 
 
-def test_parallel_clients_never_lose_increments(api_server: ApiServer) -> None:
+def test_parallel_clients_of_two_replicas_never_lose_increments(
+    api_server: ApiServer, db_url: str, api_clock: Clock
+) -> None:
     seed_deal(api_server.session_factory, STANDARD_ENTITLEMENTS)
+    engine = make_engine(db_url)
+    replica = create_app(api_settings(db_url), make_session_factory(engine), clock=api_clock)
     clients, reports_each = 8, 12
+    with serve_in_thread(replica) as replica_url:
+        urls = [api_server.url, replica_url]
 
-    def run(worker: int) -> list[int]:
-        with api_server.client() as client:
-            codes = []
-            for n in range(reports_each):
-                # Every report is sent twice: the retry must not count.
-                for _ in range(2):
-                    codes.append(_report(client, f"w{worker}-{n}", 3).status_code)
-            return codes
+        def run(worker: int) -> list[int]:
+            headers = {"Authorization": f"Bearer {API_KEY}"}
+            with httpx.Client(base_url=urls[worker % 2], headers=headers, timeout=30) as client:
+                codes = []
+                for n in range(reports_each):
+                    # Every report is sent twice: the retry must not count.
+                    for _ in range(2):
+                        codes.append(_report(client, f"w{worker}-{n}", 3).status_code)
+                return codes
 
-    with ThreadPoolExecutor(clients) as pool:
-        codes = [c for result in pool.map(run, range(clients)) for c in result]
+        with ThreadPoolExecutor(clients) as pool:
+            codes = [c for result in pool.map(run, range(clients)) for c in result]
+    engine.dispose()
     assert codes.count(201) == clients * reports_each
     assert codes.count(200) == clients * reports_each
     with api_server.client() as client:
