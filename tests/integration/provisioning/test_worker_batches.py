@@ -42,7 +42,7 @@ class CountingCrm(InMemoryCrm):
 def test_salesforce_is_called_once_per_batch(harness: Harness) -> None:
     h = harness
     h.crm = CountingCrm()
-    opps = [f"0060000000000{n:02d}AAA" for n in range(30)]
+    opps = [f"0060000000000{n:02d}AAA" for n in range(20)]
     for n, opp in enumerate(opps):
         h.add_opportunity(make_plan(opp, account_id=f"0010000000000{n:02d}AAA"))
     _enqueue(h, *opps)
