@@ -178,6 +178,7 @@ def _relative_links(path: Path) -> list[tuple[str, Path]]:
         "docs/setup-stripe.md",
         "docs/operations.md",
         "docs/architecture.md",
+        "CHANGELOG.md",
     ],
 )
 def test_links_point_to_files_that_exist(doc: str) -> None:
