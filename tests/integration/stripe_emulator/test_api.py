@@ -380,3 +380,66 @@ def test_one_customer_is_billed_in_one_currency_while_anything_is_live(
     )
     assert eur.currency == "eur"
     assert stripe_client.v1.customers.retrieve(customer.id).currency == "eur"
+
+
+def test_refused_requests_leave_nothing_behind(
+    stripe_emulator: StripeEmulator, stripe_client: stripe.StripeClient, catalog: dict[str, str]
+) -> None:
+    customer = _customer(stripe_client)
+    product = stripe_client.v1.prices.retrieve(catalog["pro_monthly"]).product
+    prices_before = stripe_emulator.count("price")
+    yearly_inline = _price_data(product, recurring={"interval": "year"})
+    with pytest.raises(stripe.InvalidRequestError):  # monthly and yearly items do not mix
+        stripe_client.v1.subscriptions.create(
+            params={
+                "customer": customer.id,
+                "items": [{"price": catalog["pro_monthly"]}, {"price_data": yearly_inline}],
+            }
+        )
+    assert stripe_emulator.count("price") == prices_before
+    assert stripe_emulator.count("subscription") == 0
+
+    sub = stripe_client.v1.subscriptions.create(
+        params={
+            "customer": customer.id,
+            "items": [{"price": catalog["pro_monthly"], "quantity": 2}],
+            "collection_method": "send_invoice",
+            "days_until_due": 30,
+        }
+    )
+    item = sub["items"].data[0]
+    with pytest.raises(stripe.InvalidRequestError):
+        stripe_client.v1.subscriptions.update(
+            sub.id,
+            params={
+                "metadata": {"changed": "yes"},
+                "items": [{"id": item.id, "quantity": 5}, {"price_data": yearly_inline}],
+            },
+        )
+    unchanged = stripe_client.v1.subscriptions.retrieve(sub.id)
+    assert unchanged["items"].data[0].quantity == 2
+    assert "changed" not in unchanged.metadata
+    assert stripe_emulator.count("price") == prices_before
+
+
+def test_declined_card_with_error_if_incomplete_creates_nothing(
+    stripe_emulator: StripeEmulator, stripe_client: stripe.StripeClient, catalog: dict[str, str]
+) -> None:
+    customer = stripe_client.v1.customers.create(
+        params={"invoice_settings": {"default_payment_method": "pm_card_chargeCustomerFail"}}
+    )
+    items = [{"price": catalog["pro_monthly"]}]
+    with pytest.raises(stripe.CardError):
+        stripe_client.v1.subscriptions.create(
+            params={
+                "customer": customer.id,
+                "items": items,
+                "payment_behavior": "error_if_incomplete",
+            }
+        )
+    assert stripe_emulator.count("subscription") == 0
+    declined = stripe_client.v1.subscriptions.create(
+        params={"customer": customer.id, "items": items}
+    )
+    assert declined.status == "incomplete"
+    assert stripe_emulator.events("invoice.payment_failed")

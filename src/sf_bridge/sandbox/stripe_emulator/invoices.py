@@ -21,6 +21,16 @@ FAILING_PAYMENT_METHODS = frozenset(
 )
 
 
+def card_declined() -> StripeApiError:
+    return StripeApiError(
+        402,
+        "card_error",
+        "Your card was declined.",
+        code="card_declined",
+        extra={"decline_code": "generic_decline"},
+    )
+
+
 def set_subscription_status(
     store: Store, sub: dict[str, Any], status: str, ctx: RequestContext
 ) -> None:
@@ -202,13 +212,7 @@ def charge(store: Store, invoice: dict[str, Any], pm: str, ctx: RequestContext) 
     invoice["attempted"] = True
     if pm in FAILING_PAYMENT_METHODS:
         store.emit("invoice.payment_failed", invoice, ctx)
-        raise StripeApiError(
-            402,
-            "card_error",
-            "Your card was declined.",
-            code="card_declined",
-            extra={"decline_code": "generic_decline"},
-        )
+        raise card_declined()
     mark_paid(store, invoice, ctx, charged=True)
 
 

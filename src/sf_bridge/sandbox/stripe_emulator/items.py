@@ -99,8 +99,13 @@ def resolve_item_price(
         active=False,
         param=f"{prefix}[price_data]",
     )
-    store.add(price)
-    return price
+    return price  # stored by `keep_inline_prices` once the whole request is accepted
+
+
+def keep_inline_prices(store: Store, prices: list[dict[str, Any]]) -> None:
+    """Stores the `price_data` prices of an accepted request (a refused one leaves none)."""
+    for price in prices:
+        store.objects["price"].setdefault(price["id"], price)
 
 
 def quantity_of(item: Params, prefix: str) -> int:

@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from .catalog import Params
 from .clock import add_interval
 from .errors import StripeApiError
-from .invoices import charge, create_subscription_invoice, finalize
-from .items import check_compatible, item_object, plan_from_price, quantity_of, resolve_item_price
+from .invoices import (
+    FAILING_PAYMENT_METHODS,
+    card_declined,
+    charge,
+    create_subscription_invoice,
+    finalize,
+)
+from .items import (
+    check_compatible,
+    item_object,
+    keep_inline_prices,
+    plan_from_price,
+    quantity_of,
+    resolve_item_price,
+)
 from .objects import build, clone, list_object, new_id
 from .store import RequestContext, Store, merge_metadata
 
@@ -78,12 +92,15 @@ def create_subscription(store: Store, params: Params, ctx: RequestContext) -> di
         or customer["invoice_settings"]["default_payment_method"]
     )
     behavior = params.get("payment_behavior", "allow_incomplete")
-    if method == "charge_automatically" and not pm and behavior == "error_if_incomplete":
-        raise StripeApiError.invalid_request(
-            "This customer has no attached payment source or default payment method. Please "
-            "consider adding a default payment method.",
-            code="resource_missing",
-        )
+    if method == "charge_automatically" and behavior == "error_if_incomplete":
+        if not pm:
+            raise StripeApiError.invalid_request(
+                "This customer has no attached payment source or default payment method. "
+                "Please consider adding a default payment method.",
+                code="resource_missing",
+            )
+        if pm in FAILING_PAYMENT_METHODS:
+            raise card_declined()
     now = store.now()
     recurring = prices[0]["recurring"]
     period = (now, add_interval(now, recurring["interval"], recurring["interval_count"]))
@@ -113,6 +130,7 @@ def create_subscription(store: Store, params: Params, ctx: RequestContext) -> di
     )
     _check_single_currency(store, customer, sub["currency"])
     customer["currency"] = sub["currency"]
+    keep_inline_prices(store, prices)
     store.add(sub)
     invoice = create_subscription_invoice(store, sub, customer, "subscription_create", period)
     sub["latest_invoice"] = invoice["id"]
@@ -123,7 +141,8 @@ def create_subscription(store: Store, params: Params, ctx: RequestContext) -> di
     if method == "charge_automatically":
         finalize(store, invoice, ctx)
         if pm and invoice["status"] == "open":
-            charge(store, invoice, pm, ctx)
+            with contextlib.suppress(StripeApiError):  # declined: the subscription stays
+                charge(store, invoice, pm, ctx)  # incomplete, as with allow_incomplete
     return sub
 
 
@@ -133,7 +152,20 @@ SUB_UPDATABLE = ("description", "cancel_at_period_end", "default_payment_method"
 def update_subscription(
     store: Store, sub_id: str, params: Params, ctx: RequestContext
 ) -> dict[str, Any]:
+    """Applies every change or none: a refused update leaves the subscription as it was."""
     sub = store.get("subscription", sub_id)
+    original = clone(sub)
+    try:
+        return _update(store, sub, params, ctx)
+    except StripeApiError:
+        sub.clear()
+        sub.update(original)
+        raise
+
+
+def _update(
+    store: Store, sub: dict[str, Any], params: Params, ctx: RequestContext
+) -> dict[str, Any]:
     if sub["status"] in ("canceled", "incomplete_expired"):
         allowed = {"metadata", "cancellation_details", "expand"}
         if set(params) - allowed:
@@ -209,6 +241,7 @@ def _update_items(store: Store, sub: dict[str, Any], updates: list[Params]) -> N
             "A subscription must have at least one active plan.", param="items"
         )
     check_compatible([item["price"] for item in current.values()])
+    keep_inline_prices(store, [clone(item["price"]) for item in current.values()])
     sub["items"]["data"] = list(current.values())
 
 
