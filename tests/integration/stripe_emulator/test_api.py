@@ -443,3 +443,20 @@ def test_declined_card_with_error_if_incomplete_creates_nothing(
     )
     assert declined.status == "incomplete"
     assert stripe_emulator.events("invoice.payment_failed")
+
+
+def test_refused_updates_change_nothing(
+    stripe_emulator: StripeEmulator, stripe_client: stripe.StripeClient
+) -> None:
+    customer = _customer(stripe_client)
+    with pytest.raises(stripe.InvalidRequestError):
+        stripe_client.v1.customers.update(
+            customer.id, params={"name": "Renamed", "metadata": {"k" * 41: "too long a key"}}
+        )
+    assert stripe_client.v1.customers.retrieve(customer.id).name == "Acme"
+    with pytest.raises(stripe.InvalidRequestError) as caught:
+        stripe_client.v1.products.create(
+            params={"name": "Orphan", "default_price_data": {"currency": "usd"}}
+        )
+    assert caught.value.param == "default_price_data[unit_amount]"
+    assert stripe_emulator.count("product") == 0

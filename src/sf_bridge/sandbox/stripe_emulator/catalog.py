@@ -83,6 +83,8 @@ def update_customer(
 
 
 def create_product(store: Store, params: Params, ctx: RequestContext) -> dict[str, Any]:
+    if params.get("default_price_data"):
+        _check_price_params(params["default_price_data"], "default_price_data")
     product_id = params.get("id") or new_id("product")
     if product_id in store.objects["product"]:
         raise StripeApiError.invalid_request(
@@ -220,21 +222,27 @@ def _check_interval(recurring: Params, param: str) -> int:
     return count
 
 
-def _unit_amount(params: Params, param_prefix: str = "") -> int:
+def _check_price_params(params: Params, prefix: str = "") -> None:
+    _check_currency(params["currency"], _name(prefix, "currency"))
+    _check_amount(_unit_amount(params, prefix), _name(prefix, "unit_amount"))
+    if params.get("recurring"):
+        _check_interval(params["recurring"], _name(prefix, "recurring"))
+
+
+def _unit_amount(params: Params, prefix: str = "") -> int:
+    param = _name(prefix, "unit_amount")
     if "unit_amount" in params:
         amount = int(params["unit_amount"])
     elif "unit_amount_decimal" in params:
         amount = round(float(params["unit_amount_decimal"]))
     else:
         raise StripeApiError.invalid_request(
-            f"Missing required param: {param_prefix or ''}unit_amount.",
-            param=f"{param_prefix}unit_amount",
-            code="parameter_missing",
+            f"Missing required param: {param}.", param=param, code="parameter_missing"
         )
     if amount < 0:
         raise StripeApiError.invalid_request(
             "This value must be greater than or equal to 0.",
-            param=f"{param_prefix}unit_amount",
+            param=param,
             code="parameter_invalid_integer",
         )
     return amount
@@ -248,6 +256,7 @@ def _price_with_lookup_key(store: Store, lookup_key: str) -> dict[str, Any] | No
 
 
 def create_price(store: Store, params: Params, ctx: RequestContext) -> dict[str, Any]:
+    _check_price_params(params)  # before anything is created
     if params.get("product_data"):
         product = create_product(store, params["product_data"], ctx)
         product_id = product["id"]

@@ -12,6 +12,7 @@ import stripe.params as sp
 
 from . import catalog, invoices, subscriptions, webhook_endpoints
 from .errors import StripeApiError
+from .objects import clone
 from .store import RequestContext, Store, page_limit
 
 Params = dict[str, Any]
@@ -42,6 +43,22 @@ def _expanded(handler: Callable[..., dict[str, Any]]) -> Handler:
     def run(store: Store, args: list[str], params: Params, ctx: RequestContext) -> dict[str, Any]:
         obj = handler(store, *args, params, ctx)
         return store.expand(obj, params.get("expand", []))
+
+    return run
+
+
+def _atomic(kind: str, handler: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+    """An update of the `kind` object in the path that applies all of its changes or none."""
+
+    def run(store: Store, object_id: str, params: Params, ctx: RequestContext) -> dict[str, Any]:
+        obj = store.get(kind, object_id)
+        original = clone(obj)
+        try:
+            return handler(store, object_id, params, ctx)
+        except StripeApiError:
+            obj.clear()
+            obj.update(original)
+            raise
 
     return run
 
@@ -143,7 +160,7 @@ ROUTES: list[Route] = [
               lambda c: not p.get("email") or c["email"] == p["email"]))),
     Route("GET", "/v1/customers/{id}", sp.CustomerRetrieveParams, _retrieve("customer")),
     Route("POST", "/v1/customers/{id}", sp.CustomerUpdateParams,
-          _expanded(catalog.update_customer), _customer_in_path),
+          _expanded(_atomic("customer", catalog.update_customer)), _customer_in_path),
     # products
     Route("POST", "/v1/products", sp.ProductCreateParams,
           _expanded(lambda s, p, c: catalog.create_product(s, p, c))),
@@ -153,7 +170,8 @@ ROUTES: list[Route] = [
           _list("product", "/v1/products", lambda p: (
               lambda o: "active" not in p or o["active"] == p["active"]))),
     Route("GET", "/v1/products/{id}", sp.ProductRetrieveParams, _retrieve("product")),
-    Route("POST", "/v1/products/{id}", sp.ProductUpdateParams, _expanded(catalog.update_product)),
+    Route("POST", "/v1/products/{id}", sp.ProductUpdateParams,
+          _expanded(_atomic("product", catalog.update_product))),
     Route("DELETE", "/v1/products/{id}", None, _delete_product),
     # prices
     Route("POST", "/v1/prices", sp.PriceCreateParams,
@@ -163,7 +181,8 @@ ROUTES: list[Route] = [
     Route("GET", "/v1/prices", sp.PriceListParams,
           _list("price", "/v1/prices", catalog.price_filter)),
     Route("GET", "/v1/prices/{id}", sp.PriceRetrieveParams, _retrieve("price")),
-    Route("POST", "/v1/prices/{id}", sp.PriceUpdateParams, _expanded(catalog.update_price)),
+    Route("POST", "/v1/prices/{id}", sp.PriceUpdateParams,
+          _expanded(_atomic("price", catalog.update_price))),
     # subscriptions
     Route("POST", "/v1/subscriptions", sp.SubscriptionCreateParams,
           _expanded(lambda s, p, c: subscriptions.create_subscription(s, p, c)), _customer_param),
@@ -185,7 +204,7 @@ ROUTES: list[Route] = [
           _list("invoice", "/v1/invoices", invoices.invoice_filter)),
     Route("GET", "/v1/invoices/{id}", sp.InvoiceRetrieveParams, _retrieve("invoice")),
     Route("POST", "/v1/invoices/{id}", sp.InvoiceUpdateParams,
-          _expanded(invoices.update_invoice), _customer_of("invoice")),
+          _expanded(_atomic("invoice", invoices.update_invoice)), _customer_of("invoice")),
     Route("GET", "/v1/invoices/{id}/lines", sp.InvoiceListLinesParams, _invoice_lines),
     Route("POST", "/v1/invoices/{id}/finalize", sp.InvoiceFinalizeInvoiceParams,
           _expanded(invoices.finalize_invoice), _customer_of("invoice")),
@@ -205,7 +224,7 @@ ROUTES: list[Route] = [
     Route("GET", "/v1/webhook_endpoints/{id}", sp.WebhookEndpointRetrieveParams,
           _retrieve("webhook_endpoint")),
     Route("POST", "/v1/webhook_endpoints/{id}", sp.WebhookEndpointUpdateParams,
-          _expanded(webhook_endpoints.update_endpoint)),
+          _expanded(_atomic("webhook_endpoint", webhook_endpoints.update_endpoint))),
     Route("DELETE", "/v1/webhook_endpoints/{id}", sp.WebhookEndpointDeleteParams,
           _expanded(webhook_endpoints.delete_endpoint)),
     # events
