@@ -156,6 +156,8 @@ def test_closed_deal_is_provisioned_with_status_and_links_on_the_opportunity(
 def test_worker_killed_ten_deals_closed_meanwhile_all_provisioned_once_after_restart(
     org: SalesforceSandbox, stripe: StripeEmulator, db_url: str, session_factory, tmp_path
 ):
+    if db_url.startswith("sqlite") and os.environ.get("SF_BRIDGE_TEST_DATABASE_URL"):
+        pytest.skip("two processes: run once, on PostgreSQL, where the stream lock must pass on")
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("SF_", "STRIPE_"))},
         **environment(org, stripe, db_url),
@@ -184,7 +186,8 @@ def test_worker_killed_ten_deals_closed_meanwhile_all_provisioned_once_after_res
         wait_until(subscribed, 30, "the first worker to subscribe")
         opening = team_deal(org, "Opening")
         org.close_won(opening)
-        wait_until(lambda: statuses(session_factory).get(opening) == "done", 30, "first deal")
+        # Enqueued: its replay id is committed. The kill may come at any step after that.
+        wait_until(lambda: statuses(session_factory).get(opening) is not None, 30, "first deal")
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait(10)
@@ -197,7 +200,9 @@ def test_worker_killed_ten_deals_closed_meanwhile_all_provisioned_once_after_res
     second = launch("second.log")
     try:
         wait_until(
-            lambda: all(statuses(session_factory).get(o) == "done" for o in missed), 60, "all ten"
+            lambda: all(statuses(session_factory).get(o) == "done" for o in [opening, *missed]),
+            60,
+            "all eleven",
         )
     finally:
         second.send_signal(signal.SIGTERM)
