@@ -110,7 +110,8 @@ class SalesforceCrm:
         self._fields = fields
         self.request_timeout = request_timeout
         self.budget = budget or ApiBudget()
-        self.http = make_http_session(is_plain_http_loopback(credentials.login_url))
+        self._loopback_http = is_plain_http_loopback(credentials.login_url)
+        self.http = make_http_session(self._loopback_http)
         self._client: Salesforce | None = None
         self._lock = threading.Lock()
         self.calls = 0  # REST calls made (logins included), for measurements
@@ -140,9 +141,10 @@ class SalesforceCrm:
     def _login(self) -> Salesforce:
         self.calls += 1
         token: AccessToken = login(self.http, self.credentials, self.request_timeout)
-        if token.instance_url.startswith("http://"):
+        if is_plain_http_loopback(token.instance_url) and not self._loopback_http:
             # The https URLs simple-salesforce builds reach it through the loopback adapter.
             self.http = make_http_session(allow_loopback_http=True)
+            self._loopback_http = True
         return Salesforce(
             session_id=token.access_token.get_secret_value(),
             instance_url=token.instance_url,
