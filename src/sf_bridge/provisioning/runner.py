@@ -121,11 +121,14 @@ class Provisioner:
         with self.db() as session:
             deal = session.get(Deal, deal_id)
         while True:
-            if deal is None or deal.locked_by != self.owner:
+            if deal is None:
                 return None
             if stop.is_set() or deal.current_step not in DEAL_STEPS:
-                self.release(deal_id)
+                if deal.locked_by == self.owner:
+                    self.release(deal_id)
                 return deal.status
+            if deal.locked_by != self.owner:
+                return None
             moved_on = self.run_step(deal, deal.current_step)
             if moved_on is None:
                 with self.db() as session:
@@ -147,10 +150,10 @@ class Provisioner:
             self._reschedule(deal.id)
             bound.info("account_busy_rescheduled")
             return None
-        attempt_id, resumed, account = started_step
+        attempt_id, resumed, account, known = started_step
         started = time.perf_counter()
         try:
-            result = self._execute(deal, step, resumed, account)
+            result = self._execute(deal, step, resumed, known)
             duration = int((time.perf_counter() - started) * 1000)
             committed = self._commit(
                 deal, step, result, attempt_id, attempt_no, duration, account, holder
@@ -172,16 +175,10 @@ class Provisioner:
         )
         return committed
 
-    def _execute(self, deal: Deal, step: str, resumed: bool, account: str | None) -> StepResult:
+    def _execute(self, deal: Deal, step: str, resumed: bool, known: Customer | None) -> StepResult:
         if step == STEP_MAP:
             return map_step(self.ctx, deal, resumed)
         if step == STEP_CUSTOMER:
-            known = None
-            if account is not None:
-                with self.db() as session:
-                    known = session.execute(
-                        select(Customer).where(Customer.sf_account_id == account)
-                    ).scalar_one()
             return customer_step(self.ctx, deal, resumed, known)
         if step == STEP_SUBSCRIPTION:
             return subscription_step(self.ctx, deal, resumed)
@@ -193,16 +190,17 @@ class Provisioner:
 
     def _start(
         self, deal: Deal, step: str, attempt_no: int, holder: str
-    ) -> tuple[int | None, bool, str | None] | None:
+    ) -> tuple[int | None, bool, str | None, Customer | None] | None:
         """Before a Stripe step: takes the account's lock (waiting up to
         `account_wait_seconds`) and records the attempt, in one commit, so that a later
         attempt knows an earlier one may have reached Stripe. Returns (attempt id, resumed,
-        account), or None when the account stayed busy. Other steps start with no writes."""
+        account, the account's customers row for the customer step), or None when the
+        account stayed busy. Other steps start with no writes."""
         if step not in ACCOUNT_STEPS:
-            return None, False, None
+            return None, False, None, None
         plan = plan_of(deal)
         if plan.is_custom:  # no Stripe for entitlements-only plans: nothing to serialise
-            return None, False, None
+            return None, False, None, None
         account = plan.customer.account_id
         deadline = time.monotonic() + self.options.account_wait_seconds
         waiter = threading.Event()
@@ -227,7 +225,12 @@ class Provisioner:
                     attempt_id, resumed = self._record_attempt(
                         session, deal, step, attempt_no, account
                     )
-                    return attempt_id, resumed, account
+                    known = None
+                    if step == STEP_CUSTOMER:
+                        known = session.execute(
+                            select(Customer).where(Customer.sf_account_id == account)
+                        ).scalar_one()
+                    return attempt_id, resumed, account, known
             if time.monotonic() >= deadline:
                 return None
             waiter.wait(0.02)
@@ -304,6 +307,9 @@ class Provisioner:
             row.last_error = None
             row.last_error_code = None
             row.locked_until = now + self.options.lease
+            if row.current_step not in DEAL_STEPS:  # a batch step next: others may take it
+                row.locked_by = None
+                row.locked_until = None
             self._finish_attempt(
                 session,
                 attempt_id,
