@@ -23,7 +23,8 @@ from .faults import Faults
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m sf_bridge.sandbox.stripe_emulator", description=__doc__.splitlines()[0]
+        prog="python -m sf_bridge.sandbox.stripe_emulator",
+        description="Runs the Stripe emulator on its own until SIGINT or SIGTERM.",
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
