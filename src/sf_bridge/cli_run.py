@@ -55,9 +55,10 @@ def run(
     """The long-running worker: stream + sweep + provision + overdue policy.
 
     Also reads SF_USERNAME, SF_PASSWORD, SF_SECURITY_TOKEN, SF_CLIENT_ID, SF_CLIENT_SECRET,
-    STRIPE_API_KEY, STRIPE_API_BASE and the SF_BRIDGE_STREAM_* / SF_BRIDGE_SWEEP_* tuning
-    variables. Refuses an out-of-date schema (run `sf-bridge db upgrade`). SIGTERM drains
-    in-flight work and exits within 30 s.
+    STRIPE_API_KEY, STRIPE_API_BASE, SF_BRIDGE_WORKER_POLL, SF_BRIDGE_OVERDUE_INTERVAL and
+    the SF_BRIDGE_STREAM_* / SF_BRIDGE_SWEEP_* / SF_BRIDGE_SF_* tuning variables.
+    Refuses an out-of-date schema (run `sf-bridge db upgrade`). SIGTERM drains in-flight
+    work and exits within 30 s.
     """
     from sf_bridge.config import get_settings
     from sf_bridge.runner import WorkerProcess

@@ -22,6 +22,8 @@ from datetime import UTC, datetime
 from types import FrameType
 from typing import Any
 
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -35,12 +37,31 @@ log = get_logger(__name__)
 DRAIN_DEADLINE_SECONDS = 28.0
 
 
+class RunSettings(BaseSettings):
+    """Tuning of `sf-bridge run` itself (environment variables, all optional)."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
+
+    # How often an idle provisioning worker looks for new deals: the stream enqueues within
+    # milliseconds of the close, so this bounds most of the close-to-provisioned delay.
+    worker_poll_seconds: float = Field(0.1, alias="SF_BRIDGE_WORKER_POLL")
+    overdue_interval_seconds: float = Field(3600.0, alias="SF_BRIDGE_OVERDUE_INTERVAL")
+
+
 @dataclass
 class RunOptions:
     overdue_interval_seconds: float = 3600.0
     drain_deadline_seconds: float = DRAIN_DEADLINE_SECONDS
     intake_options: Any = None  # IntakeOptions; None reads the environment
     worker_options: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_environment(cls) -> RunOptions:
+        env = RunSettings()
+        return cls(
+            overdue_interval_seconds=env.overdue_interval_seconds,
+            worker_options={"poll_interval": env.worker_poll_seconds},
+        )
 
 
 def _enqueue(session: Session, ids: Sequence[str], source: str) -> list[str]:
@@ -60,7 +81,7 @@ class WorkerProcess:
         engine: Engine | None = None,
     ) -> None:
         self.settings = settings
-        self.options = options or RunOptions()
+        self.options = options or RunOptions.from_environment()
         self.engine = engine or make_engine(settings.database_url)
         self.session_factory: sessionmaker[Session] = make_session_factory(self.engine)
         self.stop_event = threading.Event()

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sf_bridge.config import Settings
 from sf_bridge.db.models import Deal
 from sf_bridge.mapping import load_mappings
-from sf_bridge.runner import RunOptions, WorkerProcess
+from sf_bridge.runner import RunOptions, RunSettings, WorkerProcess
 from sf_bridge.sandbox.salesforce_org import CDC_CHANNEL, SalesforceSandbox
 from sf_bridge.sandbox.stripe_emulator import StripeEmulator
 from tests.integration.intake.conftest import fast_options, wait_until
@@ -234,7 +234,7 @@ def test_thousand_deals_closed_at_once_cost_under_005_rest_calls_per_deal(
         pytest.skip("one backend is enough for the call count; the burst is slow on both")
     # Custom (entitlements-only) plans need no Stripe: the burst exercises Salesforce only.
     env = {k: v for k, v in environment(org, stripe, db_url).items() if not k.startswith("STRIPE")}
-    worker = start_worker(env, poll_interval=0.5)  # the default: batches fill between polls
+    worker = start_worker(env, poll_interval=RunSettings().worker_poll_seconds)  # shipped default
     try:
         org.reset_counters()
         started = time.monotonic()
