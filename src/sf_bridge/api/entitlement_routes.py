@@ -21,7 +21,7 @@ from sf_bridge.entitlements.lookup import find_customer
 from sf_bridge.entitlements.usage import MAX_IDEMPOTENCY_KEY_LENGTH, record_usage
 from sf_bridge.entitlements.view import all_entitlements, customer_summary, one_entitlement
 from sf_bridge.logging import get_logger
-from sf_bridge.metrics import ENTITLEMENT_CHECKS, USAGE_REPORTS
+from sf_bridge.metrics import ENTITLEMENT_CHECKS, HTTP_REQUEST_SECONDS, USAGE_REPORTS
 
 log = get_logger(__name__)
 T = TypeVar("T")
@@ -59,7 +59,7 @@ def entitlement_error(exc: EntitlementError) -> Response:
     return error_response(exc.status_code, exc.code, exc.message, exc.hint)
 
 
-async def list_entitlements(request: Request) -> Response:
+async def _list_entitlements(request: Request) -> Response:
     ctx = _ctx(request)
     if refusal := ctx.api_keys.refuse(request):
         return refusal
@@ -78,7 +78,7 @@ async def list_entitlements(request: Request) -> Response:
     return cacheable_json(request, body)
 
 
-async def get_entitlement(request: Request) -> Response:
+async def _get_entitlement(request: Request) -> Response:
     ctx = _ctx(request)
     if refusal := ctx.api_keys.refuse(request):
         return refusal
@@ -104,7 +104,7 @@ def _validation_details(exc: ValidationError) -> list[dict[str, str]]:
     ]
 
 
-async def post_usage(request: Request) -> Response:
+async def _post_usage(request: Request) -> Response:
     ctx = _ctx(request)
     if refusal := ctx.api_keys.refuse(request):
         return refusal
@@ -186,6 +186,21 @@ async def post_usage(request: Request) -> Response:
         return entitlement_error(exc)
     USAGE_REPORTS.labels("recorded" if body["recorded"] else "duplicate").inc()
     return json_response(body, 201 if body["recorded"] else 200)
+
+
+async def list_entitlements(request: Request) -> Response:
+    with HTTP_REQUEST_SECONDS.labels("entitlements").time():
+        return await _list_entitlements(request)
+
+
+async def get_entitlement(request: Request) -> Response:
+    with HTTP_REQUEST_SECONDS.labels("entitlement").time():
+        return await _get_entitlement(request)
+
+
+async def post_usage(request: Request) -> Response:
+    with HTTP_REQUEST_SECONDS.labels("usage").time():
+        return await _post_usage(request)
 
 
 routes = [

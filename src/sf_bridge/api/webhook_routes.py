@@ -14,12 +14,12 @@ from sf_bridge.api.context import ApiContext
 from sf_bridge.api.responses import error_response, json_response
 from sf_bridge.invoices.webhooks import process_event
 from sf_bridge.logging import get_logger
-from sf_bridge.metrics import WEBHOOK_EVENTS
+from sf_bridge.metrics import HTTP_REQUEST_SECONDS, WEBHOOK_EVENTS
 
 log = get_logger(__name__)
 
 
-async def stripe_webhook(request: Request) -> Response:
+async def _stripe_webhook(request: Request) -> Response:
     ctx: ApiContext = request.app.state.ctx
     secret = ctx.settings.stripe_webhook_secret
     if secret is None or not secret.get_secret_value():
@@ -71,6 +71,11 @@ async def stripe_webhook(request: Request) -> Response:
             "outcome": result.outcome,
         }
     )
+
+
+async def stripe_webhook(request: Request) -> Response:
+    with HTTP_REQUEST_SECONDS.labels("stripe_webhook").time():
+        return await _stripe_webhook(request)
 
 
 routes = [Route("/webhooks/stripe", stripe_webhook, methods=["POST"])]

@@ -94,6 +94,10 @@ def test_metrics_show_deals_steps_and_this_process_counters(
     assert 'sf_bridge_step_duration_seconds_sum{step="subscription"} 1.0' in lines
     assert 'sf_bridge_step_attempts_total{outcome="retry",step="subscription"} 1.0' in lines
     assert "sf_bridge_metrics_database_up 1.0" in lines
+    assert any(
+        line.startswith('sf_bridge_http_request_seconds_count{route="entitlement"}')
+        for line in lines
+    )
     checks = [line for line in lines if line.startswith("sf_bridge_entitlement_checks_total")]
     assert any('result="granted"' in line for line in checks)
     assert any('result="unknown"' in line for line in checks)
