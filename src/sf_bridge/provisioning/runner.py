@@ -66,7 +66,7 @@ class StepHooks:
 @dataclass(frozen=True)
 class RunnerOptions:
     owner: str
-    lease: timedelta = timedelta(seconds=120)
+    lease: timedelta = timedelta(seconds=15)
     account_wait_seconds: float = 10.0  # how long a deal waits for its account's lock in-thread
     account_busy_delay: timedelta = timedelta(milliseconds=200)
 

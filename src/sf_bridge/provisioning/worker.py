@@ -20,6 +20,7 @@ from sf_bridge.billing.port import BillingGateway
 from sf_bridge.config import Settings
 from sf_bridge.crm.port import CrmGateway
 from sf_bridge.logging import get_logger
+from sf_bridge.provisioning import claim
 from sf_bridge.provisioning.batch import fetch_batch, report_parked_batch, write_back_batch
 from sf_bridge.provisioning.prices import PriceCache
 from sf_bridge.provisioning.retry import RetryPolicy
@@ -30,6 +31,9 @@ from sf_bridge.provisioning.steps import Mapper, StepContext, default_mapper
 log = get_logger(__name__)
 
 DRAIN_SECONDS = 25.0
+# How long a claim lasts without renewal: a worker that dies holds its deals this long. The
+# heartbeat renews the leases of a live worker every third of it.
+DEFAULT_LEASE = timedelta(seconds=15)
 PARKED_REPORT_BACKOFF = 30.0  # seconds before telling Salesforce again after a failed call
 
 
@@ -68,6 +72,34 @@ class _MappingsOnce:
             return self._value
 
 
+class _Heartbeat:
+    """Renews this worker's leases every third of the lease while work is under way."""
+
+    def __init__(self, provisioner: Provisioner, lease: timedelta) -> None:
+        self._provisioner = provisioner
+        self._lease = lease
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="lease-heartbeat", daemon=True)
+
+    def __enter__(self) -> _Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _beat(self) -> None:
+        interval = max(0.05, self._lease.total_seconds() / 3)
+        while not self._stop.wait(interval):
+            prov = self._provisioner
+            try:
+                with prov.db() as session:
+                    claim.renew_leases(session, owner=prov.owner, until=prov.clock() + self._lease)
+            except Exception as exc:  # the next beat tries again; leases last a while
+                log.warning("lease_renewal_failed", error=str(exc), error_type=type(exc).__name__)
+
+
 class Worker:
     def __init__(
         self,
@@ -82,7 +114,7 @@ class Worker:
         hooks: StepHooks | None = None,
         clock: Callable[[], datetime] = _utcnow,
         owner: str | None = None,
-        lease: timedelta = timedelta(seconds=120),
+        lease: timedelta = DEFAULT_LEASE,
         poll_interval: float = 0.5,
         write_back_linger: float = 2.0,
         prices: PriceCache | None = None,
@@ -100,6 +132,7 @@ class Worker:
             mapper=mapper,
             prices=prices or PriceCache(),
         )
+        self.lease = lease
         self.provisioner = Provisioner(
             session_factory=session_factory,
             ctx=ctx,
@@ -120,7 +153,10 @@ class Worker:
         budget = max_deals
         never = threading.Event()
         self.mappings.refresh()
-        with ThreadPoolExecutor(self.concurrency, thread_name_prefix="provision") as pool:
+        with (
+            _Heartbeat(self.provisioner, self.lease),
+            ThreadPoolExecutor(self.concurrency, thread_name_prefix="provision") as pool,
+        ):
             while budget > 0:
                 fetched = fetch_batch(self.provisioner, self.crm, limit=budget)
                 claimed = self.provisioner.claim(DEAL_STEPS, min(budget, self.concurrency * 4))
@@ -146,7 +182,10 @@ class Worker:
         returns (well within 30 s)."""
         log.info("worker_started", worker=self.owner, concurrency=self.concurrency)
         inflight: set[Future[str | None]] = set()
-        with ThreadPoolExecutor(self.concurrency, thread_name_prefix="provision") as pool:
+        with (
+            _Heartbeat(self.provisioner, self.lease),
+            ThreadPoolExecutor(self.concurrency, thread_name_prefix="provision") as pool,
+        ):
             while not stop.is_set():
                 busy = False
                 try:

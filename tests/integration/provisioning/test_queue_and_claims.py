@@ -166,3 +166,45 @@ def test_account_lock_is_held_by_one_deal_at_a_time(
     assert lock("w2:2")
     # an expired lease (its holder died) is taken over
     assert lock("w3:3", now + LEASE + timedelta(seconds=1))
+
+
+def test_renewed_leases_hold_until_their_owner_stops_renewing(
+    session_factory: sessionmaker[Session],
+) -> None:
+    now = datetime.now(UTC)
+    with session_factory() as session, session.begin():
+        enqueue_opportunities(session, _ids(2), source="stream")
+        claim.ensure_customer_row(
+            session, account_id="001A", name="Acme", customer_key=None, email=None
+        )
+    with session_factory() as session:
+        held = claim.claim_deals(
+            session, steps=("fetch",), owner="a", now=now, lease=LEASE, limit=2
+        )
+    with session_factory() as session, session.begin():
+        assert claim.try_lock_account(
+            session, account_id="001A", holder=f"a:{held[0]}", now=now, lease=LEASE
+        )
+    later = now + LEASE + timedelta(seconds=1)
+    with session_factory() as session:
+        assert claim.renew_leases(session, owner="a", until=later + LEASE) == 2
+    with session_factory() as session:
+        assert (
+            claim.claim_deals(session, steps=("fetch",), owner="b", now=later, lease=LEASE, limit=2)
+            == []
+        )
+    with session_factory() as session, session.begin():
+        assert not claim.try_lock_account(
+            session, account_id="001A", holder="b:9", now=later, lease=LEASE
+        )
+    # "a" died: no renewal, and the lease runs out
+    much_later = later + LEASE + timedelta(seconds=1)
+    with session_factory() as session:
+        assert (
+            len(
+                claim.claim_deals(
+                    session, steps=("fetch",), owner="b", now=much_later, lease=LEASE, limit=2
+                )
+            )
+            == 2
+        )
