@@ -41,6 +41,12 @@ class MissingPiece(DemoFailed):
     code = "demo_missing_piece"
 
 
+class DemoTimeout(DemoFailed):
+    """Something the demo waited for did not happen in time."""
+
+    code = "demo_timeout"
+
+
 @dataclass(frozen=True)
 class Piece:
     """One part of sf-bridge the demo needs, named for the person reading the error."""
@@ -91,7 +97,7 @@ def wait_until(
         if result:
             return result
         if time.monotonic() >= deadline:
-            raise DemoFailed(f"Timed out after {timeout:.0f} s waiting for {what}.")
+            raise DemoTimeout(f"Timed out after {timeout:.0f} s waiting for {what}.")
         time.sleep(interval)
 
 

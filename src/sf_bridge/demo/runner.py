@@ -40,6 +40,7 @@ from sf_bridge.demo import view
 from sf_bridge.demo.checks import Check, check_deal, check_no_duplicates, check_parked
 from sf_bridge.demo.components import (
     DemoFailed,
+    DemoTimeout,
     ManagedProcess,
     child_environment,
     free_port,
@@ -253,16 +254,16 @@ class Demo:
             stack.api.check_alive()
             return http_ok(f"{stack.api_url}/healthz")
 
-        wait_until(api_up, timeout=90, what="`sf-bridge serve` to answer /healthz")
+        _wait_for(stack.api, api_up, "`sf-bridge serve` to answer /healthz")
         stripe.add_webhook_endpoint(f"{stack.api_url}/webhooks/stripe", stack.webhook_secret)
         self.say(
             f"API (`sf-bridge serve`) on {stack.api_url}; "
             "the Stripe emulator sends it signed webhooks"
         )
-        wait_until(
+        _wait_for(
+            stack.worker,
             lambda: self._stream_subscribed(stack),
-            timeout=90,
-            what="the worker (`sf-bridge run`) to subscribe to the Salesforce stream",
+            "the worker (`sf-bridge run`) to subscribe to the Salesforce stream",
         )
         self.say("worker (`sf-bridge run`) subscribed to the Salesforce stream")
 
@@ -569,6 +570,16 @@ class Demo:
             if server is not None:
                 with contextlib.suppress(Exception):
                     server.stop()
+
+
+def _wait_for(process: ManagedProcess, condition: Any, what: str, timeout: float = 90) -> None:
+    """Waits for a child process to be ready; on time-out the error carries its last log lines."""
+    try:
+        wait_until(condition, timeout=timeout, what=what)
+    except DemoTimeout as exc:
+        raise DemoFailed(
+            f"{exc.message}\nLast lines of {process.log_path}:\n{process.log_tail()}"
+        ) from None
 
 
 def _write_back_fields(mappings: Any) -> list[str]:

@@ -63,3 +63,16 @@ def test_children_never_inherit_the_users_credentials(monkeypatch: pytest.Monkey
     assert "STRIPE_API_KEY" not in env
     assert env["DATABASE_URL"] == "sqlite:///demo.db"
     assert env["PATH"] == os.environ["PATH"]
+
+
+def test_a_child_that_never_gets_ready_fails_with_its_log(tmp_path: Path) -> None:
+    from sf_bridge.demo.runner import _wait_for
+
+    log = tmp_path / "worker.log"
+    log.write_text('{"event": "salesforce_login_failed", "level": "warning"}\n')
+    process = ManagedProcess("worker", ["run"], {}, log, tmp_path)
+    with pytest.raises(DemoFailed) as failure:
+        _wait_for(process, lambda: False, "the worker to subscribe", timeout=0.05)
+    message = str(failure.value)
+    assert "Timed out after 0 s waiting for the worker to subscribe" in message
+    assert "salesforce_login_failed" in message
