@@ -75,7 +75,7 @@ async def server_error(request: Request, exc: Exception) -> Response:
 async def _lifespan(app: Starlette) -> AsyncIterator[None]:
     yield
     ctx: ApiContext = app.state.ctx
-    if ctx.read_engine is not ctx.engine:
+    if ctx.inline_reads:  # SQLite: the read engine is this app's own (PostgreSQL shares the pool)
         ctx.read_engine.dispose()
 
 

@@ -3,7 +3,8 @@
 On SQLite the shared engine opens every transaction with BEGIN IMMEDIATE (writers never
 deadlock), which would also make each read wait for any writer. Reads get their own engine
 whose transactions BEGIN deferred on `query_only` connections: in WAL mode they never wait for
-a writer and never block one. Other databases use the shared engine as it is.
+a writer and never block one. On PostgreSQL reads run without a transaction (autocommit),
+which saves two round trips per check. Other databases use the shared engine as it is.
 """
 
 from __future__ import annotations
@@ -16,6 +17,10 @@ from sf_bridge.db.engine import SQLITE_BUSY_TIMEOUT_MS
 
 
 def read_engine_for(engine: Engine) -> Engine:
+    if engine.dialect.name == "postgresql":
+        # Each read is two statements on a consistent enough view (usage may be a moment newer
+        # than the grants); without a transaction there is no BEGIN and ROLLBACK round trip.
+        return engine.execution_options(isolation_level="AUTOCOMMIT")
     if engine.dialect.name != "sqlite":
         return engine
     reader = create_engine(
