@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 ActionKind = Literal["cancelled", "would_cancel", "no_longer_open", "not_yet_due", "failed"]
-CANCELLED_STATUS_TEXT = "cancelled"
+CANCELLED_STATUS_TEXT = "Cancelled"  # as the write-back spells "Provisioned" and "Needs attention"
 
 
 @dataclass(frozen=True)

@@ -78,7 +78,7 @@ def test_open_invoice_past_grace_cancels_revokes_records_and_writes_back(
     assert deal.invoice_status == "open"
     assert [e.kind for e in deal.events] == ["subscription_cancelled"]
     assert "unpaid 15 days" in deal.events[0].message
-    assert crm.written[OPP]["SF_Bridge_Status__c"] == "cancelled"
+    assert crm.written[OPP]["SF_Bridge_Status__c"] == "Cancelled"
     assert "in_test_1 unpaid 15 days" in crm.written[OPP]["SF_Bridge_Error__c"]
 
     with session_factory() as session:

@@ -194,6 +194,6 @@ def test_overdue_policy_cancels_in_stripe_after_the_grace_period(
     assert stripe_emulator.get(provisioned.subscription_id)["status"] == "canceled"
     assert _deal(session_factory, provisioned.deal_id).status == CANCELLED
     assert _active_grants(session_factory) == 0
-    assert crm.written[OPP]["SF_Bridge_Status__c"] == "cancelled"
+    assert crm.written[OPP]["SF_Bridge_Status__c"] == "Cancelled"
     assert run(late + timedelta(days=1)) == []
     assert late.tzinfo == UTC
