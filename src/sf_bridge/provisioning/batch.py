@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from datetime import UTC, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.orm import Session
 
 from sf_bridge.crm.port import CrmGateway, OpportunityUpdate
 from sf_bridge.db.models import NEEDS_ATTENTION, Deal, StepAttempt
@@ -93,36 +94,86 @@ def fetch_batch(prov: Provisioner, crm: CrmGateway | None, limit: int = BATCH_LI
             found.append((deal, match))
     now = prov.clock()
     with prov.db() as session, session.begin():
-        for deal, record in found:
-            row = claim.load_owned(session, deal.id, prov.owner)
-            if row is None:
-                continue
-            row.opportunity = record
-            row.account_id = record.get("AccountId") or row.account_id or None
-            row.status = STATUS_AFTER[STEP_FETCH]
-            row.current_step = STEP_MAP
-            row.attempts = 0
-            row.next_attempt_at = None
-            row.last_error = row.last_error_code = None
-            row.locked_by = row.locked_until = None
-            session.add(
-                StepAttempt(
-                    deal_id=deal.id,
-                    step=STEP_FETCH,
-                    attempt=deal.attempts + 1,
-                    started_at=now,
-                    finished_at=now,
-                    duration_ms=duration,
-                    outcome="ok",
-                    detail={"batch_size": len(deals)},
-                )
-            )
+        owned = owned_ids(session, prov, [d.id for d, _ in found])
+        settle(
+            session,
+            [
+                {
+                    "id": deal.id,
+                    "opportunity": record,
+                    "account_id": record.get("AccountId") or deal.account_id or None,
+                    "status": STATUS_AFTER[STEP_FETCH],
+                    "current_step": STEP_MAP,
+                }
+                for deal, record in found
+                if deal.id in owned
+            ],
+            [
+                {
+                    "deal_id": deal.id,
+                    "step": STEP_FETCH,
+                    "attempt": deal.attempts + 1,
+                    "detail": {"batch_size": len(deals)},
+                }
+                for deal, _record in found
+                if deal.id in owned
+            ],
+            now=now,
+            duration=duration,
+        )
         for deal, _record in found:
             prov.hooks.before_commit(STEP_FETCH, deal.id)
     for deal, _record in found:
         prov.hooks.after_commit(STEP_FETCH, deal.id)
     log.info("fetch_batch_done", deals=len(deals), found=len(found), duration_ms=duration)
     return ids
+
+
+def owned_ids(session: Session, prov: Provisioner, ids: list[int]) -> set[int]:
+    """Which of these deals this worker still holds, locked for the transaction."""
+    if not ids:
+        return set()
+    query = select(Deal.id).where(Deal.id.in_(ids), Deal.locked_by == prov.owner)
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(of=Deal)
+    return set(session.execute(query).scalars())
+
+
+def settle(
+    session: Session,
+    deals: list[dict[str, Any]],
+    attempts: list[dict[str, Any]],
+    *,
+    now: datetime,
+    duration: int,
+) -> None:
+    """Records a batch step's success for many deals at once: one bulk UPDATE of the deals
+    (clearing errors and leases) and one bulk INSERT of their attempts."""
+    if not deals:
+        return
+    common = {
+        "attempts": 0,
+        "next_attempt_at": None,
+        "last_error": None,
+        "last_error_code": None,
+        "locked_by": None,
+        "locked_until": None,
+        "updated_at": now,
+    }
+    session.execute(update(Deal), [{**common, **d} for d in deals])
+    session.execute(
+        insert(StepAttempt),
+        [
+            {
+                "started_at": now,
+                "finished_at": now,
+                "duration_ms": duration,
+                "outcome": "ok",
+                **a,
+            }
+            for a in attempts
+        ],
+    )
 
 
 def write_back_fields(deal: Deal, names: Any, now_iso: str) -> dict[str, Any]:
@@ -215,34 +266,36 @@ def write_back_batch(
             duration=duration,
         )
     with prov.db() as session, session.begin():
-        for deal in ok:
-            row = claim.load_owned(session, deal.id, prov.owner)
-            if row is None:
-                continue
-            did_write = deal.opportunity_id in written
-            row.status = STATUS_AFTER[STEP_WRITE_BACK]
-            row.current_step = None
-            row.attempts = 0
-            row.next_attempt_at = None
-            row.last_error = row.last_error_code = None
-            row.locked_by = row.locked_until = None
-            row.writeback_pending = False
-            row.written_back_at = now if did_write else None
-            row.completed_at = now
-            session.add(
-                StepAttempt(
-                    deal_id=deal.id,
-                    step=STEP_WRITE_BACK,
-                    attempt=deal.attempts + 1,
-                    started_at=now,
-                    finished_at=now,
-                    duration_ms=duration,
-                    outcome="ok",
-                    detail={"written": did_write, "batch_size": len(updates)}
-                    if did_write
+        owned = owned_ids(session, prov, [d.id for d in ok])
+        settle(
+            session,
+            [
+                {
+                    "id": deal.id,
+                    "status": STATUS_AFTER[STEP_WRITE_BACK],
+                    "current_step": None,
+                    "writeback_pending": False,
+                    "written_back_at": now if deal.opportunity_id in written else None,
+                    "completed_at": now,
+                }
+                for deal in ok
+                if deal.id in owned
+            ],
+            [
+                {
+                    "deal_id": deal.id,
+                    "step": STEP_WRITE_BACK,
+                    "attempt": deal.attempts + 1,
+                    "detail": {"written": True, "batch_size": len(updates)}
+                    if deal.opportunity_id in written
                     else {"written": False, "why": _skip_reason(crm, deal)},
-                )
-            )
+                }
+                for deal in ok
+                if deal.id in owned
+            ],
+            now=now,
+            duration=duration,
+        )
         for deal in ok:
             prov.hooks.before_commit(STEP_WRITE_BACK, deal.id)
     for deal in ok:
