@@ -143,7 +143,7 @@ def test_closed_deal_is_provisioned_with_status_and_links_on_the_opportunity(
     finally:
         assert worker.stop()
     print(f"close->enqueued {enqueued * 1000:.0f} ms, close->done {provisioned * 1000:.0f} ms")
-    assert enqueued < 1.0
+    assert enqueued < 3.0  # ~20 ms unless starved of CPU
     assert record["SF_Bridge_Status__c"] == "Provisioned"
     assert str(record["Stripe_Customer_Id__c"]).startswith("cus_")
     assert str(record["Stripe_Subscription_Id__c"]).startswith("sub_")

@@ -38,7 +38,7 @@ def test_closed_deal_is_enqueued_once_and_its_replay_id_committed(
     intake_org.close_won(opp)
     wait_until(lambda: opp in h.enqueued_at, 5, "the deal enqueued")
     delay = h.enqueued_at[opp] - closed_at
-    assert delay < 1.0, f"close to enqueued took {delay:.3f} s"
+    assert delay < 3.0, f"close to enqueued took {delay:.3f} s"  # ~20 ms unless starved of CPU
     assert deals_by_source(session_factory) == {opp: "stream"}
     last_replay_id = intake_org.events.last_replay_id
     wait_until(lambda: stored_replay_id(session_factory) == last_replay_id, 5, "replay id")
