@@ -102,7 +102,8 @@ def deals(
 @deals_app.command("show")
 @handle_errors
 def show(ref: str = typer.Argument(..., help="Deal number or Opportunity Id.")) -> None:
-    """One deal's full history: steps, attempts, errors, Stripe ids and links."""
+    """One deal's full history: steps, attempts, errors, Stripe ids and links. Reads
+    DATABASE_URL."""
     from sf_bridge.provisioning.replay import find_deal
     from sf_bridge.provisioning.report import deal_story
 
