@@ -133,7 +133,9 @@ def test_demo_provisions_every_sample_deal_and_replays_the_parked_one(tmp_path: 
     ):
         code, out = _explore_then_stop(proc, time.monotonic())
     assert code == 0, out + errors_path.read_text()
-    assert "stopping" in out
+    removed = re.search(r"stopping; removing (\S+)", out)
+    assert removed, out
+    assert not Path(removed.group(1)).exists(), "the demo leaves nothing behind"
 
     assert "FAIL" not in out
     for deal in SCENARIO.deals:

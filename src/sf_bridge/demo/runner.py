@@ -116,8 +116,7 @@ class Demo:
         org_cls = require("org")
         with contextlib.ExitStack() as exits:
             workdir = Path(tempfile.mkdtemp(prefix="sf-bridge-demo-"))
-            if not self.options.keep_running:
-                exits.callback(shutil.rmtree, workdir, True)
+            exits.callback(shutil.rmtree, workdir, True)
             stack = Stack(workdir, f"sqlite:///{workdir / 'sf_bridge.db'}")
             exits.callback(self._stop, stack)
 
@@ -558,7 +557,7 @@ class Demo:
                     if process is not None:
                         process.check_alive()
                 time.sleep(0.5)
-        self.console.print(f"stopping; the demo's files stay in {stack.workdir}")
+        self.console.print(f"stopping; removing {stack.workdir}")
 
     def _stop_processes(self, stack: Stack) -> dict[ManagedProcess, int | None]:
         """SIGTERM to the worker and the API; their exit codes."""
