@@ -6,9 +6,9 @@ start) and restarted at once. Then every deal must be done, and the Stripe emula
 exactly one customer, one subscription and one invoice per deal (counted there, by the
 Salesforce ids in their metadata).
 
-By default the worker is `sf-bridge run` itself, whose claim lease is 120 s: deals a killed
-worker held wait for their lease to expire. `--lease-seconds` runs the same worker with a
-shorter lease (bench/drills/worker_main.py).
+By default the worker is `sf-bridge run` itself with its own claim lease: deals a killed
+worker held wait for their lease to expire. `--lease-seconds` runs the same worker with
+another lease (bench/drills/worker_main.py).
 
     .venv/bin/python bench/drills/kill_worker.py --deals 500 --kills 5
 """
@@ -46,7 +46,7 @@ def main() -> int:
     print_header("Drill: kill -9 of the worker during a burst, with restarts")
     print(
         f"deals: {args.deals}, kills: {args.kills}, gap {args.min_gap:g}-{args.max_gap:g} s, "
-        f"seed {seed}, lease: {args.lease_seconds or 'sf-bridge run default (120 s)'}, "
+        f"seed {seed}, lease: {args.lease_seconds or 'the sf-bridge run default'}, "
         f"database: {args.database}",
         flush=True,
     )

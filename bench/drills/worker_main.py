@@ -1,8 +1,9 @@
 """`sf-bridge run` with a shorter claim lease, for drills that restart workers often.
 
 The worker is the same `WorkerProcess` the CLI runs; only the lease on deals and accounts
-(120 s by default) comes from `SF_BRIDGE_DRILL_LEASE` (seconds), so that deals a killed worker
-held are taken over within seconds instead of minutes.
+comes from `SF_BRIDGE_DRILL_LEASE` (seconds) and the poll interval from
+`SF_BRIDGE_DRILL_POLL`, so that a drill controls how fast a killed worker's deals are taken
+over.
 """
 
 from __future__ import annotations
@@ -19,10 +20,13 @@ from sf_bridge.runner import RunOptions, WorkerProcess
 def main() -> int:
     settings = get_settings()
     configure_logging(settings.log_format, settings.log_level)
-    lease = timedelta(seconds=float(os.environ.get("SF_BRIDGE_DRILL_LEASE", "120")))
-    poll = float(os.environ.get("SF_BRIDGE_DRILL_POLL", "0.5"))
-    options = RunOptions(worker_options={"lease": lease, "poll_interval": poll})
-    return 0 if WorkerProcess(settings, options).run_until_signalled() else 1
+    options: dict[str, object] = {}
+    if "SF_BRIDGE_DRILL_LEASE" in os.environ:
+        options["lease"] = timedelta(seconds=float(os.environ["SF_BRIDGE_DRILL_LEASE"]))
+    if "SF_BRIDGE_DRILL_POLL" in os.environ:
+        options["poll_interval"] = float(os.environ["SF_BRIDGE_DRILL_POLL"])
+    run_options = RunOptions(worker_options=options)
+    return 0 if WorkerProcess(settings, run_options).run_until_signalled() else 1
 
 
 if __name__ == "__main__":
