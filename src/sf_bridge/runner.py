@@ -90,6 +90,7 @@ class WorkerProcess:
         self.worker: Any = None
         self.crm: Any = None
         self.billing: Any = None
+        self.mappings_loader: Callable[[], Any] | None = None
 
     # -- assembly ------------------------------------------------------------------------
 
@@ -103,6 +104,7 @@ class WorkerProcess:
 
         ensure_current(self.engine)
         loader = MappingsLoader(self.settings.mappings_dir)
+        self.mappings_loader = loader
         self.crm = build_crm(self.settings, loader)
         self.billing = build_billing(self.settings)
         self.worker = build_worker(
@@ -204,12 +206,23 @@ class WorkerProcess:
                     now=datetime.now(UTC),
                     grace_days=self.settings.overdue_grace_days,
                     dry_run=self.settings.overdue_dry_run,
+                    write_back=self._write_back_fields(),
                 )
                 if actions:
                     log.info("overdue_policy_applied", actions=len(actions))
             except Exception as exc:
                 log.error("overdue_policy_failed", error=str(exc)[:300])
             self.stop_event.wait(self.options.overdue_interval_seconds)
+
+    def _write_back_fields(self) -> Any:
+        """The Opportunity fields the mappings name for write-back (None when unreadable)."""
+        if self.mappings_loader is None:
+            return None
+        try:
+            return self.mappings_loader().write_back
+        except Exception as exc:
+            log.warning("mappings_unavailable_for_overdue", error=str(exc)[:200])
+            return None
 
     # -- shutdown ------------------------------------------------------------------------
 

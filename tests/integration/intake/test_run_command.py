@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
+import pytest
 from sqlalchemy import create_engine
 from typer.testing import CliRunner
 
 from sf_bridge.cli import app
 from sf_bridge.config import Settings
 from sf_bridge.runner import RunOptions, WorkerProcess
+from tests.integration.intake.conftest import wait_until
 
 MAPPINGS = Path(__file__).resolve().parents[3] / "mappings"
 
@@ -35,3 +38,29 @@ def test_without_salesforce_credentials_only_provisioning_runs_and_stops_at_once
     assert process.stop()
     assert time.monotonic() - started < 5
     assert not any(t.is_alive() for t in process.threads)
+
+
+def test_overdue_policy_runs_on_its_schedule_with_the_mapping_write_back_fields(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+):
+    from sf_bridge.invoices import overdue
+
+    calls: list[dict[str, Any]] = []
+
+    def record(session_factory: Any, billing: Any, crm: Any, **kwargs: Any) -> list[Any]:
+        calls.append(kwargs)
+        return []
+
+    monkeypatch.setattr(overdue, "apply_overdue_policy", record)
+    settings = Settings(DATABASE_URL=sqlite_url, SF_BRIDGE_MAPPINGS=str(MAPPINGS))  # type: ignore[call-arg]
+    settings = settings.model_copy(
+        update={"sf_username": None, "sf_client_id": None, "overdue_grace_days": 9}
+    )
+    process = WorkerProcess(settings, RunOptions(overdue_interval_seconds=0.05)).start()
+    try:
+        wait_until(lambda: len(calls) >= 2, 10, "two overdue runs")
+    finally:
+        assert process.stop()
+    assert calls[0]["grace_days"] == 9
+    assert calls[0]["dry_run"] is False
+    assert calls[0]["write_back"].status == "SF_Bridge_Status__c"
