@@ -210,6 +210,9 @@ def test_worker_killed_ten_deals_closed_meanwhile_all_provisioned_once_after_res
         for log in logs:
             log.close()
     assert code == 0
+    text = (tmp_path / "first.log").read_text() + (tmp_path / "second.log").read_text()
+    for secret in (org.password, org.security_token, org.client_secret, stripe.api_key):
+        assert secret not in text, "a credential reached the worker's log"
     events = [json.loads(line) for line in (tmp_path / "second.log").read_text().splitlines()]
     names = {e.get("event") for e in events}
     assert "stream_replay_id_refused" not in names
