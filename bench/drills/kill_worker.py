@@ -1,10 +1,10 @@
 """Drill: kill -9 the worker at random moments during a burst, restart it each time.
 
 `--deals` deals are closed at once in the sandbox org; `sf-bridge run` is killed with SIGKILL
-`--kills` times at random moments (between `--min-gap` and `--max-gap` seconds after each
-start) and restarted at once. Then every deal must be done, and the Stripe emulator must hold
-exactly one customer, one subscription and one invoice per deal (counted there, by the
-Salesforce ids in their metadata).
+`--kills` times at random moments (between `--min-gap` and `--max-gap` seconds after the
+worker has moved its first deal on since its start) and restarted at once. Then every deal
+must be done, and the Stripe emulator must hold exactly one customer, one subscription and
+one invoice per deal (counted there, by the Salesforce ids in their metadata).
 
 By default the worker is `sf-bridge run` itself with its own claim lease: deals a killed
 worker held wait for their lease to expire. `--lease-seconds` runs the same worker with
@@ -31,8 +31,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--deals", type=int, default=500)
     parser.add_argument("--kills", type=int, default=5)
-    parser.add_argument("--min-gap", type=float, default=1.0, help="seconds after a start")
-    parser.add_argument("--max-gap", type=float, default=10.0, help="seconds after a start")
+    parser.add_argument("--min-gap", type=float, default=0.0, help="seconds after progress")
+    parser.add_argument("--max-gap", type=float, default=8.0, help="seconds after progress")
     parser.add_argument("--limit", type=float, default=100.0, help="Stripe requests/s")
     parser.add_argument("--latency-ms", type=float, default=20.0, help="per Stripe/SF call")
     parser.add_argument("--lease-seconds", type=float, default=None)
@@ -67,6 +67,12 @@ def main() -> int:
         t0 = time.monotonic()
         stack.close(deals)
         for n in range(1, args.kills + 1):
+            # A random moment once this worker is at work (not while it is still starting):
+            # after it has moved at least one deal on.
+            at_start = stack.status_counts()
+            deadline = time.monotonic() + 120
+            while stack.status_counts() == at_start and time.monotonic() < deadline:
+                time.sleep(0.1)
             time.sleep(rng.uniform(args.min_gap, args.max_gap))
             counts = stack.status_counts()
             worker.kill9()
