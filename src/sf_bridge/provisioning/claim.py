@@ -21,7 +21,7 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from sf_bridge.db.models import Customer, Deal, utcnow
+from sf_bridge.db.models import CANCELLED, Customer, Deal, utcnow
 from sf_bridge.provisioning.states import SETTLED
 
 
@@ -71,8 +71,13 @@ def claim_deals(
 
 
 def load_owned(session: Session, deal_id: int, owner: str) -> Deal | None:
-    """The deal, locked for this transaction, when `owner` still holds its lease; else None."""
-    query = select(Deal).where(Deal.id == deal_id, Deal.locked_by == owner)
+    """The deal, locked for this transaction, when `owner` still holds its lease; else None.
+
+    A deal cancelled meanwhile (its subscription ended by a webhook or the overdue policy) is
+    no longer anyone's to move on: its `cancelled` status must not be overwritten."""
+    query = select(Deal).where(
+        Deal.id == deal_id, Deal.locked_by == owner, Deal.status != CANCELLED
+    )
     if session.get_bind().dialect.name == "postgresql":
         query = query.with_for_update(of=Deal)
     return session.execute(query).scalar_one_or_none()

@@ -79,3 +79,42 @@ def test_crash_before_commit_with_search_lagging_relies_on_the_idempotency_key(
     assert emu.count("customer") == 1
     assert emu.count("subscription") == 1
     assert emu.count("invoice") == 1
+
+
+def test_a_deal_cancelled_between_steps_stays_cancelled(
+    stripe_harness: Harness, provisioning_emulator: Any
+) -> None:
+    """The subscription ends (webhook or overdue policy) while the worker is between two
+    steps: the worker must not move the deal on and overwrite `cancelled`, nor grant."""
+    from sqlalchemy import select
+
+    from sf_bridge.db.models import EntitlementGrant
+    from sf_bridge.invoices.records import record_subscription_ended
+
+    h = stripe_harness
+    h.add_opportunity(make_plan(OPP))
+    with h.session_factory() as session, session.begin():
+        enqueue_opportunities(session, [OPP], source="test")
+
+    def cancel_after_invoice(step: str, _deal_id: int) -> None:
+        if step == "invoice":
+            subscription_id = h.deal(OPP).stripe_subscription_id
+            assert subscription_id
+            with h.session_factory() as session, session.begin():
+                record_subscription_ended(session, subscription_id, "test", how="webhook")
+
+    worker = h.worker(hooks=StepHooks(after_commit=cancel_after_invoice))
+
+    def cancelled() -> bool:
+        return h.statuses().get(OPP) == "cancelled"
+
+    drain(worker, cancelled)
+    for _ in range(3):  # nothing is left for any worker to do with it
+        worker.run_once()
+    assert h.deal(OPP).status == "cancelled"
+    with h.session_factory() as session:
+        active = session.scalars(
+            select(EntitlementGrant).where(EntitlementGrant.active.is_(True))
+        ).all()
+    assert active == []
+    assert provisioning_emulator.count("subscription") == 1
