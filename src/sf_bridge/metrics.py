@@ -10,7 +10,7 @@ Two kinds:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import (
     CollectorRegistry,
@@ -18,6 +18,7 @@ from prometheus_client import (
     Histogram,
     disable_created_metrics,
     generate_latest,
+    start_http_server,
 )
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -169,3 +170,18 @@ def render(session_factory: sessionmaker[Session] | None = None) -> bytes:
         registry.register(DatabaseCollector(session_factory))
         text += generate_latest(registry)
     return text
+
+
+def serve_process_metrics(port: int, host: str = "0.0.0.0") -> Callable[[], None]:
+    """Serves this process's counters (Stripe and Salesforce requests, ...) for Prometheus on
+    `port`, for processes without an HTTP API of their own (`sf-bridge run`). Returns a
+    function that stops the server."""
+    server, thread = start_http_server(port, addr=host, registry=REGISTRY)
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+    log.info("process_metrics_serving", port=server.server_port)
+    return stop

@@ -31,6 +31,7 @@ from sf_bridge.config import Settings
 from sf_bridge.db.engine import make_engine, make_session_factory
 from sf_bridge.db.migrate import ensure_current
 from sf_bridge.logging import get_logger
+from sf_bridge.metrics import serve_process_metrics
 
 log = get_logger(__name__)
 
@@ -46,6 +47,9 @@ class RunSettings(BaseSettings):
     # milliseconds of the close, so this bounds most of the close-to-provisioned delay.
     worker_poll_seconds: float = Field(0.1, alias="SF_BRIDGE_WORKER_POLL")
     overdue_interval_seconds: float = Field(3600.0, alias="SF_BRIDGE_OVERDUE_INTERVAL")
+    # Port serving this process's Stripe/Salesforce request counters for Prometheus (off when
+    # unset); deal states and step latencies are on `sf-bridge serve`'s /metrics.
+    metrics_port: int | None = Field(None, alias="SF_BRIDGE_WORKER_METRICS_PORT")
 
 
 @dataclass
@@ -54,6 +58,7 @@ class RunOptions:
     drain_deadline_seconds: float = DRAIN_DEADLINE_SECONDS
     intake_options: Any = None  # IntakeOptions; None reads the environment
     worker_options: dict[str, Any] = field(default_factory=dict)
+    metrics_port: int | None = None
 
     @classmethod
     def from_environment(cls) -> RunOptions:
@@ -61,6 +66,7 @@ class RunOptions:
         return cls(
             overdue_interval_seconds=env.overdue_interval_seconds,
             worker_options={"poll_interval": env.worker_poll_seconds},
+            metrics_port=env.metrics_port,
         )
 
 
@@ -91,6 +97,7 @@ class WorkerProcess:
         self.crm: Any = None
         self.billing: Any = None
         self.mappings_loader: Callable[[], Any] | None = None
+        self._stop_metrics: Callable[[], None] | None = None
 
     # -- assembly ------------------------------------------------------------------------
 
@@ -161,6 +168,8 @@ class WorkerProcess:
         if self.intake is not None:
             self._spawn("intake", self._intake_loop)
         self._spawn("overdue", self._overdue_loop)
+        if self.options.metrics_port is not None:
+            self._stop_metrics = serve_process_metrics(self.options.metrics_port)
         log.info(
             "worker_process_started",
             channel=self.settings.sf_channel if self.intake else None,
@@ -240,6 +249,8 @@ class WorkerProcess:
         if alive:
             log.warning("worker_process_drain_incomplete", threads=alive)
         log.info("worker_process_stopped", duration_ms=round((time.monotonic() - started) * 1000))
+        if self._stop_metrics is not None:
+            self._stop_metrics()
         self.engine.dispose()
         return not alive
 

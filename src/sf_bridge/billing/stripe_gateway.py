@@ -25,6 +25,7 @@ from sf_bridge.billing.port import (
 )
 from sf_bridge.errors import BillingRejected, RateLimitedError, SfBridgeError, TransientError
 from sf_bridge.logging import get_logger
+from sf_bridge.metrics import STRIPE_REQUESTS
 
 log = get_logger(__name__)
 T = TypeVar("T")
@@ -249,7 +250,11 @@ class StripeGateway:
                 error=error.message,
                 **fields,
             )
+            STRIPE_REQUESTS.labels(
+                action, "retry" if isinstance(error, TransientError) else "error"
+            ).inc()
             raise error from exc
+        STRIPE_REQUESTS.labels(action, "ok").inc()
         log.debug(
             "stripe_request",
             action=action,

@@ -37,6 +37,7 @@ from sf_bridge.crm.port import Opportunity, OpportunityUpdate, WonOpportunity, W
 from sf_bridge.crm.transport import is_plain_http_loopback, make_http_session
 from sf_bridge.errors import CrmRejected, TransientError
 from sf_bridge.logging import get_logger
+from sf_bridge.metrics import SALESFORCE_REQUESTS
 
 log = get_logger(__name__)
 T = TypeVar("T")
@@ -160,6 +161,19 @@ class SalesforceCrm:
             return self._client
 
     def _call(self, what: str, fn: Callable[[Salesforce], T]) -> T:
+        """Runs one REST call, counted in /metrics by operation and outcome."""
+        try:
+            result = self._send(what, fn)
+        except TransientError:
+            SALESFORCE_REQUESTS.labels(what, "retry").inc()
+            raise
+        except Exception:
+            SALESFORCE_REQUESTS.labels(what, "error").inc()
+            raise
+        SALESFORCE_REQUESTS.labels(what, "ok").inc()
+        return result
+
+    def _send(self, what: str, fn: Callable[[Salesforce], T]) -> T:
         """Runs one REST call with budget, session-expiry and error translation."""
         self.budget.before_call()
         client = self._current()

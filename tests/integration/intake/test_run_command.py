@@ -64,3 +64,41 @@ def test_overdue_policy_runs_on_its_schedule_with_the_mapping_write_back_fields(
     assert calls[0]["grace_days"] == 9
     assert calls[0]["dry_run"] is False
     assert calls[0]["write_back"].status == "SF_Bridge_Status__c"
+
+
+def test_worker_metrics_port_serves_stripe_request_counts(
+    sqlite_url: str, stripe_emulator: Any
+) -> None:
+    """`sf-bridge run` has no HTTP API: SF_BRIDGE_WORKER_METRICS_PORT serves its request
+    counters, which move with each Stripe call the worker's gateway makes."""
+    import socket
+    import urllib.request
+
+    from sf_bridge.billing.stripe_gateway import StripeGateway
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    settings = Settings(DATABASE_URL=sqlite_url, SF_BRIDGE_MAPPINGS=str(MAPPINGS))  # type: ignore[call-arg]
+    settings = settings.model_copy(update={"sf_username": None, "sf_client_id": None})
+    process = WorkerProcess(settings, RunOptions(metrics_port=port)).start()
+    try:
+
+        def scrape() -> str:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+                return str(answer.read().decode())
+
+        def found_prices_ok() -> float:
+            for line in scrape().splitlines():
+                if line.startswith("sf_bridge_stripe_requests_total{") and (
+                    'outcome="ok"' in line and "list prices by lookup key" in line
+                ):
+                    return float(line.rsplit(" ", 1)[1])
+            return 0.0
+
+        before = found_prices_ok()
+        gateway = StripeGateway(stripe_emulator.api_key, api_base=stripe_emulator.url)
+        gateway.find_prices(["no-such-price"])
+        assert found_prices_ok() == before + 1
+    finally:
+        assert process.stop()
