@@ -12,7 +12,7 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 
 from sf_bridge.crm.port import CrmGateway, OpportunityUpdate
-from sf_bridge.db.models import NEEDS_ATTENTION, Deal, StepAttempt
+from sf_bridge.db.models import CANCELLED, NEEDS_ATTENTION, Deal, StepAttempt
 from sf_bridge.errors import CrmRejected, TransientError
 from sf_bridge.logging import get_logger
 from sf_bridge.provisioning import claim
@@ -54,18 +54,7 @@ def fetch_batch(prov: Provisioner, crm: CrmGateway | None, limit: int = BATCH_LI
     try:
         records = crm.fetch_opportunities([d.opportunity_id for d in deals])
     except Exception as exc:
-        duration = int((time.perf_counter() - started) * 1000)
-        for deal in deals:
-            record_failure(
-                prov,
-                deal_id=deal.id,
-                opportunity_id=deal.opportunity_id,
-                step=STEP_FETCH,
-                attempt_id=None,
-                attempt_no=deal.attempts + 1,
-                exc=exc,
-                duration=duration,
-            )
+        _fail(prov, deals, STEP_FETCH, exc, int((time.perf_counter() - started) * 1000))
         return ids
     duration = int((time.perf_counter() - started) * 1000)
     by_id: dict[str, dict[str, Any]] = {}
@@ -76,20 +65,12 @@ def fetch_batch(prov: Provisioner, crm: CrmGateway | None, limit: int = BATCH_LI
     for deal in deals:
         match = by_id.get(deal.opportunity_id) or by_id.get(deal.opportunity_id[:15])
         if match is None:
-            record_failure(
-                prov,
-                deal_id=deal.id,
-                opportunity_id=deal.opportunity_id,
-                step=STEP_FETCH,
-                attempt_id=None,
-                attempt_no=deal.attempts + 1,
-                exc=TransientError(
-                    f"Salesforce did not return opportunity {deal.opportunity_id}.",
-                    hint="check that it exists and that the integration user can read it "
-                    "(sharing, field-level security), then replay the deal.",
-                ),
-                duration=duration,
+            missing = TransientError(
+                f"Salesforce did not return opportunity {deal.opportunity_id}.",
+                hint="check that it exists and that the integration user can read it "
+                "(sharing, field-level security), then replay the deal.",
             )
+            _fail(prov, [deal], STEP_FETCH, missing, duration)
         else:
             found.append((deal, match))
     now = prov.clock()
@@ -129,11 +110,29 @@ def fetch_batch(prov: Provisioner, crm: CrmGateway | None, limit: int = BATCH_LI
     return ids
 
 
+def _fail(prov: Provisioner, deals: list[Deal], step: str, exc: Exception, duration: int) -> None:
+    """Records a batch step's failure on each of these deals (retrying or needs_attention)."""
+    for deal in deals:
+        record_failure(
+            prov,
+            deal_id=deal.id,
+            opportunity_id=deal.opportunity_id,
+            step=step,
+            attempt_id=None,
+            attempt_no=deal.attempts + 1,
+            exc=exc,
+            duration=duration,
+        )
+
+
 def owned_ids(session: Session, prov: Provisioner, ids: list[int]) -> set[int]:
-    """Which of these deals this worker still holds, locked for the transaction."""
+    """Which of these deals this worker still holds, locked for the transaction (a deal
+    cancelled meanwhile is nobody's: its status must not be overwritten)."""
     if not ids:
         return set()
-    query = select(Deal.id).where(Deal.id.in_(ids), Deal.locked_by == prov.owner)
+    query = select(Deal.id).where(
+        Deal.id.in_(ids), Deal.locked_by == prov.owner, Deal.status != CANCELLED
+    )
     if session.get_bind().dialect.name == "postgresql":
         query = query.with_for_update(of=Deal)
     return set(session.execute(query).scalars())
@@ -224,18 +223,7 @@ def write_back_batch(
         updates = [u for u in updates if u.fields]
         results = crm.write_back(updates) if (crm is not None and updates) else []
     except Exception as exc:
-        duration = int((time.perf_counter() - started) * 1000)
-        for deal in deals:
-            record_failure(
-                prov,
-                deal_id=deal.id,
-                opportunity_id=deal.opportunity_id,
-                step=STEP_WRITE_BACK,
-                attempt_id=None,
-                attempt_no=deal.attempts + 1,
-                exc=exc,
-                duration=duration,
-            )
+        _fail(prov, deals, STEP_WRITE_BACK, exc, int((time.perf_counter() - started) * 1000))
         return ids
     duration = int((time.perf_counter() - started) * 1000)
     written = {u.opportunity_id for u in updates}
@@ -255,16 +243,7 @@ def write_back_batch(
                 "field permissions, then replay the deal.",
             )
         )
-        record_failure(
-            prov,
-            deal_id=deal.id,
-            opportunity_id=deal.opportunity_id,
-            step=STEP_WRITE_BACK,
-            attempt_id=None,
-            attempt_no=deal.attempts + 1,
-            exc=error,
-            duration=duration,
-        )
+        _fail(prov, [deal], STEP_WRITE_BACK, error, duration)
     with prov.db() as session, session.begin():
         owned = owned_ids(session, prov, [d.id for d in ok])
         settle(
