@@ -118,6 +118,34 @@ class Provisioner:
     def run_deal(self, deal_id: int, stop: threading.Event) -> str | None:
         """Runs the deal's per-deal steps until it reaches a batch step, settles, fails, or
         `stop` is set; returns its status then (None when the lease was lost)."""
+        try:
+            return self._run_deal(deal_id, stop)
+        except Exception:
+            # An error no step could record (the database went away between two steps) must
+            # not leave the deal leased by this live worker, whose heartbeat would renew the
+            # lease for ever: give the deal and its account lock back, as a crash would.
+            self._abandon(deal_id)
+            raise
+
+    def _abandon(self, deal_id: int) -> None:
+        try:
+            with self.db() as session, session.begin():
+                claim.release_deal(session, deal_id, self.owner)
+                session.execute(
+                    update(Customer)
+                    .where(Customer.locked_by == f"{self.owner}:{deal_id}")
+                    .values(locked_by=None, locked_until=None)
+                    .execution_options(synchronize_session=False)
+                )
+        except Exception as exc:
+            log.warning(
+                "deal_release_failed",
+                deal_id=deal_id,
+                error=str(exc)[:300],
+                error_type=type(exc).__name__,
+            )
+
+    def _run_deal(self, deal_id: int, stop: threading.Event) -> str | None:
         with self.db() as session:
             deal = session.get(Deal, deal_id)
         while True:
