@@ -86,7 +86,13 @@ class Handler(BaseHTTPRequestHandler):
 
     def _handle(self, method: str) -> None:
         length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length).decode() if length else ""
+        raw = self.rfile.read(length) if length else b""
+        if len(raw) < length:
+            # The client went away before its body arrived (e.g. it was killed between the
+            # headers and the body): a server never acts on half a request.
+            self.close_connection = True
+            return
+        body = raw.decode()
         url = urlsplit(self.path)
         if url.path.startswith("/i/"):
             self._hosted(method, url.path)
