@@ -93,3 +93,23 @@ def test_every_fault_at_once_provisions_every_deal_once() -> None:
         _assert_all_once(stack, deals_n)
         stats = stack.stripe.stats.snapshot()
         assert stats.server_errors > 0
+
+
+def test_a_request_cut_before_its_body_creates_nothing_in_the_emulator() -> None:
+    """A worker killed between a POST's headers and its body must leave no object behind
+    (and no idempotency key taken), as with Stripe; the kill drill depends on it."""
+    import socket
+
+    from sf_bridge.sandbox.stripe_emulator import StripeEmulator
+
+    with StripeEmulator() as emulator:
+        with socket.create_connection((emulator.host, emulator.port)) as sock:
+            sock.sendall(
+                b"POST /v1/customers HTTP/1.1\r\nHost: stripe\r\n"
+                b"Authorization: Bearer " + emulator.api_key.encode() + b"\r\n"
+                b"Idempotency-Key: cut-before-body\r\n"
+                b"Content-Type: application/x-www-form-urlencoded\r\n"
+                b"Content-Length: 40\r\n\r\n"
+            )
+        time.sleep(0.5)  # what the server would do with the request, it has done by now
+        assert emulator.count("customer") == 0
