@@ -49,13 +49,21 @@ def fetch_batch(prov: Provisioner, crm: CrmGateway | None, limit: int = BATCH_LI
     ids = prov.claim((STEP_FETCH,), min(limit, BATCH_LIMIT))
     if not ids:
         return []
+    try:
+        _fetch_claimed(prov, crm, ids)
+    finally:
+        prov.done_with(ids)
+    return ids
+
+
+def _fetch_claimed(prov: Provisioner, crm: CrmGateway, ids: list[int]) -> None:
     deals = _load(prov, ids)
     started = time.perf_counter()
     try:
         records = crm.fetch_opportunities([d.opportunity_id for d in deals])
     except Exception as exc:
         _fail(prov, deals, STEP_FETCH, exc, int((time.perf_counter() - started) * 1000))
-        return ids
+        return
     duration = int((time.perf_counter() - started) * 1000)
     by_id: dict[str, dict[str, Any]] = {}
     for record in records:
@@ -107,7 +115,6 @@ def fetch_batch(prov: Provisioner, crm: CrmGateway | None, limit: int = BATCH_LI
     for deal, _record in found:
         prov.hooks.after_commit(STEP_FETCH, deal.id)
     log.info("fetch_batch_done", deals=len(deals), found=len(found), duration_ms=duration)
-    return ids
 
 
 def _fail(prov: Provisioner, deals: list[Deal], step: str, exc: Exception, duration: int) -> None:
@@ -210,6 +217,16 @@ def write_back_batch(
     ids = prov.claim((STEP_WRITE_BACK,), min(limit, BATCH_LIMIT))
     if not ids:
         return []
+    try:
+        _write_back_claimed(prov, crm, mappings_loader, ids)
+    finally:
+        prov.done_with(ids)
+    return ids
+
+
+def _write_back_claimed(
+    prov: Provisioner, crm: CrmGateway | None, mappings_loader: Callable[[], Any], ids: list[int]
+) -> None:
     deals = _load(prov, ids)
     now = prov.clock()
     started = time.perf_counter()
@@ -224,7 +241,7 @@ def write_back_batch(
         results = crm.write_back(updates) if (crm is not None and updates) else []
     except Exception as exc:
         _fail(prov, deals, STEP_WRITE_BACK, exc, int((time.perf_counter() - started) * 1000))
-        return ids
+        return
     duration = int((time.perf_counter() - started) * 1000)
     written = {u.opportunity_id for u in updates}
     failed = {r.opportunity_id: r for r in results if not r.ok}
@@ -280,7 +297,6 @@ def write_back_batch(
     for deal in ok:
         prov.hooks.after_commit(STEP_WRITE_BACK, deal.id)
     log.info("write_back_batch_done", deals=len(deals), written=len(written), duration_ms=duration)
-    return ids
 
 
 ERROR_TEXT_LIMIT = 255  # Opportunity text fields hold 255 characters

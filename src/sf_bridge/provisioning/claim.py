@@ -142,20 +142,27 @@ def unlock_account(session: Session, *, account_id: str, holder: str) -> None:
     )
 
 
-def renew_leases(session: Session, *, owner: str, until: datetime) -> int:
-    """Extends every lease `owner` holds (deals and account locks) to `until`; returns how
-    many deals it still holds. A live worker calls this periodically, so leases can be short
-    and the deals of a worker that died are taken over quickly. Commits."""
+def renew_leases(
+    session: Session, *, owner: str, until: datetime, deal_ids: Collection[int]
+) -> int:
+    """Extends the leases `owner` holds on the deals it is working on now (and their account
+    locks) to `until`; returns how many of those deals it still holds. A live worker calls
+    this periodically, so leases can be short and the deals of a worker that died are taken
+    over quickly. Only the deals in work are renewed: a deal a failed run or batch left leased
+    runs out its lease and is claimed again. Commits."""
+    ids = sorted(deal_ids)
+    if not ids:
+        return 0
     with session.begin():
         result = session.execute(
             update(Deal)
-            .where(Deal.locked_by == owner)
+            .where(Deal.locked_by == owner, Deal.id.in_(ids))
             .values(locked_until=until)
             .execution_options(synchronize_session=False)
         )
         session.execute(
             update(Customer)
-            .where(Customer.locked_by.startswith(f"{owner}:", autoescape=True))
+            .where(Customer.locked_by.in_([f"{owner}:{i}" for i in ids]))
             .values(locked_until=until)
             .execution_options(synchronize_session=False)
         )

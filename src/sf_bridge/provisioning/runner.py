@@ -91,6 +91,8 @@ class Provisioner:
         self.options = options
         self.clock = clock
         self.hooks = hooks or StepHooks()
+        self._in_work: set[int] = set()
+        self._in_work_lock = threading.Lock()
 
     @property
     def owner(self) -> str:
@@ -99,8 +101,10 @@ class Provisioner:
     # claiming ------------------------------------------------------------------------------
 
     def claim(self, steps: tuple[str, ...], limit: int) -> list[int]:
+        """Claims due deals; they count as in work (their leases renewed by the heartbeat)
+        until `done_with` is called for them."""
         with self.db() as session:
-            return claim.claim_deals(
+            ids = claim.claim_deals(
                 session,
                 steps=steps,
                 owner=self.owner,
@@ -108,6 +112,18 @@ class Provisioner:
                 lease=self.options.lease,
                 limit=limit,
             )
+        with self._in_work_lock:
+            self._in_work.update(ids)
+        return ids
+
+    def done_with(self, deal_ids: list[int]) -> None:
+        """These deals are no longer in work here, whatever happened to them."""
+        with self._in_work_lock:
+            self._in_work.difference_update(deal_ids)
+
+    def in_work(self) -> set[int]:
+        with self._in_work_lock:
+            return set(self._in_work)
 
     def release(self, deal_id: int) -> None:
         with self.db() as session, session.begin():
@@ -126,6 +142,8 @@ class Provisioner:
             # lease for ever: give the deal and its account lock back, as a crash would.
             self._abandon(deal_id)
             raise
+        finally:
+            self.done_with([deal_id])
 
     def _abandon(self, deal_id: int) -> None:
         try:

@@ -95,7 +95,12 @@ class _Heartbeat:
             prov = self._provisioner
             try:
                 with prov.db() as session:
-                    claim.renew_leases(session, owner=prov.owner, until=prov.clock() + self._lease)
+                    claim.renew_leases(
+                        session,
+                        owner=prov.owner,
+                        until=prov.clock() + self._lease,
+                        deal_ids=prov.in_work(),
+                    )
             except Exception as exc:  # the next beat tries again; leases last a while
                 log.warning("lease_renewal_failed", error=str(exc), error_type=type(exc).__name__)
 

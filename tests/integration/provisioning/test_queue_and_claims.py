@@ -187,7 +187,7 @@ def test_renewed_leases_hold_until_their_owner_stops_renewing(
         )
     later = now + LEASE + timedelta(seconds=1)
     with session_factory() as session:
-        assert claim.renew_leases(session, owner="a", until=later + LEASE) == 2
+        assert claim.renew_leases(session, owner="a", until=later + LEASE, deal_ids=held) == 2
     with session_factory() as session:
         assert (
             claim.claim_deals(session, steps=("fetch",), owner="b", now=later, lease=LEASE, limit=2)
@@ -208,3 +208,23 @@ def test_renewed_leases_hold_until_their_owner_stops_renewing(
             )
             == 2
         )
+
+
+def test_only_deals_in_work_are_renewed(session_factory: sessionmaker[Session]) -> None:
+    """A deal a failed run or batch left leased is not renewed by the live worker's heartbeat:
+    its lease runs out and another worker (or this one) claims it again."""
+    now = datetime.now(UTC)
+    with session_factory() as session, session.begin():
+        enqueue_opportunities(session, _ids(2), source="stream")
+    with session_factory() as session:
+        in_work, left_behind = claim.claim_deals(
+            session, steps=("fetch",), owner="a", now=now, lease=LEASE, limit=2
+        )
+    later = now + LEASE + timedelta(seconds=1)
+    with session_factory() as session:
+        assert claim.renew_leases(session, owner="a", until=later + LEASE, deal_ids=[in_work]) == 1
+    with session_factory() as session:
+        taken = claim.claim_deals(
+            session, steps=("fetch",), owner="b", now=later, lease=LEASE, limit=2
+        )
+    assert taken == [left_behind]
