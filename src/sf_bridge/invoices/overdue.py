@@ -147,93 +147,85 @@ def apply_overdue_policy(
         return []
     actions: list[OverdueAction] = []
     for c in _candidates(session_factory, now - timedelta(days=grace_days)):
-        days = _days_overdue(c.due_at, now)
-        try:
-            invoice = billing.get_invoice(c.invoice_id)
-        except SfBridgeError as exc:
-            action = OverdueAction(
-                c.deal_id,
-                c.opportunity_id,
-                c.invoice_id,
-                c.subscription_id,
-                c.due_at,
-                days,
-                "failed",
-                "could not read the invoice from Stripe",
-                error=exc.user_message(),
-            )
-            actions.append(action)
-            _log(action, dry_run)
-            continue
-        if invoice.status != "open" or (
-            invoice.due_date is not None and invoice.due_date > now - timedelta(days=grace_days)
-        ):
-            action = _not_overdue(
-                session_factory, c, invoice.status, invoice.due_date, now, days, dry_run
-            )
-            actions.append(action)
-            _log(action, dry_run)
-            continue
-        reason = (
-            f"invoice {c.invoice_id} unpaid {days} days after its due date "
-            f"{c.due_at.date().isoformat() if c.due_at else '?'} (grace period {grace_days} days)"
-        )
-        if dry_run:
-            action = OverdueAction(
-                c.deal_id,
-                c.opportunity_id,
-                c.invoice_id,
-                c.subscription_id,
-                c.due_at,
-                days,
-                "would_cancel",
-                reason,
-            )
-            actions.append(action)
-            _log(action, dry_run)
-            continue
-        try:
-            _cancel(billing, c)
-        except SfBridgeError as exc:
-            action = OverdueAction(
-                c.deal_id,
-                c.opportunity_id,
-                c.invoice_id,
-                c.subscription_id,
-                c.due_at,
-                days,
-                "failed",
-                reason,
-                error=exc.user_message(),
-            )
-            actions.append(action)
-            _log(action, dry_run)
-            continue
-        with transaction(session_factory) as session:
-            _, revoked = record_subscription_ended(
-                session, c.subscription_id, f"overdue: {reason}", how="overdue policy"
-            )
-            deal = session.get_one(Deal, c.deal_id)
-            deal.last_error = f"Subscription cancelled: {reason}."
-            deal.last_error_code = "invoice_overdue"
-        action = OverdueAction(
-            c.deal_id,
-            c.opportunity_id,
-            c.invoice_id,
-            c.subscription_id,
-            c.due_at,
-            days,
-            "cancelled",
-            reason,
-            grants_revoked=revoked,
+        action = _apply_one(
+            session_factory, billing, c, now=now, grace_days=grace_days, dry_run=dry_run
         )
         actions.append(action)
+        if action.action != "cancelled":  # cancellations are logged after their write-back
+            _log(action, dry_run)
     if not dry_run and crm is not None and write_back is not None:
         actions = _write_back(session_factory, crm, write_back, actions)
     for action in actions:
         if action.action == "cancelled":
             _log(action, dry_run)
     return actions
+
+
+def _action(
+    c: _Candidate,
+    days: int,
+    kind: ActionKind,
+    reason: str,
+    *,
+    due_at: datetime | None = None,
+    grants_revoked: int = 0,
+    error: str | None = None,
+) -> OverdueAction:
+    return OverdueAction(
+        c.deal_id,
+        c.opportunity_id,
+        c.invoice_id,
+        c.subscription_id,
+        due_at if due_at is not None else c.due_at,
+        days,
+        kind,
+        reason,
+        grants_revoked=grants_revoked,
+        error=error,
+    )
+
+
+def _apply_one(
+    session_factory: sessionmaker[Session],
+    billing: BillingGateway,
+    c: _Candidate,
+    *,
+    now: datetime,
+    grace_days: int,
+    dry_run: bool,
+) -> OverdueAction:
+    """Decides on one deal's invoice from Stripe's current view of it, and acts unless dry."""
+    days = _days_overdue(c.due_at, now)
+    try:
+        invoice = billing.get_invoice(c.invoice_id)
+    except SfBridgeError as exc:
+        return _action(
+            c, days, "failed", "could not read the invoice from Stripe", error=exc.user_message()
+        )
+    if invoice.status != "open" or (
+        invoice.due_date is not None and invoice.due_date > now - timedelta(days=grace_days)
+    ):
+        return _not_overdue(
+            session_factory, c, invoice.status, invoice.due_date, now, days, dry_run
+        )
+    reason = (
+        f"invoice {c.invoice_id} unpaid {days} days after its due date "
+        f"{c.due_at.date().isoformat() if c.due_at else '?'} (grace period {grace_days} days)"
+    )
+    if dry_run:
+        return _action(c, days, "would_cancel", reason)
+    try:
+        _cancel(billing, c)
+    except SfBridgeError as exc:
+        return _action(c, days, "failed", reason, error=exc.user_message())
+    with transaction(session_factory) as session:
+        _, revoked = record_subscription_ended(
+            session, c.subscription_id, f"overdue: {reason}", how="overdue policy"
+        )
+        deal = session.get_one(Deal, c.deal_id)
+        deal.last_error = f"Subscription cancelled: {reason}."
+        deal.last_error_code = "invoice_overdue"
+    return _action(c, days, "cancelled", reason, grants_revoked=revoked)
 
 
 def _not_overdue(
@@ -261,25 +253,13 @@ def _not_overdue(
             elif due_date is not None and due_date != deal.invoice_due_at:
                 deal.invoice_due_at = due_date
     if status != "open":
-        return OverdueAction(
-            c.deal_id,
-            c.opportunity_id,
-            c.invoice_id,
-            c.subscription_id,
-            c.due_at,
-            days,
-            "no_longer_open",
-            f"Stripe shows invoice {c.invoice_id} {status}",
-        )
-    return OverdueAction(
-        c.deal_id,
-        c.opportunity_id,
-        c.invoice_id,
-        c.subscription_id,
-        due_date,
+        return _action(c, days, "no_longer_open", f"Stripe shows invoice {c.invoice_id} {status}")
+    return _action(
+        c,
         _days_overdue(due_date, now),
         "not_yet_due",
         f"Stripe shows invoice {c.invoice_id} due {due_date.isoformat() if due_date else '?'}",
+        due_at=due_date,
     )
 
 
