@@ -15,6 +15,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sf_bridge.api import entitlement_routes, ops_routes, webhook_routes
 from sf_bridge.api.auth import ApiKeys
@@ -71,6 +72,36 @@ async def server_error(request: Request, exc: Exception) -> Response:
     )
 
 
+class AnswerServerErrors:
+    """Answers an unhandled exception with the 500 JSON body and ends there. Starlette's own
+    handler for `Exception` re-raises after answering, which makes the server drop the
+    keep-alive connection: a client (Stripe redelivering a webhook) reusing it would see a
+    reset instead of an answer."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watch(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        except Exception as exc:
+            if started:  # too late for a clean answer: let the server close the connection
+                raise
+            response = await server_error(Request(scope), exc)
+            await response(scope, receive, send)
+
+
 @asynccontextmanager
 async def _lifespan(app: Starlette) -> AsyncIterator[None]:
     yield
@@ -118,8 +149,11 @@ def create_app(
             *ops_routes.routes,
             Route("/openapi.json", openapi, methods=["GET"]),
         ],
-        middleware=[Middleware(BodySizeLimit, max_bytes=max_body_bytes)],
-        exception_handlers={HTTPException: http_error, Exception: server_error},
+        middleware=[
+            Middleware(AnswerServerErrors),
+            Middleware(BodySizeLimit, max_bytes=max_body_bytes),
+        ],
+        exception_handlers={HTTPException: http_error},
         lifespan=_lifespan,
     )
     app.state.ctx = ctx
