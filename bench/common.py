@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -542,6 +542,24 @@ class Stack:
             "duplicate_subscriptions": sum(n - 1 for n in subscriptions.values() if n > 1),
             "duplicate_invoices": sum(n - 1 for n in invoices.values() if n > 1),
         }
+
+
+def every_deal_once(counts: Mapping[str, int], dup: Mapping[str, int], deals: int) -> bool:
+    """A drill's verdict: every deal done and exactly one customer, subscription and invoice
+    per deal in the emulator. Prints the PASS/FAIL line and returns whether it passed."""
+    ok = (
+        counts.get("done", 0) == deals
+        and dup["customers"] == deals
+        and dup["subscriptions"] == deals
+        and dup["invoices"] == deals
+    )
+    print(
+        f"\n{'PASS' if ok else 'FAIL'}: {counts.get('done', 0)}/{deals} deals done, "
+        f"{dup['duplicate_customers']} duplicate customers, "
+        f"{dup['duplicate_subscriptions']} duplicate subscriptions, "
+        f"{dup['duplicate_invoices']} duplicate invoices"
+    )
+    return ok
 
 
 def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:

@@ -22,7 +22,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from bench.common import Stack, StackConfig, add_common_arguments, print_header, print_load_after
+from bench.common import (
+    Stack,
+    StackConfig,
+    add_common_arguments,
+    every_deal_once,
+    print_header,
+    print_load_after,
+)
 from sf_bridge.sandbox.stripe_emulator import Faults
 
 
@@ -109,18 +116,7 @@ def main() -> int:
             f"{snap.rate_limited} answered 429"
         )
         print(f"emulator: {dup}")
-        ok = (
-            counts["done"] == args.deals
-            and dup["customers"] == args.deals
-            and dup["subscriptions"] == args.deals
-            and dup["invoices"] == args.deals
-        )
-        print(
-            f"\n{'PASS' if ok else 'FAIL'}: {counts['done']}/{args.deals} deals done, "
-            f"{dup['duplicate_customers']} duplicate customers, "
-            f"{dup['duplicate_subscriptions']} duplicate subscriptions, "
-            f"{dup['duplicate_invoices']} duplicate invoices"
-        )
+        ok = every_deal_once(counts, dup, args.deals)
         if not ok:
             print(stack.workers[-1].log_tail(30))
     print_load_after()

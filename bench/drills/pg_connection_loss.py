@@ -24,6 +24,7 @@ from bench.common import (
     PG_ADMIN_URL,
     Stack,
     StackConfig,
+    every_deal_once,
     print_header,
     print_load_after,
 )
@@ -98,19 +99,10 @@ def main() -> int:
             f"{log.count('thread_failed')} threads failed"
         )
         print(f"emulator: {dup}")
-        ok = (
-            worker.alive()
-            and counts["done"] == args.deals
-            and dup["customers"] == args.deals
-            and dup["subscriptions"] == args.deals
-            and dup["invoices"] == args.deals
-        )
-        print(
-            f"\n{'PASS' if ok else 'FAIL'}: {counts['done']}/{args.deals} deals done, "
-            f"{dup['duplicate_customers']} duplicate customers, "
-            f"{dup['duplicate_subscriptions']} duplicate subscriptions, "
-            f"{dup['duplicate_invoices']} duplicate invoices"
-        )
+        alive = worker.alive()
+        ok = every_deal_once(counts, dup, args.deals) and alive
+        if not alive:
+            print("FAIL: the worker exited instead of reconnecting to PostgreSQL")
     print_load_after()
     return 0 if ok else 1
 
