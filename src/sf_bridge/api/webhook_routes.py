@@ -1,8 +1,9 @@
-"""POST /webhooks/stripe: verify the signature, then process the event once."""
+"""POST /webhooks/stripe: verify the signature and its timestamp, then process the event once."""
 
 from __future__ import annotations
 
 import json
+import time
 
 import stripe
 from starlette.concurrency import run_in_threadpool
@@ -12,6 +13,7 @@ from starlette.routing import Route
 
 from sf_bridge.api.context import ApiContext
 from sf_bridge.api.responses import error_response, json_response
+from sf_bridge.api.webhook_signature import TimestampOutsideTolerance, verify_delivery
 from sf_bridge.invoices.webhooks import process_event
 from sf_bridge.logging import get_logger
 from sf_bridge.metrics import HTTP_REQUEST_SECONDS, WEBHOOK_EVENTS
@@ -41,8 +43,12 @@ async def _stripe_webhook(request: Request) -> Response:
             "send events from Stripe (or sign them with the endpoint secret).",
         )
     try:
-        stripe.Webhook.construct_event(
-            payload, signature, secret.get_secret_value(), tolerance=ctx.webhook_tolerance_seconds
+        verify_delivery(
+            payload,
+            signature,
+            secret.get_secret_value(),
+            ctx.webhook_tolerance_seconds,
+            now=time.time(),
         )
     except stripe.SignatureVerificationError as exc:
         WEBHOOK_EVENTS.labels("unknown", "bad_signature").inc()
@@ -51,13 +57,31 @@ async def _stripe_webhook(request: Request) -> Response:
             400,
             "bad_signature",
             f"The Stripe-Signature does not verify: {exc.user_message or exc}.",
-            "check that STRIPE_WEBHOOK_SECRET is this endpoint's signing secret and that the "
-            f"sender's clock is within {ctx.webhook_tolerance_seconds} s of ours.",
+            "check that STRIPE_WEBHOOK_SECRET is this endpoint's signing secret.",
         )
+    except TimestampOutsideTolerance as exc:
+        WEBHOOK_EVENTS.labels("unknown", "bad_timestamp").inc()
+        log.warning(
+            "stripe_webhook_refused",
+            reason="timestamp_outside_tolerance",
+            skew_seconds=exc.skew_seconds,
+            tolerance_seconds=exc.tolerance_seconds,
+        )
+        return error_response(
+            400,
+            "timestamp_outside_tolerance",
+            str(exc),
+            "a delivery is signed when Stripe sends it: a replayed request is refused. If "
+            "Stripe's own deliveries are refused, set this server's clock right (NTP).",
+        )
+    except ValueError:  # a body that is not UTF-8 text
+        WEBHOOK_EVENTS.labels("unknown", "bad_payload").inc()
+        return error_response(400, "bad_payload", "The event body is not JSON.")
+    try:
+        event = json.loads(payload)
     except ValueError:
         WEBHOOK_EVENTS.labels("unknown", "bad_payload").inc()
         return error_response(400, "bad_payload", "The event body is not JSON.")
-    event = json.loads(payload)
     if not isinstance(event, dict) or not event.get("id") or not event.get("type"):
         WEBHOOK_EVENTS.labels("unknown", "bad_payload").inc()
         return error_response(400, "bad_payload", "The body is not a Stripe event (id, type).")

@@ -9,12 +9,13 @@ Whether to retry is decided in one place, `sf_bridge.provisioning.retry`.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import stripe
 
+from sf_bridge.billing.metadata import MAX_VALUE_LENGTH, shortened_keys, stripe_metadata
 from sf_bridge.billing.port import (
     BillingCustomer,
     BillingInvoice,
@@ -166,10 +167,10 @@ def _subscription(data: dict[str, Any], request_id: str | None) -> BillingSubscr
 
 
 def _invoice(data: dict[str, Any], request_id: str | None) -> BillingInvoice:
-    subscription = data.get("subscription")
-    if subscription is None:
-        parent = data.get("parent") or {}
-        subscription = (parent.get("subscription_details") or {}).get("subscription")
+    # The SDK's pinned API version names an invoice's subscription only here (there is no
+    # top-level `invoice.subscription` since 2025-03-31.basil).
+    parent = data.get("parent") or {}
+    subscription = (parent.get("subscription_details") or {}).get("subscription")
     return BillingInvoice(
         id=data["id"],
         status=str(data.get("status", "")),
@@ -182,6 +183,12 @@ def _invoice(data: dict[str, Any], request_id: str | None) -> BillingInvoice:
         currency=data.get("currency"),
         request_id=request_id,
     )
+
+
+def _log_shortened(kind: str, metadata: Mapping[str, str]) -> None:
+    keys = shortened_keys(metadata)
+    if keys:
+        log.info("stripe_metadata_shortened", object=kind, keys=keys, limit=MAX_VALUE_LENGTH)
 
 
 def _search_literal(value: str) -> str:
@@ -318,7 +325,8 @@ class StripeGateway:
         return None
 
     def create_customer(self, spec: CustomerSpec, *, idempotency_key: str) -> BillingCustomer:
-        params: dict[str, Any] = {"name": spec.name, "metadata": dict(spec.metadata)}
+        _log_shortened("customer", spec.metadata)
+        params: dict[str, Any] = {"name": spec.name, "metadata": stripe_metadata(spec.metadata)}
         if spec.email:
             params["email"] = spec.email
         obj = self._call(
@@ -352,6 +360,7 @@ class StripeGateway:
     def create_subscription(
         self, spec: SubscriptionSpec, *, idempotency_key: str
     ) -> BillingSubscription:
+        _log_shortened("subscription", spec.metadata)
         params = subscription_params(spec)
         obj = self._call(
             "create a subscription",
@@ -432,7 +441,7 @@ def subscription_params(spec: SubscriptionSpec) -> dict[str, Any]:
     params: dict[str, Any] = {
         "customer": spec.customer,
         "items": items,
-        "metadata": dict(spec.metadata),
+        "metadata": stripe_metadata(spec.metadata),
         "collection_method": spec.collection_method,
     }
     if spec.collection_method == "send_invoice":

@@ -52,10 +52,9 @@ def _id(value: Any) -> str | None:
 
 
 def invoice_subscription_id(invoice: Mapping[str, Any]) -> str | None:
-    """The invoice's subscription, in the field of older and newer Stripe API versions."""
-    direct = _id(invoice.get("subscription"))
-    if direct:
-        return direct
+    """The invoice's subscription, under `parent.subscription_details` as the pinned Stripe
+    API version has it (events come in the webhook endpoint's API version: see
+    docs/setup-stripe.md); there is no top-level `invoice.subscription` to read."""
     parent = invoice.get("parent") or {}
     details = parent.get("subscription_details") or {} if isinstance(parent, Mapping) else {}
     return _id(details.get("subscription")) if isinstance(details, Mapping) else None

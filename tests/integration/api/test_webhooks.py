@@ -19,7 +19,11 @@ from tests.fixtures.api import (
     stripe_event,
 )
 
-INVOICE = {"id": "in_test_1", "object": "invoice", "subscription": "sub_test_1"}
+INVOICE = {
+    "id": "in_test_1",
+    "object": "invoice",
+    "parent": {"subscription_details": {"subscription": "sub_test_1"}},
+}
 SUBSCRIPTION = {"id": "sub_test_1", "object": "subscription"}
 
 
@@ -64,6 +68,37 @@ def test_bad_signatures_and_old_timestamps_are_refused(
     assert _active_grants(api_server) == 3
     with api_server.session_factory() as session:
         assert session.scalars(select(WebhookEvent)).all() == []
+
+
+def test_timestamps_outside_the_tolerance_are_refused_in_both_directions(
+    api_server: ApiServer, post_event: PostEvent
+) -> None:
+    """Signed with the right secret, but an hour ahead of (or behind) this server's clock: a
+    replay, or a clock that is off. The stripe SDK alone refuses only the past."""
+    seed_deal(api_server.session_factory, STANDARD_ENTITLEMENTS)
+    payload = stripe_event("evt_when", "customer.subscription.deleted", SUBSCRIPTION)
+    now = int(time.time())
+
+    future = post_event(payload, signature=sign(payload, timestamp=now + 3600))
+    assert future.status_code == 400
+    error = future.json()["error"]
+    assert error["code"] == "timestamp_outside_tolerance"
+    assert "ahead of this server's clock" in error["message"]
+    assert "tolerance of 300 s" in error["message"]
+    assert "NTP" in error["hint"]
+
+    past = post_event(payload, signature=sign(payload, timestamp=now - 3600))
+    assert past.status_code == 400
+    assert past.json()["error"]["code"] == "timestamp_outside_tolerance"
+    assert "behind this server's clock" in past.json()["error"]["message"]
+
+    # Nothing was applied or remembered; a delivery signed within the tolerance is accepted.
+    assert _active_grants(api_server) == 3
+    with api_server.session_factory() as session:
+        assert session.scalars(select(WebhookEvent)).all() == []
+    slightly_ahead = post_event(payload, signature=sign(payload, timestamp=now + 60))
+    assert slightly_ahead.status_code == 200
+    assert slightly_ahead.json()["outcome"] == "subscription_cancelled"
 
 
 def test_a_replayed_event_is_applied_once(api_server: ApiServer, post_event: PostEvent) -> None:
@@ -168,7 +203,8 @@ def test_payment_failed_and_overdue_are_recorded_on_an_open_invoice(
     overdue = stripe_event("evt_o", "invoice.overdue", {**INVOICE, "status": "open"})
     assert post_event(failed).json()["outcome"] == "payment_failed_recorded"
     assert post_event(overdue).json()["outcome"] == "overdue_recorded"
-    # Newer API versions name the subscription under parent.subscription_details.
+    # A renewal (not the deal's first invoice) is matched by the subscription it names under
+    # parent.subscription_details, where the pinned API version has it.
     renewal = {
         "id": "in_renewal",
         "object": "invoice",
@@ -180,6 +216,11 @@ def test_payment_failed_and_overdue_are_recorded_on_an_open_invoice(
     )
     unknown = stripe_event("evt_u", "invoice.paid", {"id": "in_other", "status": "paid"})
     assert post_event(unknown).json()["outcome"] == "unknown_invoice"
+    # The pinned API version has no top-level invoice.subscription: it is not read.
+    old_shape = {"id": "in_old_shape", "status": "paid", "subscription": "sub_test_1"}
+    assert post_event(stripe_event("evt_old", "invoice.paid", old_shape)).json()["outcome"] == (
+        "unknown_invoice"
+    )
     ignored = stripe_event("evt_i", "charge.succeeded", {"id": "ch_1"})
     assert post_event(ignored).json()["outcome"] == "ignored"
 

@@ -62,8 +62,10 @@ class StripeApiError(Exception):
 
     @classmethod
     def missing(cls, kind: str, object_id: str, param: str = "id") -> StripeApiError:
+        """`resource_missing`: a 404 when the object is the one the URL names (`param="id"`),
+        a 400 when a request parameter names it (`customer`, `items[0][price]`...)."""
         return cls(
-            404,
+            404 if param == "id" else 400,
             "invalid_request_error",
             f"No such {kind}: '{object_id}'",
             code="resource_missing",

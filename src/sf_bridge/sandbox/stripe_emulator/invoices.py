@@ -8,7 +8,7 @@ from typing import Any
 from .catalog import Params
 from .clock import SECONDS_PER_DAY
 from .errors import StripeApiError
-from .objects import build, clone, list_object, new_id
+from .objects import build, clone, invoice_subscription, list_object, new_id
 from .store import RequestContext, Store, merge_metadata
 
 INVOICE_SEARCH_FIELDS = frozenset(
@@ -69,7 +69,6 @@ def create_subscription_invoice(
         customer_address=clone(customer["address"]),
         collection_method=sub["collection_method"],
         billing_reason=reason,
-        subscription=sub["id"],
         parent={
             "quote_details": None,
             "subscription_details": {
@@ -166,7 +165,7 @@ def finalize(
     invoice["hosted_invoice_url"] = f"{store.base_url}/i/{invoice['id']}"
     invoice["invoice_pdf"] = f"{store.base_url}/i/{invoice['id']}/pdf"
     if invoice["collection_method"] == "send_invoice":
-        sub = store.objects["subscription"].get(invoice["subscription"] or "")
+        sub = store.objects["subscription"].get(invoice_subscription(invoice) or "")
         days = sub["days_until_due"] if sub and sub["days_until_due"] is not None else 30
         invoice["due_date"] = now + days * SECONDS_PER_DAY
     store.emit("invoice.finalized", invoice, ctx)
@@ -187,7 +186,7 @@ def mark_paid(
     if charged:
         store.emit("invoice.payment_succeeded", invoice, ctx)
     store.emit("invoice.paid", invoice, ctx)
-    sub = store.objects["subscription"].get(invoice["subscription"] or "")
+    sub = store.objects["subscription"].get(invoice_subscription(invoice) or "")
     if (
         sub is not None
         and sub["status"] in ("incomplete", "past_due", "unpaid")
@@ -199,7 +198,7 @@ def mark_paid(
 def _has_unpaid_overdue(store: Store, sub_id: str) -> bool:
     now = store.now()
     return any(
-        inv["subscription"] == sub_id
+        invoice_subscription(inv) == sub_id
         and inv["status"] == "open"
         and inv["due_date"] is not None
         and inv["due_date"] < now
@@ -346,9 +345,11 @@ def update_invoice(
 
 def invoice_filter(params: Params) -> Any:
     def keep(invoice: dict[str, Any]) -> bool:
-        for field in ("customer", "subscription", "status", "collection_method"):
+        for field in ("customer", "status", "collection_method"):
             if params.get(field) and invoice[field] != params[field]:
                 return False
-        return True
+        return not params.get("subscription") or (
+            invoice_subscription(invoice) == params["subscription"]
+        )
 
     return keep

@@ -10,6 +10,18 @@ from .errors import StripeApiError
 from .objects import build, clone, new_id
 from .store import Store, merge_metadata
 
+# "A list of up to 20 subscription items" (the `items` of subscription create and update).
+MAX_ITEMS = 20
+
+
+def check_item_count(count: int) -> None:
+    """Stripe refuses a subscription (or an `items` list) of more than 20 items."""
+    if count > MAX_ITEMS:
+        raise StripeApiError.invalid_request(
+            f"A subscription can have up to {MAX_ITEMS} items, but you've set {count}.",
+            param="items",
+        )
+
 
 def plan_from_price(price: dict[str, Any]) -> dict[str, Any]:
     recurring = price["recurring"] or {}

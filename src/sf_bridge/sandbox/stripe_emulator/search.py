@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import StripeApiError
+from .objects import invoice_subscription
 
 _CLAUSE = re.compile(
     r"""\s*(?P<neg>-)?(?P<field>[a-z_]+(?:\[(?P<q>['"])(?P<key>[^'"]+)(?P=q)\])?)\s*
@@ -60,8 +61,14 @@ def parse(query: str, fields: frozenset[str]) -> tuple[str, list[Clause]]:
     return (joins.pop() if joins else "AND"), clauses
 
 
+def _field(obj: dict[str, Any], name: str) -> Any:
+    if name == "subscription" and obj.get("object") == "invoice":
+        return invoice_subscription(obj)  # searchable, though no longer a top-level field
+    return obj.get(name)
+
+
 def _clause_matches(clause: Clause, obj: dict[str, Any]) -> bool:
-    actual = obj.get(clause.field)
+    actual = _field(obj, clause.field)
     if clause.key is not None:
         actual = (actual or {}).get(clause.key)
     if clause.op == ":":

@@ -225,26 +225,41 @@ def page_limit(params: dict[str, Any]) -> int:
     return limit
 
 
+METADATA_MAX_KEYS = 50
+METADATA_MAX_KEY_LENGTH = 40
+METADATA_MAX_VALUE_LENGTH = 500
+
+
 def merge_metadata(current: dict[str, str], update: Any, param: str = "metadata") -> dict[str, str]:
-    """Stripe's metadata update: keys set to '' are removed, `metadata=''` clears all."""
+    """Stripe's metadata update: keys set to '' are removed, `metadata=''` clears all. Stripe
+    refuses (never cuts) a key over 40 characters, a value over 500, or more than 50 keys."""
     if update == "":
         return {}
     if not isinstance(update, dict):
         raise StripeApiError.invalid_request(f"Invalid object: {param}", param=param)
     merged = dict(current)
     for key, value in update.items():
-        if len(key) > 40:
+        text = str(value)
+        if len(key) > METADATA_MAX_KEY_LENGTH:
             raise StripeApiError.invalid_request(
-                f"Metadata keys must be at most 40 characters; '{key}' is too long.",
-                param=f"{param}[{key}]",
+                f"Invalid key: {key} must be a string under {METADATA_MAX_KEY_LENGTH} characters",
+                param=param,
             )
-        if value == "":
+        if len(text) > METADATA_MAX_VALUE_LENGTH:
+            raise StripeApiError.invalid_request(
+                f"Invalid val: {text} must be a string under {METADATA_MAX_VALUE_LENGTH} "
+                "characters",
+                param=param,
+            )
+        if text == "":
             merged.pop(key, None)
         else:
-            merged[key] = str(value)[:500]
-    if len(merged) > 50:
+            merged[key] = text
+    if len(merged) > METADATA_MAX_KEYS:
         raise StripeApiError.invalid_request(
-            "Metadata can have at most 50 keys.", param=param, code="parameter_invalid_string"
+            f"Metadata can have up to {METADATA_MAX_KEYS} keys, but you've set {len(merged)}. "
+            "Email us at support+metadata@stripe.com for more information.",
+            param=param,
         )
     return merged
 

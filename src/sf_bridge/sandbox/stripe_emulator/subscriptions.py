@@ -17,6 +17,7 @@ from .invoices import (
 )
 from .items import (
     check_compatible,
+    check_item_count,
     item_object,
     keep_inline_prices,
     plan_from_price,
@@ -71,6 +72,7 @@ def create_subscription(store: Store, params: Params, ctx: RequestContext) -> di
         raise StripeApiError.invalid_request(
             "Missing required param: items.", param="items", code="parameter_missing"
         )
+    check_item_count(len(items))
     method = _check_method(params.get("collection_method", "charge_automatically"))
     days = params.get("days_until_due")
     if method == "send_invoice" and days is None:
@@ -209,6 +211,7 @@ def _update(
 
 
 def _update_items(store: Store, sub: dict[str, Any], updates: list[Params]) -> None:
+    check_item_count(len(updates))
     current = {item["id"]: item for item in sub["items"]["data"]}
     period = (
         sub["items"]["data"][0]["current_period_start"],
@@ -240,6 +243,7 @@ def _update_items(store: Store, sub: dict[str, Any], updates: list[Params]) -> N
         raise StripeApiError.invalid_request(
             "A subscription must have at least one active plan.", param="items"
         )
+    check_item_count(len(current))
     check_compatible([item["price"] for item in current.values()])
     keep_inline_prices(store, [clone(item["price"]) for item in current.values()])
     sub["items"]["data"] = list(current.values())

@@ -17,7 +17,7 @@ from .invoices import (
     finalize,
     set_subscription_status,
 )
-from .objects import clone
+from .objects import clone, invoice_subscription
 from .store import SYSTEM, Store
 
 INCOMPLETE_EXPIRES_AFTER = 23 * 3600
@@ -89,7 +89,7 @@ def mark_overdue(store: Store, invoice: dict[str, Any]) -> None:
     """`invoice.overdue`; the subscription becomes `past_due` (Stripe's default settings)."""
     store.overdue_sent.add(invoice["id"])
     store.emit("invoice.overdue", invoice, SYSTEM)
-    sub = store.objects["subscription"].get(invoice["subscription"] or "")
+    sub = store.objects["subscription"].get(invoice_subscription(invoice) or "")
     if sub is not None and sub["status"] == "active":
         set_subscription_status(store, sub, "past_due", SYSTEM)
 
