@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from sf_bridge.config import Settings
 from sf_bridge.crm.port import ORG_CURRENCY_KEY
 from sf_bridge.crm.salesforce import SalesforceCrm
@@ -164,8 +166,11 @@ def test_preview_of_a_missing_file(tmp_path: Path) -> None:
     assert "does not exist" in done.stderr
 
 
-def test_preview_of_a_live_opportunity_in_the_sandbox_org() -> None:
-    with SalesforceSandbox(host="127.0.0.1", port=0, long_poll_seconds=5.0) as org:
+@pytest.mark.parametrize("multi_currency", [True, False], ids=["multi-currency", "single-currency"])
+def test_preview_of_a_live_opportunity_in_the_sandbox_org(multi_currency: bool) -> None:
+    with SalesforceSandbox(
+        host="127.0.0.1", port=0, long_poll_seconds=5.0, multi_currency=multi_currency
+    ) as org:
         prepare_for_mappings(org, load_mappings(EXAMPLE_MAPPINGS_DIR))
         account = org.create_account("Umbrella Health", Billing_Email__c="ap@umbrella.example")
         opportunity = org.create_opportunity(
@@ -199,6 +204,7 @@ def test_preview_of_a_live_opportunity_in_the_sandbox_org() -> None:
     assert plan["customer"]["email"] == "ap@umbrella.example"
     assert plan["billing"]["days_until_due"] == 45
     assert [i["unit_amount"] for i in plan["items"]] == [2_200_000, 18_000]
+    assert {i["currency"] for i in plan["items"]} == {"usd"}
     assert missing.returncode == 2
     assert "No opportunity with the Id 0068d00000009ZZ" in missing.stderr
 
