@@ -57,6 +57,12 @@ def check(
             f"{', '.join(c.upper() for c in mappings.currencies)} (mapping version "
             f"{mappings.version})."
         )
+        accepted = ", ".join(c.upper() for c in mappings.currencies)
+        typer.echo(
+            "Single-currency Salesforce orgs (no CurrencyIsoCode field) bill every deal in the "
+            f"org's corporate currency: it must be one of {accepted}. A record without "
+            f"CurrencyIsoCode (preview --file) is billed in {mappings.currencies[0].upper()}."
+        )
 
 
 def _records_from_file(path: Path) -> list[dict[str, Any]]:

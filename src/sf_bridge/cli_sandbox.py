@@ -40,6 +40,15 @@ def sandbox(
         "[env: SF_BRIDGE_MAPPINGS, default ./mappings]",
         show_default=False,
     ),
+    single_currency: bool = typer.Option(
+        False,
+        "--single-currency",
+        help="Behave like an org without multi-currency (most orgs): no object has "
+        "CurrencyIsoCode and every amount is in the corporate currency.",
+    ),
+    corporate_currency: str = typer.Option(
+        "USD", "--corporate-currency", help="The org's corporate currency (ISO code)."
+    ),
 ) -> None:
     """Starts only the sandbox Salesforce org and the Stripe emulator on loopback, prints the
     environment to point `sf-bridge run` / `serve` at them, and runs until Ctrl-C / SIGTERM."""
@@ -48,7 +57,12 @@ def sandbox(
     stop = threading.Event()
     previous = _on_signals(stop)
     folder = mappings_dir if mappings_dir is not None else get_settings().mappings_dir
-    org = SalesforceSandbox(host=host, port=sf_port)
+    org = SalesforceSandbox(
+        host=host,
+        port=sf_port,
+        multi_currency=not single_currency,
+        corporate_currency=corporate_currency,
+    )
     emulator: Any = None
     try:
         org.start()
@@ -122,6 +136,13 @@ def _start_stripe_emulator(host: str, port: int, mappings: Any) -> Any:
 
 def _print_environment(org: Any, emulator: Any) -> None:
     typer.echo(f"Salesforce sandbox org: {org.url}  (login and instance URL)")
+    if org.multi_currency:
+        typer.echo(f"  multi-currency, corporate currency {org.corporate_currency}")
+    else:
+        typer.echo(
+            f"  single currency {org.corporate_currency}: no object has CurrencyIsoCode "
+            "(Organization.DefaultCurrencyIsoCode names the currency)"
+        )
     typer.echo(
         f"  streaming channels: /data/OpportunityChangeEvent (default), /topic/{PUSH_TOPIC}, "
         f"/event/{PLATFORM_EVENT}"

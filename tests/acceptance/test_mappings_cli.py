@@ -8,6 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from sf_bridge.config import Settings
+from sf_bridge.crm.port import ORG_CURRENCY_KEY
+from sf_bridge.crm.salesforce import SalesforceCrm
 from sf_bridge.mapping import load_mappings
 from sf_bridge.sandbox.salesforce_org import SalesforceSandbox
 from sf_bridge.sandbox.salesforce_org.seeding import prepare_for_mappings
@@ -41,7 +46,12 @@ def test_check_of_the_example_mappings_prints_a_clean_summary() -> None:
     done = sf_bridge("mappings", "check", "mappings")
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("mappings: OK - 8 features, 3 plans, 3 add-ons, 11 products")
-    assert len(done.stdout.strip().splitlines()) == 1
+    _, single_currency = done.stdout.strip().splitlines()
+    assert single_currency == (
+        "Single-currency Salesforce orgs (no CurrencyIsoCode field) bill every deal in the org's "
+        "corporate currency: it must be one of USD, EUR. A record without CurrencyIsoCode "
+        "(preview --file) is billed in USD."
+    )
 
 
 def test_check_defaults_to_the_folder_in_the_environment(tmp_path: Path) -> None:
@@ -156,8 +166,11 @@ def test_preview_of_a_missing_file(tmp_path: Path) -> None:
     assert "does not exist" in done.stderr
 
 
-def test_preview_of_a_live_opportunity_in_the_sandbox_org() -> None:
-    with SalesforceSandbox(host="127.0.0.1", port=0, long_poll_seconds=5.0) as org:
+@pytest.mark.parametrize("multi_currency", [True, False], ids=["multi-currency", "single-currency"])
+def test_preview_of_a_live_opportunity_in_the_sandbox_org(multi_currency: bool) -> None:
+    with SalesforceSandbox(
+        host="127.0.0.1", port=0, long_poll_seconds=5.0, multi_currency=multi_currency
+    ) as org:
         prepare_for_mappings(org, load_mappings(EXAMPLE_MAPPINGS_DIR))
         account = org.create_account("Umbrella Health", Billing_Email__c="ap@umbrella.example")
         opportunity = org.create_opportunity(
@@ -191,5 +204,58 @@ def test_preview_of_a_live_opportunity_in_the_sandbox_org() -> None:
     assert plan["customer"]["email"] == "ap@umbrella.example"
     assert plan["billing"]["days_until_due"] == 45
     assert [i["unit_amount"] for i in plan["items"]] == [2_200_000, 18_000]
+    assert {i["currency"] for i in plan["items"]} == {"usd"}
     assert missing.returncode == 2
     assert "No opportunity with the Id 0068d00000009ZZ" in missing.stderr
+
+
+def test_preview_in_a_single_currency_org_bills_in_the_org_currency(tmp_path: Path) -> None:
+    """An org without multi-currency has no CurrencyIsoCode: the preview of a live deal bills
+    in the org's currency (EUR here, not the mapping's first currency), and so does the preview
+    of the record as sf-bridge fetched it; a record naming no currency at all says which one
+    it assumed."""
+    with SalesforceSandbox(
+        host="127.0.0.1",
+        port=0,
+        long_poll_seconds=5.0,
+        multi_currency=False,
+        corporate_currency="EUR",
+    ) as org:
+        mappings = load_mappings(EXAMPLE_MAPPINGS_DIR)
+        prepare_for_mappings(org, mappings)
+        account = org.create_account("Bluebird GmbH", Billing_Email__c="ap@bluebird.example")
+        opportunity = org.create_opportunity(
+            account,
+            "Bluebird - Team",
+            [{"product_code": "SB-TEAM-M", "quantity": 12, "unit_price": 14.0}],
+        )
+        env = {
+            "SF_LOGIN_URL": org.url,
+            "SF_USERNAME": org.username,
+            "SF_PASSWORD": org.password,
+            "SF_SECURITY_TOKEN": org.security_token,
+            "SF_CLIENT_ID": org.client_id,
+            "SF_CLIENT_SECRET": org.client_secret,
+        }
+        live = sf_bridge("mappings", "preview", "--opportunity-id", opportunity, "--json", env=env)
+        settings = Settings(**{k.lower(): v for k, v in env.items()})  # type: ignore[arg-type]
+        [fetched] = SalesforceCrm.from_settings(settings, mappings).fetch_opportunities(
+            [opportunity]
+        )
+    assert live.returncode == 0, live.stderr
+    items = json.loads(live.stdout)["plan"]["items"]
+    assert [(i["lookup_key"], i["currency"]) for i in items] == [("team_monthly_eur", "eur")]
+
+    snapshot = tmp_path / "fetched.json"
+    snapshot.write_text(json.dumps(fetched), encoding="utf-8")
+    from_file = sf_bridge("mappings", "preview", "--file", str(snapshot), "--json")
+    assert from_file.returncode == 0, from_file.stderr
+    assert json.loads(from_file.stdout)["plan"]["items"] == items
+
+    bare = {k: v for k, v in fetched.items() if k != ORG_CURRENCY_KEY}
+    assert "CurrencyIsoCode" not in bare
+    (tmp_path / "bare.json").write_text(json.dumps(bare), encoding="utf-8")
+    assumed = sf_bridge("mappings", "preview", "--file", str(tmp_path / "bare.json"))
+    assert assumed.returncode == 0, assumed.stderr
+    assert "no CurrencyIsoCode" in assumed.stdout
+    assert "billed in USD" in assumed.stdout

@@ -13,6 +13,11 @@ from typing import Any, Protocol
 
 Opportunity = dict[str, Any]  # a record exactly as the Salesforce REST query returns it
 
+# Fetched opportunities of an org without multi-currency (which has no `CurrencyIsoCode`
+# field) carry the org's one currency (`Organization.DefaultCurrencyIsoCode`) under this key,
+# so that the record alone says which currency the deal is in. Not a Salesforce field name.
+ORG_CURRENCY_KEY = "sf_bridge:OrgCurrencyIsoCode"
+
 
 @dataclass(frozen=True)
 class OpportunityUpdate:

@@ -2,6 +2,10 @@
 
 - Batch fetch: one SOQL query per 200 opportunity ids, line items as a subquery, the fields the
   mappings name; `nextRecordsUrl` (of the query and of a line-item subquery) followed.
+- Single-currency orgs: `CurrencyIsoCode` exists only with multi-currency. The first fetch that
+  selects it describes Opportunity once (cached for the gateway's life); when the field is
+  missing, it is left out of the query and every fetched record carries the org's currency
+  (`Organization.DefaultCurrencyIsoCode`) under `ORG_CURRENCY_KEY`.
 - `find_won_since` and `won_among` serve the sweep and the stream's re-reads.
 - `write_back`: PATCH composite/sobjects, 200 records per call, allOrNone false, per-record
   results.
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, Protocol, TypeVar
@@ -33,7 +38,13 @@ from sf_bridge.config import Settings
 from sf_bridge.crm import soql
 from sf_bridge.crm.auth import AccessToken, SalesforceCredentials, login
 from sf_bridge.crm.limits import ApiBudget
-from sf_bridge.crm.port import Opportunity, OpportunityUpdate, WonOpportunity, WriteBackResult
+from sf_bridge.crm.port import (
+    ORG_CURRENCY_KEY,
+    Opportunity,
+    OpportunityUpdate,
+    WonOpportunity,
+    WriteBackResult,
+)
 from sf_bridge.crm.transport import is_plain_http_loopback, make_http_session
 from sf_bridge.errors import CrmRejected, TransientError
 from sf_bridge.logging import get_logger
@@ -68,6 +79,15 @@ class SalesforceOptions(BaseSettings):
     api_reserve_fraction: float = Field(0.05, alias="SF_BRIDGE_SF_API_RESERVE")
     api_probe_interval: float = Field(60.0, alias="SF_BRIDGE_SF_API_PROBE_INTERVAL")
     limit_exceeded_backoff: float = Field(300.0, alias="SF_BRIDGE_SF_LIMIT_BACKOFF")
+
+
+@dataclass(frozen=True)
+class OrgCurrencies:
+    """What an org says about currencies: multi-currency (every record has `CurrencyIsoCode`)
+    or one corporate currency for every amount."""
+
+    multi_currency: bool
+    corporate_currency: str | None = None  # set when the org has a single currency
 
 
 def _json_value(value: Any) -> Any:
@@ -115,6 +135,8 @@ class SalesforceCrm:
         self.http = make_http_session(self._loopback_http)
         self._client: Salesforce | None = None
         self._lock = threading.Lock()
+        self._currencies: OrgCurrencies | None = None
+        self._currencies_lock = threading.Lock()
         self.calls = 0  # REST calls made (logins included), for measurements
 
     @classmethod
@@ -231,14 +253,18 @@ class SalesforceCrm:
         return self._call(what, run)
 
     def _query_all(self, query: str) -> list[dict[str, Any]]:
+        """Every record of a query. The child subqueries of a page are completed before the
+        next page is asked for: Salesforce's next page invalidates the previous page's child
+        cursors."""
         page = self._query_page("query", query=query)
-        records: list[dict[str, Any]] = list(page["records"])
-        while not page.get("done", True) and page.get("nextRecordsUrl"):
-            page = self._query_page("query_more", url=page["nextRecordsUrl"])
+        records: list[dict[str, Any]] = []
+        while True:
+            for record in page["records"]:
+                self._complete_children(record)
             records.extend(page["records"])
-        for record in records:
-            self._complete_children(record)
-        return records
+            if page.get("done", True) or not page.get("nextRecordsUrl"):
+                return records
+            page = self._query_page("query_more", url=page["nextRecordsUrl"])
 
     def _complete_children(self, record: dict[str, Any]) -> None:
         """Follows a line-item subquery's own nextRecordsUrl (large opportunities)."""
@@ -261,15 +287,67 @@ class SalesforceCrm:
         opportunity_fields, line_fields = resolved.query_fields()
         return list(opportunity_fields), list(line_fields)
 
+    # -- currencies ----------------------------------------------------------------------
+
+    def org_currencies(self) -> OrgCurrencies:
+        """Whether the org has multi-currency, and its one currency when it has not. Learned
+        on first use (one describe call, plus one query in a single-currency org) and kept."""
+        with self._currencies_lock:
+            if self._currencies is None:
+                self._currencies = self._learn_currencies()
+            return self._currencies
+
+    def _learn_currencies(self) -> OrgCurrencies:
+        timeout = self.request_timeout
+
+        def describe(client: Salesforce) -> Any:
+            return client.restful("sobjects/Opportunity/describe", timeout=timeout)
+
+        answer = self._call("describe", describe)
+        fields = answer.get("fields") if isinstance(answer, dict) else None
+        names = {str(f.get("name", "")).lower() for f in fields or [] if isinstance(f, dict)}
+        if soql.CURRENCY_FIELD.lower() in names:
+            return OrgCurrencies(multi_currency=True)
+        problem = (
+            "Salesforce's Opportunity has no CurrencyIsoCode field (the org does not use "
+            "multi-currency), and the org's currency could not be read from "
+            "Organization.DefaultCurrencyIsoCode"
+        )
+        hint = (
+            "give the integration user read access to the Organization object (the 'View Setup "
+            "and Configuration' permission), then replay."
+        )
+        try:
+            page = self._query_page("query", query=soql.ORGANIZATION_CURRENCY)
+        except CrmRejected as exc:
+            raise CrmRejected(f"{problem}: {exc.message}", hint=hint) from None
+        records = page.get("records") if isinstance(page, dict) else None
+        code = records[0].get("DefaultCurrencyIsoCode") if records else None
+        if not isinstance(code, str) or not code.strip():
+            raise CrmRejected(f"{problem}: it is empty.", hint=hint)
+        currency = code.strip().upper()
+        log.info("salesforce_single_currency_org", currency=currency)
+        return OrgCurrencies(multi_currency=False, corporate_currency=currency)
+
     def fetch_opportunities(self, opportunity_ids: list[str]) -> list[Opportunity]:
         ids, rejected = soql.split_ids(opportunity_ids)
         if rejected:
             log.warning("salesforce_ids_rejected", values=[repr(v)[:40] for v in rejected][:10])
         opportunity_fields, line_fields = self._query_fields()
+        org_currency: str | None = None
+        if ids and soql.names_currency([*opportunity_fields, *line_fields]):
+            currencies = self.org_currencies()
+            if not currencies.multi_currency:
+                opportunity_fields = soql.without_currency(opportunity_fields)
+                line_fields = soql.without_currency(line_fields)
+                org_currency = currencies.corporate_currency
         records: list[Opportunity] = []
         for batch in soql.chunks(ids):
             query = soql.opportunities_by_id(batch, opportunity_fields, line_fields)
             records.extend(self._query_all(query))
+        if org_currency is not None:
+            for record in records:
+                record[ORG_CURRENCY_KEY] = org_currency
         return records
 
     def find_won_since(self, since: datetime | None, limit: int = 2000) -> list[WonOpportunity]:

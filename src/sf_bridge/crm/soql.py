@@ -20,6 +20,9 @@ MAX_IDS_PER_QUERY = 200
 # Selected whatever the mapping says: intake and provisioning rely on them.
 REQUIRED_OPPORTUNITY_FIELDS = ("Id", "StageName", "IsWon", "LastModifiedDate", "AccountId")
 REQUIRED_LINE_FIELDS = ("Id",)
+# Exists only in orgs with multi-currency; a single-currency org's one currency is here:
+CURRENCY_FIELD = "CurrencyIsoCode"
+ORGANIZATION_CURRENCY = "SELECT DefaultCurrencyIsoCode FROM Organization"
 
 
 def is_salesforce_id(value: object) -> bool:
@@ -113,6 +116,15 @@ def parse_salesforce_datetime(value: str) -> datetime:
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
     return parsed.astimezone(UTC)
+
+
+def without_currency(fields: Iterable[str]) -> list[str]:
+    """The fields without the record's own `CurrencyIsoCode` (for single-currency orgs)."""
+    return [name for name in fields if name.lower() != CURRENCY_FIELD.lower()]
+
+
+def names_currency(fields: Iterable[str]) -> bool:
+    return any(name.lower() == CURRENCY_FIELD.lower() for name in fields)
 
 
 def opportunities_by_id(

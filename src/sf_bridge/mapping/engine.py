@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from sf_bridge.crm.port import ORG_CURRENCY_KEY
 from sf_bridge.mapping.codes import mapping_error
 from sf_bridge.mapping.fields import (
     line_items,
@@ -200,10 +201,32 @@ class _Mapper:
     # -- currency, interval, prices ----------------------------------------------------------
 
     def currency(self) -> str | None:
-        raw = self.opp.get("CurrencyIsoCode")
-        currency = str(raw).strip().lower() if not is_empty(raw) else self.m.currencies[0]
+        """The deal's `CurrencyIsoCode`; in an org without multi-currency, the org's currency
+        the fetch recorded (`ORG_CURRENCY_KEY`); failing both, the mapping's first currency."""
+        raw, org_raw = self.opp.get("CurrencyIsoCode"), self.opp.get(ORG_CURRENCY_KEY)
+        first = self.m.currencies[0]
+        if not is_empty(raw):
+            currency = str(raw).strip().lower()
+        elif not is_empty(org_raw):
+            currency = str(org_raw).strip().lower()
+        else:
+            currency = first
+            self.notes.append(
+                f"the deal names no currency (no CurrencyIsoCode): billed in {first.upper()}, "
+                "the first of the mapping's currencies."
+            )
         if currency not in self.m.currencies:
             accepted = ", ".join(c.upper() for c in self.m.currencies)
+            if is_empty(raw):
+                self.error(
+                    "unsupported_currency",
+                    f"the Salesforce org has a single currency, {currency.upper()} (no "
+                    f"multi-currency), but the mapping bills only in {accepted}.",
+                    f"add {currency.upper()} to 'currencies' and give every plan and add-on a "
+                    "price in it.",
+                    "Organization.DefaultCurrencyIsoCode",
+                )
+                return None
             self.error(
                 "unsupported_currency",
                 f"the deal is in {currency.upper()}, but the mapping bills only in {accepted}.",

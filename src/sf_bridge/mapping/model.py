@@ -17,7 +17,7 @@ BASE_OPPORTUNITY_FIELDS: tuple[str, ...] = (
     "Name",
     "AccountId",
     "Account.Name",
-    "CurrencyIsoCode",
+    "CurrencyIsoCode",  # left out in orgs without multi-currency (see sf_bridge.crm.salesforce)
     "StageName",
     "IsWon",
     "CloseDate",

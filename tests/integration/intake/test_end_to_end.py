@@ -35,9 +35,19 @@ def mappings() -> Any:
     return load_mappings(MAPPINGS)
 
 
-@pytest.fixture
-def org(mappings: Any) -> Iterator[SalesforceSandbox]:
-    sandbox = SalesforceSandbox(port=0, long_poll_seconds=1.0).start()
+# Most real orgs have a single currency (no CurrencyIsoCode field anywhere); the single-currency
+# org here bills in EUR, not the mapping's first currency, so its deals prove which one is used.
+ORG_CURRENCIES = {
+    "multi-currency": {"multi_currency": True, "corporate_currency": "USD"},
+    "single-currency": {"multi_currency": False, "corporate_currency": "EUR"},
+}
+
+
+@pytest.fixture(params=list(ORG_CURRENCIES))
+def org(request: pytest.FixtureRequest, mappings: Any) -> Iterator[SalesforceSandbox]:
+    sandbox = SalesforceSandbox(
+        port=0, long_poll_seconds=1.0, **ORG_CURRENCIES[request.param]
+    ).start()
     wanted = [
         (ref.obj, ref.path[-1])
         for ref in mappings.referenced_fields()
@@ -127,8 +137,24 @@ def start_worker(env: dict[str, str], poll_interval: float = 0.05) -> WorkerProc
     return process
 
 
+def preview_of_snapshot(session_factory: sessionmaker[Session], opp: str, folder: Path) -> Any:
+    """`sf-bridge mappings preview --file` of the opportunity as the worker fetched it."""
+    with session_factory() as session:
+        snapshot = session.scalars(select(Deal.opportunity).where(Deal.opportunity_id == opp)).one()
+    path = folder / "opportunity.json"
+    path.write_text(json.dumps(snapshot), encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SF_", "STRIPE_"))}
+    done = subprocess.run(
+        [sys.executable, "-m", "sf_bridge", "mappings", "preview", "--file", str(path),
+         "--json", "--mappings", str(MAPPINGS)],
+        capture_output=True, text=True, env=env, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    return json.loads(done.stdout)["plan"]
+
+
 def test_closed_deal_is_provisioned_with_status_and_links_on_the_opportunity(
-    org: SalesforceSandbox, stripe: StripeEmulator, db_url: str, session_factory
+    org: SalesforceSandbox, stripe: StripeEmulator, db_url: str, session_factory, tmp_path
 ):
     worker = start_worker(environment(org, stripe, db_url))
     try:
@@ -150,7 +176,18 @@ def test_closed_deal_is_provisioned_with_status_and_links_on_the_opportunity(
     assert str(record["Stripe_Invoice_URL__c"]).startswith("http")
     assert not record.get("SF_Bridge_Error__c")
     assert stripe.count("customer") == 1
-    assert stripe.count("subscription") == 1
+    [subscription] = stripe.objects("subscription")
+    assert subscription["currency"] == org.corporate_currency.lower()
+    assert stripe.objects("invoice")[0]["currency"] == org.corporate_currency.lower()
+    # What the preview of the fetched opportunity says is what Stripe received.
+    preview = preview_of_snapshot(session_factory, opp, tmp_path)
+    assert [
+        (i["currency"], i["unit_amount"] or i["catalog_unit_amount"], i["quantity"])
+        for i in preview["items"]
+    ] == [
+        (i["price"]["currency"], i["price"]["unit_amount"], i["quantity"])
+        for i in subscription["items"]["data"]
+    ]
 
 
 def test_worker_killed_ten_deals_closed_meanwhile_all_provisioned_once_after_restart(

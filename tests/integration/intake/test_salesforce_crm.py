@@ -8,8 +8,8 @@ from datetime import timedelta
 import pytest
 
 from sf_bridge.crm.limits import ApiBudget
-from sf_bridge.crm.port import OpportunityUpdate
-from sf_bridge.crm.salesforce import SalesforceCrm
+from sf_bridge.crm.port import ORG_CURRENCY_KEY, OpportunityUpdate
+from sf_bridge.crm.salesforce import OrgCurrencies, SalesforceCrm
 from sf_bridge.errors import CrmRejected, RateLimitedError
 from sf_bridge.sandbox.salesforce_org import SalesforceSandbox
 from tests.integration.intake.conftest import API_VERSION, credentials_for, open_deal
@@ -132,3 +132,99 @@ def test_unknown_field_is_a_permanent_rejection(org: SalesforceSandbox):
     crm = crm_for(org, fields=Fields(opportunity=("No_Such_Field__x",)))
     with pytest.raises(CrmRejected, match="INVALID_FIELD"):
         crm.fetch_opportunities([open_deal(org, "Deal")])
+
+
+# -- line-item subqueries that page -------------------------------------------------------
+
+
+def test_an_opportunity_with_more_lines_than_the_subquery_batch_is_fetched_completely():
+    """Salesforce pages a large child subquery (its own nextRecordsUrl) and the parent query's
+    next page invalidates the previous page's child cursors: the gateway completes each page's
+    line items before asking for the next page."""
+    with SalesforceSandbox(port=0, long_poll_seconds=1.0, query_batch_size=2) as org:
+        assert org.subquery_batch_size == 200  # the sandbox default
+        org.create_product("PRO-M", "Pro", unit_price=100)
+        account = org.create_account("Acme")
+        sizes = {"Large": 450, "Medium": 201, "Small": 1}
+        ids = {
+            name: org.create_opportunity(
+                account,
+                name,
+                [{"product_code": "PRO-M", "quantity": i + 1} for i in range(count)],
+            )
+            for name, count in sizes.items()
+        }
+        crm = crm_for(org)
+        org.reset_counters()
+        records = crm.fetch_opportunities(list(ids.values()))
+        calls = dict(org.calls)
+    by_id = {r["Id"]: r for r in records}
+    for name, count in sizes.items():
+        lines = by_id[ids[name]]["OpportunityLineItems"]
+        assert lines["done"] is True
+        assert "nextRecordsUrl" not in lines
+        assert [r["Quantity"] for r in lines["records"]] == [float(i + 1) for i in range(count)]
+    # one parent page more (the page size is 2), then 2 more child pages of Large, 1 of Medium
+    assert calls.get("query") == 1
+    assert calls.get("query_more") == 1 + 2 + 1
+
+
+# -- single-currency orgs -------------------------------------------------------------------
+
+
+def currency_fields() -> Fields:
+    return Fields(opportunity=("Name", "CurrencyIsoCode"), lines=("Quantity", "CurrencyIsoCode"))
+
+
+def test_a_single_currency_org_is_fetched_without_currency_iso_code_and_says_its_currency():
+    with SalesforceSandbox(
+        port=0, long_poll_seconds=1.0, multi_currency=False, corporate_currency="EUR"
+    ) as org:
+        org.create_product("PRO-M", "Pro", unit_price=100)
+        first, second = open_deal(org, "First"), open_deal(org, "Second")
+        crm = crm_for(org, fields=currency_fields())
+        [record] = crm.fetch_opportunities([first])
+        [again] = crm.fetch_opportunities([second])
+        calls = dict(org.calls)
+    assert "CurrencyIsoCode" not in record
+    assert record[ORG_CURRENCY_KEY] == "EUR"
+    assert again[ORG_CURRENCY_KEY] == "EUR"
+    assert "CurrencyIsoCode" not in record["OpportunityLineItems"]["records"][0]
+    assert crm.org_currencies() == OrgCurrencies(multi_currency=False, corporate_currency="EUR")
+    assert calls["describe"] == 1  # learned once
+    assert calls["query"] == 3  # the Organization, then one per fetch
+
+
+def test_a_multi_currency_org_keeps_currency_iso_code_and_describes_once(org: SalesforceSandbox):
+    crm = crm_for(org, fields=currency_fields())
+    account = org.create_account("Acme")
+    deal = org.create_opportunity(account, "Euro deal", [{"product_code": "PRO-M"}], currency="EUR")
+    org.reset_counters()
+    [record] = crm.fetch_opportunities([deal])
+    crm.fetch_opportunities([deal])
+    assert record["CurrencyIsoCode"] == "EUR"
+    assert ORG_CURRENCY_KEY not in record
+    assert (org.calls["describe"], org.calls["query"]) == (1, 2)  # no Organization query
+
+
+def test_a_single_currency_org_whose_currency_cannot_be_read_parks_with_a_fix_then_recovers():
+    with SalesforceSandbox(
+        port=0, long_poll_seconds=1.0, multi_currency=False, corporate_currency="EUR"
+    ) as org:
+        org.create_product("PRO-M", "Pro", unit_price=100)
+        deal = open_deal(org, "Deal")
+        crm = crm_for(org, fields=currency_fields())
+        org.fail_requests(
+            "query",
+            http_status=403,
+            error_code="INSUFFICIENT_ACCESS",
+            message="insufficient access rights on object id",
+        )
+        with pytest.raises(CrmRejected) as refused:
+            crm.fetch_opportunities([deal])
+        [record] = crm.fetch_opportunities([deal])  # nothing cached from the failure
+    text = refused.value.user_message()
+    assert "no CurrencyIsoCode" in text
+    assert "Organization.DefaultCurrencyIsoCode" in text
+    assert "View Setup and Configuration" in text
+    assert record[ORG_CURRENCY_KEY] == "EUR"

@@ -3,8 +3,14 @@
 - OAuth token endpoint (username-password and client-credentials flows) and the SOAP `login`
   call simple-salesforce uses; sessions end after two idle hours on the org clock.
 - REST: SOQL query (field lists, parent paths, child subqueries, WHERE / ORDER BY / LIMIT /
-  OFFSET, pagination with `nextRecordsUrl`), sObject create / read / update, the composite
-  sObject collections update, describe and limits. Every answer carries `Sforce-Limit-Info`.
+  OFFSET, pagination with `nextRecordsUrl`, child subqueries above `subquery_batch_size`
+  paged with their own `nextRecordsUrl` that the parent's next page invalidates), sObject
+  create / read / update, the composite sObject collections update, describe and limits.
+  Every answer carries `Sforce-Limit-Info`.
+- Currencies: multi-currency by default (`CurrencyIsoCode` on every object, the corporate
+  currency for new records); `multi_currency=False` is an org without it: no object has the
+  field, a query naming it fails with INVALID_FIELD, and `Organization.DefaultCurrencyIsoCode`
+  names `corporate_currency`.
 - CometD (`/cometd/<any version>`): handshake, long-polling connect, subscribe with the replay
   extension and its retention window, for Change Data Capture (`/data/OpportunityChangeEvent`),
   PushTopics (`/topic/<Name>`) and Platform Events (`/event/<Name>__e`).

@@ -71,14 +71,20 @@ class Org:
         query_batch_size: int = 2000,
         credentials: Credentials = SANDBOX_CREDENTIALS,
         session_timeout_seconds: float | None = 2 * 3600,
+        multi_currency: bool = True,
+        corporate_currency: str = "USD",
+        subquery_batch_size: int = 200,
     ) -> None:
         self.api_version = api_version
         self.query_batch_size = query_batch_size
+        self.subquery_batch_size = max(1, subquery_batch_size)
         self.credentials = credentials
+        self.multi_currency = multi_currency
+        self.corporate_currency = corporate_currency.upper()
         self._clock_offset = timedelta(0)
         self._ids = IdFactory()
-        self.org_id = self._ids.new_id("Organization")
-        self.store = RecordStore(self.now, self._ids)
+        self.store = RecordStore(self.now, self._ids, multi_currency=multi_currency)
+        self.org_id = self.store.insert("Organization", self._organization_fields())
         self.events = EventLog(self.now, retention_seconds, push_topic_retention_seconds)
         self.sessions = SessionStore(self.org_id, self.now, session_timeout_seconds)
         self.queries = QueryEngine(self.store, api_version, self.now)
@@ -89,6 +95,29 @@ class Org:
         self._charged = 0
         self._lock = threading.RLock()
         self.channels = Channels(self.store, self.events, self.queries, self.now)
+
+    def _organization_fields(self) -> dict[str, Any]:
+        fields: dict[str, Any] = {
+            "Name": "Sandbox Org",
+            "DefaultLocaleSidKey": "en_US",
+            "IsSandbox": True,
+        }
+        if not self.multi_currency:
+            fields["DefaultCurrencyIsoCode"] = self.corporate_currency
+        return fields
+
+    def currency_fields(self, currency: str | None = None) -> dict[str, Any]:
+        """`CurrencyIsoCode` for a new record: the given currency (the corporate one by
+        default) in a multi-currency org; nothing in a single-currency org, where every amount
+        is in the corporate currency and asking for another one is a mistake of the caller."""
+        if self.multi_currency:
+            return {"CurrencyIsoCode": (currency or self.corporate_currency).upper()}
+        if currency is not None and currency.upper() != self.corporate_currency:
+            raise ValueError(
+                f"this sandbox org has a single currency, {self.corporate_currency}: it cannot "
+                f"hold a record in {currency.upper()} (start it with multi_currency=True)"
+            )
+        return {}
 
     # -- credentials -----------------------------------------------------------------------
     @property
@@ -240,7 +269,7 @@ class Org:
         )
 
     def create_account(self, name: str, **fields: Any) -> str:
-        return self.store.insert("Account", {"Name": name, "CurrencyIsoCode": "USD"} | fields)
+        return self.store.insert("Account", {"Name": name} | self.currency_fields() | fields)
 
     def create_contact(self, account_id: str, email: str, **fields: Any) -> str:
         first = fields.pop("FirstName", email.split("@")[0].split(".")[0].title())
@@ -275,8 +304,8 @@ class Org:
                     "UnitPrice": float(unit_price),
                     "IsActive": True,
                     "UseStandardPrice": False,
-                    "CurrencyIsoCode": "USD",
-                },
+                }
+                | self.currency_fields(),
             )
             return product_id
 
@@ -305,18 +334,21 @@ class Org:
         lines: list[dict[str, Any]],
         *,
         stage: str = "Negotiation/Review",
-        currency: str = "USD",
+        currency: str | None = None,
         contact_id: str | None = None,
         **fields: Any,
     ) -> str:
         """Creates an opportunity with line items. A line: product_code, quantity, unit_price,
-        optional list_price and discount (%), plus any other OpportunityLineItem fields."""
+        optional list_price and discount (%), plus any other OpportunityLineItem fields.
+        `currency` defaults to the org's corporate currency (the only one a single-currency
+        org has)."""
+        currency_fields = self.currency_fields(currency)
         with self.store.lock:
             values: dict[str, Any] = {
                 "AccountId": account_id,
                 "Name": name,
                 "StageName": stage,
-                "CurrencyIsoCode": currency,
+                **currency_fields,
                 "CloseDate": self.now().date(),
                 "Pricebook2Id": self.store.standard_pricebook_id,
                 "Amount": 0.0,
@@ -328,7 +360,7 @@ class Org:
                 values["CloseDate"] = values["CloseDate"].isoformat()
             opportunity_id = self.store.insert("Opportunity", values)
             for position, line in enumerate(lines, start=1):
-                self._add_line(opportunity_id, currency, position, dict(line))
+                self._add_line(opportunity_id, currency_fields, position, dict(line))
             if contact_id:
                 self.store.insert(
                     "OpportunityContactRole",
@@ -346,7 +378,11 @@ class Org:
             return opportunity_id
 
     def _add_line(
-        self, opportunity_id: str, currency: str, position: int, line: dict[str, Any]
+        self,
+        opportunity_id: str,
+        currency_fields: dict[str, Any],
+        position: int,
+        line: dict[str, Any],
     ) -> None:
         code = line.pop("product_code")
         entry = self._pricebook_entry(code)
@@ -365,7 +401,7 @@ class Org:
             "ListPrice": float(list_price if list_price is not None else entry["UnitPrice"]),
             "Discount": line.pop("discount", None),
             "SortOrder": position,
-            "CurrencyIsoCode": currency,
+            **currency_fields,
         }
         values.update(line)
         self.store.insert("OpportunityLineItem", values)

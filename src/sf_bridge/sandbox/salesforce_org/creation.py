@@ -98,7 +98,7 @@ def _opportunity(org: Org, sobject: str, values: dict[str, Any]) -> str:
             ["StageName"],
         )
     defaults = {
-        "CurrencyIsoCode": "USD",
+        **org.currency_fields(),
         "Pricebook2Id": org.store.standard_pricebook_id,
         "Amount": 0.0,
     }
@@ -139,7 +139,7 @@ def _line_item(org: Org, sobject: str, values: dict[str, Any]) -> str:
         "ProductCode": entry["ProductCode"],
         "Name": f"{opportunity['Name']} {product['Name']}",
         "ListPrice": entry["UnitPrice"],
-        "CurrencyIsoCode": opportunity["CurrencyIsoCode"],
+        **org.currency_fields(opportunity.get("CurrencyIsoCode")),
         "SortOrder": len(
             org.store.children("OpportunityLineItem", "OpportunityId", opportunity["Id"])
         )
@@ -166,7 +166,7 @@ def _pricebook_entry(org: Org, sobject: str, values: dict[str, Any]) -> str:
     derived = {
         "Name": product["Name"],
         "ProductCode": product["ProductCode"],
-        "CurrencyIsoCode": "USD",
+        **org.currency_fields(),
         "IsActive": True,
     }
     return org.store.insert(sobject, derived | values)

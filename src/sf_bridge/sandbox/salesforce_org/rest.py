@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
@@ -39,6 +39,9 @@ def error_response(status: int, error_code: str, message: str, **extra: Any) -> 
 class _Cursor:
     records: list[dict[str, Any]]
     batch_size: int
+    # Child-subquery cursors opened by the page last served: the next page of this (parent)
+    # cursor invalidates them, as Salesforce's queryMore does.
+    child_locators: list[str] = field(default_factory=list)
 
 
 class RestApi:
@@ -151,19 +154,50 @@ class RestApi:
         page = records[offset : offset + batch_size]
         done = offset + batch_size >= len(records)
         body: dict[str, Any] = {"totalSize": total, "done": done}
-        if not done:
-            if locator is None:
-                locator = self.org.store.ids.new_id("QueryLocator")
-                with self._lock:
-                    self._cursors[locator] = _Cursor(records, batch_size)
-            body["nextRecordsUrl"] = (
-                f"/services/data/{version}/query/{locator}-{offset + batch_size}"
-            )
-        elif locator is not None:
-            with self._lock:
+        with self._lock:
+            cursor = self._cursors.get(locator) if locator is not None else None
+            if cursor is not None:
+                for child in cursor.child_locators:
+                    self._cursors.pop(child, None)
+                cursor.child_locators = []
+            if not done:
+                if cursor is None:
+                    locator = self.org.store.ids.new_id("QueryLocator")
+                    cursor = self._cursors[locator] = _Cursor(records, batch_size)
+                body["nextRecordsUrl"] = (
+                    f"/services/data/{version}/query/{locator}-{offset + batch_size}"
+                )
+            elif locator is not None:
                 self._cursors.pop(locator, None)
-        body["records"] = page
+            opened: list[str] = []
+            body["records"] = [self._page_children(version, r, opened) for r in page]
+            if cursor is not None and not done:
+                cursor.child_locators = opened
         return body
+
+    def _page_children(
+        self, version: str, record: dict[str, Any], opened: list[str]
+    ) -> dict[str, Any]:
+        """A record with each child subquery larger than the subquery batch size cut to its
+        first batch: `done: false` and a `nextRecordsUrl` of its own, which `query_more` serves
+        (until the parent query's next page invalidates it)."""
+        size = self.org.subquery_batch_size
+        paged: dict[str, Any] | None = None
+        for key, value in record.items():
+            children = value.get("records") if isinstance(value, dict) else None
+            if not isinstance(children, list) or len(children) <= size:
+                continue
+            locator = self.org.store.ids.new_id("QueryLocator")
+            self._cursors[locator] = _Cursor(children, size)
+            opened.append(locator)
+            paged = paged if paged is not None else dict(record)
+            paged[key] = {
+                "totalSize": value.get("totalSize", len(children)),
+                "done": False,
+                "nextRecordsUrl": f"/services/data/{version}/query/{locator}-{size}",
+                "records": children[:size],
+            }
+        return paged if paged is not None else record
 
     async def query_more(self, request: web.Request) -> web.Response:
         locator, _, offset_text = request.match_info["locator"].rpartition("-")

@@ -113,9 +113,24 @@ def _object(
     )
 
 
-def standard_objects() -> dict[str, ObjectDef]:
-    """A fresh copy of the standard schema (custom fields get added to the copy)."""
+CURRENCY_FIELD = "CurrencyIsoCode"
+
+
+def standard_objects(*, multi_currency: bool = True) -> dict[str, ObjectDef]:
+    """A fresh copy of the standard schema (custom fields get added to the copy).
+
+    `multi_currency=False` is an org without multi-currency: no object has `CurrencyIsoCode`,
+    and the Organization record names the org's single currency in `DefaultCurrencyIsoCode`."""
     objects = [
+        _object(
+            "Organization",
+            [
+                FieldDef("Name", STRING, updateable=False),
+                FieldDef("DefaultLocaleSidKey", PICKLIST, updateable=False),
+                FieldDef("IsSandbox", BOOLEAN, updateable=False),
+            ]
+            + ([] if multi_currency else [FieldDef("DefaultCurrencyIsoCode", PICKLIST, False)]),
+        ),
         _object(
             "User",
             [
@@ -276,6 +291,9 @@ def standard_objects() -> dict[str, ObjectDef]:
             ],
         ),
     ]
+    if not multi_currency:
+        for obj in objects:
+            obj.fields.pop(CURRENCY_FIELD, None)
     return {o.name: o for o in objects}
 
 

@@ -72,10 +72,17 @@ def coerce(field_def: FieldDef, value: Any) -> Any:
 class RecordStore:
     """Records by object and id. Thread-safe: every public method takes the store lock."""
 
-    def __init__(self, clock: Callable[[], datetime], ids: IdFactory | None = None) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], datetime],
+        ids: IdFactory | None = None,
+        *,
+        multi_currency: bool = True,
+    ) -> None:
         self.clock = clock
         self.ids = ids or IdFactory()
-        self.objects: dict[str, ObjectDef] = standard_objects()
+        self.multi_currency = multi_currency
+        self.objects: dict[str, ObjectDef] = standard_objects(multi_currency=multi_currency)
         self.records: dict[str, dict[str, Record]] = {name: {} for name in self.objects}
         self.stages: dict[str, Stage] = {s.name: s for s in DEFAULT_STAGES}
         # (object, reference field) -> parent id -> child ids, for subqueries and roll-ups.
