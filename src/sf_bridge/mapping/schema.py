@@ -189,9 +189,7 @@ class SectionReader:
             if self.w.name(key_node, "the feature name") is None:
                 continue
             what = f"feature '{name}'"
-            spec = self.w.fields(
-                value, what, ("type", "unit", "description", "combine"), ("type",)
-            )
+            spec = self.w.fields(value, what, ("type", "unit", "description", "combine"), ("type",))
             if spec is None or "type" not in spec:
                 continue
             kind = self.w.choice(spec["type"], f"the type of {what}", FEATURE_TYPES)
