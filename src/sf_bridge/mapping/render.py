@@ -76,7 +76,11 @@ def print_plan(console: Console, plan: ProvisioningPlan) -> None:
     else:
         terms = plan.billing
         due = (
-            f"due in {terms.days_until_due} days"
+            (
+                "due on receipt (0 days)"
+                if terms.days_until_due == 0
+                else f"due in {terms.days_until_due} days"
+            )
             if terms.collection_method == "send_invoice"
             else "card charged automatically"
         )

@@ -233,7 +233,8 @@ def test_a_bad_combine_rule_names_the_line_and_the_fix(tmp_path: Path) -> None:
     on_a_number = copy_mappings(tmp_path / "b", {CAT: [("    combine: max ", "    combine: any ")]})
     [issue] = check_mappings(on_a_number)
     assert (issue.code, issue.line) == ("invalid_combine", line_of(on_a_number / CAT, "any "))
-    assert "'combine: sum'" in issue.hint and "'combine: max'" in issue.hint
+    assert "'combine: sum'" in issue.hint
+    assert "'combine: max'" in issue.hint
 
 
 def test_misspelled_plan_names_the_exact_line_and_column(tmp_path: Path) -> None:
