@@ -8,7 +8,6 @@ stored are compared with the requests the preview prints.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,28 +16,10 @@ from typer.testing import CliRunner
 
 from sf_bridge.cli import app
 from sf_bridge.config import get_settings
-from sf_bridge.mapping import load_mappings
 
 ROOT = Path(__file__).resolve().parents[3]
 EXAMPLES = sorted((ROOT / "examples" / "opportunities").glob("*.json"))
 DAY = 86_400
-
-
-@pytest.fixture
-def stripe_env(
-    sqlite_url: str, monkeypatch: pytest.MonkeyPatch, provisioning_emulator: Any
-) -> Iterator[Any]:
-    """The CLI on a fresh database, the example mappings and the emulator with their catalog."""
-    provisioning_emulator.seed_catalog(load_mappings(ROOT / "mappings").catalog_prices())
-    monkeypatch.setenv("DATABASE_URL", sqlite_url)
-    monkeypatch.setenv("SF_BRIDGE_MAPPINGS", str(ROOT / "mappings"))
-    monkeypatch.setenv("STRIPE_API_KEY", provisioning_emulator.api_key)
-    monkeypatch.setenv("STRIPE_API_BASE", provisioning_emulator.url)
-    for name in ("SF_USERNAME", "SF_CLIENT_ID"):
-        monkeypatch.delenv(name, raising=False)
-    get_settings.cache_clear()
-    yield provisioning_emulator
-    get_settings.cache_clear()
 
 
 def _run(*args: str) -> Any:
@@ -81,8 +62,8 @@ def _received_items(emu: Any, subscription: dict[str, Any]) -> list[dict[str, An
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=[p.stem for p in EXAMPLES])
-def test_stripe_receives_what_the_preview_shows(stripe_env: Any, example: Path) -> None:
-    emu = stripe_env
+def test_stripe_receives_what_the_preview_shows(cli_stripe: Any, example: Path) -> None:
+    emu = cli_stripe
     provisioned = _run("provision", "--file", str(example))
     code, preview = _preview(example)
     request = preview.get("stripe_request")
@@ -126,8 +107,8 @@ def test_stripe_receives_what_the_preview_shows(stripe_env: Any, example: Path) 
     assert customer["metadata"] == shown["metadata"]
 
 
-def test_due_on_receipt_is_due_the_day_it_is_issued(stripe_env: Any) -> None:
-    emu = stripe_env
+def test_due_on_receipt_is_due_the_day_it_is_issued(cli_stripe: Any) -> None:
+    emu = cli_stripe
     example = ROOT / "examples" / "opportunities" / "due-on-receipt.json"
     result = _run("provision", "--file", str(example))
     assert result.exit_code == 0, result.output
@@ -139,7 +120,7 @@ def test_due_on_receipt_is_due_the_day_it_is_issued(stripe_env: Any) -> None:
 
 
 def test_without_stripe_the_preview_takes_prices_from_the_catalog_and_says_so(
-    stripe_env: Any, monkeypatch: pytest.MonkeyPatch
+    cli_stripe: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     example = ROOT / "examples" / "opportunities" / "enterprise-negotiated.json"
     with_stripe = _preview(example)[1]["stripe_request"]
@@ -173,9 +154,9 @@ def test_without_stripe_the_preview_takes_prices_from_the_catalog_and_says_so(
 
 
 def test_a_missing_stripe_price_shows_in_the_preview_as_the_deal_would_park(
-    stripe_env: Any,
+    cli_stripe: Any,
 ) -> None:
-    emu = stripe_env
+    emu = cli_stripe
     [price] = [p for p in emu.objects("price") if p.get("lookup_key") == "analytics_yearly_usd"]
     emu.store.objects["price"][price["id"]]["active"] = False
     example = ROOT / "examples" / "opportunities" / "enterprise-negotiated.json"
