@@ -107,9 +107,18 @@ def test_stripe_receives_what_the_preview_shows(cli_stripe: Any, example: Path) 
     assert customer["metadata"] == shown["metadata"]
 
 
-def test_due_on_receipt_is_due_the_day_it_is_issued(cli_stripe: Any) -> None:
+@pytest.mark.parametrize("lines", ["as in the example", "one line per product"])
+def test_due_on_receipt_is_due_the_day_it_is_issued(
+    cli_stripe: Any, tmp_path: Path, lines: str
+) -> None:
     emu = cli_stripe
     example = ROOT / "examples" / "opportunities" / "due-on-receipt.json"
+    if lines == "one line per product":
+        deal = json.loads(example.read_text())
+        records = deal["OpportunityLineItems"]["records"]
+        records[:] = [r for r in records if not r["Id"].startswith("00kHs00003GlSe2")]
+        example = tmp_path / "deal.json"
+        example.write_text(json.dumps(deal))
     result = _run("provision", "--file", str(example))
     assert result.exit_code == 0, result.output
     [subscription] = emu.objects("subscription")
