@@ -109,7 +109,7 @@ def _request(plan: ProvisioningPlan, mappings: Mappings, use_stripe: bool) -> Re
     settings = get_settings()
     if not use_stripe or settings.stripe_api_key is None:
         why = "--no-stripe" if not use_stripe else "STRIPE_API_KEY is not set"
-        note = f"{why}: price ids and products are the ones Stripe holds for each lookup key"
+        note = f"{why}: the price ids and products are placeholders for Stripe's"
         return preview_request(plan, prices_from_catalog(mappings), "mapping catalog", note)
     from sf_bridge.provisioning.wiring import build_billing  # needs the Stripe SDK: lazily
 
