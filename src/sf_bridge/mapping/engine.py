@@ -38,6 +38,7 @@ from sf_bridge.plan import (
     CustomerIdentity,
     EntitlementValue,
     Interval,
+    ItemKind,
     MappingError,
     PlanItem,
     ProvisioningPlan,
@@ -80,7 +81,7 @@ def _where_lines(lines: Sequence[Line]) -> str:
 class Sold:
     """Every line of the deal that sells one plan or add-on."""
 
-    kind: str  # "plan" or "addon"
+    kind: ItemKind  # "plan" or "addon"
     owner: Plan | Addon
     lines: tuple[Line, ...]
 
@@ -351,7 +352,7 @@ class _Mapper:
                 )
             items.append(
                 PlanItem(
-                    kind=sold.kind,  # type: ignore[arg-type]
+                    kind=sold.kind,
                     name=sold.name,
                     product_code=lines[0].key,
                     quantity=quantity,
