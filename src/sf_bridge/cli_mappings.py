@@ -12,11 +12,17 @@ from rich.console import Console
 
 from sf_bridge.cli import handle_errors, mappings_app
 from sf_bridge.config import get_settings
-from sf_bridge.errors import ConfigurationError
+from sf_bridge.errors import ConfigurationError, SfBridgeError
 from sf_bridge.mapping import Mappings, check_mappings, load_mappings
 from sf_bridge.mapping.engine import map_opportunity
-from sf_bridge.mapping.render import preview_json, print_errors, print_plan
+from sf_bridge.mapping.render import preview_json, print_errors, print_plan, print_request
 from sf_bridge.plan import ProvisioningPlan
+from sf_bridge.provisioning.stripe_request import (
+    RequestPreview,
+    preview_request,
+    price_lookup_keys,
+    prices_from_catalog,
+)
 
 DIR_HELP = "Mappings folder (default: SF_BRIDGE_MAPPINGS, else ./mappings)."
 
@@ -101,6 +107,28 @@ def _fetch(opportunity_id: str, mappings: Mappings) -> list[dict[str, Any]]:
     return records
 
 
+def _request(plan: ProvisioningPlan, mappings: Mappings, use_stripe: bool) -> RequestPreview:
+    """The Stripe requests of the plan, its catalog prices looked up in Stripe (read only) when
+    STRIPE_API_KEY is set, else taken from the mapping catalog."""
+    if plan.is_custom:
+        return preview_request(plan, {}, "mapping catalog")
+    settings = get_settings()
+    if not use_stripe or settings.stripe_api_key is None:
+        why = "--no-stripe" if not use_stripe else "STRIPE_API_KEY is not set"
+        note = f"{why}: the price ids and products are placeholders for Stripe's"
+        return preview_request(plan, prices_from_catalog(mappings), "mapping catalog", note)
+    from sf_bridge.provisioning.wiring import build_billing  # needs the Stripe SDK: lazily
+
+    billing = build_billing(settings)
+    assert billing is not None
+    try:
+        prices = billing.find_prices(price_lookup_keys(plan))
+    except SfBridgeError as exc:
+        note = f"Stripe could not be asked ({exc.message}); price ids are placeholders"
+        return preview_request(plan, prices_from_catalog(mappings), "mapping catalog", note)
+    return preview_request(plan, prices, "stripe")
+
+
 @mappings_app.command("preview")
 @handle_errors
 def preview(
@@ -112,8 +140,15 @@ def preview(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
     mappings_dir: Path | None = typer.Option(None, "--mappings", help=DIR_HELP, show_default=False),
+    use_stripe: bool = typer.Option(
+        True,
+        "--stripe/--no-stripe",
+        help="Look catalog prices up in Stripe (read only) when STRIPE_API_KEY is set; "
+        "--no-stripe takes them from the mapping catalog.",
+    ),
 ) -> None:
-    """What a deal would provision, changing nothing; exit 1 when it does not map."""
+    """What a deal would provision and the Stripe requests it would send, changing nothing;
+    exit 1 when it does not map or Stripe would refuse it."""
     if (file is None) == (opportunity_id is None):
         typer.secho(
             "error: give exactly one of --file OPP.json or --opportunity-id ID.",
@@ -133,12 +168,16 @@ def preview(
         if index and not as_json:
             console.print()
         opp_id = str(record.get("Id") or "?")
-        failed = failed or not isinstance(result, ProvisioningPlan)
+        request = (
+            _request(result, mappings, use_stripe) if isinstance(result, ProvisioningPlan) else None
+        )
+        failed = failed or request is None or request.problem is not None
         if as_json:
-            results.append(preview_json(opp_id, result, mappings.version))
-        elif isinstance(result, ProvisioningPlan):
+            results.append(preview_json(opp_id, result, mappings.version, request))
+        elif isinstance(result, ProvisioningPlan) and request is not None:
             print_plan(console, result)
-        else:
+            print_request(console, request)
+        elif not isinstance(result, ProvisioningPlan):
             print_errors(console, opp_id, result)
     if as_json:
         typer.echo(json.dumps(results[0] if len(results) == 1 else results, indent=2))

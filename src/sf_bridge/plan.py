@@ -13,6 +13,9 @@ from typing import Any, Literal
 PlanKind = Literal["paid", "custom"]
 ItemKind = Literal["plan", "addon"]
 FeatureKind = Literal["flag", "limit", "seats"]
+# How one feature's grants from several deals of an account combine: add up, the largest one,
+# or (flags) on when any grant is on.
+Combine = Literal["sum", "max", "any"]
 CollectionMethod = Literal["send_invoice", "charge_automatically"]
 Interval = Literal["month", "year"]
 
@@ -57,6 +60,16 @@ class EntitlementValue:
     value: int | bool
     unit: str | None = None
     source: str = ""  # e.g. "plan enterprise", "add-on extra_seats x 5", "Opportunity.Seats__c"
+    combine: Combine | None = None  # None: the kind's default (see `default_combine`)
+
+    @property
+    def combine_rule(self) -> Combine:
+        return self.combine or default_combine(self.kind)
+
+
+def default_combine(kind: str) -> Combine:
+    """Flags are on when any grant is; limits and seats add up unless the feature says `max`."""
+    return "any" if kind == "flag" else "sum"
 
 
 @dataclass(frozen=True)

@@ -96,6 +96,10 @@ DOCUMENT: dict[str, Any] = {
                     "enabled": {"type": "boolean", "description": "flags only"},
                     "limit": {"type": "integer", "description": "limits and seats"},
                     "unit": {"type": ["string", "null"]},
+                    "combine": {
+                        "enum": ["sum", "max"],
+                        "description": "limits and seats: how the grants make the limit",
+                    },
                     "used": {"type": "integer", "description": "limits: used this period"},
                     "remaining": {"type": "integer", "description": "limits: left this period"},
                     "period": {"$ref": "#/components/schemas/Period"},

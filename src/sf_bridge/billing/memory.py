@@ -236,7 +236,8 @@ class InMemoryBilling:
                 if invoice.status != "draft":
                     raise BillingRejected("This invoice is already finalized.")
                 params = self.subscription_params.get(invoice.subscription or "", {})
-                days = int(params.get("days_until_due") or 30)
+                days = params.get("days_until_due")
+                days = 30 if days is None else int(days)
                 invoice = replace(
                     invoice,
                     status="open",

@@ -193,6 +193,8 @@ class EntitlementGrant(Base):
     kind: Mapped[str] = mapped_column(String(16))  # flag|limit|seats
     value: Mapped[int] = mapped_column(BigInteger)  # flags store 1/0
     unit: Mapped[str | None] = mapped_column(String(32))
+    # how this feature's grants of several deals combine: sum | max | any (flags)
+    combine: Mapped[str] = mapped_column(String(8), default="sum", server_default="sum")
     source: Mapped[str] = mapped_column(String(255), default="")
     stripe_subscription_id: Mapped[str | None] = mapped_column(String(64), index=True)
     active: Mapped[bool] = mapped_column(Boolean, default=True)

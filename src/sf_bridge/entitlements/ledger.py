@@ -1,7 +1,9 @@
 """The entitlement ledger: one grant per (deal, feature); effective entitlements are derived.
 
-A customer's effective entitlements are computed from its active grants at read time:
-flags are OR-ed, limits and seats add up across deals. Cancelling a subscription revokes the
+A customer's effective entitlements are computed from its active grants at read time, each
+feature by the rule its grants record (`combine`, from the feature in the mappings): flags are
+on when any grant is (`any`), limits and seats add up (`sum`) or take the largest grant
+(`max`). Cancelling a subscription revokes the
 grants tied to it and nothing else, so a later deal's grants survive an earlier deal's end.
 """
 
@@ -47,6 +49,7 @@ class GrantRow:
     source: str
     stripe_subscription_id: str | None
     granted_at: datetime
+    combine: str = "sum"
 
 
 @dataclass(frozen=True)
@@ -55,9 +58,10 @@ class Effective:
 
     feature: str
     kind: str  # flag | limit | seats
-    value: int | bool  # flags: bool (OR of grants); limits and seats: the sum of grants
+    value: int | bool  # flags: bool (any grant on); limits and seats: the sum or the max
     unit: str | None
     granted_by: tuple[GrantSource, ...]
+    combine: str = "sum"  # the rule that combined the grants: sum | max | any
 
     @property
     def access(self) -> bool:
@@ -98,6 +102,7 @@ def grant_deal_entitlements(
             "kind": e.kind,
             "value": _stored_value(e),
             "unit": e.unit,
+            "combine": e.combine_rule,
             "source": e.source[:255],
             "stripe_subscription_id": subscription_id,
             "active": not ended,
@@ -147,39 +152,43 @@ def revoke_subscription_grants(session: Session, subscription_id: str, reason: s
     return revoked
 
 
+def combine_values(rule: str, values: Sequence[int | bool]) -> int | bool:
+    """One feature's grants as one value: `any` for flags, `max` or `sum` for numbers."""
+    if rule == "any":
+        return any(bool(v) for v in values)
+    if rule == "max":
+        return max(int(v) for v in values)
+    return sum(int(v) for v in values)
+
+
 def combine_grants(grants: Iterable[GrantRow]) -> dict[str, Effective]:
     """Active grants (ordered by feature, then grant time) combined into one per feature.
 
-    Flags are OR-ed; limits and seats add up. The first grant fixes the feature's kind.
+    The first grant fixes the feature's kind; flags combine with `any`, numbers by the rule of
+    the most recent grant (the mapping's latest word on the feature): `sum` or `max`.
     """
-    combined: dict[str, Effective] = {}
+    by_feature: dict[str, list[GrantRow]] = {}
     for grant in grants:
-        is_flag = grant.kind == "flag"
-        source = GrantSource(
-            deal_id=grant.deal_id,
-            opportunity_id=grant.opportunity_id,
-            value=bool(grant.value) if is_flag else int(grant.value),
-            source=grant.source,
-            stripe_subscription_id=grant.stripe_subscription_id,
-            granted_at=grant.granted_at,
-        )
-        previous = combined.get(grant.feature)
-        if previous is None:
-            combined[grant.feature] = Effective(
-                grant.feature, grant.kind, source.value, grant.unit, (source,)
+        by_feature.setdefault(grant.feature, []).append(grant)
+    combined: dict[str, Effective] = {}
+    for feature, rows in by_feature.items():
+        kind = rows[0].kind
+        is_flag = kind == "flag"
+        rule = "any" if is_flag else ("max" if rows[-1].combine == "max" else "sum")
+        sources = tuple(
+            GrantSource(
+                deal_id=grant.deal_id,
+                opportunity_id=grant.opportunity_id,
+                value=bool(grant.value) if is_flag else int(grant.value),
+                source=grant.source,
+                stripe_subscription_id=grant.stripe_subscription_id,
+                granted_at=grant.granted_at,
             )
-            continue
-        if previous.kind == "flag":
-            value: int | bool = bool(previous.value) or bool(grant.value)
-        else:
-            value = int(previous.value) + int(grant.value)
-        combined[grant.feature] = Effective(
-            grant.feature,
-            previous.kind,
-            value,
-            previous.unit or grant.unit,
-            (*previous.granted_by, source),
+            for grant in rows
         )
+        unit = next((grant.unit for grant in rows if grant.unit), None)
+        value = combine_values(rule, [s.value for s in sources])
+        combined[feature] = Effective(feature, kind, value, unit, sources, rule)
     return combined
 
 
@@ -196,9 +205,10 @@ def effective_entitlements(session: Session, customer: Customer) -> dict[str, Ef
             EntitlementGrant.source,
             EntitlementGrant.stripe_subscription_id,
             EntitlementGrant.granted_at,
+            EntitlementGrant.combine,
         )
         .join(Deal, Deal.id == EntitlementGrant.deal_id)
         .where(EntitlementGrant.customer_id == customer.id, EntitlementGrant.active.is_(True))
         .order_by(EntitlementGrant.feature, EntitlementGrant.granted_at, EntitlementGrant.id)
     ).all()
-    return combine_grants(GrantRow(*row) for row in rows)
+    return combine_grants(GrantRow(**row._asdict()) for row in rows)

@@ -44,6 +44,7 @@ def _customer_with_grants(condition: Any) -> Select[Any]:
             _g.active,
             _g.revoked_at,
             _g.revoked_reason,
+            _g.combine,
         )
         .select_from(
             Customer.__table__.outerjoin(
@@ -90,6 +91,7 @@ def feature_status(effective: Effective, used: int, now: datetime) -> dict[str, 
     else:
         body["limit"] = int(effective.value)
         body["unit"] = effective.unit
+        body["combine"] = effective.combine  # how the grants below make the limit: sum or max
     if effective.kind == "limit":
         period = period_of(effective.unit, now)
         remaining = max(int(effective.value) - used, 0)
@@ -132,6 +134,13 @@ def _revoked_status(
     }
 
 
+def _grant_row(g: tuple[Any, ...]) -> GrantRow:
+    feature, kind, value, unit, deal_id, opportunity_id, source, subscription, granted_at = g[:9]
+    return GrantRow(
+        feature, kind, value, unit, deal_id, opportunity_id, source, subscription, granted_at, g[12]
+    )
+
+
 def read_customer(
     conn: Connection, ref: str, now: datetime, *, only: str | None = None
 ) -> CustomerEntitlements:
@@ -165,8 +174,8 @@ def read_customer(
     }
     grants = [tuple(r)[4:] for r in rows if r[4] is not None]
     # (feature, kind, value, unit, deal_id, opportunity_id, source, subscription, granted_at,
-    #  active, revoked_at, revoked_reason)
-    effective = combine_grants(GrantRow(*g[:9]) for g in grants if g[9])
+    #  active, revoked_at, revoked_reason, combine)
+    effective = combine_grants(_grant_row(g) for g in grants if g[9])
     wanted = effective if only is None else {k: v for k, v in effective.items() if k == only}
     usage: dict[tuple[str, str], int] = {}
     limits = [e for e in wanted.values() if e.kind == "limit"]

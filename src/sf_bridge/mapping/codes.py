@@ -39,6 +39,8 @@ CHECK_CODES: dict[str, str] = {
     "invalid_bounds": "min above max, or a default outside min..max",
     "conflicting_settings": "settings that contradict each other",
     "custom_plan_price": "prices on a custom (not billed) plan",
+    "invalid_combine": "a `combine` rule that does not fit the feature's type (`sum` or `max` on "
+    "a flag, `any` on a number)",
 }
 
 # Reasons one deal does not map (`map_opportunity`, `sf-bridge mappings preview`).
@@ -48,7 +50,6 @@ ENGINE_CODES: dict[str, str] = {
     "no_plan": "no line sells a plan",
     "multiple_plans": "more than one line sells a plan",
     "addon_not_allowed": "an add-on not sold with the deal's plan",
-    "duplicate_addon": "one add-on on two lines",
     "invalid_quantity": "a quantity that is zero, negative, fractional, or more than 1 for a "
     "plan not priced per unit",
     "missing_value": "a required value is empty on the deal",
@@ -63,6 +64,8 @@ ENGINE_CODES: dict[str, str] = {
     "missing_customer_identifier": "no account or no value in the customer identifier field",
     "missing_billing_email": "an invoiced deal without a billing email",
     "invalid_billing_email": "a billing email that is not an email address",
+    "too_many_items": "the deal needs more subscription items than Stripe allows on one "
+    "subscription (20)",
 }
 
 

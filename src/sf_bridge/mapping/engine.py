@@ -8,6 +8,7 @@ REST query returns it (relationship fields nested, `OpportunityLineItems` as a s
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -38,6 +39,7 @@ from sf_bridge.plan import (
     CustomerIdentity,
     EntitlementValue,
     Interval,
+    ItemKind,
     MappingError,
     PlanItem,
     ProvisioningPlan,
@@ -46,6 +48,9 @@ from sf_bridge.plan import (
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 HUNDRED = Decimal(100)
 MAX_UNIT_PRICE = Decimal(10) ** 10  # far above any real unit price; keeps amounts exact
+# Stripe: a subscription takes "a list of up to 20 subscription items", and two items of one
+# subscription cannot have the same price, so lines of one product at one price become one item.
+MAX_SUBSCRIPTION_ITEMS = 20
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,37 @@ class Line:
     @property
     def where(self) -> str:
         return f"line item {self.line_id} (product {self.key})"
+
+
+def _where_lines(lines: Sequence[Line]) -> str:
+    """Names one line, or several (the first few Ids) with their products."""
+    if len(lines) == 1:
+        return lines[0].where
+    ids = [ln.line_id or "without an Id" for ln in lines]
+    shown = ", ".join(ids[:3]) + (f" and {len(ids) - 3} more" if len(ids) > 3 else "")
+    keys = ", ".join(dict.fromkeys(ln.key for ln in lines))
+    return f"line items {shown} (product {keys})"
+
+
+@dataclass(frozen=True)
+class Sold:
+    """Every line of the deal that sells one plan or add-on."""
+
+    kind: ItemKind  # "plan" or "addon"
+    owner: Plan | Addon
+    lines: tuple[Line, ...]
+
+    @property
+    def name(self) -> str:
+        return self.owner.name
+
+    @property
+    def quantity(self) -> int:
+        return sum(ln.quantity for ln in self.lines)
+
+    @property
+    def label(self) -> str:
+        return f"{'plan' if self.kind == 'plan' else 'add-on'} '{self.name}'"
 
 
 def _where(record: dict[str, Any], key: str | None) -> str:
@@ -133,7 +169,7 @@ class _Mapper:
             return None
         return int(number)
 
-    def choose_plan(self, lines: list[Line]) -> tuple[Line, Plan] | None:
+    def choose_plan(self, lines: list[Line]) -> tuple[Sold, Plan] | None:
         plan_lines = [ln for ln in lines if ln.rule.plan is not None]
         if not plan_lines:
             if not any(e.code == "unknown_product" for e in self.errors) or not lines:
@@ -146,8 +182,8 @@ class _Mapper:
                     "Opportunity.OpportunityLineItems",
                 )
             return None
-        if len(plan_lines) > 1:
-            listed = ", ".join(f"{ln.key} ({ln.rule.plan})" for ln in plan_lines)
+        if len({ln.rule.plan for ln in plan_lines}) > 1:
+            listed = ", ".join(dict.fromkeys(f"{ln.key} ({ln.rule.plan})" for ln in plan_lines))
             self.error(
                 "multiple_plans",
                 f"the deal has {len(plan_lines)} plan lines: {listed}; a deal provisions one plan.",
@@ -155,21 +191,23 @@ class _Mapper:
                 "Opportunity.OpportunityLineItems",
             )
             return None
-        line = plan_lines[0]
-        plan = self.m.plans[line.rule.plan or ""]
-        if plan.priced_per is None and line.quantity != 1:
+        plan = self.m.plans[plan_lines[0].rule.plan or ""]
+        sold = Sold("plan", plan, tuple(plan_lines))
+        if plan.priced_per is None and sold.quantity != 1:
+            over = f" over {len(plan_lines)} lines" if len(plan_lines) > 1 else ""
             self.error(
                 "invalid_quantity",
                 f"the plan '{plan.name}' is sold once per deal, but the quantity is "
-                f"{line.quantity}.",
+                f"{sold.quantity}{over}.",
                 "set the plan line's Quantity to 1 and sell extra units as add-ons.",
-                line.where,
+                _where_lines(plan_lines),
             )
-        return line, plan
+        return sold, plan
 
-    def addon_lines(self, lines: list[Line], plan: Plan) -> list[tuple[Line, Addon]]:
-        result: list[tuple[Line, Addon]] = []
-        seen: dict[str, Line] = {}
+    def addons_sold(self, lines: list[Line], plan: Plan) -> list[tuple[Sold, Addon]]:
+        """The add-ons on the deal, each with all its lines (several lines of one add-on are
+        one purchase: their quantities add up)."""
+        found: dict[str, list[Line]] = {}
         for line in lines:
             if line.rule.addon is None:
                 continue
@@ -185,18 +223,11 @@ class _Mapper:
                     line.where,
                 )
                 continue
-            if addon.name in seen:
-                self.error(
-                    "duplicate_addon",
-                    f"the add-on '{addon.name}' is on the deal twice "
-                    f"(also {seen[addon.name].where}).",
-                    "merge the lines into one with the total quantity.",
-                    line.where,
-                )
-                continue
-            seen[addon.name] = line
-            result.append((line, addon))
-        return result
+            found.setdefault(addon.name, []).append(line)
+        return [
+            (Sold("addon", self.m.addons[name], tuple(ls)), self.m.addons[name])
+            for name, ls in found.items()
+        ]
 
     # -- currency, interval, prices ----------------------------------------------------------
 
@@ -273,7 +304,9 @@ class _Mapper:
         intervals = {ln.line_id: self.interval_of(ln) for ln in lines}
         distinct = {i for i in intervals.values() if i is not None}
         if len(distinct) > 1:
-            listed = "; ".join(f"{ln.key}: {intervals[ln.line_id]}ly" for ln in lines)
+            listed = "; ".join(
+                dict.fromkeys(f"{ln.key}: {intervals[ln.line_id]}ly" for ln in lines)
+            )
             self.error(
                 "mixed_intervals",
                 f"the deal mixes billing intervals ({listed}); one subscription bills at one "
@@ -284,44 +317,89 @@ class _Mapper:
             return None
         return distinct.pop() if distinct else None
 
-    def item(
-        self,
-        line: Line,
-        kind: str,
-        name: str,
-        display: str,
-        owner: Plan | Addon,
-        currency: str,
-        interval: Interval,
-    ) -> PlanItem | None:
-        price = owner.price(currency, interval)
+    def items_of(self, sold: Sold, currency: str, interval: Interval) -> list[PlanItem]:
+        """The subscription items of one plan or add-on: one per price charged, the lines at
+        that price merged into one item with their total quantity."""
+        price = sold.owner.price(currency, interval)
         if price is None:
-            label = "plan" if kind == "plan" else "add-on"
             self.error(
                 "no_catalog_price",
-                f"the {label} '{name}' has no {interval}ly catalog price in {currency.upper()}.",
+                f"the {sold.label} has no {interval}ly catalog price in {currency.upper()}.",
                 f"add a price with 'currency: {currency.upper()}' and 'interval: {interval}' "
-                f"to '{name}' in the catalog (and in Stripe), or change the deal's currency.",
-                line.where,
+                f"to '{sold.name}' in the catalog (and in Stripe), or change the deal's currency.",
+                _where_lines(sold.lines),
             )
-            return None
-        unit_amount = self.negotiated(line, price.unit_amount, currency)
-        return PlanItem(
-            kind=kind,  # type: ignore[arg-type]
-            name=name,
-            product_code=line.key,
-            quantity=line.quantity,
-            currency=currency,
-            interval=interval,
-            lookup_key=price.lookup_key,
-            catalog_unit_amount=price.unit_amount,
-            unit_amount=unit_amount,
-            line_item_id=line.line_id or None,
-            stripe_product=display,
+            return []
+        catalog = price.unit_amount
+        charged: dict[int | None, list[Line]] = {}  # None: the catalog price
+        kept_at_catalog: dict[int, list[Line]] = {}  # negotiated amounts charged at catalog
+        for line in sold.lines:
+            amount = self.sales_price(line, currency)
+            if isinstance(amount, MappingError):
+                self.errors.append(amount)
+                continue
+            if amount is None or amount == catalog:
+                charged.setdefault(None, []).append(line)
+            elif self.m.price_override_policy == "reject":
+                self.error(
+                    "price_override_not_allowed",
+                    f"the negotiated price is {self.change(amount, catalog, currency)}, and the "
+                    "mapping does not allow negotiated prices.",
+                    "set the line to the catalog price, or set 'price_overrides: negotiated' in "
+                    "the mapping.",
+                    line.where,
+                )
+            elif self.m.price_override_policy == "catalog":
+                charged.setdefault(None, []).append(line)
+                kept_at_catalog.setdefault(amount, []).append(line)
+            else:
+                charged.setdefault(amount, []).append(line)
+        for amount, lines in kept_at_catalog.items():
+            self.notes.append(
+                f"{_where_lines(lines)}: charged at the catalog price, not "
+                f"{self.change(amount, catalog, currency)}."
+            )
+        items: list[PlanItem] = []
+        for amount, lines in charged.items():
+            where = _where_lines(lines)
+            if amount is not None:
+                self.notes.append(
+                    f"{where}: negotiated price {self.change(amount, catalog, currency)}."
+                )
+            quantity = sum(ln.quantity for ln in lines)
+            if len(lines) > 1:
+                self.notes.append(
+                    f"{where}: {len(lines)} lines of the {sold.label} at "
+                    f"{format_minor(catalog if amount is None else amount, currency)} are one "
+                    f"subscription item of quantity {quantity}."
+                )
+            items.append(
+                PlanItem(
+                    kind=sold.kind,
+                    name=sold.name,
+                    product_code=lines[0].key,
+                    quantity=quantity,
+                    currency=currency,
+                    interval=interval,
+                    lookup_key=price.lookup_key,
+                    catalog_unit_amount=catalog,
+                    unit_amount=amount,
+                    line_item_id=lines[0].line_id or None,
+                    stripe_product=sold.owner.display_name,
+                )
+            )
+        return items
+
+    @staticmethod
+    def change(amount: int, catalog: int, currency: str) -> str:
+        return (
+            f"{format_minor(amount, currency)} instead of the catalog "
+            f"{format_minor(catalog, currency)}"
         )
 
-    def negotiated(self, line: Line, catalog: int, currency: str) -> int | None:
-        """The negotiated unit price in minor units when it differs from the catalog's."""
+    def sales_price(self, line: Line, currency: str) -> int | MappingError | None:
+        """The line's sales price after its discount, in minor units; None when the line has
+        no sales price (the catalog price applies)."""
         unit_price = line.record.get("UnitPrice")
         if is_empty(unit_price):
             return None
@@ -329,88 +407,87 @@ class _Mapper:
         raw_discount = line.record.get("Discount")
         discount = parse_decimal(raw_discount)
         if price is None or not Decimal(0) <= price <= MAX_UNIT_PRICE:
-            self.error(
+            return mapping_error(
                 "invalid_price",
                 f"the sales price (UnitPrice) is {unit_price!r}; it must be an amount between 0 "
                 f"and {MAX_UNIT_PRICE:,}.",
                 "correct the line's Sales Price.",
                 line.where,
             )
-            return None
         if discount is None and not is_empty(raw_discount):
-            self.error(
+            return mapping_error(
                 "invalid_price",
                 f"the discount is {raw_discount!r}; it must be a percentage between 0 and 100.",
                 "correct the line's Discount.",
                 line.where,
             )
-            return None
         discount = discount or Decimal(0)
         if not Decimal(0) <= discount <= HUNDRED:
-            self.error(
+            return mapping_error(
                 "invalid_price",
                 f"the discount is {discount}%; it must be between 0 and 100.",
                 "correct the line's Discount.",
                 line.where,
             )
-            return None
-        amount = to_minor_units(price * (HUNDRED - discount) / HUNDRED, currency)
-        if amount == catalog:
-            return None
-        policy = self.m.price_override_policy
-        change = (
-            f"{format_minor(amount, currency)} instead of the catalog "
-            f"{format_minor(catalog, currency)}"
+        return to_minor_units(price * (HUNDRED - discount) / HUNDRED, currency)
+
+    def check_item_count(self, items: list[PlanItem]) -> None:
+        if len(items) <= MAX_SUBSCRIPTION_ITEMS:
+            return
+        counted: dict[str, int] = {}
+        for item in items:
+            counted[item.name] = counted.get(item.name, 0) + 1
+        listed = ", ".join(
+            f"{name} at {n} prices" if n > 1 else name for name, n in counted.items()
         )
-        if policy == "reject":
-            self.error(
-                "price_override_not_allowed",
-                f"the negotiated price is {change}, and the mapping does not allow "
-                "negotiated prices.",
-                "set the line to the catalog price, or set 'price_overrides: negotiated' in "
-                "the mapping.",
-                line.where,
-            )
-            return None
-        if policy == "catalog":
-            self.notes.append(f"{line.where}: charged at the catalog price, not {change}.")
-            return None
-        self.notes.append(f"{line.where}: negotiated price {change}.")
-        return amount
+        self.error(
+            "too_many_items",
+            f"the deal needs {len(items)} subscription items ({listed}), and a Stripe "
+            f"subscription holds at most {MAX_SUBSCRIPTION_ITEMS}. Lines of one product at one "
+            "price are already merged into one item.",
+            "give the lines of each product one price (the same Sales Price and Discount), or "
+            "split the deal into two opportunities.",
+            "Opportunity.OpportunityLineItems",
+        )
 
     # -- entitlements ------------------------------------------------------------------------
 
     def entitlements(
-        self, plan: Plan, plan_line: Line, addons: list[tuple[Line, Addon]]
+        self, owner: Plan, plan: Sold, addons: list[tuple[Sold, Addon]]
     ) -> list[EntitlementValue]:
-        by_feature = {e.feature: e for e in plan.entitlements}
+        plan_line = plan.lines[0]  # line item fields are read from the (first) plan line
+        by_feature = {e.feature: e for e in owner.entitlements}
         result: list[EntitlementValue] = []
         for feature in self.m.features.values():
             value: int | bool | None
             source: str
             entitlement = by_feature.get(feature.name)
-            if plan.priced_per == feature.name:
-                value, source = plan_line.quantity, f"plan {plan.name} quantity"
+            if owner.priced_per == feature.name:
+                value, source = plan.quantity, f"plan {owner.name} quantity"
             elif entitlement is None:
                 value = False if feature.kind == "flag" else 0
-                source = f"not in plan {plan.name}"
+                source = f"not in plan {owner.name}"
             elif entitlement.variable is None:
-                value, source = entitlement.value, f"plan {plan.name}"
+                value, source = entitlement.value, f"plan {owner.name}"
             else:
-                found = self.variable(feature.name, feature.kind, plan, plan_line)
+                found = self.variable(feature.name, feature.kind, owner, plan_line)
                 if found is None:
                     continue
                 value, source = found
             assert value is not None
-            for line, addon in addons:
+            for sold, addon in addons:
                 if feature.kind == "flag" and feature.name in addon.switches_on:
                     value = True
                     source += f" + add-on {addon.name}"
                 for name, per_unit in addon.adds_per_unit:
                     if name == feature.name and not isinstance(value, bool):
-                        value += per_unit * line.quantity
-                        source += f" + add-on {addon.name} {per_unit} x {line.quantity}"
-            result.append(EntitlementValue(feature.name, feature.kind, value, feature.unit, source))
+                        value += per_unit * sold.quantity
+                        source += f" + add-on {addon.name} {per_unit} x {sold.quantity}"
+            result.append(
+                EntitlementValue(
+                    feature.name, feature.kind, value, feature.unit, source, feature.combine
+                )
+            )
         return result
 
     def variable(
@@ -561,33 +638,30 @@ class _Mapper:
         chosen = self.choose_plan(lines)
         if chosen is None:
             return self.errors
-        plan_line, plan = chosen
-        addons = self.addon_lines(lines, plan)
+        sold_plan, plan = chosen
+        addons = self.addons_sold(lines, plan)
+        everything = [sold_plan, *(sold for sold, _ in addons)]
         paid = plan.kind == "paid"
         items: list[PlanItem] = []
         billing: BillingTerms | None = None
         collection: CollectionMethod | None = None
         if paid:
-            interval = self.common_interval([plan_line] + [ln for ln, _ in addons])
+            interval = self.common_interval([ln for sold in everything for ln in sold.lines])
             collection = self.collection_method()
             days = self.days_until_due() if collection == "send_invoice" else None
             if interval is not None and currency is not None:
-                entries: list[tuple[Line, str, str, str, Plan | Addon]]
-                entries = [(plan_line, "plan", plan.name, plan.display_name, plan)]
-                entries += [(ln, "addon", a.name, a.display_name, a) for ln, a in addons]
-                for line, kind, name, display, owner in entries:
-                    item = self.item(line, kind, name, display, owner, currency, interval)
-                    if item is not None:
-                        items.append(item)
+                for sold in everything:
+                    items.extend(self.items_of(sold, currency, interval))
+                self.check_item_count(items)
                 if collection is not None:
                     billing = BillingTerms(collection, days, interval, currency)
         else:
-            for line in [plan_line] + [ln for ln, _ in addons]:
+            for sold in everything:
                 self.notes.append(
-                    f"{line.where}: {line.rule.item_name} x {line.quantity}, not billed in "
+                    f"{_where_lines(sold.lines)}: {sold.name} x {sold.quantity}, not billed in "
                     "Stripe (custom plan)."
                 )
-        entitlements = self.entitlements(plan, plan_line, addons)
+        entitlements = self.entitlements(plan, sold_plan, addons)
         customer = self.customer(collection, paid)
         if self.errors or customer is None:
             return self.errors

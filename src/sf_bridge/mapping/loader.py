@@ -97,7 +97,8 @@ def load_mappings(directory: Path) -> Mappings:
 def build(draft: Draft, version: str) -> Mappings:
     """Turns a checked draft into `Mappings`."""
     features = {
-        name: Feature(name, f.kind, f.unit, f.description) for name, f in draft.features.items()
+        name: Feature(name, f.kind, f.unit, f.description, f.combine)
+        for name, f in draft.features.items()
     }
     plans = {
         name: Plan(

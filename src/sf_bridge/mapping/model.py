@@ -9,7 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from sf_bridge.plan import CollectionMethod, FeatureKind, Interval, PlanKind
+from sf_bridge.plan import (
+    CollectionMethod,
+    Combine,
+    FeatureKind,
+    Interval,
+    PlanKind,
+    default_combine,
+)
 
 # Fields every opportunity query selects, whatever the mapping says.
 BASE_OPPORTUNITY_FIELDS: tuple[str, ...] = (
@@ -46,6 +53,11 @@ class Feature:
     kind: FeatureKind  # "flag", "limit" or "seats"
     unit: str | None = None
     description: str = ""
+    combine: Combine | None = None  # how grants of several deals combine; None: the kind's default
+
+    @property
+    def combine_rule(self) -> Combine:
+        return self.combine or default_combine(self.kind)
 
 
 @dataclass(frozen=True)

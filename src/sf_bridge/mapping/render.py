@@ -7,20 +7,48 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from sf_bridge.billing.port import SubscriptionItemSpec
+from sf_bridge.billing.stripe_gateway import subscription_params
 from sf_bridge.mapping.money import format_minor
 from sf_bridge.plan import MappingError, ProvisioningPlan
+from sf_bridge.provisioning.stripe_request import RequestPreview
+
+
+def request_json(request: RequestPreview) -> dict[str, Any]:
+    """The Stripe requests as their bodies: `POST /v1/customers` (sent only when the account
+    has no Stripe customer yet) and `POST /v1/subscriptions`."""
+    customer: dict[str, Any] | None = None
+    if request.customer is not None:
+        customer = {"name": request.customer.name, "metadata": dict(request.customer.metadata)}
+        if request.customer.email:
+            customer["email"] = request.customer.email
+    return {
+        "prices_from": request.prices_from,
+        "note": request.note,
+        "customer": customer,
+        "subscription": (
+            subscription_params(request.subscription) if request.subscription else None
+        ),
+        "problem": request.problem,
+    }
 
 
 def preview_json(
-    opportunity_id: str, result: ProvisioningPlan | list[MappingError], version: str
+    opportunity_id: str,
+    result: ProvisioningPlan | list[MappingError],
+    version: str,
+    request: RequestPreview | None = None,
 ) -> dict[str, Any]:
     if isinstance(result, ProvisioningPlan):
-        return {
+        body: dict[str, Any] = {
             "opportunity_id": opportunity_id,
             "mapping_version": version,
-            "ok": True,
+            "ok": request is None or request.problem is None,
             "plan": result.to_dict(),
         }
+        if request is not None:
+            body["stripe_request"] = request_json(request)
+        return body
     return {
         "opportunity_id": opportunity_id,
         "mapping_version": version,
@@ -48,7 +76,11 @@ def print_plan(console: Console, plan: ProvisioningPlan) -> None:
     else:
         terms = plan.billing
         due = (
-            f"due in {terms.days_until_due} days"
+            (
+                "due on receipt (0 days)"
+                if terms.days_until_due == 0
+                else f"due in {terms.days_until_due} days"
+            )
             if terms.collection_method == "send_invoice"
             else "card charged automatically"
         )
@@ -90,6 +122,66 @@ def print_plan(console: Console, plan: ProvisioningPlan) -> None:
     console.print(table)
     for note in plan.notes:
         console.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)
+
+
+def _item_price(item: SubscriptionItemSpec) -> tuple[str, str]:
+    if item.price_data is None:
+        return str(item.price), "catalog price"
+    data = item.price_data
+    every = "" if data.interval_count == 1 else f" {data.interval_count}"
+    return (
+        f"price_data {format_minor(data.unit_amount, data.currency)} / {every}{data.interval}",
+        f"product {data.product}",
+    )
+
+
+def print_request(console: Console, request: RequestPreview) -> None:
+    """The Stripe requests the deal sends, as the provisioning steps build them."""
+    if request.customer is None:
+        console.print("Stripe: nothing (a custom plan is not billed in Stripe).")
+        return
+    source = "Stripe" if request.prices_from == "stripe" else "the mapping catalog"
+    console.print(
+        f"Stripe request (catalog prices from {source}"
+        + (f"; {request.note}" if request.note else "")
+        + ")",
+        highlight=False,
+        markup=False,
+    )
+    customer = request.customer
+    console.print(
+        f" customer (created when the account has none yet): {customer.name}, "
+        f"email {customer.email or '-'}",
+        highlight=False,
+        markup=False,
+    )
+    if request.subscription is None:
+        console.print(
+            f" subscription: cannot be created: {request.problem}",
+            highlight=False,
+            markup=False,
+            style="red",
+        )
+        return
+    sub = request.subscription
+    terms = (
+        f"days_until_due {sub.days_until_due}"
+        if sub.collection_method == "send_invoice"
+        else f"payment_behavior {sub.payment_behavior}"
+    )
+    console.print(
+        f" subscription: collection_method {sub.collection_method}, {terms}, "
+        f"{len(sub.items)} items",
+        highlight=False,
+        markup=False,
+    )
+    table = Table(show_header=True, box=None, padding=(0, 1))
+    for column in ("#", "quantity", "price", "on"):
+        table.add_column(column, justify="right" if column in ("#", "quantity") else "left")
+    for n, item in enumerate(sub.items, 1):
+        price, on = _item_price(item)
+        table.add_row(str(n), str(item.quantity), price, on)
+    console.print(table)
 
 
 def print_errors(console: Console, opportunity_id: str, errors: list[MappingError]) -> None:

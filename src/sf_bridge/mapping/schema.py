@@ -26,7 +26,7 @@ from sf_bridge.mapping.model import (
 )
 from sf_bridge.mapping.walker import Walker
 from sf_bridge.mapping.yamlread import Ctx, Loc, describe, did_you_mean, is_null, tag_of
-from sf_bridge.plan import FeatureKind, Interval, PlanKind
+from sf_bridge.plan import Combine, FeatureKind, Interval, PlanKind
 
 SECTIONS = (
     "features",
@@ -44,6 +44,7 @@ SECTIONS = (
 )
 REQUIRED_SECTIONS = ("features", "plans", "currencies", "products")
 FEATURE_TYPES = ("flag", "limit", "seats")
+COMBINE_RULES = ("sum", "max", "any")
 PLAN_KINDS = ("paid", "custom")
 INTERVALS = ("month", "year")
 COLLECTION_METHODS = ("send_invoice", "charge_automatically")
@@ -65,6 +66,7 @@ class DraftFeature:
     unit: str | None
     description: str
     loc: Loc
+    combine: Combine | None = None
 
 
 @dataclass
@@ -187,7 +189,7 @@ class SectionReader:
             if self.w.name(key_node, "the feature name") is None:
                 continue
             what = f"feature '{name}'"
-            spec = self.w.fields(value, what, ("type", "unit", "description"), ("type",))
+            spec = self.w.fields(value, what, ("type", "unit", "description", "combine"), ("type",))
             if spec is None or "type" not in spec:
                 continue
             kind = self.w.choice(spec["type"], f"the type of {what}", FEATURE_TYPES)
@@ -196,12 +198,39 @@ class SectionReader:
             unit = self.w.text(spec["unit"], f"the unit of {what}") if "unit" in spec else None
             desc = spec.get("description")
             description = (self.w.text(desc, f"the description of {what}") or "") if desc else ""
+            combine = self.read_combine(spec["combine"], what, kind) if "combine" in spec else None
             self.draft.features[name] = DraftFeature(
                 kind,  # type: ignore[arg-type]
                 unit,
                 description,
                 self.ctx.loc(key_node),
+                combine,
             )
+
+    def read_combine(self, node: Node, what: str, kind: str) -> Combine | None:
+        """How the grants of several deals combine: `sum` or `max` for numbers, `any` for flags."""
+        rule = self.w.choice(node, f"'combine' of {what}", COMBINE_RULES)
+        if rule is None:
+            return None
+        if kind == "flag" and rule != "any":
+            self.ctx.add(
+                node,
+                "invalid_combine",
+                f"{what} is a flag, so its grants cannot '{rule}'; a flag is on when any deal "
+                "turns it on.",
+                "remove 'combine', or write 'combine: any'.",
+            )
+            return None
+        if kind != "flag" and rule == "any":
+            self.ctx.add(
+                node,
+                "invalid_combine",
+                f"{what} is a number ({kind}), so its grants cannot combine with 'any'.",
+                "write 'combine: sum' (the grants of the account's deals add up) or "
+                "'combine: max' (the largest grant applies).",
+            )
+            return None
+        return rule  # type: ignore[return-value]
 
     def read_prices(self, node: Node, owner: str) -> list[tuple[Price, Loc]]:
         prices: list[tuple[Price, Loc]] = []

@@ -23,14 +23,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from sf_bridge.billing.port import (
-    BillingGateway,
-    BillingInvoice,
-    CustomerSpec,
-    PriceData,
-    SubscriptionItemSpec,
-    SubscriptionSpec,
-)
+from sf_bridge.billing.port import BillingGateway, BillingInvoice, SubscriptionSpec
 from sf_bridge.billing.stripe_gateway import subscription_params
 from sf_bridge.db.models import Customer, Deal
 from sf_bridge.entitlements.ledger import grant_deal_entitlements
@@ -38,6 +31,11 @@ from sf_bridge.errors import BillingRejected, MappingFailed, PermanentError, Tra
 from sf_bridge.plan import MappingError, ProvisioningPlan
 from sf_bridge.provisioning.claim import ensure_customer_row
 from sf_bridge.provisioning.prices import PriceCache
+from sf_bridge.provisioning.stripe_request import (
+    customer_spec,
+    price_lookup_keys,
+    subscription_spec,
+)
 
 Mapper = Callable[[dict[str, Any], Any], "ProvisioningPlan | list[MappingError]"]
 
@@ -187,16 +185,7 @@ def customer_step(
                 stripe_request_id=found.request_id,
                 detail={"customer": found.id, "found_by": "search"},
             )
-    spec = CustomerSpec(
-        name=plan.customer.name or account,
-        email=plan.customer.email,
-        metadata={
-            "sf_account_id": account,
-            "sf_opportunity_id": deal.opportunity_id,
-            "sf_customer_key": plan.customer.customer_key,
-            "mapping_version": plan.mapping_version,
-        },
-    )
+    spec = customer_spec(plan, deal.opportunity_id)
     content = {"name": spec.name, "email": spec.email, "account": account}
     key = idempotency_key(account, "customer", content)
     with keyed(key):
@@ -213,62 +202,11 @@ def customer_step(
 
 
 def build_subscription(ctx: StepContext, deal: Deal, plan: ProvisioningPlan) -> SubscriptionSpec:
-    billing = _billing(ctx)
-    terms = plan.billing
-    if terms is None:
-        raise PermanentError(
-            f"Plan {plan.plan_name!r} is paid but has no billing terms.",
-            hint="give the plan a collection method and interval in the mappings, then replay.",
-        )
-    keys = [i.lookup_key for i in plan.items if i.lookup_key]
-    prices = ctx.prices.resolve(billing, keys)
-    items: list[SubscriptionItemSpec] = []
-    for item in plan.items:
-        if not item.lookup_key:
-            raise PermanentError(
-                f"Item {item.name!r} ({item.product_code}) has no Stripe price lookup key.",
-                hint="give it a `lookup_key` in the mappings catalog, then replay the deal.",
-            )
-        price = prices.get(item.lookup_key)
-        if price is None:
-            raise BillingRejected(
-                f"No Stripe price has the lookup key {item.lookup_key!r} (item {item.name!r}).",
-                hint="create the price in Stripe with that lookup key, or correct the key in "
-                "the mappings, then `sf-bridge replay` the deal.",
-            )
-        if not price.active:
-            raise BillingRejected(
-                f"The Stripe price {price.id} (lookup key {item.lookup_key!r}, item "
-                f"{item.name!r}) is archived (inactive); Stripe refuses subscriptions to it.",
-                hint="re-activate the price in Stripe, or point the mapping at an active "
-                "price, then `sf-bridge replay` the deal.",
-            )
-        if item.has_override and item.unit_amount is not None:
-            items.append(
-                SubscriptionItemSpec(
-                    quantity=item.quantity,
-                    price_data=PriceData(
-                        product=price.product or item.stripe_product or "",
-                        unit_amount=item.unit_amount,
-                        currency=item.currency or price.currency,
-                        interval=item.interval or price.interval or terms.interval,
-                    ),
-                )
-            )
-        else:
-            items.append(SubscriptionItemSpec(quantity=item.quantity, price=price.id))
-    charge = terms.collection_method == "charge_automatically"
-    return SubscriptionSpec(
-        customer=deal.stripe_customer_id or "",
-        items=items,
-        metadata={
-            "sf_opportunity_id": deal.opportunity_id,
-            "sf_account_id": plan.customer.account_id,
-            "mapping_version": plan.mapping_version,
-        },
-        collection_method=terms.collection_method,
-        days_until_due=None if charge else (terms.days_until_due or 30),
-        payment_behavior="default_incomplete" if charge else None,
+    """The subscription request of the deal (see `stripe_request`), its prices resolved in
+    Stripe by lookup key."""
+    prices = ctx.prices.resolve(_billing(ctx), price_lookup_keys(plan))
+    return subscription_spec(
+        plan, prices, customer=deal.stripe_customer_id or "", opportunity_id=deal.opportunity_id
     )
 
 

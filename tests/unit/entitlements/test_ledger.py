@@ -131,3 +131,40 @@ def test_a_deal_cancelled_before_its_grant_records_it_revoked(
         assert effective_entitlements(session, customer) == {}
         reasons = session.scalars(select(EntitlementGrant.revoked_reason)).all()
         assert set(reasons) == {"the subscription had ended before the grant"}
+
+
+def test_each_feature_combines_by_its_rule_and_the_latest_grant_says_which(
+    session_factory: sessionmaker[Session],
+) -> None:
+    def retention(days: int, combine: str | None) -> EntitlementValue:
+        return EntitlementValue(
+            "data_retention",
+            "limit",
+            days,
+            unit="days",
+            source="plan",
+            combine=combine,  # type: ignore[arg-type]
+        )
+
+    with session_factory() as session, session.begin():
+        customer = _customer(session)
+        for n, grant in enumerate([retention(365, "max"), retention(30, "max")], 1):
+            deal = _deal(session, customer, f"00600000000000{n}AAA")
+            grant_deal_entitlements(
+                session, deal=deal, customer=customer, entitlements=(grant,), subscription_id=None
+            )
+        longest = effective_entitlements(session, customer)["data_retention"]
+        assert (longest.value, longest.combine) == (365, "max")
+        # A later deal made after the feature went back to adding up: the latest rule applies.
+        deal = _deal(session, customer, "006000000000003AAA")
+        grant_deal_entitlements(
+            session,
+            deal=deal,
+            customer=customer,
+            entitlements=(retention(10, None),),
+            subscription_id=None,
+        )
+        summed = effective_entitlements(session, customer)["data_retention"]
+        assert (summed.value, summed.combine) == (405, "sum")
+        rules = session.scalars(select(EntitlementGrant.combine).order_by(EntitlementGrant.id))
+        assert list(rules) == ["max", "max", "sum"]

@@ -174,6 +174,18 @@ CASES: list[tuple[str, dict[str, list[tuple[str, str]]], str]] = [
         "the display_name of plan 'team' must be a single value",
     ),
     (
+        "invalid_combine",
+        {
+            CAT: [
+                (
+                    "    type: flag\n    description: Single sign-on",
+                    "    type: flag\n    combine: sum\n    description: Single sign-on",
+                )
+            ]
+        },
+        "feature 'sso' is a flag, so its grants cannot 'sum'",
+    ),
+    (
         "missing_interval",
         {SF: [("SB-ENT-M: {plan: enterprise, interval: month}", "SB-ENT-M: {plan: enterprise}")]},
         "its billing interval is not said",
@@ -200,6 +212,29 @@ def test_each_check_reports_its_code_with_a_located_message(
 
 def test_the_example_mappings_are_clean(example_mappings_dir: Path) -> None:
     assert check_mappings(example_mappings_dir) == []
+
+
+def test_how_grants_combine_is_declared_per_feature_with_defaults_per_type(
+    example_mappings_dir: Path,
+) -> None:
+    features = load_mappings(example_mappings_dir).features
+    rules = {name: f.combine_rule for name, f in features.items()}
+    assert rules["data_retention"] == "max"  # declared: the longest retention applies
+    assert (rules["seats"], rules["api_calls"], rules["sso"]) == ("sum", "sum", "any")
+
+
+def test_a_bad_combine_rule_names_the_line_and_the_fix(tmp_path: Path) -> None:
+    unknown = copy_mappings(tmp_path / "a", {CAT: [("    combine: max ", "    combine: maximum ")]})
+    [issue] = check_mappings(unknown)
+    assert (issue.code, issue.line) == ("invalid_choice", line_of(unknown / CAT, "maximum"))
+    assert "'combine' of feature 'data_retention' is 'maximum'" in issue.message
+    assert issue.hint == "did you mean 'max'?"
+
+    on_a_number = copy_mappings(tmp_path / "b", {CAT: [("    combine: max ", "    combine: any ")]})
+    [issue] = check_mappings(on_a_number)
+    assert (issue.code, issue.line) == ("invalid_combine", line_of(on_a_number / CAT, "any "))
+    assert "'combine: sum'" in issue.hint
+    assert "'combine: max'" in issue.hint
 
 
 def test_misspelled_plan_names_the_exact_line_and_column(tmp_path: Path) -> None:

@@ -186,15 +186,16 @@ ERROR_CASES: list[tuple[str, Callable[[], dict[str, Any]], list[str]]] = [
         ],
     ),
     (
-        "duplicate_addon",
+        "too_many_items",
         lambda: make_opportunity(
-            [
-                ent_line(),
-                opportunity_line("00kA1", "SB-ANALYTICS-Y", 1, 5000),
-                opportunity_line("00kA2", "SB-ANALYTICS-Y", 1, 5000),
-            ]
+            [ent_line()]
+            + [opportunity_line(f"00kS{n:02}", "SB-SEATS-Y", 1, 180 + n) for n in range(20)]
         ),
-        ["line item 00kA2", "'advanced_analytics' is on the deal twice", "merge the lines"],
+        [
+            "the deal needs 21 subscription items (enterprise, extra_seats at 20 prices)",
+            "at most 20",
+            "give the lines of each product one price",
+        ],
     ),
     (
         "missing_value",
@@ -309,10 +310,50 @@ def test_price_override_not_allowed(
     assert errors[0].where == "line item 00kHs00003AcmeEntA (product SB-ENT-Y)"
 
 
+def test_lines_of_one_product_at_one_price_are_one_item(example_mappings: Mappings) -> None:
+    # 1 plan line and 499 add-on lines at two prices give 3 subscription items.
+    lines = [ent_line()]
+    lines += [opportunity_line(f"00kS{n:03}", "SB-SEATS-Y", 2, 180) for n in range(300)]
+    lines += [opportunity_line(f"00kA{n:03}", "SB-SANDBOX-Y", 1, None) for n in range(199)]
+    plan = plan_of(map_opportunity(make_opportunity(lines), example_mappings))
+    summary = [(i.name, i.quantity, i.unit_amount, i.line_item_id) for i in plan.items]
+    assert summary == [
+        ("enterprise", 1, None, "00kENT"),
+        ("extra_seats", 600, 18_000, "00kS000"),
+        ("extra_sandbox", 199, None, "00kA000"),
+    ]
+    assert ents(plan)["seats"] == 100 + 600
+    assert ents(plan)["environments"] == 2 + 199
+    merged = [n for n in plan.notes if "one subscription item" in n]
+    assert merged == [
+        "line items 00kS000, 00kS001, 00kS002 and 297 more (product SB-SEATS-Y): 300 lines of "
+        "the add-on 'extra_seats' at 180.00 USD are one subscription item of quantity 600.",
+        "line items 00kA000, 00kA001, 00kA002 and 196 more (product SB-SANDBOX-Y): 199 lines "
+        "of the add-on 'extra_sandbox' at 2,500.00 USD are one subscription item of quantity "
+        "199.",
+    ]
+
+
+def test_one_add_on_at_two_prices_is_two_items(example_mappings: Mappings) -> None:
+    lines = [
+        ent_line(),
+        opportunity_line("00kS1", "SB-SEATS-Y", 10, 200),
+        opportunity_line("00kS2", "SB-SEATS-Y", 5, 150),
+        opportunity_line("00kS3", "SB-SEATS-Y", 3, None),
+    ]
+    plan = plan_of(map_opportunity(make_opportunity(lines), example_mappings))
+    seats = [(i.quantity, i.unit_amount) for i in plan.items if i.name == "extra_seats"]
+    assert seats == [(13, None), (5, 15_000)]
+    assert ents(plan)["seats"] == 100 + 18
+
+
 def test_plan_sold_more_than_once_is_an_invalid_quantity(example_mappings: Mappings) -> None:
     opp = make_opportunity([opportunity_line("00kE", "SB-ENT-Y", 2, 25000)])
     error = only_error(map_opportunity(opp, example_mappings), "invalid_quantity")
     assert "sold once per deal, but the quantity is 2" in error.message
+    over_two_lines = make_opportunity([ent_line(), opportunity_line("00kE2", "SB-ENT-Y", 1, 25000)])
+    error = only_error(map_opportunity(over_two_lines, example_mappings), "invalid_quantity")
+    assert "the quantity is 2 over 2 lines" in error.message
 
 
 @pytest.mark.parametrize("quantity", [0.0, -3.0, None])

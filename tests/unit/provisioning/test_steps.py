@@ -5,6 +5,7 @@ from dataclasses import replace
 import pytest
 
 from sf_bridge.billing.memory import InMemoryBilling
+from sf_bridge.billing.stripe_gateway import subscription_params
 from sf_bridge.db.models import Deal
 from sf_bridge.errors import BillingRejected
 from sf_bridge.provisioning.prices import PriceCache
@@ -69,6 +70,17 @@ def test_charge_automatically_leaves_the_first_invoice_open() -> None:
     spec = build_subscription(_ctx(billing), _deal(), plan)
     assert spec.payment_behavior == "default_incomplete"
     assert spec.days_until_due is None
+
+
+def test_due_on_receipt_is_sent_as_zero_days_until_due() -> None:
+    billing = InMemoryBilling()
+    billing.add_price("pro_monthly", 5000)
+    plan = make_plan("006000000000001AAA")
+    assert plan.billing is not None
+    plan = replace(plan, billing=replace(plan.billing, days_until_due=0))
+    spec = build_subscription(_ctx(billing), _deal(), plan)
+    assert spec.days_until_due == 0
+    assert subscription_params(spec)["days_until_due"] == 0
 
 
 def test_missing_and_archived_prices_are_refused_with_a_fix() -> None:

@@ -1,0 +1,171 @@
+"""What a deal sends to Stripe, computed once from its plan.
+
+`customer_spec` and `subscription_spec` turn a `ProvisioningPlan` (and the catalog prices its
+items name, resolved by lookup key) into the exact content of the Stripe requests. The
+provisioning steps send what they return, and `sf-bridge mappings preview` shows it, so the
+preview and what Stripe receives cannot disagree. Pure: no I/O, no clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from sf_bridge.billing.port import (
+    BillingPrice,
+    CustomerSpec,
+    PriceData,
+    SubscriptionItemSpec,
+    SubscriptionSpec,
+)
+from sf_bridge.errors import BillingRejected, PermanentError, SfBridgeError
+from sf_bridge.mapping.model import Mappings
+from sf_bridge.plan import ProvisioningPlan
+
+# Days to pay when a plan carries no payment terms (plans stored before terms were recorded).
+DEFAULT_DAYS_UNTIL_DUE = 30
+
+
+def price_lookup_keys(plan: ProvisioningPlan) -> list[str]:
+    """The catalog prices the plan's items name, in item order, each once."""
+    return list(dict.fromkeys(i.lookup_key for i in plan.items if i.lookup_key))
+
+
+def customer_spec(plan: ProvisioningPlan, opportunity_id: str) -> CustomerSpec:
+    """The Stripe customer of the plan's account (created by the account's first deal)."""
+    account = plan.customer.account_id
+    return CustomerSpec(
+        name=plan.customer.name or account,
+        email=plan.customer.email,
+        metadata={
+            "sf_account_id": account,
+            "sf_opportunity_id": opportunity_id,
+            "sf_customer_key": plan.customer.customer_key,
+            "mapping_version": plan.mapping_version,
+        },
+    )
+
+
+def subscription_spec(
+    plan: ProvisioningPlan,
+    prices: Mapping[str, BillingPrice],
+    *,
+    customer: str,
+    opportunity_id: str,
+) -> SubscriptionSpec:
+    """The subscription of a paid plan: one item per plan item, at the catalog price (by its
+    Stripe id) or, when negotiated, an inline `price_data` on the catalog price's product.
+
+    `prices` are the catalog prices by lookup key. A missing or archived price is refused with
+    `BillingRejected` saying what to fix, as Stripe would refuse the subscription.
+    """
+    terms = plan.billing
+    if terms is None:
+        raise PermanentError(
+            f"Plan {plan.plan_name!r} is paid but has no billing terms.",
+            hint="give the plan a collection method and interval in the mappings, then replay.",
+        )
+    items: list[SubscriptionItemSpec] = []
+    for item in plan.items:
+        if not item.lookup_key:
+            raise PermanentError(
+                f"Item {item.name!r} ({item.product_code}) has no Stripe price lookup key.",
+                hint="give it a `lookup_key` in the mappings catalog, then replay the deal.",
+            )
+        price = prices.get(item.lookup_key)
+        if price is None:
+            raise BillingRejected(
+                f"No Stripe price has the lookup key {item.lookup_key!r} (item {item.name!r}).",
+                hint="create the price in Stripe with that lookup key, or correct the key in "
+                "the mappings, then `sf-bridge replay` the deal.",
+            )
+        if not price.active:
+            raise BillingRejected(
+                f"The Stripe price {price.id} (lookup key {item.lookup_key!r}, item "
+                f"{item.name!r}) is archived (inactive); Stripe refuses subscriptions to it.",
+                hint="re-activate the price in Stripe, or point the mapping at an active "
+                "price, then `sf-bridge replay` the deal.",
+            )
+        if item.has_override and item.unit_amount is not None:
+            items.append(
+                SubscriptionItemSpec(
+                    quantity=item.quantity,
+                    price_data=PriceData(
+                        product=price.product or item.stripe_product or "",
+                        unit_amount=item.unit_amount,
+                        currency=item.currency or price.currency,
+                        interval=item.interval or price.interval or terms.interval,
+                    ),
+                )
+            )
+        else:
+            items.append(SubscriptionItemSpec(quantity=item.quantity, price=price.id))
+    invoiced = terms.collection_method == "send_invoice"
+    days = terms.days_until_due if terms.days_until_due is not None else DEFAULT_DAYS_UNTIL_DUE
+    return SubscriptionSpec(
+        customer=customer,
+        items=items,
+        metadata={
+            "sf_opportunity_id": opportunity_id,
+            "sf_account_id": plan.customer.account_id,
+            "mapping_version": plan.mapping_version,
+        },
+        collection_method=terms.collection_method,
+        days_until_due=days if invoiced else None,
+        payment_behavior=None if invoiced else "default_incomplete",
+    )
+
+
+def prices_from_catalog(mappings: Mappings) -> dict[str, BillingPrice]:
+    """Catalog prices as the mapping files describe them, standing in for Stripe's (for a
+    preview without Stripe): their ids and products are placeholders Stripe resolves."""
+    return {
+        p.lookup_key: BillingPrice(
+            id=f"<price with lookup key {p.lookup_key}>",
+            lookup_key=p.lookup_key,
+            product=f"<product of {p.lookup_key}: {p.product_name}>",
+            unit_amount=p.unit_amount,
+            currency=p.currency,
+            interval=p.interval,
+            active=True,
+        )
+        for p in mappings.catalog_prices()
+    }
+
+
+PricesFrom = Literal["stripe", "mapping catalog"]
+
+
+@dataclass(frozen=True)
+class RequestPreview:
+    """The Stripe requests a plan makes, for `mappings preview`: what the steps would send."""
+
+    prices_from: PricesFrom
+    customer: CustomerSpec | None  # None: a custom plan, nothing in Stripe
+    subscription: SubscriptionSpec | None
+    problem: str | None = None  # why the deal would park at the subscription step
+    note: str = ""
+
+
+def preview_request(
+    plan: ProvisioningPlan,
+    prices: Mapping[str, BillingPrice],
+    prices_from: PricesFrom,
+    note: str = "",
+) -> RequestPreview:
+    """The requests of `customer_spec` and `subscription_spec`, with a placeholder for the
+    account's Stripe customer (its id exists only once the customer step ran)."""
+    if plan.is_custom:
+        return RequestPreview(prices_from, None, None, note=note)
+    customer = customer_spec(plan, plan.opportunity_id)
+    try:
+        subscription = subscription_spec(
+            plan,
+            prices,
+            customer=f"<Stripe customer of account {plan.customer.account_id}>",
+            opportunity_id=plan.opportunity_id,
+        )
+    except SfBridgeError as exc:
+        return RequestPreview(prices_from, customer, None, exc.user_message(), note)
+    return RequestPreview(prices_from, customer, subscription, note=note)
