@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
 from typer.testing import CliRunner
 
 from sf_bridge.cli import app
@@ -19,6 +20,8 @@ from sf_bridge.crm.soql import to_18
 from sf_bridge.db.engine import make_engine, make_session_factory
 from sf_bridge.db.models import Customer, Deal
 from sf_bridge.mapping import load_mappings
+from sf_bridge.provisioning.queue import enqueue_opportunities, enqueue_snapshot
+from sf_bridge.provisioning.replay import find_deal
 
 ROOT = Path(__file__).resolve().parents[3]
 EXAMPLE = ROOT / "examples" / "opportunities" / "enterprise-negotiated.json"
@@ -29,11 +32,16 @@ ACCOUNT_18 = to_18(ACCOUNT_15)
 
 
 @pytest.fixture
+def cli_url(sqlite_url: str) -> str:
+    return sqlite_url
+
+
+@pytest.fixture
 def cli_env(
-    db_url: str, monkeypatch: pytest.MonkeyPatch, provisioning_emulator: Any
+    cli_url: str, monkeypatch: pytest.MonkeyPatch, provisioning_emulator: Any
 ) -> Iterator[Any]:
     provisioning_emulator.seed_catalog(load_mappings(ROOT / "mappings").catalog_prices())
-    monkeypatch.setenv("DATABASE_URL", db_url)
+    monkeypatch.setenv("DATABASE_URL", cli_url)
     monkeypatch.setenv("SF_BRIDGE_MAPPINGS", str(ROOT / "mappings"))
     monkeypatch.setenv("STRIPE_API_KEY", provisioning_emulator.api_key)
     monkeypatch.setenv("STRIPE_API_BASE", provisioning_emulator.url)
@@ -71,8 +79,26 @@ def _rows(db_url: str) -> tuple[list[Deal], list[Customer]]:
         engine.dispose()
 
 
+def test_the_queue_keys_both_forms_by_the_18_character_id(
+    session_factory: sessionmaker[Session],
+) -> None:
+    record = json.loads(EXAMPLE.read_text(encoding="utf-8"))
+    with session_factory() as session, session.begin():
+        first = enqueue_snapshot(session, {**record, "Id": OPP_18}, source="file")
+    with session_factory() as session, session.begin():
+        again = enqueue_snapshot(
+            session, {**record, "Id": OPP_15, "AccountId": ACCOUNT_15}, source="file"
+        )
+        assert again.id == first.id
+        assert enqueue_opportunities(session, [OPP_15, OPP_18.lower()], source="stream") == []
+        assert find_deal(session, OPP_15).id == first.id
+        assert find_deal(session, f" {OPP_18.lower()} ").id == first.id
+    with session_factory() as session:
+        assert session.scalars(select(Deal.opportunity_id)).all() == [OPP_18]
+
+
 def test_a_15_character_id_names_the_deal_provisioned_under_its_18_character_form(
-    cli_env: Any, db_url: str, tmp_path: Path
+    cli_env: Any, cli_url: str, tmp_path: Path
 ) -> None:
     emu = cli_env
     long_form = _opportunity_file(tmp_path, "long.json", OPP_18, ACCOUNT_18)
@@ -89,7 +115,7 @@ def test_a_15_character_id_names_the_deal_provisioned_under_its_18_character_for
     assert emu.count("customer") == 1
     assert emu.count("subscription") == 1
     assert emu.count("invoice") == 1
-    deals, customers = _rows(db_url)
+    deals, customers = _rows(cli_url)
     assert [d.opportunity_id for d in deals] == [OPP_18]
     assert [d.account_id for d in deals] == [ACCOUNT_18]
     assert [c.sf_account_id for c in customers] == [ACCOUNT_18]
@@ -108,14 +134,14 @@ def test_a_15_character_id_names_the_deal_provisioned_under_its_18_character_for
 
 
 def test_a_first_deal_given_with_15_character_ids_is_stored_under_the_18_character_form(
-    cli_env: Any, db_url: str, tmp_path: Path
+    cli_env: Any, cli_url: str, tmp_path: Path
 ) -> None:
     emu = cli_env
     short_form = _opportunity_file(tmp_path, "short.json", OPP_15, ACCOUNT_15)
     result = _run("provision", "--file", str(short_form))
     assert result.exit_code == 0, result.output
     assert f"({OPP_18}): done" in result.output
-    deals, customers = _rows(db_url)
+    deals, customers = _rows(cli_url)
     assert [d.opportunity_id for d in deals] == [OPP_18]
     assert [c.sf_account_id for c in customers] == [ACCOUNT_18]
     [customer] = emu.objects("customer")
