@@ -12,6 +12,7 @@ from rich.console import Console
 
 from sf_bridge.cli import handle_errors, mappings_app
 from sf_bridge.config import get_settings
+from sf_bridge.crm import ids
 from sf_bridge.errors import ConfigurationError, SfBridgeError
 from sf_bridge.mapping import Mappings, check_mappings, load_mappings
 from sf_bridge.mapping.engine import map_opportunity
@@ -91,12 +92,13 @@ def _records_from_file(path: Path) -> list[dict[str, Any]]:
             f"{path} holds no opportunity record.",
             hint="save one Opportunity record (or a query response with 'records').",
         )
-    return records
+    return [ids.with_18_character_ids(r, error=ConfigurationError) for r in records]
 
 
 def _fetch(opportunity_id: str, mappings: Mappings) -> list[dict[str, Any]]:
     from sf_bridge.crm.salesforce import SalesforceCrm  # needs the Salesforce client: lazily
 
+    opportunity_id = ids.opportunity_id(opportunity_id, error=ConfigurationError)
     crm = SalesforceCrm.from_settings(get_settings(), mappings)
     records: list[dict[str, Any]] = crm.fetch_opportunities([opportunity_id])
     if not records:

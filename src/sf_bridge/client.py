@@ -8,6 +8,8 @@
     client.report_usage("001xx000003DGb2AAG", "api_calls", 1)
     client.close()
 
+- A customer is its Salesforce Account Id in either form (15 or 18 characters; both share one
+  cache entry) or its sf-bridge customer id.
 - `check` answers from a local cache (microseconds). A customer seen for the first time is
   fetched once; afterwards the cache is revalidated every `refresh_interval` seconds with
   `If-None-Match`, so an unchanged answer costs the service a 304.
@@ -36,6 +38,7 @@ from urllib.parse import quote
 
 import httpx
 
+from sf_bridge.crm.ids import maybe_record_id
 from sf_bridge.logging import get_logger
 
 log = get_logger(__name__)
@@ -239,6 +242,7 @@ class EntitlementClient:
 
     def check(self, customer: str, feature: str) -> Check:
         """Whether `customer` may use `feature` now, from the cache when it holds the customer."""
+        customer = maybe_record_id(customer)
         cached, source = self._cached(customer)
         if cached is None:
             return self._fallback_check(customer, feature, self._last_error)
@@ -283,6 +287,7 @@ class EntitlementClient:
 
     def get_entitlements(self, customer: str) -> Entitlements:
         """Every feature of `customer` as the API returns it, from the cache when possible."""
+        customer = maybe_record_id(customer)
         cached, source = self._cached(customer)
         if cached is None:
             return self._fallback_entitlements(customer, self._last_error)
@@ -388,6 +393,7 @@ class EntitlementClient:
         """
         if quantity < 0:
             raise ValueError("usage quantity must be zero or more")
+        customer = maybe_record_id(customer)
         pending = _PendingUsage(
             customer,
             feature,

@@ -7,6 +7,7 @@ cannot inject query text.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
@@ -33,21 +34,52 @@ def is_salesforce_id(value: object) -> bool:
 _SUFFIX_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ012345"
 
 
-def to_18(value: str) -> str:
-    """The case-insensitive 18-character form of a record id (15-character ids gain their
-    checksum suffix), so one record has one key whichever form an event carried."""
-    if not is_salesforce_id(value):
-        raise ValueError(f"not a Salesforce id: {value!r}")
-    if len(value) == 18:
-        return value[:15] + value[15:].upper()
+def _suffix(id15: str) -> str:
+    """The 3 characters that record which of the 15 are upper case (5 per character)."""
     suffix = ""
     for block in range(3):
         bits = 0
-        for position, char in enumerate(value[block * 5 : block * 5 + 5]):
+        for position, char in enumerate(id15[block * 5 : block * 5 + 5]):
             if "A" <= char <= "Z":
                 bits |= 1 << position
         suffix += _SUFFIX_ALPHABET[bits]
-    return value + suffix
+    return suffix
+
+
+def _case_from_suffix(head: str, suffix: str) -> str | None:
+    """The 15 characters with the case their suffix records; None when it cannot describe
+    them (a digit marked upper case)."""
+    chars: list[str] = []
+    for block, code in enumerate(suffix):
+        bits = _SUFFIX_ALPHABET.find(code)
+        if bits < 0:
+            return None
+        for position, char in enumerate(head[block * 5 : block * 5 + 5]):
+            upper = bool(bits & (1 << position))
+            if upper and not char.isalpha():
+                return None
+            chars.append(char.upper() if upper else char.lower())
+    return "".join(chars)
+
+
+@functools.lru_cache(maxsize=65536)
+def to_18(value: str) -> str:
+    """The case-insensitive 18-character form of a record id (15-character ids gain their
+    checksum suffix), so one record has one key whichever form an event carried.
+
+    An 18-character id compares case-insensitively: its suffix is upper-cased, and an id
+    whose case was folded as a whole (`001a0000006vm9riac`) gets back the case its suffix
+    records. Any other 18-character id is kept as given."""
+    if not is_salesforce_id(value):
+        raise ValueError(f"not a Salesforce id: {value!r}")
+    if len(value) == 15:
+        return value + _suffix(value)
+    head, suffix = value[:15], value[15:].upper()
+    if _suffix(head) != suffix and head in (head.lower(), head.upper()):
+        restored = _case_from_suffix(head, suffix)
+        if restored is not None:
+            head = restored
+    return head + suffix
 
 
 def split_ids(values: Iterable[object]) -> tuple[list[str], list[object]]:

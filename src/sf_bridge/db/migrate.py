@@ -8,7 +8,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from sf_bridge.db.engine import make_engine, normalise_url
 from sf_bridge.errors import SchemaOutOfDateError
@@ -34,15 +34,43 @@ def current_revision(engine: Engine) -> str | None:
 
 
 def upgrade(database_url: str, revision: str = "head") -> None:
-    """Applies every pending migration."""
+    """Applies every pending migration, in one transaction."""
     engine = make_engine(database_url)
     try:
         cfg = alembic_config(database_url)
-        with engine.begin() as conn:
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, revision)
+        with engine.connect() as conn:
+            sqlite = conn.dialect.name == "sqlite"
+            if sqlite:
+                _sqlite_foreign_keys(conn, enabled=False)
+            try:
+                with conn.begin():
+                    cfg.attributes["connection"] = conn
+                    command.upgrade(cfg, revision)
+                    if sqlite:
+                        _check_sqlite_foreign_keys(conn)
+            finally:
+                if sqlite:
+                    _sqlite_foreign_keys(conn, enabled=True)
     finally:
         engine.dispose()
+
+
+def _sqlite_foreign_keys(conn: Connection, *, enabled: bool) -> None:
+    """SQLite changes a table's constraints by copying it into a new table and dropping the
+    old one; with foreign keys enforced, that drop would cascade to the rows that refer to
+    it (a deal's step attempts and events). SQLite's own procedure for such changes turns
+    enforcement off outside the transaction and checks the keys before committing."""
+    driver = conn.connection.driver_connection  # a pragma, not a SQLAlchemy transaction
+    assert driver is not None
+    driver.execute(f"PRAGMA foreign_keys={'ON' if enabled else 'OFF'}")
+
+
+def _check_sqlite_foreign_keys(conn: Connection) -> None:
+    broken = conn.exec_driver_sql("PRAGMA foreign_key_check").all()
+    if broken:
+        raise RuntimeError(
+            f"the migration left rows whose foreign keys match nothing: {broken[:5]}"
+        )
 
 
 def ensure_current(engine: Engine) -> None:

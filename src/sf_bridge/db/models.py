@@ -16,6 +16,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    CheckConstraint,
     DateTime,
     ForeignKey,
     Index,
@@ -121,7 +122,12 @@ class Deal(Base):
         back_populates="deal", order_by="DealEvent.id", cascade="all, delete-orphan"
     )
 
-    __table_args__ = (Index("ix_deals_claim", "status", "next_attempt_at"),)
+    __table_args__ = (
+        Index("ix_deals_claim", "status", "next_attempt_at"),
+        # Salesforce ids only in their 18-character form: one record, one key.
+        CheckConstraint("length(opportunity_id) = 18", name="ck_deals_opportunity_id_18"),
+        CheckConstraint("length(account_id) = 18", name="ck_deals_account_id_18"),
+    )
 
 
 class StepAttempt(Base):
@@ -179,6 +185,11 @@ class Customer(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
     grants: Mapped[list[EntitlementGrant]] = relationship(back_populates="customer")
+
+    __table_args__ = (
+        # The Account id only in its 18-character form: one account, one key.
+        CheckConstraint("length(sf_account_id) = 18", name="ck_customers_sf_account_id_18"),
+    )
 
 
 class EntitlementGrant(Base):

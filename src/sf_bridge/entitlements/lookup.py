@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from sf_bridge.crm.ids import VALID_ID
+from sf_bridge.crm.soql import is_salesforce_id, to_18
 from sf_bridge.db.models import Customer
 from sf_bridge.entitlements.errors import UnknownCustomer
 
@@ -15,17 +17,23 @@ def find_customer(session: Session, ref: str) -> Customer:
     customer: Customer | None = None
     if ref.isdigit() and len(ref) < 15:
         customer = session.get(Customer, int(ref))
-    elif len(ref) == 18:
-        customer = session.scalar(select(Customer).where(Customer.sf_account_id == ref))
-    elif len(ref) == 15:
-        # The 15-character id is the case-sensitive prefix of the 18-character one.
-        customer = session.scalar(
-            select(Customer).where(func.substr(Customer.sf_account_id, 1, 15) == ref)
-        )
+    elif is_salesforce_id(ref):
+        account = to_18(ref)
+        customer = session.scalar(select(Customer).where(Customer.sf_account_id == account))
     if customer is None:
-        raise UnknownCustomer(
+        raise unknown_customer(ref)
+    return customer
+
+
+def unknown_customer(ref: str) -> UnknownCustomer:
+    """The error for a reference no customer has, saying what a valid one looks like."""
+    if ref.isdigit() or is_salesforce_id(ref):
+        return UnknownCustomer(
             f"No customer {ref!r}.",
             hint="use the Salesforce Account id (15 or 18 characters) or the sf-bridge "
             "customer id of a customer with a provisioned deal; `sf-bridge deals` lists them.",
         )
-    return customer
+    return UnknownCustomer(
+        f"No customer {ref!r}: it is neither a Salesforce Account Id nor an sf-bridge customer id.",
+        hint=f"{VALID_ID}; the sf-bridge customer id is a number.",
+    )

@@ -11,12 +11,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, func, select
+from sqlalchemy import Connection, bindparam, select
 from sqlalchemy.sql import Select
 
+from sf_bridge.crm.soql import is_salesforce_id, to_18
 from sf_bridge.db.models import Customer, Deal, EntitlementGrant, UsageCounter
-from sf_bridge.entitlements.errors import UnknownCustomer, UnknownFeature
+from sf_bridge.entitlements.errors import UnknownFeature
 from sf_bridge.entitlements.ledger import Effective, GrantRow, combine_grants
+from sf_bridge.entitlements.lookup import unknown_customer
 from sf_bridge.entitlements.periods import period_of
 
 _c = Customer.__table__.c
@@ -58,7 +60,6 @@ def _customer_with_grants(condition: Any) -> Select[Any]:
 
 _BY_ID = _customer_with_grants(_c.id == bindparam("ref_id"))
 _BY_ACCOUNT = _customer_with_grants(_c.sf_account_id == bindparam("ref"))
-_BY_SHORT_ACCOUNT = _customer_with_grants(func.substr(_c.sf_account_id, 1, 15) == bindparam("ref"))
 _USAGE = select(_u.feature, _u.period, _u.used).where(
     _u.customer_id == bindparam("customer_id"),
     _u.period.in_(bindparam("periods", expanding=True)),
@@ -153,18 +154,12 @@ def read_customer(
     ref = ref.strip()
     if ref.isdigit() and len(ref) < 15:
         rows = conn.execute(_BY_ID, {"ref_id": int(ref)}).all()
-    elif len(ref) == 18:
-        rows = conn.execute(_BY_ACCOUNT, {"ref": ref}).all()
-    elif len(ref) == 15:
-        rows = conn.execute(_BY_SHORT_ACCOUNT, {"ref": ref}).all()
+    elif is_salesforce_id(ref):
+        rows = conn.execute(_BY_ACCOUNT, {"ref": to_18(ref)}).all()
     else:
         rows = []
     if not rows:
-        raise UnknownCustomer(
-            f"No customer {ref!r}.",
-            hint="use the Salesforce Account id (15 or 18 characters) or the sf-bridge "
-            "customer id of a customer with a provisioned deal; `sf-bridge deals` lists them.",
-        )
+        raise unknown_customer(ref)
     first = rows[0]
     customer = {
         "id": first[0],

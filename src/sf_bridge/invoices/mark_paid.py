@@ -10,9 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from sf_bridge.crm import ids
 from sf_bridge.db.engine import transaction
 from sf_bridge.db.models import Deal
 from sf_bridge.invoices.errors import InvoiceNotFound, InvoiceNotPayable
@@ -54,10 +55,9 @@ def _find_deal(session: Session, billing: BillingGateway, ref: str) -> tuple[Dea
     deal = None
     if ref.isdigit() and len(ref) < 15:
         deal = session.get(Deal, int(ref))
-    elif len(ref) == 18:
-        deal = session.scalar(select(Deal).where(Deal.opportunity_id == ref))
-    elif len(ref) == 15:
-        deal = session.scalar(select(Deal).where(func.substr(Deal.opportunity_id, 1, 15) == ref))
+    else:
+        opp_id = ids.opportunity_id(ref, error=InvoiceNotFound)
+        deal = session.scalar(select(Deal).where(Deal.opportunity_id == opp_id))
     if deal is None:
         raise InvoiceNotFound(
             f"No deal {ref!r}.",

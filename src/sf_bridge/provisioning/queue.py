@@ -15,14 +15,13 @@ from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from sf_bridge.crm import ids
 from sf_bridge.db.models import Deal, DealEvent, utcnow
 from sf_bridge.errors import SfBridgeError
 from sf_bridge.logging import get_logger
 from sf_bridge.provisioning.states import STEP_FETCH, STEP_MAP
 
 log = get_logger(__name__)
-
-MAX_OPPORTUNITY_ID = 18
 
 
 class InvalidOpportunity(SfBridgeError):
@@ -37,13 +36,8 @@ def _insert(session: Session) -> Any:
 
 
 def _check_id(opportunity_id: str) -> str:
-    value = str(opportunity_id or "").strip()
-    if not value or len(value) > MAX_OPPORTUNITY_ID:
-        raise InvalidOpportunity(
-            f"{opportunity_id!r} is not a Salesforce Opportunity Id.",
-            hint="pass the 15- or 18-character Id of the opportunity (it starts with 006).",
-        )
-    return value
+    """The 18-character form: a deal is keyed by it whichever form was given."""
+    return ids.opportunity_id(opportunity_id, error=InvalidOpportunity)
 
 
 def enqueue_opportunities(
@@ -88,7 +82,8 @@ def enqueue_snapshot(session: Session, opportunity: dict[str, Any], *, source: s
     """Enqueues an opportunity given as data (`provision --file`): the deal starts at the map
     step with this snapshot. An opportunity already enqueued keeps its deal, which is
     returned as it is. Does not commit."""
-    opp_id = _check_id(str(opportunity.get("Id") or ""))
+    opp_id = _check_id(opportunity.get("Id") or "")
+    opportunity = ids.with_18_character_ids(opportunity, error=InvalidOpportunity)
     account_id = opportunity.get("AccountId") or (opportunity.get("Account") or {}).get("Id")
     now = utcnow()
     stmt = (

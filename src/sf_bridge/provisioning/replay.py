@@ -12,9 +12,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from sf_bridge.crm import ids
 from sf_bridge.crm.port import CrmGateway
 from sf_bridge.db.models import NEEDS_ATTENTION, Deal, DealEvent
 from sf_bridge.errors import SfBridgeError
@@ -49,14 +50,11 @@ def find_deal(session: Session, ref: str | int) -> Deal:
     """A deal by its number or its opportunity id (15 or 18 characters)."""
     text = str(ref).strip()
     deal: Deal | None = None
-    if text.isdigit():
+    if text.isdigit() and len(text) < 15:
         deal = session.get(Deal, int(text))
-    if deal is None and len(text) in (15, 18):
-        deal = session.execute(
-            select(Deal).where(
-                or_(Deal.opportunity_id == text, Deal.opportunity_id.startswith(text[:15]))
-            )
-        ).scalar_one_or_none()
+    else:
+        opp_id = ids.opportunity_id(text, error=DealNotFound)
+        deal = session.execute(select(Deal).where(Deal.opportunity_id == opp_id)).scalar()
     if deal is None:
         raise DealNotFound(
             f"No deal matches {text!r}.",

@@ -18,6 +18,7 @@ from sf_bridge.provisioning.queue import (
 )
 
 LEASE = timedelta(seconds=30)
+ACCOUNT = "001000000000001AAA"
 
 
 def _ids(n: int) -> list[str]:
@@ -149,20 +150,20 @@ def test_account_lock_is_held_by_one_deal_at_a_time(
     with session_factory() as session, session.begin():
         for _ in range(2):
             claim.ensure_customer_row(
-                session, account_id="001A", name="Acme", customer_key=None, email=None
+                session, account_id=ACCOUNT, name="Acme", customer_key=None, email=None
             )
 
     def lock(holder: str, at: datetime = now) -> bool:
         with session_factory() as session, session.begin():
             return claim.try_lock_account(
-                session, account_id="001A", holder=holder, now=at, lease=LEASE
+                session, account_id=ACCOUNT, holder=holder, now=at, lease=LEASE
             )
 
     assert lock("w1:1")
     assert not lock("w2:2")
     assert lock("w1:1")  # renewing one's own lock
     with session_factory() as session, session.begin():
-        claim.unlock_account(session, account_id="001A", holder="w1:1")
+        claim.unlock_account(session, account_id=ACCOUNT, holder="w1:1")
     assert lock("w2:2")
     # an expired lease (its holder died) is taken over
     assert lock("w3:3", now + LEASE + timedelta(seconds=1))
@@ -175,7 +176,7 @@ def test_renewed_leases_hold_until_their_owner_stops_renewing(
     with session_factory() as session, session.begin():
         enqueue_opportunities(session, _ids(2), source="stream")
         claim.ensure_customer_row(
-            session, account_id="001A", name="Acme", customer_key=None, email=None
+            session, account_id=ACCOUNT, name="Acme", customer_key=None, email=None
         )
     with session_factory() as session:
         held = claim.claim_deals(
@@ -183,7 +184,7 @@ def test_renewed_leases_hold_until_their_owner_stops_renewing(
         )
     with session_factory() as session, session.begin():
         assert claim.try_lock_account(
-            session, account_id="001A", holder=f"a:{held[0]}", now=now, lease=LEASE
+            session, account_id=ACCOUNT, holder=f"a:{held[0]}", now=now, lease=LEASE
         )
     later = now + LEASE + timedelta(seconds=1)
     with session_factory() as session:
@@ -195,7 +196,7 @@ def test_renewed_leases_hold_until_their_owner_stops_renewing(
         )
     with session_factory() as session, session.begin():
         assert not claim.try_lock_account(
-            session, account_id="001A", holder="b:9", now=later, lease=LEASE
+            session, account_id=ACCOUNT, holder="b:9", now=later, lease=LEASE
         )
     # "a" died: no renewal, and the lease runs out
     much_later = later + LEASE + timedelta(seconds=1)

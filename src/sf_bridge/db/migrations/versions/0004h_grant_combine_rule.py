@@ -1,7 +1,7 @@
 """entitlements: each grant records how its feature's grants combine (sum, max, any)
 
 Revision ID: 0004h
-Revises: 0003
+Revises: 0004b
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0004h"
-down_revision = "0003"
+down_revision = "0004b"
 branch_labels = None
 depends_on = None
 
