@@ -1,4 +1,4 @@
-"""Tables. Idempotency lives here: one deal per opportunity, one customer per account.
+"""Tables. Idempotency lives here: one deal per opportunity, one customer per customer key.
 
 Deal statuses follow the state machine of docs/operations.md:
 
@@ -162,23 +162,39 @@ class DealEvent(Base):
 
 
 class Customer(Base):
-    """A Salesforce account and its Stripe customer; reused by every deal of the account."""
+    """One Stripe customer and the key that names it (`ProvisioningPlan.customer.customer_key`:
+    the customer identifier's value, and the currency when customers are split by currency);
+    reused by every deal with that key. `sf_account_id` is the account whose deal made it:
+    an account can have several (one per currency), and accounts can share one."""
 
     __tablename__ = "customers"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    sf_account_id: Mapped[str] = mapped_column(String(18), unique=True)
-    customer_key: Mapped[str | None] = mapped_column(String(255))
+    sf_account_id: Mapped[str] = mapped_column(String(18), index=True)
+    customer_key: Mapped[str] = mapped_column(String(255))
     name: Mapped[str] = mapped_column(String(255), default="")
     email: Mapped[str | None] = mapped_column(String(255))
     stripe_customer_id: Mapped[str | None] = mapped_column(String(64), unique=True)
-    # Per-account lease: one deal at a time runs the customer/subscription/invoice steps.
+    # Per-customer lease: one deal at a time runs the customer/subscription/invoice steps.
     locked_by: Mapped[str | None] = mapped_column(String(64))
     locked_until: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
     grants: Mapped[list[EntitlementGrant]] = relationship(back_populates="customer")
+
+    __table_args__ = (UniqueConstraint("customer_key", name="uq_customers_customer_key"),)
+
+
+class AccountLock(Base):
+    """Per-account lease: one deal of an account at a time runs the customer, subscription and
+    invoice steps, whichever of the account's customers it is billed to."""
+
+    __tablename__ = "account_locks"
+
+    sf_account_id: Mapped[str] = mapped_column(String(18), primary_key=True)
+    locked_by: Mapped[str | None] = mapped_column(String(64))
+    locked_until: Mapped[datetime | None]
 
 
 class EntitlementGrant(Base):

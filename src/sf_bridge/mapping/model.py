@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from sf_bridge.plan import CollectionMethod, FeatureKind, Interval, PlanKind
+from sf_bridge.plan import CollectionMethod, CustomerSplit, FeatureKind, Interval, PlanKind
 
 # Fields every opportunity query selects, whatever the mapping says.
 BASE_OPPORTUNITY_FIELDS: tuple[str, ...] = (
@@ -170,8 +170,12 @@ class WriteBackFields:
 
 @dataclass(frozen=True)
 class CustomerRules:
+    """How deals map to Stripe customers: one per value of `identifier`, and per currency too
+    unless `split` is "identifier"."""
+
     identifier: FieldRef
     email: tuple[FieldRef, ...] = ()
+    split: CustomerSplit = "identifier_and_currency"
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,148 @@
+"""customers: one row per customer key (identifier value and currency), per-account locks
+
+A Stripe customer bills in one currency, and the mapping's `customer.identifier` says which
+deals share one. So `customers` is unique on `customer_key` instead of `sf_account_id` (kept,
+indexed: the account whose deal made the row), and the per-account lease moves to
+`account_locks`.
+
+Existing rows keep their Stripe customer: each gets the key the default split
+(`identifier_and_currency`) gives its deals, from the identifier value it stored (the account
+id when none) and the currency its deals are billed in. Deals not yet past the customer step
+get the same key in their stored plan. Two accounts that stored the same identifier value
+each had their own row; the first keeps the key, the next ones a key of their own account.
+
+Revision ID: 0004d
+Revises: 0003
+Create Date: 2026-12-01 20:40:00
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0004d"
+down_revision = "0003"
+branch_labels = None
+depends_on = None
+
+_customers = sa.table(
+    "customers",
+    sa.column("id", sa.Integer),
+    sa.column("sf_account_id", sa.String),
+    sa.column("customer_key", sa.String),
+)
+_deals = sa.table(
+    "deals",
+    sa.column("id", sa.Integer),
+    sa.column("customer_id", sa.Integer),
+    sa.column("plan", sa.JSON),
+)
+
+
+def _key(identifier: str, currency: str | None) -> str:
+    # As sf_bridge.plan.customer_key computed it when this revision was written.
+    key = f"{identifier}/{currency.upper()}" if currency else identifier
+    return key if len(key) <= 255 else f"sha256:{hashlib.sha256(key.encode()).hexdigest()}"
+
+
+def _plan(value: Any) -> dict[str, Any] | None:
+    if isinstance(value, str):
+        value = json.loads(value)
+    return value if isinstance(value, dict) else None
+
+
+def _currency(plan: dict[str, Any] | None) -> str | None:
+    if not plan:
+        return None
+    billing = plan.get("billing") or {}
+    if billing.get("currency"):
+        return str(billing["currency"])
+    items = plan.get("items") or []
+    return str(items[0]["currency"]) if items and items[0].get("currency") else None
+
+
+def _assign_keys(conn: sa.Connection) -> None:
+    # The currency of the row's first billed deal (a custom deal's only when none is billed).
+    currencies: dict[int, tuple[bool, str]] = {}
+    for customer_id, raw in conn.execute(
+        sa.select(_deals.c.customer_id, _deals.c.plan)
+        .where(_deals.c.customer_id.is_not(None))
+        .order_by(_deals.c.id)
+    ):
+        plan = _plan(raw)
+        currency = _currency(plan)
+        billed = bool(plan and plan.get("billing"))
+        known = currencies.get(customer_id)
+        if currency and (known is None or (billed and not known[0])):
+            currencies[customer_id] = (billed, currency)
+    taken: set[str] = set()
+    rows = conn.execute(
+        sa.select(_customers.c.id, _customers.c.sf_account_id, _customers.c.customer_key).order_by(
+            _customers.c.id
+        )
+    ).all()
+    for row_id, account, stored in rows:
+        currency = currencies[row_id][1] if row_id in currencies else None
+        key = _key(stored or account, currency)
+        if key in taken:
+            key = _key(account, currency)
+        if key in taken:
+            key = _key(f"{account}#{row_id}", currency)
+        taken.add(key)
+        conn.execute(
+            sa.update(_customers).where(_customers.c.id == row_id).values(customer_key=key)
+        )
+    for deal_id, raw in conn.execute(
+        sa.select(_deals.c.id, _deals.c.plan).where(
+            _deals.c.customer_id.is_(None), _deals.c.plan.is_not(None)
+        )
+    ).all():
+        plan = _plan(raw)
+        customer = (plan or {}).get("customer")
+        if not plan or not isinstance(customer, dict):
+            continue
+        identifier = customer.get("customer_key") or customer.get("account_id")
+        if not identifier:
+            continue
+        customer["customer_key"] = _key(str(identifier), _currency(plan))
+        conn.execute(sa.update(_deals).where(_deals.c.id == deal_id).values(plan=plan))
+
+
+def upgrade() -> None:
+    conn = op.get_bind()
+    _assign_keys(conn)
+    sqlite = conn.dialect.name == "sqlite"
+    with op.batch_alter_table(
+        "customers",
+        # SQLite names the old unnamed constraint by this convention so it can be dropped.
+        naming_convention={"uq": "uq_%(table_name)s_%(column_0_name)s"},
+    ) as batch:
+        batch.drop_constraint(
+            "uq_customers_sf_account_id" if sqlite else "customers_sf_account_id_key",
+            type_="unique",
+        )
+        batch.alter_column("customer_key", existing_type=sa.String(length=255), nullable=False)
+        batch.create_unique_constraint("uq_customers_customer_key", ["customer_key"])
+        batch.create_index("ix_customers_sf_account_id", ["sf_account_id"])
+    op.create_table(
+        "account_locks",
+        sa.Column("sf_account_id", sa.String(length=18), nullable=False),
+        sa.Column("locked_by", sa.String(length=64), nullable=True),
+        sa.Column("locked_until", sa.DateTime(timezone=True), nullable=True),
+        sa.PrimaryKeyConstraint("sf_account_id"),
+    )
+
+
+def downgrade() -> None:
+    """Back to one row per account: fails while an account has more than one customer."""
+    op.drop_table("account_locks")
+    with op.batch_alter_table("customers") as batch:
+        batch.drop_index("ix_customers_sf_account_id")
+        batch.drop_constraint("uq_customers_customer_key", type_="unique")
+        batch.alter_column("customer_key", existing_type=sa.String(length=255), nullable=True)
+        batch.create_unique_constraint("customers_sf_account_id_key", ["sf_account_id"])
