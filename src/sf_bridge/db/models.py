@@ -232,19 +232,20 @@ class StreamCheckpoint(Base):
 
 
 class UsageCounter(Base):
-    """Metered usage of one feature by one customer in one calendar period (e.g. "2026-11")."""
+    """Metered usage of one feature by one account in one calendar period (e.g. "2026-11"),
+    whichever of the account's customers granted the limit."""
 
     __tablename__ = "usage_counters"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id"))
+    sf_account_id: Mapped[str] = mapped_column(String(18))
     feature: Mapped[str] = mapped_column(String(64))
     period: Mapped[str] = mapped_column(String(16))
     used: Mapped[int] = mapped_column(BigInteger, default=0)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
     __table_args__ = (
-        UniqueConstraint("customer_id", "feature", "period", name="uq_usage_counter"),
+        UniqueConstraint("sf_account_id", "feature", "period", name="uq_usage_counter"),
     )
 
 
@@ -254,7 +255,7 @@ class UsageRecord(Base):
     __tablename__ = "usage_records"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id"))
+    sf_account_id: Mapped[str] = mapped_column(String(18))
     idempotency_key: Mapped[str] = mapped_column(String(255))
     feature: Mapped[str] = mapped_column(String(64))
     period: Mapped[str] = mapped_column(String(16))
@@ -263,7 +264,7 @@ class UsageRecord(Base):
     recorded_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     __table_args__ = (
-        UniqueConstraint("customer_id", "idempotency_key", name="uq_usage_record_key"),
+        UniqueConstraint("sf_account_id", "idempotency_key", name="uq_usage_record_key"),
     )
 
 

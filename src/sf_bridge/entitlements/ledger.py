@@ -1,6 +1,7 @@
 """The entitlement ledger: one grant per (deal, feature); effective entitlements are derived.
 
-A customer's effective entitlements are computed from its active grants at read time:
+An account's effective entitlements are computed from its deals' active grants at read time,
+across all its Stripe customers:
 flags are OR-ed, limits and seats add up across deals. Cancelling a subscription revokes the
 grants tied to it and nothing else, so a later deal's grants survive an earlier deal's end.
 """
@@ -183,8 +184,10 @@ def combine_grants(grants: Iterable[GrantRow]) -> dict[str, Effective]:
     return combined
 
 
-def effective_entitlements(session: Session, customer: Customer) -> dict[str, Effective]:
-    """The customer's entitlements now, combined over its active grants, by feature."""
+def effective_entitlements(session: Session, account_id: str) -> dict[str, Effective]:
+    """The account's entitlements now, combined over the active grants of its deals, by
+    feature: across all the account's Stripe customers (one per currency, or one it shares
+    with other accounts), and only its own deals' grants."""
     rows = session.execute(
         select(
             EntitlementGrant.feature,
@@ -198,7 +201,7 @@ def effective_entitlements(session: Session, customer: Customer) -> dict[str, Ef
             EntitlementGrant.granted_at,
         )
         .join(Deal, Deal.id == EntitlementGrant.deal_id)
-        .where(EntitlementGrant.customer_id == customer.id, EntitlementGrant.active.is_(True))
+        .where(Deal.account_id == account_id, EntitlementGrant.active.is_(True))
         .order_by(EntitlementGrant.feature, EntitlementGrant.granted_at, EntitlementGrant.id)
     ).all()
     return combine_grants(GrantRow(*row) for row in rows)

@@ -3,7 +3,8 @@
 A Stripe customer bills in one currency, and the mapping's `customer.identifier` says which
 deals share one. So `customers` is unique on `customer_key` instead of `sf_account_id` (kept,
 indexed: the account whose deal made the row), and the per-account lease moves to
-`account_locks`.
+`account_locks`. Usage is counted per account (`usage_counters` and `usage_records` keyed by
+`sf_account_id` instead of a customer), since an account may now have several customers.
 
 Existing rows keep their Stripe customer: each gets the key the default split
 (`identifier_and_currency`) gives its deals, from the identifier value it stored (the account
@@ -129,6 +130,8 @@ def upgrade() -> None:
         batch.alter_column("customer_key", existing_type=sa.String(length=255), nullable=False)
         batch.create_unique_constraint("uq_customers_customer_key", ["customer_key"])
         batch.create_index("ix_customers_sf_account_id", ["sf_account_id"])
+    _usage_by_account("usage_counters", "uq_usage_counter", ["feature", "period"])
+    _usage_by_account("usage_records", "uq_usage_record_key", ["idempotency_key"])
     op.create_table(
         "account_locks",
         sa.Column("sf_account_id", sa.String(length=18), nullable=False),
@@ -138,9 +141,41 @@ def upgrade() -> None:
     )
 
 
+def _usage_by_account(table: str, unique: str, columns: list[str]) -> None:
+    with op.batch_alter_table(table) as batch:
+        batch.add_column(sa.Column("sf_account_id", sa.String(length=18), nullable=True))
+    op.execute(
+        f"UPDATE {table} SET sf_account_id = "  # noqa: S608 - fixed names, no input
+        f"(SELECT c.sf_account_id FROM customers c WHERE c.id = {table}.customer_id)"
+    )
+    with op.batch_alter_table(
+        table, naming_convention={"fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s"}
+    ) as batch:
+        batch.drop_constraint(unique, type_="unique")
+        if op.get_bind().dialect.name == "sqlite":
+            batch.drop_constraint(f"fk_{table}_customer_id_customers", type_="foreignkey")
+        else:
+            batch.drop_constraint(f"{table}_customer_id_fkey", type_="foreignkey")
+        batch.drop_column("customer_id")
+        batch.alter_column("sf_account_id", existing_type=sa.String(length=18), nullable=False)
+        batch.create_unique_constraint(unique, ["sf_account_id", *columns])
+
+
 def downgrade() -> None:
-    """Back to one row per account: fails while an account has more than one customer."""
+    """Back to one row per account: fails while an account has more than one customer.
+    Usage counted since the upgrade is not kept."""
     op.drop_table("account_locks")
+    for table, unique, columns in (
+        ("usage_counters", "uq_usage_counter", ["feature", "period"]),
+        ("usage_records", "uq_usage_record_key", ["idempotency_key"]),
+    ):
+        op.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed names, no input
+        with op.batch_alter_table(table) as batch:
+            batch.drop_constraint(unique, type_="unique")
+            batch.drop_column("sf_account_id")
+            batch.add_column(sa.Column("customer_id", sa.Integer(), nullable=False))
+            batch.create_foreign_key(None, "customers", ["customer_id"], ["id"])
+            batch.create_unique_constraint(unique, ["customer_id", *columns])
     with op.batch_alter_table("customers") as batch:
         batch.drop_index("ix_customers_sf_account_id")
         batch.drop_constraint("uq_customers_customer_key", type_="unique")
