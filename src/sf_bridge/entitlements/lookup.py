@@ -51,9 +51,7 @@ def find_account(session: Session, ref: str) -> AccountCustomers:
     if account is not None:
         billed = select(Deal.customer_id).where(Deal.account_id == account)
         customers = list(
-            session.scalars(
-                select(Customer).where(Customer.id.in_(billed)).order_by(Customer.id)
-            )
+            session.scalars(select(Customer).where(Customer.id.in_(billed)).order_by(Customer.id))
         )
     if account is None or not customers:
         raise UnknownCustomer(f"No customer {ref.strip()!r}.", hint=UNKNOWN_HINT)

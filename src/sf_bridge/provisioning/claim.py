@@ -145,9 +145,7 @@ def try_lock_account(
     a savepoint (no commit)."""
 
     def free(table: Any) -> Any:
-        return or_(
-            table.locked_by.is_(None), table.locked_by == holder, table.locked_until < now
-        )
+        return or_(table.locked_by.is_(None), table.locked_by == holder, table.locked_until < now)
 
     session.execute(
         _insert(session, AccountLock)

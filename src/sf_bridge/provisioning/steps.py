@@ -179,9 +179,7 @@ def customer_step(
 
     if known is None:
         if not plan.is_custom:
-            raise PermanentError(
-                "The deal's customer record is missing.", hint="replay the deal."
-            )
+            raise PermanentError("The deal's customer record is missing.", hint="replay the deal.")
         return StepResult(link(None), detail={"stripe": "not needed for a custom plan"})
     if known.stripe_customer_id:
         return StepResult(link(None), detail={"customer": known.stripe_customer_id, "reused": True})

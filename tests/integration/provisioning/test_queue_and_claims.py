@@ -202,6 +202,8 @@ def test_an_account_lock_is_not_held_by_a_deal_that_waits_for_the_customer(
     assert lock("w1:1", "001A", shared)
     assert not lock("w2:2", "001B", shared)  # 001B's lock is not kept while it waits
     assert lock("w3:3", "001B", other)
+
+
 def test_renewed_leases_hold_until_their_owner_stops_renewing(
     session_factory: sessionmaker[Session],
 ) -> None:

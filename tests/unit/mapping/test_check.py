@@ -398,7 +398,14 @@ def test_product_ids_must_be_salesforce_ids(tmp_path: Path) -> None:
 def test_the_customer_split_is_read(tmp_path: Path) -> None:
     folder = copy_mappings(
         tmp_path / "m",
-        {SF: [("  identifier: Account.Id\n", "  identifier: Account.Group__c\n  split: identifier\n")]},
+        {
+            SF: [
+                (
+                    "  identifier: Account.Id\n",
+                    "  identifier: Account.Group__c\n  split: identifier\n",
+                )
+            ]
+        },
     )
     assert check_mappings(folder) == []
     customer = load_mappings(folder).customer

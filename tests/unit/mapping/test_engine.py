@@ -376,7 +376,11 @@ def test_prices_that_are_not_amounts(
 
 def _team_deal(currency: str, account_id: str, parent: str | None = None) -> dict[str, Any]:
     opp = make_opportunity(
-        [opportunity_line("00kHs0000TEAM1AAA", "SB-TEAM-M", 5, 15.0 if currency == "USD" else 14.0)],
+        [
+            opportunity_line(
+                "00kHs0000TEAM1AAA", "SB-TEAM-M", 5, 15.0 if currency == "USD" else 14.0
+            )
+        ],
         currency=currency,
         AccountId=account_id,
     )
@@ -421,6 +425,7 @@ def test_a_very_long_identifier_value_gives_a_key_that_fits() -> None:
     from sf_bridge.plan import customer_key
 
     key = customer_key("x" * 400, "eur")
-    assert len(key) <= 255 and key.startswith("sha256:")
+    assert len(key) <= 255
+    assert key.startswith("sha256:")
     assert key == customer_key("x" * 400, "EUR")
     assert key != customer_key("x" * 400, "usd")

@@ -89,7 +89,7 @@ def _assign_keys(conn: sa.Connection) -> None:
     ).all()
     for row_id, account, stored in rows:
         currency = currencies[row_id][1] if row_id in currencies else None
-        key = _key(stored or account, currency)
+        key = _key((stored or account).strip(), currency)
         if key in taken:
             key = _key(account, currency)
         if key in taken:
@@ -145,11 +145,12 @@ def _usage_by_account(table: str, unique: str, columns: list[str]) -> None:
     with op.batch_alter_table(table) as batch:
         batch.add_column(sa.Column("sf_account_id", sa.String(length=18), nullable=True))
     op.execute(
-        f"UPDATE {table} SET sf_account_id = "  # noqa: S608 - fixed names, no input
+        f"UPDATE {table} SET sf_account_id = "
         f"(SELECT c.sf_account_id FROM customers c WHERE c.id = {table}.customer_id)"
     )
     with op.batch_alter_table(
-        table, naming_convention={"fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s"}
+        table,
+        naming_convention={"fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s"},
     ) as batch:
         batch.drop_constraint(unique, type_="unique")
         if op.get_bind().dialect.name == "sqlite":
@@ -164,20 +165,29 @@ def _usage_by_account(table: str, unique: str, columns: list[str]) -> None:
 def downgrade() -> None:
     """Back to one row per account: fails while an account has more than one customer.
     Usage counted since the upgrade is not kept."""
+    sqlite = op.get_bind().dialect.name == "sqlite"
     op.drop_table("account_locks")
     for table, unique, columns in (
         ("usage_counters", "uq_usage_counter", ["feature", "period"]),
         ("usage_records", "uq_usage_record_key", ["idempotency_key"]),
     ):
-        op.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed names, no input
+        op.execute(f"DELETE FROM {table}")
         with op.batch_alter_table(table) as batch:
             batch.drop_constraint(unique, type_="unique")
             batch.drop_column("sf_account_id")
             batch.add_column(sa.Column("customer_id", sa.Integer(), nullable=False))
-            batch.create_foreign_key(None, "customers", ["customer_id"], ["id"])
+            batch.create_foreign_key(
+                f"fk_{table}_customer_id_customers" if sqlite else f"{table}_customer_id_fkey",
+                "customers",
+                ["customer_id"],
+                ["id"],
+            )
             batch.create_unique_constraint(unique, ["customer_id", *columns])
     with op.batch_alter_table("customers") as batch:
         batch.drop_index("ix_customers_sf_account_id")
         batch.drop_constraint("uq_customers_customer_key", type_="unique")
         batch.alter_column("customer_key", existing_type=sa.String(length=255), nullable=True)
-        batch.create_unique_constraint("customers_sf_account_id_key", ["sf_account_id"])
+        batch.create_unique_constraint(
+            "uq_customers_sf_account_id" if sqlite else "customers_sf_account_id_key",
+            ["sf_account_id"],
+        )
