@@ -246,7 +246,8 @@ def check_no_duplicates(emulator: Any, all_facts: list[DealFacts]) -> list[Check
     paid = [f for f in all_facts if f.deal.expect.plan_kind == "paid"]
     accounts = {f.account_id for f in paid}
     return [
-        Check("", "one Stripe customer per customer key", not dupes and len(customers) >= len(accounts),
+        Check("", "one Stripe customer per customer key",
+              not dupes and len(customers) >= len(accounts),
               f"{len(customers)} customers for {len(accounts)} billed accounts"),
         Check("", "one subscription per paid deal", not sub_dupes and len(subs) == len(paid),
               f"{len(subs)} subscriptions for {len(paid)} paid deals"),
