@@ -39,6 +39,9 @@ deals = sa.table(
     sa.column("attempts", sa.Integer),
     sa.column("source", sa.String),
     sa.column("customer_id", sa.Integer),
+    sa.column("stripe_customer_id", sa.String),
+    sa.column("stripe_subscription_id", sa.String),
+    sa.column("current_step", sa.String),
     sa.column("plan", sa.JSON),
     sa.column("writeback_pending", sa.Boolean),
     sa.column("created_at", sa.DateTime(timezone=True)),
@@ -85,12 +88,24 @@ def _plan(account: str, key: str, currency: str | None) -> dict[str, Any]:
     }
 
 
-def _deal(deal_id: int, account: str, customer_id: int | None, plan: dict[str, Any]) -> Any:
+def _deal(
+    deal_id: int,
+    account: str,
+    customer_id: int | None,
+    plan: dict[str, Any],
+    *,
+    status: str = "done",
+    step: str | None = None,
+) -> Any:
+    done = status == "done"
     return sa.insert(deals).values(
         id=deal_id,
         opportunity_id=f"006{deal_id:015d}",
         account_id=account,
-        status="done" if customer_id else "mapped",
+        status=status,
+        current_step=step,
+        stripe_customer_id=f"cus_{customer_id}" if customer_id else None,
+        stripe_subscription_id=f"sub_{deal_id}" if done else None,
         attempts=0,
         source="stream",
         customer_id=customer_id,
@@ -125,7 +140,11 @@ def test_existing_customers_keep_their_stripe_customer_under_the_new_key(empty_u
         conn.execute(_deal(1, a, 1, _plan(a, a, "eur")))
         conn.execute(_deal(2, b, 2, _plan(b, "GROUP-1", "usd")))
         conn.execute(_deal(3, c, 3, _plan(c, "GROUP-1", "usd")))
-        conn.execute(_deal(4, a, None, _plan(a, a, "eur")))  # not past the customer step yet
+        conn.execute(_deal(4, a, None, _plan(a, a, "eur"), status="mapped", step="customer"))
+        # parked: Stripe refused a USD subscription on a's EUR customer
+        conn.execute(
+            _deal(5, a, 1, _plan(a, a, "usd"), status="needs_attention", step="subscription")
+        )
         conn.execute(
             sa.insert(usage_counters).values(
                 customer_id=1, feature="api_calls", period="2026-11", used=7, updated_at=NOW
@@ -142,6 +161,12 @@ def test_existing_customers_keep_their_stripe_customer_under_the_new_key(empty_u
             )
         ).all()
         plan = conn.execute(sa.select(deals.c.plan).where(deals.c.id == 4)).scalar_one()
+        parked = conn.execute(
+            sa.select(
+                deals.c.plan, deals.c.customer_id, deals.c.stripe_customer_id, deals.c.current_step
+            ).where(deals.c.id == 5)
+        ).one()
+        done_plan = conn.execute(sa.select(deals.c.plan).where(deals.c.id == 1)).scalar_one()
         usage = conn.execute(sa.text("SELECT sf_account_id, used FROM usage_counters")).all()
         locks = conn.execute(sa.text("SELECT COUNT(*) FROM account_locks")).scalar_one()
     engine.dispose()
@@ -151,5 +176,9 @@ def test_existing_customers_keep_their_stripe_customer_under_the_new_key(empty_u
         (f"{c}/USD", c, "cus_c"),
     ]
     assert plan["customer"]["customer_key"] == f"{a}/EUR"  # finds cus_a, creates nothing
+    # the parked USD deal gets a customer of its own currency when replayed
+    assert parked[0]["customer"]["customer_key"] == f"{a}/USD"
+    assert tuple(parked[1:]) == (None, None, "customer")
+    assert done_plan["customer"]["customer_key"] == a  # billed deals are history, left alone
     assert [tuple(u) for u in usage] == [(a, 7)]
     assert locks == 0

@@ -8,8 +8,9 @@ indexed: the account whose deal made the row), and the per-account lease moves t
 
 Existing rows keep their Stripe customer: each gets the key the default split
 (`identifier_and_currency`) gives its deals, from the identifier value it stored (the account
-id when none) and the currency its deals are billed in. Deals not yet past the customer step
-get the same key in their stored plan. Two accounts that stored the same identifier value
+id when none) and the currency its deals are billed in. Deals not billed yet get their key
+in their stored plan; one parked on a customer of another currency (Stripe refused it there)
+goes back to the customer step. Two accounts that stored the same identifier value
 each had their own row; the first keeps the key, the next ones a key of their own account.
 
 Revision ID: 0004d
@@ -42,6 +43,10 @@ _deals = sa.table(
     sa.column("id", sa.Integer),
     sa.column("customer_id", sa.Integer),
     sa.column("plan", sa.JSON),
+    sa.column("stripe_subscription_id", sa.String),
+    sa.column("stripe_customer_id", sa.String),
+    sa.column("current_step", sa.String),
+    sa.column("status", sa.String),
 )
 
 
@@ -68,20 +73,21 @@ def _currency(plan: dict[str, Any] | None) -> str | None:
 
 
 def _assign_keys(conn: sa.Connection) -> None:
-    # The currency of the row's first billed deal (a custom deal's only when none is billed).
-    currencies: dict[int, tuple[bool, str]] = {}
-    for customer_id, raw in conn.execute(
-        sa.select(_deals.c.customer_id, _deals.c.plan)
+    # A row's currency: that of its first deal with a subscription (Stripe fixed the
+    # customer's currency then), else of its first billed deal, else of its first deal.
+    currencies: dict[int, tuple[int, str]] = {}
+    for customer_id, raw, subscription in conn.execute(
+        sa.select(_deals.c.customer_id, _deals.c.plan, _deals.c.stripe_subscription_id)
         .where(_deals.c.customer_id.is_not(None))
         .order_by(_deals.c.id)
     ):
         plan = _plan(raw)
         currency = _currency(plan)
-        billed = bool(plan and plan.get("billing"))
+        rank = 2 if subscription else 1 if plan and plan.get("billing") else 0
         known = currencies.get(customer_id)
-        if currency and (known is None or (billed and not known[0])):
-            currencies[customer_id] = (billed, currency)
-    taken: set[str] = set()
+        if currency and (known is None or rank > known[0]):
+            currencies[customer_id] = (rank, currency)
+    taken: dict[str, int] = {}
     rows = conn.execute(
         sa.select(_customers.c.id, _customers.c.sf_account_id, _customers.c.customer_key).order_by(
             _customers.c.id
@@ -94,14 +100,18 @@ def _assign_keys(conn: sa.Connection) -> None:
             key = _key(account, currency)
         if key in taken:
             key = _key(f"{account}#{row_id}", currency)
-        taken.add(key)
+        taken[key] = row_id
         conn.execute(
             sa.update(_customers).where(_customers.c.id == row_id).values(customer_key=key)
         )
-    for deal_id, raw in conn.execute(
-        sa.select(_deals.c.id, _deals.c.plan).where(
-            _deals.c.customer_id.is_(None), _deals.c.plan.is_not(None)
-        )
+    keys = {row_id: key for key, row_id in taken.items()}
+    # Deals not billed yet get their key too. One tied to a customer of another key (a deal
+    # in a second currency, parked because Stripe refused it on the account's customer) goes
+    # back to the customer step, which finds or creates the customer of its key.
+    for deal_id, raw, customer_id, step, status in conn.execute(
+        sa.select(
+            _deals.c.id, _deals.c.plan, _deals.c.customer_id, _deals.c.current_step, _deals.c.status
+        ).where(_deals.c.stripe_subscription_id.is_(None), _deals.c.plan.is_not(None))
     ).all():
         plan = _plan(raw)
         customer = (plan or {}).get("customer")
@@ -110,8 +120,16 @@ def _assign_keys(conn: sa.Connection) -> None:
         identifier = customer.get("customer_key") or customer.get("account_id")
         if not identifier:
             continue
-        customer["customer_key"] = _key(str(identifier), _currency(plan))
-        conn.execute(sa.update(_deals).where(_deals.c.id == deal_id).values(plan=plan))
+        key = _key(str(identifier).strip(), _currency(plan))
+        customer["customer_key"] = key
+        values: dict[str, Any] = {"plan": plan}
+        if customer_id is not None and keys.get(customer_id) != key:
+            values.update(customer_id=None, stripe_customer_id=None)
+            if step == "subscription":
+                values["current_step"] = "customer"
+            if status == "customer_ready":
+                values["status"] = "mapped"
+        conn.execute(sa.update(_deals).where(_deals.c.id == deal_id).values(**values))
 
 
 def upgrade() -> None:
