@@ -168,7 +168,7 @@ def test_existing_customers_keep_their_stripe_customer_under_the_new_key(empty_u
         ).one()
         done_plan = conn.execute(sa.select(deals.c.plan).where(deals.c.id == 1)).scalar_one()
         usage = conn.execute(sa.text("SELECT sf_account_id, used FROM usage_counters")).all()
-        locks = conn.execute(sa.text("SELECT COUNT(*) FROM account_locks")).scalar_one()
+        locks = conn.execute(sa.text("SELECT COUNT(*) FROM provisioning_locks")).scalar_one()
     engine.dispose()
     assert [tuple(k) for k in keys] == [
         (f"{a}/EUR", a, "cus_a"),

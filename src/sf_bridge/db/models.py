@@ -175,9 +175,6 @@ class Customer(Base):
     name: Mapped[str] = mapped_column(String(255), default="")
     email: Mapped[str | None] = mapped_column(String(255))
     stripe_customer_id: Mapped[str | None] = mapped_column(String(64), unique=True)
-    # Per-customer lease: one deal at a time runs the customer/subscription/invoice steps.
-    locked_by: Mapped[str | None] = mapped_column(String(64))
-    locked_until: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -186,14 +183,15 @@ class Customer(Base):
     __table_args__ = (UniqueConstraint("customer_key", name="uq_customers_customer_key"),)
 
 
-class AccountLock(Base):
-    """Per-account lease: one deal of an account at a time runs the customer, subscription and
-    invoice steps, whichever of the account's customers it is billed to."""
+class ProvisioningLock(Base):
+    """A lease that keeps Stripe steps apart: `account:<Account id>` lets one deal of an
+    account at a time run the customer, subscription and invoice steps; `customer:<customers
+    id>` one deal at a time write to a Stripe customer, which accounts may share."""
 
-    __tablename__ = "account_locks"
+    __tablename__ = "provisioning_locks"
 
-    sf_account_id: Mapped[str] = mapped_column(String(18), primary_key=True)
-    locked_by: Mapped[str | None] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    locked_by: Mapped[str | None] = mapped_column(String(64), index=True)
     locked_until: Mapped[datetime | None]
 
 

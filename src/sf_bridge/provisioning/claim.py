@@ -6,11 +6,11 @@ with `FOR UPDATE SKIP LOCKED`, so replicas never wait on each other; SQLite (one
 a step is guarded by the lease too (`load_owned`), so a worker whose lease expired and was
 taken over cannot overwrite the new owner's progress.
 
-The per-account lock is the same kind of lease, on the `account_locks` row: the customer,
+The per-account lock is the same kind of lease, on a `provisioning_locks` row: the customer,
 subscription and invoice steps of two deals of one account never run at once. The deal's
 Stripe customer (its `customers` row, one per customer key, which accounts may share) is
-leased with it: Stripe answers `lock_timeout` to concurrent writes on one customer, and two
-deals could both create it. Both are taken in one transaction, the account first.
+leased with it, in the same statement: Stripe answers `lock_timeout` to concurrent writes on
+one customer, and two deals could both create it.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from sf_bridge.db.models import CANCELLED, AccountLock, Customer, Deal, utcnow
+from sf_bridge.db.models import CANCELLED, Customer, Deal, ProvisioningLock, utcnow
 from sf_bridge.provisioning.states import SETTLED
 
 
@@ -127,8 +127,11 @@ def ensure_customer_row(
     ).scalar_one()
 
 
-class _Busy(Exception):
-    """Someone else holds the account's or the customer's lease."""
+def _lock_names(account_id: str, customer_id: int | None) -> list[str]:
+    names = [f"account:{account_id}"]
+    if customer_id is not None:
+        names.append(f"customer:{customer_id}")
+    return names
 
 
 def try_lock_account(
@@ -141,61 +144,53 @@ def try_lock_account(
     lease: timedelta,
 ) -> bool:
     """Takes (or renews) for `holder` the account's lease and, when given, the lease of the
-    customers row `customer_id`; False, holding neither, when someone else holds one. Runs in
-    a savepoint (no commit)."""
+    customers row `customer_id`, in one statement; False, holding neither, when someone else
+    holds one (no commit)."""
+    names = _lock_names(account_id, customer_id)
 
-    def free(table: Any) -> Any:
-        return or_(table.locked_by.is_(None), table.locked_by == holder, table.locked_until < now)
-
-    session.execute(
-        _insert(session, AccountLock)
-        .values(sf_account_id=account_id)
-        .on_conflict_do_nothing(index_elements=["sf_account_id"])
-    )
-    try:
-        with session.begin_nested():
-            taken = session.execute(
-                update(AccountLock)
-                .where(AccountLock.sf_account_id == account_id, free(AccountLock))
-                .values(locked_by=holder, locked_until=now + lease)
-                .execution_options(synchronize_session=False)
+    def take() -> int:
+        result = session.execute(
+            update(ProvisioningLock)
+            .where(
+                ProvisioningLock.name.in_(names),
+                or_(
+                    ProvisioningLock.locked_by.is_(None),
+                    ProvisioningLock.locked_by == holder,
+                    ProvisioningLock.locked_until < now,
+                ),
             )
-            if taken.rowcount != 1:  # type: ignore[attr-defined]
-                raise _Busy
-            if customer_id is not None:
-                taken = session.execute(
-                    update(Customer)
-                    .where(Customer.id == customer_id, free(Customer))
-                    .values(locked_by=holder, locked_until=now + lease)
-                    .execution_options(synchronize_session=False)
-                )
-                if taken.rowcount != 1:  # type: ignore[attr-defined]
-                    raise _Busy
-    except _Busy:
-        return False
-    return True
+            .values(locked_by=holder, locked_until=now + lease)
+            .execution_options(synchronize_session=False)
+        )
+        return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+    if take() == len(names):
+        return True
+    # A first deal of the account or customer (its lock rows are made once), or a busy one.
+    session.execute(
+        _insert(session, ProvisioningLock)
+        .values([{"name": name} for name in names])
+        .on_conflict_do_nothing(index_elements=["name"])
+    )
+    if take() == len(names):
+        return True
+    release_locks(session, holder)
+    return False
 
 
 def unlock_account(session: Session, *, account_id: str, holder: str) -> None:
     """Gives the account's lease, and the customer lease taken with it, back (no commit)."""
+    release_locks(session, holder)
+
+
+def release_locks(session: Session, holder: str) -> None:
+    """Gives back every account and customer lease `holder` holds (no commit)."""
     session.execute(
-        update(AccountLock)
-        .where(AccountLock.sf_account_id == account_id, AccountLock.locked_by == holder)
+        update(ProvisioningLock)
+        .where(ProvisioningLock.locked_by == holder)
         .values(locked_by=None, locked_until=None)
         .execution_options(synchronize_session=False)
     )
-    release_customers(session, holder)
-
-
-def release_customers(session: Session, holder: str) -> None:
-    """Gives back every account and customer lease `holder` holds (no commit)."""
-    for table in (AccountLock, Customer):
-        session.execute(
-            update(table)
-            .where(table.locked_by == holder)
-            .values(locked_by=None, locked_until=None)
-            .execution_options(synchronize_session=False)
-        )
 
 
 def renew_leases(
@@ -216,12 +211,10 @@ def renew_leases(
             .values(locked_until=until)
             .execution_options(synchronize_session=False)
         )
-        holders = [f"{owner}:{i}" for i in ids]
-        for table in (AccountLock, Customer):  # the order the locks are taken in
-            session.execute(
-                update(table)
-                .where(table.locked_by.in_(holders))
-                .values(locked_until=until)
-                .execution_options(synchronize_session=False)
-            )
+        session.execute(
+            update(ProvisioningLock)
+            .where(ProvisioningLock.locked_by.in_([f"{owner}:{i}" for i in ids]))
+            .values(locked_until=until)
+            .execution_options(synchronize_session=False)
+        )
     return int(result.rowcount or 0)  # type: ignore[attr-defined]

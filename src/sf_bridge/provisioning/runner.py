@@ -149,7 +149,7 @@ class Provisioner:
         try:
             with self.db() as session, session.begin():
                 claim.release_deal(session, deal_id, self.owner)
-                claim.release_customers(session, f"{self.owner}:{deal_id}")
+                claim.release_locks(session, f"{self.owner}:{deal_id}")
         except Exception as exc:
             log.warning(
                 "deal_release_failed",
@@ -298,11 +298,12 @@ class Provisioner:
         if step == STEP_CUSTOMER and (
             deal.account_id != account or deal.customer_id != customer_id
         ):
-            row = claim.load_owned(session, deal.id, self.owner)
-            if row is not None:
-                row.account_id = account
-                row.customer_id = customer_id
-                session.flush()
+            session.execute(
+                update(Deal)
+                .where(Deal.id == deal.id, Deal.locked_by == self.owner)
+                .values(account_id=account, customer_id=customer_id)
+                .execution_options(synchronize_session=False)
+            )
         resumed = session.execute(earlier.limit(1)).first() is not None
         attempt = StepAttempt(
             deal_id=deal.id, step=step, attempt=attempt_no, started_at=self.clock()

@@ -1,10 +1,11 @@
-"""customers: one row per customer key (identifier value and currency), per-account locks
+"""customers: one row per customer key (identifier value and currency), provisioning locks
 
 A Stripe customer bills in one currency, and the mapping's `customer.identifier` says which
 deals share one. So `customers` is unique on `customer_key` instead of `sf_account_id` (kept,
-indexed: the account whose deal made the row), and the per-account lease moves to
-`account_locks`. Usage is counted per account (`usage_counters` and `usage_records` keyed by
-`sf_account_id` instead of a customer), since an account may now have several customers.
+indexed: the account whose deal made the row), and the per-account lease moves, with a lease
+per customer, to `provisioning_locks`. Usage is counted per account (`usage_counters` and
+`usage_records` keyed by `sf_account_id` instead of a customer), since an account may now
+have several customers.
 
 Existing rows keep their Stripe customer: each gets the key the default split
 (`identifier_and_currency`) gives its deals, from the identifier value it stored (the account
@@ -148,15 +149,18 @@ def upgrade() -> None:
         batch.alter_column("customer_key", existing_type=sa.String(length=255), nullable=False)
         batch.create_unique_constraint("uq_customers_customer_key", ["customer_key"])
         batch.create_index("ix_customers_sf_account_id", ["sf_account_id"])
+        batch.drop_column("locked_by")  # the leases are in provisioning_locks now
+        batch.drop_column("locked_until")
     _usage_by_account("usage_counters", "uq_usage_counter", ["feature", "period"])
     _usage_by_account("usage_records", "uq_usage_record_key", ["idempotency_key"])
     op.create_table(
-        "account_locks",
-        sa.Column("sf_account_id", sa.String(length=18), nullable=False),
+        "provisioning_locks",
+        sa.Column("name", sa.String(length=64), nullable=False),
         sa.Column("locked_by", sa.String(length=64), nullable=True),
         sa.Column("locked_until", sa.DateTime(timezone=True), nullable=True),
-        sa.PrimaryKeyConstraint("sf_account_id"),
+        sa.PrimaryKeyConstraint("name"),
     )
+    op.create_index("ix_provisioning_locks_locked_by", "provisioning_locks", ["locked_by"])
 
 
 def _usage_by_account(table: str, unique: str, columns: list[str]) -> None:
@@ -184,7 +188,8 @@ def downgrade() -> None:
     """Back to one row per account: fails while an account has more than one customer.
     Usage counted since the upgrade is not kept."""
     sqlite = op.get_bind().dialect.name == "sqlite"
-    op.drop_table("account_locks")
+    op.drop_index("ix_provisioning_locks_locked_by", table_name="provisioning_locks")
+    op.drop_table("provisioning_locks")
     for table, unique, columns in (
         ("usage_counters", "uq_usage_counter", ["feature", "period"]),
         ("usage_records", "uq_usage_record_key", ["idempotency_key"]),
@@ -202,6 +207,8 @@ def downgrade() -> None:
             )
             batch.create_unique_constraint(unique, ["customer_id", *columns])
     with op.batch_alter_table("customers") as batch:
+        batch.add_column(sa.Column("locked_by", sa.String(length=64), nullable=True))
+        batch.add_column(sa.Column("locked_until", sa.DateTime(timezone=True), nullable=True))
         batch.drop_index("ix_customers_sf_account_id")
         batch.drop_constraint("uq_customers_customer_key", type_="unique")
         batch.alter_column("customer_key", existing_type=sa.String(length=255), nullable=True)
