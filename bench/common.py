@@ -464,7 +464,7 @@ class Stack:
         command = [sys.executable, "-m", "sf_bridge", "run"]
         if lease_seconds is not None:
             env["SF_BRIDGE_DRILL_LEASE"] = str(lease_seconds)
-            env["PYTHONPATH"] = str(REPO)
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
             command = [sys.executable, str(DRILL_WORKER)]
         worker = WorkerProc(
             name, env, self.workdir / f"{name}.log", self.workdir, command=command
@@ -518,11 +518,13 @@ class Stack:
             time.sleep(interval)
 
     def duplicates(self) -> dict[str, int]:
-        """Counted in the emulator: customers per Salesforce account, subscriptions per
-        opportunity, invoices per subscription; each figure is how many extra objects exist."""
+        """Counted in the emulator: customers per customer key (or Salesforce account),
+        subscriptions per opportunity, invoices per subscription; each figure is how many
+        extra objects exist."""
         assert self.stripe is not None
         customers = Counter(
-            c["metadata"].get("sf_account_id") for c in self.stripe.objects("customer")
+            c["metadata"].get("sf_customer_key") or c["metadata"].get("sf_account_id")
+            for c in self.stripe.objects("customer")
         )
         subscriptions = Counter(
             s["metadata"].get("sf_opportunity_id") for s in self.stripe.objects("subscription")

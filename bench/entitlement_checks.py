@@ -53,7 +53,11 @@ def seed(database_url: str, customers: int) -> None:
     factory = make_session_factory(engine)
     with factory() as session, session.begin():
         for n in range(customers):
-            customer = Customer(sf_account_id=account_id(n), name=f"Customer {n}")
+            customer = Customer(
+                sf_account_id=account_id(n),
+                customer_key=f"{account_id(n)}/USD",
+                name=f"Customer {n}",
+            )
             session.add(customer)
             session.flush()
             for d in range(2):  # two deals each: answers combine grants

@@ -7,6 +7,7 @@ every field is a plain value and the round trip is exact.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -18,6 +19,22 @@ FeatureKind = Literal["flag", "limit", "seats"]
 Combine = Literal["sum", "max", "any"]
 CollectionMethod = Literal["send_invoice", "charge_automatically"]
 Interval = Literal["month", "year"]
+CustomerSplit = Literal["identifier", "identifier_and_currency"]
+CUSTOMER_SPLITS: tuple[CustomerSplit, ...] = ("identifier_and_currency", "identifier")
+
+# Stripe metadata values hold 500 characters and our key column 255: longer keys are hashed.
+_MAX_KEY = 255
+
+
+def customer_key(identifier: str, currency: str | None) -> str:
+    """The key of one Stripe customer: the customer identifier's value, and the currency when
+    customers are split by currency (a Stripe customer bills in one currency), e.g.
+    `001Hs00002AcmeCAAQ/USD`."""
+    key = f"{identifier}/{currency.upper()}" if currency else identifier
+    if len(key) <= _MAX_KEY:
+        return key
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    return f"sha256:{digest}"
 
 
 @dataclass(frozen=True)
@@ -26,7 +43,10 @@ class CustomerIdentity:
 
     account_id: str
     name: str
-    customer_key: str  # value of the Account field the mapping names as the customer identifier
+    # Which Stripe customer bills the deal: the customer identifier's value, with the deal's
+    # currency when customers are split by currency (`customer_key`). Deals with one key
+    # share one Stripe customer, whatever their account.
+    customer_key: str
     email: str | None = None
 
 

@@ -17,9 +17,9 @@ from sf_bridge.api.responses import cacheable_json, error_response, json_respons
 from sf_bridge.db.engine import transaction
 from sf_bridge.entitlements.errors import EntitlementError, NotMetered, UnknownFeature
 from sf_bridge.entitlements.ledger import effective_entitlements
-from sf_bridge.entitlements.lookup import find_customer
+from sf_bridge.entitlements.lookup import find_account
 from sf_bridge.entitlements.usage import MAX_IDEMPOTENCY_KEY_LENGTH, record_usage
-from sf_bridge.entitlements.view import all_entitlements, customer_summary, one_entitlement
+from sf_bridge.entitlements.view import account_summary, all_entitlements, one_entitlement
 from sf_bridge.logging import get_logger
 from sf_bridge.metrics import ENTITLEMENT_CHECKS, HTTP_REQUEST_SECONDS, USAGE_REPORTS
 
@@ -139,11 +139,11 @@ async def _post_usage(request: Request) -> Response:
 
     def write() -> dict[str, Any]:
         with transaction(ctx.session_factory) as session:
-            customer = find_customer(session, report.customer)
-            effective = effective_entitlements(session, customer).get(report.feature)
+            found = find_account(session, report.customer)
+            effective = effective_entitlements(session, found.account_id).get(report.feature)
             if effective is None:
                 raise UnknownFeature(
-                    f"Customer {customer.sf_account_id} has no active grant of feature "
+                    f"Customer {found.account_id} has no active grant of feature "
                     f"{report.feature!r}; usage is not recorded.",
                     hint="report usage only of metered (limit) features the customer holds; "
                     "GET /v1/customers/{ref}/entitlements lists them.",
@@ -155,7 +155,7 @@ async def _post_usage(request: Request) -> Response:
                 )
             outcome = record_usage(
                 session,
-                customer=customer,
+                account_id=found.account_id,
                 feature=report.feature,
                 unit=effective.unit,
                 quantity=report.quantity,
@@ -164,7 +164,10 @@ async def _post_usage(request: Request) -> Response:
             )
             limit = int(effective.value)
             return {
-                "customer": customer_summary(customer),
+                "customer": account_summary(
+                    found.account_id,
+                    [(c.id, c.name, c.stripe_customer_id) for c in found.customers],
+                ),
                 "feature": report.feature,
                 "recorded": outcome.recorded,
                 "period": {

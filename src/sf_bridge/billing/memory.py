@@ -119,11 +119,11 @@ class InMemoryBilling:
             self._enter("get_customer")
             return self.customers.get(customer_id)
 
-    def find_customer(self, *, sf_account_id: str) -> BillingCustomer | None:
+    def find_customer(self, *, customer_key: str) -> BillingCustomer | None:
         with self._lock:
             self._enter("find_customer")
             for customer in self.customers.values():
-                if customer.metadata.get("sf_account_id") == sf_account_id:
+                if customer.metadata.get("sf_customer_key") == customer_key:
                     return customer
             return None
 

@@ -114,8 +114,8 @@ class BillingGateway(Protocol):
         """The customer, or None when it does not exist or was deleted."""
         ...
 
-    def find_customer(self, *, sf_account_id: str) -> BillingCustomer | None:
-        """The customer tagged `metadata.sf_account_id` (search; eventually consistent)."""
+    def find_customer(self, *, customer_key: str) -> BillingCustomer | None:
+        """The customer tagged `metadata.sf_customer_key` (search; eventually consistent)."""
         ...
 
     def create_customer(self, spec: CustomerSpec, *, idempotency_key: str) -> BillingCustomer: ...

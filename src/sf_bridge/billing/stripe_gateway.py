@@ -313,8 +313,8 @@ class StripeGateway:
             return None
         return _customer(data, _request_id(obj))
 
-    def find_customer(self, *, sf_account_id: str) -> BillingCustomer | None:
-        query = f"metadata['sf_account_id']:{_search_literal(sf_account_id)}"
+    def find_customer(self, *, customer_key: str) -> BillingCustomer | None:
+        query = f"metadata['sf_customer_key']:{_search_literal(customer_key)}"
         result = self._call(
             "search customers",
             lambda: self._client.v1.customers.search({"query": query, "limit": 10}),

@@ -1,4 +1,4 @@
-"""Tables. Idempotency lives here: one deal per opportunity, one customer per account.
+"""Tables. Idempotency lives here: one deal per opportunity, one customer per customer key.
 
 Deal statuses follow the state machine of docs/operations.md:
 
@@ -168,28 +168,41 @@ class DealEvent(Base):
 
 
 class Customer(Base):
-    """A Salesforce account and its Stripe customer; reused by every deal of the account."""
+    """One Stripe customer and the key that names it (`ProvisioningPlan.customer.customer_key`:
+    the customer identifier's value, and the currency when customers are split by currency);
+    reused by every deal with that key. `sf_account_id` is the account whose deal made it:
+    an account can have several (one per currency), and accounts can share one."""
 
     __tablename__ = "customers"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    sf_account_id: Mapped[str] = mapped_column(String(18), unique=True)
-    customer_key: Mapped[str | None] = mapped_column(String(255))
+    sf_account_id: Mapped[str] = mapped_column(String(18), index=True)
+    customer_key: Mapped[str] = mapped_column(String(255))
     name: Mapped[str] = mapped_column(String(255), default="")
     email: Mapped[str | None] = mapped_column(String(255))
     stripe_customer_id: Mapped[str | None] = mapped_column(String(64), unique=True)
-    # Per-account lease: one deal at a time runs the customer/subscription/invoice steps.
-    locked_by: Mapped[str | None] = mapped_column(String(64))
-    locked_until: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
     grants: Mapped[list[EntitlementGrant]] = relationship(back_populates="customer")
 
     __table_args__ = (
+        UniqueConstraint("customer_key", name="uq_customers_customer_key"),
         # The Account id only in its 18-character form: one account, one key.
         CheckConstraint("length(sf_account_id) = 18", name="ck_customers_sf_account_id_18"),
     )
+
+
+class ProvisioningLock(Base):
+    """A lease that keeps Stripe steps apart: `account:<Account id>` lets one deal of an
+    account at a time run the customer, subscription and invoice steps; `customer:<customers
+    id>` one deal at a time write to a Stripe customer, which accounts may share."""
+
+    __tablename__ = "provisioning_locks"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    locked_by: Mapped[str | None] = mapped_column(String(64), index=True)
+    locked_until: Mapped[datetime | None]
 
 
 class EntitlementGrant(Base):
@@ -229,19 +242,20 @@ class StreamCheckpoint(Base):
 
 
 class UsageCounter(Base):
-    """Metered usage of one feature by one customer in one calendar period (e.g. "2026-11")."""
+    """Metered usage of one feature by one account in one calendar period (e.g. "2026-11"),
+    whichever of the account's customers granted the limit."""
 
     __tablename__ = "usage_counters"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id"))
+    sf_account_id: Mapped[str] = mapped_column(String(18))
     feature: Mapped[str] = mapped_column(String(64))
     period: Mapped[str] = mapped_column(String(16))
     used: Mapped[int] = mapped_column(BigInteger, default=0)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
     __table_args__ = (
-        UniqueConstraint("customer_id", "feature", "period", name="uq_usage_counter"),
+        UniqueConstraint("sf_account_id", "feature", "period", name="uq_usage_counter"),
     )
 
 
@@ -251,7 +265,7 @@ class UsageRecord(Base):
     __tablename__ = "usage_records"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id"))
+    sf_account_id: Mapped[str] = mapped_column(String(18))
     idempotency_key: Mapped[str] = mapped_column(String(255))
     feature: Mapped[str] = mapped_column(String(64))
     period: Mapped[str] = mapped_column(String(16))
@@ -260,7 +274,7 @@ class UsageRecord(Base):
     recorded_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     __table_args__ = (
-        UniqueConstraint("customer_id", "idempotency_key", name="uq_usage_record_key"),
+        UniqueConstraint("sf_account_id", "idempotency_key", name="uq_usage_record_key"),
     )
 
 

@@ -233,9 +233,12 @@ def check_parked(facts: DealFacts, write_back: Any) -> list[Check]:
 
 
 def check_no_duplicates(emulator: Any, all_facts: list[DealFacts]) -> list[Check]:
-    """Exactly one customer per account and one subscription per paid deal in Stripe."""
+    """Exactly one customer per customer key (an account's, in one currency, by default) and
+    one subscription per paid deal in Stripe."""
     customers = emulator.objects("customer")
-    per_account = Counter(_meta(c, "sf_account_id") for c in customers)
+    per_account = Counter(
+        _meta(c, "sf_customer_key") or _meta(c, "sf_account_id") for c in customers
+    )
     dupes = {acct: n for acct, n in per_account.items() if n > 1}
     subs = emulator.objects("subscription")
     per_opp = Counter(_meta(s, "sf_opportunity_id") for s in subs)
@@ -243,7 +246,8 @@ def check_no_duplicates(emulator: Any, all_facts: list[DealFacts]) -> list[Check
     paid = [f for f in all_facts if f.deal.expect.plan_kind == "paid"]
     accounts = {f.account_id for f in paid}
     return [
-        Check("", "one Stripe customer per account", not dupes and len(customers) >= len(accounts),
+        Check("", "one Stripe customer per customer key",
+              not dupes and len(customers) >= len(accounts),
               f"{len(customers)} customers for {len(accounts)} billed accounts"),
         Check("", "one subscription per paid deal", not sub_dupes and len(subs) == len(paid),
               f"{len(subs)} subscriptions for {len(paid)} paid deals"),

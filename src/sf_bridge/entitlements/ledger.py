@@ -1,9 +1,9 @@
 """The entitlement ledger: one grant per (deal, feature); effective entitlements are derived.
 
-A customer's effective entitlements are computed from its active grants at read time, each
-feature by the rule its grants record (`combine`, from the feature in the mappings): flags are
-on when any grant is (`any`), limits and seats add up (`sum`) or take the largest grant
-(`max`). Cancelling a subscription revokes the
+An account's effective entitlements are computed from its deals' active grants at read time,
+across all its Stripe customers, each feature by the rule its grants record (`combine`, from
+the feature in the mappings): flags are on when any grant is (`any`), limits and seats add up
+(`sum`) or take the largest grant (`max`). Cancelling a subscription revokes the
 grants tied to it and nothing else, so a later deal's grants survive an earlier deal's end.
 """
 
@@ -192,8 +192,10 @@ def combine_grants(grants: Iterable[GrantRow]) -> dict[str, Effective]:
     return combined
 
 
-def effective_entitlements(session: Session, customer: Customer) -> dict[str, Effective]:
-    """The customer's entitlements now, combined over its active grants, by feature."""
+def effective_entitlements(session: Session, account_id: str) -> dict[str, Effective]:
+    """The account's entitlements now, combined over the active grants of its deals, by
+    feature: across all the account's Stripe customers (one per currency, or one it shares
+    with other accounts), and only its own deals' grants."""
     rows = session.execute(
         select(
             EntitlementGrant.feature,
@@ -208,7 +210,7 @@ def effective_entitlements(session: Session, customer: Customer) -> dict[str, Ef
             EntitlementGrant.combine,
         )
         .join(Deal, Deal.id == EntitlementGrant.deal_id)
-        .where(EntitlementGrant.customer_id == customer.id, EntitlementGrant.active.is_(True))
+        .where(Deal.account_id == account_id, EntitlementGrant.active.is_(True))
         .order_by(EntitlementGrant.feature, EntitlementGrant.granted_at, EntitlementGrant.id)
     ).all()
     return combine_grants(GrantRow(**row._asdict()) for row in rows)

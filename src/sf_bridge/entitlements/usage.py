@@ -1,6 +1,8 @@
 """Metered usage: idempotent reports counted per calendar period without losing increments.
 
-A report is first recorded under its idempotency key (unique per customer); only a report
+Usage is counted per Salesforce account, the subject of the entitlement API, whichever of
+its customers granted the limit. A report is first recorded under its idempotency key (unique
+per account); only a report
 recorded for the first time adds to the period's counter, with an atomic insert-or-update
 (`used = used + n`) so concurrent reports from many processes never overwrite each other.
 """
@@ -13,7 +15,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from sf_bridge.db.models import Customer, UsageCounter, UsageRecord, utcnow
+from sf_bridge.db.models import UsageCounter, UsageRecord, utcnow
 from sf_bridge.entitlements.errors import IdempotencyConflict
 from sf_bridge.entitlements.periods import Period, period_of
 from sf_bridge.entitlements.sql import dialect_insert
@@ -29,10 +31,10 @@ class UsageOutcome:
     recorded: bool  # False when the key had been seen: the report was counted before
 
 
-def used_in_period(session: Session, customer_id: int, feature: str, period_key: str) -> int:
+def used_in_period(session: Session, account_id: str, feature: str, period_key: str) -> int:
     used = session.scalar(
         select(UsageCounter.used).where(
-            UsageCounter.customer_id == customer_id,
+            UsageCounter.sf_account_id == account_id,
             UsageCounter.feature == feature,
             UsageCounter.period == period_key,
         )
@@ -43,7 +45,7 @@ def used_in_period(session: Session, customer_id: int, feature: str, period_key:
 def record_usage(
     session: Session,
     *,
-    customer: Customer,
+    account_id: str,
     feature: str,
     unit: str | None,
     quantity: int,
@@ -63,7 +65,7 @@ def record_usage(
     inserted = session.execute(
         dialect_insert(session, UsageRecord)
         .values(
-            customer_id=customer.id,
+            sf_account_id=account_id,
             idempotency_key=idempotency_key,
             feature=feature,
             period=period.key,
@@ -71,13 +73,13 @@ def record_usage(
             occurred_at=when,
             recorded_at=utcnow(),
         )
-        .on_conflict_do_nothing(index_elements=["customer_id", "idempotency_key"])
+        .on_conflict_do_nothing(index_elements=["sf_account_id", "idempotency_key"])
         .returning(UsageRecord.id)
     ).first()
     if inserted is None:
         previous = session.scalars(
             select(UsageRecord).where(
-                UsageRecord.customer_id == customer.id,
+                UsageRecord.sf_account_id == account_id,
                 UsageRecord.idempotency_key == idempotency_key,
             )
         ).one()
@@ -95,18 +97,18 @@ def record_usage(
         return UsageOutcome(
             feature=feature,
             period=period,
-            used=used_in_period(session, customer.id, feature, period.key),
+            used=used_in_period(session, account_id, feature, period.key),
             recorded=False,
         )
     stmt = dialect_insert(session, UsageCounter).values(
-        customer_id=customer.id,
+        sf_account_id=account_id,
         feature=feature,
         period=period.key,
         used=quantity,
         updated_at=utcnow(),
     )
     stmt = stmt.on_conflict_do_update(
-        index_elements=["customer_id", "feature", "period"],
+        index_elements=["sf_account_id", "feature", "period"],
         set_={
             "used": UsageCounter.__table__.c.used + stmt.excluded.used,
             "updated_at": stmt.excluded.updated_at,

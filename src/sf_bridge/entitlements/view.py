@@ -1,7 +1,9 @@
 """What the entitlement API answers about a customer's features: plain data, JSON-ready.
 
+The API answers per Salesforce account, across every Stripe customer its deals are billed to.
 This is the hot path of every entitlement check, so it reads with two prepared Core
-statements (the customer with all its grants, then the current period's usage) and combines
+statements (the account's deals with their customers and grants, then the current period's
+usage) and combines
 them in Python with the ledger's own rules (`combine_grants`).
 """
 
@@ -27,11 +29,13 @@ _d = Deal.__table__.c
 _u = UsageCounter.__table__.c
 
 
-def _customer_with_grants(condition: Any) -> Select[Any]:
+def _account_with_grants(condition: Any) -> Select[Any]:
+    """One row per grant of the account's deals (one per deal without grants), with the
+    customer the deal is billed to: all the account's customers, and only its own grants."""
     return (
         select(
+            _d.account_id,
             _c.id,
-            _c.sf_account_id,
             _c.name,
             _c.stripe_customer_id,
             _g.feature,
@@ -49,19 +53,22 @@ def _customer_with_grants(condition: Any) -> Select[Any]:
             _g.combine,
         )
         .select_from(
-            Customer.__table__.outerjoin(
-                EntitlementGrant.__table__, _g.customer_id == _c.id
-            ).outerjoin(Deal.__table__, _d.id == _g.deal_id)
+            Deal.__table__.join(Customer.__table__, _c.id == _d.customer_id).outerjoin(
+                EntitlementGrant.__table__, _g.deal_id == _d.id
+            )
         )
         .where(condition)
         .order_by(_g.feature, _g.granted_at, _g.id)
     )
 
 
-_BY_ID = _customer_with_grants(_c.id == bindparam("ref_id"))
-_BY_ACCOUNT = _customer_with_grants(_c.sf_account_id == bindparam("ref"))
+_ACCOUNT_OF_CUSTOMER = (
+    select(_c.sf_account_id).where(_c.id == bindparam("ref_id")).scalar_subquery()
+)
+_BY_ID = _account_with_grants(_d.account_id == _ACCOUNT_OF_CUSTOMER)
+_BY_ACCOUNT = _account_with_grants(_d.account_id == bindparam("ref"))
 _USAGE = select(_u.feature, _u.period, _u.used).where(
-    _u.customer_id == bindparam("customer_id"),
+    _u.sf_account_id == bindparam("account_id"),
     _u.period.in_(bindparam("periods", expanding=True)),
 )
 
@@ -145,7 +152,8 @@ def _grant_row(g: tuple[Any, ...]) -> GrantRow:
 def read_customer(
     conn: Connection, ref: str, now: datetime, *, only: str | None = None
 ) -> CustomerEntitlements:
-    """Everything the API says about customer `ref` (Account id, 15 or 18, or our id) now.
+    """Everything the API says about customer `ref` (Account id, 15 or 18, or our id: the
+    account whose deal made that customer) now, across all the account's customers.
 
     Features whose every grant was revoked answer access false with the reason; features
     never granted are absent. `only` limits the answer to one feature (a single check).
@@ -160,13 +168,9 @@ def read_customer(
         rows = []
     if not rows:
         raise unknown_customer(ref)
-    first = rows[0]
-    customer = {
-        "id": first[0],
-        "sf_account_id": first[1],
-        "name": first[2],
-        "stripe_customer_id": first[3],
-    }
+    account = rows[0][0]
+    billed_to = sorted({(r[1], r[2], r[3]) for r in rows})
+    customer = account_summary(account, billed_to)
     grants = [tuple(r)[4:] for r in rows if r[4] is not None]
     # (feature, kind, value, unit, deal_id, opportunity_id, source, subscription, granted_at,
     #  active, revoked_at, revoked_reason, combine)
@@ -177,7 +181,7 @@ def read_customer(
     if limits:
         periods = sorted({period_of(e.unit, now).key for e in limits})
         for feature, period, used in conn.execute(
-            _USAGE, {"customer_id": first[0], "periods": periods}
+            _USAGE, {"account_id": account, "periods": periods}
         ):
             usage[(feature, period)] = int(used)
     features: dict[str, dict[str, Any]] = {}
@@ -216,10 +220,17 @@ def one_entitlement(conn: Connection, ref: str, feature: str, now: datetime) -> 
     return {"customer": found.customer, **status}
 
 
-def customer_summary(customer: Customer) -> dict[str, Any]:
+def account_summary(
+    account_id: str, customers: list[tuple[int, str, str | None]]
+) -> dict[str, Any]:
+    """Who the API answers about: the account, and the customers (id, name, Stripe id) its
+    deals are billed to, oldest first; `id`, `name` and `stripe_customer_id` are the oldest's,
+    `stripe_customer_ids` every one of them (one per currency, for example)."""
+    first_id, name, stripe_id = customers[0]
     return {
-        "id": customer.id,
-        "sf_account_id": customer.sf_account_id,
-        "name": customer.name,
-        "stripe_customer_id": customer.stripe_customer_id,
+        "id": first_id,
+        "sf_account_id": account_id,
+        "name": name,
+        "stripe_customer_id": stripe_id,
+        "stripe_customer_ids": [c[2] for c in customers if c[2]],
     }

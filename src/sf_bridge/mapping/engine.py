@@ -43,6 +43,7 @@ from sf_bridge.plan import (
     MappingError,
     PlanItem,
     ProvisioningPlan,
+    customer_key,
 )
 
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -530,7 +531,9 @@ class _Mapper:
 
     # -- customer and billing ----------------------------------------------------------------
 
-    def customer(self, collection: CollectionMethod | None, paid: bool) -> CustomerIdentity | None:
+    def customer(
+        self, collection: CollectionMethod | None, paid: bool, currency: str | None
+    ) -> CustomerIdentity | None:
         ident = self.m.customer.identifier
         key = read_ref(ident, self.opp, None)
         account_id = self.opp.get("AccountId") or read_path(self.opp, ("Account", "Id"))
@@ -567,8 +570,12 @@ class _Mapper:
                 fields,
             )
         name = read_path(self.opp, ("Account", "Name")) or self.opp.get("Name") or ""
+        by_currency = self.m.customer.split == "identifier_and_currency"
         return CustomerIdentity(
-            account_id=str(account_id), name=str(name), customer_key=str(key), email=email
+            account_id=str(account_id),
+            name=str(name),
+            customer_key=customer_key(str(key).strip(), currency if by_currency else None),
+            email=email,
         )
 
     def collection_method(self) -> CollectionMethod | None:
@@ -662,7 +669,7 @@ class _Mapper:
                     "Stripe (custom plan)."
                 )
         entitlements = self.entitlements(plan, sold_plan, addons)
-        customer = self.customer(collection, paid)
+        customer = self.customer(collection, paid, currency)
         if self.errors or customer is None:
             return self.errors
         return ProvisioningPlan(

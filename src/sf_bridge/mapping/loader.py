@@ -145,7 +145,9 @@ def build(draft: Draft, version: str) -> Mappings:
         products=products,
         match_by=draft.match_by,
         currencies=tuple(dict.fromkeys(c for c, _ in draft.currencies)),
-        customer=CustomerRules(identifier=draft.identifier, email=tuple(draft.emails)),
+        customer=CustomerRules(
+            identifier=draft.identifier, email=tuple(draft.emails), split=draft.customer_split
+        ),
         billing=billing,
         entitlement_sources={f: s.source for f, s in draft.entitlement_sources.items()},
         price_override_policy=draft.override_policy,

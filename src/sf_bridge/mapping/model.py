@@ -12,6 +12,7 @@ from typing import Literal
 from sf_bridge.plan import (
     CollectionMethod,
     Combine,
+    CustomerSplit,
     FeatureKind,
     Interval,
     PlanKind,
@@ -182,8 +183,12 @@ class WriteBackFields:
 
 @dataclass(frozen=True)
 class CustomerRules:
+    """How deals map to Stripe customers: one per value of `identifier`, and per currency too
+    unless `split` is "identifier"."""
+
     identifier: FieldRef
     email: tuple[FieldRef, ...] = ()
+    split: CustomerSplit = "identifier_and_currency"
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from sf_bridge.mapping.model import (
 )
 from sf_bridge.mapping.walker import Walker
 from sf_bridge.mapping.yamlread import Ctx, Loc, describe, did_you_mean, is_null, tag_of
-from sf_bridge.plan import Combine, FeatureKind, Interval, PlanKind
+from sf_bridge.plan import CUSTOMER_SPLITS, Combine, CustomerSplit, FeatureKind, Interval, PlanKind
 
 SECTIONS = (
     "features",
@@ -126,6 +126,7 @@ class Draft:
     won_stages: list[str] = field(default_factory=lambda: ["Closed Won"])
     match_by: MatchBy = "product_code"
     identifier: FieldRef = field(default_factory=lambda: FieldRef("Account", ("Id",)))
+    customer_split: CustomerSplit = "identifier_and_currency"
     emails: list[FieldRef] = field(default_factory=list)
     collection_method: DraftSource | None = None
     payment_terms: DraftSource | None = None
@@ -595,13 +596,25 @@ class SectionReader:
         return [r for r in refs if r is not None]
 
     def read_customer(self, node: Node) -> None:
-        spec = self.w.fields(node, "'customer'", ("identifier", "billing_email"))
+        spec = self.w.fields(node, "'customer'", ("identifier", "split", "billing_email"))
         if spec is None:
             return
         if "identifier" in spec:
             ref = self.field_ref(spec["identifier"], "the customer 'identifier'")
-            if ref is not None:
+            if ref is not None and ref.obj == "OpportunityLineItem":
+                self.ctx.add(
+                    spec["identifier"],
+                    "invalid_source",
+                    f"the customer 'identifier' '{ref}' reads a line item; a deal has many "
+                    "lines but is billed to one customer.",
+                    "name an Account or Opportunity field, e.g. 'Account.Id' (the default).",
+                )
+            elif ref is not None:
                 self.draft.identifier = ref
+        if "split" in spec:
+            split = self.w.choice(spec["split"], "the customer 'split'", CUSTOMER_SPLITS)
+            if split is not None:
+                self.draft.customer_split = split  # type: ignore[assignment]
         if "billing_email" in spec:
             self.draft.emails = self.field_refs(spec["billing_email"], "'billing_email'")
 

@@ -6,9 +6,11 @@ with `FOR UPDATE SKIP LOCKED`, so replicas never wait on each other; SQLite (one
 a step is guarded by the lease too (`load_owned`), so a worker whose lease expired and was
 taken over cannot overwrite the new owner's progress.
 
-The per-account lock is the same kind of lease on the `customers` row: the customer,
-subscription and invoice steps of two deals of one account never run at once (Stripe answers
-`lock_timeout` to concurrent writes on one customer, and two deals could both create it).
+The per-account lock is the same kind of lease, on a `provisioning_locks` row: the customer,
+subscription and invoice steps of two deals of one account never run at once. The deal's
+Stripe customer (its `customers` row, one per customer key, which accounts may share) is
+leased with it, in the same statement: Stripe answers `lock_timeout` to concurrent writes on
+one customer, and two deals could both create it.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from sf_bridge.db.models import CANCELLED, Customer, Deal, utcnow
+from sf_bridge.db.models import CANCELLED, Customer, Deal, ProvisioningLock, utcnow
 from sf_bridge.provisioning.states import SETTLED
 
 
@@ -93,50 +95,99 @@ def release_deal(session: Session, deal_id: int, owner: str) -> None:
     )
 
 
-def ensure_customer_row(
-    session: Session, *, account_id: str, name: str, customer_key: str | None, email: str | None
-) -> None:
-    """Creates the account's customers row unless it exists (concurrent-safe; no commit)."""
+def _insert(session: Session, table: Any) -> Any:
     dialect = session.get_bind().dialect.name
-    insert = (postgresql if dialect == "postgresql" else sqlite).insert(Customer)
+    return (postgresql if dialect == "postgresql" else sqlite).insert(table)
+
+
+def ensure_customer_row(
+    session: Session,
+    *,
+    customer_key: str,
+    account_id: str,
+    name: str,
+    email: str | None,
+) -> Customer:
+    """The customers row of `customer_key`, created (for `account_id`) unless it exists
+    (concurrent-safe; no commit)."""
     session.execute(
-        insert.values(
+        _insert(session, Customer)
+        .values(
+            customer_key=customer_key,
             sf_account_id=account_id,
             name=name[:255],
-            customer_key=customer_key,
             email=email,
             created_at=utcnow(),
             updated_at=utcnow(),
-        ).on_conflict_do_nothing(index_elements=["sf_account_id"])
+        )
+        .on_conflict_do_nothing(index_elements=["customer_key"])
     )
+    return session.execute(
+        select(Customer).where(Customer.customer_key == customer_key)
+    ).scalar_one()
+
+
+def _lock_names(account_id: str, customer_id: int | None) -> list[str]:
+    names = [f"account:{account_id}"]
+    if customer_id is not None:
+        names.append(f"customer:{customer_id}")
+    return names
 
 
 def try_lock_account(
-    session: Session, *, account_id: str, holder: str, now: datetime, lease: timedelta
+    session: Session,
+    *,
+    account_id: str,
+    customer_id: int | None,
+    holder: str,
+    now: datetime,
+    lease: timedelta,
 ) -> bool:
-    """Takes (or renews) the account's lease for `holder`; False when someone else holds it
-    (no commit)."""
-    result = session.execute(
-        update(Customer)
-        .where(
-            Customer.sf_account_id == account_id,
-            or_(
-                Customer.locked_by.is_(None),
-                Customer.locked_by == holder,
-                Customer.locked_until < now,
-            ),
+    """Takes (or renews) for `holder` the account's lease and, when given, the lease of the
+    customers row `customer_id`, in one statement; False, holding neither, when someone else
+    holds one (no commit)."""
+    names = _lock_names(account_id, customer_id)
+
+    def take() -> int:
+        result = session.execute(
+            update(ProvisioningLock)
+            .where(
+                ProvisioningLock.name.in_(names),
+                or_(
+                    ProvisioningLock.locked_by.is_(None),
+                    ProvisioningLock.locked_by == holder,
+                    ProvisioningLock.locked_until < now,
+                ),
+            )
+            .values(locked_by=holder, locked_until=now + lease)
+            .execution_options(synchronize_session=False)
         )
-        .values(locked_by=holder, locked_until=now + lease)
-        .execution_options(synchronize_session=False)
+        return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+    if take() == len(names):
+        return True
+    # A first deal of the account or customer (its lock rows are made once), or a busy one.
+    session.execute(
+        _insert(session, ProvisioningLock)
+        .values([{"name": name} for name in names])
+        .on_conflict_do_nothing(index_elements=["name"])
     )
-    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+    if take() == len(names):
+        return True
+    release_locks(session, holder)
+    return False
 
 
 def unlock_account(session: Session, *, account_id: str, holder: str) -> None:
-    """Gives the account's lease back (no commit)."""
+    """Gives the account's lease, and the customer lease taken with it, back (no commit)."""
+    release_locks(session, holder)
+
+
+def release_locks(session: Session, holder: str) -> None:
+    """Gives back every account and customer lease `holder` holds (no commit)."""
     session.execute(
-        update(Customer)
-        .where(Customer.sf_account_id == account_id, Customer.locked_by == holder)
+        update(ProvisioningLock)
+        .where(ProvisioningLock.locked_by == holder)
         .values(locked_by=None, locked_until=None)
         .execution_options(synchronize_session=False)
     )
@@ -161,8 +212,8 @@ def renew_leases(
             .execution_options(synchronize_session=False)
         )
         session.execute(
-            update(Customer)
-            .where(Customer.locked_by.in_([f"{owner}:{i}" for i in ids]))
+            update(ProvisioningLock)
+            .where(ProvisioningLock.locked_by.in_([f"{owner}:{i}" for i in ids]))
             .values(locked_until=until)
             .execution_options(synchronize_session=False)
         )

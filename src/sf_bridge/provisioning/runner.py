@@ -149,12 +149,7 @@ class Provisioner:
         try:
             with self.db() as session, session.begin():
                 claim.release_deal(session, deal_id, self.owner)
-                session.execute(
-                    update(Customer)
-                    .where(Customer.locked_by == f"{self.owner}:{deal_id}")
-                    .values(locked_by=None, locked_until=None)
-                    .execution_options(synchronize_session=False)
-                )
+                claim.release_locks(session, f"{self.owner}:{deal_id}")
         except Exception as exc:
             log.warning(
                 "deal_release_failed",
@@ -237,11 +232,11 @@ class Provisioner:
     def _start(
         self, deal: Deal, step: str, attempt_no: int, holder: str
     ) -> tuple[int | None, bool, str | None, Customer | None] | None:
-        """Before a Stripe step: takes the account's lock (waiting up to
-        `account_wait_seconds`) and records the attempt, in one commit, so that a later
+        """Before a Stripe step: takes the account's lock and its Stripe customer's (waiting
+        up to `account_wait_seconds`) and records the attempt, in one commit, so that a later
         attempt knows an earlier one may have reached Stripe. Returns (attempt id, resumed,
-        account, the account's customers row for the customer step), or None when the
-        account stayed busy. Other steps start with no writes."""
+        account, the deal's customers row for the customer step), or None when the account or
+        the customer stayed busy. Other steps start with no writes."""
         if step not in ACCOUNT_STEPS:
             return None, False, None, None
         plan = plan_of(deal)
@@ -252,54 +247,68 @@ class Provisioner:
         waiter = threading.Event()
         while True:
             with self.db() as session, session.begin():
+                known: Customer | None = None
+                customer_id = deal.customer_id
                 if step == STEP_CUSTOMER:
-                    claim.ensure_customer_row(
+                    known = claim.ensure_customer_row(
                         session,
+                        customer_key=plan.customer.customer_key,
                         account_id=account,
                         name=plan.customer.name,
-                        customer_key=plan.customer.customer_key,
                         email=plan.customer.email,
                     )
+                    customer_id = known.id
                 locked = claim.try_lock_account(
                     session,
                     account_id=account,
+                    customer_id=customer_id,
                     holder=holder,
                     now=self.clock(),
                     lease=self.options.lease,
                 )
                 if locked:
                     attempt_id, resumed = self._record_attempt(
-                        session, deal, step, attempt_no, account
+                        session, deal, step, attempt_no, account, customer_id
                     )
-                    known = None
-                    if step == STEP_CUSTOMER:
-                        known = session.execute(
-                            select(Customer).where(Customer.sf_account_id == account)
-                        ).scalar_one()
                     return attempt_id, resumed, account, known
             if time.monotonic() >= deadline:
                 return None
             waiter.wait(0.02)
 
     def _record_attempt(
-        self, session: Session, deal: Deal, step: str, attempt_no: int, account: str
+        self,
+        session: Session,
+        deal: Deal,
+        step: str,
+        attempt_no: int,
+        account: str,
+        customer_id: int | None,
     ) -> tuple[int, bool]:
+        """Records the attempt; `resumed` when an earlier one may have reached Stripe: of
+        this deal, or for the customer step of any deal billed to the same customer. The
+        deal is tied to its customers row here, before Stripe is called, so that a deal of
+        another account with the same customer key knows of this attempt."""
         earlier = select(StepAttempt.id).where(StepAttempt.step == step)
         if step == STEP_CUSTOMER:
             earlier = earlier.join(Deal, Deal.id == StepAttempt.deal_id).where(
-                Deal.account_id == account
+                Deal.customer_id == customer_id
             )
         else:
             earlier = earlier.where(StepAttempt.deal_id == deal.id)
+        if step == STEP_CUSTOMER and (
+            deal.account_id != account or deal.customer_id != customer_id
+        ):
+            session.execute(
+                update(Deal)
+                .where(Deal.id == deal.id, Deal.locked_by == self.owner)
+                .values(account_id=account, customer_id=customer_id)
+                .execution_options(synchronize_session=False)
+            )
         resumed = session.execute(earlier.limit(1)).first() is not None
         attempt = StepAttempt(
             deal_id=deal.id, step=step, attempt=attempt_no, started_at=self.clock()
         )
         session.add(attempt)
-        if step == STEP_CUSTOMER and deal.account_id != account:
-            row = claim.load_owned(session, deal.id, self.owner)
-            if row is not None:
-                row.account_id = account
         session.flush()
         return attempt.id, resumed
 

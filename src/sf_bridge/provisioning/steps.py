@@ -1,10 +1,10 @@
 """The per-deal provisioning steps. Each one is idempotent on its own:
 
-1. it looks for what it would create: the id stored on the deal (or the account's customers
-   row), then, only when an earlier attempt of the step may have reached Stripe, the object
-   tagged with `metadata.sf_opportunity_id` / `sf_account_id` (Stripe search);
-2. it creates with a deterministic Idempotency-Key: a hash of the opportunity id (the account
-   id for the customer, which all the account's deals share), the step and the request;
+1. it looks for what it would create: the id stored on the deal (or the customers row of its
+   customer key), then, only when an earlier attempt of the step may have reached Stripe, the
+   object tagged with `metadata.sf_opportunity_id` / `sf_customer_key` (Stripe search);
+2. it creates with a deterministic Idempotency-Key: a hash of the opportunity id (the
+   customer key for the customer, which all its deals share), the step and the request;
 3. it returns what to record; the runner commits it before the next step starts.
 
 Steps take plain inputs and a `StepContext`; they never commit. Batch steps (fetch,
@@ -20,7 +20,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from sf_bridge.billing.port import BillingGateway, BillingInvoice, SubscriptionSpec
@@ -142,24 +141,32 @@ def map_step(ctx: StepContext, deal: Deal, resumed: bool) -> StepResult:
 def customer_step(
     ctx: StepContext, deal: Deal, resumed: bool, known: Customer | None
 ) -> StepResult:
-    """`known` is the account's customers row, made by the runner under the account's lock;
-    None for custom plans, whose row is made in the step's own commit (no Stripe involved)."""
+    """`known` is the deal's customers row (one per customer key), made by the runner under
+    the account's and the customer's lock; None for custom plans, whose row is made in the
+    step's own commit (no Stripe involved).
+
+    The Stripe request is built from the row alone (the name, email and account of the deal
+    that made it, and the key), so every deal with that key sends the same request under the
+    same Idempotency-Key, whichever account it comes from."""
     plan = plan_of(deal)
     account = plan.customer.account_id
+    key = plan.customer.customer_key
 
     def link(stripe_id: str | None) -> Callable[[Session, Deal], None]:
         def apply(session: Session, row: Deal) -> None:
-            if known is None:
-                ensure_customer_row(
+            customer = (
+                session.get(Customer, known.id)
+                if known is not None
+                else ensure_customer_row(
                     session,
+                    customer_key=key,
                     account_id=account,
                     name=plan.customer.name,
-                    customer_key=plan.customer.customer_key,
                     email=plan.customer.email,
                 )
-            customer = session.execute(
-                select(Customer).where(Customer.sf_account_id == account)
-            ).scalar_one()
+            )
+            if customer is None:
+                raise PermanentError("The deal's customer record is gone.", hint="replay the deal.")
             if stripe_id and not customer.stripe_customer_id:
                 customer.stripe_customer_id = stripe_id
             row.customer_id = customer.id
@@ -170,31 +177,31 @@ def customer_step(
 
     if known is None:
         if not plan.is_custom:
-            raise PermanentError(
-                "The account's customer record is missing.", hint="replay the deal."
-            )
+            raise PermanentError("The deal's customer record is missing.", hint="replay the deal.")
         return StepResult(link(None), detail={"stripe": "not needed for a custom plan"})
     if known.stripe_customer_id:
         return StepResult(link(None), detail={"customer": known.stripe_customer_id, "reused": True})
     billing = _billing(ctx)
     if resumed:
-        found = billing.find_customer(sf_account_id=account)
+        found = billing.find_customer(customer_key=key)
         if found is not None:
             return StepResult(
                 link(found.id),
                 stripe_request_id=found.request_id,
                 detail={"customer": found.id, "found_by": "search"},
             )
-    spec = customer_spec(plan, deal.opportunity_id)
-    content = {"name": spec.name, "email": spec.email, "account": account}
-    key = idempotency_key(account, "customer", content)
-    with keyed(key):
-        created = billing.create_customer(spec, idempotency_key=key)
+    spec = customer_spec(
+        name=known.name, email=known.email, account_id=known.sf_account_id, customer_key=key
+    )
+    request = {"name": spec.name, "email": spec.email, "metadata": spec.metadata}
+    idem = idempotency_key(key, "customer", request)
+    with keyed(idem):
+        created = billing.create_customer(spec, idempotency_key=idem)
     return StepResult(
         link(created.id),
-        idempotency_key=key,
+        idempotency_key=idem,
         stripe_request_id=created.request_id,
-        detail={"customer": created.id, "created": True},
+        detail={"customer": created.id, "created": True, "customer_key": key},
     )
 
 

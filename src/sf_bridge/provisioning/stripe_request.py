@@ -32,18 +32,27 @@ def price_lookup_keys(plan: ProvisioningPlan) -> list[str]:
     return list(dict.fromkeys(i.lookup_key for i in plan.items if i.lookup_key))
 
 
-def customer_spec(plan: ProvisioningPlan, opportunity_id: str) -> CustomerSpec:
-    """The Stripe customer of the plan's account (created by the account's first deal)."""
-    account = plan.customer.account_id
+def customer_spec(
+    *, name: str, email: str | None, account_id: str, customer_key: str
+) -> CustomerSpec:
+    """The Stripe customer of one customer key (created by the first deal with that key).
+
+    Built from the customer's identity alone (not from the deal), so every deal with the key
+    sends the same request under the same Idempotency-Key, whichever account it comes from."""
     return CustomerSpec(
-        name=plan.customer.name or account,
+        name=name or account_id,
+        email=email,
+        metadata={"sf_account_id": account_id, "sf_customer_key": customer_key},
+    )
+
+
+def plan_customer_spec(plan: ProvisioningPlan) -> CustomerSpec:
+    """`customer_spec` of the customer a plan's first deal would create."""
+    return customer_spec(
+        name=plan.customer.name,
         email=plan.customer.email,
-        metadata={
-            "sf_account_id": account,
-            "sf_opportunity_id": opportunity_id,
-            "sf_customer_key": plan.customer.customer_key,
-            "mapping_version": plan.mapping_version,
-        },
+        account_id=plan.customer.account_id,
+        customer_key=plan.customer.customer_key,
     )
 
 
@@ -158,7 +167,7 @@ def preview_request(
     account's Stripe customer (its id exists only once the customer step ran)."""
     if plan.is_custom:
         return RequestPreview(prices_from, None, None, note=note)
-    customer = customer_spec(plan, plan.opportunity_id)
+    customer = plan_customer_spec(plan)
     try:
         subscription = subscription_spec(
             plan,

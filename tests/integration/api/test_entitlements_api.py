@@ -48,6 +48,73 @@ def test_all_entitlements_combine_deals_and_name_them(
     assert by_id.json() == body == by_short_id.json()
 
 
+def test_an_account_with_two_stripe_customers_gets_its_entitlements_combined(
+    api_server: ApiServer, http: httpx.Client
+) -> None:
+    """A USD deal and a EUR deal of one account are billed to two Stripe customers (a Stripe
+    customer bills in one currency); the API still answers for the account, across both."""
+    usd_customer, _ = seed_deal(
+        api_server.session_factory,
+        STANDARD_ENTITLEMENTS,
+        customer_key=f"{ACCOUNT_ID}/USD",
+        stripe_customer_id="cus_usd",
+    )
+    eur_customer, _ = seed_deal(
+        api_server.session_factory,
+        (
+            EntitlementValue("seats", "seats", 10, source="plan team"),
+            EntitlementValue("api_calls", "limit", 500, unit="calls/month", source="plan team"),
+        ),
+        opportunity_id="006000000000002AAA",
+        subscription_id="sub_test_2",
+        invoice_id="in_test_2",
+        customer_key=f"{ACCOUNT_ID}/EUR",
+        stripe_customer_id="cus_eur",
+    )
+    assert usd_customer != eur_customer
+    body = http.get(f"/v1/customers/{ACCOUNT_ID}/entitlements").json()
+    assert body["customer"]["sf_account_id"] == ACCOUNT_ID
+    assert body["customer"]["stripe_customer_ids"] == ["cus_usd", "cus_eur"]
+    features = body["entitlements"]
+    assert features["seats"]["limit"] == 35
+    assert features["api_calls"]["limit"] == 1500
+    assert [g["stripe_subscription_id"] for g in features["seats"]["granted_by"]] == [
+        "sub_test_1",
+        "sub_test_2",
+    ]
+    # either customer's id names the account; usage counts once for the account
+    assert http.get(f"/v1/customers/{eur_customer}/entitlements").json() == body
+    for ref, key in ((ACCOUNT_ID, "k1"), (str(eur_customer), "k2")):
+        report = {"customer": ref, "feature": "api_calls", "quantity": 600, "idempotency_key": key}
+        assert http.post("/v1/usage", json=report).status_code == 201
+    one = http.get(f"/v1/customers/{ACCOUNT_ID}/entitlements/api_calls").json()
+    assert (one["limit"], one["used"], one["remaining"]) == (1500, 1200, 300)
+
+
+def test_accounts_sharing_a_stripe_customer_keep_their_own_entitlements(
+    api_server: ApiServer, http: httpx.Client
+) -> None:
+    other = "001000000000009AAA"
+    seed_deal(api_server.session_factory, STANDARD_ENTITLEMENTS, customer_key="GROUP-7/USD")
+    seed_deal(
+        api_server.session_factory,
+        (EntitlementValue("seats", "seats", 4, source="plan team"),),
+        account_id=other,
+        opportunity_id="006000000000002AAA",
+        subscription_id="sub_test_2",
+        customer_key="GROUP-7/USD",
+    )
+    mine = http.get(f"/v1/customers/{ACCOUNT_ID}/entitlements").json()
+    theirs = http.get(f"/v1/customers/{other}/entitlements").json()
+    assert mine["customer"]["id"] == theirs["customer"]["id"]  # one customer
+    assert theirs["customer"]["sf_account_id"] == other
+    assert mine["entitlements"]["seats"]["limit"] == 25
+    assert theirs["entitlements"]["seats"]["limit"] == 4
+    assert "sso" not in theirs["entitlements"]
+    report = {"customer": other, "feature": "api_calls", "quantity": 1, "idempotency_key": "k"}
+    assert http.post("/v1/usage", json=report).json()["error"]["code"] == "unknown_feature"
+
+
 def test_one_feature_and_etag_revalidation(api_server: ApiServer, http: httpx.Client) -> None:
     seed_deal(api_server.session_factory, STANDARD_ENTITLEMENTS)
     first = http.get(f"/v1/customers/{ACCOUNT_ID}/entitlements/api_calls")

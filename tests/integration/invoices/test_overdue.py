@@ -83,7 +83,7 @@ def test_open_invoice_past_grace_cancels_revokes_records_and_writes_back(
 
     with session_factory() as session:
         customer = session.scalars(select(Customer)).one()
-        effective = effective_entitlements(session, customer)
+        effective = effective_entitlements(session, customer.sf_account_id)
     assert {f: e.value for f, e in effective.items()} == {"seats": 5}  # the paid deal's grant
     assert _deal(session_factory, paid_deal_id).status == "done"
 

@@ -23,7 +23,9 @@ def _deal(session: Session, customer: Customer, opportunity_id: str) -> Deal:
 
 
 def _customer(session: Session) -> Customer:
-    customer = Customer(sf_account_id="001000000000001AAA", name="Acme")
+    customer = Customer(
+        sf_account_id="001000000000001AAA", customer_key="001000000000001AAA/USD", name="Acme"
+    )
     session.add(customer)
     session.flush()
     return customer
@@ -77,7 +79,7 @@ def test_effective_entitlements_combine_deals_and_cancellation_revokes_only_its_
         grant_deal_entitlements(
             session, deal=second, customer=customer, entitlements=SECOND, subscription_id="sub_2"
         )
-        effective = effective_entitlements(session, customer)
+        effective = effective_entitlements(session, customer.sf_account_id)
         assert effective["sso"].value is True
         assert effective["api_calls"].value == 15_000
         assert effective["api_calls"].unit == "calls/month"
@@ -89,7 +91,7 @@ def test_effective_entitlements_combine_deals_and_cancellation_revokes_only_its_
 
         assert revoke_subscription_grants(session, "sub_1", "subscription cancelled") == 3
         assert revoke_subscription_grants(session, "sub_1", "again") == 0
-        effective = effective_entitlements(session, customer)
+        effective = effective_entitlements(session, customer.sf_account_id)
         assert effective["sso"].value is False
         assert effective["sso"].access is False
         assert effective["api_calls"].value == 5_000
@@ -114,7 +116,7 @@ def test_revoked_grant_is_not_granted_again_by_a_replay(
             )
             == 0
         )
-        assert effective_entitlements(session, customer) == {}
+        assert effective_entitlements(session, customer.sf_account_id) == {}
 
 
 def test_a_deal_cancelled_before_its_grant_records_it_revoked(
@@ -128,7 +130,7 @@ def test_a_deal_cancelled_before_its_grant_records_it_revoked(
             session, deal=deal, customer=customer, entitlements=FIRST, subscription_id="sub_1"
         )
         assert granted == 3
-        assert effective_entitlements(session, customer) == {}
+        assert effective_entitlements(session, customer.sf_account_id) == {}
         reasons = session.scalars(select(EntitlementGrant.revoked_reason)).all()
         assert set(reasons) == {"the subscription had ended before the grant"}
 

@@ -169,6 +169,17 @@ CASES: list[tuple[str, dict[str, list[tuple[str, str]]], str]] = [
         "did you mean 'negotiated'?",
     ),
     (
+        "invalid_choice",
+        {SF: [("  identifier: Account.Id\n", "  identifier: Account.Id\n  split: by_currency\n")]},
+        "the customer 'split' is 'by_currency'; it must be one of 'identifier_and_currency', "
+        "'identifier'",
+    ),
+    (
+        "invalid_source",
+        {SF: [("  identifier: Account.Id", "  identifier: OpportunityLineItem.Id")]},
+        "reads a line item; a deal has many lines but is billed to one customer",
+    ),
+    (
         "missing_value",
         {CAT: [("    display_name: Team\n", "    display_name:\n")]},
         "the display_name of plan 'team' must be a single value",
@@ -417,3 +428,20 @@ def test_product_ids_must_be_salesforce_ids(tmp_path: Path) -> None:
     assert {i.code for i in issues} == {"invalid_product_id"}
     assert len(issues) == 11
     assert "product 'SB-TEAM-M' is not a Salesforce Product2 Id" in issues[0].message
+
+
+def test_the_customer_split_is_read(tmp_path: Path) -> None:
+    folder = copy_mappings(
+        tmp_path / "m",
+        {
+            SF: [
+                (
+                    "  identifier: Account.Id\n",
+                    "  identifier: Account.Group__c\n  split: identifier\n",
+                )
+            ]
+        },
+    )
+    assert check_mappings(folder) == []
+    customer = load_mappings(folder).customer
+    assert (str(customer.identifier), customer.split) == ("Account.Group__c", "identifier")

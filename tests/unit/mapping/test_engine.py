@@ -47,7 +47,7 @@ def test_negotiated_enterprise_deal(
     assert (plan.plan_name, plan.plan_kind) == ("enterprise", "paid")
     assert plan.mapping_version == example_mappings.version
     assert plan.customer.email == "billing@acme.example"
-    assert plan.customer.customer_key == "001Hs00002AcmeCAAQ"
+    assert plan.customer.customer_key == "001Hs00002AcmeCAAQ/USD"
     assert plan.billing is not None
     assert (plan.billing.collection_method, plan.billing.days_until_due) == ("send_invoice", 45)
     assert (plan.billing.interval, plan.billing.currency) == ("year", "usd")
@@ -413,3 +413,60 @@ def test_prices_that_are_not_amounts(
     line[field] = value
     error = only_error(map_opportunity(make_opportunity([line]), example_mappings), "invalid_price")
     assert fragment in error.message
+
+
+def _team_deal(currency: str, account_id: str, parent: str | None = None) -> dict[str, Any]:
+    opp = make_opportunity(
+        [
+            opportunity_line(
+                "00kHs0000TEAM1AAA", "SB-TEAM-M", 5, 15.0 if currency == "USD" else 14.0
+            )
+        ],
+        currency=currency,
+        AccountId=account_id,
+    )
+    opp["Account"]["Id"] = account_id
+    opp["Account"]["Parent_Customer__c"] = parent
+    return opp
+
+
+def test_customers_split_by_identifier_and_currency_by_default(
+    example_mappings: Mappings,
+) -> None:
+    assert example_mappings.customer.split == "identifier_and_currency"
+    usd = plan_of(map_opportunity(_team_deal("USD", "001Hs00009TestAAAQ"), example_mappings))
+    eur = plan_of(map_opportunity(_team_deal("EUR", "001Hs00009TestAAAQ"), example_mappings))
+    assert usd.customer.customer_key == "001Hs00009TestAAAQ/USD"
+    assert eur.customer.customer_key == "001Hs00009TestAAAQ/EUR"
+    assert usd.customer.account_id == eur.customer.account_id
+
+
+def test_the_customer_identifier_is_honoured_across_accounts(
+    example_mappings: Mappings,
+) -> None:
+    from sf_bridge.mapping.model import FieldRef
+
+    rules = dataclasses.replace(
+        example_mappings.customer,
+        identifier=FieldRef("Account", ("Parent_Customer__c",)),
+        split="identifier",
+    )
+    mappings = dataclasses.replace(example_mappings, customer=rules)
+    one = plan_of(map_opportunity(_team_deal("USD", "001Hs00009TestAAAQ", "GROUP-7"), mappings))
+    two = plan_of(map_opportunity(_team_deal("EUR", "001Hs00009OtherAAQ", "GROUP-7"), mappings))
+    assert one.customer.customer_key == two.customer.customer_key == "GROUP-7"
+    assert (one.customer.account_id, two.customer.account_id) == (
+        "001Hs00009TestAAAQ",
+        "001Hs00009OtherAAQ",
+    )
+    assert "Account.Parent_Customer__c" in mappings.query_fields()[0]
+
+
+def test_a_very_long_identifier_value_gives_a_key_that_fits() -> None:
+    from sf_bridge.plan import customer_key
+
+    key = customer_key("x" * 400, "eur")
+    assert len(key) <= 255
+    assert key.startswith("sha256:")
+    assert key == customer_key("x" * 400, "EUR")
+    assert key != customer_key("x" * 400, "usd")

@@ -108,7 +108,7 @@ def test_customer_identified_by_an_account_field(tmp_path: Path) -> None:
     opp["Account"]["Customer_Number__c"] = "CUST-0042"
     plan = map_opportunity(opp, mappings)
     assert isinstance(plan, ProvisioningPlan), plan
-    assert plan.customer.customer_key == "CUST-0042"
+    assert plan.customer.customer_key == "CUST-0042/USD"  # split per currency by default
     assert plan.customer.account_id == "001Hs00009TestAAAQ"
     del opp["Account"]["Customer_Number__c"]
     errors = map_opportunity(opp, mappings)

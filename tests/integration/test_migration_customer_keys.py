@@ -1,0 +1,184 @@
+"""Upgrading a database made when every account had one customer: existing customers keep
+their Stripe customer under the key new deals compute, and usage moves to the account."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+from sf_bridge.db import migrate
+from sf_bridge.db.engine import make_engine, normalise_url
+from tests.fixtures.database import BACKENDS, PG_ENV
+
+BEFORE = "0004d-1"  # the revision before customers were keyed by customer key
+NOW = datetime(2026, 11, 20, tzinfo=UTC)
+
+customers = sa.table(
+    "customers",
+    sa.column("id", sa.Integer),
+    sa.column("sf_account_id", sa.String),
+    sa.column("customer_key", sa.String),
+    sa.column("name", sa.String),
+    sa.column("stripe_customer_id", sa.String),
+    sa.column("created_at", sa.DateTime(timezone=True)),
+    sa.column("updated_at", sa.DateTime(timezone=True)),
+)
+deals = sa.table(
+    "deals",
+    sa.column("id", sa.Integer),
+    sa.column("opportunity_id", sa.String),
+    sa.column("account_id", sa.String),
+    sa.column("status", sa.String),
+    sa.column("attempts", sa.Integer),
+    sa.column("source", sa.String),
+    sa.column("customer_id", sa.Integer),
+    sa.column("stripe_customer_id", sa.String),
+    sa.column("stripe_subscription_id", sa.String),
+    sa.column("current_step", sa.String),
+    sa.column("plan", sa.JSON),
+    sa.column("writeback_pending", sa.Boolean),
+    sa.column("created_at", sa.DateTime(timezone=True)),
+    sa.column("updated_at", sa.DateTime(timezone=True)),
+)
+usage_counters = sa.table(
+    "usage_counters",
+    sa.column("customer_id", sa.Integer),
+    sa.column("feature", sa.String),
+    sa.column("period", sa.String),
+    sa.column("used", sa.BigInteger),
+    sa.column("updated_at", sa.DateTime(timezone=True)),
+)
+
+
+@pytest.fixture(params=BACKENDS)
+def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'old.db'}"
+        return
+    base = os.environ.get(PG_ENV)
+    if not base:
+        pytest.skip(f"PostgreSQL tests need {PG_ENV}")
+    url = make_url(normalise_url(base))
+    name = f"sfb_migration_{os.getpid()}"
+    admin = make_engine(url.render_as_string(hide_password=False), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    yield url.set(database=name).render_as_string(hide_password=False)
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def _plan(account: str, key: str, currency: str | None) -> dict[str, Any]:
+    billing = {"collection_method": "send_invoice", "days_until_due": 30, "interval": "year"}
+    return {
+        "opportunity_id": "x",
+        "customer": {"account_id": account, "name": "Acme", "customer_key": key, "email": None},
+        "billing": {**billing, "currency": currency} if currency else None,
+        "items": [],
+        "mapping_version": "v1",
+    }
+
+
+def _deal(
+    deal_id: int,
+    account: str,
+    customer_id: int | None,
+    plan: dict[str, Any],
+    *,
+    status: str = "done",
+    step: str | None = None,
+) -> Any:
+    done = status == "done"
+    return sa.insert(deals).values(
+        id=deal_id,
+        opportunity_id=f"006{deal_id:015d}",
+        account_id=account,
+        status=status,
+        current_step=step,
+        stripe_customer_id=f"cus_{customer_id}" if customer_id else None,
+        stripe_subscription_id=f"sub_{deal_id}" if done else None,
+        attempts=0,
+        source="stream",
+        customer_id=customer_id,
+        plan=plan,
+        writeback_pending=False,
+        created_at=NOW,
+        updated_at=NOW,
+    )
+
+
+def test_existing_customers_keep_their_stripe_customer_under_the_new_key(empty_url: str) -> None:
+    a, b, c = "001000000000001AAA", "001000000000002AAA", "001000000000003AAA"
+    migrate.upgrade(empty_url, BEFORE)
+    engine = make_engine(empty_url)
+    with engine.begin() as conn:
+        for row_id, account, key, stripe_id in (
+            (1, a, a, "cus_a"),  # an EUR customer
+            (2, b, "GROUP-1", "cus_b"),  # identifier values shared by two accounts
+            (3, c, "GROUP-1", "cus_c"),
+        ):
+            conn.execute(
+                sa.insert(customers).values(
+                    id=row_id,
+                    sf_account_id=account,
+                    customer_key=key,
+                    name="Acme",
+                    stripe_customer_id=stripe_id,
+                    created_at=NOW,
+                    updated_at=NOW,
+                )
+            )
+        conn.execute(_deal(1, a, 1, _plan(a, a, "eur")))
+        conn.execute(_deal(2, b, 2, _plan(b, "GROUP-1", "usd")))
+        conn.execute(_deal(3, c, 3, _plan(c, "GROUP-1", "usd")))
+        conn.execute(_deal(4, a, None, _plan(a, a, "eur"), status="mapped", step="customer"))
+        # parked: Stripe refused a USD subscription on a's EUR customer
+        conn.execute(
+            _deal(5, a, 1, _plan(a, a, "usd"), status="needs_attention", step="subscription")
+        )
+        conn.execute(
+            sa.insert(usage_counters).values(
+                customer_id=1, feature="api_calls", period="2026-11", used=7, updated_at=NOW
+            )
+        )
+    engine.dispose()
+
+    migrate.upgrade(empty_url)
+    engine = make_engine(empty_url)
+    with engine.connect() as conn:
+        keys = conn.execute(
+            sa.text(
+                "SELECT customer_key, sf_account_id, stripe_customer_id FROM customers ORDER BY id"
+            )
+        ).all()
+        plan = conn.execute(sa.select(deals.c.plan).where(deals.c.id == 4)).scalar_one()
+        parked = conn.execute(
+            sa.select(
+                deals.c.plan, deals.c.customer_id, deals.c.stripe_customer_id, deals.c.current_step
+            ).where(deals.c.id == 5)
+        ).one()
+        done_plan = conn.execute(sa.select(deals.c.plan).where(deals.c.id == 1)).scalar_one()
+        usage = conn.execute(sa.text("SELECT sf_account_id, used FROM usage_counters")).all()
+        locks = conn.execute(sa.text("SELECT COUNT(*) FROM provisioning_locks")).scalar_one()
+    engine.dispose()
+    assert [tuple(k) for k in keys] == [
+        (f"{a}/EUR", a, "cus_a"),
+        ("GROUP-1/USD", b, "cus_b"),
+        (f"{c}/USD", c, "cus_c"),
+    ]
+    assert plan["customer"]["customer_key"] == f"{a}/EUR"  # finds cus_a, creates nothing
+    # the parked USD deal gets a customer of its own currency when replayed
+    assert parked[0]["customer"]["customer_key"] == f"{a}/USD"
+    assert tuple(parked[1:]) == (None, None, "customer")
+    assert done_plan["customer"]["customer_key"] == a  # billed deals are history, left alone
+    assert [tuple(u) for u in usage] == [(a, 7)]
+    assert locks == 0
