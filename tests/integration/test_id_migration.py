@@ -157,7 +157,7 @@ def test_15_character_ids_get_their_18_character_form_and_keep_their_history(
         _history(conn, deal_id)
         _history(conn, other_id)
 
-    migrate.upgrade(old_db_url)
+    migrate.upgrade(old_db_url, "0004b")
 
     with engine.connect() as conn:
         rows = {r.id: r for r in conn.execute(sa.select(deals))}

@@ -15,7 +15,12 @@ from typing import Any, TypeVar
 
 import stripe
 
-from sf_bridge.billing.metadata import MAX_VALUE_LENGTH, shortened_keys, stripe_metadata
+from sf_bridge.billing.metadata import (
+    MAX_VALUE_LENGTH,
+    metadata_value,
+    shortened_keys,
+    stripe_metadata,
+)
 from sf_bridge.billing.port import (
     BillingCustomer,
     BillingInvoice,
@@ -314,7 +319,9 @@ class StripeGateway:
         return _customer(data, _request_id(obj))
 
     def find_customer(self, *, customer_key: str) -> BillingCustomer | None:
-        query = f"metadata['sf_customer_key']:{_search_literal(customer_key)}"
+        # Tagged as create_customer sent it (a long key shortened the same way).
+        tag = metadata_value(customer_key)
+        query = f"metadata['sf_customer_key']:{_search_literal(tag)}"
         result = self._call(
             "search customers",
             lambda: self._client.v1.customers.search({"query": query, "limit": 10}),

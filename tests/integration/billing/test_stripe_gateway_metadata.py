@@ -46,4 +46,4 @@ def test_a_customer_key_longer_than_500_characters_reaches_stripe_shortened(
     assert sub_tags["sf_customer_key"] == stored["sf_customer_key"]
     assert len(sub_tags["note"]) == 500
     # Still found by its tag, as a resumed step looks it up.
-    assert gateway.find_customer(sf_account_id="001000000000001AAA") is not None
+    assert gateway.find_customer(customer_key=long_key) is not None

@@ -155,7 +155,7 @@ def test_each_feature_combines_by_its_rule_and_the_latest_grant_says_which(
             grant_deal_entitlements(
                 session, deal=deal, customer=customer, entitlements=(grant,), subscription_id=None
             )
-        longest = effective_entitlements(session, customer)["data_retention"]
+        longest = effective_entitlements(session, customer.sf_account_id)["data_retention"]
         assert (longest.value, longest.combine) == (365, "max")
         # A later deal made after the feature went back to adding up: the latest rule applies.
         deal = _deal(session, customer, "006000000000003AAA")
@@ -166,7 +166,7 @@ def test_each_feature_combines_by_its_rule_and_the_latest_grant_says_which(
             entitlements=(retention(10, None),),
             subscription_id=None,
         )
-        summed = effective_entitlements(session, customer)["data_retention"]
+        summed = effective_entitlements(session, customer.sf_account_id)["data_retention"]
         assert (summed.value, summed.combine) == (405, "sum")
         rules = session.scalars(select(EntitlementGrant.combine).order_by(EntitlementGrant.id))
         assert list(rules) == ["max", "max", "sum"]
