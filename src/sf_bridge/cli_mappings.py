@@ -18,6 +18,7 @@ from sf_bridge.mapping.engine import map_opportunity
 from sf_bridge.mapping.render import preview_json, print_errors, print_plan
 from sf_bridge.plan import ProvisioningPlan
 
+UNREADABLE_CODES = ("yaml_syntax", "file_too_large")
 DIR_HELP = "Mappings folder (default: SF_BRIDGE_MAPPINGS, else ./mappings)."
 
 
@@ -47,6 +48,12 @@ def check(
     if issues:
         noun = "problem" if len(issues) == 1 else "problems"
         typer.secho(f"{len(issues)} {noun} in {folder}.", fg=typer.colors.RED, err=True)
+        if any(i.code in UNREADABLE_CODES for i in issues):
+            typer.echo(
+                "The checks across files (required sections, names used in another file, "
+                "missing prices) run once every file reads.",
+                err=True,
+            )
         raise typer.Exit(1)
     mappings = load_mappings(folder)
     if not as_json:
