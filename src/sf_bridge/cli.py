@@ -93,11 +93,16 @@ _register_commands()
 
 def main() -> None:
     from sf_bridge.config import get_settings
+    from sf_bridge.errors import ConfigurationError
     from sf_bridge.logging import configure_logging
 
     try:
         settings = get_settings()
         configure_logging(settings.log_format, settings.log_level)
+    except ConfigurationError:
+        # A wrong setting is reported (exit 2, naming the variable) by the command that reads
+        # the settings; `--help` and commands that need none still work.
+        configure_logging()
     except Exception as exc:  # a malformed environment must still give a readable error
         typer.secho(f"error: {describe_error(exc)}", fg=typer.colors.RED, err=True)
         sys.exit(2)
