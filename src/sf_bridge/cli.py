@@ -47,7 +47,9 @@ def describe_error(exc: BaseException) -> str:
         seen.add(id(current))
         text = current.user_message() if isinstance(current, SfBridgeError) else str(current)
         lines.append(f"{type(current).__name__}: {text}" if not lines else f"  caused by {text}")
-        current = current.__cause__ or current.__context__
+        # `raise ... from None` means the cause was already said in the message
+        context = None if current.__suppress_context__ else current.__context__
+        current = current.__cause__ or context
     return "\n".join(lines)
 
 
