@@ -99,7 +99,8 @@ def test_a_port_that_is_not_a_number(ready_database: str) -> None:
 def test_a_publishable_stripe_key_is_refused(command: str, ready_database: str) -> None:
     done = sf_bridge(command, DATABASE_URL=ready_database, STRIPE_API_KEY=PUBLISHABLE_KEY)
     line = refused(done, "STRIPE_API_KEY is a publishable key (pk_...)")
-    assert "sk_live_" in line and "rk_" in line
+    assert "sk_live_" in line
+    assert "rk_" in line
     assert PUBLISHABLE_KEY not in done.stdout + done.stderr
 
 

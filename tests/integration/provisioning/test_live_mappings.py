@@ -122,10 +122,8 @@ def test_an_invalid_edit_keeps_the_last_good_mappings_and_the_next_good_edit_is_
     [row] = mappings["workers"]
     assert (row["version"], row["stale"]) == (good_version, True)
     assert "[yaml_syntax]" in row["problem"]
-    assert (
-        f'sf_bridge_worker_mappings_stale{{replica="{row["replica"]}",version="{good_version}"}} 1.0'
-        in ready["metrics"]
-    )
+    labels = f'replica="{row["replica"]}",version="{good_version}"'
+    assert f"sf_bridge_worker_mappings_stale{{{labels}}} 1.0" in ready["metrics"]
 
     catalog.write_text(text.replace(*GOOD_EDIT))
     new_version = load_mappings(folder).version
