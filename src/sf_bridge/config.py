@@ -17,7 +17,6 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_SF_API_VERSION = "62.0"
 CDC_CHANNEL = "/data/OpportunityChangeEvent"
-CHANNEL_PREFIXES = ("/data/", "/event/", "/topic/")
 # Stripe's server-side keys: secret (sk_test_/sk_live_) and restricted (rk_test_/rk_live_).
 # A publishable key (pk_...) only identifies the account to Stripe.js and cannot create objects.
 STRIPE_SERVER_KEY_PREFIXES = ("sk_", "rk_")
@@ -115,8 +114,14 @@ class Settings(EnvSettings):
     @field_validator("sf_channel")
     @classmethod
     def _channel(cls, value: str) -> str:
-        prefix = next((p for p in CHANNEL_PREFIXES if value.startswith(p)), None)
-        if prefix is None or len(value) == len(prefix):
+        from sf_bridge.intake.events import channel_kind
+
+        try:
+            channel_kind(value)
+            named = bool(value.strip("/").partition("/")[2])
+        except ValueError:
+            named = False
+        if not named:
             raise ValueError(
                 "is not a streaming channel: use /data/OpportunityChangeEvent (Change Data "
                 "Capture), /event/<Name>__e (a platform event) or /topic/<Name> (a PushTopic)"

@@ -3,9 +3,11 @@
 Threads of one process:
 - intake (asyncio): the Salesforce stream and the sweep, on the replica holding the stream lock;
 - provisioning: `Worker.run`, which fetches, provisions and writes back in batches;
-- overdue: the overdue-invoice policy, on a schedule.
+- overdue: the overdue-invoice policy, on a schedule;
+- mappings: takes edits of the mappings folder and reports which mappings are in use.
 
-Start-up refuses an out-of-date schema. `stop()` (SIGTERM, SIGINT) lets in-flight deals finish
+Start-up refuses wrong settings, an unreachable database, an out-of-date schema, mapping
+files that do not check clean and missing Salesforce credentials (unless told to run without). `stop()` (SIGTERM, SIGINT) lets in-flight deals finish
 their current step and returns within the drain deadline (under 30 s).
 """
 
