@@ -7,8 +7,9 @@ Threads of one process:
 - mappings: takes edits of the mappings folder and reports which mappings are in use.
 
 Start-up refuses wrong settings, an unreachable database, an out-of-date schema, mapping
-files that do not check clean and missing Salesforce credentials (unless told to run without). `stop()` (SIGTERM, SIGINT) lets in-flight deals finish
-their current step and returns within the drain deadline (under 30 s).
+files that do not check clean and missing Salesforce credentials (unless told to run
+without). `stop()` (SIGTERM, SIGINT) lets in-flight deals finish their current step and
+returns within the drain deadline (under 30 s).
 """
 
 from __future__ import annotations
