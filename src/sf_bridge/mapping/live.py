@@ -4,7 +4,7 @@ The folder is read again only when one of its mapping files changes (name, size,
 time or inode, from `stat`; the files themselves are not read). An edit that checks clean is
 taken at once; one that does not is refused: the last good mappings stay in use, the problems
 are logged once, and `status` says the mappings in use are stale until a good edit arrives.
-A file that changes while it is read (a save under way) is read again at the next call.
+A file that changes while it is read (a save under way) is read again.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from sf_bridge.mapping.model import Mappings
 
 log = get_logger(__name__)
 LOGGED_PROBLEMS = 10
+READ_ATTEMPTS = 3  # readings in a row while a file changes under the reader
 
 
 def _now() -> datetime:
@@ -72,12 +73,12 @@ class LiveMappings:
             return self._good
 
     def _reload(self) -> None:
-        result = read_folder(self.directory)
-        # A file that changed while it was read is read again next time, whatever it held.
+        for _attempt in range(READ_ATTEMPTS):
+            result = read_folder(self.directory)
+            if result.settled:
+                break
+        # A file still changing while it was read is read again at the next call.
         self._stamp = result.stamp if result.settled else None
-        if not result.settled:
-            log.info("mappings_changing", directory=str(self.directory))
-            return
         if result.mappings is not None:
             self._take(result.mappings)
         else:
