@@ -47,7 +47,9 @@ def describe_error(exc: BaseException) -> str:
         seen.add(id(current))
         text = current.user_message() if isinstance(current, SfBridgeError) else str(current)
         lines.append(f"{type(current).__name__}: {text}" if not lines else f"  caused by {text}")
-        current = current.__cause__ or current.__context__
+        # `raise ... from None` means the cause was already said in the message
+        context = None if current.__suppress_context__ else current.__context__
+        current = current.__cause__ or context
     return "\n".join(lines)
 
 
@@ -93,11 +95,16 @@ _register_commands()
 
 def main() -> None:
     from sf_bridge.config import get_settings
+    from sf_bridge.errors import ConfigurationError
     from sf_bridge.logging import configure_logging
 
     try:
         settings = get_settings()
         configure_logging(settings.log_format, settings.log_level)
+    except ConfigurationError:
+        # A wrong setting is reported (exit 2, naming the variable) by the command that reads
+        # the settings; `--help` and commands that need none still work.
+        configure_logging()
     except Exception as exc:  # a malformed environment must still give a readable error
         typer.secho(f"error: {describe_error(exc)}", fg=typer.colors.RED, err=True)
         sys.exit(2)

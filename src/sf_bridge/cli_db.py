@@ -18,6 +18,10 @@ def upgrade(
     """Applies pending schema migrations (safe to run on every release)."""
     from sf_bridge.db import migrate
 
-    url = database_url or get_settings().database_url
+    url = (
+        get_settings()
+        .with_overrides(flags={"database_url": "--database-url"}, database_url=database_url or None)
+        .database_url
+    )
     migrate.upgrade(url)
     typer.echo(f"database schema is at revision {migrate.head_revision()}")

@@ -11,10 +11,9 @@ from sf_bridge.config import Settings, get_settings
 
 
 def _settings(database_url: str | None) -> Settings:
-    settings = get_settings()
-    if database_url:
-        settings = settings.model_copy(update={"database_url": database_url})
-    return settings
+    return get_settings().with_overrides(
+        flags={"database_url": "--database-url"}, database_url=database_url or None
+    )
 
 
 @invoices_app.command("mark-paid")

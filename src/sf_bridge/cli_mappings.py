@@ -25,6 +25,7 @@ from sf_bridge.provisioning.stripe_request import (
     prices_from_catalog,
 )
 
+UNREADABLE_CODES = ("yaml_syntax", "file_too_large")
 DIR_HELP = "Mappings folder (default: SF_BRIDGE_MAPPINGS, else ./mappings)."
 
 
@@ -54,6 +55,12 @@ def check(
     if issues:
         noun = "problem" if len(issues) == 1 else "problems"
         typer.secho(f"{len(issues)} {noun} in {folder}.", fg=typer.colors.RED, err=True)
+        if any(i.code in UNREADABLE_CODES for i in issues):
+            typer.echo(
+                "The checks across files (required sections, names used in another file, "
+                "missing prices) run once every file reads.",
+                err=True,
+            )
         raise typer.Exit(1)
     mappings = load_mappings(folder)
     if not as_json:

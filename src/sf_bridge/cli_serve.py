@@ -12,7 +12,9 @@ from sf_bridge.cli import app, handle_errors
 @app.command("serve")
 @handle_errors
 def serve(
-    port: int = typer.Option(None, "--port", envvar="PORT", help="Port to listen on [8000]"),
+    port: str = typer.Option(
+        None, "--port", envvar="PORT", metavar="PORT", help="Port to listen on [8000]"
+    ),
     host: str = typer.Option("0.0.0.0", "--host", help="Address to listen on"),
     database_url: str = typer.Option(
         None, "--database-url", envvar="DATABASE_URL", help="SQLAlchemy URL"
@@ -26,7 +28,8 @@ def serve(
 
     STRIPE_API_KEY, STRIPE_API_BASE: read an object's current state when a webhook arrives.
 
-    Refuses an out-of-date schema: run `sf-bridge db upgrade`.
+    Refuses to start (exit 2, naming the setting) on a setting with a wrong value, an
+    unreachable database or an out-of-date schema (run `sf-bridge db upgrade`).
     """
     import uvicorn
 
@@ -38,9 +41,10 @@ def serve(
     from sf_bridge.provisioning.wiring import build_billing
 
     log = get_logger("sf_bridge.serve")
-    overrides = {"database_url": database_url, "port": port}
-    settings = get_settings().model_copy(
-        update={k: v for k, v in overrides.items() if v is not None}
+    settings = get_settings().with_overrides(
+        flags={"database_url": "--database-url", "port": "--port"},
+        database_url=database_url,
+        port=port,
     )
     engine = make_engine(settings.database_url)
     try:

@@ -1,56 +1,176 @@
 """Settings read from the environment (and a `.env` file when present).
 
-Every setting here is documented in README.md's configuration table; CLI options mirror them.
+Every setting here is documented in docs/operations.md; CLI options mirror them. A wrong value
+is refused when the settings are read, with a message naming the variable and what a valid
+value looks like (`sf_bridge.settings_errors`): a field added here gets that for free, and a
+`Field(examples=[...])` or a validator raising `ValueError` with a plain sentence says more.
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_SF_API_VERSION = "62.0"
 CDC_CHANNEL = "/data/OpportunityChangeEvent"
+# Stripe's server-side keys: secret (sk_test_/sk_live_) and restricted (rk_test_/rk_live_).
+# A publishable key (pk_...) only identifies the account to Stripe.js and cannot create objects.
+STRIPE_SERVER_KEY_PREFIXES = ("sk_", "rk_")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
-class Settings(BaseSettings):
-    """What sf-bridge reads from its environment."""
+class EnvSettings(BaseSettings):
+    """Base of every settings class read from the environment: a wrong value raises
+    `SettingsInvalid` (a `ConfigurationError`: exit 2) naming each variable that is wrong."""
 
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
 
-    database_url: str = Field("sqlite:///sf_bridge.db", alias="DATABASE_URL")
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            from sf_bridge.settings_errors import SettingsInvalid
+
+            raise SettingsInvalid.from_validation(type(self), exc) from None
+
+
+class Settings(EnvSettings):
+    """What sf-bridge reads from its environment."""
+
+    database_url: str = Field(
+        "sqlite:///sf_bridge.db",
+        alias="DATABASE_URL",
+        examples=["sqlite:///sf_bridge.db", "postgresql://user:password@host:5432/sf_bridge"],
+    )
     mappings_dir: Path = Field(Path("mappings"), alias="SF_BRIDGE_MAPPINGS")
 
-    sf_login_url: str = Field("https://login.salesforce.com", alias="SF_LOGIN_URL")
+    sf_login_url: str = Field(
+        "https://login.salesforce.com",
+        alias="SF_LOGIN_URL",
+        examples=["https://login.salesforce.com", "https://test.salesforce.com"],
+    )
     sf_username: str | None = Field(None, alias="SF_USERNAME")
     sf_password: SecretStr | None = Field(None, alias="SF_PASSWORD")
     sf_security_token: SecretStr | None = Field(None, alias="SF_SECURITY_TOKEN")
     sf_client_id: str | None = Field(None, alias="SF_CLIENT_ID")
     sf_client_secret: SecretStr | None = Field(None, alias="SF_CLIENT_SECRET")
     sf_api_version: str = Field(DEFAULT_SF_API_VERSION, alias="SF_API_VERSION")
-    sf_channel: str = Field(CDC_CHANNEL, alias="SF_CHANNEL")
+    sf_channel: str = Field(
+        CDC_CHANNEL,
+        alias="SF_CHANNEL",
+        examples=[CDC_CHANNEL, "/event/Deal_Won__e", "/topic/WonDeals"],
+    )
 
     stripe_api_key: SecretStr | None = Field(None, alias="STRIPE_API_KEY")
     stripe_api_base: str | None = Field(None, alias="STRIPE_API_BASE")
     stripe_webhook_secret: SecretStr | None = Field(None, alias="STRIPE_WEBHOOK_SECRET")
-    stripe_max_requests_per_second: float = Field(80.0, alias="SF_BRIDGE_STRIPE_RPS")
+    stripe_max_requests_per_second: float = Field(80.0, alias="SF_BRIDGE_STRIPE_RPS", gt=0)
 
     api_keys: str | None = Field(None, alias="SF_BRIDGE_API_KEYS")
-    port: int = Field(8000, alias="PORT")
+    port: int = Field(8000, alias="PORT", ge=1, le=65535)
     log_format: Literal["json", "console", "auto"] = Field("auto", alias="LOG_FORMAT")
     log_level: str = Field("INFO", alias="LOG_LEVEL")
 
-    worker_concurrency: int = Field(8, alias="SF_BRIDGE_WORKER_CONCURRENCY")
-    max_attempts: int = Field(8, alias="SF_BRIDGE_MAX_ATTEMPTS")
-    sweep_interval_seconds: float = Field(300.0, alias="SF_BRIDGE_SWEEP_INTERVAL")
-    overdue_grace_days: int = Field(14, alias="SF_BRIDGE_OVERDUE_GRACE_DAYS")
+    worker_concurrency: int = Field(8, alias="SF_BRIDGE_WORKER_CONCURRENCY", ge=1)
+    max_attempts: int = Field(8, alias="SF_BRIDGE_MAX_ATTEMPTS", ge=1)
+    sweep_interval_seconds: float = Field(300.0, alias="SF_BRIDGE_SWEEP_INTERVAL", gt=0)
+    overdue_grace_days: int = Field(14, alias="SF_BRIDGE_OVERDUE_GRACE_DAYS", ge=0)
     overdue_dry_run: bool = Field(False, alias="SF_BRIDGE_OVERDUE_DRY_RUN")
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        from sqlalchemy.engine import make_url
+
+        from sf_bridge.db.engine import normalise_url
+
+        try:
+            make_url(normalise_url(value)).get_dialect()
+        except Exception:
+            raise ValueError(
+                "is not a database URL sf-bridge can use (SQLite or PostgreSQL)"
+            ) from None
+        return value
+
+    @field_validator("sf_login_url", "stripe_api_base")
+    @classmethod
+    def _web_address(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("https://", "http://")):
+            raise ValueError("is not a web address: it must start with https://")
+        return value
+
+    @field_validator("sf_api_version")
+    @classmethod
+    def _api_version(cls, value: str) -> str:
+        major, dot, minor = value.partition(".")
+        if not (major.isdigit() and dot and minor == "0"):
+            raise ValueError(f"is not a Salesforce API version such as {DEFAULT_SF_API_VERSION}")
+        return value
+
+    @field_validator("sf_channel")
+    @classmethod
+    def _channel(cls, value: str) -> str:
+        from sf_bridge.intake.events import channel_kind
+
+        try:
+            channel_kind(value)
+            named = bool(value.strip("/").partition("/")[2])
+        except ValueError:
+            named = False
+        if not named:
+            raise ValueError(
+                "is not a streaming channel: use /data/OpportunityChangeEvent (Change Data "
+                "Capture), /event/<Name>__e (a platform event) or /topic/<Name> (a PushTopic)"
+            )
+        return value
+
+    @field_validator("stripe_api_key")
+    @classmethod
+    def _stripe_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        key = value.get_secret_value().strip()
+        if key.startswith("pk_"):
+            raise ValueError(
+                "is a publishable key (pk_...), which only identifies the account to the "
+                "browser: sf-bridge needs the secret key (sk_live_... or sk_test_...) or a "
+                "restricted key (rk_...) from the Stripe Dashboard's API keys page"
+            )
+        if not key.startswith(STRIPE_SERVER_KEY_PREFIXES):
+            raise ValueError(
+                "is not a Stripe secret key: it must start with sk_ (secret key) or rk_ "
+                "(restricted key), as shown on the Stripe Dashboard's API keys page"
+            )
+        return SecretStr(key)
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        if value.upper() not in LOG_LEVELS:
+            raise ValueError(f"is not a log level: use one of {', '.join(LOG_LEVELS)}")
+        return value.upper()
 
     def api_key_list(self) -> list[str]:
         return [k.strip() for k in (self.api_keys or "").split(",") if k.strip()]
+
+    def with_overrides(self, flags: dict[str, str] | None = None, **values: Any) -> Settings:
+        """These settings with the values given on the command line (None: not given), checked
+        like the environment's; `flags` names the option of each field, for the message."""
+        given = {name: value for name, value in values.items() if value is not None}
+        if not given:
+            return self
+        from sf_bridge.settings_errors import SettingsInvalid
+
+        try:
+            return type(self)(**{**self.model_dump(), **given})
+        except SettingsInvalid as exc:
+            if exc.validation is None:
+                raise
+            raise SettingsInvalid.from_validation(type(self), exc.validation, flags) from None
 
 
 @lru_cache(maxsize=1)

@@ -36,6 +36,12 @@ class SchemaOutOfDateError(ConfigurationError):
     code = "schema_out_of_date"
 
 
+class DatabaseUnavailable(ConfigurationError):
+    """The database at DATABASE_URL cannot be reached; check the URL and that it is running."""
+
+    code = "database_unavailable"
+
+
 class TransientError(SfBridgeError):
     """A temporary failure; the step will be retried with backoff."""
 

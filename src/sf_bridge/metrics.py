@@ -11,6 +11,7 @@ Two kinds:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -78,6 +79,37 @@ HTTP_REQUEST_SECONDS = Histogram(
     registry=REGISTRY,
 )
 
+
+class MappingsCollector(Collector):
+    """The mappings this process provisions with (`sf-bridge run` only: others show none)."""
+
+    def __init__(self) -> None:
+        self.source: Callable[[], Any] | None = None  # () -> MappingsStatus
+
+    def collect(self) -> Iterator[Metric]:
+        source = self.source
+        if source is None:
+            return
+        status = source()
+        yield GaugeMetricFamily(
+            "sf_bridge_mappings_stale",
+            "1 when the mapping files do not check clean and this worker provisions with the "
+            "last good mappings; 0 when it uses the files as they are.",
+            value=1 if status.stale else 0,
+        )
+        version = GaugeMetricFamily(
+            "sf_bridge_mappings_version",
+            "The mapping version this worker provisions with (label version; value 1).",
+            labels=["version"],
+        )
+        version.add_metric([status.version or ""], 1)
+        yield version
+
+
+MAPPINGS = MappingsCollector()
+REGISTRY.register(MAPPINGS)
+
+
 STEP_BUCKETS_SECONDS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -98,6 +130,7 @@ class DatabaseCollector(Collector):
                     self._step_latency(session),
                     self._step_attempts(session),
                 ]
+            metrics.append(self._worker_mappings())
         except Exception as exc:
             log.warning("metrics_database_unavailable", error=str(exc))
             up.add_metric([], 0)
@@ -106,6 +139,20 @@ class DatabaseCollector(Collector):
         up.add_metric([], 1)
         yield up
         yield from metrics
+
+    def _worker_mappings(self) -> Metric:
+        from sf_bridge.db.models import utcnow
+        from sf_bridge.provisioning.mappings_status import live_worker_mappings
+
+        family = GaugeMetricFamily(
+            "sf_bridge_worker_mappings_stale",
+            "Per running worker: 1 when its mapping files do not check clean and it provisions "
+            "with the last good mappings (label version).",
+            labels=["replica", "version"],
+        )
+        for worker in live_worker_mappings(self._session_factory, utcnow()):
+            family.add_metric([worker.replica, worker.version or ""], 1 if worker.stale else 0)
+        return family
 
     @staticmethod
     def _deals_by_status(session: Session) -> Metric:

@@ -3,10 +3,13 @@
 Threads of one process:
 - intake (asyncio): the Salesforce stream and the sweep, on the replica holding the stream lock;
 - provisioning: `Worker.run`, which fetches, provisions and writes back in batches;
-- overdue: the overdue-invoice policy, on a schedule.
+- overdue: the overdue-invoice policy, on a schedule;
+- mappings: takes edits of the mappings folder and reports which mappings are in use.
 
-Start-up refuses an out-of-date schema. `stop()` (SIGTERM, SIGINT) lets in-flight deals finish
-their current step and returns within the drain deadline (under 30 s).
+Start-up refuses wrong settings, an unreachable database, an out-of-date schema, mapping
+files that do not check clean and missing Salesforce credentials (unless told to run
+without). `stop()` (SIGTERM, SIGINT) lets in-flight deals finish their current step and
+returns within the drain deadline (under 30 s).
 """
 
 from __future__ import annotations
@@ -23,22 +26,26 @@ from types import FrameType
 from typing import Any
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from sf_bridge.config import Settings
+from sf_bridge import metrics
+from sf_bridge.config import EnvSettings, Settings
 from sf_bridge.db.engine import make_engine, make_session_factory
 from sf_bridge.db.migrate import ensure_current
+from sf_bridge.errors import ConfigurationError
 from sf_bridge.logging import get_logger
+from sf_bridge.mapping.live import LiveMappings
 from sf_bridge.metrics import serve_process_metrics
+from sf_bridge.provisioning.mappings_status import MappingsBoard
 
 log = get_logger(__name__)
 
 DRAIN_DEADLINE_SECONDS = 28.0
 
 
-class RunSettings(BaseSettings):
+class RunSettings(EnvSettings):
     """Tuning of `sf-bridge run` itself (environment variables, all optional)."""
 
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
@@ -49,7 +56,10 @@ class RunSettings(BaseSettings):
     overdue_interval_seconds: float = Field(3600.0, alias="SF_BRIDGE_OVERDUE_INTERVAL")
     # Port serving this process's Stripe/Salesforce request counters for Prometheus (off when
     # unset); deal states and step latencies are on `sf-bridge serve`'s /metrics.
-    metrics_port: int | None = Field(None, alias="SF_BRIDGE_WORKER_METRICS_PORT")
+    metrics_port: int | None = Field(None, alias="SF_BRIDGE_WORKER_METRICS_PORT", ge=1, le=65535)
+    # How often the mappings folder is looked at for edits (a `stat` per file; files are
+    # read only when one changed).
+    mappings_poll_seconds: float = Field(1.0, alias="SF_BRIDGE_MAPPINGS_POLL", gt=0)
 
 
 @dataclass
@@ -59,14 +69,20 @@ class RunOptions:
     intake_options: Any = None  # IntakeOptions; None reads the environment
     worker_options: dict[str, Any] = field(default_factory=dict)
     metrics_port: int | None = None
+    mappings_poll_seconds: float = 1.0
+    # False: run without Salesforce on purpose (no stream, no sweep, no fetch or write-back);
+    # True: Salesforce credentials are required and their absence refuses the start.
+    salesforce: bool = True
 
     @classmethod
-    def from_environment(cls) -> RunOptions:
+    def from_environment(cls, *, salesforce: bool = True) -> RunOptions:
         env = RunSettings()
         return cls(
             overdue_interval_seconds=env.overdue_interval_seconds,
             worker_options={"poll_interval": env.worker_poll_seconds},
             metrics_port=env.metrics_port,
+            mappings_poll_seconds=env.mappings_poll_seconds,
+            salesforce=salesforce,
         )
 
 
@@ -96,7 +112,9 @@ class WorkerProcess:
         self.worker: Any = None
         self.crm: Any = None
         self.billing: Any = None
-        self.mappings_loader: Callable[[], Any] | None = None
+        self.mappings_loader: LiveMappings | None = None
+        self.mappings_board: MappingsBoard | None = None
+        self._mappings_source: Callable[[], Any] | None = None
         self._stop_metrics: Callable[[], None] | None = None
 
     # -- assembly ------------------------------------------------------------------------
@@ -107,12 +125,28 @@ class WorkerProcess:
             build_billing,
             build_crm,
             build_worker,
+            salesforce_configured,
         )
 
         ensure_current(self.engine)
         loader = MappingsLoader(self.settings.mappings_dir)
+        mappings = loader()  # a missing or invalid folder refuses the start (exit 2)
+        log.info(
+            "mappings_loaded",
+            directory=str(self.settings.mappings_dir),
+            mapping_version=mappings.version,
+        )
         self.mappings_loader = loader
-        self.crm = build_crm(self.settings, loader)
+        if self.options.salesforce and not salesforce_configured(self.settings):
+            raise ConfigurationError(
+                "Salesforce is not configured: set SF_USERNAME, SF_PASSWORD, SF_SECURITY_TOKEN, "
+                "SF_CLIENT_ID and SF_CLIENT_SECRET (username-password flow), or SF_CLIENT_ID and "
+                "SF_CLIENT_SECRET (client-credentials flow).",
+                hint="set them (and SF_LOGIN_URL for a sandbox org), or start "
+                "`sf-bridge run --no-salesforce` to provision only deals enqueued by "
+                "`sf-bridge provision --file`, without the stream, the sweep or write-back.",
+            )
+        self.crm = build_crm(self.settings, loader) if self.options.salesforce else None
         self.billing = build_billing(self.settings)
         self.worker = build_worker(
             self.settings,
@@ -124,8 +158,9 @@ class WorkerProcess:
         )
         if self.crm is None:
             log.warning(
-                "salesforce_not_configured",
-                hint="set SF_USERNAME/SF_PASSWORD/... or SF_CLIENT_ID/SF_CLIENT_SECRET to stream",
+                "salesforce_disabled",
+                message="running without Salesforce (--no-salesforce): no stream, no sweep, "
+                "no fetch and no write-back.",
             )
             return
         self.intake = self._build_intake(loader)
@@ -163,7 +198,13 @@ class WorkerProcess:
     # -- threads -------------------------------------------------------------------------
 
     def start(self) -> WorkerProcess:
-        self._build()
+        try:
+            self._build()
+        except BaseException:
+            self.engine.dispose()
+            raise
+        self._follow_mappings()
+        self._spawn("mappings", self._mappings_loop)
         self._spawn("provisioning", lambda: self.worker.run(self.stop_event))
         if self.intake is not None:
             self._spawn("intake", self._intake_loop)
@@ -187,6 +228,26 @@ class WorkerProcess:
         thread = threading.Thread(target=guarded, name=f"sf-bridge-{name}", daemon=True)
         thread.start()
         self.threads.append(thread)
+
+    def _follow_mappings(self) -> None:
+        assert self.mappings_loader is not None
+        loader = self.mappings_loader
+        self.mappings_board = MappingsBoard(self.session_factory)
+        self.mappings_board.publish(loader.status)
+        self._mappings_source = lambda: loader.status
+        metrics.MAPPINGS.source = self._mappings_source
+
+    def _mappings_loop(self) -> None:
+        """Takes mapping edits as they are saved (not only when a deal arrives) and reports
+        which mappings are in use: in the log, in the database for /readyz, in the metrics."""
+        assert self.mappings_loader is not None
+        assert self.mappings_board is not None
+        while not self.stop_event.wait(self.options.mappings_poll_seconds):
+            try:
+                self.mappings_loader()
+            except Exception as exc:  # a file vanishing mid-read: the next poll reads again
+                log.warning("mappings_poll_failed", error=str(exc)[:300])
+            self.mappings_board.publish(self.mappings_loader.status)
 
     def _intake_loop(self) -> None:
         """The stream never takes the worker down: should intake itself fail, it starts again."""
@@ -251,6 +312,10 @@ class WorkerProcess:
         log.info("worker_process_stopped", duration_ms=round((time.monotonic() - started) * 1000))
         if self._stop_metrics is not None:
             self._stop_metrics()
+        if self.mappings_board is not None:
+            self.mappings_board.clear()
+        if metrics.MAPPINGS.source is self._mappings_source:
+            metrics.MAPPINGS.source = None
         self.engine.dispose()
         return not alive
 

@@ -16,6 +16,7 @@ from sf_bridge.api.context import ApiContext
 from sf_bridge.api.responses import json_response
 from sf_bridge.db import migrate
 from sf_bridge.db.models import StreamCheckpoint
+from sf_bridge.provisioning.mappings_status import live_worker_mappings
 
 STREAM_STATUS_PREFIX = "status:"
 # The stream holder refreshes its row every SF_BRIDGE_STREAM_STATUS_INTERVAL (15 s): a row this
@@ -67,6 +68,15 @@ def readiness(ctx: ApiContext) -> dict[str, Any]:
     streams = [_stream_check(row.name, row.value, row.updated_at, now) for row in rows]
     if streams:
         checks["stream"] = {"ok": all(s["ok"] for s in streams), "channels": streams}
+    workers = live_worker_mappings(ctx.session_factory, now)
+    if workers:
+        # Stale mappings do not make this process unready: the workers go on provisioning,
+        # with their last good mappings. The check says so; alert on the metric.
+        checks["mappings"] = {
+            "ok": True,
+            "stale": any(w.stale for w in workers),
+            "workers": [w.to_dict(now) for w in workers],
+        }
     return checks
 
 

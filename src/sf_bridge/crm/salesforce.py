@@ -25,7 +25,7 @@ from typing import Any, Protocol, TypeVar
 
 import requests
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 from simple_salesforce import Salesforce
 from simple_salesforce.exceptions import (
     SalesforceError,
@@ -34,7 +34,7 @@ from simple_salesforce.exceptions import (
     SalesforceRefusedRequest,
 )
 
-from sf_bridge.config import Settings
+from sf_bridge.config import EnvSettings, Settings
 from sf_bridge.crm import soql
 from sf_bridge.crm.auth import AccessToken, SalesforceCredentials, login
 from sf_bridge.crm.limits import ApiBudget
@@ -70,7 +70,7 @@ class FieldSource(Protocol):
     def query_fields(self) -> tuple[Iterable[str], Iterable[str]]: ...
 
 
-class SalesforceOptions(BaseSettings):
+class SalesforceOptions(EnvSettings):
     """Tuning of the REST client (environment variables, all optional)."""
 
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)

@@ -6,9 +6,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
+
+from sf_bridge.errors import DatabaseUnavailable
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
@@ -57,6 +60,31 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 10)
     return create_engine(url, **kwargs)
+
+
+def display_url(engine_or_url: Engine | str) -> str:
+    """The database URL with its password hidden, for messages and logs."""
+    url = engine_or_url.url if isinstance(engine_or_url, Engine) else make_url(engine_or_url)
+    return url.render_as_string(hide_password=True)
+
+
+def check_connection(engine: Engine) -> None:
+    """Raises `DatabaseUnavailable` (naming DATABASE_URL, without its password, and the cause
+    in one line) when the database cannot be reached."""
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except DBAPIError as exc:
+        cause = str(exc.orig or exc).strip().splitlines()
+        reason = cause[0].strip() if cause else type(exc).__name__
+        password = engine.url.password
+        if password:
+            reason = reason.replace(str(password), "***")
+        raise DatabaseUnavailable(
+            f"Cannot connect to the database at DATABASE_URL={display_url(engine)}: {reason}.",
+            hint="check the host, port, database name, user and password in DATABASE_URL, and "
+            "that the database server is running and reachable from this machine.",
+        ) from None
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -10,7 +10,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine
 
-from sf_bridge.db.engine import make_engine, normalise_url
+from sf_bridge.db.engine import check_connection, make_engine, normalise_url
 from sf_bridge.errors import SchemaOutOfDateError
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -37,6 +37,7 @@ def upgrade(database_url: str, revision: str = "head") -> None:
     """Applies every pending migration, in one transaction."""
     engine = make_engine(database_url)
     try:
+        check_connection(engine)
         cfg = alembic_config(database_url)
         with engine.connect() as conn:
             sqlite = conn.dialect.name == "sqlite"
@@ -74,7 +75,9 @@ def _check_sqlite_foreign_keys(conn: Connection) -> None:
 
 
 def ensure_current(engine: Engine) -> None:
-    """Refuses to go on when the schema is not at the head revision."""
+    """Refuses to go on when the database cannot be reached or its schema is not at the head
+    revision."""
+    check_connection(engine)
     current, head = current_revision(engine), head_revision()
     if current != head:
         raise SchemaOutOfDateError(

@@ -5,10 +5,12 @@ Every interval is configurable so tests run in seconds; the defaults suit a real
 from __future__ import annotations
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from sf_bridge.config import EnvSettings
 
 
-class IntakeOptions(BaseSettings):
+class IntakeOptions(EnvSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
 
     # A connection that says nothing for this long is restarted (Salesforce answers a long

@@ -178,9 +178,13 @@ class CrossChecker:
                     )
                     continue
                 addon = self.d.addons[name]
+                # with 'sold_with' unreadable, it may go with any plan: check its prices too
                 sold_with_paid = any(
                     self.d.plans.get(p) is not None and self.d.plans[p].kind == "paid"
                     for p, _ in addon.sold_with
+                ) or (
+                    not addon.sold_with_known
+                    and any(p.kind == "paid" for p in self.d.plans.values())
                 )
                 if not sold_with_paid:
                     continue
@@ -198,10 +202,13 @@ class CrossChecker:
                     "source under 'billing'.",
                 )
                 continue
+            partial = self.d.partial_prices.get(owner, [])
             for interval in intervals:
                 for currency in currencies:
                     if any(p.currency == currency and p.interval == interval for p in prices):
                         continue
+                    if any(c in (None, currency) and i in (None, interval) for c, i in partial):
+                        continue  # an entry with an error may be this price: said once
                     if (owner, interval, currency) in reported:
                         continue
                     reported.add((owner, interval, currency))

@@ -95,6 +95,8 @@ class DraftAddon:
     switches_on: list[tuple[str, Loc]]
     sold_with: list[tuple[str, Loc]]
     loc: Loc
+    # False when 'sold_with' is missing or unreadable: which plans it goes with is unknown
+    sold_with_known: bool = True
 
 
 @dataclass
@@ -137,6 +139,9 @@ class Draft:
     # plans and add-ons ("plan 'team'") with a price entry that did not read: their missing
     # prices are not reported on top
     unreadable_prices: set[str] = field(default_factory=set)
+    # price entries with an error, by owner: the (currency, interval) each would cover, None
+    # where that part did not read; a missing price that one of them may be is not reported
+    partial_prices: dict[str, list[tuple[str | None, str | None]]] = field(default_factory=dict)
     # every feature, plan and add-on name written, even when its definition has errors: a
     # reference to one of them is not reported as unknown on top
     declared: dict[str, set[str]] = field(
@@ -246,15 +251,31 @@ class SectionReader:
                 ("lookup_key", "currency", "interval", "amount"),
                 ("lookup_key", "currency", "interval", "amount"),
             )
-            if spec is None or len(spec) < 4:
-                self.draft.unreadable_prices.add(owner)
+            if spec is None:
+                self.draft.partial_prices.setdefault(owner, []).append((None, None))
                 continue
-            key = self.w.text(spec["lookup_key"], f"the lookup_key of {what}")
-            currency = self.currency(spec["currency"], f"the currency of {what}")
-            interval = self.w.choice(spec["interval"], f"the interval of {what}", INTERVALS)
-            amount = self.w.amount(spec["amount"], f"the amount of {what}", currency)
+            key = (
+                self.w.text(spec["lookup_key"], f"the lookup_key of {what}")
+                if "lookup_key" in spec
+                else None
+            )
+            currency = (
+                self.currency(spec["currency"], f"the currency of {what}")
+                if "currency" in spec
+                else None
+            )
+            interval = (
+                self.w.choice(spec["interval"], f"the interval of {what}", INTERVALS)
+                if "interval" in spec
+                else None
+            )
+            amount = (
+                self.w.amount(spec["amount"], f"the amount of {what}", currency)
+                if "amount" in spec
+                else None
+            )
             if key is None or currency is None or interval is None or amount is None:
-                self.draft.unreadable_prices.add(owner)
+                self.draft.partial_prices.setdefault(owner, []).append((currency, interval))
                 continue
             price = Price(key, currency, interval, amount)  # type: ignore[arg-type]
             prices.append((price, self.ctx.loc(item)))
@@ -300,8 +321,8 @@ class SectionReader:
                 if ("kind" in spec)
                 else None
             )
-            if kind is None:
-                continue
+            if kind is None:  # reported: read the rest as what it looks like, for its errors
+                kind = "paid" if "prices" in spec else "custom"
             prices: list[tuple[Price, Loc]] = []
             if kind == "paid":
                 if "prices" not in spec:
@@ -475,6 +496,7 @@ class SectionReader:
                 switches,
                 sold_with,
                 self.ctx.loc(key_node),
+                sold_with_known="sold_with" in spec and bool(sold_with),
             )
 
     def name_list(self, node: Node | None, what: str) -> list[tuple[str, Loc]]:

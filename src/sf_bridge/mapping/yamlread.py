@@ -7,7 +7,6 @@ node tree keeps them), which a constructed dict would hide.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError
@@ -15,6 +14,7 @@ from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from sf_bridge.mapping.issues import MappingIssue
 from sf_bridge.mapping.suggest import did_you_mean, suggest
+from sf_bridge.mapping.syntax import explain
 
 __all__ = ["Ctx", "Loc", "did_you_mean", "suggest"]
 
@@ -71,10 +71,11 @@ def describe(node: Node) -> str:
     return f"the text '{node.value}'"
 
 
-def read_file(path: Path, display: str, ctx: Ctx) -> Node | None:
-    """The file's root node, or None with a `yaml_syntax` issue when it does not parse."""
+def read_text(data: bytes, display: str, ctx: Ctx) -> Node | None:
+    """The root node of a file's bytes, or None with a `yaml_syntax` issue (in plain words,
+    at the line to change) when they are not UTF-8 YAML."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
         ctx.add(None, "yaml_syntax", "the file is not UTF-8 text.", "save it as UTF-8.")
         return None
@@ -82,19 +83,15 @@ def read_file(path: Path, display: str, ctx: Ctx) -> Node | None:
     try:
         node = yaml.compose(text)
     except MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark is not None else 0
-        column = mark.column + 1 if mark is not None else 0
-        problem = " ".join(str(p) for p in (exc.context, exc.problem) if p)
+        problem = explain(exc, text)
         ctx.issues.append(
             MappingIssue(
                 display,
-                line,
-                column,
+                problem.line,
+                problem.column,
                 "yaml_syntax",
-                f"this is not valid YAML: {problem}.",
-                "check indentation (spaces, not tabs), colons after keys and closing brackets "
-                "and quotes around this point.",
+                f"this is not valid YAML: {problem.message}",
+                problem.hint,
             )
         )
         return None

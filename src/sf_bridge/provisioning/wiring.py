@@ -1,12 +1,11 @@
 """Builds the provisioning parts from settings: the rate-limited Stripe gateway, the mappings
-loader (reloads when a mapping file changes), the Salesforce gateway when configured, and the
+loader (reloads when a mapping file changes, keeps the last good mappings when an edit does
+not check clean), the Salesforce gateway when configured, and the
 worker. Used by the CLI and by `sf-bridge run`."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -15,6 +14,7 @@ from sf_bridge.billing.port import BillingGateway
 from sf_bridge.billing.stripe_gateway import StripeGateway
 from sf_bridge.config import Settings
 from sf_bridge.crm.port import CrmGateway
+from sf_bridge.mapping.live import LiveMappings
 from sf_bridge.provisioning.ratelimit import TokenBucket
 from sf_bridge.provisioning.retry import RetryPolicy, request_retrier
 from sf_bridge.provisioning.worker import Worker
@@ -47,33 +47,9 @@ def build_crm(settings: Settings, mappings_loader: Callable[[], Any]) -> CrmGate
     return SalesforceCrm.from_settings(settings, mappings_loader)
 
 
-class MappingsLoader:
-    """Loads the mappings folder, again only when one of its files changed."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = Path(directory)
-        self._stamp: tuple[tuple[str, float, int], ...] | None = None
-        self._value: Any = None
-        self._lock = threading.Lock()
-
-    def _files_stamp(self) -> tuple[tuple[str, float, int], ...]:
-        if not self.directory.is_dir():
-            return ()
-        return tuple(
-            (p.name, p.stat().st_mtime, p.stat().st_size)
-            for p in sorted(self.directory.iterdir())
-            if p.is_file()
-        )
-
-    def __call__(self) -> Any:
-        from sf_bridge.mapping import load_mappings
-
-        with self._lock:
-            stamp = self._files_stamp()
-            if self._value is None or stamp != self._stamp:
-                self._value = load_mappings(self.directory)
-                self._stamp = stamp
-            return self._value
+# The mappings folder for a process: reloaded when a file changes, keeping the last good
+# mappings when an edit does not check clean (see sf_bridge.mapping.live).
+MappingsLoader = LiveMappings
 
 
 def build_worker(

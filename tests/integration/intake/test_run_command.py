@@ -31,7 +31,9 @@ def test_without_salesforce_credentials_only_provisioning_runs_and_stops_at_once
 ):
     settings = Settings(DATABASE_URL=sqlite_url, SF_BRIDGE_MAPPINGS=str(MAPPINGS))  # type: ignore[call-arg]
     settings = settings.model_copy(update={"sf_username": None, "sf_client_id": None})
-    process = WorkerProcess(settings, RunOptions(overdue_interval_seconds=0.1)).start()
+    process = WorkerProcess(
+        settings, RunOptions(overdue_interval_seconds=0.1, salesforce=False)
+    ).start()
     assert process.intake is None
     assert {t.name for t in process.threads} >= {"sf-bridge-provisioning"}
     started = time.monotonic()
@@ -56,7 +58,9 @@ def test_overdue_policy_runs_on_its_schedule_with_the_mapping_write_back_fields(
     settings = settings.model_copy(
         update={"sf_username": None, "sf_client_id": None, "overdue_grace_days": 9}
     )
-    process = WorkerProcess(settings, RunOptions(overdue_interval_seconds=0.05)).start()
+    process = WorkerProcess(
+        settings, RunOptions(overdue_interval_seconds=0.05, salesforce=False)
+    ).start()
     try:
         wait_until(lambda: len(calls) >= 2, 10, "two overdue runs")
     finally:
@@ -81,7 +85,7 @@ def test_worker_metrics_port_serves_stripe_request_counts(
         port = probe.getsockname()[1]
     settings = Settings(DATABASE_URL=sqlite_url, SF_BRIDGE_MAPPINGS=str(MAPPINGS))  # type: ignore[call-arg]
     settings = settings.model_copy(update={"sf_username": None, "sf_client_id": None})
-    process = WorkerProcess(settings, RunOptions(metrics_port=port)).start()
+    process = WorkerProcess(settings, RunOptions(metrics_port=port, salesforce=False)).start()
     try:
 
         def scrape() -> str:

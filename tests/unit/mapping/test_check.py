@@ -445,3 +445,14 @@ def test_the_customer_split_is_read(tmp_path: Path) -> None:
     assert check_mappings(folder) == []
     customer = load_mappings(folder).customer
     assert (str(customer.identifier), customer.split) == ("Account.Group__c", "identifier")
+
+
+def test_a_file_too_large_to_be_a_mapping_is_refused_unread(tmp_path: Path) -> None:
+    folder = copy_mappings(tmp_path / "m")
+    big = folder / "export.yaml"
+    big.write_bytes(b"# " + b"x" * 2_000_000 + b"\n")
+    [issue] = check_mappings(folder)
+    assert (issue.code, issue.file) == ("file_too_large", str(big))
+    assert "2,000,003 bytes" in issue.message
+    assert "at most 1 MB" in issue.message
+    assert "move this file out of the mappings folder" in issue.hint
