@@ -71,9 +71,13 @@ class RunOptions:
 
 
 def _enqueue(session: Session, ids: Sequence[str], source: str) -> list[str]:
-    from sf_bridge.provisioning.queue import enqueue_opportunities
+    """Won opportunities from the stream or the sweep: new ones enqueued, and those skipped
+    earlier as no longer won fetched again."""
+    from sf_bridge.provisioning.queue import enqueue_opportunities, requeue_won_again
 
-    return enqueue_opportunities(session, ids, source=source)
+    new = enqueue_opportunities(session, ids, source=source)
+    again = requeue_won_again(session, [i for i in ids if i not in set(new)], source=source)
+    return new + again
 
 
 class WorkerProcess:

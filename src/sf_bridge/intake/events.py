@@ -3,9 +3,15 @@
 Three channel kinds (see docs/operations.md):
 - Change Data Capture `/data/OpportunityChangeEvent`: a won-stage transition in
   `changedFields` (several `recordIds` per event); GAP_* events carry no values, so their
-  records are re-read by id; GAP_OVERFLOW carries no ids, so only a sweep finds them.
+  records are re-read by id; GAP_OVERFLOW carries no ids, so only a sweep finds them. A header
+  without `changedFields` (older API versions over CometD) is judged by the fields the event
+  carries: CometD sends only changed, non-null fields.
 - Platform Event `/event/<Name>__e`: published on Closed Won, with an opportunity id field.
 - PushTopic `/topic/<Name>`: `data.sobject` with the selected fields.
+
+Won is the record's `IsWon` (Salesforce derives it from the stage's `OpportunityStage.IsWon`).
+`won_stages` of the mapping is only a fast path: a stage it does not list, with no `IsWon`
+beside it, is re-read by id (`recheck`), never dropped.
 
 A malformed message never raises: the outcome says why it was skipped and asks for a sweep,
 so whatever it might have announced is still found.
@@ -95,15 +101,20 @@ def _ids(values: Iterable[Any]) -> tuple[list[str], list[str]]:
     return good, bad
 
 
-def _won_by_values(values: Mapping[str, Any], rules: EventRules) -> bool | None:
-    """True/False when the values tell, None when they do not carry the stage."""
+Verdict = Literal["won", "not_won", "unknown", "absent"]
+
+
+def _won_by_values(values: Mapping[str, Any], rules: EventRules) -> Verdict:
+    """What the values say: `IsWon` decides; a stage listed in `won_stages` is won; any other
+    stage without `IsWon` cannot be judged here ("unknown": re-read the record); "absent"
+    when the values carry neither."""
     is_won = values.get("IsWon")
     if isinstance(is_won, bool):
-        return is_won
+        return "won" if is_won else "not_won"
     stage = values.get("StageName")
     if isinstance(stage, str):
-        return stage in rules.won_stages
-    return None
+        return "won" if stage in rules.won_stages else "unknown"
+    return "absent"
 
 
 def _cdc(data: Mapping[str, Any], rules: EventRules) -> EventOutcome:
@@ -133,15 +144,18 @@ def _cdc(data: Mapping[str, Any], rules: EventRules) -> EventOutcome:
             return EventOutcome(malformed="change event without a changeType", sweep=True)
         return EventOutcome()  # DELETE, GAP_DELETE
     changed = header.get("changedFields")
-    changed_fields = {str(f) for f in changed} if isinstance(changed, list) else set()
+    if isinstance(changed, list):
+        changed_fields = {str(f) for f in changed}
+    else:  # older API versions: the fields carried are the changed ones
+        changed_fields = {str(f) for f in payload if f != "ChangeEventHeader"}
     if change_type == "UPDATE" and not changed_fields & {"StageName", "IsWon"}:
         return EventOutcome(malformed=malformed, sweep=sweep, rejected_ids=tuple(bad))
     verdict = _won_by_values(payload, rules)
-    if verdict is False:
+    if verdict == "not_won":
         return EventOutcome(malformed=malformed, sweep=sweep, rejected_ids=tuple(bad))
     return EventOutcome(
-        won=tuple(ids) if verdict else (),
-        recheck=() if verdict else tuple(ids),
+        won=tuple(ids) if verdict == "won" else (),
+        recheck=() if verdict == "won" else tuple(ids),
         sweep=sweep,
         malformed=malformed,
         rejected_ids=tuple(bad),
@@ -164,9 +178,11 @@ def _platform_event(data: Mapping[str, Any], rules: EventRules) -> EventOutcome:
             malformed=f"{field_name} is not an id", sweep=True, rejected_ids=tuple(bad)
         )
     verdict = _won_by_values(payload, rules)
-    if verdict is False:
+    if verdict == "not_won":
         return EventOutcome()
-    return EventOutcome(won=tuple(ids))
+    if verdict == "unknown":
+        return EventOutcome(recheck=tuple(ids))
+    return EventOutcome(won=tuple(ids))  # published on Closed Won: won unless it says otherwise
 
 
 def _push_topic(data: Mapping[str, Any], rules: EventRules) -> EventOutcome:
@@ -183,9 +199,10 @@ def _push_topic(data: Mapping[str, Any], rules: EventRules) -> EventOutcome:
             malformed="sobject Id is not an id", sweep=True, rejected_ids=tuple(bad)
         )
     verdict = _won_by_values(sobject, rules)
-    if verdict is False:
+    if verdict == "not_won":
         return EventOutcome()
-    return EventOutcome(won=tuple(ids) if verdict else (), recheck=() if verdict else tuple(ids))
+    won = verdict == "won"
+    return EventOutcome(won=tuple(ids) if won else (), recheck=() if won else tuple(ids))
 
 
 def normalise(message: Any, kind: ChannelKind, rules: EventRules) -> EventOutcome:

@@ -12,10 +12,11 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 
 from sf_bridge.crm.port import CrmGateway, OpportunityUpdate
-from sf_bridge.db.models import CANCELLED, NEEDS_ATTENTION, Deal, StepAttempt
+from sf_bridge.db.models import CANCELLED, NEEDS_ATTENTION, SKIPPED, Deal, DealEvent, StepAttempt
 from sf_bridge.errors import CrmRejected, TransientError
 from sf_bridge.logging import get_logger
 from sf_bridge.provisioning import claim
+from sf_bridge.provisioning.eligibility import Skip, judge
 from sf_bridge.provisioning.runner import Provisioner, record_failure
 from sf_bridge.provisioning.states import STATUS_AFTER, STEP_FETCH, STEP_MAP, STEP_WRITE_BACK
 
@@ -82,6 +83,7 @@ def _fetch_claimed(prov: Provisioner, crm: CrmGateway, ids: list[int]) -> None:
         else:
             found.append((deal, match))
     now = prov.clock()
+    skips: dict[int, Skip | None] = {deal.id: judge(record) for deal, record in found}
     with prov.db() as session, session.begin():
         owned = owned_ids(session, prov, [d.id for d, _ in found])
         settle(
@@ -91,8 +93,7 @@ def _fetch_claimed(prov: Provisioner, crm: CrmGateway, ids: list[int]) -> None:
                     "id": deal.id,
                     "opportunity": record,
                     "account_id": record.get("AccountId") or deal.account_id or None,
-                    "status": STATUS_AFTER[STEP_FETCH],
-                    "current_step": STEP_MAP,
+                    **_after_fetch(skips[deal.id]),
                 }
                 for deal, record in found
                 if deal.id in owned
@@ -102,7 +103,8 @@ def _fetch_claimed(prov: Provisioner, crm: CrmGateway, ids: list[int]) -> None:
                     "deal_id": deal.id,
                     "step": STEP_FETCH,
                     "attempt": deal.attempts + 1,
-                    "detail": {"batch_size": len(deals)},
+                    "detail": {"batch_size": len(deals)}
+                    | ({"skipped": skip.code} if (skip := skips[deal.id]) else {}),
                 }
                 for deal, _record in found
                 if deal.id in owned
@@ -110,11 +112,45 @@ def _fetch_claimed(prov: Provisioner, crm: CrmGateway, ids: list[int]) -> None:
             now=now,
             duration=duration,
         )
+        skipped = [
+            {
+                "deal_id": deal.id,
+                "at": now,
+                "kind": "skipped",
+                "message": skip.reason,
+                "detail": {"code": skip.code},
+            }
+            for deal, _record in found
+            if deal.id in owned and (skip := skips[deal.id]) is not None
+        ]
+        if skipped:
+            session.execute(insert(DealEvent), skipped)
         for deal, _record in found:
             prov.hooks.before_commit(STEP_FETCH, deal.id)
     for deal, _record in found:
         prov.hooks.after_commit(STEP_FETCH, deal.id)
+    for deal, _record in found:
+        if (skip := skips[deal.id]) is not None:
+            log.warning(
+                "deal_skipped",
+                deal_id=deal.id,
+                opportunity_id=deal.opportunity_id,
+                code=skip.code,
+                reason=skip.reason,
+            )
     log.info("fetch_batch_done", deals=len(deals), found=len(found), duration_ms=duration)
+
+
+def _after_fetch(skip: Skip | None) -> dict[str, Any]:
+    """The deal's next state after a fetch: on to the map step, or skipped with its reason."""
+    if skip is None:
+        return {"status": STATUS_AFTER[STEP_FETCH], "current_step": STEP_MAP}
+    return {
+        "status": SKIPPED,
+        "current_step": None,
+        "last_error": skip.reason,
+        "last_error_code": skip.code,
+    }
 
 
 def _fail(prov: Provisioner, deals: list[Deal], step: str, exc: Exception, duration: int) -> None:

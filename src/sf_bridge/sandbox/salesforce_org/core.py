@@ -71,7 +71,10 @@ class Org:
         query_batch_size: int = 2000,
         credentials: Credentials = SANDBOX_CREDENTIALS,
         session_timeout_seconds: float | None = 2 * 3600,
+        changed_fields_in_header: bool = True,
     ) -> None:
+        """`changed_fields_in_header=False` sends change events as older API versions do over
+        CometD: no `changedFields` in the header (see `changed_fields_in_header`)."""
         self.api_version = api_version
         self.query_batch_size = query_batch_size
         self.credentials = credentials
@@ -89,6 +92,17 @@ class Org:
         self._charged = 0
         self._lock = threading.RLock()
         self.channels = Channels(self.store, self.events, self.queries, self.now)
+        self.channels.changed_fields_in_header = changed_fields_in_header
+
+    @property
+    def changed_fields_in_header(self) -> bool:
+        """Whether change event headers carry `changedFields` (False: as older API versions
+        send them over CometD, where only the fields carried tell what changed)."""
+        return self.channels.changed_fields_in_header
+
+    @changed_fields_in_header.setter
+    def changed_fields_in_header(self, value: bool) -> None:
+        self.channels.changed_fields_in_header = bool(value)
 
     # -- credentials -----------------------------------------------------------------------
     @property
@@ -395,6 +409,16 @@ class Org:
         `StageName=` in `field_changes` picks another won stage (see `add_stage`)."""
         won_stage = next((s.name for s in self.store.stages.values() if s.is_won), "Closed Won")
         self.update_opportunity(opportunity_id, **({"StageName": won_stage} | field_changes))
+
+    def close_won_and_revert(
+        self, opportunity_id: str, revert_to: str = "Negotiation/Review", **field_changes: Any
+    ) -> None:
+        """A rep closes the deal and moves it back out of the won stage at once: both change
+        events are published (won first), and no query can see the deal won in between, so a
+        worker that fetches it after the won event finds it no longer won."""
+        with self.store.lock:
+            self.close_won(opportunity_id, **field_changes)
+            self.update_opportunity(opportunity_id, StageName=revert_to)
 
     def close_won_together(self, opportunity_ids: list[str], **field_changes: Any) -> None:
         """Closes several deals in one transaction (a mass update): deals changed the same way
