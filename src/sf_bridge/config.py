@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     sweep_interval_seconds: float = Field(300.0, alias="SF_BRIDGE_SWEEP_INTERVAL")
     overdue_grace_days: int = Field(14, alias="SF_BRIDGE_OVERDUE_GRACE_DAYS")
     overdue_dry_run: bool = Field(False, alias="SF_BRIDGE_OVERDUE_DRY_RUN")
+    # Deals whose Close Date is before this ISO date (or date and time) are skipped, not
+    # provisioned; unset: the day `sf-bridge run` first started on the database.
+    provision_floor: str | None = Field(None, alias="SF_BRIDGE_PROVISION_FLOOR")
 
     def api_key_list(self) -> list[str]:
         return [k.strip() for k in (self.api_keys or "").split(",") if k.strip()]

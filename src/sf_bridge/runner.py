@@ -114,6 +114,7 @@ class WorkerProcess:
         )
 
         ensure_current(self.engine)
+        self._record_floor()
         loader = MappingsLoader(self.settings.mappings_dir)
         self.mappings_loader = loader
         self.crm = build_crm(self.settings, loader)
@@ -133,6 +134,19 @@ class WorkerProcess:
             )
             return
         self.intake = self._build_intake(loader)
+
+    def _record_floor(self) -> None:
+        """The first start on this database is the default provisioning floor: stored once."""
+        from sf_bridge.provisioning.floor import parse_floor, record_first_start
+
+        first_start = record_first_start(self.session_factory)
+        configured = self.settings.provision_floor
+        floor = parse_floor(configured) if configured else first_start
+        log.info(
+            "provision_floor",
+            floor=floor.isoformat(),
+            source="SF_BRIDGE_PROVISION_FLOOR" if configured else "first start",
+        )
 
     def _build_intake(self, loader: Callable[[], Any]) -> Any:
         from sf_bridge.crm.auth import SalesforceCredentials

@@ -43,21 +43,29 @@ def _load(prov: Provisioner, ids: list[int]) -> list[Deal]:
         return list(session.execute(select(Deal).where(Deal.id.in_(ids))).scalars())
 
 
-def fetch_batch(prov: Provisioner, crm: CrmGateway | None, limit: int = BATCH_LIMIT) -> list[int]:
-    """Fetches the snapshots of up to `limit` received deals in one call; returns their ids."""
+def fetch_batch(
+    prov: Provisioner,
+    crm: CrmGateway | None,
+    limit: int = BATCH_LIMIT,
+    floor: Callable[[], datetime | None] | None = None,
+) -> list[int]:
+    """Fetches the snapshots of up to `limit` received deals in one call; returns their ids.
+    Deals not to provision (no longer won, closed before `floor`) are recorded as skipped."""
     if crm is None:
         return []
     ids = prov.claim((STEP_FETCH,), min(limit, BATCH_LIMIT))
     if not ids:
         return []
     try:
-        _fetch_claimed(prov, crm, ids)
+        _fetch_claimed(prov, crm, ids, floor() if floor is not None else None)
     finally:
         prov.done_with(ids)
     return ids
 
 
-def _fetch_claimed(prov: Provisioner, crm: CrmGateway, ids: list[int]) -> None:
+def _fetch_claimed(
+    prov: Provisioner, crm: CrmGateway, ids: list[int], floor: datetime | None
+) -> None:
     deals = _load(prov, ids)
     started = time.perf_counter()
     try:
@@ -83,7 +91,7 @@ def _fetch_claimed(prov: Provisioner, crm: CrmGateway, ids: list[int]) -> None:
         else:
             found.append((deal, match))
     now = prov.clock()
-    skips: dict[int, Skip | None] = {deal.id: judge(record) for deal, record in found}
+    skips: dict[int, Skip | None] = {deal.id: judge(record, floor) for deal, record in found}
     with prov.db() as session, session.begin():
         owned = owned_ids(session, prov, [d.id for d, _ in found])
         settle(

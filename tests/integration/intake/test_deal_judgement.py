@@ -5,6 +5,9 @@ clients, the worker and the Stripe emulator."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from typing import Any
 
 from sqlalchemy import select
@@ -68,3 +71,73 @@ def test_a_deal_reverted_before_its_fetch_is_skipped_then_provisioned_when_won_a
         assert worker.stop()
     assert org.get_opportunity(opp)["SF_Bridge_Status__c"] == "Provisioned"
     assert stripe_objects(stripe) == {"customer": 1, "subscription": 1, "invoice": 1}
+
+
+def won_long_ago(org: SalesforceSandbox, name: str, close_date: str) -> str:
+    """An opportunity inserted already Closed Won with its historical Close Date, as a
+    migration of old deals (Data Loader, Bulk API) creates it."""
+    account = org.create_account(name, Billing_Email__c=f"ap@{name.lower().replace(' ', '-')}.io")
+    return org.create_opportunity(
+        account,
+        f"{name} - Team",
+        [{"product_code": "SB-TEAM-M", "quantity": 10, "unit_price": 15.0}],
+        stage="Closed Won",
+        CloseDate=close_date,
+    )
+
+
+def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    full = {**{k: v for k, v in os.environ.items() if not k.startswith(("SF_", "STRIPE_"))}, **env}
+    return subprocess.run(
+        [sys.executable, "-m", "sf_bridge", *args],
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_deals_won_before_the_floor_are_skipped_by_stream_and_sweep_and_provisioned_on_purpose(
+    org: SalesforceSandbox, stripe: StripeEmulator, db_url: str, session_factory: Any
+):
+    env = environment(org, stripe, db_url)
+    # Edited today, won in 2019: the start sweep finds it (modified within its overlap).
+    historic = won_long_ago(org, "Historic", "2019-06-28")
+    worker = start_worker(env)  # the first start on this database: the default floor
+    try:
+        wait_until(lambda: statuses(session_factory).get(historic) == "skipped", 10, "swept")
+        migrated = won_long_ago(org, "Migrated", "2020-01-31")  # its CREATE event, on the stream
+        current = team_deal(org, "Current")
+        org.close_won(current)
+        wait_until(lambda: statuses(session_factory).get(current) == "done", 20, "current deal")
+        wait_until(lambda: statuses(session_factory).get(migrated) == "skipped", 10, "migrated")
+    finally:
+        assert worker.stop()
+    assert deal_row(session_factory, historic).source == "sweep"
+    assert deal_row(session_factory, migrated).source == "stream"
+    for opp in (historic, migrated):
+        deal = deal_row(session_factory, opp)
+        assert deal.last_error_code == "before_floor"
+        assert "Won before the provisioning floor" in (deal.last_error or "")
+    assert stripe_objects(stripe) == {"customer": 1, "subscription": 1, "invoice": 1}
+
+    listed = cli(env, "deals", "--status", "skipped")
+    assert listed.returncode == 0, listed.stderr
+    assert historic in listed.stdout
+    assert migrated in listed.stdout
+    shown = cli(env, "deals", "show", historic)
+    assert "Won before the provisioning floor: its Close Date 2019-06-28" in " ".join(
+        shown.stdout.split()
+    )
+
+    failed = cli(env, "replay", "--failed")
+    assert failed.returncode == 0, failed.stderr
+    named = cli(env, "replay", migrated)
+    assert "--include-skipped" in named.stdout
+    assert statuses(session_factory)[migrated] == "skipped"
+
+    on_purpose = cli(env, "replay", "--include-skipped", migrated)
+    assert on_purpose.returncode == 0, on_purpose.stdout + on_purpose.stderr
+    assert statuses(session_factory) == {historic: "skipped", migrated: "done", current: "done"}
+    assert stripe_objects(stripe) == {"customer": 2, "subscription": 2, "invoice": 2}
+    assert org.get_opportunity(migrated)["SF_Bridge_Status__c"] == "Provisioned"
