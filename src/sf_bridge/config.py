@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     # Deals whose Close Date is before this ISO date (or date and time) are skipped, not
     # provisioned; unset: the day `sf-bridge run` first started on the database.
     provision_floor: str | None = Field(None, alias="SF_BRIDGE_PROVISION_FLOOR")
+    # How long a won deal without line items waits for them (a data load adds the lines after
+    # the opportunity) before it is parked.
+    line_items_wait_seconds: float = Field(300.0, alias="SF_BRIDGE_LINE_ITEMS_WAIT")
 
     def api_key_list(self) -> list[str]:
         return [k.strip() for k in (self.api_keys or "").split(",") if k.strip()]

@@ -5,7 +5,9 @@ Three channel kinds (see docs/operations.md):
   `changedFields` (several `recordIds` per event); GAP_* events carry no values, so their
   records are re-read by id; GAP_OVERFLOW carries no ids, so only a sweep finds them. A header
   without `changedFields` (older API versions over CometD) is judged by the fields the event
-  carries: CometD sends only changed, non-null fields.
+  carries: CometD sends only changed, non-null fields. An UPDATE of `Amount` or
+  `HasOpportunityLineItem` without the stage (line items added after the opportunity, as data
+  loads do) asks for a refresh of those records.
 - Platform Event `/event/<Name>__e`: published on Closed Won, with an opportunity id field.
 - PushTopic `/topic/<Name>`: `data.sobject` with the selected fields.
 
@@ -29,6 +31,8 @@ ChannelKind = Literal["cdc", "platform_event", "push_topic"]
 DEFAULT_ID_FIELDS = ("OpportunityId__c", "Opportunity_Id__c", "Opportunity__c", "OpportunityId")
 WON_CHANGE_TYPES = frozenset({"CREATE", "UPDATE", "UNDELETE"})
 GAP_CHANGE_TYPES = frozenset({"GAP_CREATE", "GAP_UPDATE", "GAP_UNDELETE"})
+# Opportunity fields Salesforce rolls up from the line items: adding lines changes them.
+LINE_FIELDS = frozenset({"Amount", "HasOpportunityLineItem"})
 
 
 def channel_kind(channel: str) -> ChannelKind:
@@ -60,6 +64,9 @@ class EventOutcome:
     sweep: bool = False  # ids unknown (overflow, malformed): a sweep must look
     malformed: str | None = None  # why (part of) the message was unusable
     rejected_ids: tuple[str, ...] = field(default=())  # values that were not ids (truncated)
+    # Their line items or amount changed (a data load adds lines after the opportunity): a
+    # deal not provisioned yet is fetched again; an unknown one is re-read to see if it is won.
+    refresh: tuple[str, ...] = ()
     replay_id: int | None = None
     created: str | None = None  # creation date, for the replay marker
 
@@ -149,7 +156,13 @@ def _cdc(data: Mapping[str, Any], rules: EventRules) -> EventOutcome:
     else:  # older API versions: the fields carried are the changed ones
         changed_fields = {str(f) for f in payload if f != "ChangeEventHeader"}
     if change_type == "UPDATE" and not changed_fields & {"StageName", "IsWon"}:
-        return EventOutcome(malformed=malformed, sweep=sweep, rejected_ids=tuple(bad))
+        lines_changed = bool(changed_fields & LINE_FIELDS)
+        return EventOutcome(
+            refresh=tuple(ids) if lines_changed else (),
+            malformed=malformed,
+            sweep=sweep,
+            rejected_ids=tuple(bad),
+        )
     verdict = _won_by_values(payload, rules)
     if verdict == "not_won":
         return EventOutcome(malformed=malformed, sweep=sweep, rejected_ids=tuple(bad))

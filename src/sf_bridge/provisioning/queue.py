@@ -18,7 +18,7 @@ from sqlalchemy import ColumnElement, and_, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from sf_bridge.db.models import SKIPPED, Deal, DealEvent, utcnow
+from sf_bridge.db.models import NEEDS_ATTENTION, RETRYING, SKIPPED, Deal, DealEvent, utcnow
 from sf_bridge.errors import SfBridgeError
 from sf_bridge.logging import get_logger
 from sf_bridge.provisioning.states import STEP_FETCH, STEP_MAP
@@ -177,4 +177,42 @@ def requeue_won_again(
         and_(Deal.status == SKIPPED, Deal.last_error_code == "not_won"),
         source=source,
         message=f"Won again ({source}): fetched again.",
+    )
+
+
+# Statuses in which nothing has reached Stripe yet (a `received` deal is fetched anyway).
+PRE_STRIPE = ("fetched", "mapped")
+
+
+def refresh_unprovisioned(
+    session: Session, opportunity_ids: Sequence[str], *, source: str
+) -> list[str]:
+    """Known deals not provisioned yet whose opportunity changed in a way that matters (its
+    line items or amount: a data load adds the lines after the opportunity) go back to the
+    fetch step: those before any Stripe step (received, fetched, mapped), those retrying or
+    parked at the fetch or map step, and those skipped as no longer won. A deal a worker
+    holds right now is left to it. Returns their opportunity ids. Does not commit."""
+    return _fetch_again(
+        session,
+        opportunity_ids,
+        or_(
+            Deal.status.in_(PRE_STRIPE),
+            and_(
+                Deal.status.in_((RETRYING, NEEDS_ATTENTION)),
+                Deal.current_step.in_((STEP_FETCH, STEP_MAP)),
+            ),
+            and_(Deal.status == SKIPPED, Deal.last_error_code == "not_won"),
+        ),
+        source=source,
+        message=f"Its line items or amount changed ({source}): fetched again.",
+    )
+
+
+def known_opportunities(session: Session, opportunity_ids: Sequence[str]) -> set[str]:
+    """Which of these opportunities have a deal."""
+    ids = list(dict.fromkeys(str(i) for i in opportunity_ids if i))
+    if not ids:
+        return set()
+    return set(
+        session.execute(select(Deal.opportunity_id).where(Deal.opportunity_id.in_(ids))).scalars()
     )

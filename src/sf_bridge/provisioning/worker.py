@@ -167,7 +167,13 @@ class Worker:
             ThreadPoolExecutor(self.concurrency, thread_name_prefix="provision") as pool,
         ):
             while budget > 0:
-                fetched = fetch_batch(self.provisioner, self.crm, limit=budget, floor=self.floor)
+                fetched = fetch_batch(
+                    self.provisioner,
+                    self.crm,
+                    limit=budget,
+                    floor=self.floor,
+                    line_items_wait=self.settings.line_items_wait_seconds,
+                )
                 claimed = self.provisioner.claim(DEAL_STEPS, min(budget, self.concurrency * 4))
                 futures = [pool.submit(self.provisioner.run_deal, i, never) for i in claimed]
                 for future in futures:
@@ -199,7 +205,13 @@ class Worker:
                 busy = False
                 try:
                     self.mappings.refresh()
-                    busy = bool(fetch_batch(self.provisioner, self.crm, floor=self.floor))
+                    fetched = fetch_batch(
+                        self.provisioner,
+                        self.crm,
+                        floor=self.floor,
+                        line_items_wait=self.settings.line_items_wait_seconds,
+                    )
+                    busy = bool(fetched)
                     free = self.concurrency * 2 - len(inflight)
                     if free > 0:
                         for deal_id in self.provisioner.claim(DEAL_STEPS, free):

@@ -141,3 +141,63 @@ def test_deals_won_before_the_floor_are_skipped_by_stream_and_sweep_and_provisio
     assert statuses(session_factory) == {historic: "skipped", migrated: "done", current: "done"}
     assert stripe_objects(stripe) == {"customer": 2, "subscription": 2, "invoice": 2}
     assert org.get_opportunity(migrated)["SF_Bridge_Status__c"] == "Provisioned"
+
+
+def loaded_without_lines(org: SalesforceSandbox, name: str) -> str:
+    """Step one of a data load: the opportunity, inserted already Closed Won, no lines yet."""
+    account = org.create_account(name, Billing_Email__c=f"ap@{name.lower().replace(' ', '-')}.io")
+    return org.create_opportunity(
+        account, f"{name} - Team", [], stage="Closed Won", change_origin=org.data_load_origin()
+    )
+
+
+TEAM_LINES = [{"product_code": "SB-TEAM-M", "quantity": 10, "unit_price": 15.0}]
+
+
+def test_a_deal_loaded_before_its_lines_waits_for_them_and_is_fetched_again_when_they_arrive(
+    org: SalesforceSandbox, stripe: StripeEmulator, db_url: str, session_factory: Any
+):
+    # A long wait polls every 30 s: done within seconds proves the lines' event woke the deal.
+    env = {**environment(org, stripe, db_url), "SF_BRIDGE_LINE_ITEMS_WAIT": "300"}
+    worker = start_worker(env)
+    try:
+        opp = loaded_without_lines(org, "Bulk Loaded")
+        wait_until(
+            lambda: statuses(session_factory).get(opp) in ("retrying", "needs_attention"),
+            10,
+            "fetched before its lines existed",
+        )
+        deal = deal_row(session_factory, opp)
+        assert deal.status == "retrying"
+        assert deal.last_error_code == "awaiting_line_items"
+        assert stripe_objects(stripe) == {"customer": 0, "subscription": 0, "invoice": 0}
+        org.add_line_items(opp, TEAM_LINES, change_origin=org.data_load_origin())
+        wait_until(lambda: statuses(session_factory).get(opp) == "done", 10, "provisioned")
+    finally:
+        assert worker.stop()
+    assert stripe_objects(stripe) == {"customer": 1, "subscription": 1, "invoice": 1}
+    assert org.get_opportunity(opp)["SF_Bridge_Status__c"] == "Provisioned"
+
+
+def test_a_deal_whose_lines_never_came_is_parked_with_what_to_do_then_fetched_when_they_do(
+    org: SalesforceSandbox, stripe: StripeEmulator, db_url: str, session_factory: Any
+):
+    env = {**environment(org, stripe, db_url), "SF_BRIDGE_LINE_ITEMS_WAIT": "1"}
+    worker = start_worker(env)
+    try:
+        opp = loaded_without_lines(org, "Forgotten Lines")
+        wait_until(lambda: statuses(session_factory).get(opp) == "needs_attention", 10, "parked")
+        deal = deal_row(session_factory, opp)
+        assert deal.last_error_code == "no_line_items"
+        assert "no line items 1 second after it was won" in (deal.last_error or "")
+        assert "add its products in Salesforce" in (deal.last_error or "")
+        wait_until(
+            lambda: org.get_opportunity(opp).get("SF_Bridge_Status__c") == "Needs attention",
+            10,
+            "the reason written onto the opportunity",
+        )
+        org.add_line_items(opp, TEAM_LINES, change_origin=org.data_load_origin())
+        wait_until(lambda: statuses(session_factory).get(opp) == "done", 10, "provisioned")
+    finally:
+        assert worker.stop()
+    assert stripe_objects(stripe) == {"customer": 1, "subscription": 1, "invoice": 1}

@@ -5,7 +5,13 @@ itself (the sweep runs once an hour here, so it cannot be what finds them)."""
 from __future__ import annotations
 
 from sf_bridge.sandbox.salesforce_org import SalesforceSandbox
-from tests.integration.intake.conftest import deal_count, deals_by_source, open_deal, wait_until
+from tests.integration.intake.conftest import (
+    deal_count,
+    deals_by_source,
+    fast_options,
+    open_deal,
+    wait_until,
+)
 
 EXPANSION = "Closed Won - Expansion"
 
@@ -47,3 +53,27 @@ def test_change_events_without_changed_fields_are_judged_by_the_fields_they_carr
         h.stop()
     finally:
         org.stop()
+
+
+def test_lines_added_to_a_deal_inserted_won_while_nobody_listened_are_re_read_and_enqueued(
+    intake_org: SalesforceSandbox, session_factory, harness
+):
+    loader = intake_org.data_load_origin()
+    account = intake_org.create_account("Loaded")
+    # Inserted already Closed Won before the stream subscribed (new events only) and outside
+    # the start sweep's window: only its later line items can tell.
+    loaded = intake_org.create_opportunity(
+        account, "Loaded deal", [], stage="Closed Won", change_origin=loader
+    )
+    h = harness(options=fast_options(sweep_overlap_seconds=0.0))
+    intake = h.start()
+    assert deal_count(session_factory) == 0
+    intake_org.add_line_items(
+        loaded, [{"product_code": "PRO-M", "quantity": 3}], change_origin=loader
+    )
+    header = intake_org.events.retained()[-1].message["data"]["payload"]["ChangeEventHeader"]
+    assert header["changedFields"] == ["Amount", "HasOpportunityLineItem", "LastModifiedDate"]
+    assert header["changeOrigin"].startswith("com/salesforce/api/soap/")
+    wait_until(lambda: deal_count(session_factory) == 1, 5, "the loaded deal")
+    assert deals_by_source(session_factory) == {loaded: "stream"}
+    assert intake.stats.rechecked == 1

@@ -271,3 +271,17 @@ def test_no_message_shape_makes_normalise_raise(data: dict[str, Any], kind: Any)
     out = normalise({"channel": "/x", "data": data}, kind, RULES)
     for opportunity_id in out.ids:
         assert len(opportunity_id) == 18
+
+
+def test_line_items_added_later_ask_for_a_refresh_not_a_won_verdict():
+    lines = cdc("UPDATE", [OPP_A], ["Amount", "HasOpportunityLineItem", "LastModifiedDate"])
+    out = normalise(lines, "cdc", RULES)
+    assert out.refresh == (OPP_A,)
+    assert out.ids == ()
+    amount_only = without_changed_fields(cdc("UPDATE", [OPP_B], Amount=150.0))
+    assert normalise(amount_only, "cdc", RULES).refresh == (OPP_B,)
+    other = normalise(cdc("UPDATE", [OPP_A], ["Description"], Description="x"), "cdc", RULES)
+    assert other.refresh == ()
+    # With the stage in the same change, the won verdict decides as usual.
+    both = cdc("UPDATE", [OPP_A], ["StageName", "Amount"], StageName="Closed Won", Amount=5)
+    assert normalise(both, "cdc", RULES).won == (OPP_A,)

@@ -321,10 +321,13 @@ class Org:
         stage: str = "Negotiation/Review",
         currency: str = "USD",
         contact_id: str | None = None,
+        change_origin: str = "",
         **fields: Any,
     ) -> str:
         """Creates an opportunity with line items. A line: product_code, quantity, unit_price,
-        optional list_price and discount (%), plus any other OpportunityLineItem fields."""
+        optional list_price and discount (%), plus any other OpportunityLineItem fields.
+        `change_origin` is the CREATE event's `changeOrigin` (empty for a change in the UI;
+        see `data_load_origin` for an API client)."""
         with self.store.lock:
             values: dict[str, Any] = {
                 "AccountId": account_id,
@@ -356,8 +359,37 @@ class Org:
             record = self.store.get("Opportunity", opportunity_id)
             assert record is not None
             changed = [f for f, v in record.items() if v is not None]
-            self.channels.publish_opportunity_change(record, changed, origin="", created=True)
+            self.channels.publish_opportunity_change(
+                record, changed, origin=change_origin, created=True
+            )
             return opportunity_id
+
+    def data_load_origin(self, client: str = "DataLoaderBulkUI/") -> str:
+        """`changeOrigin` of a change made by an API client such as Data Loader:
+        com/salesforce/api/<API>/<version>;client=<client id>."""
+        return f"com/salesforce/api/soap/{self.api_version};client={client}"
+
+    def add_line_items(
+        self, opportunity_id: str, lines: list[dict[str, Any]], *, change_origin: str = ""
+    ) -> None:
+        """Adds line items to an existing opportunity in one call, as a data load does after
+        inserting the opportunity: the roll-up changes its `Amount` and
+        `HasOpportunityLineItem`, so Salesforce emits an UPDATE change event of the opportunity
+        with those fields and without `StageName`."""
+        with self.store.lock:
+            record = self.store.get("Opportunity", opportunity_id)
+            if record is None:
+                raise KeyError(opportunity_id)
+            before = dict(record)
+            start = len(self.store.children("OpportunityLineItem", "OpportunityId", record["Id"]))
+            for position, line in enumerate(lines, start=start + 1):
+                self._add_line(record["Id"], str(record["CurrencyIsoCode"]), position, dict(line))
+            changed = [f for f in ("Amount", "HasOpportunityLineItem") if record[f] != before[f]]
+            if changed:
+                self.store.touch(record)
+                self.channels.publish_opportunity_change(
+                    record, [*changed, "LastModifiedDate"], origin=change_origin, created=False
+                )
 
     def _add_line(
         self, opportunity_id: str, currency: str, position: int, line: dict[str, Any]
