@@ -28,8 +28,13 @@ ENV_HELP = (
     "Reads DATABASE_URL, SF_BRIDGE_MAPPINGS, STRIPE_API_KEY, STRIPE_API_BASE and the SF_* "
     "Salesforce settings."
 )
-SETTLED = ("done", "needs_attention", "cancelled")
-STATUS_STYLE = {"done": "green", "needs_attention": "bold red", "retrying": "yellow"}
+SETTLED = ("done", "needs_attention", "cancelled", "skipped")
+STATUS_STYLE = {
+    "done": "green",
+    "needs_attention": "bold red",
+    "retrying": "yellow",
+    "skipped": "magenta",
+}
 
 
 def _console() -> Console:
@@ -125,7 +130,9 @@ def print_story(console: Console, story: Any) -> None:
         f"  status        [{style}]{deal.status}[/]"
         + (f" at step {deal.current_step}" if deal.status != "done" else "")
     )
-    if deal.last_error:
+    if deal.last_error and deal.status == "skipped":
+        console.print(f"  [magenta]skipped[/]       {deal.last_error}")
+    elif deal.last_error:
         console.print(f"  [red]error[/]         {deal.last_error}")
     if deal.next_attempt_at and deal.status == "retrying":
         console.print(f"  next attempt  {_when(deal.next_attempt_at)} UTC")
@@ -242,6 +249,12 @@ def _outcome_line(deal: Deal) -> str:
 def replay_command(
     refs: list[str] | None = typer.Argument(None, help="Deal numbers or Opportunity Ids."),
     failed: bool = typer.Option(False, "--failed", help="Every deal in needs_attention."),
+    include_skipped: bool = typer.Option(
+        False,
+        "--include-skipped",
+        help="Provision the named deals even if they were skipped (won before the "
+        "provisioning floor). --failed never includes skipped deals.",
+    ),
     queue_only: bool = typer.Option(
         False, "--queue-only", help="Only requeue; let a running `sf-bridge run` process them."
     ),
@@ -265,7 +278,14 @@ def replay_command(
     factory = _session_factory(settings)
     loader = MappingsLoader(settings.mappings_dir)
     crm = build_crm(settings, loader)
-    outcomes = replay(factory, refs or [], failed=failed, mappings=loader(), crm=crm)
+    outcomes = replay(
+        factory,
+        refs or [],
+        failed=failed,
+        mappings=loader(),
+        crm=crm,
+        include_skipped=include_skipped,
+    )
     if not outcomes:
         typer.echo("No deal needs a replay.")
         return

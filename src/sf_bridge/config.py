@@ -80,6 +80,12 @@ class Settings(EnvSettings):
     sweep_interval_seconds: float = Field(300.0, alias="SF_BRIDGE_SWEEP_INTERVAL", gt=0)
     overdue_grace_days: int = Field(14, alias="SF_BRIDGE_OVERDUE_GRACE_DAYS", ge=0)
     overdue_dry_run: bool = Field(False, alias="SF_BRIDGE_OVERDUE_DRY_RUN")
+    # Deals whose Close Date is before this ISO date (or date and time) are skipped, not
+    # provisioned; unset: the day `sf-bridge run` first started on the database.
+    provision_floor: str | None = Field(None, alias="SF_BRIDGE_PROVISION_FLOOR")
+    # How long a won deal without line items waits for them (a data load adds the lines after
+    # the opportunity) before it is parked.
+    line_items_wait_seconds: float = Field(300.0, alias="SF_BRIDGE_LINE_ITEMS_WAIT")
 
     @field_validator("database_url")
     @classmethod

@@ -87,9 +87,13 @@ class RunOptions:
 
 
 def _enqueue(session: Session, ids: Sequence[str], source: str) -> list[str]:
-    from sf_bridge.provisioning.queue import enqueue_opportunities
+    """Won opportunities from the stream or the sweep: new ones enqueued, and those skipped
+    earlier as no longer won fetched again."""
+    from sf_bridge.provisioning.queue import enqueue_opportunities, requeue_won_again
 
-    return enqueue_opportunities(session, ids, source=source)
+    new = enqueue_opportunities(session, ids, source=source)
+    again = requeue_won_again(session, [i for i in ids if i not in set(new)], source=source)
+    return new + again
 
 
 class WorkerProcess:
@@ -129,6 +133,7 @@ class WorkerProcess:
         )
 
         ensure_current(self.engine)
+        self._record_floor()
         loader = MappingsLoader(self.settings.mappings_dir)
         mappings = loader()  # a missing or invalid folder refuses the start (exit 2)
         log.info(
@@ -164,6 +169,19 @@ class WorkerProcess:
             )
             return
         self.intake = self._build_intake(loader)
+
+    def _record_floor(self) -> None:
+        """The first start on this database is the default provisioning floor: stored once."""
+        from sf_bridge.provisioning.floor import parse_floor, record_first_start
+
+        first_start = record_first_start(self.session_factory)
+        configured = self.settings.provision_floor
+        floor = parse_floor(configured) if configured else first_start
+        log.info(
+            "provision_floor",
+            floor=floor.isoformat(),
+            source="SF_BRIDGE_PROVISION_FLOOR" if configured else "first start",
+        )
 
     def _build_intake(self, loader: Callable[[], Any]) -> Any:
         from sf_bridge.crm.auth import SalesforceCredentials

@@ -5,6 +5,8 @@ Deal statuses follow the state machine of docs/operations.md:
     received -> fetched -> mapped -> customer_ready -> subscription_created -> invoice_open
     -> entitled -> written_back -> done
     any step: retrying (transient, with next_attempt_at) or needs_attention (permanent)
+    skipped: fetched but never provisioned on purpose (no longer won, or won before the
+    provisioning floor); the reason is in last_error, its code in last_error_code
 """
 
 from __future__ import annotations
@@ -73,7 +75,8 @@ PROGRESS = (
 RETRYING = "retrying"
 NEEDS_ATTENTION = "needs_attention"
 CANCELLED = "cancelled"
-STATUSES = (*PROGRESS, RETRYING, NEEDS_ATTENTION, CANCELLED)
+SKIPPED = "skipped"
+STATUSES = (*PROGRESS, RETRYING, NEEDS_ATTENTION, CANCELLED, SKIPPED)
 
 
 class Deal(Base):

@@ -3,9 +3,17 @@
 Three channel kinds (see docs/operations.md):
 - Change Data Capture `/data/OpportunityChangeEvent`: a won-stage transition in
   `changedFields` (several `recordIds` per event); GAP_* events carry no values, so their
-  records are re-read by id; GAP_OVERFLOW carries no ids, so only a sweep finds them.
+  records are re-read by id; GAP_OVERFLOW carries no ids, so only a sweep finds them. A header
+  without `changedFields` (older API versions over CometD) is judged by the fields the event
+  carries: CometD sends only changed, non-null fields. An UPDATE of `Amount` or
+  `HasOpportunityLineItem` without the stage (line items added after the opportunity, as data
+  loads do) asks for a refresh of those records.
 - Platform Event `/event/<Name>__e`: published on Closed Won, with an opportunity id field.
 - PushTopic `/topic/<Name>`: `data.sobject` with the selected fields.
+
+Won is the record's `IsWon` (Salesforce derives it from the stage's `OpportunityStage.IsWon`).
+`won_stages` of the mapping is only a fast path: a stage it does not list, with no `IsWon`
+beside it, is re-read by id (`recheck`), never dropped.
 
 A malformed message never raises: the outcome says why it was skipped and asks for a sweep,
 so whatever it might have announced is still found.
@@ -23,6 +31,8 @@ ChannelKind = Literal["cdc", "platform_event", "push_topic"]
 DEFAULT_ID_FIELDS = ("OpportunityId__c", "Opportunity_Id__c", "Opportunity__c", "OpportunityId")
 WON_CHANGE_TYPES = frozenset({"CREATE", "UPDATE", "UNDELETE"})
 GAP_CHANGE_TYPES = frozenset({"GAP_CREATE", "GAP_UPDATE", "GAP_UNDELETE"})
+# Opportunity fields Salesforce rolls up from the line items: adding lines changes them.
+LINE_FIELDS = frozenset({"Amount", "HasOpportunityLineItem"})
 
 
 def channel_kind(channel: str) -> ChannelKind:
@@ -54,6 +64,9 @@ class EventOutcome:
     sweep: bool = False  # ids unknown (overflow, malformed): a sweep must look
     malformed: str | None = None  # why (part of) the message was unusable
     rejected_ids: tuple[str, ...] = field(default=())  # values that were not ids (truncated)
+    # Their line items or amount changed (a data load adds lines after the opportunity): a
+    # deal not provisioned yet is fetched again; an unknown one is re-read to see if it is won.
+    refresh: tuple[str, ...] = ()
     replay_id: int | None = None
     created: str | None = None  # creation date, for the replay marker
 
@@ -95,15 +108,20 @@ def _ids(values: Iterable[Any]) -> tuple[list[str], list[str]]:
     return good, bad
 
 
-def _won_by_values(values: Mapping[str, Any], rules: EventRules) -> bool | None:
-    """True/False when the values tell, None when they do not carry the stage."""
+Verdict = Literal["won", "not_won", "unknown", "absent"]
+
+
+def _won_by_values(values: Mapping[str, Any], rules: EventRules) -> Verdict:
+    """What the values say: `IsWon` decides; a stage listed in `won_stages` is won; any other
+    stage without `IsWon` cannot be judged here ("unknown": re-read the record); "absent"
+    when the values carry neither."""
     is_won = values.get("IsWon")
     if isinstance(is_won, bool):
-        return is_won
+        return "won" if is_won else "not_won"
     stage = values.get("StageName")
     if isinstance(stage, str):
-        return stage in rules.won_stages
-    return None
+        return "won" if stage in rules.won_stages else "unknown"
+    return "absent"
 
 
 def _cdc(data: Mapping[str, Any], rules: EventRules) -> EventOutcome:
@@ -133,15 +151,24 @@ def _cdc(data: Mapping[str, Any], rules: EventRules) -> EventOutcome:
             return EventOutcome(malformed="change event without a changeType", sweep=True)
         return EventOutcome()  # DELETE, GAP_DELETE
     changed = header.get("changedFields")
-    changed_fields = {str(f) for f in changed} if isinstance(changed, list) else set()
+    if isinstance(changed, list):
+        changed_fields = {str(f) for f in changed}
+    else:  # older API versions: the fields carried are the changed ones
+        changed_fields = {str(f) for f in payload if f != "ChangeEventHeader"}
     if change_type == "UPDATE" and not changed_fields & {"StageName", "IsWon"}:
-        return EventOutcome(malformed=malformed, sweep=sweep, rejected_ids=tuple(bad))
+        lines_changed = bool(changed_fields & LINE_FIELDS)
+        return EventOutcome(
+            refresh=tuple(ids) if lines_changed else (),
+            malformed=malformed,
+            sweep=sweep,
+            rejected_ids=tuple(bad),
+        )
     verdict = _won_by_values(payload, rules)
-    if verdict is False:
+    if verdict == "not_won":
         return EventOutcome(malformed=malformed, sweep=sweep, rejected_ids=tuple(bad))
     return EventOutcome(
-        won=tuple(ids) if verdict else (),
-        recheck=() if verdict else tuple(ids),
+        won=tuple(ids) if verdict == "won" else (),
+        recheck=() if verdict == "won" else tuple(ids),
         sweep=sweep,
         malformed=malformed,
         rejected_ids=tuple(bad),
@@ -164,9 +191,11 @@ def _platform_event(data: Mapping[str, Any], rules: EventRules) -> EventOutcome:
             malformed=f"{field_name} is not an id", sweep=True, rejected_ids=tuple(bad)
         )
     verdict = _won_by_values(payload, rules)
-    if verdict is False:
+    if verdict == "not_won":
         return EventOutcome()
-    return EventOutcome(won=tuple(ids))
+    if verdict == "unknown":
+        return EventOutcome(recheck=tuple(ids))
+    return EventOutcome(won=tuple(ids))  # published on Closed Won: won unless it says otherwise
 
 
 def _push_topic(data: Mapping[str, Any], rules: EventRules) -> EventOutcome:
@@ -183,9 +212,10 @@ def _push_topic(data: Mapping[str, Any], rules: EventRules) -> EventOutcome:
             malformed="sobject Id is not an id", sweep=True, rejected_ids=tuple(bad)
         )
     verdict = _won_by_values(sobject, rules)
-    if verdict is False:
+    if verdict == "not_won":
         return EventOutcome()
-    return EventOutcome(won=tuple(ids) if verdict else (), recheck=() if verdict else tuple(ids))
+    won = verdict == "won"
+    return EventOutcome(won=tuple(ids) if won else (), recheck=() if won else tuple(ids))
 
 
 def normalise(message: Any, kind: ChannelKind, rules: EventRules) -> EventOutcome:

@@ -39,6 +39,20 @@ from sf_bridge.logging import get_logger
 log = get_logger(__name__)
 
 Enqueue = Callable[[Session, Sequence[str], str], list[str]]  # (session, ids, source)
+Refresh = Callable[[Session, Sequence[str], str], list[str]]  # (session, ids, source)
+Known = Callable[[Session, Sequence[str]], set[str]]  # which of these ids have a deal
+
+
+def _refresh_unprovisioned(session: Session, ids: Sequence[str], source: str) -> list[str]:
+    from sf_bridge.provisioning.queue import refresh_unprovisioned
+
+    return refresh_unprovisioned(session, ids, source=source)
+
+
+def _known_opportunities(session: Session, ids: Sequence[str]) -> set[str]:
+    from sf_bridge.provisioning.queue import known_opportunities
+
+    return known_opportunities(session, ids)
 
 
 class IntakeCrm(Protocol):
@@ -60,6 +74,7 @@ class IntakeStats:
     won_ids: int = 0
     enqueued: int = 0
     rechecked: int = 0
+    refreshed: int = 0  # known deals fetched again because their lines or amount changed
     replay_fallbacks: int = 0
     sweeps_requested: int = 0
     last_delay_ms: float | None = None
@@ -100,6 +115,8 @@ class StreamIntake:
         options: IntakeOptions | None = None,
         sweep_interval: float = 300.0,
         leader_lock: LeaderLock | None = None,
+        refresh: Refresh = _refresh_unprovisioned,
+        known: Known = _known_opportunities,
     ) -> None:
         self.channel = channel
         self.kind = channel_kind(channel)
@@ -108,6 +125,8 @@ class StreamIntake:
         self.session_factory = session_factory
         self.crm = crm
         self.enqueue = enqueue
+        self.refresh = refresh
+        self.known = known
         self._rules = rules
         self.options = options or IntakeOptions()
         self.sweep_interval = sweep_interval
@@ -360,6 +379,7 @@ class StreamIntake:
         self.stats.events += len(batch)
         won: dict[str, None] = {}
         recheck: dict[str, None] = {}
+        refresh: dict[str, None] = {}
         sweep = False
         for outcome in outcomes:
             if outcome.malformed:
@@ -373,8 +393,16 @@ class StreamIntake:
                 )
             won.update(dict.fromkeys(outcome.won))
             recheck.update(dict.fromkeys(i for i in outcome.recheck if i not in won))
+            refresh.update(dict.fromkeys(outcome.refresh))
             sweep = sweep or outcome.sweep
         ids = list(won)
+        refresh_known: list[str] = []
+        if refresh:
+            # Lines or amount changed: a known deal not provisioned yet is fetched again; an
+            # unknown one may have been inserted won while nobody listened: re-read it.
+            known = await asyncio.to_thread(self._known_among, list(refresh))
+            refresh_known = [i for i in refresh if i in known and i not in won]
+            recheck.update(dict.fromkeys(i for i in refresh if i not in known and i not in won))
         if recheck:
             self.stats.rechecked += len(recheck)
             confirmed = await asyncio.to_thread(self.crm.won_among, list(recheck))
@@ -382,7 +410,8 @@ class StreamIntake:
         marker = next(
             ((o.replay_id, o.created) for o in reversed(outcomes) if o.replay_id is not None), None
         )
-        new = await asyncio.to_thread(self._commit, ids, marker)
+        new, refreshed = await asyncio.to_thread(self._commit, ids, marker, refresh_known)
+        self.stats.refreshed += len(refreshed)
         self.stats.won_ids += len(ids)
         self.stats.enqueued += len(new)
         if sweep:
@@ -396,19 +425,28 @@ class StreamIntake:
             events=len(batch),
             won=len(ids),
             enqueued=len(new),
+            refreshed=len(refreshed),
             replay_id=marker[0] if marker else None,
             max_delay_ms=round(max(delays), 1) if delays else None,
         )
         if new and self.on_enqueued is not None:
             self.on_enqueued(new)
 
-    def _commit(self, ids: list[str], marker: tuple[int, str | None] | None) -> list[str]:
-        """Enqueues the deals and commits the replay id in one transaction."""
+    def _known_among(self, ids: list[str]) -> set[str]:
+        with self.session_factory() as session:
+            return self.known(session, ids)
+
+    def _commit(
+        self, ids: list[str], marker: tuple[int, str | None] | None, refresh: list[str]
+    ) -> tuple[list[str], list[str]]:
+        """Enqueues the deals, sends the ones to refresh back to their fetch, and commits the
+        replay id, in one transaction."""
         with transaction(self.session_factory) as session:
             new = self.enqueue(session, ids, "stream") if ids else []
+            refreshed = self.refresh(session, refresh, "stream") if refresh else []
             if marker is not None:
                 stage_marker(session, self.channel, marker[0], marker[1])
-        return new
+        return new, refreshed
 
     @staticmethod
     def _delays_ms(outcomes: list[EventOutcome]) -> list[float]:

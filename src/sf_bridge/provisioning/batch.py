@@ -12,10 +12,19 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 
 from sf_bridge.crm.port import CrmGateway, OpportunityUpdate
-from sf_bridge.db.models import CANCELLED, NEEDS_ATTENTION, Deal, StepAttempt
-from sf_bridge.errors import CrmRejected, TransientError
+from sf_bridge.db.models import (
+    CANCELLED,
+    NEEDS_ATTENTION,
+    RETRYING,
+    SKIPPED,
+    Deal,
+    DealEvent,
+    StepAttempt,
+)
+from sf_bridge.errors import CrmRejected, PermanentError, TransientError
 from sf_bridge.logging import get_logger
 from sf_bridge.provisioning import claim
+from sf_bridge.provisioning.eligibility import Skip, judge
 from sf_bridge.provisioning.runner import Provisioner, record_failure
 from sf_bridge.provisioning.states import STATUS_AFTER, STEP_FETCH, STEP_MAP, STEP_WRITE_BACK
 
@@ -42,21 +51,36 @@ def _load(prov: Provisioner, ids: list[int]) -> list[Deal]:
         return list(session.execute(select(Deal).where(Deal.id.in_(ids))).scalars())
 
 
-def fetch_batch(prov: Provisioner, crm: CrmGateway | None, limit: int = BATCH_LIMIT) -> list[int]:
-    """Fetches the snapshots of up to `limit` received deals in one call; returns their ids."""
+def fetch_batch(
+    prov: Provisioner,
+    crm: CrmGateway | None,
+    limit: int = BATCH_LIMIT,
+    floor: Callable[[], datetime | None] | None = None,
+    line_items_wait: float = 0.0,
+) -> list[int]:
+    """Fetches the snapshots of up to `limit` received deals in one call; returns their ids.
+    Deals not to provision (no longer won, closed before `floor`) are recorded as skipped. A
+    deal without line items is fetched again later, for up to `line_items_wait` seconds after
+    it was enqueued (a data load adds the lines after the opportunity), then parked."""
     if crm is None:
         return []
     ids = prov.claim((STEP_FETCH,), min(limit, BATCH_LIMIT))
     if not ids:
         return []
     try:
-        _fetch_claimed(prov, crm, ids)
+        _fetch_claimed(prov, crm, ids, floor() if floor is not None else None, line_items_wait)
     finally:
         prov.done_with(ids)
     return ids
 
 
-def _fetch_claimed(prov: Provisioner, crm: CrmGateway, ids: list[int]) -> None:
+def _fetch_claimed(
+    prov: Provisioner,
+    crm: CrmGateway,
+    ids: list[int],
+    floor: datetime | None,
+    line_items_wait: float,
+) -> None:
     deals = _load(prov, ids)
     started = time.perf_counter()
     try:
@@ -82,6 +106,14 @@ def _fetch_claimed(prov: Provisioner, crm: CrmGateway, ids: list[int]) -> None:
         else:
             found.append((deal, match))
     now = prov.clock()
+    skips: dict[int, Skip | None] = {deal.id: judge(record, floor) for deal, record in found}
+    ready: list[tuple[Deal, dict[str, Any]]] = []
+    for deal, record in found:
+        if line_items_wait > 0 and skips[deal.id] is None and lacks_line_items(record):
+            _wait_for_lines(prov, deal, now, line_items_wait, duration)
+        else:
+            ready.append((deal, record))
+    found = ready
     with prov.db() as session, session.begin():
         owned = owned_ids(session, prov, [d.id for d, _ in found])
         settle(
@@ -91,8 +123,7 @@ def _fetch_claimed(prov: Provisioner, crm: CrmGateway, ids: list[int]) -> None:
                     "id": deal.id,
                     "opportunity": record,
                     "account_id": record.get("AccountId") or deal.account_id or None,
-                    "status": STATUS_AFTER[STEP_FETCH],
-                    "current_step": STEP_MAP,
+                    **_after_fetch(skips[deal.id]),
                 }
                 for deal, record in found
                 if deal.id in owned
@@ -102,7 +133,8 @@ def _fetch_claimed(prov: Provisioner, crm: CrmGateway, ids: list[int]) -> None:
                     "deal_id": deal.id,
                     "step": STEP_FETCH,
                     "attempt": deal.attempts + 1,
-                    "detail": {"batch_size": len(deals)},
+                    "detail": {"batch_size": len(deals)}
+                    | ({"skipped": skip.code} if (skip := skips[deal.id]) else {}),
                 }
                 for deal, _record in found
                 if deal.id in owned
@@ -110,11 +142,122 @@ def _fetch_claimed(prov: Provisioner, crm: CrmGateway, ids: list[int]) -> None:
             now=now,
             duration=duration,
         )
+        skipped = [
+            {
+                "deal_id": deal.id,
+                "at": now,
+                "kind": "skipped",
+                "message": skip.reason,
+                "detail": {"code": skip.code},
+            }
+            for deal, _record in found
+            if deal.id in owned and (skip := skips[deal.id]) is not None
+        ]
+        if skipped:
+            session.execute(insert(DealEvent), skipped)
         for deal, _record in found:
             prov.hooks.before_commit(STEP_FETCH, deal.id)
     for deal, _record in found:
         prov.hooks.after_commit(STEP_FETCH, deal.id)
+    for deal, _record in found:
+        if (skip := skips[deal.id]) is not None:
+            log.warning(
+                "deal_skipped",
+                deal_id=deal.id,
+                opportunity_id=deal.opportunity_id,
+                code=skip.code,
+                reason=skip.reason,
+            )
     log.info("fetch_batch_done", deals=len(deals), found=len(found), duration_ms=duration)
+
+
+def lacks_line_items(record: dict[str, Any]) -> bool:
+    """The fetch asked for the line items and there are none (Salesforce answers an empty
+    child subquery with null)."""
+    if "OpportunityLineItems" not in record:
+        return False
+    lines = record["OpportunityLineItems"]
+    return not (isinstance(lines, dict) and lines.get("records"))
+
+
+AWAITING_LINE_ITEMS = "awaiting_line_items"
+
+
+class NoLineItems(PermanentError):
+    """The won opportunity still has no line items; add its products in Salesforce."""
+
+    code = "no_line_items"
+
+
+def _span(seconds: float) -> str:
+    if seconds >= 120:
+        return f"{seconds / 60:g} minutes"
+    return f"{seconds:g} second" + ("" if seconds == 1 else "s")
+
+
+def _wait_for_lines(
+    prov: Provisioner, deal: Deal, now: datetime, wait: float, duration: int
+) -> None:
+    """A won deal with no line items yet: a data load inserts the opportunity first and its
+    lines a moment later. Within `wait` seconds of the deal's arrival it is fetched again later
+    (at once when its lines' change event arrives); after that it is parked with what to do."""
+    arrived = deal.created_at if deal.created_at.tzinfo else deal.created_at.replace(tzinfo=UTC)
+    deadline = arrived + timedelta(seconds=wait)
+    if now >= deadline:
+        _fail(
+            prov,
+            [deal],
+            STEP_FETCH,
+            NoLineItems(
+                f"The opportunity has no line items {_span(wait)} after it was won "
+                "(SF_BRIDGE_LINE_ITEMS_WAIT), so there is nothing to provision.",
+                hint="add its products in Salesforce: the deal is fetched again as soon as its "
+                "lines are saved (or `sf-bridge replay` it).",
+            ),
+            duration,
+        )
+        return
+    poll = min(30.0, max(0.5, wait / 10))
+    next_try = min(now + timedelta(seconds=poll), deadline)
+    with prov.db() as session, session.begin():
+        row = claim.load_owned(session, deal.id, prov.owner)
+        if row is None:
+            return
+        row.status = RETRYING
+        row.current_step = STEP_FETCH
+        row.next_attempt_at = next_try
+        row.last_error = (
+            "Waiting for the opportunity's line items (a data load adds them after the "
+            f"opportunity): fetched again until {deadline:%Y-%m-%d %H:%M:%S} UTC, then parked."
+        )
+        row.last_error_code = AWAITING_LINE_ITEMS
+        row.locked_by = None
+        row.locked_until = None
+        session.add(
+            StepAttempt(
+                deal_id=deal.id,
+                step=STEP_FETCH,
+                attempt=deal.attempts + 1,
+                started_at=now,
+                finished_at=now,
+                duration_ms=duration,
+                outcome="retry",
+                error=row.last_error,
+                error_code=AWAITING_LINE_ITEMS,
+            )
+        )
+
+
+def _after_fetch(skip: Skip | None) -> dict[str, Any]:
+    """The deal's next state after a fetch: on to the map step, or skipped with its reason."""
+    if skip is None:
+        return {"status": STATUS_AFTER[STEP_FETCH], "current_step": STEP_MAP}
+    return {
+        "status": SKIPPED,
+        "current_step": None,
+        "last_error": skip.reason,
+        "last_error_code": skip.code,
+    }
 
 
 def _fail(prov: Provisioner, deals: list[Deal], step: str, exc: Exception, duration: int) -> None:

@@ -4,6 +4,9 @@ The unique opportunity id does the deduplication (`INSERT ... ON CONFLICT DO NOT
 SQLite and PostgreSQL), so the stream, the sweep and several replicas can enqueue the same
 opportunity at once and exactly one deal results. The caller commits (the stream commits its
 replay id in the same transaction, after the deals are enqueued).
+
+A deal already known is never enqueued twice; the separate paths below only send a known deal
+that is not provisioned yet back to the fetch step, so that it is read again.
 """
 
 from __future__ import annotations
@@ -11,12 +14,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, and_, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from sf_bridge.crm import ids
-from sf_bridge.db.models import Deal, DealEvent, utcnow
+from sf_bridge.db.models import NEEDS_ATTENTION, RETRYING, SKIPPED, Deal, DealEvent, utcnow
 from sf_bridge.errors import SfBridgeError
 from sf_bridge.logging import get_logger
 from sf_bridge.provisioning.states import STEP_FETCH, STEP_MAP
@@ -116,3 +119,95 @@ def enqueue_snapshot(session: Session, opportunity: dict[str, Any], *, source: s
         log.info("deal_enqueued", source=source, opportunity_id=opp_id, deal_id=new_id)
     deal = session.execute(select(Deal).where(Deal.opportunity_id == opp_id)).scalar_one()
     return deal
+
+
+def _fetch_again(
+    session: Session,
+    opportunity_ids: Sequence[str],
+    which: ColumnElement[bool],
+    *,
+    source: str,
+    message: str,
+) -> list[str]:
+    """Sends the known deals among these that match `which` (and that no worker holds right
+    now) back to the fetch step; returns their opportunity ids. Does not commit."""
+    ids = list(dict.fromkeys(str(i) for i in opportunity_ids if i))
+    if not ids:
+        return []
+    now = utcnow()
+    free = or_(Deal.locked_until.is_(None), Deal.locked_until < now)
+    rows = session.execute(
+        update(Deal)
+        .where(Deal.opportunity_id.in_(ids), which, free)
+        .values(
+            status="received",
+            current_step=STEP_FETCH,
+            attempts=0,
+            next_attempt_at=None,
+            last_error=None,
+            last_error_code=None,
+            writeback_pending=False,
+            updated_at=now,
+        )
+        .returning(Deal.id, Deal.opportunity_id)
+        .execution_options(synchronize_session=False)
+    ).all()
+    for deal_id, _opp_id in rows:
+        session.add(DealEvent(deal_id=deal_id, kind="refetch", message=message))
+    session.flush()
+    found = [opp_id for _deal_id, opp_id in rows]
+    if found:
+        log.info("deals_fetched_again", source=source, count=len(found), opportunity_ids=found[:20])
+    return found
+
+
+def requeue_won_again(
+    session: Session, opportunity_ids: Sequence[str], *, source: str
+) -> list[str]:
+    """Deals skipped because they were no longer won when fetched, now reported won again
+    (by the stream or the sweep): fetched again. Returns their opportunity ids."""
+    return _fetch_again(
+        session,
+        opportunity_ids,
+        and_(Deal.status == SKIPPED, Deal.last_error_code == "not_won"),
+        source=source,
+        message=f"Won again ({source}): fetched again.",
+    )
+
+
+# Statuses in which nothing has reached Stripe yet (a `received` deal is fetched anyway).
+PRE_STRIPE = ("fetched", "mapped")
+
+
+def refresh_unprovisioned(
+    session: Session, opportunity_ids: Sequence[str], *, source: str
+) -> list[str]:
+    """Known deals not provisioned yet whose opportunity changed in a way that matters (its
+    line items or amount: a data load adds the lines after the opportunity) go back to the
+    fetch step: those before any Stripe step (received, fetched, mapped), those retrying or
+    parked at the fetch or map step, and those skipped as no longer won. A deal a worker
+    holds right now is left to it. Returns their opportunity ids. Does not commit."""
+    return _fetch_again(
+        session,
+        opportunity_ids,
+        or_(
+            Deal.status.in_(PRE_STRIPE),
+            and_(
+                Deal.status.in_((RETRYING, NEEDS_ATTENTION)),
+                Deal.current_step.in_((STEP_FETCH, STEP_MAP)),
+            ),
+            and_(Deal.status == SKIPPED, Deal.last_error_code == "not_won"),
+        ),
+        source=source,
+        message=f"Its line items or amount changed ({source}): fetched again.",
+    )
+
+
+def known_opportunities(session: Session, opportunity_ids: Sequence[str]) -> set[str]:
+    """Which of these opportunities have a deal."""
+    ids = list(dict.fromkeys(str(i) for i in opportunity_ids if i))
+    if not ids:
+        return set()
+    return set(
+        session.execute(select(Deal.opportunity_id).where(Deal.opportunity_id.in_(ids))).scalars()
+    )

@@ -4,6 +4,10 @@ When the mappings changed since the deal was mapped, or the opportunity changed 
 Salesforce, the deal goes back to the map step first (re-fetched when a CRM is at hand). Every
 step is idempotent, so replaying a deal any number of times never creates anything twice:
 the customer, subscription and invoice already recorded are found and reused.
+
+Skipped deals (won before the provisioning floor, or no longer won when fetched) are
+provisioned only on purpose: named, with `include_skipped`. They go to the map step with the
+opportunity as Salesforce returns it now; one that is still not won stays skipped.
 """
 
 from __future__ import annotations
@@ -17,9 +21,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from sf_bridge.crm import ids
 from sf_bridge.crm.port import CrmGateway
-from sf_bridge.db.models import NEEDS_ATTENTION, Deal, DealEvent
+from sf_bridge.db.models import NEEDS_ATTENTION, SKIPPED, Deal, DealEvent
 from sf_bridge.errors import SfBridgeError
 from sf_bridge.logging import get_logger
+from sf_bridge.provisioning.eligibility import NOT_WON, judge
 from sf_bridge.provisioning.states import (
     DONE,
     STEP_FETCH,
@@ -76,9 +81,11 @@ def replay(
     failed: bool = False,
     mappings: Any = None,
     crm: CrmGateway | None = None,
+    include_skipped: bool = False,
 ) -> list[ReplayOutcome]:
     """Requeues the deals named (deal numbers or opportunity ids) and, with `failed`, every
-    deal in `needs_attention`. Done deals are left alone. Returns what was done to each."""
+    deal in `needs_attention`. Done deals are left alone; skipped deals are provisioned only
+    when named with `include_skipped`. Returns what was done to each."""
     with session_factory() as session, session.begin():
         deals: dict[int, Deal] = {}
         for ref in deal_ids:
@@ -91,7 +98,12 @@ def replay(
                 deals[deal.id] = deal
         fresh = _refetch(crm, [d for d in deals.values() if d.source != "file"])
         version = getattr(mappings, "version", None)
-        outcomes = [_requeue(session, deal, fresh, version) for deal in deals.values()]
+        outcomes = [
+            _provision_skipped(session, deal, fresh)
+            if deal.status == SKIPPED and include_skipped
+            else _requeue(session, deal, fresh, version)
+            for deal in deals.values()
+        ]
     for outcome in outcomes:
         log.info(
             "deal_replayed",
@@ -116,6 +128,15 @@ def _requeue(
     if deal.status == DONE:
         return ReplayOutcome(
             deal.id, deal.opportunity_id, None, "already done; nothing to replay", False
+        )
+    if deal.status == SKIPPED:
+        return ReplayOutcome(
+            deal.id,
+            deal.opportunity_id,
+            None,
+            f"skipped ({deal.last_error_code}): {deal.last_error} Pass --include-skipped to "
+            "provision it on purpose.",
+            False,
         )
     step = deal.current_step or STEP_FETCH
     if step not in STEPS:
@@ -147,6 +168,44 @@ def _requeue(
             kind="replayed",
             message=message,
             detail={"from_status": previous, "step": step, "last_error": deal.last_error},
+        )
+    )
+    return ReplayOutcome(deal.id, deal.opportunity_id, step, message, True)
+
+
+def _provision_skipped(
+    session: Session, deal: Deal, fresh: dict[str, dict[str, Any]]
+) -> ReplayOutcome:
+    """A skipped deal provisioned on purpose: the floor is waived, but a deal Salesforce says
+    is not won stays skipped."""
+    record = fresh.get(deal.opportunity_id) or deal.opportunity
+    if not record:
+        deal.status, deal.current_step = "received", STEP_FETCH
+        step = STEP_FETCH
+    else:
+        still = judge(record)
+        if still is not None and still.code == NOT_WON:
+            deal.last_error, deal.last_error_code = still.reason, still.code
+            return ReplayOutcome(
+                deal.id, deal.opportunity_id, None, f"still skipped: {still.reason}", False
+            )
+        deal.opportunity = record
+        deal.status, deal.current_step = status_before(STEP_MAP, custom_plan=False), STEP_MAP
+        step = STEP_MAP
+    previous_reason = deal.last_error
+    deal.attempts = 0
+    deal.next_attempt_at = None
+    deal.last_error = None
+    deal.last_error_code = None
+    deal.locked_by = None
+    deal.locked_until = None
+    message = f"Provisioned on purpose although skipped ({previous_reason}); from step {step}."
+    session.add(
+        DealEvent(
+            deal_id=deal.id,
+            kind="replayed",
+            message=message,
+            detail={"from_status": SKIPPED, "step": step, "skipped_because": previous_reason},
         )
     )
     return ReplayOutcome(deal.id, deal.opportunity_id, step, message, True)

@@ -5,12 +5,13 @@
 
 `Deal.current_step` always names the next step to run (or the step that failed, while the
 deal is `retrying` or `needs_attention`). Custom plans go from customer straight to
-entitlements.
+entitlements. A fetched deal that is not to be provisioned (no longer won, or won before the
+provisioning floor: `sf_bridge.provisioning.eligibility`) is `skipped`, with no next step.
 """
 
 from __future__ import annotations
 
-from sf_bridge.db.models import CANCELLED, NEEDS_ATTENTION
+from sf_bridge.db.models import CANCELLED, NEEDS_ATTENTION, SKIPPED
 
 STEP_FETCH = "fetch"
 STEP_MAP = "map"
@@ -55,7 +56,7 @@ STATUS_BEFORE = {
 }
 DONE = "done"
 # Statuses a worker never claims.
-SETTLED = (DONE, NEEDS_ATTENTION, CANCELLED)
+SETTLED = (DONE, NEEDS_ATTENTION, CANCELLED, SKIPPED)
 
 
 def next_step(step: str, *, custom_plan: bool) -> str | None:

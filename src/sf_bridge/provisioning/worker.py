@@ -22,6 +22,7 @@ from sf_bridge.crm.port import CrmGateway
 from sf_bridge.logging import get_logger
 from sf_bridge.provisioning import claim
 from sf_bridge.provisioning.batch import fetch_batch, report_parked_batch, write_back_batch
+from sf_bridge.provisioning.floor import FloorSource, parse_floor
 from sf_bridge.provisioning.prices import PriceCache
 from sf_bridge.provisioning.retry import RetryPolicy
 from sf_bridge.provisioning.runner import Provisioner, RunnerOptions, StepHooks
@@ -131,6 +132,9 @@ class Worker:
         self.write_back_linger = write_back_linger
         self._report_parked_after = 0.0
         self.mappings = _MappingsOnce(mappings_loader)
+        if settings.provision_floor:
+            parse_floor(settings.provision_floor)  # a wrong value stops here, named
+        self.floor = FloorSource(session_factory, settings.provision_floor)
         ctx = StepContext(
             billing=billing,
             mappings_loader=self.mappings,
@@ -163,7 +167,13 @@ class Worker:
             ThreadPoolExecutor(self.concurrency, thread_name_prefix="provision") as pool,
         ):
             while budget > 0:
-                fetched = fetch_batch(self.provisioner, self.crm, limit=budget)
+                fetched = fetch_batch(
+                    self.provisioner,
+                    self.crm,
+                    limit=budget,
+                    floor=self.floor,
+                    line_items_wait=self.settings.line_items_wait_seconds,
+                )
                 claimed = self.provisioner.claim(DEAL_STEPS, min(budget, self.concurrency * 4))
                 futures = [pool.submit(self.provisioner.run_deal, i, never) for i in claimed]
                 for future in futures:
@@ -195,7 +205,13 @@ class Worker:
                 busy = False
                 try:
                     self.mappings.refresh()
-                    busy = bool(fetch_batch(self.provisioner, self.crm))
+                    fetched = fetch_batch(
+                        self.provisioner,
+                        self.crm,
+                        floor=self.floor,
+                        line_items_wait=self.settings.line_items_wait_seconds,
+                    )
+                    busy = bool(fetched)
                     free = self.concurrency * 2 - len(inflight)
                     if free > 0:
                         for deal_id in self.provisioner.claim(DEAL_STEPS, free):

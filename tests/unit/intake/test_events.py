@@ -52,10 +52,52 @@ def test_cdc_update_to_a_won_stage_names_every_record():
     assert out.created == "1764086400000"
 
 
-def test_cdc_update_uses_the_mapping_won_stages():
+def test_cdc_update_uses_the_mapping_won_stages_as_a_fast_path():
     message = cdc("UPDATE", [OPP_A], ["StageName"], StageName="Won - Renewal")
     assert normalise(message, "cdc", RULES).won == (OPP_A,)
-    assert normalise(message, "cdc", EventRules()).won == ()
+    # A stage the mapping does not list, without IsWon: re-read by id, not dropped.
+    other = normalise(message, "cdc", EventRules())
+    assert other.won == ()
+    assert other.recheck == (OPP_A,)
+
+
+def test_a_stage_nobody_listed_is_judged_by_is_won_when_it_comes_along():
+    won = cdc(
+        "UPDATE",
+        [OPP_A],
+        ["StageName", "IsWon"],
+        StageName="Closed Won - Expansion",
+        IsWon=True,
+    )
+    assert normalise(won, "cdc", RULES).won == (OPP_A,)
+    lost = cdc("UPDATE", [OPP_A], ["StageName", "IsWon"], StageName="Closed Won", IsWon=False)
+    assert normalise(lost, "cdc", RULES).ids == ()
+
+
+def test_cdc_update_to_an_open_stage_without_is_won_is_rechecked():
+    out = normalise(cdc("UPDATE", [OPP_A], ["StageName"], StageName="Qualification"), "cdc", RULES)
+    assert out.recheck == (OPP_A,)
+    assert out.won == ()
+
+
+def without_changed_fields(message: dict[str, Any]) -> dict[str, Any]:
+    del message["data"]["payload"]["ChangeEventHeader"]["changedFields"]
+    return message
+
+
+def test_cdc_header_without_changed_fields_is_judged_by_the_fields_it_carries():
+    is_won = without_changed_fields(cdc("UPDATE", [OPP_A], IsWon=True, LastModifiedDate="x"))
+    assert normalise(is_won, "cdc", RULES).won == (OPP_A,)
+    stage = without_changed_fields(cdc("UPDATE", [OPP_B], StageName="Closed Won"))
+    assert normalise(stage, "cdc", RULES).won == (OPP_B,)
+    unknown = without_changed_fields(cdc("UPDATE", [OPP_A], StageName="Closed Won - Expansion"))
+    assert normalise(unknown, "cdc", RULES).recheck == (OPP_A,)
+    lost = without_changed_fields(cdc("UPDATE", [OPP_A], StageName="Closed Lost", IsWon=False))
+    assert normalise(lost, "cdc", RULES).ids == ()
+    other = without_changed_fields(cdc("UPDATE", [OPP_A], Description="notes"))
+    out = normalise(other, "cdc", RULES)
+    assert out.ids == ()
+    assert out.malformed is None
 
 
 def test_cdc_update_that_does_not_touch_the_stage_is_ignored():
@@ -65,9 +107,12 @@ def test_cdc_update_that_does_not_touch_the_stage_is_ignored():
     assert out.malformed is None
 
 
-def test_cdc_update_to_a_lost_stage_is_ignored():
-    out = normalise(cdc("UPDATE", [OPP_A], ["StageName"], StageName="Closed Lost"), "cdc", RULES)
-    assert out.ids == ()
+def test_cdc_update_to_a_lost_stage_is_ignored_when_is_won_says_so():
+    lost = cdc("UPDATE", [OPP_A], ["StageName", "IsWon"], StageName="Closed Lost", IsWon=False)
+    assert normalise(lost, "cdc", RULES).ids == ()
+    # Without IsWon, only the org knows whether that stage is won: re-read, never dropped.
+    bare = cdc("UPDATE", [OPP_A], ["StageName"], StageName="Closed Lost")
+    assert normalise(bare, "cdc", RULES).recheck == (OPP_A,)
 
 
 def test_cdc_is_won_flag_counts():
@@ -171,8 +216,13 @@ def test_platform_event_problems():
     assert bad.ids == ()
     wrong_type = normalise(pe({"OpportunityId__c": ["x"]}), "platform_event", RULES)
     assert wrong_type.malformed
-    lost = normalise(pe({"OpportunityId__c": OPP_A, "StageName": "Lost"}), "platform_event", RULES)
+    lost = normalise(pe({"OpportunityId__c": OPP_A, "IsWon": False}), "platform_event", RULES)
     assert lost.ids == ()
+    unknown = normalise(
+        pe({"OpportunityId__c": OPP_A, "StageName": "Lost"}), "platform_event", RULES
+    )
+    assert unknown.recheck == (OPP_A,)
+    assert unknown.won == ()
 
 
 def topic(sobject: Any, event_type: str = "updated"):
@@ -192,6 +242,8 @@ def test_push_topic_events():
     )
     assert normalise(topic({"Id": OPP_A, "IsWon": False}), "push_topic", RULES).ids == ()
     assert normalise(topic({"Id": OPP_A}), "push_topic", RULES).recheck == (OPP_A,)
+    expansion = topic({"Id": OPP_A, "StageName": "Closed Won - Expansion"})
+    assert normalise(expansion, "push_topic", RULES).recheck == (OPP_A,)
     assert normalise(topic({"Id": OPP_A, "IsWon": True}, "deleted"), "push_topic", RULES).ids == ()
     bad = normalise(topic({"Id": 17}), "push_topic", RULES)
     assert bad.malformed
@@ -219,3 +271,17 @@ def test_no_message_shape_makes_normalise_raise(data: dict[str, Any], kind: Any)
     out = normalise({"channel": "/x", "data": data}, kind, RULES)
     for opportunity_id in out.ids:
         assert len(opportunity_id) == 18
+
+
+def test_line_items_added_later_ask_for_a_refresh_not_a_won_verdict():
+    lines = cdc("UPDATE", [OPP_A], ["Amount", "HasOpportunityLineItem", "LastModifiedDate"])
+    out = normalise(lines, "cdc", RULES)
+    assert out.refresh == (OPP_A,)
+    assert out.ids == ()
+    amount_only = without_changed_fields(cdc("UPDATE", [OPP_B], Amount=150.0))
+    assert normalise(amount_only, "cdc", RULES).refresh == (OPP_B,)
+    other = normalise(cdc("UPDATE", [OPP_A], ["Description"], Description="x"), "cdc", RULES)
+    assert other.refresh == ()
+    # With the stage in the same change, the won verdict decides as usual.
+    both = cdc("UPDATE", [OPP_A], ["StageName", "Amount"], StageName="Closed Won", Amount=5)
+    assert normalise(both, "cdc", RULES).won == (OPP_A,)

@@ -59,6 +59,9 @@ class Channels:
         self.push_topics: dict[str, PushTopic] = {}
         self.platform_events: dict[str, PlatformEvent] = {}
         self._commit_numbers = itertools.count(10_650_152_450)
+        # False: change events as older API versions send them over CometD, whose header has
+        # no `changedFields` (the event carries only the changed, non-null fields).
+        self.changed_fields_in_header = True
 
     @property
     def user_id(self) -> str:
@@ -151,6 +154,7 @@ class Channels:
             commit_user=self.user_id,
             commit_number=next(self._commit_numbers),
             change_origin="",
+            with_changed_fields=self.changed_fields_in_header,
         )
         return self.events.publish(CDC_CHANNEL, data).replay_id
 
@@ -189,6 +193,7 @@ class Channels:
                 commit_user=self.user_id,
                 commit_number=next(self._commit_numbers),
                 change_origin=origin,
+                with_changed_fields=self.changed_fields_in_header,
             )
             self.events.publish(CDC_CHANNEL, data)
         for record, changed in changes:

@@ -74,7 +74,10 @@ class Org:
         multi_currency: bool = True,
         corporate_currency: str = "USD",
         subquery_batch_size: int = 200,
+        changed_fields_in_header: bool = True,
     ) -> None:
+        """`changed_fields_in_header=False` sends change events as older API versions do over
+        CometD: no `changedFields` in the header (see `changed_fields_in_header`)."""
         self.api_version = api_version
         self.query_batch_size = query_batch_size
         self.subquery_batch_size = max(1, subquery_batch_size)
@@ -95,6 +98,17 @@ class Org:
         self._charged = 0
         self._lock = threading.RLock()
         self.channels = Channels(self.store, self.events, self.queries, self.now)
+        self.channels.changed_fields_in_header = changed_fields_in_header
+
+    @property
+    def changed_fields_in_header(self) -> bool:
+        """Whether change event headers carry `changedFields` (False: as older API versions
+        send them over CometD, where only the fields carried tell what changed)."""
+        return self.channels.changed_fields_in_header
+
+    @changed_fields_in_header.setter
+    def changed_fields_in_header(self, value: bool) -> None:
+        self.channels.changed_fields_in_header = bool(value)
 
     def _organization_fields(self) -> dict[str, Any]:
         fields: dict[str, Any] = {
@@ -336,12 +350,14 @@ class Org:
         stage: str = "Negotiation/Review",
         currency: str | None = None,
         contact_id: str | None = None,
+        change_origin: str = "",
         **fields: Any,
     ) -> str:
         """Creates an opportunity with line items. A line: product_code, quantity, unit_price,
         optional list_price and discount (%), plus any other OpportunityLineItem fields.
         `currency` defaults to the org's corporate currency (the only one a single-currency
-        org has)."""
+        org has). `change_origin` is the CREATE event's `changeOrigin` (empty for a change in
+        the UI; see `data_load_origin` for an API client)."""
         currency_fields = self.currency_fields(currency)
         with self.store.lock:
             values: dict[str, Any] = {
@@ -374,8 +390,38 @@ class Org:
             record = self.store.get("Opportunity", opportunity_id)
             assert record is not None
             changed = [f for f, v in record.items() if v is not None]
-            self.channels.publish_opportunity_change(record, changed, origin="", created=True)
+            self.channels.publish_opportunity_change(
+                record, changed, origin=change_origin, created=True
+            )
             return opportunity_id
+
+    def data_load_origin(self, client: str = "DataLoaderBulkUI/") -> str:
+        """`changeOrigin` of a change made by an API client such as Data Loader:
+        com/salesforce/api/<API>/<version>;client=<client id>."""
+        return f"com/salesforce/api/soap/{self.api_version};client={client}"
+
+    def add_line_items(
+        self, opportunity_id: str, lines: list[dict[str, Any]], *, change_origin: str = ""
+    ) -> None:
+        """Adds line items to an existing opportunity in one call, as a data load does after
+        inserting the opportunity: the roll-up changes its `Amount` and
+        `HasOpportunityLineItem`, so Salesforce emits an UPDATE change event of the opportunity
+        with those fields and without `StageName`."""
+        with self.store.lock:
+            record = self.store.get("Opportunity", opportunity_id)
+            if record is None:
+                raise KeyError(opportunity_id)
+            before = dict(record)
+            start = len(self.store.children("OpportunityLineItem", "OpportunityId", record["Id"]))
+            currency_fields = self.currency_fields(record.get("CurrencyIsoCode"))
+            for position, line in enumerate(lines, start=start + 1):
+                self._add_line(record["Id"], currency_fields, position, dict(line))
+            changed = [f for f in ("Amount", "HasOpportunityLineItem") if record[f] != before[f]]
+            if changed:
+                self.store.touch(record)
+                self.channels.publish_opportunity_change(
+                    record, [*changed, "LastModifiedDate"], origin=change_origin, created=False
+                )
 
     def _add_line(
         self,
@@ -431,6 +477,16 @@ class Org:
         `StageName=` in `field_changes` picks another won stage (see `add_stage`)."""
         won_stage = next((s.name for s in self.store.stages.values() if s.is_won), "Closed Won")
         self.update_opportunity(opportunity_id, **({"StageName": won_stage} | field_changes))
+
+    def close_won_and_revert(
+        self, opportunity_id: str, revert_to: str = "Negotiation/Review", **field_changes: Any
+    ) -> None:
+        """A rep closes the deal and moves it back out of the won stage at once: both change
+        events are published (won first), and no query can see the deal won in between, so a
+        worker that fetches it after the won event finds it no longer won."""
+        with self.store.lock:
+            self.close_won(opportunity_id, **field_changes)
+            self.update_opportunity(opportunity_id, StageName=revert_to)
 
     def close_won_together(self, opportunity_ids: list[str], **field_changes: Any) -> None:
         """Closes several deals in one transaction (a mass update): deals changed the same way

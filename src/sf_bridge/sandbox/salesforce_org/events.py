@@ -173,9 +173,12 @@ def change_event_data(
     change_origin: str,
     transaction_key: str | None = None,
     nulled_fields: list[str] | None = None,
+    with_changed_fields: bool = True,
 ) -> dict[str, Any]:
     """A Change Data Capture event: the header plus only the changed field values (GAP_* and
-    OVERFLOW events carry none)."""
+    OVERFLOW events carry none). `with_changed_fields=False` gives the header older API
+    versions send over CometD: no `changedFields` (nor `nulledFields` / `diffFields`), so only
+    the fields carried tell what changed."""
     header = {
         "entityName": entity,
         "recordIds": list(record_ids),
@@ -190,6 +193,9 @@ def change_event_data(
         "diffFields": [],
         "changedFields": list(changed_fields),
     }
+    if not with_changed_fields:
+        for name in ("changedFields", "nulledFields", "diffFields"):
+            del header[name]
     return {
         "schema": schema_id(f"{entity}ChangeEvent"),
         "payload": {"ChangeEventHeader": header, **changed_values},
