@@ -49,6 +49,12 @@ def sandbox(
     corporate_currency: str = typer.Option(
         "USD", "--corporate-currency", help="The org's corporate currency (ISO code)."
     ),
+    without_changed_fields: bool = typer.Option(
+        False,
+        "--without-changed-fields",
+        help="Send change events as older API versions do over CometD: no changedFields in "
+        "the header, only the changed fields' values.",
+    ),
 ) -> None:
     """Starts only the sandbox Salesforce org and the Stripe emulator on loopback, prints the
     environment to point `sf-bridge run` / `serve` at them, and runs until Ctrl-C / SIGTERM."""
@@ -62,6 +68,7 @@ def sandbox(
         port=sf_port,
         multi_currency=not single_currency,
         corporate_currency=corporate_currency,
+        changed_fields_in_header=not without_changed_fields,
     )
     emulator: Any = None
     try:
@@ -142,6 +149,11 @@ def _print_environment(org: Any, emulator: Any) -> None:
         typer.echo(
             f"  single currency {org.corporate_currency}: no object has CurrencyIsoCode "
             "(Organization.DefaultCurrencyIsoCode names the currency)"
+        )
+    if not org.changed_fields_in_header:
+        typer.echo(
+            "  change events without changedFields in their header (as older API versions "
+            "send them over CometD)"
         )
     typer.echo(
         f"  streaming channels: /data/OpportunityChangeEvent (default), /topic/{PUSH_TOPIC}, "

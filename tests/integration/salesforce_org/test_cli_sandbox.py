@@ -134,3 +134,15 @@ def test_sandbox_command_single_currency_org(tmp_path: Path) -> None:
     finally:
         _stop(process, output)
     assert any("single currency EUR" in line for line in output), "".join(output)
+
+
+def test_sandbox_command_sends_change_events_without_changed_fields_when_asked(
+    tmp_path: Path,
+) -> None:
+    process, lines = _run_sandbox(tmp_path, "--without-changed-fields")
+    output: list[str] = []
+    try:
+        _exported(lines, output)
+    finally:
+        _stop(process, output)
+    assert any("without changedFields" in line for line in output), "".join(output)
