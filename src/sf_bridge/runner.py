@@ -3,7 +3,8 @@
 Threads of one process:
 - intake (asyncio): the Salesforce stream and the sweep, on the replica holding the stream lock;
 - provisioning: `Worker.run`, which fetches, provisions and writes back in batches;
-- overdue: the overdue-invoice policy, on a schedule.
+- overdue: the overdue-invoice policy, on a schedule;
+- alerts: notices to on-call (parked, long retrying, stream down), when a channel is set.
 
 Start-up refuses an out-of-date schema. `stop()` (SIGTERM, SIGINT) lets in-flight deals finish
 their current step and returns within the drain deadline (under 30 s).
@@ -98,6 +99,7 @@ class WorkerProcess:
         self.billing: Any = None
         self.mappings_loader: Callable[[], Any] | None = None
         self._stop_metrics: Callable[[], None] | None = None
+        self.alerts: Any = None
 
     # -- assembly ------------------------------------------------------------------------
 
@@ -164,10 +166,14 @@ class WorkerProcess:
 
     def start(self) -> WorkerProcess:
         self._build()
+        self.alerts = self._build_alerts()
         self._spawn("provisioning", lambda: self.worker.run(self.stop_event))
         if self.intake is not None:
             self._spawn("intake", self._intake_loop)
         self._spawn("overdue", self._overdue_loop)
+        if self.alerts is not None:
+            alerts = self.alerts
+            self._spawn("alerts", lambda: alerts.run(self.stop_event))
         if self.options.metrics_port is not None:
             self._stop_metrics = serve_process_metrics(self.options.metrics_port)
         log.info(
@@ -198,6 +204,20 @@ class WorkerProcess:
                 self.stop_event.wait(5.0)
                 continue
             return
+
+    def _build_alerts(self) -> Any:
+        """The alert service, or None when no channel is configured (a half-configured one
+        is refused here, before any thread starts)."""
+        from sf_bridge.alerts.service import AlertService
+
+        alerts = AlertService.from_settings(
+            self.settings,
+            self.session_factory,
+            stream_channel=self.settings.sf_channel if self.intake is not None else None,
+        )
+        if alerts is None:
+            log.info("alerts_not_configured", hint="set SF_BRIDGE_ALERT_* to notify on-call")
+        return alerts
 
     def _overdue_loop(self) -> None:
         try:
