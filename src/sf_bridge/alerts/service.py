@@ -159,7 +159,9 @@ class AlertService:
                         channel, since=since, now=now, console_url=opts.console_url
                     )
             else:
-                since = store.note_stream_down(session, channel, now)
+                # A holder gone silent has been down since it was last heard from.
+                first_seen = report.updated_at if report.state == "stale" else None
+                since = store.note_stream_down(session, channel, first_seen or now)
                 draft = None
                 if now - since >= opts.stream_down_after:
                     draft = notice.stream_down(

@@ -198,7 +198,8 @@ def stream_down_key(channel: str) -> str:
 
 
 def note_stream_down(session: Session, channel: str, now: datetime) -> datetime:
-    """The start of the current outage: `now` unless a replica noted an earlier one."""
+    """The start of the current outage: `now` unless a replica noted an earlier one.
+    Does not commit."""
     key = stream_down_key(channel)
     session.execute(
         _dialect(session)

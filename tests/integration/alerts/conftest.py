@@ -130,7 +130,7 @@ def smtp_receiver() -> Iterator[SmtpReceiver]:
         )
         if ok:
             receiver.logins.append(data.login.decode())
-        return AuthResult(success=ok)
+        return AuthResult(success=ok, handled=False)  # aiosmtpd answers 535 on failure
 
     controller = Controller(
         _Handler(receiver),
