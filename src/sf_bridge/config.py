@@ -62,9 +62,7 @@ class Settings(BaseSettings):
     alert_smtp_from: str | None = Field(None, alias="SF_BRIDGE_ALERT_SMTP_FROM")
     alert_smtp_to: str | None = Field(None, alias="SF_BRIDGE_ALERT_SMTP_TO")
     alert_retrying_after_seconds: float = Field(1800.0, alias="SF_BRIDGE_ALERT_RETRYING_AFTER")
-    alert_stream_down_after_seconds: float = Field(
-        600.0, alias="SF_BRIDGE_ALERT_STREAM_DOWN_AFTER"
-    )
+    alert_stream_down_after_seconds: float = Field(600.0, alias="SF_BRIDGE_ALERT_STREAM_DOWN_AFTER")
     alert_interval_seconds: float = Field(30.0, alias="SF_BRIDGE_ALERT_INTERVAL")
     console_url: str | None = Field(None, alias="SF_BRIDGE_CONSOLE_URL")
 

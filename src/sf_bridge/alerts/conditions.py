@@ -81,9 +81,7 @@ def _retrying_since_sql() -> Any:
     return first, func.coalesce(first.c.at, Deal.updated_at)
 
 
-def retrying_past(
-    session: Session, cutoff: datetime, limit: int
-) -> list[tuple[Deal, datetime]]:
+def retrying_past(session: Session, cutoff: datetime, limit: int) -> list[tuple[Deal, datetime]]:
     """Deals retrying since before `cutoff` and not yet notified for that step."""
     first, since = _retrying_since_sql()
     query = (
@@ -109,11 +107,14 @@ def oldest_retrying_since(session: Session) -> datetime | None:
 
 def parked_by_code(session: Session) -> dict[str, int]:
     rows = session.execute(
-        select(func.coalesce(Deal.last_error_code, "unknown"), func.count())
+        select(Deal.last_error_code, func.count())
         .where(Deal.status == NEEDS_ATTENTION)
-        .group_by(func.coalesce(Deal.last_error_code, "unknown"))
+        .group_by(Deal.last_error_code)
     ).all()
-    return {str(code): int(count) for code, count in rows}
+    counts: dict[str, int] = {}
+    for code, count in rows:
+        counts[code or "unknown"] = counts.get(code or "unknown", 0) + int(count)
+    return counts
 
 
 @dataclass(frozen=True)
@@ -130,7 +131,8 @@ class StreamReport:
 
     def connected(self, now: datetime) -> bool:
         age = self.age_seconds(now)
-        return self.state == HEALTHY_STATE and age is not None and age <= STREAM_STATUS_STALE_SECONDS
+        fresh = age is not None and age <= STREAM_STATUS_STALE_SECONDS
+        return self.state == HEALTHY_STATE and fresh
 
 
 def _report(channel: str, value: str, updated_at: datetime, now: datetime) -> StreamReport:

@@ -69,10 +69,12 @@ def console_link(console_url: str | None, path: str) -> str | None:
 
 def deal_facts(deal: Deal) -> dict[str, Any]:
     """Who the deal is, from the opportunity as Salesforce returned it, else from its plan."""
-    snapshot = deal.opportunity if isinstance(deal.opportunity, dict) else {}
-    plan = deal.plan if isinstance(deal.plan, dict) else {}
-    customer = plan.get("customer") if isinstance(plan.get("customer"), dict) else {}
-    account = snapshot.get("Account") if isinstance(snapshot.get("Account"), dict) else {}
+    snapshot: dict[str, Any] = deal.opportunity if isinstance(deal.opportunity, dict) else {}
+    plan: dict[str, Any] = deal.plan if isinstance(deal.plan, dict) else {}
+    customer: dict[str, Any] = plan.get("customer") or {}
+    account: dict[str, Any] = snapshot.get("Account") or {}
+    customer = customer if isinstance(customer, dict) else {}
+    account = account if isinstance(account, dict) else {}
     return {
         "id": deal.id,
         "opportunity_id": deal.opportunity_id,
@@ -129,9 +131,7 @@ def parked(deal: Deal, *, now: datetime, console_url: str | None) -> NoticeDraft
     )
 
 
-def retrying(
-    deal: Deal, *, since: datetime, now: datetime, console_url: str | None
-) -> NoticeDraft:
+def retrying(deal: Deal, *, since: datetime, now: datetime, console_url: str | None) -> NoticeDraft:
     """A deal still retrying a step long after its first failure."""
     facts = deal_facts(deal)
     code = deal.last_error_code or "unknown"

@@ -110,13 +110,13 @@ def claim_due(
     claimed: list[ClaimedDelivery] = []
     for delivery_id in ids:
         with session_factory() as session, session.begin():
-            won = session.execute(
+            result: Any = session.execute(
                 update(AlertDelivery)
                 .where(AlertDelivery.id == delivery_id, *due)
                 .values(locked_until=now + lease)
                 .execution_options(synchronize_session=False)
-            ).rowcount
-            if won != 1:
+            )
+            if result.rowcount != 1:  # another replica took it
                 continue
             row = session.execute(
                 select(
@@ -218,7 +218,8 @@ def stream_down_since(session: Session, channel: str) -> datetime | None:
 
 
 def clear_stream_down(session: Session, channel: str) -> None:
-    session.execute(delete(StreamCheckpoint).where(StreamCheckpoint.name == stream_down_key(channel)))
+    key = stream_down_key(channel)
+    session.execute(delete(StreamCheckpoint).where(StreamCheckpoint.name == key))
 
 
 def release(session: Session, delivery: ClaimedDelivery) -> None:

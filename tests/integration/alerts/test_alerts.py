@@ -56,9 +56,7 @@ def alert_settings(http: HttpReceiver, smtp: SmtpReceiver, **extra: Any) -> Sett
     return Settings(**values)  # type: ignore[arg-type]
 
 
-def service(
-    h: Harness, http: HttpReceiver, smtp: SmtpReceiver, **options: Any
-) -> AlertService:
+def service(h: Harness, http: HttpReceiver, smtp: SmtpReceiver, **options: Any) -> AlertService:
     settings = alert_settings(http, smtp)
     opts = AlertOptions(
         **{
@@ -327,7 +325,8 @@ def test_stream_down_past_the_threshold_then_recovered(
     assert (result.raised, result.sent) == (1, 3)
     [_, back] = http_receiver.to("/hooks/")
     assert back.body["type"] == "stream.recovered"
-    assert back.body["summary"].startswith(f"The stream on {CHANNEL} is connected again after 12 min")
+    expected = f"The stream on {CHANNEL} is connected again after 12 min"
+    assert back.body["summary"].startswith(expected)
     assert alerts.run_once().raised == 0
 
     # a later outage is a new one; a worker that stops refreshing the row counts as down too
