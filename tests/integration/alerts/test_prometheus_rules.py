@@ -63,3 +63,8 @@ def test_the_rules_use_only_metrics_that_are_served(
     assert 'sf_bridge_alert_deliveries{channel="email",status="sent"} 1.0' in text
     [age] = re.findall(r"^sf_bridge_deals_retrying_oldest_seconds (\S+)$", text, flags=re.M)
     assert 0.0 < float(age) < 60.0
+
+
+def test_the_operations_guide_shows_the_rules_file_as_it_is() -> None:
+    guide = (RULES_DIR.parent / "operations.md").read_text()
+    assert RULES.read_text().rstrip("\n") in guide
