@@ -177,16 +177,17 @@ class AlertService:
     # -- delivering ----------------------------------------------------------------------
 
     def deliver_due(self, stop: threading.Event | None = None) -> tuple[int, int]:
+        """Sends due deliveries one at a time, each claimed just before it is sent (so a
+        claim never waits behind other sends and outlasts its lease)."""
         opts = self.options
-        claimed = store.claim_due(
-            self.session_factory, sorted(self.channels), self.clock(), opts.lease, opts.batch
-        )
         sent = failed = 0
-        for index, delivery in enumerate(claimed):
-            if stop is not None and stop.is_set():
-                self._release(claimed[index:])
+        while sent + failed < opts.batch and not (stop is not None and stop.is_set()):
+            claimed = store.claim_due(
+                self.session_factory, sorted(self.channels), self.clock(), opts.lease, 1
+            )
+            if not claimed:
                 break
-            if self._deliver(delivery):
+            if self._deliver(claimed[0]):
                 sent += 1
             else:
                 failed += 1
@@ -222,9 +223,3 @@ class AlertService:
             store.mark_sent(session, delivery, self.clock())
         log.info("alert_delivered", **fields)
         return True
-
-    def _release(self, deliveries: list[store.ClaimedDelivery]) -> None:
-        """Gives claims back at shutdown so another replica need not wait for the lease."""
-        with transaction(self.session_factory) as session:
-            for delivery in deliveries:
-                store.release(session, delivery)

@@ -93,7 +93,8 @@ def claim_due(
     lease: timedelta,
     limit: int,
 ) -> list[ClaimedDelivery]:
-    """Takes the due deliveries of these channels for `lease`, each claim committed."""
+    """Takes up to `limit` due deliveries of these channels for `lease`, each claim
+    committed; skips those another replica takes meanwhile."""
     free = or_(AlertDelivery.locked_until.is_(None), AlertDelivery.locked_until < now)
     due = (
         AlertDelivery.status == PENDING,
@@ -104,11 +105,13 @@ def claim_due(
     with session_factory() as session:
         ids = list(
             session.scalars(
-                select(AlertDelivery.id).where(*due).order_by(AlertDelivery.id).limit(limit)
+                select(AlertDelivery.id).where(*due).order_by(AlertDelivery.id).limit(limit * 10)
             )
         )
     claimed: list[ClaimedDelivery] = []
     for delivery_id in ids:
+        if len(claimed) >= limit:
+            break
         with session_factory() as session, session.begin():
             result: Any = session.execute(
                 update(AlertDelivery)
@@ -220,13 +223,3 @@ def stream_down_since(session: Session, channel: str) -> datetime | None:
 def clear_stream_down(session: Session, channel: str) -> None:
     key = stream_down_key(channel)
     session.execute(delete(StreamCheckpoint).where(StreamCheckpoint.name == key))
-
-
-def release(session: Session, delivery: ClaimedDelivery) -> None:
-    """Gives a claimed delivery back untried. Does not commit."""
-    session.execute(
-        update(AlertDelivery)
-        .where(AlertDelivery.id == delivery.id)
-        .values(locked_until=None)
-        .execution_options(synchronize_session=False)
-    )

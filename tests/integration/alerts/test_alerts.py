@@ -496,3 +496,35 @@ def test_secrets_never_reach_logs_errors_or_the_database(
     for secret in (SLACK_TOKEN, WEBHOOK_TOKEN, SMTP_PASSWORD, wrong_password):
         leaks = [t for t in texts if secret in t]
         assert leaks == [], f"{secret} leaked: {leaks}"
+
+
+def test_replicas_passing_at_once_send_each_notice_once(
+    harness: Harness, http_receiver: HttpReceiver, smtp_receiver: SmtpReceiver
+) -> None:
+    import threading
+
+    h = harness
+    for n in range(1, 6):
+        park(h, f"00600000000000{n}AAA")
+    replicas = [service(h, http_receiver, smtp_receiver) for _ in range(3)]
+    start = threading.Barrier(len(replicas))
+    errors: list[BaseException] = []
+
+    def pass_once(alerts: AlertService) -> None:
+        try:
+            start.wait(timeout=10)
+            alerts.run_once()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=pass_once, args=(a,)) for a in replicas]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert errors == []
+    assert len(notices(h)) == 5
+    assert len(http_receiver.to("/services/")) == 5
+    assert len(http_receiver.to("/hooks/")) == 5
+    assert len(smtp_receiver.messages) == 5
+    assert {s for _, s, _ in deliveries(h)} == {"sent"}
