@@ -93,3 +93,12 @@ def test_the_email_id_is_the_same_on_every_attempt() -> None:
         == "[sf-bridge] Salesforce stream down for 12 min: /data/OpportunityChangeEvent"
     )
     assert "Down since:  2026-12-01T11:48:00+00:00 UTC" in first.get_content()
+
+
+def test_the_log_processor_masks_a_slack_webhook_url_wherever_it_appears() -> None:
+    from sf_bridge.logging import redact_text
+
+    url = "https://hooks.slack.com/services/T0A1B2C3D/B0E4F5G6H/abcDEF123ghiJKL456"
+    masked = redact_text(f"posting to {url} failed")
+    assert "abcDEF123ghiJKL456" not in masked
+    assert masked == "posting to https://*** failed"
