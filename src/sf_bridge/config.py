@@ -160,6 +160,23 @@ class Settings(EnvSettings):
             raise ValueError(f"is not a log level: use one of {', '.join(LOG_LEVELS)}")
         return value.upper()
 
+    # Alerts to on-call (docs/operations.md, "Alerts"): each channel is optional.
+    alert_slack_webhook: SecretStr | None = Field(None, alias="SF_BRIDGE_ALERT_SLACK_WEBHOOK")
+    alert_webhook_url: SecretStr | None = Field(None, alias="SF_BRIDGE_ALERT_WEBHOOK_URL")
+    alert_smtp_host: str | None = Field(None, alias="SF_BRIDGE_ALERT_SMTP_HOST")
+    alert_smtp_port: int | None = Field(None, alias="SF_BRIDGE_ALERT_SMTP_PORT")
+    alert_smtp_security: Literal["starttls", "ssl", "none"] = Field(
+        "starttls", alias="SF_BRIDGE_ALERT_SMTP_SECURITY"
+    )
+    alert_smtp_user: str | None = Field(None, alias="SF_BRIDGE_ALERT_SMTP_USER")
+    alert_smtp_password: SecretStr | None = Field(None, alias="SF_BRIDGE_ALERT_SMTP_PASSWORD")
+    alert_smtp_from: str | None = Field(None, alias="SF_BRIDGE_ALERT_SMTP_FROM")
+    alert_smtp_to: str | None = Field(None, alias="SF_BRIDGE_ALERT_SMTP_TO")
+    alert_retrying_after_seconds: float = Field(1800.0, alias="SF_BRIDGE_ALERT_RETRYING_AFTER")
+    alert_stream_down_after_seconds: float = Field(600.0, alias="SF_BRIDGE_ALERT_STREAM_DOWN_AFTER")
+    alert_interval_seconds: float = Field(30.0, alias="SF_BRIDGE_ALERT_INTERVAL")
+    console_url: str | None = Field(None, alias="SF_BRIDGE_CONSOLE_URL")
+
     def api_key_list(self) -> list[str]:
         return [k.strip() for k in (self.api_keys or "").split(",") if k.strip()]
 

@@ -19,6 +19,7 @@ SECRET_VALUE_PATTERNS = [
     re.compile(r"\bwhsec_[A-Za-z0-9]{6,}"),
     re.compile(r"\b00D[A-Za-z0-9]{12,15}![A-Za-z0-9._]{20,}"),  # Salesforce session id
     re.compile(r"(?i)bearer\s+[A-Za-z0-9._~+/=!-]{8,}"),
+    re.compile(r"hooks\.slack\.com/services/[A-Za-z0-9/_-]+"),  # Slack webhook URLs hold a token
 ]
 REDACTED = "***"
 

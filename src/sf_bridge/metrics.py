@@ -31,7 +31,8 @@ from prometheus_client.registry import Collector
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from sf_bridge.db.models import STATUSES, Deal, StepAttempt
+from sf_bridge.alerts.gauges import condition_metrics
+from sf_bridge.db.models import STATUSES, Deal, StepAttempt, utcnow
 from sf_bridge.logging import get_logger
 
 log = get_logger(__name__)
@@ -129,6 +130,7 @@ class DatabaseCollector(Collector):
                     self._deals_by_status(session),
                     self._step_latency(session),
                     self._step_attempts(session),
+                    *condition_metrics(session, utcnow()),
                 ]
             metrics.append(self._worker_mappings())
         except Exception as exc:

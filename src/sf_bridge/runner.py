@@ -5,6 +5,7 @@ Threads of one process:
 - provisioning: `Worker.run`, which fetches, provisions and writes back in batches;
 - overdue: the overdue-invoice policy, on a schedule;
 - mappings: takes edits of the mappings folder and reports which mappings are in use.
+- alerts: notices to on-call (parked, long retrying, stream down), when a channel is set.
 
 Start-up refuses wrong settings, an unreachable database, an out-of-date schema, mapping
 files that do not check clean and missing Salesforce credentials (unless told to run
@@ -120,6 +121,7 @@ class WorkerProcess:
         self.mappings_board: MappingsBoard | None = None
         self._mappings_source: Callable[[], Any] | None = None
         self._stop_metrics: Callable[[], None] | None = None
+        self.alerts: Any = None
 
     # -- assembly ------------------------------------------------------------------------
 
@@ -221,12 +223,16 @@ class WorkerProcess:
         except BaseException:
             self.engine.dispose()
             raise
+        self.alerts = self._build_alerts()
         self._follow_mappings()
         self._spawn("mappings", self._mappings_loop)
         self._spawn("provisioning", lambda: self.worker.run(self.stop_event))
         if self.intake is not None:
             self._spawn("intake", self._intake_loop)
         self._spawn("overdue", self._overdue_loop)
+        if self.alerts is not None:
+            alerts = self.alerts
+            self._spawn("alerts", lambda: alerts.run(self.stop_event))
         if self.options.metrics_port is not None:
             self._stop_metrics = serve_process_metrics(self.options.metrics_port)
         log.info(
@@ -277,6 +283,20 @@ class WorkerProcess:
                 self.stop_event.wait(5.0)
                 continue
             return
+
+    def _build_alerts(self) -> Any:
+        """The alert service, or None when no channel is configured (a half-configured one
+        is refused here, before any thread starts)."""
+        from sf_bridge.alerts.service import AlertService
+
+        alerts = AlertService.from_settings(
+            self.settings,
+            self.session_factory,
+            stream_channel=self.settings.sf_channel if self.intake is not None else None,
+        )
+        if alerts is None:
+            log.info("alerts_not_configured", hint="set SF_BRIDGE_ALERT_* to notify on-call")
+        return alerts
 
     def _overdue_loop(self) -> None:
         try:

@@ -292,3 +292,52 @@ class WebhookEvent(Base):
     created_at: Mapped[datetime | None]  # when Stripe created the event
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
     outcome: Mapped[str] = mapped_column(String(255), default="")
+
+
+class AlertNotice(Base):
+    """One notice to on-call: a deal parked, a deal retrying too long, the stream down or back.
+
+    Unique on (subject, reason): inserted before anything is sent, so several replicas and
+    restarts notify once per deal and reason (`deal:<id>` / `needs_attention:<step>:<code>`)."""
+
+    __tablename__ = "alert_notices"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    subject: Mapped[str] = mapped_column(String(96))  # deal:<id> | stream:<channel>
+    reason: Mapped[str] = mapped_column(String(160))
+    kind: Mapped[str] = mapped_column(String(32))  # deal.needs_attention | deal.retrying | ...
+    deal_id: Mapped[int | None] = mapped_column(
+        ForeignKey("deals.id", ondelete="CASCADE"), index=True
+    )
+    content: Mapped[dict[str, Any]]  # what the notice says, as it was when raised
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    deliveries: Mapped[list[AlertDelivery]] = relationship(
+        back_populates="notice", order_by="AlertDelivery.id", cascade="all, delete-orphan"
+    )
+
+    __table_args__ = (UniqueConstraint("subject", "reason", name="uq_alert_notice_key"),)
+
+
+class AlertDelivery(Base):
+    """One notice on one channel (slack, webhook, email): pending until sent, retried with
+    backoff, failed after the last attempt."""
+
+    __tablename__ = "alert_deliveries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    notice_id: Mapped[int] = mapped_column(ForeignKey("alert_notices.id", ondelete="CASCADE"))
+    channel: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending|sent|failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    locked_until: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    sent_at: Mapped[datetime | None]
+
+    notice: Mapped[AlertNotice] = relationship(back_populates="deliveries")
+
+    __table_args__ = (
+        UniqueConstraint("notice_id", "channel", name="uq_alert_delivery_channel"),
+        Index("ix_alert_deliveries_due", "status", "next_attempt_at"),
+    )
