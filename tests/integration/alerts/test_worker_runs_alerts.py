@@ -55,7 +55,9 @@ def test_the_worker_notifies_a_parked_deal(sqlite_url: str, http_receiver: HttpR
     settings = settings_for(
         sqlite_url, SF_BRIDGE_ALERT_WEBHOOK_URL=http_receiver.url + "/hooks/oncall"
     )
-    process = WorkerProcess(settings, RunOptions(overdue_interval_seconds=60)).start()
+    process = WorkerProcess(
+        settings, RunOptions(overdue_interval_seconds=60, salesforce=False)
+    ).start()
     try:
         assert "sf-bridge-alerts" in {t.name for t in process.threads}
         wait_for(lambda: http_receiver.to("/hooks/"), 10, "the notice")
@@ -68,7 +70,9 @@ def test_the_worker_notifies_a_parked_deal(sqlite_url: str, http_receiver: HttpR
 
 
 def test_without_a_channel_the_worker_runs_no_alert_thread(sqlite_url: str) -> None:
-    process = WorkerProcess(settings_for(sqlite_url), RunOptions(overdue_interval_seconds=60))
+    process = WorkerProcess(
+        settings_for(sqlite_url), RunOptions(overdue_interval_seconds=60, salesforce=False)
+    )
     process.start()
     try:
         assert process.alerts is None
