@@ -49,6 +49,11 @@ class Settings(BaseSettings):
     overdue_grace_days: int = Field(14, alias="SF_BRIDGE_OVERDUE_GRACE_DAYS")
     overdue_dry_run: bool = Field(False, alias="SF_BRIDGE_OVERDUE_DRY_RUN")
 
+    # Ops console (/console): its users, separate from the API keys, and the cookie secret.
+    ops_users: SecretStr | None = Field(None, alias="SF_BRIDGE_OPS_USERS")
+    console_secret: SecretStr | None = Field(None, alias="SF_BRIDGE_CONSOLE_SECRET")
+    sf_instance_url: str | None = Field(None, alias="SF_INSTANCE_URL")
+
     def api_key_list(self) -> list[str]:
         return [k.strip() for k in (self.api_keys or "").split(",") if k.strip()]
 
