@@ -6,6 +6,7 @@ is off (a page saying how to turn it on) while SF_BRIDGE_OPS_USERS is empty.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -78,6 +79,8 @@ def templates() -> Environment:
     env.globals["prefix"] = PREFIX
     env.filters["when"] = lambda v: v.strftime("%Y-%m-%d %H:%M:%S") if v else ""
     env.filters["query"] = lambda params: urlencode(params)
+    # Autoescaped like any text (Jinja's tojson writes < and > as \u003c for scripts).
+    env.filters["pretty_json"] = lambda value: json.dumps(value, indent=2, sort_keys=True)
     return env
 
 

@@ -36,7 +36,9 @@ def _sign_in(
 
 
 def _rows(driver: Any) -> list[str]:
-    return [r.get_attribute("data-deal") for r in driver.find_elements(By.CSS_SELECTOR, "tr.deal")]
+    """The deal numbers listed, read in one go (the live list may be swapped meanwhile)."""
+    script = "return Array.from(document.querySelectorAll('tr.deal')).map(r => r.dataset.deal)"
+    return list(driver.execute_script(script))
 
 
 def test_sign_in_refuses_a_wrong_secret_then_accepts_the_right_one(
@@ -151,6 +153,7 @@ def test_replay_from_the_console_completes_a_parked_deal_once_the_mapping_is_fix
     browser.get(f"{console_site.url}/console/mappings")
     check = wait_for(browser, lambda d: d.find_elements(By.ID, "mapping-check"))
     assert "OK" in check[0].text
+    screenshot(browser, "console-mappings")
 
     browser.get(f"{console_site.url}/console/deals/{parked}")
     wait_for(browser, lambda d: d.find_elements(By.ID, "replay"))[0].click()
@@ -173,6 +176,7 @@ def test_replay_from_the_console_completes_a_parked_deal_once_the_mapping_is_fix
     assert by_alice[0][1].startswith(f"{OPS_USER} replayed this deal")
     history = browser.find_element(By.ID, "timeline").text
     assert f"{OPS_USER} replayed this deal" in history
+    screenshot(browser, "console-timeline-replayed")
 
 
 def test_replay_every_parked_deal_of_an_error_code_from_the_list(
@@ -253,3 +257,23 @@ def test_an_action_without_the_csrf_token_is_refused(console_site: ConsoleSite) 
         )
         assert done.status_code == 303
     assert console_site.status(parked) != "needs_attention"
+
+
+def test_mark_an_invoice_paid_from_the_console(console_site: ConsoleSite, browser: Any) -> None:
+    from sf_bridge.db.models import Deal
+
+    done = console_site.provision("team-self-serve")
+    with console_site.session_factory() as session:
+        assert session.get_one(Deal, done).invoice_status == "open"
+    _sign_in(browser, console_site)
+    browser.get(f"{console_site.url}/console/deals/{done}")
+    wait_for(browser, lambda d: d.find_elements(By.ID, "mark-paid"))[0].click()
+    wait_for(browser, lambda d: d.find_elements(By.ID, "confirm"))[0].click()
+    notice = wait_for(browser, lambda d: d.find_elements(By.ID, "notice"))
+    assert "recorded as paid" in notice[0].text
+    with console_site.session_factory() as session:
+        assert session.get_one(Deal, done).invoice_status == "paid"
+    actions = [e for e in console_site.deal_events(done) if e[0] == "ops_action"]
+    assert len(actions) == 1 and actions[0][2] is not None
+    assert actions[0][2]["by"] == OPS_USER and actions[0][2]["action"] == "mark_paid"
+    assert not browser.find_elements(By.ID, "mark-paid")  # a paid invoice offers it no more
