@@ -274,6 +274,8 @@ def test_mark_an_invoice_paid_from_the_console(console_site: ConsoleSite, browse
     with console_site.session_factory() as session:
         assert session.get_one(Deal, done).invoice_status == "paid"
     actions = [e for e in console_site.deal_events(done) if e[0] == "ops_action"]
-    assert len(actions) == 1 and actions[0][2] is not None
-    assert actions[0][2]["by"] == OPS_USER and actions[0][2]["action"] == "mark_paid"
+    assert len(actions) == 1
+    assert actions[0][2] is not None
+    assert actions[0][2]["by"] == OPS_USER
+    assert actions[0][2]["action"] == "mark_paid"
     assert not browser.find_elements(By.ID, "mark-paid")  # a paid invoice offers it no more
