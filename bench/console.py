@@ -54,7 +54,9 @@ def seed(database_url: str, deals: int) -> None:
     for n in range(deals):
         parked, retrying = n % 20 == 7, n % 50 == 11
         status = "needs_attention" if parked else "retrying" if retrying else "done"
-        code = CODES[(n // 20) % len(CODES)] if parked else "stripe_rate_limited" if retrying else None
+        code = (
+            CODES[(n // 20) % len(CODES)] if parked else "stripe_rate_limited" if retrying else None
+        )
         rows.append(
             {
                 "opportunity_id": opportunity_id(n),
