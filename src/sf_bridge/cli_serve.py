@@ -26,6 +26,8 @@ def serve(
 
     STRIPE_API_KEY, STRIPE_API_BASE: read an object's current state when a webhook arrives.
 
+    SF_BRIDGE_OPS_USERS, SF_BRIDGE_CONSOLE_SECRET: turn on the ops console at /console.
+
     Refuses an out-of-date schema: run `sf-bridge db upgrade`.
     """
     import uvicorn

@@ -247,6 +247,7 @@ def console_mount(
         Mount("/static", app=StaticFiles(directory=STATIC_DIR), name="static"),
     ]
     app = Starlette(routes=routes, exception_handlers={HTTPException: not_found})
+    log.info("console_on", path=PREFIX, ops_users=len(users))
     app.state.console = ctx
     return Mount(PREFIX, app=app)
 

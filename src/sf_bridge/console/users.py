@@ -116,6 +116,9 @@ class OpsUsers:
     def __bool__(self) -> bool:
         return bool(self._credentials)
 
+    def __len__(self) -> int:
+        return len(self._credentials)
+
     def __contains__(self, name: object) -> bool:
         return name in self._credentials
 
