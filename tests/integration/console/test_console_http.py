@@ -114,6 +114,12 @@ def test_console_is_off_without_ops_users(session_factory: sessionmaker[Session]
         assert "The ops console is off" in answer.text
         assert "SF_BRIDGE_OPS_USERS" in answer.text
         assert http.get(f"{url}/healthz").status_code == 200
+    unsigned = console_settings("sqlite://", EXAMPLE_MAPPINGS_DIR, SF_BRIDGE_CONSOLE_SECRET="")
+    with serve_in_thread(create_app(unsigned, session_factory)) as url, httpx.Client() as http:
+        answer = http.post(f"{url}/console/login", data={"username": "alice"})
+        assert answer.status_code == 404
+        assert "SF_BRIDGE_CONSOLE_SECRET" in answer.text
+        assert "SF_BRIDGE_OPS_USERS</code> and" not in answer.text  # only what is missing
 
 
 def test_a_short_signing_secret_is_refused_at_start(session_factory: sessionmaker[Session]) -> None:
