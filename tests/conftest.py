@@ -8,4 +8,5 @@ pytest_plugins = [
     "tests.fixtures.mapping",
     "tests.fixtures.provisioning",
     "tests.fixtures.demo",
+    "tests.fixtures.console",
 ]

@@ -28,6 +28,8 @@ def serve(
 
     STRIPE_API_KEY, STRIPE_API_BASE: read an object's current state when a webhook arrives.
 
+    SF_BRIDGE_OPS_USERS, SF_BRIDGE_CONSOLE_SECRET: turn on the ops console at /console.
+
     Refuses to start (exit 2, naming the setting) on a setting with a wrong value, an
     unreachable database or an out-of-date schema (run `sf-bridge db upgrade`).
     """

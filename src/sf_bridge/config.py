@@ -177,6 +177,11 @@ class Settings(EnvSettings):
     alert_interval_seconds: float = Field(30.0, alias="SF_BRIDGE_ALERT_INTERVAL")
     console_url: str | None = Field(None, alias="SF_BRIDGE_CONSOLE_URL")
 
+    # Ops console (/console): its users, separate from the API keys, and the cookie secret.
+    ops_users: SecretStr | None = Field(None, alias="SF_BRIDGE_OPS_USERS")
+    console_secret: SecretStr | None = Field(None, alias="SF_BRIDGE_CONSOLE_SECRET")
+    sf_instance_url: str | None = Field(None, alias="SF_INSTANCE_URL")
+
     def api_key_list(self) -> list[str]:
         return [k.strip() for k in (self.api_keys or "").split(",") if k.strip()]
 

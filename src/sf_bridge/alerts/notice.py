@@ -119,7 +119,7 @@ def parked(deal: Deal, *, now: datetime, console_url: str | None) -> NoticeDraft
         "fix": {
             "hint": "Do what the message says, then replay the deal (nothing is created twice).",
             "command": f"sf-bridge replay {deal.opportunity_id}",
-            "console_url": console_link(console_url, f"/deals/{deal.opportunity_id}"),
+            "console_url": console_link(console_url, f"/deals/{deal.id}"),
         },
     }
     return NoticeDraft(
@@ -159,7 +159,7 @@ def retrying(deal: Deal, *, since: datetime, now: datetime, console_url: str | N
                 "SF_BRIDGE_MAX_ATTEMPTS tries the deal parks; then replay it."
             ),
             "command": f"sf-bridge deals show {deal.opportunity_id}",
-            "console_url": console_link(console_url, f"/deals/{deal.opportunity_id}"),
+            "console_url": console_link(console_url, f"/deals/{deal.id}"),
         },
     }
     return NoticeDraft(

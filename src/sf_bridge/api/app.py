@@ -25,6 +25,7 @@ from sf_bridge.api.openapi import DOCUMENT
 from sf_bridge.api.read_engine import read_engine_for
 from sf_bridge.api.responses import error_response, json_response
 from sf_bridge.config import Settings
+from sf_bridge.console import console_mount
 from sf_bridge.db import migrate
 from sf_bridge.db.engine import make_session_factory
 from sf_bridge.db.models import utcnow
@@ -148,6 +149,7 @@ def create_app(
             *webhook_routes.routes,
             *ops_routes.routes,
             Route("/openapi.json", openapi, methods=["GET"]),
+            console_mount(settings, session_factory, billing),
         ],
         middleware=[
             Middleware(AnswerServerErrors),

@@ -127,6 +127,7 @@ class Deal(Base):
 
     __table_args__ = (
         Index("ix_deals_claim", "status", "next_attempt_at"),
+        Index("ix_deals_status_error_code", "status", "last_error_code"),  # console's groups
         # Salesforce ids only in their 18-character form: one record, one key.
         CheckConstraint("length(opportunity_id) = 18", name="ck_deals_opportunity_id_18"),
         CheckConstraint("length(account_id) = 18", name="ck_deals_account_id_18"),

@@ -120,7 +120,7 @@ def test_a_parked_deal_is_notified_once_on_each_channel(
         f"Deal {OPP} ({OPP}) for Acme Corp ({ACCOUNT}) stopped at step subscription "
         f"[billing_rejected]: {message}"
     )
-    link = f"{CONSOLE}/deals/{OPP}"
+    link = f"{CONSOLE}/deals/{deal.id}"
     [slack] = http_receiver.to("/services/")
     assert slack.headers["Content-Type"] == "application/json; charset=utf-8"
     assert slack.body == {

@@ -36,7 +36,7 @@ def test_slack_control_characters_are_escaped_and_links_kept() -> None:
     assert payload["blocks"][2]["text"]["text"] == "No product &lt;ACME &amp; Co&gt;"
     assert payload["blocks"][0]["text"]["text"] == "Deal needs attention: R&D <renewal>"
     assert payload["blocks"][3]["text"]["text"].endswith(
-        "<https://ops.example/console/deals/006000000000007AAA|Open in the console>"
+        "<https://ops.example/console/deals/7|Open in the console>"
     )
     assert "&lt;renewal&gt;" in payload["text"]
     assert "<renewal>" not in payload["text"]
