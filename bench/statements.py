@@ -52,6 +52,8 @@ def main() -> int:
         assert stack.engine is not None
         org = stack.org
         deals = stack.create_deals(args.deals)
+        # Won in the org: a deal that is not won when it is fetched is skipped, not provisioned.
+        stack.close(deals)
         settings = Settings.model_validate(
             {
                 "DATABASE_URL": stack.database_url,
