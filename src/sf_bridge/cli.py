@@ -84,6 +84,7 @@ def _register_commands() -> None:
         cli_demo,
         cli_invoices,
         cli_mappings,
+        cli_reconcile,
         cli_run,
         cli_sandbox,
         cli_serve,

@@ -292,3 +292,18 @@ class WebhookEvent(Base):
     created_at: Mapped[datetime | None]  # when Stripe created the event
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
     outcome: Mapped[str] = mapped_column(String(255), default="")
+
+
+class ReconcileReport(Base):
+    """One run of `sf-bridge reconcile` (by hand or on the worker's schedule): the whole
+    report as JSON; the newest is what the console shows."""
+
+    __tablename__ = "reconcile_reports"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    started_at: Mapped[datetime]
+    finished_at: Mapped[datetime] = mapped_column(index=True)
+    since: Mapped[datetime | None]
+    mismatches: Mapped[int] = mapped_column(Integer)
+    trigger: Mapped[str] = mapped_column(String(16))  # "command" or "schedule"
+    report: Mapped[dict[str, Any]]
