@@ -109,6 +109,11 @@ def _rejection_hint(message: str, param: str | None) -> str:
         )
     if "no such price" in text or (param or "").startswith("items"):
         return "check the price lookup keys in the mappings against Stripe, then replay."
+    if "no such invoice" in text:
+        return (
+            "check the invoice id (in_...) in the Stripe Dashboard, or pass the deal number or "
+            "Opportunity Id instead (`sf-bridge deals` lists them)."
+        )
     if "no such customer" in text:
         return "the Stripe customer was deleted; restore it or clear it here, then replay."
     return "correct the mapping or the Salesforce data named above, then replay the deal."
