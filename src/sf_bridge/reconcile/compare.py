@@ -34,6 +34,7 @@ class DealFacts:
     stripe_customer_id: str | None
     stripe_subscription_id: str | None
     stripe_invoice_id: str | None
+    invoice_status: str | None = None
 
     @property
     def custom(self) -> bool:
@@ -219,6 +220,26 @@ def _subscription_changed(
     return []
 
 
+def _invoice_changed(deal: DealFacts, invoice: StripeRecord | None) -> list[Mismatch]:
+    """An invoice voided or written off in Stripe while sf-bridge still counts it due."""
+    if invoice is None or invoice.status not in ("void", "uncollectible"):
+        return []
+    if deal.invoice_status == invoice.status:
+        return []
+    return [
+        Mismatch(
+            SUBSCRIPTION_CHANGED,
+            deal.opportunity_id,
+            f"Invoice {invoice.id} was marked {invoice.status} in Stripe; sf-bridge records it "
+            f"as {deal.invoice_status or 'unknown'}.",
+            "If the customer will not pay, move the Opportunity out of Closed Won (or cancel "
+            "the subscription in Stripe); if it was a mistake, issue a new invoice in Stripe.",
+            deal_id=deal.id,
+            stripe_id=invoice.id,
+        )
+    ]
+
+
 def _opportunity_edited(deal: DealFacts, fresh: Mapping[str, Any] | None) -> list[Mismatch]:
     if fresh is None:
         return [
@@ -357,6 +378,7 @@ def compare(
     customers: Mapping[str, StripeRecord | None],
     subscriptions: Mapping[str, StripeRecord | None],
     listed: Iterable[StripeRecord],
+    invoices: Mapping[str, StripeRecord | None] | None = None,
     salesforce: bool = True,
     stripe: bool = True,
 ) -> list[Mismatch]:
@@ -377,6 +399,8 @@ def compare(
             found += _subscription_changed(
                 deal, subscriptions.get(deal.stripe_subscription_id), customer_gone
             )
+            if deal.stripe_invoice_id:
+                found += _invoice_changed(deal, (invoices or {}).get(deal.stripe_invoice_id))
         if salesforce and deal.opportunity_id in fresh:
             found += _opportunity_edited(deal, fresh[deal.opportunity_id])
     if stripe:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -46,18 +47,18 @@ def reconcile(
     fresh: dict[str, object] = {}
     if crm is not None:
         won, fresh = read_salesforce(crm, since, deals)
-    listed: list[StripeRecord] = []
-    customers: dict[str, StripeRecord | None] = {}
-    subscriptions: dict[str, StripeRecord | None] = {}
+    stripe: dict[str, Any] = {"listed": [], "customer": {}, "subscription": {}, "invoice": {}}
     if billing is not None:
-        listed, customers, subscriptions = read_stripe(billing, since, deals)
+        stripe = read_stripe(billing, since, deals)
+    listed: list[StripeRecord] = stripe["listed"]
     mismatches = compare(
         won_ids=won,
         deals=deals,
         fresh=fresh,  # type: ignore[arg-type]
         grants=grants,
-        customers=customers,
-        subscriptions=subscriptions,
+        customers=stripe["customer"],
+        subscriptions=stripe["subscription"],
+        invoices=stripe["invoice"],
         listed=listed,
         salesforce=crm is not None,
         stripe=billing is not None,

@@ -60,6 +60,7 @@ def read_deals(session: Session, since: datetime | None) -> list[DealFacts]:
                 stripe_customer_id=deal.stripe_customer_id,
                 stripe_subscription_id=deal.stripe_subscription_id,
                 stripe_invoice_id=deal.stripe_invoice_id,
+                invoice_status=deal.invoice_status,
             )
         )
     return facts
@@ -93,9 +94,10 @@ def read_salesforce(
 
 def read_stripe(
     billing: ReconcileBilling, since: datetime | None, deals: list[DealFacts]
-) -> tuple[list[StripeRecord], dict[str, StripeRecord | None], dict[str, StripeRecord | None]]:
-    """Every customer, subscription and invoice created since the floor, and the customer
-    and subscription of each deal (retrieved one by one when older than the floor)."""
+) -> dict[str, Any]:
+    """Every customer, subscription and invoice created since the floor (`listed`), and by
+    kind and id (`customer`, `subscription`, `invoice`) those plus each deal's customer and
+    subscription (retrieved one by one when older than the floor; None when gone)."""
     listed: list[StripeRecord] = []
     for kind in STRIPE_KINDS:
         listed += billing.list_records(kind, created_since=since)
@@ -112,4 +114,4 @@ def read_stripe(
             if object_id and object_id not in by_kind[kind]:
                 found = billing.retrieve_record(kind, object_id)
                 by_kind[kind][object_id] = None if found is None or found.deleted else found
-    return listed, by_kind["customer"], by_kind["subscription"]
+    return {"listed": listed, **by_kind}
