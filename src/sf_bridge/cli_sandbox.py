@@ -26,8 +26,9 @@ PLATFORM_EVENT = "Deal_Won__e"
 
 
 sandbox_app = typer.Typer(
-    help="The sandbox Salesforce org and Stripe emulator; `sandbox close-deal OPP.json` closes "
-    "a trial deal in a running one.",
+    help="Starts only the sandbox Salesforce org and the Stripe emulator on loopback and prints "
+    "the settings to export; `sf-bridge sandbox close-deal OPP.json` closes a trial deal in a "
+    "running one.",
     invoke_without_command=True,
 )
 app.add_typer(sandbox_app, name="sandbox")
