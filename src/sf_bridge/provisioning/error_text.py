@@ -35,5 +35,6 @@ def opportunity_error_text(code: str | None, message: str | None, limit: int = F
     room = limit - len(ELLIPSIS)
     cut = full[: room + 1]
     space = cut.rfind(" ")
-    head = cut[:space] if space > 0 else full[:room]
+    kept = len(code) + 2 if code and text else 0  # never the code alone
+    head = cut[:space] if space > kept else full[:room]
     return head.rstrip(" ,;:.-(") + ELLIPSIS
