@@ -137,8 +137,11 @@ def test_each_mismatch_made_by_hand_is_reported_with_its_fix_and_a_clean_run_rep
     )
     provision(env, session_factory, [cancelled, changed, edited, untouched])
 
+    org.reset_counters()
     code, clean = reconcile_cli()
     assert (code, clean["mismatches"]) == (0, []), clean
+    # Batched: one query for the won ids, one for the provisioned deals (up to 200 a query).
+    assert org.calls["query"] == 2, dict(org.calls)
     assert clean["clean"] is True
     assert clean["checked"]["won_opportunities"] == 4
     assert clean["checked"]["deals"] == 4
