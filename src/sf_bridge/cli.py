@@ -18,6 +18,27 @@ from sf_bridge.errors import SfBridgeError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+
+def _flags_take_no_value() -> None:
+    """Typer labels on/off flags `<bool>` in --help, as if they took a value: show no type
+    for them (options that take a value keep theirs, such as `<int>`)."""
+    from typer.core import TyperOption
+
+    original = TyperOption.display_type_rich
+    if getattr(original, "sf_bridge_flags", False):
+        return
+
+    def display_type_rich(self: TyperOption, ctx: Any) -> str | None:
+        if self.is_flag and not self.count:
+            return None
+        return original(self, ctx)
+
+    display_type_rich.sf_bridge_flags = True  # type: ignore[attr-defined]
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_flags_take_no_value()
+
 app = typer.Typer(
     name="sf-bridge",
     help="Turns Salesforce Closed-Won deals into Stripe billing and product entitlements.",
@@ -84,6 +105,7 @@ def _register_commands() -> None:
         cli_demo,
         cli_invoices,
         cli_mappings,
+        cli_reconcile,
         cli_run,
         cli_sandbox,
         cli_serve,

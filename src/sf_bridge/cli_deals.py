@@ -13,6 +13,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -59,6 +60,46 @@ def _short(text: str | None, width: int = 60) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def _error_cells(deal: Deal) -> tuple[str, str]:
+    """The error code and what differs between errors (the words every mapping error starts
+    with are left to the code)."""
+    from sf_bridge.provisioning.error_text import split_code
+
+    code, text = split_code(deal.last_error_code, deal.last_error)
+    return escape(code or ""), escape(_short(text, 120))
+
+
+def opportunity_name(deal: Deal) -> str:
+    plan = deal.plan or {}
+    return str(plan.get("opportunity_name") or (deal.opportunity or {}).get("Name") or "")
+
+
+def account_name(deal: Deal) -> str:
+    plan_customer = (deal.plan or {}).get("customer") or {}
+    account = (deal.opportunity or {}).get("Account") or {}
+    return str(plan_customer.get("name") or account.get("Name") or "")
+
+
+def _named(name: str, record_id: str | None) -> str:
+    return f"{escape(name)}\n[dim]{record_id or ''}[/]" if name else (record_id or "")
+
+
+def invoice_amount(deal: Deal) -> str | None:
+    """What the deal's first invoice bills: its plan's items (quantity x unit amount)."""
+    plan = deal.plan or {}
+    items = plan.get("items") or []
+    if not deal.stripe_invoice_id or not items:
+        return None
+    total = 0
+    for item in items:
+        unit = item.get("unit_amount")
+        if unit is None:
+            unit = item.get("catalog_unit_amount") or 0
+        total += int(item.get("quantity") or 0) * int(unit)
+    currency = str(items[0].get("currency") or "").upper()
+    return f"{total / 100:,.2f} {currency}"
+
+
 # deals ---------------------------------------------------------------------------------------
 
 
@@ -82,24 +123,31 @@ def deals(
     with factory() as session:
         rows = list_deals(session, status=status, limit=limit)
     table = Table(title=f"Deals{f' ({status})' if status else ''}: {len(rows)}")
-    for column in ("#", "Opportunity", "Account", "Status", "Next step", "Tries"):
-        table.add_column(column, no_wrap=True)
-    for column in ("Next try", "Subscription", "Invoice", "Updated", "Error"):
-        table.add_column(column, overflow="fold")
+    table.add_column("#", no_wrap=True)
+    table.add_column("Opportunity", overflow="fold", max_width=26)
+    table.add_column("Account", overflow="fold", max_width=20)
+    table.add_column("Status", no_wrap=True)
+    table.add_column("Step (tries)", no_wrap=True)
+    table.add_column("Invoice", no_wrap=True)
+    table.add_column("Updated", no_wrap=True)
+    table.add_column("Error code", no_wrap=True)
+    table.add_column("Error, reason or next try", overflow="fold", ratio=1)
     for deal in rows:
         style = STATUS_STYLE.get(deal.status, "")
+        code, text = _error_cells(deal)
+        if deal.status == "retrying" and deal.next_attempt_at:
+            text = f"next try {_when(deal.next_attempt_at)} UTC: {text}"
+        step = deal.current_step or ""
         table.add_row(
             str(deal.id),
-            deal.opportunity_id,
-            deal.account_id or "",
+            _named(opportunity_name(deal), deal.opportunity_id),
+            _named(account_name(deal), deal.account_id),
             f"[{style}]{deal.status}[/]" if style else deal.status,
-            deal.current_step or "",
-            str(deal.attempts or ""),
-            _when(deal.next_attempt_at),
-            deal.stripe_subscription_id or "",
+            f"{step} ({deal.attempts})" if step and deal.attempts else step,
             deal.invoice_status or "",
-            _when(deal.updated_at),
-            _short(deal.last_error),
+            deal.updated_at.strftime("%m-%d %H:%M") if deal.updated_at else "",
+            code,
+            text,
         )
     _console().print(table)
 
@@ -124,20 +172,24 @@ def print_story(console: Console, story: Any) -> None:
     style = STATUS_STYLE.get(deal.status, "bold")
     console.print(
         f"[bold]Deal {deal.id}[/] opportunity [bold]{deal.opportunity_id}[/] "
-        f"({plan.get('opportunity_name') or (deal.opportunity or {}).get('Name') or ''})"
+        f"({escape(opportunity_name(deal))})"
     )
     console.print(
         f"  status        [{style}]{deal.status}[/]"
         + (f" at step {deal.current_step}" if deal.status != "done" else "")
     )
+    from sf_bridge.provisioning.error_text import split_code
+
+    error_code = split_code(deal.last_error_code, deal.last_error)[0]
+    code = f" ({escape(error_code)})" if error_code else ""
     if deal.last_error and deal.status == "skipped":
-        console.print(f"  [magenta]skipped[/]       {deal.last_error}")
+        console.print(f"  [magenta]skipped[/]{code}  {escape(deal.last_error)}")
     elif deal.last_error:
-        console.print(f"  [red]error[/]         {deal.last_error}")
+        console.print(f"  [red]error[/]{code}  {escape(deal.last_error)}")
     if deal.next_attempt_at and deal.status == "retrying":
         console.print(f"  next attempt  {_when(deal.next_attempt_at)} UTC")
     facts = [
-        ("account", deal.account_id),
+        ("account", f"{account_name(deal)} ({deal.account_id})" if deal.account_id else None),
         ("plan", f"{plan.get('plan_name')} ({plan.get('plan_kind')})" if plan else None),
         ("mapping", deal.mapping_version),
         ("customer", deal.stripe_customer_id),
@@ -146,6 +198,7 @@ def print_story(console: Console, story: Any) -> None:
             "invoice",
             f"{deal.stripe_invoice_id} ({deal.invoice_status})" if deal.stripe_invoice_id else None,
         ),
+        ("amount due", invoice_amount(deal)),
         ("pay link", deal.hosted_invoice_url),
         ("invoice PDF", deal.invoice_pdf),
         ("due", _when(deal.invoice_due_at)),
@@ -155,7 +208,7 @@ def print_story(console: Console, story: Any) -> None:
     ]
     for name, value in facts:
         if value:
-            console.print(f"  {name:<13} {value}")
+            console.print(f"  {name:<13} {escape(str(value))}")
     if story.grants:
         granted = ", ".join(
             f"{g.feature}={g.value}{'' if g.active else ' (revoked)'}" for g in story.grants
@@ -173,7 +226,15 @@ def print_story(console: Console, story: Any) -> None:
         "Idempotency key",
     ):
         table.add_column(column, overflow="fold")
+    said = {deal.last_error} if deal.last_error else set()
     for entry in story.timeline:
+        message = entry.message
+        if message and message in said:
+            message = "[dim](the same error as above)[/]"
+        else:
+            if entry.outcome in ("failed", "retry", "needs_attention") and message:
+                said.add(message)
+            message = escape(message)
         outcome_style = {"ok": "green", "retry": "yellow", "failed": "red"}.get(entry.outcome, "")
         table.add_row(
             _when(entry.at),
@@ -181,7 +242,7 @@ def print_story(console: Console, story: Any) -> None:
             str(entry.attempt or ""),
             f"[{outcome_style}]{entry.outcome}[/]" if outcome_style else entry.outcome,
             "" if entry.duration_ms is None else str(entry.duration_ms),
-            entry.message,
+            message,
             entry.stripe_request_id or "",
             entry.idempotency_key or "",
         )

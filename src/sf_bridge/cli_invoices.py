@@ -71,6 +71,7 @@ def overdue(
     grace_days: int = typer.Option(
         None,
         "--grace-days",
+        min=0,
         envvar="SF_BRIDGE_OVERDUE_GRACE_DAYS",
         help="Days an invoice may stay open past its due date [14]",
     ),

@@ -25,9 +25,19 @@ PUSH_TOPIC_QUERY = (
 PLATFORM_EVENT = "Deal_Won__e"
 
 
-@app.command("sandbox")
+sandbox_app = typer.Typer(
+    help="Starts only the sandbox Salesforce org and the Stripe emulator on loopback and prints "
+    "the settings to export; `sf-bridge sandbox close-deal OPP.json` closes a trial deal in a "
+    "running one.",
+    invoke_without_command=True,
+)
+app.add_typer(sandbox_app, name="sandbox")
+
+
+@sandbox_app.callback()
 @handle_errors
 def sandbox(
+    ctx: typer.Context,
     host: str = typer.Option("127.0.0.1", help="Address both servers listen on (loopback)."),
     sf_port: int = typer.Option(8700, "--sf-port", help="Port of the sandbox org (0: any free)."),
     stripe_port: int = typer.Option(
@@ -58,6 +68,8 @@ def sandbox(
 ) -> None:
     """Starts only the sandbox Salesforce org and the Stripe emulator on loopback, prints the
     environment to point `sf-bridge run` / `serve` at them, and runs until Ctrl-C / SIGTERM."""
+    if ctx.invoked_subcommand is not None:
+        return
     from sf_bridge.sandbox.salesforce_org import SalesforceSandbox
 
     stop = threading.Event()
@@ -160,8 +172,9 @@ def _print_environment(org: Any, emulator: Any) -> None:
         f"/event/{PLATFORM_EVENT}"
     )
     typer.echo(
-        "  deals: create Account / Opportunity / OpportunityLineItem records through its REST "
-        "API; setting StageName to 'Closed Won' emits the change events"
+        "  deals: `sf-bridge sandbox close-deal OPP.json` (with the settings below) creates and "
+        "closes one; or create Account / Opportunity / OpportunityLineItem records through its "
+        "REST API and set StageName to 'Closed Won'"
     )
     if emulator is not None:
         typer.echo(f"Stripe emulator: {emulator.url}")
@@ -180,3 +193,62 @@ def _print_environment(org: Any, emulator: Any) -> None:
     for name, value in variables.items():
         typer.echo(f"export {name}={value}")
     typer.echo("\nPress Ctrl-C to stop.", err=True)
+
+
+@sandbox_app.command("close-deal")
+@handle_errors
+def close_deal_command(
+    file: Path = typer.Argument(
+        ..., help="Opportunity JSON, as in examples/opportunities (its ids are ignored)."
+    ),
+    login_url: str = typer.Option(
+        None,
+        "--login-url",
+        help="Address of the running sandbox org, as `sf-bridge sandbox` printed it "
+        "[env: SF_LOGIN_URL].",
+        show_default=False,
+    ),
+) -> None:
+    """Creates the deal in a running `sf-bridge sandbox` org (Account, Opportunity, line
+    items) and moves it to Closed Won, as a user would: a worker pointed at the sandbox
+    provisions it.
+
+    Reads SF_LOGIN_URL, SF_USERNAME, SF_PASSWORD, SF_SECURITY_TOKEN, SF_CLIENT_ID,
+    SF_CLIENT_SECRET and SF_API_VERSION: export what `sf-bridge sandbox` printed."""
+    import json
+
+    from sf_bridge.crm.auth import SalesforceCredentials
+    from sf_bridge.errors import ConfigurationError
+    from sf_bridge.sandbox.close_deal import close_deal, connect
+
+    try:
+        record = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigurationError(
+            f"Cannot read the opportunity from {file}: {exc}.",
+            hint="pass a JSON file holding one Opportunity record (see examples/opportunities).",
+        ) from exc
+    if not isinstance(record, dict):
+        raise ConfigurationError(
+            f"{file} does not hold one Opportunity record.",
+            hint="pass a JSON object with Name, Account and OpportunityLineItems.",
+        )
+    settings = get_settings().with_overrides(
+        flags={"sf_login_url": "--login-url"}, sf_login_url=login_url or None
+    )
+    if not (settings.sf_username or settings.sf_client_id):
+        raise ConfigurationError(
+            "No sandbox credentials: SF_USERNAME (or SF_CLIENT_ID) is not set.",
+            hint="export the settings `sf-bridge sandbox` printed when it started, then run "
+            "the command again.",
+        )
+    sf = connect(SalesforceCredentials.from_settings(settings), settings.sf_api_version)
+    deal = close_deal(sf, record)
+    typer.echo(
+        f"Opportunity {deal.opportunity_id} ({deal.name}) closed won in the sandbox org, "
+        f"account {deal.account_id}, {deal.lines} line items."
+    )
+    typer.echo(
+        f"A worker pointed at the sandbox (`sf-bridge run`) provisions it; then "
+        f"`sf-bridge deals show {deal.opportunity_id}`."
+    )

@@ -61,6 +61,10 @@ class RunSettings(EnvSettings):
     # How often the mappings folder is looked at for edits (a `stat` per file; files are
     # read only when one changed).
     mappings_poll_seconds: float = Field(1.0, alias="SF_BRIDGE_MAPPINGS_POLL", gt=0)
+    # How often the worker runs `sf-bridge reconcile` and stores its report (off when unset).
+    reconcile_interval_seconds: float | None = Field(
+        None, alias="SF_BRIDGE_RECONCILE_INTERVAL", gt=0
+    )
 
 
 @dataclass
@@ -71,6 +75,7 @@ class RunOptions:
     worker_options: dict[str, Any] = field(default_factory=dict)
     metrics_port: int | None = None
     mappings_poll_seconds: float = 1.0
+    reconcile_interval_seconds: float | None = None  # None: no scheduled reconciliation
     # False: run without Salesforce on purpose (no stream, no sweep, no fetch or write-back);
     # True: Salesforce credentials are required and their absence refuses the start.
     salesforce: bool = True
@@ -83,6 +88,7 @@ class RunOptions:
             worker_options={"poll_interval": env.worker_poll_seconds},
             metrics_port=env.metrics_port,
             mappings_poll_seconds=env.mappings_poll_seconds,
+            reconcile_interval_seconds=env.reconcile_interval_seconds,
             salesforce=salesforce,
         )
 
@@ -233,6 +239,8 @@ class WorkerProcess:
         if self.alerts is not None:
             alerts = self.alerts
             self._spawn("alerts", lambda: alerts.run(self.stop_event))
+        if self.options.reconcile_interval_seconds:
+            self._spawn("reconcile", self._reconcile_loop)
         if self.options.metrics_port is not None:
             self._stop_metrics = serve_process_metrics(self.options.metrics_port)
         log.info(
@@ -321,6 +329,23 @@ class WorkerProcess:
             except Exception as exc:
                 log.error("overdue_policy_failed", error=str(exc)[:300])
             self.stop_event.wait(self.options.overdue_interval_seconds)
+
+    def _reconcile_loop(self) -> None:
+        """`sf-bridge reconcile` on a schedule; the report is stored for the console."""
+        from sf_bridge.reconcile.wiring import reconcile_from_settings
+
+        interval = self.options.reconcile_interval_seconds or 0.0
+        while not self.stop_event.wait(interval):
+            try:
+                reconcile_from_settings(
+                    self.settings,
+                    self.session_factory,
+                    trigger="schedule",
+                    crm=self.crm,
+                    billing=self.billing,
+                )
+            except Exception as exc:  # the next run tries again
+                log.error("reconcile_failed", error=str(exc)[:300])
 
     def _write_back_fields(self) -> Any:
         """The Opportunity fields the mappings name for write-back (None when unreadable)."""

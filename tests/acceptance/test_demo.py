@@ -95,6 +95,13 @@ def _explore_then_stop(proc: subprocess.Popen[str], started: float) -> tuple[int
         )
         assert deals.returncode == 0, deals.stderr
         assert deals.stdout.count(" done ") == len(SCENARIO.deals), deals.stdout
+        # The printed commands run as shown, and no log line mixes into their output.
+        assert (settings["LOG_FORMAT"], settings["LOG_LEVEL"]) == ("console", "WARNING")
+        assert '"event"' not in deals.stdout + deals.stderr, deals.stderr
+        shown = re.search(r"^  (\S+) deals$", out, re.M)
+        assert shown, out
+        command = shown.group(1)
+        assert shutil.which(command) or (REPO_ROOT / command).exists(), command
         api = re.search(r"curl -H .*? (http://127\.0\.0\.1:\d+/v1/customers/\w+/entitlements)", out)
         assert api, out
         answer = httpx.get(

@@ -143,3 +143,36 @@ class BillingGateway(Protocol):
     def cancel_subscription(
         self, subscription_id: str, idempotency_key: str
     ) -> BillingSubscription: ...
+
+
+@dataclass(frozen=True)
+class StripeItem:
+    """One subscription item as Stripe holds it now."""
+
+    quantity: int
+    unit_amount: int | None
+    currency: str
+    interval: str | None
+    price: str
+    lookup_key: str | None = None
+
+
+@dataclass(frozen=True)
+class StripeRecord:
+    """A customer, subscription or invoice as read for a reconciliation (read-only)."""
+
+    kind: Literal["customer", "subscription", "invoice"]
+    id: str
+    created: datetime | None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    status: str | None = None  # subscriptions and invoices
+    customer: str | None = None
+    subscription: str | None = None  # invoices
+    items: tuple[StripeItem, ...] = ()  # subscriptions
+    amount_due: int | None = None  # invoices
+    currency: str | None = None
+    deleted: bool = False
+
+    @property
+    def opportunity_id(self) -> str | None:
+        return self.metadata.get("sf_opportunity_id") or None

@@ -27,6 +27,8 @@ from sf_bridge.billing.port import (
     BillingPrice,
     BillingSubscription,
     CustomerSpec,
+    StripeItem,
+    StripeRecord,
     SubscriptionSpec,
 )
 from sf_bridge.errors import BillingRejected, RateLimitedError, SfBridgeError, TransientError
@@ -107,6 +109,11 @@ def _rejection_hint(message: str, param: str | None) -> str:
         )
     if "no such price" in text or (param or "").startswith("items"):
         return "check the price lookup keys in the mappings against Stripe, then replay."
+    if "no such invoice" in text:
+        return (
+            "check the invoice id (in_...) in the Stripe Dashboard, or pass the deal number or "
+            "Opportunity Id instead (`sf-bridge deals` lists them)."
+        )
     if "no such customer" in text:
         return "the Stripe customer was deleted; restore it or clear it here, then replay."
     return "correct the mapping or the Salesforce data named above, then replay the deal."
@@ -187,6 +194,46 @@ def _invoice(data: dict[str, Any], request_id: str | None) -> BillingInvoice:
         amount_due=data.get("amount_due"),
         currency=data.get("currency"),
         request_id=request_id,
+    )
+
+
+def _record(kind: Any, data: dict[str, Any]) -> StripeRecord:
+    """A listed or retrieved object as plain data (`StripeRecord`)."""
+    metadata = _meta(data.get("metadata"))
+    items: list[StripeItem] = []
+    subscription: str | None = None
+    if kind == "subscription":
+        for item in (data.get("items") or {}).get("data") or []:
+            price = item.get("price") or {}
+            recurring = price.get("recurring") or {}
+            items.append(
+                StripeItem(
+                    quantity=int(item.get("quantity") or 0),
+                    unit_amount=price.get("unit_amount"),
+                    currency=str(price.get("currency") or ""),
+                    interval=recurring.get("interval"),
+                    price=str(price.get("id") or ""),
+                    lookup_key=price.get("lookup_key"),
+                )
+            )
+    if kind == "invoice":
+        details = (data.get("parent") or {}).get("subscription_details") or {}
+        subscription = _id(details.get("subscription"))
+        # An invoice of a subscription carries the subscription's tags here, not in its own
+        # metadata.
+        metadata = {**_meta(details.get("metadata")), **metadata}
+    return StripeRecord(
+        kind=kind,
+        id=str(data["id"]),
+        created=_to_dt(data.get("created")),
+        metadata=metadata,
+        status=data.get("status"),
+        customer=_id(data.get("customer")),
+        subscription=subscription,
+        items=tuple(items),
+        amount_due=data.get("amount_due"),
+        currency=data.get("currency"),
+        deleted=bool(data.get("deleted")),
     )
 
 
@@ -304,6 +351,45 @@ class StripeGateway:
                 if data.get("lookup_key"):
                     found[data["lookup_key"]] = _price(data, request_id)
         return found
+
+    # reading for a reconciliation ------------------------------------------------------
+
+    def _service(self, kind: str) -> Any:
+        services = {
+            "customer": self._client.v1.customers,
+            "subscription": self._client.v1.subscriptions,
+            "invoice": self._client.v1.invoices,
+        }
+        return services[kind]
+
+    def list_records(
+        self, kind: str, *, created_since: datetime | None = None
+    ) -> list[StripeRecord]:
+        """Every customer, subscription (of any status) or invoice created since then (all
+        when None), page by page (100 a page, `starting_after`)."""
+        params: dict[str, Any] = {"limit": 100}
+        if kind == "subscription":
+            params["status"] = "all"
+        if created_since is not None:
+            params["created"] = {"gte": int(created_since.timestamp())}
+        service = self._service(kind)
+        records: list[StripeRecord] = []
+        while True:
+            page = self._call(
+                f"list {kind}s",
+                lambda params=dict(params): service.list(params),  # type: ignore[misc]
+            )
+            data = [obj.to_dict() for obj in page.data]
+            records.extend(_record(kind, item) for item in data)
+            if not page.has_more or not data:
+                return records
+            params["starting_after"] = data[-1]["id"]
+
+    def retrieve_record(self, kind: str, object_id: str) -> StripeRecord | None:
+        """One customer, subscription or invoice; None when it does not exist."""
+        service = self._service(kind)
+        obj = self._retrieve_or_none(f"retrieve a {kind}", lambda: service.retrieve(object_id))
+        return None if obj is None else _record(kind, obj.to_dict())
 
     # customers ----------------------------------------------------------------------------
 

@@ -359,6 +359,15 @@ class SalesforceCrm:
             found.append(WonOpportunity(record["Id"], soql.parse_salesforce_datetime(modified)))
         return found
 
+    def won_closed_since(self, day: date | None) -> list[str]:
+        """Ids of the won opportunities closed on or after `day` (one query, its pages
+        followed), for a reconciliation."""
+        return [
+            str(r["Id"])
+            for r in self._query_all(soql.won_closed_since(day))
+            if soql.is_salesforce_id(r.get("Id"))
+        ]
+
     def won_among(self, opportunity_ids: list[str]) -> set[str]:
         """Which of these opportunities are won now (one query per 200 ids)."""
         ids, _ = soql.split_ids(opportunity_ids)

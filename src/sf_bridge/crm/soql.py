@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Iterable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 from sf_bridge.errors import CrmRejected
 
@@ -189,3 +189,12 @@ def won_since(since: datetime | None, limit: int) -> str:
         f"SELECT Id, LastModifiedDate FROM Opportunity WHERE {where} "
         f"ORDER BY LastModifiedDate ASC LIMIT {int(limit)}"
     )
+
+
+def won_closed_since(day: date | None) -> str:
+    """Won opportunities whose Close Date is on or after `day` (every won one when None).
+    `CloseDate` is a date field: its literal is `YYYY-MM-DD`, unquoted."""
+    where = "IsWon = true"
+    if day is not None:
+        where += f" AND CloseDate >= {day.isoformat()}"
+    return f"SELECT Id FROM Opportunity WHERE {where} ORDER BY Id"

@@ -342,3 +342,18 @@ class AlertDelivery(Base):
         UniqueConstraint("notice_id", "channel", name="uq_alert_delivery_channel"),
         Index("ix_alert_deliveries_due", "status", "next_attempt_at"),
     )
+
+
+class ReconcileReport(Base):
+    """One run of `sf-bridge reconcile` (by hand or on the worker's schedule): the whole
+    report as JSON; the newest is what the console shows."""
+
+    __tablename__ = "reconcile_reports"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    started_at: Mapped[datetime]
+    finished_at: Mapped[datetime] = mapped_column(index=True)
+    since: Mapped[datetime | None]
+    mismatches: Mapped[int] = mapped_column(Integer)
+    trigger: Mapped[str] = mapped_column(String(16))  # "command" or "schedule"
+    report: Mapped[dict[str, Any]]

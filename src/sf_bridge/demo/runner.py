@@ -20,6 +20,7 @@ import resource
 import secrets
 import shutil
 import signal
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -536,19 +537,22 @@ class Demo:
     def _keep_running(self, stack: Stack, facts: list[DealFacts]) -> None:
         self.heading("Still running: explore, then press Ctrl-C to stop")
         env_file = stack.workdir / "demo.env"
-        env_file.write_text("".join(f"{k}={v}\n" for k, v in sorted(stack.settings.items())))
+        env_file.write_text("".join(f"{k}={v}\n" for k, v in sorted(explore_settings(stack))))
         deal_id = facts[0].opportunity_id
         account_id = facts[0].account_id
+        cli = cli_command()
         lines = [
             f"set -a; . {env_file}; set +a      # the settings the worker and the API run with",
-            "sf-bridge deals",
-            f"sf-bridge deals show {deal_id}",
-            "sf-bridge mappings preview --opportunity-id " + facts[-1].opportunity_id,
+            f"{cli} deals",
+            f"{cli} deals show {deal_id}",
+            f"{cli} mappings preview --opportunity-id " + facts[-1].opportunity_id,
             f'curl -H "Authorization: Bearer $SF_BRIDGE_API_KEYS" '
             f"{stack.api_url}/v1/customers/{account_id}/entitlements",
             f"curl {stack.api_url}/metrics",
             f"# logs: {stack.workdir / 'worker.log'}  {stack.workdir / 'serve.log'}",
         ]
+        if cli != "sf-bridge":
+            lines.insert(1, f"# or `. {Path(cli).parent / 'activate'}`, then plain `sf-bridge ...`")
         for line in lines:
             self.console.print(f"  {line}", markup=False, highlight=False)
         with contextlib.suppress(KeyboardInterrupt):
@@ -618,3 +622,25 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> int:
     configure_logging("console", "WARNING")
     with _terminate_as_interrupt():
         return Demo(options, console).run()
+
+
+def explore_settings(stack: Stack) -> list[tuple[str, str]]:
+    """The settings for the commands a user types next: the worker's and the API's, with
+    human logs and only warnings, so that logs do not mix into each command's output."""
+    quiet = {"LOG_FORMAT": "console", "LOG_LEVEL": "WARNING"}
+    return sorted({**stack.settings, **quiet}.items())
+
+
+def cli_command() -> str:
+    """How to run sf-bridge from here: `sf-bridge` when the PATH finds this one, else the
+    script beside this Python (`.venv/bin/sf-bridge` after `make demo`)."""
+    beside = Path(sys.executable).parent / "sf-bridge"
+    found = shutil.which("sf-bridge")
+    if found and beside.exists() and Path(found).resolve() == beside.resolve():
+        return "sf-bridge"
+    if not beside.exists():
+        return f"{sys.executable} -m sf_bridge"
+    try:
+        return str(beside.relative_to(Path.cwd()))
+    except ValueError:
+        return str(beside)

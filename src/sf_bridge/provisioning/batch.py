@@ -25,6 +25,7 @@ from sf_bridge.errors import CrmRejected, PermanentError, TransientError
 from sf_bridge.logging import get_logger
 from sf_bridge.provisioning import claim
 from sf_bridge.provisioning.eligibility import Skip, judge
+from sf_bridge.provisioning.error_text import opportunity_error_text
 from sf_bridge.provisioning.runner import Provisioner, record_failure
 from sf_bridge.provisioning.states import STATUS_AFTER, STEP_FETCH, STEP_MAP, STEP_WRITE_BACK
 
@@ -442,9 +443,6 @@ def _write_back_claimed(
     log.info("write_back_batch_done", deals=len(deals), written=len(written), duration_ms=duration)
 
 
-ERROR_TEXT_LIMIT = 255  # Opportunity text fields hold 255 characters
-
-
 def report_parked_batch(
     prov: Provisioner,
     crm: CrmGateway | None,
@@ -474,7 +472,7 @@ def report_parked_batch(
     }
     updates: list[OpportunityUpdate] = []
     for deal in deals:
-        values["error"] = (deal.last_error or "")[:ERROR_TEXT_LIMIT]
+        values["error"] = opportunity_error_text(deal.last_error_code, deal.last_error)
         fields = {
             str(getattr(names, key)): value
             for key, value in values.items()

@@ -148,7 +148,7 @@ def test_permanent_error_parks_with_reason(harness: Harness) -> None:
     # Salesforce users see it on the opportunity, once.
     assert h.crm.written["006000000000001AAA"] == {
         "Provisioning_Status__c": "Needs attention",
-        "Provisioning_Error__c": deal.last_error,
+        "Provisioning_Error__c": f"billing_rejected: {deal.last_error}",
     }
     calls = h.crm.calls
     h.worker().run_once()

@@ -161,8 +161,10 @@ class Store:
         params: dict[str, Any],
         keep: Callable[[dict[str, Any]], bool],
     ) -> dict[str, Any]:
-        """A Stripe list (newest first) with limit, starting_after and ending_before."""
-        rows = [o for o in reversed(self.objects[kind].values()) if keep(o)]
+        """A Stripe list (newest first) with limit, starting_after, ending_before and the
+        `created` filter (a timestamp, or a range of gt/gte/lt/lte) that every list takes."""
+        in_range = created_filter(params.get("created"))
+        rows = [o for o in reversed(self.objects[kind].values()) if keep(o) and in_range(o)]
         limit = page_limit(params)
         after = params.get("starting_after")
         before = params.get("ending_before")
@@ -213,6 +215,24 @@ class Store:
 
 API_VERSION = "2026-10-28.endive"
 SEARCHABLE = frozenset({"customer", "subscription", "invoice", "price", "product"})
+
+
+def created_filter(created: Any) -> Callable[[dict[str, Any]], bool]:
+    """Stripe's `created` list parameter: an exact Unix timestamp or `{gt, gte, lt, lte}`."""
+    if created is None:
+        return lambda obj: True
+    if not isinstance(created, dict):
+        return lambda obj: int(obj.get("created") or 0) == int(created)
+    bounds = {op: int(value) for op, value in created.items()}
+    checks: dict[str, Callable[[int, int], bool]] = {
+        "gt": int.__gt__,
+        "gte": int.__ge__,
+        "lt": int.__lt__,
+        "lte": int.__le__,
+    }
+    return lambda obj: all(
+        checks[op](int(obj.get("created") or 0), bound) for op, bound in bounds.items()
+    )
 
 
 def page_limit(params: dict[str, Any]) -> int:

@@ -1,0 +1,77 @@
+"""`sf-bridge sandbox close-deal OPP.json`: RevOps create and close a trial deal in a running
+sandbox org without writing OAuth or REST calls; the worker then provisions it."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from sf_bridge.cli import app
+from sf_bridge.config import get_settings
+from sf_bridge.mapping import load_mappings
+from sf_bridge.sandbox.salesforce_org import CDC_CHANNEL, SalesforceSandbox
+from sf_bridge.sandbox.salesforce_org.seeding import prepare_for_mappings
+
+REPO = Path(__file__).resolve().parents[3]
+EXAMPLE = REPO / "examples" / "opportunities" / "team-self-serve.json"
+
+
+@pytest.fixture
+def running_sandbox(monkeypatch: pytest.MonkeyPatch) -> Iterator[SalesforceSandbox]:
+    """A sandbox org as `sf-bridge sandbox` starts it, with its printed settings exported
+    (all but the address, which the test passes as an option)."""
+    org = SalesforceSandbox(host="127.0.0.1", port=0, long_poll_seconds=1.0).start()
+    prepare_for_mappings(org, load_mappings(REPO / "mappings"))
+    for name, value in {
+        "SF_USERNAME": org.username,
+        "SF_PASSWORD": org.password,
+        "SF_SECURITY_TOKEN": org.security_token,
+        "SF_CLIENT_ID": org.client_id,
+        "SF_CLIENT_SECRET": org.client_secret,
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("SF_LOGIN_URL", raising=False)
+    get_settings.cache_clear()
+    yield org
+    get_settings.cache_clear()
+    org.stop()
+
+
+def test_close_deal_creates_the_deal_and_closes_it_won(running_sandbox: SalesforceSandbox) -> None:
+    org = running_sandbox
+    result = CliRunner().invoke(
+        app, ["sandbox", "close-deal", str(EXAMPLE), "--login-url", org.url]
+    )
+    assert result.exit_code == 0, result.output
+    found = re.search(r"Opportunity (006\w{15}) \(Bluebird GmbH - Team\) closed won", result.stdout)
+    assert found, result.stdout
+    opp = found.group(1)
+    record = org.get_opportunity(opp)
+    assert record["IsWon"] is True
+    assert record["StageName"] == "Closed Won"
+    example = json.loads(EXAMPLE.read_text())
+    expected = sum(line["TotalPrice"] for line in example["OpportunityLineItems"]["records"])
+    assert record["Amount"] == expected  # both lines, at the file's prices
+    changes = [
+        e.message["data"]["payload"]["ChangeEventHeader"]
+        for e in org.events.retained(CDC_CHANNEL)
+        if opp in e.message["data"]["payload"]["ChangeEventHeader"]["recordIds"]
+    ]
+    assert "StageName" in changes[-1]["changedFields"]  # what the worker's stream reacts to
+
+
+def test_close_deal_says_what_to_fix(running_sandbox: SalesforceSandbox, tmp_path: Path) -> None:
+    org = running_sandbox
+    deal = json.loads(EXAMPLE.read_text())
+    deal["OpportunityLineItems"]["records"][0]["PricebookEntry"]["Product2"]["ProductCode"] = "NOPE"
+    path = tmp_path / "deal.json"
+    path.write_text(json.dumps(deal))
+    result = CliRunner().invoke(app, ["sandbox", "close-deal", str(path), "--login-url", org.url])
+    assert result.exit_code == 2
+    assert "no product with code NOPE" in result.output
+    assert "--mappings" in result.output
