@@ -219,7 +219,9 @@ def test_malformed_events_are_logged_counted_and_skipped(
         intake_org.close_won(won)
         wait_until(lambda: deal_count(session_factory) == 1, 5, "the good deal")
         wait_until(lambda: intake.stats.malformed == len(bad_payloads), 5, "malformed counted")
-    assert deals_by_source(session_factory) == {won: "stream"}
+    # One deal, whoever saw it first: the sweep the malformed events asked for may run
+    # between the click and the stream's event.
+    assert set(deals_by_source(session_factory)) == {won}
     assert intake.status.current.state == "connected"
     assert intake.stats.restarts == 0
     malformed_logs = [e for e in logs if e["event"] == "stream_event_malformed"]
