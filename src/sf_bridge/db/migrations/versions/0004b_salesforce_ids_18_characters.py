@@ -26,13 +26,20 @@ down_revision = "0003"
 branch_labels = None
 depends_on = None
 
+
+def _check(column: str) -> str:
+    # The text of models.id_18_check, fixed here as this revision writes it: 18 characters,
+    # the suffix in upper case (a lower-case suffix names the same record a second time).
+    return f"length({column}) = 18 AND substr({column}, 16, 3) = upper(substr({column}, 16, 3))"
+
+
 # The same constraints as in models.py.
 CHECKS = {
     "deals": (
-        ("ck_deals_opportunity_id_18", "length(opportunity_id) = 18"),
-        ("ck_deals_account_id_18", "length(account_id) = 18"),
+        ("ck_deals_opportunity_id_18", _check("opportunity_id")),
+        ("ck_deals_account_id_18", _check("account_id")),
     ),
-    "customers": (("ck_customers_sf_account_id_18", "length(sf_account_id) = 18"),),
+    "customers": (("ck_customers_sf_account_id_18", _check("sf_account_id")),),
 }
 
 deals = sa.table(

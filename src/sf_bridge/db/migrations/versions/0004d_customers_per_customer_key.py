@@ -182,6 +182,12 @@ def _usage_by_account(table: str, unique: str, columns: list[str]) -> None:
         batch.drop_column("customer_id")
         batch.alter_column("sf_account_id", existing_type=sa.String(length=18), nullable=False)
         batch.create_unique_constraint(unique, ["sf_account_id", *columns])
+        # As models.id_18_check: the account id in its 18-character form only.
+        batch.create_check_constraint(
+            f"ck_{table}_sf_account_id_18",
+            "length(sf_account_id) = 18 AND "
+            "substr(sf_account_id, 16, 3) = upper(substr(sf_account_id, 16, 3))",
+        )
 
 
 def downgrade() -> None:
@@ -196,6 +202,7 @@ def downgrade() -> None:
     ):
         op.execute(f"DELETE FROM {table}")
         with op.batch_alter_table(table) as batch:
+            batch.drop_constraint(f"ck_{table}_sf_account_id_18", type_="check")
             batch.drop_constraint(unique, type_="unique")
             batch.drop_column("sf_account_id")
             batch.add_column(sa.Column("customer_id", sa.Integer(), nullable=False))
