@@ -303,3 +303,36 @@ def test_customers_of_an_old_database_are_found_by_new_deals(
         assert emu.count("customer") == 3  # no second Stripe customer for any account
     finally:
         engine.dispose()
+
+
+def test_customer_keys_that_are_the_account_id_get_its_18_character_form(
+    old_db_url: str,
+) -> None:
+    """New deals key a customer by the 18-character Account id the intake stores; another
+    identifier value is kept, even one shaped like an id (a 15-character customer number)."""
+    number = "CUST00000012345"
+    engine = make_engine(old_db_url)
+    with engine.begin() as conn:
+        by_account = _customer(conn, ACCOUNT_15, "cus_1", key=ACCOUNT_15)
+        by_number = _customer(conn, "001Hs00002BlueGAAQ", "cus_2", key=number)
+        _deal(
+            conn,
+            OPP_15,
+            ACCOUNT_15,
+            customer_id=by_account,
+            plan={"customer": {"account_id": ACCOUNT_15, "customer_key": ACCOUNT_15}},
+        )
+        _deal(
+            conn,
+            OTHER_OPP,
+            "001Hs00002BlueGAAQ",
+            customer_id=by_number,
+            plan={"customer": {"account_id": "001Hs00002BlueGAAQ", "customer_key": number}},
+        )
+    migrate.upgrade(old_db_url, "0004b")
+    with engine.connect() as conn:
+        keys = conn.execute(sa.select(customers.c.customer_key).order_by(customers.c.id)).all()
+        plans = conn.execute(sa.select(deals.c.plan).order_by(deals.c.id)).scalars().all()
+    engine.dispose()
+    assert [k for (k,) in keys] == [to_18(ACCOUNT_15), number]
+    assert [p["customer"]["customer_key"] for p in plans] == [to_18(ACCOUNT_15), number]
