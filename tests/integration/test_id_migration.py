@@ -15,6 +15,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 
+from sf_bridge.config import Settings
+from sf_bridge.crm.port import InMemoryCrm
 from sf_bridge.crm.soql import to_18
 from sf_bridge.db import migrate
 from sf_bridge.db.engine import make_engine, normalise_url
@@ -39,6 +41,8 @@ deals = sa.Table(
     sa.Column("opportunity", sa.JSON),
     sa.Column("plan", sa.JSON),
     sa.Column("customer_id", sa.Integer),
+    sa.Column("stripe_customer_id", sa.String),
+    sa.Column("stripe_subscription_id", sa.String),
     sa.Column("created_at", sa.DateTime(timezone=True)),
     sa.Column("updated_at", sa.DateTime(timezone=True)),
 )
@@ -47,6 +51,7 @@ customers = sa.Table(
     metadata,
     sa.Column("id", sa.Integer, primary_key=True),
     sa.Column("sf_account_id", sa.String),
+    sa.Column("customer_key", sa.String),
     sa.Column("name", sa.String),
     sa.Column("stripe_customer_id", sa.String),
     sa.Column("created_at", sa.DateTime(timezone=True)),
@@ -117,9 +122,10 @@ def _deal(conn: sa.Connection, opportunity_id: str, account_id: str | None, **ex
     return int(conn.execute(deals.insert().values(values).returning(deals.c.id)).scalar_one())
 
 
-def _customer(conn: sa.Connection, account_id: str, stripe_id: str) -> int:
+def _customer(conn: sa.Connection, account_id: str, stripe_id: str, key: str | None = None) -> int:
     values = {
         "sf_account_id": account_id,
+        "customer_key": key,
         "name": "Acme Corp",
         "stripe_customer_id": stripe_id,
         "created_at": NOW,
@@ -217,3 +223,116 @@ def test_one_record_held_under_two_ids_is_named_and_nothing_changes(old_db_url: 
             [to_18(OPP_15), OPP_15, "not-an-id"]
         )
     engine.dispose()
+
+
+def test_customers_of_an_old_database_are_found_by_new_deals(
+    old_db_url: str, provisioning_emulator: Any
+) -> None:
+    """After the upgrade a new deal of an account finds the Stripe customer its earlier deals
+    made: one written under the 15-character account id, one whose only deal (a custom plan)
+    named its currency on the opportunity alone, one with no deal at all."""
+    from sf_bridge.billing.stripe_gateway import StripeGateway
+    from sf_bridge.db.engine import make_session_factory
+    from sf_bridge.provisioning.queue import enqueue_opportunities
+    from sf_bridge.provisioning.retry import request_retrier
+    from sf_bridge.provisioning.stripe_request import customer_spec
+    from tests.fixtures.provisioning import (
+        FAST_RETRY,
+        FakeMappings,
+        Harness,
+        TestClock,
+        drain,
+        make_plan,
+        settled,
+    )
+
+    emu = provisioning_emulator
+    gateway = StripeGateway(emu.api_key, api_base=emu.url, retry=request_retrier(FAST_RETRY))
+    short, custom, bare = ACCOUNT_15, "001Hs00002BlueGAAQ", "001Hs00002GreyHAAQ"
+    stripe_ids = {}
+    for account in (short, custom, bare):
+        spec = customer_spec(name="Acme", email=None, account_id=account, customer_key=account)
+        stripe_ids[account] = gateway.create_customer(spec, idempotency_key=account).id
+    engine = make_engine(old_db_url)
+    with engine.begin() as conn:
+        row = _customer(conn, short, stripe_ids[short], key=short)
+        paid = make_plan(OPP_15, account_id=short, customer_key=short).to_dict()
+        _deal(conn, OPP_15, short, customer_id=row, plan=paid, stripe_subscription_id="sub_1")
+        row = _customer(conn, custom, stripe_ids[custom], key=custom)
+        plan = make_plan(OTHER_OPP, account_id=custom, customer_key=custom, custom=True)
+        _deal(
+            conn,
+            OTHER_OPP,
+            custom,
+            customer_id=row,
+            stripe_customer_id=stripe_ids[custom],
+            plan=plan.to_dict(),
+            opportunity={"Id": OTHER_OPP, "AccountId": custom, "CurrencyIsoCode": "USD"},
+        )
+        _customer(conn, bare, stripe_ids[bare], key=bare)
+    engine.dispose()
+
+    migrate.upgrade(old_db_url)
+
+    engine = make_engine(old_db_url)
+    harness = Harness(
+        session_factory=make_session_factory(engine),
+        billing=gateway,
+        crm=InMemoryCrm(),
+        mappings=FakeMappings(),
+        clock=TestClock(),
+        settings=Settings(SF_BRIDGE_WORKER_CONCURRENCY=2, SF_BRIDGE_MAX_ATTEMPTS=8),  # type: ignore[call-arg]
+    )
+    new_deals = {
+        to_18(short): "006Hs00001NewAAAAA",
+        custom: "006Hs00001NewBAAAA",
+        bare: "006Hs00001NewCAAAA",
+    }
+    for account, opp in new_deals.items():
+        harness.add_opportunity(make_plan(opp, account_id=account))  # key <account>/USD
+    with harness.session_factory() as session, session.begin():
+        enqueue_opportunities(session, list(new_deals.values()), source="test")
+    drain(harness.worker(), settled(harness, *new_deals.values()))
+    try:
+        for account, opp in new_deals.items():
+            deal = harness.deal(opp)
+            assert deal.status == "done", deal.last_error
+            assert (
+                deal.stripe_customer_id == stripe_ids[account if account != to_18(short) else short]
+            )
+        assert emu.count("customer") == 3  # no second Stripe customer for any account
+    finally:
+        engine.dispose()
+
+
+def test_customer_keys_that_are_the_account_id_get_its_18_character_form(
+    old_db_url: str,
+) -> None:
+    """New deals key a customer by the 18-character Account id the intake stores; another
+    identifier value is kept, even one shaped like an id (a 15-character customer number)."""
+    number = "CUST00000012345"
+    engine = make_engine(old_db_url)
+    with engine.begin() as conn:
+        by_account = _customer(conn, ACCOUNT_15, "cus_1", key=ACCOUNT_15)
+        by_number = _customer(conn, "001Hs00002BlueGAAQ", "cus_2", key=number)
+        _deal(
+            conn,
+            OPP_15,
+            ACCOUNT_15,
+            customer_id=by_account,
+            plan={"customer": {"account_id": ACCOUNT_15, "customer_key": ACCOUNT_15}},
+        )
+        _deal(
+            conn,
+            OTHER_OPP,
+            "001Hs00002BlueGAAQ",
+            customer_id=by_number,
+            plan={"customer": {"account_id": "001Hs00002BlueGAAQ", "customer_key": number}},
+        )
+    migrate.upgrade(old_db_url, "0004b")
+    with engine.connect() as conn:
+        keys = conn.execute(sa.select(customers.c.customer_key).order_by(customers.c.id)).all()
+        plans = conn.execute(sa.select(deals.c.plan).order_by(deals.c.id)).scalars().all()
+    engine.dispose()
+    assert [k for (k,) in keys] == [to_18(ACCOUNT_15), number]
+    assert [p["customer"]["customer_key"] for p in plans] == [to_18(ACCOUNT_15), number]

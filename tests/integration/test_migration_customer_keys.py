@@ -43,9 +43,22 @@ deals = sa.table(
     sa.column("stripe_subscription_id", sa.String),
     sa.column("current_step", sa.String),
     sa.column("plan", sa.JSON),
+    sa.column("opportunity", sa.JSON),
     sa.column("writeback_pending", sa.Boolean),
     sa.column("created_at", sa.DateTime(timezone=True)),
     sa.column("updated_at", sa.DateTime(timezone=True)),
+)
+grants = sa.table(
+    "entitlement_grants",
+    sa.column("customer_id", sa.Integer),
+    sa.column("deal_id", sa.Integer),
+    sa.column("feature", sa.String),
+    sa.column("kind", sa.String),
+    sa.column("value", sa.BigInteger),
+    sa.column("combine", sa.String),
+    sa.column("source", sa.String),
+    sa.column("active", sa.Boolean),
+    sa.column("granted_at", sa.DateTime(timezone=True)),
 )
 usage_counters = sa.table(
     "usage_counters",
@@ -182,3 +195,66 @@ def test_existing_customers_keep_their_stripe_customer_under_the_new_key(empty_u
     assert done_plan["customer"]["customer_key"] == a  # billed deals are history, left alone
     assert [tuple(u) for u in usage] == [(a, 7)]
     assert locks == 0
+
+
+def _custom_plan(account: str) -> dict[str, Any]:
+    return {**_plan(account, account, None), "plan_kind": "custom"}
+
+
+def test_finished_custom_plan_deals_keep_their_customer_and_their_entitlements(
+    empty_url: str,
+) -> None:
+    """A custom plan bills nothing, so its plan names no currency: the upgrade takes the
+    deal's own currency as the mapping engine does, and never detaches a finished deal."""
+    from sf_bridge.entitlements.view import all_entitlements
+
+    a = "001000000000001AAA"
+    migrate.upgrade(empty_url, BEFORE)
+    engine = make_engine(empty_url)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.insert(customers).values(
+                id=1,
+                sf_account_id=a,
+                customer_key=a,
+                name="Acme",
+                stripe_customer_id="cus_1",
+                created_at=NOW,
+                updated_at=NOW,
+            )
+        )
+        conn.execute(_deal(1, a, 1, _plan(a, a, "usd")))
+        custom = _deal(2, a, 1, _custom_plan(a)).values(
+            stripe_subscription_id=None, opportunity={"Id": "x", "CurrencyIsoCode": "USD"}
+        )
+        conn.execute(custom)
+        # a custom deal whose snapshot names no currency either: it keeps its customer
+        conn.execute(_deal(3, a, 1, _custom_plan(a)).values(stripe_subscription_id=None))
+        for deal_id, feature in ((1, "sso"), (2, "premium_support"), (3, "sandbox")):
+            conn.execute(
+                sa.insert(grants).values(
+                    customer_id=1,
+                    deal_id=deal_id,
+                    feature=feature,
+                    kind="flag",
+                    value=1,
+                    combine="any",
+                    source="plan",
+                    active=True,
+                    granted_at=NOW,
+                )
+            )
+    engine.dispose()
+
+    migrate.upgrade(empty_url)
+    engine = make_engine(empty_url)
+    with engine.connect() as conn:
+        links = conn.execute(
+            sa.select(deals.c.id, deals.c.customer_id, deals.c.stripe_customer_id).order_by(
+                deals.c.id
+            )
+        ).all()
+        answer = all_entitlements(conn, a, NOW)
+    engine.dispose()
+    assert [tuple(r) for r in links] == [(1, 1, "cus_1"), (2, 1, "cus_1"), (3, 1, "cus_1")]
+    assert sorted(answer["entitlements"]) == ["premium_support", "sandbox", "sso"]

@@ -56,6 +56,13 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.astimezone(UTC)
 
 
+def id_18_check(column: str) -> str:
+    """The CHECK that keeps a Salesforce id column in the 18-character form `to_18` gives:
+    18 characters, the 3-character suffix in upper case (the same record under a lower-case
+    suffix would be a second key). The migrations use the same text."""
+    return f"length({column}) = 18 AND substr({column}, 16, 3) = upper(substr({column}, 16, 3))"
+
+
 class Base(DeclarativeBase):
     type_annotation_map = {dict[str, Any]: JSON, datetime: UTCDateTime}
 
@@ -129,8 +136,8 @@ class Deal(Base):
         Index("ix_deals_claim", "status", "next_attempt_at"),
         Index("ix_deals_status_error_code", "status", "last_error_code"),  # console's groups
         # Salesforce ids only in their 18-character form: one record, one key.
-        CheckConstraint("length(opportunity_id) = 18", name="ck_deals_opportunity_id_18"),
-        CheckConstraint("length(account_id) = 18", name="ck_deals_account_id_18"),
+        CheckConstraint(id_18_check("opportunity_id"), name="ck_deals_opportunity_id_18"),
+        CheckConstraint(id_18_check("account_id"), name="ck_deals_account_id_18"),
     )
 
 
@@ -193,7 +200,7 @@ class Customer(Base):
     __table_args__ = (
         UniqueConstraint("customer_key", name="uq_customers_customer_key"),
         # The Account id only in its 18-character form: one account, one key.
-        CheckConstraint("length(sf_account_id) = 18", name="ck_customers_sf_account_id_18"),
+        CheckConstraint(id_18_check("sf_account_id"), name="ck_customers_sf_account_id_18"),
     )
 
 
@@ -260,6 +267,7 @@ class UsageCounter(Base):
 
     __table_args__ = (
         UniqueConstraint("sf_account_id", "feature", "period", name="uq_usage_counter"),
+        CheckConstraint(id_18_check("sf_account_id"), name="ck_usage_counters_sf_account_id_18"),
     )
 
 
@@ -279,6 +287,7 @@ class UsageRecord(Base):
 
     __table_args__ = (
         UniqueConstraint("sf_account_id", "idempotency_key", name="uq_usage_record_key"),
+        CheckConstraint(id_18_check("sf_account_id"), name="ck_usage_records_sf_account_id_18"),
     )
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, select
+from sqlalchemy import Connection, bindparam, func, select
 from sqlalchemy.sql import Select
 
 from sf_bridge.crm.soql import is_salesforce_id, to_18
@@ -31,7 +31,9 @@ _u = UsageCounter.__table__.c
 
 def _account_with_grants(condition: Any) -> Select[Any]:
     """One row per grant of the account's deals (one per deal without grants), with the
-    customer the deal is billed to: all the account's customers, and only its own grants."""
+    customer the grant was made to (for a deal without grants, the one it is billed to): all
+    the account's customers, and only its own grants. A grant names its customer itself, so
+    a deal whose customer link is missing (back at its customer step) loses none of them."""
     return (
         select(
             _d.account_id,
@@ -53,8 +55,8 @@ def _account_with_grants(condition: Any) -> Select[Any]:
             _g.combine,
         )
         .select_from(
-            Deal.__table__.join(Customer.__table__, _c.id == _d.customer_id).outerjoin(
-                EntitlementGrant.__table__, _g.deal_id == _d.id
+            Deal.__table__.outerjoin(EntitlementGrant.__table__, _g.deal_id == _d.id).outerjoin(
+                Customer.__table__, _c.id == func.coalesce(_g.customer_id, _d.customer_id)
             )
         )
         .where(condition)
@@ -166,10 +168,10 @@ def read_customer(
         rows = conn.execute(_BY_ACCOUNT, {"ref": to_18(ref)}).all()
     else:
         rows = []
-    if not rows:
+    billed_to = sorted({(r[1], r[2], r[3]) for r in rows if r[1] is not None})
+    if not billed_to:  # no deal of the account has a customer yet
         raise unknown_customer(ref)
     account = rows[0][0]
-    billed_to = sorted({(r[1], r[2], r[3]) for r in rows})
     customer = account_summary(account, billed_to)
     grants = [tuple(r)[4:] for r in rows if r[4] is not None]
     # (feature, kind, value, unit, deal_id, opportunity_id, source, subscription, granted_at,

@@ -225,3 +225,26 @@ def test_reads_do_not_wait_for_a_writer(
         response = http.get(f"/v1/customers/{ACCOUNT_ID}/entitlements/sso", timeout=10)
         assert response.status_code == 200
         assert response.json()["customer"]["name"] == "Acme Corp"  # the committed state
+
+
+def test_grants_of_a_deal_whose_customer_link_is_missing_still_count(
+    api_server: ApiServer, http: httpx.Client, engine: Engine
+) -> None:
+    """The grants name their customer themselves: a deal whose customer link was cleared
+    (a replayed deal back at its customer step, say) keeps granting what it granted."""
+    customer_id, _ = seed_deal(api_server.session_factory, STANDARD_ENTITLEMENTS)
+    _, unlinked = seed_deal(
+        api_server.session_factory,
+        (EntitlementValue("premium_support", "flag", True, source="custom plan"),),
+        opportunity_id="006000000000002AAA",
+        subscription_id=None,
+        invoice_id=None,
+    )
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE deals SET customer_id = NULL WHERE id = :id"), {"id": unlinked})
+    body = http.get(f"/v1/customers/{ACCOUNT_ID}/entitlements").json()
+    assert body["customer"]["id"] == customer_id
+    assert body["entitlements"]["premium_support"]["access"] is True
+    assert http.get(f"/v1/customers/{customer_id}/entitlements").json() == body
+    one = http.get(f"/v1/customers/{ACCOUNT_ID}/entitlements/premium_support")
+    assert one.status_code == 200

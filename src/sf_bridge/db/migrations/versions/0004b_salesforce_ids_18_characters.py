@@ -6,8 +6,11 @@ Create Date: 2026-12-01 20:40:00
 
 Rows written under a 15-character id (an opportunity given with `provision --file`, an
 account with it) get the 18-character form, in the keys and in the stored snapshots and
-plans; then CHECK constraints keep every opportunity and account id at 18 characters, so one
-record can no longer be held under two ids. When a record already is held twice, or a key is
+plans, and so does a customer key (`customers.customer_key`, the plan's
+`customer.customer_key`) that is the account's id, as new deals compute it; other identifier
+values are kept as they are. Then CHECK constraints keep every opportunity and account id in
+that form (18 characters, the suffix in upper case), so one record can no longer be held under
+two ids. When a record already is held twice, or a key is
 no Salesforce id at all, the upgrade changes nothing and names the rows a person must resolve.
 """
 
@@ -26,13 +29,20 @@ down_revision = "0003"
 branch_labels = None
 depends_on = None
 
+
+def _check(column: str) -> str:
+    # The text of models.id_18_check, fixed here as this revision writes it: 18 characters,
+    # the suffix in upper case (a lower-case suffix names the same record a second time).
+    return f"length({column}) = 18 AND substr({column}, 16, 3) = upper(substr({column}, 16, 3))"
+
+
 # The same constraints as in models.py.
 CHECKS = {
     "deals": (
-        ("ck_deals_opportunity_id_18", "length(opportunity_id) = 18"),
-        ("ck_deals_account_id_18", "length(account_id) = 18"),
+        ("ck_deals_opportunity_id_18", _check("opportunity_id")),
+        ("ck_deals_account_id_18", _check("account_id")),
     ),
-    "customers": (("ck_customers_sf_account_id_18", "length(sf_account_id) = 18"),),
+    "customers": (("ck_customers_sf_account_id_18", _check("sf_account_id")),),
 }
 
 deals = sa.table(
@@ -47,6 +57,7 @@ customers = sa.table(
     "customers",
     sa.column("id", sa.Integer),
     sa.column("sf_account_id", sa.String),
+    sa.column("customer_key", sa.String),
     sa.column("stripe_customer_id", sa.String),
 )
 
@@ -54,6 +65,16 @@ customers = sa.table(
 def _id(value: Any) -> Any:
     """The 18-character form of an id; anything else as it is."""
     return to_18(value) if is_salesforce_id(value) else value
+
+
+def _key(key: Any, account: Any) -> Any:
+    """A customer key that is the account's id, in the 18-character form new deals compute it
+    in (the Account id the intake stores); any other identifier value as it is."""
+    if not isinstance(key, str) or not is_salesforce_id(key.strip()):
+        return key
+    if not is_salesforce_id(account) or to_18(key.strip()) != to_18(account):
+        return key
+    return to_18(key.strip())
 
 
 def _snapshot(record: Any) -> Any:
@@ -75,8 +96,11 @@ def _plan(plan: Any) -> Any:
     if "opportunity_id" in result:
         result["opportunity_id"] = _id(result["opportunity_id"])
     if isinstance(result.get("customer"), dict) and "account_id" in result["customer"]:
-        customer = result["customer"]
-        result["customer"] = {**customer, "account_id": _id(customer["account_id"])}
+        customer = dict(result["customer"])
+        if "customer_key" in customer:
+            customer["customer_key"] = _key(customer["customer_key"], customer["account_id"])
+        customer["account_id"] = _id(customer["account_id"])
+        result["customer"] = customer
     return result
 
 
@@ -124,7 +148,12 @@ def _normalise_customers(conn: sa.Connection, problems: list[str]) -> list[dict[
     by_key: dict[str, list[str]] = {}
     updates = []
     for row in conn.execute(
-        sa.select(customers.c.id, customers.c.sf_account_id, customers.c.stripe_customer_id)
+        sa.select(
+            customers.c.id,
+            customers.c.sf_account_id,
+            customers.c.customer_key,
+            customers.c.stripe_customer_id,
+        )
     ):
         if not is_salesforce_id(row.sf_account_id):
             problems.append(f"customer {row.id} has account id {row.sf_account_id!r}")
@@ -132,8 +161,11 @@ def _normalise_customers(conn: sa.Connection, problems: list[str]) -> list[dict[
         key = to_18(row.sf_account_id)
         stripe = f", Stripe {row.stripe_customer_id}" if row.stripe_customer_id else ""
         by_key.setdefault(key, []).append(f"{row.id} ({row.sf_account_id}{stripe})")
-        if key != row.sf_account_id:
-            updates.append({"customer_id": row.id, "sf_account_id": key})
+        customer_key = _key(row.customer_key, row.sf_account_id)
+        if (key, customer_key) != (row.sf_account_id, row.customer_key):
+            updates.append(
+                {"customer_id": row.id, "sf_account_id": key, "customer_key": customer_key}
+            )
     problems.extend(_twice(by_key, "customers"))
     return updates
 
@@ -172,7 +204,10 @@ def upgrade() -> None:
         conn.execute(
             customers.update()
             .where(customers.c.id == sa.bindparam("customer_id"))
-            .values(sf_account_id=sa.bindparam("sf_account_id")),
+            .values(
+                sf_account_id=sa.bindparam("sf_account_id"),
+                customer_key=sa.bindparam("customer_key"),
+            ),
             customer_updates,
         )
     for table in ("deals", "customers"):
