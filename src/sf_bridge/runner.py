@@ -50,9 +50,12 @@ class RunSettings(EnvSettings):
 
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
 
-    # How often an idle provisioning worker looks for new deals: the stream enqueues within
-    # milliseconds of the close, so this bounds most of the close-to-provisioned delay.
-    worker_poll_seconds: float = Field(0.1, alias="SF_BRIDGE_WORKER_POLL")
+    # How often a provisioning worker with deals in flight looks for more (write-back batches).
+    worker_poll_seconds: float = Field(0.1, alias="SF_BRIDGE_WORKER_POLL", gt=0)
+    # An idle worker sleeps until new work wakes it (in this process; on PostgreSQL also from
+    # other replicas and the CLI) or a retry is due; it looks at the database at least this
+    # often all the same (on SQLite, this is how a replay from the CLI is picked up).
+    worker_safety_poll_seconds: float = Field(5.0, alias="SF_BRIDGE_WORKER_SAFETY_POLL", gt=0)
     overdue_interval_seconds: float = Field(3600.0, alias="SF_BRIDGE_OVERDUE_INTERVAL")
     # Port serving this process's Stripe/Salesforce request counters for Prometheus (off when
     # unset); deal states and step latencies are on `sf-bridge serve`'s /metrics.
@@ -79,7 +82,10 @@ class RunOptions:
         env = RunSettings()
         return cls(
             overdue_interval_seconds=env.overdue_interval_seconds,
-            worker_options={"poll_interval": env.worker_poll_seconds},
+            worker_options={
+                "poll_interval": env.worker_poll_seconds,
+                "safety_poll": env.worker_safety_poll_seconds,
+            },
             metrics_port=env.metrics_port,
             mappings_poll_seconds=env.mappings_poll_seconds,
             salesforce=salesforce,
