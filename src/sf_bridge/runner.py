@@ -63,6 +63,11 @@ class RunSettings(EnvSettings):
     # How often the mappings folder is looked at for edits (a `stat` per file; files are
     # read only when one changed).
     mappings_poll_seconds: float = Field(1.0, alias="SF_BRIDGE_MAPPINGS_POLL", gt=0)
+    # Step attempts older than this are pruned (the first and last of each step of each deal
+    # are kept); /metrics totals keep counting them.
+    keep_attempts_days: float = Field(30.0, alias="SF_BRIDGE_KEEP_ATTEMPTS_DAYS", gt=0)
+    # How often one replica folds step attempts into the /metrics totals and prunes old ones.
+    maintenance_interval_seconds: float = Field(300.0, alias="SF_BRIDGE_MAINTENANCE_INTERVAL", gt=0)
 
 
 @dataclass
@@ -73,6 +78,8 @@ class RunOptions:
     worker_options: dict[str, Any] = field(default_factory=dict)
     metrics_port: int | None = None
     mappings_poll_seconds: float = 1.0
+    keep_attempts_days: float = 30.0
+    maintenance_interval_seconds: float = 300.0
     # False: run without Salesforce on purpose (no stream, no sweep, no fetch or write-back);
     # True: Salesforce credentials are required and their absence refuses the start.
     salesforce: bool = True
@@ -88,6 +95,8 @@ class RunOptions:
             },
             metrics_port=env.metrics_port,
             mappings_poll_seconds=env.mappings_poll_seconds,
+            keep_attempts_days=env.keep_attempts_days,
+            maintenance_interval_seconds=env.maintenance_interval_seconds,
             salesforce=salesforce,
         )
 
@@ -233,6 +242,7 @@ class WorkerProcess:
         if self.intake is not None:
             self._spawn("intake", self._intake_loop)
         self._spawn("overdue", self._overdue_loop)
+        self._spawn("maintenance", self._maintenance_loop)
         if self.options.metrics_port is not None:
             self._stop_metrics = serve_process_metrics(self.options.metrics_port)
         log.info(
@@ -307,6 +317,29 @@ class WorkerProcess:
             except Exception as exc:
                 log.error("overdue_policy_failed", error=str(exc)[:300])
             self.stop_event.wait(self.options.overdue_interval_seconds)
+
+    def _maintenance_loop(self) -> None:
+        """Folds step attempts into the /metrics totals and prunes old ones, on one replica
+        at a time (the others find the lock taken and wait for the next round)."""
+        from datetime import timedelta
+
+        from sf_bridge.intake.leader import make_leader_lock
+        from sf_bridge.provisioning.attempt_history import maintain
+
+        lock = make_leader_lock(self.engine, "maintenance:step_attempts")
+        keep = timedelta(days=self.options.keep_attempts_days)
+        while not self.stop_event.is_set():
+            try:
+                if lock.try_acquire():
+                    try:
+                        folded_to, pruned = maintain(self.session_factory, datetime.now(UTC), keep)
+                    finally:
+                        lock.release()
+                    if pruned:
+                        log.info("step_attempts_pruned", attempts=pruned, folded_to=folded_to)
+            except Exception as exc:
+                log.error("maintenance_failed", error=str(exc)[:300])
+            self.stop_event.wait(self.options.maintenance_interval_seconds)
 
     def _write_back_fields(self) -> Any:
         """The Opportunity fields the mappings name for write-back (None when unreadable)."""
