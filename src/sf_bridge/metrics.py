@@ -28,12 +28,14 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
-from sqlalchemy import case, func, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from sf_bridge.alerts.gauges import condition_metrics
-from sf_bridge.db.models import STATUSES, Deal, StepAttempt, utcnow
+from sf_bridge.db.models import STATUSES, Deal, utcnow
 from sf_bridge.logging import get_logger
+from sf_bridge.provisioning.attempt_history import STEP_BUCKETS_SECONDS, StepFigures
+from sf_bridge.provisioning.attempt_history import figures as step_figures
 
 log = get_logger(__name__)
 
@@ -111,9 +113,6 @@ MAPPINGS = MappingsCollector()
 REGISTRY.register(MAPPINGS)
 
 
-STEP_BUCKETS_SECONDS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
-
-
 class DatabaseCollector(Collector):
     """Deal metrics read from the database at each scrape."""
 
@@ -126,10 +125,12 @@ class DatabaseCollector(Collector):
         )
         try:
             with self._session_factory() as session:
+                # Bounded: the folded totals plus the attempts since (attempt_history).
+                figures = step_figures(session)
                 metrics = [
                     self._deals_by_status(session),
-                    self._step_latency(session),
-                    self._step_attempts(session),
+                    self._step_latency(session, figures),
+                    self._step_attempts(figures),
                     *condition_metrics(session, utcnow()),
                 ]
             metrics.append(self._worker_mappings())
@@ -166,48 +167,32 @@ class DatabaseCollector(Collector):
         return family
 
     @staticmethod
-    def _step_latency(session: Session) -> Metric:
+    def _step_latency(session: Session, figures: Any) -> Metric:
         family = HistogramMetricFamily(
             "sf_bridge_step_duration_seconds",
             "Duration of finished provisioning step attempts, by step.",
             labels=["step"],
         )
-        bucket_columns = [
-            func.sum(case((StepAttempt.duration_ms <= int(b * 1000), 1), else_=0))
-            for b in STEP_BUCKETS_SECONDS
-        ]
-        rows = session.execute(
-            select(
-                StepAttempt.step,
-                func.count(),
-                func.coalesce(func.sum(StepAttempt.duration_ms), 0),
-                *bucket_columns,
-            )
-            .where(StepAttempt.duration_ms.is_not(None))
-            .group_by(StepAttempt.step)
-        ).all()
-        for step, count, total_ms, *cumulative in rows:
-            buckets = [
-                (str(b), int(c or 0)) for b, c in zip(STEP_BUCKETS_SECONDS, cumulative, strict=True)
-            ]
-            buckets.append(("+Inf", int(count)))
-            family.add_metric([step], buckets, sum_value=int(total_ms) / 1000)
+        by_step: dict[str, StepFigures] = {}
+        for (step, _outcome), fig in figures.items():
+            by_step.setdefault(step, StepFigures()).add(fig)
+        for step, fig in sorted(by_step.items()):
+            if not fig.timed:
+                continue
+            buckets = [(str(b), c) for b, c in zip(STEP_BUCKETS_SECONDS, fig.buckets, strict=True)]
+            buckets.append(("+Inf", fig.timed))
+            family.add_metric([step], buckets, sum_value=fig.duration_ms / 1000)
         return family
 
     @staticmethod
-    def _step_attempts(session: Session) -> Metric:
+    def _step_attempts(figures: Any) -> Metric:
         family = CounterMetricFamily(
             "sf_bridge_step_attempts",
             "Provisioning step attempts by step and outcome (ok, retry, failed, running).",
             labels=["step", "outcome"],
         )
-        rows = session.execute(
-            select(StepAttempt.step, StepAttempt.outcome, func.count()).group_by(
-                StepAttempt.step, StepAttempt.outcome
-            )
-        ).all()
-        for step, outcome, count in rows:
-            family.add_metric([step, outcome], int(count))
+        for (step, outcome), fig in sorted(figures.items()):
+            family.add_metric([step, outcome], fig.attempts)
         return family
 
 

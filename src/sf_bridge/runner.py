@@ -51,9 +51,12 @@ class RunSettings(EnvSettings):
 
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
 
-    # How often an idle provisioning worker looks for new deals: the stream enqueues within
-    # milliseconds of the close, so this bounds most of the close-to-provisioned delay.
-    worker_poll_seconds: float = Field(0.1, alias="SF_BRIDGE_WORKER_POLL")
+    # How often a provisioning worker with deals in flight looks for more (write-back batches).
+    worker_poll_seconds: float = Field(0.1, alias="SF_BRIDGE_WORKER_POLL", gt=0)
+    # An idle worker sleeps until new work wakes it (in this process; on PostgreSQL also from
+    # other replicas and the CLI) or a retry is due; it looks at the database at least this
+    # often all the same (on SQLite, this is how a replay from the CLI is picked up).
+    worker_safety_poll_seconds: float = Field(5.0, alias="SF_BRIDGE_WORKER_SAFETY_POLL", gt=0)
     overdue_interval_seconds: float = Field(3600.0, alias="SF_BRIDGE_OVERDUE_INTERVAL")
     # Port serving this process's Stripe/Salesforce request counters for Prometheus (off when
     # unset); deal states and step latencies are on `sf-bridge serve`'s /metrics.
@@ -65,6 +68,11 @@ class RunSettings(EnvSettings):
     reconcile_interval_seconds: float | None = Field(
         None, alias="SF_BRIDGE_RECONCILE_INTERVAL", gt=0
     )
+    # Step attempts older than this are pruned (the first and last of each step of each deal
+    # are kept); /metrics totals keep counting them.
+    keep_attempts_days: float = Field(30.0, alias="SF_BRIDGE_KEEP_ATTEMPTS_DAYS", gt=0)
+    # How often one replica folds step attempts into the /metrics totals and prunes old ones.
+    maintenance_interval_seconds: float = Field(300.0, alias="SF_BRIDGE_MAINTENANCE_INTERVAL", gt=0)
 
 
 @dataclass
@@ -76,6 +84,8 @@ class RunOptions:
     metrics_port: int | None = None
     mappings_poll_seconds: float = 1.0
     reconcile_interval_seconds: float | None = None  # None: no scheduled reconciliation
+    keep_attempts_days: float = 30.0
+    maintenance_interval_seconds: float = 300.0
     # False: run without Salesforce on purpose (no stream, no sweep, no fetch or write-back);
     # True: Salesforce credentials are required and their absence refuses the start.
     salesforce: bool = True
@@ -85,10 +95,15 @@ class RunOptions:
         env = RunSettings()
         return cls(
             overdue_interval_seconds=env.overdue_interval_seconds,
-            worker_options={"poll_interval": env.worker_poll_seconds},
+            worker_options={
+                "poll_interval": env.worker_poll_seconds,
+                "safety_poll": env.worker_safety_poll_seconds,
+            },
             metrics_port=env.metrics_port,
             mappings_poll_seconds=env.mappings_poll_seconds,
             reconcile_interval_seconds=env.reconcile_interval_seconds,
+            keep_attempts_days=env.keep_attempts_days,
+            maintenance_interval_seconds=env.maintenance_interval_seconds,
             salesforce=salesforce,
         )
 
@@ -241,6 +256,7 @@ class WorkerProcess:
             self._spawn("alerts", lambda: alerts.run(self.stop_event))
         if self.options.reconcile_interval_seconds:
             self._spawn("reconcile", self._reconcile_loop)
+        self._spawn("maintenance", self._maintenance_loop)
         if self.options.metrics_port is not None:
             self._stop_metrics = serve_process_metrics(self.options.metrics_port)
         log.info(
@@ -346,6 +362,29 @@ class WorkerProcess:
                 )
             except Exception as exc:  # the next run tries again
                 log.error("reconcile_failed", error=str(exc)[:300])
+
+    def _maintenance_loop(self) -> None:
+        """Folds step attempts into the /metrics totals and prunes old ones, on one replica
+        at a time (the others find the lock taken and wait for the next round)."""
+        from datetime import timedelta
+
+        from sf_bridge.intake.leader import make_leader_lock
+        from sf_bridge.provisioning.attempt_history import maintain
+
+        lock = make_leader_lock(self.engine, "maintenance:step_attempts")
+        keep = timedelta(days=self.options.keep_attempts_days)
+        while not self.stop_event.is_set():
+            try:
+                if lock.try_acquire():
+                    try:
+                        folded_to, pruned = maintain(self.session_factory, datetime.now(UTC), keep)
+                    finally:
+                        lock.release()
+                    if pruned:
+                        log.info("step_attempts_pruned", attempts=pruned, folded_to=folded_to)
+            except Exception as exc:
+                log.error("maintenance_failed", error=str(exc)[:300])
+            self.stop_event.wait(self.options.maintenance_interval_seconds)
 
     def _write_back_fields(self) -> Any:
         """The Opportunity fields the mappings name for write-back (None when unreadable)."""

@@ -159,8 +159,36 @@ class StepAttempt(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
     stripe_request_id: Mapped[str | None] = mapped_column(String(255))
     detail: Mapped[dict[str, Any] | None]
+    # Attempts of this deal's step between its first and this one, pruned as old (they are
+    # still counted in /metrics through step_attempt_totals).
+    pruned_before: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     deal: Mapped[Deal] = relationship(back_populates="attempts_log")
+
+
+class StepAttemptTotal(Base):
+    """The step attempts folded into totals, by step and outcome: what /metrics reports for
+    them without reading them again (`sf_bridge.provisioning.attempt_history`)."""
+
+    __tablename__ = "step_attempt_totals"
+
+    step: Mapped[str] = mapped_column(String(32), primary_key=True)
+    outcome: Mapped[str] = mapped_column(String(16), primary_key=True)
+    attempts: Mapped[int] = mapped_column(BigInteger, default=0)
+    timed: Mapped[int] = mapped_column(BigInteger, default=0)  # with a duration
+    duration_ms: Mapped[int] = mapped_column(BigInteger, default=0)  # their sum
+    buckets: Mapped[list[int]] = mapped_column(JSON)  # cumulative, per histogram bound
+
+
+class StepAttemptRollup(Base):
+    """One row: step attempts up to `folded_to` (an id) are in step_attempt_totals."""
+
+    __tablename__ = "step_attempt_rollup"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    folded_to: Mapped[int] = mapped_column(BigInteger, default=0)
+    folded_at: Mapped[datetime | None]
+    pruned_at: Mapped[datetime | None]
 
 
 class DealEvent(Base):

@@ -23,6 +23,7 @@ from sf_bridge.db.models import NEEDS_ATTENTION, RETRYING, SKIPPED, Deal, DealEv
 from sf_bridge.errors import SfBridgeError
 from sf_bridge.logging import get_logger
 from sf_bridge.provisioning.states import STEP_FETCH, STEP_MAP
+from sf_bridge.provisioning.wakeup import work_added
 
 log = get_logger(__name__)
 
@@ -77,6 +78,7 @@ def enqueue_opportunities(
     session.flush()
     new = [i for i in ids if i in inserted]
     if new:
+        work_added(session)
         log.info("deals_enqueued", source=source, count=len(new), opportunity_ids=new[:20])
     return new
 
@@ -116,6 +118,7 @@ def enqueue_snapshot(session: Session, opportunity: dict[str, Any], *, source: s
             )
         )
         session.flush()
+        work_added(session)
         log.info("deal_enqueued", source=source, opportunity_id=opp_id, deal_id=new_id)
     deal = session.execute(select(Deal).where(Deal.opportunity_id == opp_id)).scalar_one()
     return deal
@@ -157,6 +160,7 @@ def _fetch_again(
     session.flush()
     found = [opp_id for _deal_id, opp_id in rows]
     if found:
+        work_added(session)
         log.info("deals_fetched_again", source=source, count=len(found), opportunity_ids=found[:20])
     return found
 

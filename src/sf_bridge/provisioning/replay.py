@@ -32,6 +32,7 @@ from sf_bridge.provisioning.states import (
     STEPS,
     status_before,
 )
+from sf_bridge.provisioning.wakeup import work_added
 
 log = get_logger(__name__)
 
@@ -104,6 +105,8 @@ def replay(
             else _requeue(session, deal, fresh, version)
             for deal in deals.values()
         ]
+        if any(o.requeued for o in outcomes):
+            work_added(session)
     for outcome in outcomes:
         log.info(
             "deal_replayed",

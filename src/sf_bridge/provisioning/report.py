@@ -55,7 +55,7 @@ def deal_story(session: Session, deal: Deal) -> DealStory:
             step=a.step,
             attempt=a.attempt,
             outcome=a.outcome,
-            message=a.error or _describe(a.detail),
+            message=_pruned_note(a.pruned_before) + (a.error or _describe(a.detail)),
             duration_ms=a.duration_ms,
             idempotency_key=a.idempotency_key,
             stripe_request_id=a.stripe_request_id,
@@ -84,6 +84,13 @@ def deal_story(session: Session, deal: Deal) -> DealStory:
         ).scalars()
     )
     return DealStory(deal, timeline, grants)
+
+
+def _pruned_note(pruned: int | None) -> str:
+    """On the last kept attempt of a step whose older attempts were pruned."""
+    if not pruned:
+        return ""
+    return f"({pruned} earlier attempt{'s' if pruned != 1 else ''} pruned) "
 
 
 def _describe(detail: dict[str, Any] | None) -> str:

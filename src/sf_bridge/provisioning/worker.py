@@ -10,7 +10,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -28,6 +28,7 @@ from sf_bridge.provisioning.retry import RetryPolicy
 from sf_bridge.provisioning.runner import Provisioner, RunnerOptions, StepHooks
 from sf_bridge.provisioning.states import DEAL_STEPS
 from sf_bridge.provisioning.steps import Mapper, StepContext, default_mapper
+from sf_bridge.provisioning.wakeup import WORK_ARRIVED, WakeSignal, WorkListener, next_due
 
 log = get_logger(__name__)
 
@@ -36,6 +37,9 @@ DRAIN_SECONDS = 25.0
 # heartbeat renews the leases of a live worker every third of it.
 DEFAULT_LEASE = timedelta(seconds=15)
 PARKED_REPORT_BACKOFF = 30.0  # seconds before telling Salesforce again after a failed call
+# An idle worker sleeps until woken by new work (see sf_bridge.provisioning.wakeup) or until
+# the next retry is due; it looks at the database at least this often all the same.
+DEFAULT_SAFETY_POLL = 5.0
 
 
 def worker_id() -> str:
@@ -121,14 +125,21 @@ class Worker:
         clock: Callable[[], datetime] = _utcnow,
         owner: str | None = None,
         lease: timedelta = DEFAULT_LEASE,
-        poll_interval: float = 0.5,
+        poll_interval: float = 0.1,
+        safety_poll: float = DEFAULT_SAFETY_POLL,
         write_back_linger: float = 2.0,
         prices: PriceCache | None = None,
+        wake: WakeSignal = WORK_ARRIVED,
     ) -> None:
         self.settings = settings
         self.crm = crm
         self.concurrency = max(1, settings.worker_concurrency)
+        # While deals are in flight: how often the loop looks for more (write-back batches).
         self.poll_interval = poll_interval
+        self.safety_poll = max(poll_interval, safety_poll)
+        self.wake = wake
+        self.listener: WorkListener | None = None
+        self._session_factory = session_factory
         self.write_back_linger = write_back_linger
         self._report_parked_after = 0.0
         self.mappings = _MappingsOnce(mappings_loader)
@@ -194,53 +205,90 @@ class Worker:
 
     def run(self, stop: threading.Event) -> None:
         """Runs until `stop` is set, then lets in-flight deals finish their current step and
-        returns (well within 30 s)."""
+        returns (well within 30 s). Idle, it sleeps until new work wakes it, the next retry
+        is due or the safety poll comes round, whichever is first."""
         log.info("worker_started", worker=self.owner, concurrency=self.concurrency)
         inflight: set[Future[str | None]] = set()
-        with (
-            _Heartbeat(self.provisioner, self.lease),
-            ThreadPoolExecutor(self.concurrency, thread_name_prefix="provision") as pool,
-        ):
-            while not stop.is_set():
-                busy = False
-                try:
-                    self.mappings.refresh()
-                    fetched = fetch_batch(
-                        self.provisioner,
-                        self.crm,
-                        floor=self.floor,
-                        line_items_wait=self.settings.line_items_wait_seconds,
-                    )
-                    busy = bool(fetched)
-                    free = self.concurrency * 2 - len(inflight)
-                    if free > 0:
-                        for deal_id in self.provisioner.claim(DEAL_STEPS, free):
-                            inflight.add(pool.submit(self.provisioner.run_deal, deal_id, stop))
-                            busy = True
-                    written = write_back_batch(
-                        self.provisioner,
-                        self.crm,
-                        self.mappings,
-                        linger=self.write_back_linger if inflight else 0.0,
-                    )
-                    busy = bool(written) or busy
-                    self._report_parked()
-                except Exception as exc:  # keep running through a database hiccup
-                    log.error("worker_cycle_failed", error=str(exc), error_type=type(exc).__name__)
-                if inflight:
-                    done, inflight = wait(
-                        inflight,
-                        timeout=0 if busy else self.poll_interval,
-                        return_when=FIRST_COMPLETED,
-                    )
+        self._start_listener()
+        try:
+            with (
+                _Heartbeat(self.provisioner, self.lease),
+                ThreadPoolExecutor(self.concurrency, thread_name_prefix="provision") as pool,
+            ):
+                while not stop.is_set():
+                    seen = self.wake.generation()
+                    busy = self._cycle(pool, inflight, stop)
+                    done = {f for f in inflight if f.done()}
+                    inflight -= done
                     self._report(done)
-                elif not busy:
-                    stop.wait(self.poll_interval)
-            done, pending = wait(inflight, timeout=DRAIN_SECONDS)
-            self._report(done)
-            if pending:
-                log.warning("worker_drain_incomplete", deals_in_flight=len(pending))
+                    if busy or done:
+                        continue
+                    if inflight:  # a finished deal wakes the loop (see _cycle)
+                        self.wake.wait(self.poll_interval, seen, stop)
+                    else:
+                        self.wake.wait(self._idle_timeout(), seen, stop)
+                done, pending = wait(inflight, timeout=DRAIN_SECONDS)
+                self._report(done)
+                if pending:
+                    log.warning("worker_drain_incomplete", deals_in_flight=len(pending))
+        finally:
+            if self.listener is not None:
+                self.listener.stop()
+                self.listener = None
         log.info("worker_stopped", worker=self.owner)
+
+    def _cycle(
+        self, pool: ThreadPoolExecutor, inflight: set[Future[str | None]], stop: threading.Event
+    ) -> bool:
+        """One look at the database: fetch, claim, write back, report parked deals. True when
+        it found work."""
+        busy = False
+        try:
+            self.mappings.refresh()
+            fetched = fetch_batch(
+                self.provisioner,
+                self.crm,
+                floor=self.floor,
+                line_items_wait=self.settings.line_items_wait_seconds,
+            )
+            busy = bool(fetched)
+            free = self.concurrency * 2 - len(inflight)
+            if free > 0:
+                for deal_id in self.provisioner.claim(DEAL_STEPS, free):
+                    future = pool.submit(self.provisioner.run_deal, deal_id, stop)
+                    future.add_done_callback(lambda _f: self.wake.notify())
+                    inflight.add(future)
+                    busy = True
+            written = write_back_batch(
+                self.provisioner,
+                self.crm,
+                self.mappings,
+                linger=self.write_back_linger if inflight else 0.0,
+            )
+            busy = bool(written) or busy
+            self._report_parked()
+        except Exception as exc:  # keep running through a database hiccup
+            log.error("worker_cycle_failed", error=str(exc), error_type=type(exc).__name__)
+        return busy
+
+    def _idle_timeout(self) -> float:
+        """Seconds until the earliest retry or lease expiry, bounded by the safety poll."""
+        now = self.provisioner.clock()
+        try:
+            with self.provisioner.db() as session:
+                due = next_due(session, now)
+        except Exception as exc:
+            log.warning("next_due_failed", error=str(exc)[:300])
+            return self.safety_poll
+        if due is None:
+            return self.safety_poll
+        # A little after the due time, so that the claim's `<= now` sees it due.
+        return max(0.0, min(self.safety_poll, (due - now).total_seconds() + 0.005))
+
+    def _start_listener(self) -> None:
+        engine = self._session_factory.kw.get("bind")
+        if engine is not None and engine.dialect.name == "postgresql":
+            self.listener = WorkListener(engine, self.wake).start()
 
     def _report_parked(self) -> None:
         """Tells Salesforce about newly parked deals; after a failed call, waits a while."""

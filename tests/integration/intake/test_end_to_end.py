@@ -125,10 +125,13 @@ def statuses(session_factory: sessionmaker[Session]) -> dict[str, str]:
         return dict(session.execute(select(Deal.opportunity_id, Deal.status)).all())
 
 
-def start_worker(env: dict[str, str], poll_interval: float = 0.05) -> WorkerProcess:
+def start_worker(
+    env: dict[str, str], poll_interval: float = 0.05, safety_poll: float = 5.0
+) -> WorkerProcess:
     settings = Settings(**env)  # type: ignore[arg-type]
     options = RunOptions(
-        intake_options=fast_options(), worker_options={"poll_interval": poll_interval}
+        intake_options=fast_options(),
+        worker_options={"poll_interval": poll_interval, "safety_poll": safety_poll},
     )
     process = WorkerProcess(settings, options).start()
     assert process.intake is not None
@@ -188,6 +191,21 @@ def test_closed_deal_is_provisioned_with_status_and_links_on_the_opportunity(
         (i["price"]["currency"], i["price"]["unit_amount"], i["quantity"])
         for i in subscription["items"]["data"]
     ]
+
+
+def test_a_deal_from_the_stream_wakes_the_idle_worker_without_its_safety_poll(
+    org: SalesforceSandbox, stripe: StripeEmulator, db_url: str, session_factory
+):
+    # With a 10-minute safety poll, only the hand-over from the stream can wake the worker.
+    worker = start_worker(environment(org, stripe, db_url), safety_poll=600.0)
+    try:
+        for name in ("Hooli", "Pied Piper"):  # the second after the worker went back to sleep
+            opp = team_deal(org, name)
+            org.close_won(opp)
+            wait_until(lambda o=opp: statuses(session_factory).get(o) == "done", 30, name)
+    finally:
+        assert worker.stop()
+    assert stripe.count("customer") == 2
 
 
 def test_worker_killed_ten_deals_closed_meanwhile_all_provisioned_once_after_restart(
