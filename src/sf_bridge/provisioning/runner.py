@@ -161,34 +161,38 @@ class Provisioner:
         if deal is None:
             found = self.store.load([deal_id])
             deal = found[0] if found else None
+        held = False  # the account's lease, kept from one Stripe step to the next
         while True:
             if deal is None:
                 return None
             if stop.is_set() or deal.current_step not in DEAL_STEPS:
                 if deal.locked_by == self.owner:
-                    self.release(deal_id)
+                    self.store.release(deal_id, holder=f"{self.owner}:{deal_id}" if held else None)
                 return deal.status
             if deal.locked_by != self.owner:
                 return None
-            moved_on, status = self.run_step(deal, deal.current_step)
+            moved_on, status, held = self.run_step(deal, deal.current_step, held)
             if moved_on is None:
                 return status
             deal = moved_on
 
-    def run_step(self, deal: DealView, step: str) -> tuple[DealView | None, str | None]:
+    def run_step(
+        self, deal: DealView, step: str, held: bool = False
+    ) -> tuple[DealView | None, str | None, bool]:
         """One step of one deal: the deal as committed when the step succeeded, else None and
-        its status (None when the lease was lost)."""
+        its status (None when the lease was lost); and whether the account's lease is still
+        held (`held`: taken by the previous step and kept, as the next step needs it too)."""
         bound = log.bind(deal_id=deal.id, opportunity_id=deal.opportunity_id, step=step)
         holder = f"{self.owner}:{deal.id}"
         attempt_no = deal.attempts + 1
         try:
-            started_step = self._start(deal, step, attempt_no, holder)
+            started_step = self._start(deal, step, attempt_no, holder, held)
         except Exception as exc:
-            return None, self._fail(deal, step, None, attempt_no, exc, 0, None)
+            return None, self._fail(deal, step, None, attempt_no, exc, 0, holder), False
         if started_step is None:
             self.store.reschedule(deal.id, self.options.account_busy_delay)
             bound.info("account_busy_rescheduled")
-            return None, deal.status
+            return None, deal.status, False
         attempt_id, resumed, locked, known = started_step
         started = time.perf_counter()
         try:
@@ -199,29 +203,35 @@ class Provisioner:
                 and bool(outcome.changes["plan"])
                 and (outcome.changes["plan"].get("plan_kind") == "custom")
             ) or ("plan" not in outcome.changes and deal.custom_plan)
+            following = outcome.skip_to or next_step(step, custom_plan=custom)
+            keep = locked and following in ACCOUNT_STEPS
             committed = self.store.commit(
                 deal,
                 step,
                 outcome,
                 status=STATUS_AFTER[step],
-                next_step=outcome.skip_to or next_step(step, custom_plan=custom),
+                next_step=following,
                 attempt_id=attempt_id,
                 attempt_no=attempt_no,
                 duration=duration,
-                holder=holder if locked else None,
+                holder=holder if locked and not keep else None,
                 detail=_json_safe(dict(outcome.detail)),
                 before_commit=lambda: self.hooks.before_commit(step, deal.id),
             )
         except Exception as exc:
             duration = int((time.perf_counter() - started) * 1000)
-            return None, self._fail(
-                deal, step, attempt_id, attempt_no, exc, duration, holder if locked else None
+            return (
+                None,
+                self._fail(
+                    deal, step, attempt_id, attempt_no, exc, duration, holder if locked else None
+                ),
+                False,
             )
         if committed is None:
             bound.warning("lease_lost", attempt=attempt_no)
             if locked:
                 self.store.release(deal.id, holder=holder)
-            return None, None
+            return None, None, False
         self.hooks.after_commit(step, deal.id)
         bound.info(
             "step_done",
@@ -230,7 +240,7 @@ class Provisioner:
             stripe_request_id=outcome.stripe_request_id,
             **{k: v for k, v in outcome.detail.items() if isinstance(v, str | int | bool)},
         )
-        return committed, committed.status
+        return committed, committed.status, keep
 
     def _execute(self, deal: DealView, step: str, known: CustomerView | None) -> Outcome:
         if step == STEP_MAP:
@@ -246,7 +256,7 @@ class Provisioner:
         raise PermanentError(f"Unknown step {step!r}.", hint="replay the deal.")
 
     def _start(
-        self, deal: DealView, step: str, attempt_no: int, holder: str
+        self, deal: DealView, step: str, attempt_no: int, holder: str, held: bool
     ) -> tuple[int | None, bool, bool, CustomerView | None] | None:
         """Before a Stripe step: takes the account's lease and its Stripe customer's (waiting
         up to `account_wait_seconds`) and records the attempt, in one commit, so that a later
@@ -268,6 +278,7 @@ class Provisioner:
                 account=plan.customer.account_id,
                 identity=plan.customer,
                 holder=holder,
+                held=held,
             )
             if started is not None:
                 return started.attempt_id, started.resumed, True, started.customer

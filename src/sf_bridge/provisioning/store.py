@@ -163,11 +163,13 @@ class DealStore:
         account: str,
         identity: Any,
         holder: str,
+        held: bool = False,
     ) -> Started | None:
-        """Takes the account's lease and its Stripe customer's and records the attempt, in one
+        """Takes the account's lease and its Stripe customer's (unless `held`: kept by the
+        previous step of this deal, renewed by the heartbeat) and records the attempt, in one
         transaction; None (holding nothing) when the account or the customer is busy."""
         try:
-            return self._start(deal, step, attempt_no, account, identity, holder)
+            return self._start(deal, step, attempt_no, account, identity, holder, held)
         except _NotHeld:
             return None
 
@@ -179,6 +181,7 @@ class DealStore:
         account: str,
         identity: Any,
         holder: str,
+        held: bool,
     ) -> Started:
         now = self.clock()
         with self.db() as session, session.begin():
@@ -188,7 +191,9 @@ class DealStore:
             if step == STEP_CUSTOMER:
                 known = ensure_customer(conn, identity)
                 customer_id = known.id
-            if not _try_lock(conn, account, customer_id, holder, now, now + self.lease):
+            if not held and not _try_lock(
+                conn, account, customer_id, holder, now, now + self.lease
+            ):
                 raise _NotHeld
             if step == STEP_CUSTOMER:
                 earlier = (
