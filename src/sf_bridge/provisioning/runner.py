@@ -48,7 +48,7 @@ from sf_bridge.provisioning.steps import (
     map_step,
     subscription_step,
 )
-from sf_bridge.provisioning.store import DealStore
+from sf_bridge.provisioning.store import DealStore, Started
 
 log = get_logger(__name__)
 
@@ -162,6 +162,7 @@ class Provisioner:
             found = self.store.load([deal_id])
             deal = found[0] if found else None
         held = False  # the account's lease, kept from one Stripe step to the next
+        started: Started | None = None  # the next step's attempt, recorded with the last commit
         while True:
             if deal is None:
                 return None
@@ -171,14 +172,14 @@ class Provisioner:
                 return deal.status
             if deal.locked_by != self.owner:
                 return None
-            moved_on, status, held = self.run_step(deal, deal.current_step, held)
+            moved_on, status, held, started = self.run_step(deal, deal.current_step, held, started)
             if moved_on is None:
                 return status
             deal = moved_on
 
     def run_step(
-        self, deal: DealView, step: str, held: bool = False
-    ) -> tuple[DealView | None, str | None, bool]:
+        self, deal: DealView, step: str, held: bool = False, started: Started | None = None
+    ) -> tuple[DealView | None, str | None, bool, Started | None]:
         """One step of one deal: the deal as committed when the step succeeded, else None and
         its status (None when the lease was lost); and whether the account's lease is still
         held (`held`: taken by the previous step and kept, as the next step needs it too)."""
@@ -186,18 +187,22 @@ class Provisioner:
         holder = f"{self.owner}:{deal.id}"
         attempt_no = deal.attempts + 1
         try:
-            started_step = self._start(deal, step, attempt_no, holder, held)
+            started_step = (
+                (started.attempt_id, started.resumed, True, None)
+                if started is not None and held
+                else self._start(deal, step, attempt_no, holder, held)
+            )
         except Exception as exc:
-            return None, self._fail(deal, step, None, attempt_no, exc, 0, holder), False
+            return None, self._fail(deal, step, None, attempt_no, exc, 0, holder), False, None
         if started_step is None:
             self.store.reschedule(deal.id, self.options.account_busy_delay)
             bound.info("account_busy_rescheduled")
-            return None, deal.status, False
+            return None, deal.status, False, None
         attempt_id, resumed, locked, known = started_step
-        started = time.perf_counter()
+        began = time.perf_counter()
         try:
             outcome = self._execute(replace(deal, resumed=resumed), step, known)
-            duration = int((time.perf_counter() - started) * 1000)
+            duration = int((time.perf_counter() - began) * 1000)
             custom = (
                 "plan" in outcome.changes
                 and bool(outcome.changes["plan"])
@@ -217,21 +222,24 @@ class Provisioner:
                 holder=holder if locked and not keep else None,
                 detail=_json_safe(dict(outcome.detail)),
                 before_commit=lambda: self.hooks.before_commit(step, deal.id),
+                start_next=keep,
             )
         except Exception as exc:
-            duration = int((time.perf_counter() - started) * 1000)
+            duration = int((time.perf_counter() - began) * 1000)
             return (
                 None,
                 self._fail(
                     deal, step, attempt_id, attempt_no, exc, duration, holder if locked else None
                 ),
                 False,
+                None,
             )
         if committed is None:
             bound.warning("lease_lost", attempt=attempt_no)
             if locked:
                 self.store.release(deal.id, holder=holder)
-            return None, None, False
+            return None, None, False, None
+        view, next_started = committed
         self.hooks.after_commit(step, deal.id)
         bound.info(
             "step_done",
@@ -240,7 +248,7 @@ class Provisioner:
             stripe_request_id=outcome.stripe_request_id,
             **{k: v for k, v in outcome.detail.items() if isinstance(v, str | int | bool)},
         )
-        return committed, committed.status, keep
+        return view, view.status, keep, next_started
 
     def _execute(self, deal: DealView, step: str, known: CustomerView | None) -> Outcome:
         if step == STEP_MAP:

@@ -212,17 +212,7 @@ class DealStore:
                     attempts.c.step == step, attempts.c.deal_id == deal.id
                 )
             resumed = conn.execute(earlier.limit(1)).first() is not None
-            attempt_id = conn.execute(
-                insert(attempts)
-                .values(
-                    deal_id=deal.id,
-                    step=step,
-                    attempt=attempt_no,
-                    started_at=now,
-                    outcome="running",
-                )
-                .returning(attempts.c.id)
-            ).scalar_one()
+            attempt_id = _running_attempt(conn, deal.id, step, attempt_no, now)
         return Started(attempt_id, resumed, known)
 
     # outcomes ------------------------------------------------------------------------------
@@ -241,9 +231,12 @@ class DealStore:
         holder: str | None,
         detail: Mapping[str, Any],
         before_commit: Callable[[], None],
-    ) -> DealView | None:
+        start_next: bool = False,
+    ) -> tuple[DealView, Started | None] | None:
         """Records a step's outcome and moves the deal on; the deal as committed, or None when
-        this worker no longer holds it (lease taken over, or cancelled meanwhile)."""
+        this worker no longer holds it (lease taken over, or cancelled meanwhile). With
+        `start_next` (the next step also writes to Stripe and the account's lease is kept) the
+        next step's attempt is recorded in the same transaction, before its request."""
         now = self.clock()
         changes: dict[str, Any] = dict(outcome.changes)
         try:
@@ -261,6 +254,7 @@ class DealStore:
                 detail,
                 before_commit,
                 now,
+                start_next,
             )
         except _NotHeld:
             return None
@@ -280,7 +274,8 @@ class DealStore:
         detail: Mapping[str, Any],
         before_commit: Callable[[], None],
         now: datetime,
-    ) -> DealView:
+        start_next: bool,
+    ) -> tuple[DealView, Started | None]:
         with self.db() as session, session.begin():
             conn = session.connection()
             if outcome.ensure_customer is not None:
@@ -340,10 +335,15 @@ class DealStore:
                 stripe_request_id=outcome.stripe_request_id,
                 detail=dict(detail),
             )
+            started = (
+                _mark(conn, deal.id, next_step, 1, now)
+                if start_next and next_step is not None
+                else None
+            )
             if holder is not None:
                 _release_locks(conn, holder)
             before_commit()
-        return deal.with_changes({**values, "customer_id": customer_id})
+        return deal.with_changes({**values, "customer_id": customer_id}), started
 
     def fail(
         self,
@@ -520,6 +520,28 @@ def _try_lock(
         .on_conflict_do_nothing(index_elements=["name"])
     )
     return take() == len(names)
+
+
+def _running_attempt(
+    conn: Connection, deal_id: int, step: str, attempt_no: int, now: datetime
+) -> int:
+    return int(
+        conn.execute(
+            insert(attempts)
+            .values(
+                deal_id=deal_id, step=step, attempt=attempt_no, started_at=now, outcome="running"
+            )
+            .returning(attempts.c.id)
+        ).scalar_one()
+    )
+
+
+def _mark(conn: Connection, deal_id: int, step: str, attempt_no: int, now: datetime) -> Started:
+    """Records the attempt of a Stripe step of a deal whose account's lease is held; resumed
+    when an earlier attempt of the step may have reached Stripe."""
+    earlier = select(attempts.c.id).where(attempts.c.step == step, attempts.c.deal_id == deal_id)
+    resumed = conn.execute(earlier.limit(1)).first() is not None
+    return Started(_running_attempt(conn, deal_id, step, attempt_no, now), resumed)
 
 
 def _release_locks(conn: Connection, holder: str) -> None:
