@@ -27,6 +27,7 @@ from sf_bridge.db.models import NEEDS_ATTENTION, RETRYING
 from sf_bridge.errors import MappingFailed, PermanentError
 from sf_bridge.logging import get_logger
 from sf_bridge.provisioning.dbscope import SessionScope
+from sf_bridge.provisioning.memory_store import InMemoryStore
 from sf_bridge.provisioning.outcome import CustomerView, DealView, Outcome
 from sf_bridge.provisioning.retry import RetryPolicy, decide
 from sf_bridge.provisioning.states import (
@@ -83,6 +84,7 @@ class Provisioner:
         options: RunnerOptions,
         clock: Callable[[], datetime],
         hooks: StepHooks | None = None,
+        store: DealStore | InMemoryStore | None = None,
     ) -> None:
         self.session_factory = session_factory
         self.db = SessionScope(session_factory)
@@ -91,7 +93,7 @@ class Provisioner:
         self.options = options
         self.clock = clock
         self.hooks = hooks or StepHooks()
-        self.store = DealStore(
+        self.store = store or DealStore(
             session_factory, owner=options.owner, lease=options.lease, clock=clock
         )
         self._claimed: dict[int, DealView] = {}
