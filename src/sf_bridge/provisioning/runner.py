@@ -84,7 +84,7 @@ class Provisioner:
         options: RunnerOptions,
         clock: Callable[[], datetime],
         hooks: StepHooks | None = None,
-        store: DealStore | InMemoryStore | None = None,
+        store: DealStore | InMemoryStore | None = None,  # InMemoryStore: unit tests
     ) -> None:
         self.session_factory = session_factory
         self.db = SessionScope(session_factory)
@@ -93,7 +93,8 @@ class Provisioner:
         self.options = options
         self.clock = clock
         self.hooks = hooks or StepHooks()
-        self.store = store or DealStore(
+        # The in-memory store has the per-deal interface only; batches need the database.
+        self.store: DealStore = store or DealStore(  # type: ignore[assignment]
             session_factory, owner=options.owner, lease=options.lease, clock=clock
         )
         self._claimed: dict[int, DealView] = {}

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Table, and_, insert, or_, select, update
+from sqlalchemy import Connection, Table, and_, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -419,6 +419,150 @@ class DealStore:
                     )
                 )
         return True
+
+    # batches -------------------------------------------------------------------------------
+
+    def settle_batch(
+        self,
+        rows: list[dict[str, Any]],
+        attempt_rows: list[dict[str, Any]],
+        *,
+        duration: int,
+        event_rows: list[dict[str, Any]] | None = None,
+        before_commit: Callable[[int], None] | None = None,
+    ) -> set[int]:
+        """Records a batch step's success for the deals this worker still holds (and were not
+        cancelled meanwhile): one guarded bulk UPDATE of the deals (clearing errors and
+        leases), one bulk INSERT of their attempts and of their events. Returns their ids."""
+        if not rows:
+            return set()
+        now = self.clock()
+        with self.db() as session, session.begin():
+            conn = session.connection()
+            candidates = select(deals.c.id).where(
+                deals.c.id.in_([r["id"] for r in rows]),
+                deals.c.locked_by == self.owner,
+                deals.c.status != CANCELLED,
+            )
+            if conn.dialect.name == "postgresql":
+                candidates = candidates.with_for_update()
+            owned = set(conn.execute(candidates).scalars())
+            if not owned:
+                return owned
+            common = {
+                "attempts": 0,
+                "next_attempt_at": None,
+                "last_error": None,
+                "last_error_code": None,
+                "locked_by": None,
+                "locked_until": None,
+                "updated_at": now,
+            }
+            session.execute(update(Deal), [{**common, **r} for r in rows if r["id"] in owned])
+            conn.execute(
+                insert(attempts),
+                [
+                    {
+                        "started_at": now,
+                        "finished_at": now,
+                        "duration_ms": duration,
+                        "outcome": "ok",
+                        **a,
+                    }
+                    for a in attempt_rows
+                    if a["deal_id"] in owned
+                ],
+            )
+            chosen = [e for e in event_rows or [] if e["deal_id"] in owned]
+            if chosen:
+                conn.execute(insert(events), chosen)
+            if before_commit is not None:
+                for deal_id in sorted(owned):
+                    before_commit(deal_id)
+        return owned
+
+    def retry_later(
+        self,
+        deal: DealView,
+        step: str,
+        *,
+        at: datetime,
+        reason: str,
+        code: str,
+        duration: int,
+    ) -> bool:
+        """A batch step to try again at `at` for a reason that is not a failure (waiting for a
+        data load's line items): the deal is `retrying`, the attempt recorded."""
+        now = self.clock()
+        with self.db() as session, session.begin():
+            conn = session.connection()
+            held = conn.execute(
+                update(deals)
+                .where(
+                    deals.c.id == deal.id,
+                    deals.c.locked_by == self.owner,
+                    deals.c.status != CANCELLED,
+                )
+                .values(
+                    status="retrying",
+                    current_step=step,
+                    next_attempt_at=at,
+                    last_error=reason,
+                    last_error_code=code,
+                    locked_by=None,
+                    locked_until=None,
+                    updated_at=now,
+                )
+            ).rowcount
+            if held != 1:
+                return False
+            _finish_attempt(
+                conn,
+                None,
+                deal.id,
+                step,
+                deal.attempts + 1,
+                now,
+                duration_ms=duration,
+                outcome="retry",
+                error=reason,
+                error_code=code,
+            )
+        return True
+
+    def parked_to_report(self, limit: int) -> list[DealView]:
+        """Deals newly parked whose opportunity is still to be told."""
+        with self.db() as session:
+            rows = session.connection().execute(
+                select(*_VIEW)
+                .where(deals.c.status == "needs_attention", deals.c.writeback_pending.is_(True))
+                .order_by(deals.c.id)
+                .limit(limit)
+            )
+            return [DealView.from_row(dict(row)) for row in rows.mappings()]
+
+    def parked_reported(self, deal_ids: Collection[int]) -> None:
+        with self.db() as session, session.begin():
+            session.connection().execute(
+                update(deals)
+                .where(deals.c.id.in_(list(deal_ids)), deals.c.status == "needs_attention")
+                .values(writeback_pending=False)
+            )
+
+    def ready_for_write_back(self, step: str) -> tuple[int, datetime | None]:
+        """How many deals wait for the write-back now, and since when the oldest has."""
+        now = self.clock()
+        with self.db() as session:
+            count, oldest = (
+                session.connection()
+                .execute(
+                    select(func.count(deals.c.id), func.min(deals.c.updated_at)).where(
+                        deals.c.current_step == step, _due(now)
+                    )
+                )
+                .one()
+            )
+        return int(count or 0), oldest
 
     def renew(self, deal_ids: Collection[int], until: datetime) -> int:
         """Extends this worker's leases on the deals in work (and their account leases)."""
