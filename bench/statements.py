@@ -82,6 +82,11 @@ def main() -> int:
             mappings_loader=loader,
         )
         statements: Counter[str] = Counter()
+        transactions = Counter[str]()
+
+        @event.listens_for(stack.engine, "begin")
+        def began(_conn: Any) -> None:
+            transactions["begin"] += 1
 
         @event.listens_for(stack.engine, "before_cursor_execute")
         def count(_c: Any, _cur: Any, statement: str, *_args: Any) -> None:
@@ -97,7 +102,8 @@ def main() -> int:
         print(
             f"process CPU per deal (worker + in-process org and emulator): {cpu / n * 1000:.1f} ms"
         )
-        print(f"statements per deal: {sum(statements.values()) / n:.1f}\n")
+        print(f"statements per deal: {sum(statements.values()) / n:.1f}")
+        print(f"transactions per deal: {transactions['begin'] / n:.1f}\n")
         print("| per deal | statement |")
         print("|---:|---|")
         for name, value in statements.most_common():

@@ -163,7 +163,7 @@ class InMemoryBilling:
     def create_subscription(
         self, spec: SubscriptionSpec, *, idempotency_key: str
     ) -> BillingSubscription:
-        from sf_bridge.billing.stripe_gateway import subscription_params
+        from sf_bridge.billing.requests import subscription_params
 
         with self._lock:
             fault = self._enter("create_subscription")

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import Connection, select, update
 from sqlalchemy.orm import Session
 
 from sf_bridge.db.models import CANCELLED, Customer, Deal, EntitlementGrant, utcnow
@@ -88,16 +88,38 @@ def grant_deal_entitlements(
     between grant and commit) grant nothing twice. A grant already present, active or
     revoked, is left as it is. A cancelled deal's grants are recorded already revoked.
     """
+    # The subscription may have ended before this step ran (a webhook arrived first): the
+    # grants are recorded, already revoked, so they never give access.
+    session.flush()
+    return grant_entitlements(
+        session.connection(),
+        deal_id=deal.id,
+        opportunity_id=deal.opportunity_id,
+        customer_id=customer.id,
+        entitlements=entitlements,
+        subscription_id=subscription_id,
+        ended=deal.status == CANCELLED,
+    )
+
+
+def grant_entitlements(
+    conn: Connection,
+    *,
+    deal_id: int,
+    opportunity_id: str,
+    customer_id: int,
+    entitlements: Sequence[EntitlementValue],
+    subscription_id: str | None,
+    ended: bool = False,
+) -> int:
+    """`grant_deal_entitlements` from plain values (the provisioning store's commit)."""
     if not entitlements:
         return 0
     now = utcnow()
-    # The subscription may have ended before this step ran (a webhook arrived first): the
-    # grants are recorded, already revoked, so they never give access.
-    ended = deal.status == CANCELLED
     rows = [
         {
-            "customer_id": customer.id,
-            "deal_id": deal.id,
+            "customer_id": customer_id,
+            "deal_id": deal_id,
             "feature": e.feature,
             "kind": e.kind,
             "value": _stored_value(e),
@@ -113,17 +135,17 @@ def grant_deal_entitlements(
         for e in entitlements
     ]
     stmt = (
-        dialect_insert(session, EntitlementGrant)
+        dialect_insert(conn, EntitlementGrant)
         .values(rows)
         .on_conflict_do_nothing(index_elements=["deal_id", "feature"])
         .returning(EntitlementGrant.id)
     )
-    granted = len(session.execute(stmt).all())
+    granted = len(conn.execute(stmt).all())
     log.info(
         "entitlements_granted",
-        deal_id=deal.id,
-        opportunity_id=deal.opportunity_id,
-        customer_id=customer.id,
+        deal_id=deal_id,
+        opportunity_id=opportunity_id,
+        customer_id=customer_id,
         stripe_subscription_id=subscription_id,
         features=[e.feature for e in entitlements],
         newly_granted=granted,

@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sf_bridge.billing.port import SubscriptionItemSpec
-from sf_bridge.billing.stripe_gateway import subscription_params
+from sf_bridge.billing.requests import subscription_params
 from sf_bridge.mapping.money import format_minor
 from sf_bridge.plan import MappingError, ProvisioningPlan
 from sf_bridge.provisioning.stripe_request import RequestPreview

@@ -8,24 +8,13 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
-from sqlalchemy.orm import Session
-
 from sf_bridge.crm.port import CrmGateway, OpportunityUpdate
-from sf_bridge.db.models import (
-    CANCELLED,
-    NEEDS_ATTENTION,
-    RETRYING,
-    SKIPPED,
-    Deal,
-    DealEvent,
-    StepAttempt,
-)
+from sf_bridge.db.models import SKIPPED
 from sf_bridge.errors import CrmRejected, PermanentError, TransientError
 from sf_bridge.logging import get_logger
-from sf_bridge.provisioning import claim
 from sf_bridge.provisioning.eligibility import Skip, judge
 from sf_bridge.provisioning.error_text import opportunity_error_text
+from sf_bridge.provisioning.outcome import DealView
 from sf_bridge.provisioning.runner import Provisioner, record_failure
 from sf_bridge.provisioning.states import STATUS_AFTER, STEP_FETCH, STEP_MAP, STEP_WRITE_BACK
 
@@ -47,9 +36,8 @@ def _snapshot_id(record: dict[str, Any]) -> str:
     return str(record.get("Id") or "")
 
 
-def _load(prov: Provisioner, ids: list[int]) -> list[Deal]:
-    with prov.db() as session:
-        return list(session.execute(select(Deal).where(Deal.id.in_(ids))).scalars())
+def _load(prov: Provisioner, ids: list[int]) -> list[DealView]:
+    return prov.store.load(ids)
 
 
 def fetch_batch(
@@ -94,7 +82,7 @@ def _fetch_claimed(
     for record in records:
         by_id[_snapshot_id(record)] = record
         by_id[_snapshot_id(record)[:15]] = record
-    found: list[tuple[Deal, dict[str, Any]]] = []
+    found: list[tuple[DealView, dict[str, Any]]] = []
     for deal in deals:
         match = by_id.get(deal.opportunity_id) or by_id.get(deal.opportunity_id[:15])
         if match is None:
@@ -108,42 +96,35 @@ def _fetch_claimed(
             found.append((deal, match))
     now = prov.clock()
     skips: dict[int, Skip | None] = {deal.id: judge(record, floor) for deal, record in found}
-    ready: list[tuple[Deal, dict[str, Any]]] = []
+    ready: list[tuple[DealView, dict[str, Any]]] = []
     for deal, record in found:
         if line_items_wait > 0 and skips[deal.id] is None and lacks_line_items(record):
             _wait_for_lines(prov, deal, now, line_items_wait, duration)
         else:
             ready.append((deal, record))
     found = ready
-    with prov.db() as session, session.begin():
-        owned = owned_ids(session, prov, [d.id for d, _ in found])
-        settle(
-            session,
-            [
-                {
-                    "id": deal.id,
-                    "opportunity": record,
-                    "account_id": record.get("AccountId") or deal.account_id or None,
-                    **_after_fetch(skips[deal.id]),
-                }
-                for deal, record in found
-                if deal.id in owned
-            ],
-            [
-                {
-                    "deal_id": deal.id,
-                    "step": STEP_FETCH,
-                    "attempt": deal.attempts + 1,
-                    "detail": {"batch_size": len(deals)}
-                    | ({"skipped": skip.code} if (skip := skips[deal.id]) else {}),
-                }
-                for deal, _record in found
-                if deal.id in owned
-            ],
-            now=now,
-            duration=duration,
-        )
-        skipped = [
+    settled = prov.store.settle_batch(
+        [
+            {
+                "id": deal.id,
+                "opportunity": record,
+                "account_id": record.get("AccountId") or deal.account_id or None,
+                **_after_fetch(skips[deal.id]),
+            }
+            for deal, record in found
+        ],
+        [
+            {
+                "deal_id": deal.id,
+                "step": STEP_FETCH,
+                "attempt": deal.attempts + 1,
+                "detail": {"batch_size": len(deals)}
+                | ({"skipped": skip.code} if (skip := skips[deal.id]) else {}),
+            }
+            for deal, _record in found
+        ],
+        duration=duration,
+        event_rows=[
             {
                 "deal_id": deal.id,
                 "at": now,
@@ -152,12 +133,11 @@ def _fetch_claimed(
                 "detail": {"code": skip.code},
             }
             for deal, _record in found
-            if deal.id in owned and (skip := skips[deal.id]) is not None
-        ]
-        if skipped:
-            session.execute(insert(DealEvent), skipped)
-        for deal, _record in found:
-            prov.hooks.before_commit(STEP_FETCH, deal.id)
+            if (skip := skips[deal.id]) is not None
+        ],
+        before_commit=lambda deal_id: prov.hooks.before_commit(STEP_FETCH, deal_id),
+    )
+    found = [(deal, record) for deal, record in found if deal.id in settled]
     for deal, _record in found:
         prov.hooks.after_commit(STEP_FETCH, deal.id)
     for deal, _record in found:
@@ -197,12 +177,13 @@ def _span(seconds: float) -> str:
 
 
 def _wait_for_lines(
-    prov: Provisioner, deal: Deal, now: datetime, wait: float, duration: int
+    prov: Provisioner, deal: DealView, now: datetime, wait: float, duration: int
 ) -> None:
     """A won deal with no line items yet: a data load inserts the opportunity first and its
     lines a moment later. Within `wait` seconds of the deal's arrival it is fetched again later
     (at once when its lines' change event arrives); after that it is parked with what to do."""
-    arrived = deal.created_at if deal.created_at.tzinfo else deal.created_at.replace(tzinfo=UTC)
+    created = deal.created_at or now
+    arrived = created if created.tzinfo else created.replace(tzinfo=UTC)
     deadline = arrived + timedelta(seconds=wait)
     if now >= deadline:
         _fail(
@@ -220,33 +201,17 @@ def _wait_for_lines(
         return
     poll = min(30.0, max(0.5, wait / 10))
     next_try = min(now + timedelta(seconds=poll), deadline)
-    with prov.db() as session, session.begin():
-        row = claim.load_owned(session, deal.id, prov.owner)
-        if row is None:
-            return
-        row.status = RETRYING
-        row.current_step = STEP_FETCH
-        row.next_attempt_at = next_try
-        row.last_error = (
+    prov.store.retry_later(
+        deal,
+        STEP_FETCH,
+        at=next_try,
+        reason=(
             "Waiting for the opportunity's line items (a data load adds them after the "
             f"opportunity): fetched again until {deadline:%Y-%m-%d %H:%M:%S} UTC, then parked."
-        )
-        row.last_error_code = AWAITING_LINE_ITEMS
-        row.locked_by = None
-        row.locked_until = None
-        session.add(
-            StepAttempt(
-                deal_id=deal.id,
-                step=STEP_FETCH,
-                attempt=deal.attempts + 1,
-                started_at=now,
-                finished_at=now,
-                duration_ms=duration,
-                outcome="retry",
-                error=row.last_error,
-                error_code=AWAITING_LINE_ITEMS,
-            )
-        )
+        ),
+        code=AWAITING_LINE_ITEMS,
+        duration=duration,
+    )
 
 
 def _after_fetch(skip: Skip | None) -> dict[str, Any]:
@@ -261,7 +226,9 @@ def _after_fetch(skip: Skip | None) -> dict[str, Any]:
     }
 
 
-def _fail(prov: Provisioner, deals: list[Deal], step: str, exc: Exception, duration: int) -> None:
+def _fail(
+    prov: Provisioner, deals: list[DealView], step: str, exc: Exception, duration: int
+) -> None:
     """Records a batch step's failure on each of these deals (retrying or needs_attention)."""
     for deal in deals:
         record_failure(
@@ -276,57 +243,7 @@ def _fail(prov: Provisioner, deals: list[Deal], step: str, exc: Exception, durat
         )
 
 
-def owned_ids(session: Session, prov: Provisioner, ids: list[int]) -> set[int]:
-    """Which of these deals this worker still holds, locked for the transaction (a deal
-    cancelled meanwhile is nobody's: its status must not be overwritten)."""
-    if not ids:
-        return set()
-    query = select(Deal.id).where(
-        Deal.id.in_(ids), Deal.locked_by == prov.owner, Deal.status != CANCELLED
-    )
-    if session.get_bind().dialect.name == "postgresql":
-        query = query.with_for_update(of=Deal)
-    return set(session.execute(query).scalars())
-
-
-def settle(
-    session: Session,
-    deals: list[dict[str, Any]],
-    attempts: list[dict[str, Any]],
-    *,
-    now: datetime,
-    duration: int,
-) -> None:
-    """Records a batch step's success for many deals at once: one bulk UPDATE of the deals
-    (clearing errors and leases) and one bulk INSERT of their attempts."""
-    if not deals:
-        return
-    common = {
-        "attempts": 0,
-        "next_attempt_at": None,
-        "last_error": None,
-        "last_error_code": None,
-        "locked_by": None,
-        "locked_until": None,
-        "updated_at": now,
-    }
-    session.execute(update(Deal), [{**common, **d} for d in deals])
-    session.execute(
-        insert(StepAttempt),
-        [
-            {
-                "started_at": now,
-                "finished_at": now,
-                "duration_ms": duration,
-                "outcome": "ok",
-                **a,
-            }
-            for a in attempts
-        ],
-    )
-
-
-def write_back_fields(deal: Deal, names: Any, now_iso: str) -> dict[str, Any]:
+def write_back_fields(deal: DealView, names: Any, now_iso: str) -> dict[str, Any]:
     """Opportunity field values for a provisioned deal, for the fields the mapping names."""
     values: dict[str, Any] = {
         "status": "Provisioned",
@@ -389,7 +306,7 @@ def _write_back_claimed(
     duration = int((time.perf_counter() - started) * 1000)
     written = {u.opportunity_id for u in updates}
     failed = {r.opportunity_id: r for r in results if not r.ok}
-    ok: list[Deal] = []
+    ok: list[DealView] = []
     for deal in deals:
         result = failed.get(deal.opportunity_id)
         if result is None:
@@ -405,39 +322,33 @@ def _write_back_claimed(
             )
         )
         _fail(prov, [deal], STEP_WRITE_BACK, error, duration)
-    with prov.db() as session, session.begin():
-        owned = owned_ids(session, prov, [d.id for d in ok])
-        settle(
-            session,
-            [
-                {
-                    "id": deal.id,
-                    "status": STATUS_AFTER[STEP_WRITE_BACK],
-                    "current_step": None,
-                    "writeback_pending": False,
-                    "written_back_at": now if deal.opportunity_id in written else None,
-                    "completed_at": now,
-                }
-                for deal in ok
-                if deal.id in owned
-            ],
-            [
-                {
-                    "deal_id": deal.id,
-                    "step": STEP_WRITE_BACK,
-                    "attempt": deal.attempts + 1,
-                    "detail": {"written": True, "batch_size": len(updates)}
-                    if deal.opportunity_id in written
-                    else {"written": False, "why": _skip_reason(crm, deal)},
-                }
-                for deal in ok
-                if deal.id in owned
-            ],
-            now=now,
-            duration=duration,
-        )
-        for deal in ok:
-            prov.hooks.before_commit(STEP_WRITE_BACK, deal.id)
+    settled = prov.store.settle_batch(
+        [
+            {
+                "id": deal.id,
+                "status": STATUS_AFTER[STEP_WRITE_BACK],
+                "current_step": None,
+                "writeback_pending": False,
+                "written_back_at": now if deal.opportunity_id in written else None,
+                "completed_at": now,
+            }
+            for deal in ok
+        ],
+        [
+            {
+                "deal_id": deal.id,
+                "step": STEP_WRITE_BACK,
+                "attempt": deal.attempts + 1,
+                "detail": {"written": True, "batch_size": len(updates)}
+                if deal.opportunity_id in written
+                else {"written": False, "why": _skip_reason(crm, deal)},
+            }
+            for deal in ok
+        ],
+        duration=duration,
+        before_commit=lambda deal_id: prov.hooks.before_commit(STEP_WRITE_BACK, deal_id),
+    )
+    ok = [deal for deal in ok if deal.id in settled]
     for deal in ok:
         prov.hooks.after_commit(STEP_WRITE_BACK, deal.id)
     log.info("write_back_batch_done", deals=len(deals), written=len(written), duration_ms=duration)
@@ -454,15 +365,7 @@ def report_parked_batch(
     failed call is raised; records Salesforce refuses are logged and not retried."""
     if crm is None:
         return []
-    with prov.db() as session:
-        deals = list(
-            session.execute(
-                select(Deal)
-                .where(Deal.status == NEEDS_ATTENTION, Deal.writeback_pending.is_(True))
-                .order_by(Deal.id)
-                .limit(min(limit, BATCH_LIMIT))
-            ).scalars()
-        )
+    deals = prov.store.parked_to_report(min(limit, BATCH_LIMIT))
     if not deals:
         return []
     names = getattr(mappings_loader(), "write_back", None)
@@ -489,25 +392,14 @@ def report_parked_batch(
                 error=result.error,
             )
     ids = [d.id for d in deals]
-    with prov.db() as session, session.begin():
-        session.execute(
-            update(Deal)
-            .where(Deal.id.in_(ids), Deal.status == NEEDS_ATTENTION)
-            .values(writeback_pending=False)
-            .execution_options(synchronize_session=False)
-        )
+    prov.store.parked_reported(ids)
     log.info("parked_deals_reported", deals=len(deals), written=len(updates))
     return ids
 
 
 def _write_back_due(prov: Provisioner, linger: float) -> bool:
     now = prov.clock()
-    with prov.db() as session:
-        count, oldest = session.execute(
-            select(func.count(Deal.id), func.min(Deal.updated_at)).where(
-                Deal.current_step == STEP_WRITE_BACK, claim.due(now)
-            )
-        ).one()
+    count, oldest = prov.store.ready_for_write_back(STEP_WRITE_BACK)
     if not count:
         return False
     if count >= BATCH_LIMIT or oldest is None:
@@ -517,7 +409,7 @@ def _write_back_due(prov: Provisioner, linger: float) -> bool:
     return bool(oldest <= now - timedelta(seconds=linger))
 
 
-def _skip_reason(crm: CrmGateway | None, deal: Deal) -> str:
+def _skip_reason(crm: CrmGateway | None, deal: DealView) -> str:
     if deal.source == "file":
         return "provisioned from a file: nothing to write back"
     if crm is None:

@@ -1,4 +1,8 @@
-"""Claiming work, in one place: which deals a worker may run now, and the per-account lock.
+"""Claiming work through a caller's session: which deals may run now, and the per-account lock.
+
+The worker claims, leases and renews through `sf_bridge.provisioning.store.DealStore`, which
+applies the same rules in fewer statements; these session-level functions remain for code and
+tests that hold a session of their own.
 
 A claim is a lease (`locked_by`, `locked_until`) on the deal row. PostgreSQL picks candidates
 with `FOR UPDATE SKIP LOCKED`, so replicas never wait on each other; SQLite (one process,

@@ -1,10 +1,12 @@
 """Runs one deal's steps in order, committing each outcome before the next step starts.
 
-For every step: check the lease, take the account's lock for Stripe steps, record the attempt
-(committed *before* Stripe is called, so a later attempt knows an earlier one may have
-created something), run the step, then in one guarded transaction apply its result, move the
-deal on and renew the lease. A failure goes through `retry.decide`: `retrying` with its next
-attempt time, or `needs_attention` with a reason a person can act on.
+For every step: take the account's lease for Stripe steps and record the attempt (committed
+*before* Stripe is called, so a later attempt knows an earlier one may have created
+something: `DealStore.start`), run the pure step on the deal's view
+(`sf_bridge.provisioning.steps`), then have the store commit its outcome in one guarded
+transaction (`DealStore.commit`), which moves the deal on and renews the lease. A failure
+goes through `retry.decide`: `retrying` with its next attempt time, or `needs_attention`
+with a reason a person can act on (`DealStore.fail`).
 
 `StepHooks.before_commit` / `after_commit` run right before and right after each step's
 commit; tests raise from them to imitate a crash at exactly that point.
@@ -15,18 +17,18 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from sf_bridge.db.models import NEEDS_ATTENTION, RETRYING, Customer, Deal, DealEvent, StepAttempt
+from sf_bridge.db.models import NEEDS_ATTENTION, RETRYING
 from sf_bridge.errors import MappingFailed, PermanentError
 from sf_bridge.logging import get_logger
-from sf_bridge.provisioning import claim
 from sf_bridge.provisioning.dbscope import SessionScope
+from sf_bridge.provisioning.memory_store import InMemoryStore
+from sf_bridge.provisioning.outcome import CustomerView, DealView, Outcome
 from sf_bridge.provisioning.retry import RetryPolicy, decide
 from sf_bridge.provisioning.states import (
     ACCOUNT_STEPS,
@@ -41,14 +43,13 @@ from sf_bridge.provisioning.states import (
 )
 from sf_bridge.provisioning.steps import (
     StepContext,
-    StepResult,
     customer_step,
     entitlements_step,
     invoice_step,
     map_step,
-    plan_of,
     subscription_step,
 )
+from sf_bridge.provisioning.store import DealStore, Started
 
 log = get_logger(__name__)
 
@@ -83,6 +84,7 @@ class Provisioner:
         options: RunnerOptions,
         clock: Callable[[], datetime],
         hooks: StepHooks | None = None,
+        store: DealStore | InMemoryStore | None = None,  # InMemoryStore: unit tests
     ) -> None:
         self.session_factory = session_factory
         self.db = SessionScope(session_factory)
@@ -91,6 +93,11 @@ class Provisioner:
         self.options = options
         self.clock = clock
         self.hooks = hooks or StepHooks()
+        # The in-memory store has the per-deal interface only; batches need the database.
+        self.store: DealStore = store or DealStore(  # type: ignore[assignment]
+            session_factory, owner=options.owner, lease=options.lease, clock=clock
+        )
+        self._claimed: dict[int, DealView] = {}
         self._in_work: set[int] = set()
         self._in_work_lock = threading.Lock()
 
@@ -103,31 +110,26 @@ class Provisioner:
     def claim(self, steps: tuple[str, ...], limit: int) -> list[int]:
         """Claims due deals; they count as in work (their leases renewed by the heartbeat)
         until `done_with` is called for them."""
-        with self.db() as session:
-            ids = claim.claim_deals(
-                session,
-                steps=steps,
-                owner=self.owner,
-                now=self.clock(),
-                lease=self.options.lease,
-                limit=limit,
-            )
+        views = self.store.claim(steps, limit)
         with self._in_work_lock:
-            self._in_work.update(ids)
-        return ids
+            for view in views:
+                self._in_work.add(view.id)
+                self._claimed[view.id] = view
+        return [v.id for v in views]
 
     def done_with(self, deal_ids: list[int]) -> None:
         """These deals are no longer in work here, whatever happened to them."""
         with self._in_work_lock:
             self._in_work.difference_update(deal_ids)
+            for deal_id in deal_ids:
+                self._claimed.pop(deal_id, None)
 
     def in_work(self) -> set[int]:
         with self._in_work_lock:
             return set(self._in_work)
 
     def release(self, deal_id: int) -> None:
-        with self.db() as session, session.begin():
-            claim.release_deal(session, deal_id, self.owner)
+        self.store.release(deal_id)
 
     # one deal ------------------------------------------------------------------------------
 
@@ -147,9 +149,7 @@ class Provisioner:
 
     def _abandon(self, deal_id: int) -> None:
         try:
-            with self.db() as session, session.begin():
-                claim.release_deal(session, deal_id, self.owner)
-                claim.release_locks(session, f"{self.owner}:{deal_id}")
+            self.store.release(deal_id, holder=f"{self.owner}:{deal_id}")
         except Exception as exc:
             log.warning(
                 "deal_release_failed",
@@ -159,249 +159,155 @@ class Provisioner:
             )
 
     def _run_deal(self, deal_id: int, stop: threading.Event) -> str | None:
-        with self.db() as session:
-            deal = session.get(Deal, deal_id)
+        with self._in_work_lock:
+            deal: DealView | None = self._claimed.get(deal_id)
+        if deal is None:
+            found = self.store.load([deal_id])
+            deal = found[0] if found else None
+        held = False  # the account's lease, kept from one Stripe step to the next
+        started: Started | None = None  # the next step's attempt, recorded with the last commit
         while True:
             if deal is None:
                 return None
             if stop.is_set() or deal.current_step not in DEAL_STEPS:
                 if deal.locked_by == self.owner:
-                    self.release(deal_id)
+                    self.store.release(deal_id, holder=f"{self.owner}:{deal_id}" if held else None)
                 return deal.status
             if deal.locked_by != self.owner:
                 return None
-            moved_on = self.run_step(deal, deal.current_step)
+            moved_on, status, held, started = self.run_step(deal, deal.current_step, held, started)
             if moved_on is None:
-                with self.db() as session:
-                    row = session.get(Deal, deal_id)
-                    return row.status if row is not None else None
+                return status
             deal = moved_on
 
-    def run_step(self, deal: Deal, step: str) -> Deal | None:
-        """One step of one deal; the deal as committed when the step succeeded, else None."""
+    def run_step(
+        self, deal: DealView, step: str, held: bool = False, started: Started | None = None
+    ) -> tuple[DealView | None, str | None, bool, Started | None]:
+        """One step of one deal: the deal as committed when the step succeeded, else None and
+        its status (None when the lease was lost); and whether the account's lease is still
+        held (`held`: taken by the previous step and kept, as the next step needs it too)."""
         bound = log.bind(deal_id=deal.id, opportunity_id=deal.opportunity_id, step=step)
         holder = f"{self.owner}:{deal.id}"
         attempt_no = deal.attempts + 1
         try:
-            started_step = self._start(deal, step, attempt_no, holder)
-        except Exception as exc:
-            self._fail(deal, step, None, attempt_no, exc, 0, None, holder)
-            return None
-        if started_step is None:
-            self._reschedule(deal.id)
-            bound.info("account_busy_rescheduled")
-            return None
-        attempt_id, resumed, account, known = started_step
-        started = time.perf_counter()
-        try:
-            result = self._execute(deal, step, resumed, known)
-            duration = int((time.perf_counter() - started) * 1000)
-            committed = self._commit(
-                deal, step, result, attempt_id, attempt_no, duration, account, holder
+            started_step = (
+                (started.attempt_id, started.resumed, True, None)
+                if started is not None and held
+                else self._start(deal, step, attempt_no, holder, held)
             )
         except Exception as exc:
-            duration = int((time.perf_counter() - started) * 1000)
-            self._fail(deal, step, attempt_id, attempt_no, exc, duration, account, holder)
-            return None
+            return None, self._fail(deal, step, None, attempt_no, exc, 0, holder), False, None
+        if started_step is None:
+            self.store.reschedule(deal.id, self.options.account_busy_delay)
+            bound.info("account_busy_rescheduled")
+            return None, deal.status, False, None
+        attempt_id, resumed, locked, known = started_step
+        began = time.perf_counter()
+        try:
+            outcome = self._execute(replace(deal, resumed=resumed), step, known)
+            duration = int((time.perf_counter() - began) * 1000)
+            custom = (
+                "plan" in outcome.changes
+                and bool(outcome.changes["plan"])
+                and (outcome.changes["plan"].get("plan_kind") == "custom")
+            ) or ("plan" not in outcome.changes and deal.custom_plan)
+            following = outcome.skip_to or next_step(step, custom_plan=custom)
+            keep = locked and following in ACCOUNT_STEPS
+            committed = self.store.commit(
+                deal,
+                step,
+                outcome,
+                status=STATUS_AFTER[step],
+                next_step=following,
+                attempt_id=attempt_id,
+                attempt_no=attempt_no,
+                duration=duration,
+                holder=holder if locked and not keep else None,
+                detail=_json_safe(dict(outcome.detail)),
+                before_commit=lambda: self.hooks.before_commit(step, deal.id),
+                start_next=keep,
+            )
+        except Exception as exc:
+            duration = int((time.perf_counter() - began) * 1000)
+            return (
+                None,
+                self._fail(
+                    deal, step, attempt_id, attempt_no, exc, duration, holder if locked else None
+                ),
+                False,
+                None,
+            )
         if committed is None:
             bound.warning("lease_lost", attempt=attempt_no)
-            return None
+            if locked:
+                self.store.release(deal.id, holder=holder)
+            return None, None, False, None
+        view, next_started = committed
         self.hooks.after_commit(step, deal.id)
         bound.info(
             "step_done",
             attempt=attempt_no,
             duration_ms=duration,
-            stripe_request_id=result.stripe_request_id,
-            **{k: v for k, v in result.detail.items() if isinstance(v, str | int | bool)},
+            stripe_request_id=outcome.stripe_request_id,
+            **{k: v for k, v in outcome.detail.items() if isinstance(v, str | int | bool)},
         )
-        return committed
+        return view, view.status, keep, next_started
 
-    def _execute(self, deal: Deal, step: str, resumed: bool, known: Customer | None) -> StepResult:
+    def _execute(self, deal: DealView, step: str, known: CustomerView | None) -> Outcome:
         if step == STEP_MAP:
-            return map_step(self.ctx, deal, resumed)
+            return map_step(self.ctx, deal)
         if step == STEP_CUSTOMER:
-            return customer_step(self.ctx, deal, resumed, known)
+            return customer_step(self.ctx, deal, known)
         if step == STEP_SUBSCRIPTION:
-            return subscription_step(self.ctx, deal, resumed)
+            return subscription_step(self.ctx, deal)
         if step == STEP_INVOICE:
-            return invoice_step(self.ctx, deal, resumed)
+            return invoice_step(self.ctx, deal)
         if step == STEP_ENTITLEMENTS:
-            return entitlements_step(self.ctx, deal, resumed)
+            return entitlements_step(self.ctx, deal)
         raise PermanentError(f"Unknown step {step!r}.", hint="replay the deal.")
 
     def _start(
-        self, deal: Deal, step: str, attempt_no: int, holder: str
-    ) -> tuple[int | None, bool, str | None, Customer | None] | None:
-        """Before a Stripe step: takes the account's lock and its Stripe customer's (waiting
+        self, deal: DealView, step: str, attempt_no: int, holder: str, held: bool
+    ) -> tuple[int | None, bool, bool, CustomerView | None] | None:
+        """Before a Stripe step: takes the account's lease and its Stripe customer's (waiting
         up to `account_wait_seconds`) and records the attempt, in one commit, so that a later
         attempt knows an earlier one may have reached Stripe. Returns (attempt id, resumed,
-        account, the deal's customers row for the customer step), or None when the account or
+        leased, the deal's customers row for the customer step), or None when the account or
         the customer stayed busy. Other steps start with no writes."""
         if step not in ACCOUNT_STEPS:
-            return None, False, None, None
-        plan = plan_of(deal)
+            return None, False, False, None
+        plan = deal.plan_or_fail()
         if plan.is_custom:  # no Stripe for entitlements-only plans: nothing to serialise
-            return None, False, None, None
-        account = plan.customer.account_id
+            return None, False, False, None
         deadline = time.monotonic() + self.options.account_wait_seconds
         waiter = threading.Event()
         while True:
-            with self.db() as session, session.begin():
-                known: Customer | None = None
-                customer_id = deal.customer_id
-                if step == STEP_CUSTOMER:
-                    known = claim.ensure_customer_row(
-                        session,
-                        customer_key=plan.customer.customer_key,
-                        account_id=account,
-                        name=plan.customer.name,
-                        email=plan.customer.email,
-                    )
-                    customer_id = known.id
-                locked = claim.try_lock_account(
-                    session,
-                    account_id=account,
-                    customer_id=customer_id,
-                    holder=holder,
-                    now=self.clock(),
-                    lease=self.options.lease,
-                )
-                if locked:
-                    attempt_id, resumed = self._record_attempt(
-                        session, deal, step, attempt_no, account, customer_id
-                    )
-                    return attempt_id, resumed, account, known
+            started = self.store.start(
+                deal,
+                step,
+                attempt_no,
+                account=plan.customer.account_id,
+                identity=plan.customer,
+                holder=holder,
+                held=held,
+            )
+            if started is not None:
+                return started.attempt_id, started.resumed, True, started.customer
             if time.monotonic() >= deadline:
                 return None
             waiter.wait(0.02)
 
-    def _record_attempt(
-        self,
-        session: Session,
-        deal: Deal,
-        step: str,
-        attempt_no: int,
-        account: str,
-        customer_id: int | None,
-    ) -> tuple[int, bool]:
-        """Records the attempt; `resumed` when an earlier one may have reached Stripe: of
-        this deal, or for the customer step of any deal billed to the same customer. The
-        deal is tied to its customers row here, before Stripe is called, so that a deal of
-        another account with the same customer key knows of this attempt."""
-        earlier = select(StepAttempt.id).where(StepAttempt.step == step)
-        if step == STEP_CUSTOMER:
-            earlier = earlier.join(Deal, Deal.id == StepAttempt.deal_id).where(
-                Deal.customer_id == customer_id
-            )
-        else:
-            earlier = earlier.where(StepAttempt.deal_id == deal.id)
-        if step == STEP_CUSTOMER and (
-            deal.account_id != account or deal.customer_id != customer_id
-        ):
-            session.execute(
-                update(Deal)
-                .where(Deal.id == deal.id, Deal.locked_by == self.owner)
-                .values(account_id=account, customer_id=customer_id)
-                .execution_options(synchronize_session=False)
-            )
-        resumed = session.execute(earlier.limit(1)).first() is not None
-        attempt = StepAttempt(
-            deal_id=deal.id, step=step, attempt=attempt_no, started_at=self.clock()
-        )
-        session.add(attempt)
-        session.flush()
-        return attempt.id, resumed
-
-    def _finish_attempt(
-        self,
-        session: Session,
-        attempt_id: int | None,
-        deal_id: int,
-        step: str,
-        attempt_no: int,
-        **values: Any,
-    ) -> None:
-        """Completes the attempt recorded at the start (one UPDATE), or records it whole."""
-        values["finished_at"] = self.clock()
-        if attempt_id is not None:
-            session.execute(
-                update(StepAttempt)
-                .where(StepAttempt.id == attempt_id)
-                .values(**values)
-                .execution_options(synchronize_session=False)
-            )
-            return
-        session.add(
-            StepAttempt(
-                deal_id=deal_id, step=step, attempt=attempt_no, started_at=self.clock(), **values
-            )
-        )
-
-    def _commit(
-        self,
-        deal: Deal,
-        step: str,
-        result: StepResult,
-        attempt_id: int | None,
-        attempt_no: int,
-        duration: int,
-        account: str | None,
-        holder: str,
-    ) -> Deal | None:
-        now = self.clock()
-        with self.db() as session, session.begin():
-            row = claim.load_owned(session, deal.id, self.owner)
-            if row is None:
-                return None
-            result.apply(session, row)
-            custom = bool(row.plan) and plan_of(row).is_custom
-            row.status = STATUS_AFTER[step]
-            row.current_step = result.skip_to or next_step(step, custom_plan=custom)
-            row.attempts = 0
-            row.next_attempt_at = None
-            row.last_error = None
-            row.last_error_code = None
-            row.locked_until = now + self.options.lease
-            if row.current_step not in DEAL_STEPS:  # a batch step next: others may take it
-                row.locked_by = None
-                row.locked_until = None
-            self._finish_attempt(
-                session,
-                attempt_id,
-                deal.id,
-                step,
-                attempt_no,
-                outcome="ok",
-                duration_ms=duration,
-                idempotency_key=result.idempotency_key,
-                stripe_request_id=result.stripe_request_id,
-                detail=_json_safe(result.detail),
-            )
-            if account:
-                claim.unlock_account(session, account_id=account, holder=holder)
-            self.hooks.before_commit(step, deal.id)
-        return row
-
-    def _reschedule(self, deal_id: int) -> None:
-        with self.db() as session, session.begin():
-            row = claim.load_owned(session, deal_id, self.owner)
-            if row is not None:
-                row.next_attempt_at = self.clock() + self.options.account_busy_delay
-                row.locked_by = None
-                row.locked_until = None
-
     def _fail(
         self,
-        deal: Deal,
+        deal: DealView,
         step: str,
         attempt_id: int | None,
         attempt_no: int,
         exc: Exception,
         duration: int,
-        account: str | None,
-        holder: str,
-    ) -> None:
-        record_failure(
+        holder: str | None,
+    ) -> str | None:
+        status = record_failure(
             self,
             deal_id=deal.id,
             opportunity_id=deal.opportunity_id,
@@ -410,9 +316,9 @@ class Provisioner:
             attempt_no=attempt_no,
             exc=exc,
             duration=duration,
-            account=account,
             holder=holder,
         )
+        return None if status == "lost" else status
 
 
 def record_failure(
@@ -429,56 +335,31 @@ def record_failure(
     holder: str | None = None,
 ) -> str:
     """Records a failed attempt and moves the deal to `retrying` or `needs_attention`, giving
-    its lease back. Returns the new status."""
+    its lease back. Returns the new status ("lost" when the lease was lost)."""
     decision = decide(exc, attempt=attempt_no, policy=prov.policy)
     request_id = getattr(exc, "stripe_request_id", None)
-    now = prov.clock()
     status = RETRYING if decision.action == "retry" else NEEDS_ATTENTION
-    with prov.db() as session, session.begin():
-        if account and holder:
-            claim.unlock_account(session, account_id=account, holder=holder)
-        row = claim.load_owned(session, deal_id, prov.owner)
-        if row is None:
-            log.warning("lease_lost", deal_id=deal_id, step=step, attempt=attempt_no)
-            return "lost"
-        prov._finish_attempt(
-            session,
-            attempt_id,
-            deal_id,
-            step,
-            attempt_no,
-            outcome="retry" if status == RETRYING else "failed",
-            duration_ms=duration,
-            error=decision.reason,
-            error_code=decision.code,
-            stripe_request_id=request_id,
-            idempotency_key=getattr(exc, "idempotency_key", None),
-            detail=(
-                {"mapping_errors": [_error_dict(e) for e in exc.errors]}
-                if isinstance(exc, MappingFailed)
-                else None
-            ),
-        )
-        row.status = status
-        row.current_step = step
-        row.attempts = attempt_no
-        row.last_error = decision.reason
-        row.last_error_code = decision.code
-        row.locked_by = None
-        row.locked_until = None
-        if status == RETRYING:
-            row.next_attempt_at = now + timedelta(seconds=decision.delay)
-        else:
-            row.next_attempt_at = None
-            row.writeback_pending = row.source != "file"  # tell Salesforce users too
-            session.add(
-                DealEvent(
-                    deal_id=deal_id,
-                    kind="needs_attention",
-                    message=decision.reason,
-                    detail={"step": step, "code": decision.code},
-                )
-            )
+    held = prov.store.fail(
+        deal_id=deal_id,
+        step=step,
+        attempt_id=attempt_id,
+        attempt_no=attempt_no,
+        retry_at=prov.clock() + timedelta(seconds=decision.delay) if status == RETRYING else None,
+        reason=decision.reason,
+        code=decision.code,
+        duration=duration,
+        holder=holder,
+        stripe_request_id=request_id,
+        idempotency_key=getattr(exc, "idempotency_key", None),
+        detail=(
+            {"mapping_errors": [_error_dict(e) for e in exc.errors]}
+            if isinstance(exc, MappingFailed)
+            else None
+        ),
+    )
+    if not held:
+        log.warning("lease_lost", deal_id=deal_id, step=step, attempt=attempt_no)
+        return "lost"
     log_fields: dict[str, Any] = {
         "deal_id": deal_id,
         "opportunity_id": opportunity_id,

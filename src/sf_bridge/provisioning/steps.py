@@ -1,14 +1,22 @@
-"""The per-deal provisioning steps. Each one is idempotent on its own:
+"""The per-deal provisioning steps, as pure functions of the deal and the ports.
+
+Each step takes a `DealView` (a plain, immutable copy of the deal) and a `StepContext` (the
+billing port, the mappings), and returns an `Outcome`: what it found or created, for the store
+to record. A failure is raised as a classified error (`sf_bridge.errors`), which the runner
+turns into a retry or a parked deal. Steps never touch the database, and the domain never
+loads the `stripe` SDK: the billing port does.
+
+Each step is idempotent on its own:
 
 1. it looks for what it would create: the id stored on the deal (or the customers row of its
-   customer key), then, only when an earlier attempt of the step may have reached Stripe, the
-   object tagged with `metadata.sf_opportunity_id` / `sf_customer_key` (Stripe search);
+   customer key), then, only when an earlier attempt of the step may have reached Stripe
+   (`DealView.resumed`), the object tagged with `metadata.sf_opportunity_id` /
+   `sf_customer_key` (Stripe search);
 2. it creates with a deterministic Idempotency-Key: a hash of the opportunity id (the
    customer key for the customer, which all its deals share), the step and the request;
-3. it returns what to record; the runner commits it before the next step starts.
+3. it returns what to record; the runner has the store commit it before the next step starts.
 
-Steps take plain inputs and a `StepContext`; they never commit. Batch steps (fetch,
-write-back) live in `sf_bridge.provisioning.batch`.
+Batch steps (fetch, write-back) live in `sf_bridge.provisioning.batch`.
 """
 
 from __future__ import annotations
@@ -20,15 +28,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy.orm import Session
-
 from sf_bridge.billing.port import BillingGateway, BillingInvoice, SubscriptionSpec
-from sf_bridge.billing.stripe_gateway import subscription_params
-from sf_bridge.db.models import Customer, Deal
-from sf_bridge.entitlements.ledger import grant_deal_entitlements
+from sf_bridge.billing.requests import subscription_params
 from sf_bridge.errors import BillingRejected, MappingFailed, PermanentError, TransientError
 from sf_bridge.plan import MappingError, ProvisioningPlan
-from sf_bridge.provisioning.claim import ensure_customer_row
+from sf_bridge.provisioning.outcome import CustomerView, DealView, Outcome
 from sf_bridge.provisioning.prices import PriceCache
 from sf_bridge.provisioning.stripe_request import (
     customer_spec,
@@ -56,17 +60,6 @@ class StepContext:
     prices: PriceCache = field(default_factory=PriceCache)
 
 
-@dataclass
-class StepResult:
-    """What a step found or created; `apply` records it on the deal inside the commit."""
-
-    apply: Callable[[Session, Deal], None]
-    idempotency_key: str | None = None
-    stripe_request_id: str | None = None
-    detail: dict[str, Any] = field(default_factory=dict)
-    skip_to: str | None = None  # the step after this one, when the plan says so
-
-
 def idempotency_key(scope: str, step: str, content: Any) -> str:
     """Deterministic: the same scope, step and request content always give the same key."""
     payload = json.dumps([scope, step, content], sort_keys=True, separators=(",", ":"), default=str)
@@ -85,15 +78,6 @@ def keyed(key: str) -> Iterator[None]:
         raise
 
 
-def plan_of(deal: Deal) -> ProvisioningPlan:
-    if not deal.plan:
-        raise PermanentError(
-            "The deal has no provisioning plan.",
-            hint="replay the deal so that it is mapped again.",
-        )
-    return ProvisioningPlan.from_dict(deal.plan)
-
-
 def _billing(ctx: StepContext) -> BillingGateway:
     if ctx.billing is None:
         raise PermanentError(
@@ -106,7 +90,7 @@ def _billing(ctx: StepContext) -> BillingGateway:
 # map ----------------------------------------------------------------------------------------
 
 
-def map_step(ctx: StepContext, deal: Deal, resumed: bool) -> StepResult:
+def map_step(ctx: StepContext, deal: DealView) -> Outcome:
     if not deal.opportunity:
         raise PermanentError(
             "The deal has no opportunity snapshot to map.",
@@ -123,14 +107,12 @@ def map_step(ctx: StepContext, deal: Deal, resumed: bool) -> StepResult:
         )
     plan = outcome
     version = str(getattr(mappings, "version", "") or plan.mapping_version)
-
-    def apply(_session: Session, row: Deal) -> None:
-        row.plan = plan.to_dict()
-        row.mapping_version = plan.mapping_version or version
-        row.account_id = plan.customer.account_id
-
-    return StepResult(
-        apply,
+    return Outcome(
+        changes={
+            "plan": plan.to_dict(),
+            "mapping_version": plan.mapping_version or version,
+            "account_id": plan.customer.account_id,
+        },
         detail={"plan": plan.plan_name, "kind": plan.plan_kind, "mapping_version": version},
     )
 
@@ -138,55 +120,45 @@ def map_step(ctx: StepContext, deal: Deal, resumed: bool) -> StepResult:
 # customer -----------------------------------------------------------------------------------
 
 
-def customer_step(
-    ctx: StepContext, deal: Deal, resumed: bool, known: Customer | None
-) -> StepResult:
-    """`known` is the deal's customers row (one per customer key), made by the runner under
-    the account's and the customer's lock; None for custom plans, whose row is made in the
+def customer_step(ctx: StepContext, deal: DealView, known: CustomerView | None) -> Outcome:
+    """`known` is the deal's customers row (one per customer key), made by the store under
+    the account's and the customer's lease; None for custom plans, whose row is made in the
     step's own commit (no Stripe involved).
 
     The Stripe request is built from the row alone (the name, email and account of the deal
     that made it, and the key), so every deal with that key sends the same request under the
     same Idempotency-Key, whichever account it comes from."""
-    plan = plan_of(deal)
+    plan = deal.plan_or_fail()
     account = plan.customer.account_id
     key = plan.customer.customer_key
-
-    def link(stripe_id: str | None) -> Callable[[Session, Deal], None]:
-        def apply(session: Session, row: Deal) -> None:
-            customer = (
-                session.get(Customer, known.id)
-                if known is not None
-                else ensure_customer_row(
-                    session,
-                    customer_key=key,
-                    account_id=account,
-                    name=plan.customer.name,
-                    email=plan.customer.email,
-                )
-            )
-            if customer is None:
-                raise PermanentError("The deal's customer record is gone.", hint="replay the deal.")
-            if stripe_id and not customer.stripe_customer_id:
-                customer.stripe_customer_id = stripe_id
-            row.customer_id = customer.id
-            row.stripe_customer_id = customer.stripe_customer_id
-            row.account_id = account
-
-        return apply
 
     if known is None:
         if not plan.is_custom:
             raise PermanentError("The deal's customer record is missing.", hint="replay the deal.")
-        return StepResult(link(None), detail={"stripe": "not needed for a custom plan"})
+        return Outcome(
+            changes={"account_id": account},
+            ensure_customer=plan.customer,
+            detail={"stripe": "not needed for a custom plan"},
+        )
+
+    def link(stripe_id: str | None) -> dict[str, Any]:
+        return {
+            "customer_id": known.id,
+            "stripe_customer_id": known.stripe_customer_id or stripe_id,
+            "account_id": account,
+        }
+
     if known.stripe_customer_id:
-        return StepResult(link(None), detail={"customer": known.stripe_customer_id, "reused": True})
+        return Outcome(
+            changes=link(None), detail={"customer": known.stripe_customer_id, "reused": True}
+        )
     billing = _billing(ctx)
-    if resumed:
+    if deal.resumed:
         found = billing.find_customer(customer_key=key)
         if found is not None:
-            return StepResult(
-                link(found.id),
+            return Outcome(
+                changes=link(found.id),
+                stripe_customer_id=found.id,
                 stripe_request_id=found.request_id,
                 detail={"customer": found.id, "found_by": "search"},
             )
@@ -197,8 +169,9 @@ def customer_step(
     idem = idempotency_key(key, "customer", request)
     with keyed(idem):
         created = billing.create_customer(spec, idempotency_key=idem)
-    return StepResult(
-        link(created.id),
+    return Outcome(
+        changes=link(created.id),
+        stripe_customer_id=created.id,
         idempotency_key=idem,
         stripe_request_id=created.request_id,
         detail={"customer": created.id, "created": True, "customer_key": key},
@@ -208,7 +181,9 @@ def customer_step(
 # subscription -------------------------------------------------------------------------------
 
 
-def build_subscription(ctx: StepContext, deal: Deal, plan: ProvisioningPlan) -> SubscriptionSpec:
+def build_subscription(
+    ctx: StepContext, deal: DealView, plan: ProvisioningPlan
+) -> SubscriptionSpec:
     """The subscription request of the deal (see `stripe_request`), its prices resolved in
     Stripe by lookup key."""
     prices = ctx.prices.resolve(_billing(ctx), price_lookup_keys(plan))
@@ -217,21 +192,21 @@ def build_subscription(ctx: StepContext, deal: Deal, plan: ProvisioningPlan) -> 
     )
 
 
-def subscription_step(ctx: StepContext, deal: Deal, resumed: bool) -> StepResult:
-    plan = plan_of(deal)
+def subscription_step(ctx: StepContext, deal: DealView) -> Outcome:
+    plan = deal.plan_or_fail()
     if deal.stripe_subscription_id:
-        return StepResult(lambda _s, _d: None, detail={"subscription": deal.stripe_subscription_id})
+        return Outcome(detail={"subscription": deal.stripe_subscription_id})
     if not deal.stripe_customer_id:
         raise PermanentError(
             "The deal has no Stripe customer to subscribe.",
             hint="replay the deal so that the customer step runs again.",
         )
     billing = _billing(ctx)
-    if resumed:
+    if deal.resumed:
         found = billing.find_subscription(sf_opportunity_id=deal.opportunity_id)
         if found is not None:
-            return StepResult(
-                _record_subscription(found.id, found.latest_invoice),
+            return Outcome(
+                changes=_subscription(found.id, found.latest_invoice),
                 stripe_request_id=found.request_id,
                 detail={"subscription": found.id, "found_by": "search"},
             )
@@ -243,34 +218,29 @@ def subscription_step(ctx: StepContext, deal: Deal, resumed: bool) -> StepResult
     except BillingRejected:
         ctx.prices.forget([i.lookup_key for i in plan.items if i.lookup_key])
         raise
-    return StepResult(
-        _record_subscription(created.id, created.latest_invoice),
+    return Outcome(
+        changes=_subscription(created.id, created.latest_invoice),
         idempotency_key=key,
         stripe_request_id=created.request_id,
         detail={"subscription": created.id, "status": created.status},
     )
 
 
-def _record_subscription(
-    subscription_id: str, invoice_id: str | None
-) -> Callable[[Session, Deal], None]:
-    def apply(_session: Session, row: Deal) -> None:
-        row.stripe_subscription_id = subscription_id
-        if invoice_id:
-            row.stripe_invoice_id = invoice_id
-
-    return apply
+def _subscription(subscription_id: str, invoice_id: str | None) -> dict[str, Any]:
+    changes: dict[str, Any] = {"stripe_subscription_id": subscription_id}
+    if invoice_id:
+        changes["stripe_invoice_id"] = invoice_id
+    return changes
 
 
 # invoice ------------------------------------------------------------------------------------
 
 
-def invoice_step(ctx: StepContext, deal: Deal, resumed: bool) -> StepResult:
-    plan = plan_of(deal)
+def invoice_step(ctx: StepContext, deal: DealView) -> Outcome:
+    plan = deal.plan_or_fail()
     if deal.invoice_status in ("open", "paid") and deal.hosted_invoice_url:
-        return StepResult(lambda _s, _d: None, detail={"invoice": deal.stripe_invoice_id})
+        return Outcome(detail={"invoice": deal.stripe_invoice_id})
     billing = _billing(ctx)
-    request_ids: list[str] = []
     invoice_id = deal.stripe_invoice_id
     if not invoice_id and deal.stripe_subscription_id:
         sub = billing.get_subscription(deal.stripe_subscription_id)
@@ -280,12 +250,12 @@ def invoice_step(ctx: StepContext, deal: Deal, resumed: bool) -> StepResult:
             f"Stripe has not created the first invoice of {deal.stripe_subscription_id} yet."
         )
     key: str | None = None
-    invoice: BillingInvoice
+    invoice: BillingInvoice | None
     send = plan.billing is not None and plan.billing.collection_method == "send_invoice"
     if not send:
         invoice = billing.get_invoice(invoice_id)
     else:
-        invoice = billing.get_invoice(invoice_id) if resumed else None  # type: ignore[assignment]
+        invoice = billing.get_invoice(invoice_id) if deal.resumed else None
         if invoice is None or invoice.status == "draft":
             key = idempotency_key(deal.opportunity_id, "invoice", {"finalize": invoice_id})
             try:
@@ -296,50 +266,34 @@ def invoice_step(ctx: StepContext, deal: Deal, resumed: bool) -> StepResult:
                 invoice = billing.get_invoice(invoice_id)
                 if invoice.status == "draft":
                     raise
-    if invoice.request_id:
-        request_ids.append(invoice.request_id)
     if invoice.status not in ("open", "paid"):
         raise BillingRejected(
             f"The first invoice {invoice.id} is {invoice.status!r}, not open.",
             hint="look at the invoice in Stripe; void it and replay the deal to start again.",
         )
-    final = invoice
-
-    def apply(_session: Session, row: Deal) -> None:
-        row.stripe_invoice_id = final.id
-        row.invoice_status = final.status
-        row.hosted_invoice_url = final.hosted_invoice_url
-        row.invoice_pdf = final.invoice_pdf
-        row.invoice_due_at = final.due_date
-
-    return StepResult(
-        apply,
+    return Outcome(
+        changes={
+            "stripe_invoice_id": invoice.id,
+            "invoice_status": invoice.status,
+            "hosted_invoice_url": invoice.hosted_invoice_url,
+            "invoice_pdf": invoice.invoice_pdf,
+            "invoice_due_at": invoice.due_date,
+        },
         idempotency_key=key,
-        stripe_request_id=request_ids[-1] if request_ids else None,
-        detail={"invoice": final.id, "status": final.status},
+        stripe_request_id=invoice.request_id or None,
+        detail={"invoice": invoice.id, "status": invoice.status},
     )
 
 
 # entitlements -------------------------------------------------------------------------------
 
 
-def entitlements_step(ctx: StepContext, deal: Deal, resumed: bool) -> StepResult:
-    plan = plan_of(deal)
-
-    def apply(session: Session, row: Deal) -> None:
-        customer = session.get(Customer, row.customer_id) if row.customer_id else None
-        if customer is None:
-            raise PermanentError(
-                "The deal has no customer to grant entitlements to.",
-                hint="replay the deal so that the customer step runs again.",
-            )
-        grant_deal_entitlements(
-            session,
-            deal=row,
-            customer=customer,
-            entitlements=plan.entitlements,
-            subscription_id=row.stripe_subscription_id,
+def entitlements_step(ctx: StepContext, deal: DealView) -> Outcome:
+    plan = deal.plan_or_fail()
+    if deal.customer_id is None:
+        raise PermanentError(
+            "The deal has no customer to grant entitlements to.",
+            hint="replay the deal so that the customer step runs again.",
         )
-
     features = ", ".join(e.feature for e in plan.entitlements) or "none"
-    return StepResult(apply, detail={"features": features})
+    return Outcome(grants=tuple(plan.entitlements), detail={"features": features})

@@ -1,6 +1,6 @@
 """The provisioning worker: fetch in batches, run each deal's steps on a thread pool, write
 back in batches. Any number of workers (threads or replicas) can run at once: they share
-work through the claim leases in `sf_bridge.provisioning.claim`."""
+work through the claim leases of `sf_bridge.provisioning.store`."""
 
 from __future__ import annotations
 
@@ -20,7 +20,6 @@ from sf_bridge.billing.port import BillingGateway
 from sf_bridge.config import Settings
 from sf_bridge.crm.port import CrmGateway
 from sf_bridge.logging import get_logger
-from sf_bridge.provisioning import claim
 from sf_bridge.provisioning.batch import fetch_batch, report_parked_batch, write_back_batch
 from sf_bridge.provisioning.floor import FloorSource, parse_floor
 from sf_bridge.provisioning.prices import PriceCache
@@ -99,13 +98,7 @@ class _Heartbeat:
         while not self._stop.wait(interval):
             prov = self._provisioner
             try:
-                with prov.db() as session:
-                    claim.renew_leases(
-                        session,
-                        owner=prov.owner,
-                        until=prov.clock() + self._lease,
-                        deal_ids=prov.in_work(),
-                    )
+                prov.store.renew(prov.in_work(), prov.clock() + self._lease)
             except Exception as exc:  # the next beat tries again; leases last a while
                 log.warning("lease_renewal_failed", error=str(exc), error_type=type(exc).__name__)
 

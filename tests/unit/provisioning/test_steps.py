@@ -5,9 +5,9 @@ from dataclasses import replace
 import pytest
 
 from sf_bridge.billing.memory import InMemoryBilling
-from sf_bridge.billing.stripe_gateway import subscription_params
-from sf_bridge.db.models import Deal
+from sf_bridge.billing.requests import subscription_params
 from sf_bridge.errors import BillingRejected
+from sf_bridge.provisioning.outcome import DealView
 from sf_bridge.provisioning.prices import PriceCache
 from sf_bridge.provisioning.states import next_step, status_before
 from sf_bridge.provisioning.steps import StepContext, build_subscription, idempotency_key
@@ -18,8 +18,16 @@ def _ctx(billing: InMemoryBilling) -> StepContext:
     return StepContext(billing=billing, mappings_loader=lambda: None, prices=PriceCache())
 
 
-def _deal(plan_opp: str = "006000000000001AAA") -> Deal:
-    return Deal(opportunity_id=plan_opp, stripe_customer_id="cus_1")
+def _deal(plan_opp: str = "006000000000001AAA") -> DealView:
+    return DealView(
+        id=1,
+        opportunity_id=plan_opp,
+        status="customer_ready",
+        current_step="subscription",
+        attempts=0,
+        source="stream",
+        stripe_customer_id="cus_1",
+    )
 
 
 def test_idempotency_key_is_deterministic_and_content_bound() -> None:

@@ -1,0 +1,100 @@
+"""What a step sees and what it returns, as plain values.
+
+A step reads a `DealView` (an immutable copy of the deal's row, taken when the deal was
+claimed or last committed) and returns an `Outcome`: the deal columns to set, the Stripe
+customer to record on the deal's customers row, the entitlements to grant. Only the store
+(`sf_bridge.provisioning.store`) writes them, in one guarded transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from datetime import datetime
+from typing import Any
+
+from sf_bridge.errors import PermanentError
+from sf_bridge.plan import CustomerIdentity, EntitlementValue, ProvisioningPlan
+
+
+@dataclass(frozen=True)
+class DealView:
+    """The deal as a step sees it. `resumed` says that an earlier attempt of the step about
+    to run may have reached Stripe (so the step searches Stripe before creating)."""
+
+    id: int
+    opportunity_id: str
+    status: str
+    current_step: str | None
+    attempts: int
+    source: str
+    locked_by: str | None = None
+    account_id: str | None = None
+    customer_id: int | None = None
+    opportunity: dict[str, Any] | None = None
+    plan: dict[str, Any] | None = None
+    mapping_version: str | None = None
+    stripe_customer_id: str | None = None
+    stripe_subscription_id: str | None = None
+    stripe_invoice_id: str | None = None
+    invoice_status: str | None = None
+    hosted_invoice_url: str | None = None
+    last_error: str | None = None
+    created_at: datetime | None = None
+    resumed: bool = False
+
+    @classmethod
+    def columns(cls) -> tuple[str, ...]:
+        """The deals columns a view is read from."""
+        return tuple(f.name for f in fields(cls) if f.name != "resumed")
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> DealView:
+        return cls(**{name: row[name] for name in cls.columns() if name in row})
+
+    def with_changes(self, changes: Mapping[str, Any]) -> DealView:
+        known = {k: v for k, v in changes.items() if k in self.columns()}
+        return replace(self, resumed=False, **known)
+
+    @property
+    def custom_plan(self) -> bool:
+        return bool(self.plan) and (self.plan or {}).get("plan_kind") == "custom"
+
+    def plan_or_fail(self) -> ProvisioningPlan:
+        if not self.plan:
+            raise PermanentError(
+                "The deal has no provisioning plan.",
+                hint="replay the deal so that it is mapped again.",
+            )
+        return ProvisioningPlan.from_dict(self.plan)
+
+
+@dataclass(frozen=True)
+class CustomerView:
+    """The deal's customers row (one per customer key)."""
+
+    id: int
+    customer_key: str
+    sf_account_id: str
+    name: str
+    email: str | None
+    stripe_customer_id: str | None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a step found or created, for the store to record.
+
+    `changes`: deal columns to set. `stripe_customer_id`: the Stripe customer to record on
+    the deal's customers row (`customer_id`), unless it has one. `ensure_customer`: the
+    customers row to make (custom plans, no Stripe). `grants`: entitlements to grant to the
+    deal's customer. `skip_to`: the next step when the plan says so."""
+
+    changes: Mapping[str, Any] = field(default_factory=dict)
+    stripe_customer_id: str | None = None
+    ensure_customer: CustomerIdentity | None = None
+    grants: tuple[EntitlementValue, ...] = ()
+    idempotency_key: str | None = None
+    stripe_request_id: str | None = None
+    detail: Mapping[str, Any] = field(default_factory=dict)
+    skip_to: str | None = None

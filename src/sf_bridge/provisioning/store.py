@@ -1,0 +1,724 @@
+"""The deal store: every write of a per-deal step's state, in SQLAlchemy Core.
+
+    claim   one UPDATE ... RETURNING leases a batch of due deals and returns their views
+    start   before a Stripe step: takes the account's and the customer's lease and records the
+            attempt, in one transaction, *before* the request (a later attempt then knows an
+            earlier one may have reached Stripe, and searches before creating)
+    commit  a step's outcome: one guarded UPDATE of the deal (this worker's lease, not
+            cancelled; the row count says whether it held), the customers link, the grants
+            and the attempt row, in one transaction; a lost lease commits nothing
+    fail    a failed attempt: retrying or needs_attention, in one transaction
+
+SQLite and PostgreSQL differ here only in `_insert` and in the `FOR UPDATE SKIP LOCKED` of
+the claim's subquery (replicas never wait on each other's candidates on PostgreSQL; SQLite
+has one writer, `BEGIN IMMEDIATE`, and the claim repeats its conditions in the UPDATE).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Table, and_, func, insert, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session, sessionmaker
+
+from sf_bridge.db.models import (
+    CANCELLED,
+    Customer,
+    Deal,
+    DealEvent,
+    ProvisioningLock,
+    StepAttempt,
+    utcnow,
+)
+from sf_bridge.entitlements.ledger import grant_entitlements
+from sf_bridge.provisioning.dbscope import SessionScope
+from sf_bridge.provisioning.outcome import CustomerView, DealView, Outcome
+from sf_bridge.provisioning.states import SETTLED, STEP_CUSTOMER
+
+deals: Table = Deal.__table__  # type: ignore[assignment]
+attempts: Table = StepAttempt.__table__  # type: ignore[assignment]
+customers: Table = Customer.__table__  # type: ignore[assignment]
+locks: Table = ProvisioningLock.__table__  # type: ignore[assignment]
+events: Table = DealEvent.__table__  # type: ignore[assignment]
+
+_VIEW = [deals.c[name] for name in DealView.columns()]
+
+
+class _NotHeld(Exception):
+    """Rolls the transaction back: the deal or its account is not this worker's."""
+
+
+@dataclass(frozen=True)
+class Started:
+    """A Stripe step under way: its attempt row, and the deal's customers row (customer step)."""
+
+    attempt_id: int | None
+    resumed: bool
+    customer: CustomerView | None = None
+
+
+def _insert(conn: Connection, table: Any) -> Any:
+    return (postgresql if conn.dialect.name == "postgresql" else sqlite).insert(table)
+
+
+def _due(now: datetime) -> Any:
+    return and_(
+        deals.c.status.not_in(SETTLED),
+        or_(deals.c.next_attempt_at.is_(None), deals.c.next_attempt_at <= now),
+        or_(deals.c.locked_until.is_(None), deals.c.locked_until < now),
+    )
+
+
+class DealStore:
+    """Writes deal state for one worker (`owner` names its leases)."""
+
+    def __init__(
+        self,
+        session_factory: sessionmaker[Session],
+        *,
+        owner: str,
+        lease: timedelta,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self.db = SessionScope(session_factory)
+        self.owner = owner
+        self.lease = lease
+        self.clock = clock
+
+    # claims --------------------------------------------------------------------------------
+
+    def claim(self, steps: Collection[str], limit: int) -> list[DealView]:
+        """Leases up to `limit` due deals whose next step is one of `steps`, oldest first, in
+        one statement; returns them as views."""
+        now = self.clock()
+        with self.db() as session, session.begin():
+            conn = session.connection()
+            candidates = (
+                select(deals.c.id)
+                .where(deals.c.current_step.in_(list(steps)), _due(now))
+                .order_by(deals.c.id)
+                .limit(limit)
+            )
+            if conn.dialect.name == "postgresql":
+                candidates = candidates.with_for_update(skip_locked=True)
+            rows = conn.execute(
+                update(deals)
+                .where(
+                    deals.c.id.in_(candidates.scalar_subquery()),
+                    deals.c.current_step.in_(list(steps)),
+                    _due(now),
+                )
+                .values(locked_by=self.owner, locked_until=now + self.lease)
+                .returning(*_VIEW)
+            ).mappings()
+            views = [DealView.from_row(dict(row)) for row in rows]
+        return sorted(views, key=lambda v: v.id)
+
+    def load(self, deal_ids: Collection[int]) -> list[DealView]:
+        if not deal_ids:
+            return []
+        with self.db() as session:
+            rows = session.connection().execute(
+                select(*_VIEW).where(deals.c.id.in_(list(deal_ids))).order_by(deals.c.id)
+            )
+            return [DealView.from_row(dict(row)) for row in rows.mappings()]
+
+    def release(self, deal_id: int, holder: str | None = None) -> None:
+        """Gives the deal's lease back (and the account leases `holder` holds)."""
+        with self.db() as session, session.begin():
+            conn = session.connection()
+            conn.execute(
+                update(deals)
+                .where(deals.c.id == deal_id, deals.c.locked_by == self.owner)
+                .values(locked_by=None, locked_until=None)
+            )
+            if holder is not None:
+                _release_locks(conn, holder)
+
+    def reschedule(self, deal_id: int, delay: timedelta) -> None:
+        """The deal's account stayed busy: give the deal back, to be claimed after `delay`."""
+        with self.db() as session, session.begin():
+            session.connection().execute(
+                update(deals)
+                .where(
+                    deals.c.id == deal_id,
+                    deals.c.locked_by == self.owner,
+                    deals.c.status != CANCELLED,
+                )
+                .values(next_attempt_at=self.clock() + delay, locked_by=None, locked_until=None)
+            )
+
+    # a Stripe step -------------------------------------------------------------------------
+
+    def start(
+        self,
+        deal: DealView,
+        step: str,
+        attempt_no: int,
+        *,
+        account: str,
+        identity: Any,
+        holder: str,
+        held: bool = False,
+    ) -> Started | None:
+        """Takes the account's lease and its Stripe customer's (unless `held`: kept by the
+        previous step of this deal, renewed by the heartbeat) and records the attempt, in one
+        transaction; None (holding nothing) when the account or the customer is busy."""
+        try:
+            return self._start(deal, step, attempt_no, account, identity, holder, held)
+        except _NotHeld:
+            return None
+
+    def _start(
+        self,
+        deal: DealView,
+        step: str,
+        attempt_no: int,
+        account: str,
+        identity: Any,
+        holder: str,
+        held: bool,
+    ) -> Started:
+        now = self.clock()
+        with self.db() as session, session.begin():
+            conn = session.connection()
+            known: CustomerView | None = None
+            customer_id = deal.customer_id
+            if step == STEP_CUSTOMER:
+                known = ensure_customer(conn, identity)
+                customer_id = known.id
+            if not held and not _try_lock(
+                conn, account, customer_id, holder, now, now + self.lease
+            ):
+                raise _NotHeld
+            if step == STEP_CUSTOMER:
+                earlier = (
+                    select(attempts.c.id)
+                    .join(deals, deals.c.id == attempts.c.deal_id)
+                    .where(attempts.c.step == step, deals.c.customer_id == customer_id)
+                )
+                if deal.account_id != account or deal.customer_id != customer_id:
+                    conn.execute(
+                        update(deals)
+                        .where(deals.c.id == deal.id, deals.c.locked_by == self.owner)
+                        .values(account_id=account, customer_id=customer_id)
+                    )
+            else:
+                earlier = select(attempts.c.id).where(
+                    attempts.c.step == step, attempts.c.deal_id == deal.id
+                )
+            resumed = conn.execute(earlier.limit(1)).first() is not None
+            attempt_id = _running_attempt(conn, deal.id, step, attempt_no, now)
+        return Started(attempt_id, resumed, known)
+
+    # outcomes ------------------------------------------------------------------------------
+
+    def commit(
+        self,
+        deal: DealView,
+        step: str,
+        outcome: Outcome,
+        *,
+        status: str,
+        next_step: str | None,
+        attempt_id: int | None,
+        attempt_no: int,
+        duration: int,
+        holder: str | None,
+        detail: Mapping[str, Any],
+        before_commit: Callable[[], None],
+        start_next: bool = False,
+    ) -> tuple[DealView, Started | None] | None:
+        """Records a step's outcome and moves the deal on; the deal as committed, or None when
+        this worker no longer holds it (lease taken over, or cancelled meanwhile). With
+        `start_next` (the next step also writes to Stripe and the account's lease is kept) the
+        next step's attempt is recorded in the same transaction, before its request."""
+        now = self.clock()
+        changes: dict[str, Any] = dict(outcome.changes)
+        try:
+            return self._commit(
+                deal,
+                step,
+                outcome,
+                changes,
+                status,
+                next_step,
+                attempt_id,
+                attempt_no,
+                duration,
+                holder,
+                detail,
+                before_commit,
+                now,
+                start_next,
+            )
+        except _NotHeld:
+            return None
+
+    def _commit(
+        self,
+        deal: DealView,
+        step: str,
+        outcome: Outcome,
+        changes: dict[str, Any],
+        status: str,
+        next_step: str | None,
+        attempt_id: int | None,
+        attempt_no: int,
+        duration: int,
+        holder: str | None,
+        detail: Mapping[str, Any],
+        before_commit: Callable[[], None],
+        now: datetime,
+        start_next: bool,
+    ) -> tuple[DealView, Started | None]:
+        with self.db() as session, session.begin():
+            conn = session.connection()
+            if outcome.ensure_customer is not None:
+                changes["customer_id"] = ensure_customer(conn, outcome.ensure_customer).id
+            in_flight = next_step is not None and _is_deal_step(next_step)
+            values = {
+                **changes,
+                "status": status,
+                "current_step": next_step,
+                "attempts": 0,
+                "next_attempt_at": None,
+                "last_error": None,
+                "last_error_code": None,
+                "locked_by": self.owner if in_flight else None,
+                "locked_until": now + self.lease if in_flight else None,
+                "updated_at": now,
+            }
+            held = conn.execute(
+                update(deals)
+                .where(
+                    deals.c.id == deal.id,
+                    deals.c.locked_by == self.owner,
+                    deals.c.status != CANCELLED,
+                )
+                .values(**values)
+            ).rowcount
+            if held != 1:
+                raise _NotHeld
+            customer_id = changes.get("customer_id", deal.customer_id)
+            if outcome.stripe_customer_id and customer_id is not None:
+                conn.execute(
+                    update(customers)
+                    .where(customers.c.id == customer_id, customers.c.stripe_customer_id.is_(None))
+                    .values(stripe_customer_id=outcome.stripe_customer_id, updated_at=now)
+                )
+            if outcome.grants and customer_id is not None:
+                grant_entitlements(
+                    conn,
+                    deal_id=deal.id,
+                    opportunity_id=deal.opportunity_id,
+                    customer_id=customer_id,
+                    entitlements=outcome.grants,
+                    subscription_id=changes.get(
+                        "stripe_subscription_id", deal.stripe_subscription_id
+                    ),
+                )
+            _finish_attempt(
+                conn,
+                attempt_id,
+                deal.id,
+                step,
+                attempt_no,
+                now,
+                outcome="ok",
+                duration_ms=duration,
+                idempotency_key=outcome.idempotency_key,
+                stripe_request_id=outcome.stripe_request_id,
+                detail=dict(detail),
+            )
+            started = (
+                _mark(conn, deal.id, next_step, 1, now)
+                if start_next and next_step is not None
+                else None
+            )
+            if holder is not None:
+                _release_locks(conn, holder)
+            before_commit()
+        return deal.with_changes({**values, "customer_id": customer_id}), started
+
+    def fail(
+        self,
+        *,
+        deal_id: int,
+        step: str,
+        attempt_id: int | None,
+        attempt_no: int,
+        retry_at: datetime | None,
+        reason: str,
+        code: str,
+        duration: int,
+        holder: str | None,
+        stripe_request_id: str | None,
+        idempotency_key: str | None,
+        detail: dict[str, Any] | None,
+    ) -> bool:
+        """Records a failed attempt: `retrying` until `retry_at`, or (None) `needs_attention`
+        with an event; gives the leases back. False when this worker no longer held the deal."""
+        now = self.clock()
+        retrying = retry_at is not None
+        with self.db() as session, session.begin():
+            conn = session.connection()
+            if holder is not None:
+                _release_locks(conn, holder)
+            values: dict[str, Any] = {
+                "status": "retrying" if retrying else "needs_attention",
+                "current_step": step,
+                "attempts": attempt_no,
+                "last_error": reason,
+                "last_error_code": code,
+                "locked_by": None,
+                "locked_until": None,
+                "next_attempt_at": retry_at,
+                "updated_at": now,
+            }
+            if not retrying:
+                values["writeback_pending"] = deals.c.source != "file"  # tell Salesforce too
+            held = conn.execute(
+                update(deals)
+                .where(
+                    deals.c.id == deal_id,
+                    deals.c.locked_by == self.owner,
+                    deals.c.status != CANCELLED,
+                )
+                .values(**values)
+            ).rowcount
+            if held != 1:
+                return False  # nothing of this attempt is ours to record; leases go back
+            _finish_attempt(
+                conn,
+                attempt_id,
+                deal_id,
+                step,
+                attempt_no,
+                now,
+                outcome="retry" if retrying else "failed",
+                duration_ms=duration,
+                error=reason,
+                error_code=code,
+                stripe_request_id=stripe_request_id,
+                idempotency_key=idempotency_key,
+                detail=detail,
+            )
+            if not retrying:
+                conn.execute(
+                    insert(events).values(
+                        deal_id=deal_id,
+                        at=now,
+                        kind="needs_attention",
+                        message=reason,
+                        detail={"step": step, "code": code},
+                    )
+                )
+        return True
+
+    # batches -------------------------------------------------------------------------------
+
+    def settle_batch(
+        self,
+        rows: list[dict[str, Any]],
+        attempt_rows: list[dict[str, Any]],
+        *,
+        duration: int,
+        event_rows: list[dict[str, Any]] | None = None,
+        before_commit: Callable[[int], None] | None = None,
+    ) -> set[int]:
+        """Records a batch step's success for the deals this worker still holds (and were not
+        cancelled meanwhile): one guarded bulk UPDATE of the deals (clearing errors and
+        leases), one bulk INSERT of their attempts and of their events. Returns their ids."""
+        if not rows:
+            return set()
+        now = self.clock()
+        with self.db() as session, session.begin():
+            conn = session.connection()
+            candidates = select(deals.c.id).where(
+                deals.c.id.in_([r["id"] for r in rows]),
+                deals.c.locked_by == self.owner,
+                deals.c.status != CANCELLED,
+            )
+            if conn.dialect.name == "postgresql":
+                candidates = candidates.with_for_update()
+            owned = set(conn.execute(candidates).scalars())
+            if not owned:
+                return owned
+            common = {
+                "attempts": 0,
+                "next_attempt_at": None,
+                "last_error": None,
+                "last_error_code": None,
+                "locked_by": None,
+                "locked_until": None,
+                "updated_at": now,
+            }
+            session.execute(update(Deal), [{**common, **r} for r in rows if r["id"] in owned])
+            conn.execute(
+                insert(attempts),
+                [
+                    {
+                        "started_at": now,
+                        "finished_at": now,
+                        "duration_ms": duration,
+                        "outcome": "ok",
+                        **a,
+                    }
+                    for a in attempt_rows
+                    if a["deal_id"] in owned
+                ],
+            )
+            chosen = [e for e in event_rows or [] if e["deal_id"] in owned]
+            if chosen:
+                conn.execute(insert(events), chosen)
+            if before_commit is not None:
+                for deal_id in sorted(owned):
+                    before_commit(deal_id)
+        return owned
+
+    def retry_later(
+        self,
+        deal: DealView,
+        step: str,
+        *,
+        at: datetime,
+        reason: str,
+        code: str,
+        duration: int,
+    ) -> bool:
+        """A batch step to try again at `at` for a reason that is not a failure (waiting for a
+        data load's line items): the deal is `retrying`, the attempt recorded."""
+        now = self.clock()
+        with self.db() as session, session.begin():
+            conn = session.connection()
+            held = conn.execute(
+                update(deals)
+                .where(
+                    deals.c.id == deal.id,
+                    deals.c.locked_by == self.owner,
+                    deals.c.status != CANCELLED,
+                )
+                .values(
+                    status="retrying",
+                    current_step=step,
+                    next_attempt_at=at,
+                    last_error=reason,
+                    last_error_code=code,
+                    locked_by=None,
+                    locked_until=None,
+                    updated_at=now,
+                )
+            ).rowcount
+            if held != 1:
+                return False
+            _finish_attempt(
+                conn,
+                None,
+                deal.id,
+                step,
+                deal.attempts + 1,
+                now,
+                duration_ms=duration,
+                outcome="retry",
+                error=reason,
+                error_code=code,
+            )
+        return True
+
+    def parked_to_report(self, limit: int) -> list[DealView]:
+        """Deals newly parked whose opportunity is still to be told."""
+        with self.db() as session:
+            rows = session.connection().execute(
+                select(*_VIEW)
+                .where(deals.c.status == "needs_attention", deals.c.writeback_pending.is_(True))
+                .order_by(deals.c.id)
+                .limit(limit)
+            )
+            return [DealView.from_row(dict(row)) for row in rows.mappings()]
+
+    def parked_reported(self, deal_ids: Collection[int]) -> None:
+        with self.db() as session, session.begin():
+            session.connection().execute(
+                update(deals)
+                .where(deals.c.id.in_(list(deal_ids)), deals.c.status == "needs_attention")
+                .values(writeback_pending=False)
+            )
+
+    def ready_for_write_back(self, step: str) -> tuple[int, datetime | None]:
+        """How many deals wait for the write-back now, and since when the oldest has."""
+        now = self.clock()
+        with self.db() as session:
+            count, oldest = (
+                session.connection()
+                .execute(
+                    select(func.count(deals.c.id), func.min(deals.c.updated_at)).where(
+                        deals.c.current_step == step, _due(now)
+                    )
+                )
+                .one()
+            )
+        return int(count or 0), oldest
+
+    def renew(self, deal_ids: Collection[int], until: datetime) -> int:
+        """Extends this worker's leases on the deals in work (and their account leases)."""
+        ids = sorted(deal_ids)
+        if not ids:
+            return 0
+        with self.db() as session, session.begin():
+            conn = session.connection()
+            result = conn.execute(
+                update(deals)
+                .where(deals.c.locked_by == self.owner, deals.c.id.in_(ids))
+                .values(locked_until=until)
+            )
+            conn.execute(
+                update(locks)
+                .where(locks.c.locked_by.in_([f"{self.owner}:{i}" for i in ids]))
+                .values(locked_until=until)
+            )
+        return int(result.rowcount or 0)
+
+
+def _is_deal_step(step: str) -> bool:
+    from sf_bridge.provisioning.states import DEAL_STEPS
+
+    return step in DEAL_STEPS
+
+
+def ensure_customer(conn: Connection, identity: Any) -> CustomerView:
+    """The customers row of the identity's customer key, made (for its account) unless it
+    exists (concurrent-safe)."""
+    now = utcnow()
+    conn.execute(
+        _insert(conn, customers)
+        .values(
+            customer_key=identity.customer_key,
+            sf_account_id=identity.account_id,
+            name=identity.name[:255],
+            email=identity.email,
+            created_at=now,
+            updated_at=now,
+        )
+        .on_conflict_do_nothing(index_elements=["customer_key"])
+    )
+    row = (
+        conn.execute(
+            select(
+                customers.c.id,
+                customers.c.customer_key,
+                customers.c.sf_account_id,
+                customers.c.name,
+                customers.c.email,
+                customers.c.stripe_customer_id,
+            ).where(customers.c.customer_key == identity.customer_key)
+        )
+        .mappings()
+        .one()
+    )
+    return CustomerView(**row)
+
+
+def _try_lock(
+    conn: Connection,
+    account_id: str,
+    customer_id: int | None,
+    holder: str,
+    now: datetime,
+    until: datetime,
+) -> bool:
+    names = [f"account:{account_id}"]
+    if customer_id is not None:
+        names.append(f"customer:{customer_id}")
+
+    def take() -> int:
+        return int(
+            conn.execute(
+                update(locks)
+                .where(
+                    locks.c.name.in_(names),
+                    or_(
+                        locks.c.locked_by.is_(None),
+                        locks.c.locked_by == holder,
+                        locks.c.locked_until < now,
+                    ),
+                )
+                .values(locked_by=holder, locked_until=until)
+            ).rowcount
+            or 0
+        )
+
+    if take() == len(names):
+        return True
+    # A first deal of the account or customer (its lease rows are made once), or a busy one.
+    known = set(conn.execute(select(locks.c.name).where(locks.c.name.in_(names))).scalars())
+    if len(known) == len(names):
+        return False
+    conn.execute(
+        _insert(conn, locks)
+        .values([{"name": name} for name in names if name not in known])
+        .on_conflict_do_nothing(index_elements=["name"])
+    )
+    return take() == len(names)
+
+
+def _running_attempt(
+    conn: Connection, deal_id: int, step: str, attempt_no: int, now: datetime
+) -> int:
+    return int(
+        conn.execute(
+            insert(attempts)
+            .values(
+                deal_id=deal_id, step=step, attempt=attempt_no, started_at=now, outcome="running"
+            )
+            .returning(attempts.c.id)
+        ).scalar_one()
+    )
+
+
+def _mark(conn: Connection, deal_id: int, step: str, attempt_no: int, now: datetime) -> Started:
+    """Records the attempt of a Stripe step of a deal whose account's lease is held; resumed
+    when an earlier attempt of the step may have reached Stripe."""
+    earlier = select(attempts.c.id).where(attempts.c.step == step, attempts.c.deal_id == deal_id)
+    resumed = conn.execute(earlier.limit(1)).first() is not None
+    return Started(_running_attempt(conn, deal_id, step, attempt_no, now), resumed)
+
+
+def _release_locks(conn: Connection, holder: str) -> None:
+    conn.execute(
+        update(locks).where(locks.c.locked_by == holder).values(locked_by=None, locked_until=None)
+    )
+
+
+def _finish_attempt(
+    conn: Connection,
+    attempt_id: int | None,
+    deal_id: int,
+    step: str,
+    attempt_no: int,
+    now: datetime,
+    **values: Any,
+) -> None:
+    """Completes the attempt recorded at the start (one UPDATE), or records it whole."""
+    if attempt_id is not None:
+        conn.execute(
+            update(attempts).where(attempts.c.id == attempt_id).values(finished_at=now, **values)
+        )
+        return
+    conn.execute(
+        insert(attempts).values(
+            deal_id=deal_id,
+            step=step,
+            attempt=attempt_no,
+            started_at=now,
+            finished_at=now,
+            **values,
+        )
+    )
+
+
+__all__ = ["DealStore", "Started", "ensure_customer"]
