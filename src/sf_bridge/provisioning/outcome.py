@@ -40,6 +40,7 @@ class DealView:
     invoice_status: str | None = None
     hosted_invoice_url: str | None = None
     last_error: str | None = None
+    last_error_code: str | None = None
     created_at: datetime | None = None
     resumed: bool = False
 
