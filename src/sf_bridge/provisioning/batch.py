@@ -24,7 +24,7 @@ from sf_bridge.db.models import (
 from sf_bridge.errors import CrmRejected, PermanentError, TransientError
 from sf_bridge.logging import get_logger
 from sf_bridge.provisioning import claim
-from sf_bridge.provisioning.eligibility import Skip, judge
+from sf_bridge.provisioning.eligibility import FLOOR_WAIVED, Skip, judge
 from sf_bridge.provisioning.runner import Provisioner, record_failure
 from sf_bridge.provisioning.states import STATUS_AFTER, STEP_FETCH, STEP_MAP, STEP_WRITE_BACK
 
@@ -106,11 +106,15 @@ def _fetch_claimed(
         else:
             found.append((deal, match))
     now = prov.clock()
-    skips: dict[int, Skip | None] = {deal.id: judge(record, floor) for deal, record in found}
+    with prov.db() as session:
+        waived = floor_waived(session, [deal.id for deal, _record in found])
+    skips: dict[int, Skip | None] = {
+        deal.id: judge(record, None if deal.id in waived else floor) for deal, record in found
+    }
     ready: list[tuple[Deal, dict[str, Any]]] = []
     for deal, record in found:
         if line_items_wait > 0 and skips[deal.id] is None and lacks_line_items(record):
-            _wait_for_lines(prov, deal, now, line_items_wait, duration)
+            _wait_for_lines(prov, deal, record, now, line_items_wait, duration)
         else:
             ready.append((deal, record))
     found = ready
@@ -195,15 +199,59 @@ def _span(seconds: float) -> str:
     return f"{seconds:g} second" + ("" if seconds == 1 else "s")
 
 
+# Events that (re)queue a deal for its fetch: the wait for line items runs from the latest.
+QUEUED_EVENTS = ("received", "refetch", "replayed")
+
+
+def floor_waived(session: Session, deal_ids: list[int]) -> set[int]:
+    """Which of these deals were provisioned on purpose although won before the floor
+    (`replay --include-skipped`): every later fetch honours it."""
+    if not deal_ids:
+        return set()
+    return set(
+        session.execute(
+            select(DealEvent.deal_id).where(
+                DealEvent.deal_id.in_(deal_ids), DealEvent.kind == FLOOR_WAIVED
+            )
+        ).scalars()
+    )
+
+
+def _queued_at(prov: Provisioner, deal: Deal) -> datetime:
+    """When the deal was last (re)queued for its fetch: enqueued, won again, refreshed or
+    replayed."""
+    with prov.db() as session:
+        latest = session.execute(
+            select(func.max(DealEvent.at)).where(
+                DealEvent.deal_id == deal.id, DealEvent.kind.in_(QUEUED_EVENTS)
+            )
+        ).scalar()
+    at = latest or deal.created_at
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
 def _wait_for_lines(
-    prov: Provisioner, deal: Deal, now: datetime, wait: float, duration: int
+    prov: Provisioner,
+    deal: Deal,
+    record: dict[str, Any],
+    now: datetime,
+    wait: float,
+    duration: int,
 ) -> None:
     """A won deal with no line items yet: a data load inserts the opportunity first and its
-    lines a moment later. Within `wait` seconds of the deal's arrival it is fetched again later
-    (at once when its lines' change event arrives); after that it is parked with what to do."""
-    arrived = deal.created_at if deal.created_at.tzinfo else deal.created_at.replace(tzinfo=UTC)
-    deadline = arrived + timedelta(seconds=wait)
+    lines a moment later. Within `wait` seconds of when the deal was last queued for its fetch
+    it is fetched again every tenth of the wait (at most 30 s apart; at once when its lines'
+    change event arrives); after that it is parked with what to do. The snapshot is kept, so
+    a sweep sees when the record changed since."""
+    deadline = _queued_at(prov, deal) + timedelta(seconds=wait)
     if now >= deadline:
+        with prov.db() as session, session.begin():
+            session.execute(
+                update(Deal)
+                .where(Deal.id == deal.id, Deal.locked_by == prov.owner)
+                .values(opportunity=record)
+                .execution_options(synchronize_session=False)
+            )
         _fail(
             prov,
             [deal],
@@ -223,6 +271,7 @@ def _wait_for_lines(
         row = claim.load_owned(session, deal.id, prov.owner)
         if row is None:
             return
+        row.opportunity = record
         row.status = RETRYING
         row.current_step = STEP_FETCH
         row.next_attempt_at = next_try
