@@ -52,9 +52,7 @@ def test_a_floor_waived_on_purpose_holds_when_its_lines_send_it_back_to_fetch(
         enqueue_opportunities(session, [WAIVED], source="stream")
     drain(h.worker(), lambda: h.statuses().get(WAIVED) == "skipped")
     assert h.deal(WAIVED).last_error_code == "before_floor"
-    [outcome] = replay(
-        h.session_factory, [WAIVED], include_skipped=True, crm=h.crm, floor=FLOOR
-    )
+    [outcome] = replay(h.session_factory, [WAIVED], include_skipped=True, crm=h.crm, floor=FLOOR)
     assert outcome.requeued
     with h.session_factory() as session, session.begin():  # its lines changed meanwhile
         assert refresh_unprovisioned(session, [WAIVED], source="stream") == [WAIVED]

@@ -97,7 +97,8 @@ def test_a_known_deal_waiting_for_lines_is_fetched_again_when_its_record_changed
         deal.status, deal.current_step = "needs_attention", "fetch"
         deal.last_error_code = "no_line_items"
         deal.opportunity = dict(crm.opportunities[loaded])
-    assert sweeper.run_once() == [] and sweeper.refreshed == 0  # nothing changed since
+    assert sweeper.run_once() == []  # nothing changed since
+    assert sweeper.refreshed == 0
     won(crm, 1, T0 + timedelta(minutes=2))  # its lines came (no change event said so)
     assert sweeper.run_once() == []
     assert sweeper.refreshed == 1
