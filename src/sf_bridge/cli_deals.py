@@ -332,6 +332,7 @@ def replay_command(
         raise ConfigurationError(
             "Nothing to replay.", hint="name deals (number or Opportunity Id) or pass --failed."
         )
+    from sf_bridge.provisioning.floor import FloorSource
     from sf_bridge.provisioning.replay import replay
     from sf_bridge.provisioning.wiring import MappingsLoader, build_crm
 
@@ -346,6 +347,7 @@ def replay_command(
         mappings=loader(),
         crm=crm,
         include_skipped=include_skipped,
+        floor=FloorSource(factory, settings.provision_floor)(),
     )
     if not outcomes:
         typer.echo("No deal needs a replay.")

@@ -82,10 +82,12 @@ class Settings(EnvSettings):
     overdue_dry_run: bool = Field(False, alias="SF_BRIDGE_OVERDUE_DRY_RUN")
     # Deals whose Close Date is before this ISO date (or date and time) are skipped, not
     # provisioned; unset: the day `sf-bridge run` first started on the database.
-    provision_floor: str | None = Field(None, alias="SF_BRIDGE_PROVISION_FLOOR")
+    provision_floor: str | None = Field(
+        None, alias="SF_BRIDGE_PROVISION_FLOOR", examples=["2026-12-01", "2026-12-01T09:30:00Z"]
+    )
     # How long a won deal without line items waits for them (a data load adds the lines after
     # the opportunity) before it is parked.
-    line_items_wait_seconds: float = Field(300.0, alias="SF_BRIDGE_LINE_ITEMS_WAIT")
+    line_items_wait_seconds: float = Field(300.0, alias="SF_BRIDGE_LINE_ITEMS_WAIT", ge=0)
 
     @field_validator("database_url")
     @classmethod
@@ -100,6 +102,27 @@ class Settings(EnvSettings):
             raise ValueError(
                 "is not a database URL sf-bridge can use (SQLite or PostgreSQL)"
             ) from None
+        return value
+
+    @field_validator("provision_floor")
+    @classmethod
+    def _provision_floor(cls, value: str | None) -> str | None:
+        from datetime import UTC, datetime
+
+        from sf_bridge.errors import ConfigurationError
+        from sf_bridge.provisioning.floor import parse_floor
+
+        if value is None or not value.strip():
+            return None
+        try:
+            floor = parse_floor(value)
+        except ConfigurationError:
+            raise ValueError("is not a date") from None
+        if floor > datetime.now(UTC):
+            raise ValueError(
+                "is in the future: every deal would be skipped until then (the floor is the "
+                "earliest Close Date provisioned)"
+            )
         return value
 
     @field_validator("sf_login_url", "stripe_api_base")

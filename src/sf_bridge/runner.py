@@ -156,7 +156,6 @@ class WorkerProcess:
         )
 
         ensure_current(self.engine)
-        self._record_floor()
         loader = MappingsLoader(self.settings.mappings_dir)
         mappings = loader()  # a missing or invalid folder refuses the start (exit 2)
         log.info(
@@ -190,8 +189,9 @@ class WorkerProcess:
                 message="running without Salesforce (--no-salesforce): no stream, no sweep, "
                 "no fetch and no write-back.",
             )
-            return
-        self.intake = self._build_intake(loader)
+        else:
+            self.intake = self._build_intake(loader)
+        self._record_floor()  # only once every other start-up check passed
 
     def _record_floor(self) -> None:
         """The first start on this database is the default provisioning floor: stored once."""

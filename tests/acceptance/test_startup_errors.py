@@ -123,6 +123,35 @@ def test_a_wrong_worker_tuning_setting_is_named(ready_database: str) -> None:
     refused(done, "SF_BRIDGE_WORKER_POLL='fast' is not a number")
 
 
+def floor_recorded(url: str) -> str | None:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            return connection.execute(
+                text("SELECT value FROM stream_checkpoints WHERE name = 'provision_floor'")
+            ).scalar()
+    finally:
+        engine.dispose()
+
+
+def test_a_wrong_provisioning_floor_or_line_items_wait_is_named(ready_database: str) -> None:
+    done = sf_bridge("run", DATABASE_URL=ready_database, SF_BRIDGE_PROVISION_FLOOR="last year")
+    refused(done, "SF_BRIDGE_PROVISION_FLOOR='last year' is not a date", "2026-12-01")
+    done = sf_bridge("run", DATABASE_URL=ready_database, SF_BRIDGE_PROVISION_FLOOR="2999-01-01")
+    refused(done, "SF_BRIDGE_PROVISION_FLOOR='2999-01-01' is in the future")
+    done = sf_bridge("run", DATABASE_URL=ready_database, SF_BRIDGE_LINE_ITEMS_WAIT="-5")
+    refused(done, "SF_BRIDGE_LINE_ITEMS_WAIT='-5' must be at least 0")
+    assert floor_recorded(ready_database) is None
+
+
+def test_a_refused_start_does_not_fix_the_first_start_floor(ready_database: str) -> None:
+    done = sf_bridge("run", DATABASE_URL=ready_database)  # no Salesforce credentials
+    refused(done, "Salesforce is not configured")
+    assert floor_recorded(ready_database) is None
+
+
 def test_commands_that_need_no_settings_still_run_with_a_wrong_one() -> None:
     done = sf_bridge("mappings", "check", "mappings", PORT="notaport")
     assert done.returncode == 0, done.stderr

@@ -7,7 +7,8 @@ Three channel kinds (see docs/operations.md):
   without `changedFields` (older API versions over CometD) is judged by the fields the event
   carries: CometD sends only changed, non-null fields. An UPDATE of `Amount` or
   `HasOpportunityLineItem` without the stage (line items added after the opportunity, as data
-  loads do) asks for a refresh of those records.
+  loads do) asks for a refresh of those records, noting whether an API client made it
+  (`changeOrigin`).
 - Platform Event `/event/<Name>__e`: published on Closed Won, with an opportunity id field.
 - PushTopic `/topic/<Name>`: `data.sobject` with the selected fields.
 
@@ -33,6 +34,9 @@ WON_CHANGE_TYPES = frozenset({"CREATE", "UPDATE", "UNDELETE"})
 GAP_CHANGE_TYPES = frozenset({"GAP_CREATE", "GAP_UPDATE", "GAP_UNDELETE"})
 # Opportunity fields Salesforce rolls up from the line items: adding lines changes them.
 LINE_FIELDS = frozenset({"Amount", "HasOpportunityLineItem"})
+# `changeOrigin` of a change made through a Salesforce API:
+# com/salesforce/api/<soap|rest|bulkapi|...>/<version>[;client=<client id>].
+API_ORIGIN = "com/salesforce/api/"
 
 
 def channel_kind(channel: str) -> ChannelKind:
@@ -67,6 +71,11 @@ class EventOutcome:
     # Their line items or amount changed (a data load adds lines after the opportunity): a
     # deal not provisioned yet is fetched again; an unknown one is re-read to see if it is won.
     refresh: tuple[str, ...] = ()
+    # The change was made by an API client (the header's `changeOrigin` names a Salesforce
+    # API: Data Loader, Bulk API, an integration), not in the UI: only such a refresh of an
+    # opportunity without a deal is worth a re-read (a data load may have inserted it won
+    # while nobody listened; an edit of an open deal in the UI never is).
+    from_api: bool = False
     replay_id: int | None = None
     created: str | None = None  # creation date, for the replay marker
 
@@ -157,8 +166,10 @@ def _cdc(data: Mapping[str, Any], rules: EventRules) -> EventOutcome:
         changed_fields = {str(f) for f in payload if f != "ChangeEventHeader"}
     if change_type == "UPDATE" and not changed_fields & {"StageName", "IsWon"}:
         lines_changed = bool(changed_fields & LINE_FIELDS)
+        origin = header.get("changeOrigin")
         return EventOutcome(
             refresh=tuple(ids) if lines_changed else (),
+            from_api=isinstance(origin, str) and origin.startswith(API_ORIGIN),
             malformed=malformed,
             sweep=sweep,
             rejected_ids=tuple(bad),

@@ -49,6 +49,12 @@ def _refresh_unprovisioned(session: Session, ids: Sequence[str], source: str) ->
     return refresh_unprovisioned(session, ids, source=source)
 
 
+def _refresh_modified(session: Session, modified: dict[str, datetime]) -> list[str]:
+    from sf_bridge.provisioning.queue import refresh_modified
+
+    return refresh_modified(session, modified, source="sweep")
+
+
 def _known_opportunities(session: Session, ids: Sequence[str]) -> set[str]:
     from sf_bridge.provisioning.queue import known_opportunities
 
@@ -140,6 +146,7 @@ class StreamIntake:
             overlap=timedelta(seconds=self.options.sweep_overlap_seconds),
             initial_lookback=timedelta(seconds=self.options.sweep_initial_lookback_seconds),
             page_size=self.options.sweep_page_size,
+            refresh=_refresh_modified,
         )
         self.on_enqueued: Callable[[list[str]], None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -380,6 +387,7 @@ class StreamIntake:
         won: dict[str, None] = {}
         recheck: dict[str, None] = {}
         refresh: dict[str, None] = {}
+        from_api: set[str] = set()
         sweep = False
         for outcome in outcomes:
             if outcome.malformed:
@@ -394,15 +402,23 @@ class StreamIntake:
             won.update(dict.fromkeys(outcome.won))
             recheck.update(dict.fromkeys(i for i in outcome.recheck if i not in won))
             refresh.update(dict.fromkeys(outcome.refresh))
+            if outcome.from_api:
+                from_api.update(outcome.refresh)
             sweep = sweep or outcome.sweep
         ids = list(won)
         refresh_known: list[str] = []
         if refresh:
             # Lines or amount changed: a known deal not provisioned yet is fetched again; an
-            # unknown one may have been inserted won while nobody listened: re-read it.
+            # unknown one changed by an API client (a data load) may have been inserted won
+            # while nobody listened: re-read it. An unknown deal edited in the UI is not
+            # (a deal created won has its CREATE event; outages are the sweep's).
             known = await asyncio.to_thread(self._known_among, list(refresh))
             refresh_known = [i for i in refresh if i in known and i not in won]
-            recheck.update(dict.fromkeys(i for i in refresh if i not in known and i not in won))
+            recheck.update(
+                dict.fromkeys(
+                    i for i in refresh if i not in known and i not in won and i in from_api
+                )
+            )
         if recheck:
             self.stats.rechecked += len(recheck)
             confirmed = await asyncio.to_thread(self.crm.won_among, list(recheck))

@@ -26,6 +26,9 @@ log = get_logger(__name__)
 
 SWEEP_CHECKPOINT = "sweep"
 Enqueue = Callable[[Session, Sequence[str]], list[str]]
+# (session, {opportunity id: its LastModifiedDate}): known deals not provisioned yet whose
+# record changed since their fetch are fetched again (their lines came, whatever the channel).
+RefreshModified = Callable[[Session, dict[str, datetime]], list[str]]
 
 
 class WonFinder(Protocol):
@@ -43,8 +46,11 @@ class Sweeper:
         initial_lookback: timedelta = timedelta(0),
         page_size: int = 2000,
         clock: Callable[[], datetime] = utcnow,
+        refresh: RefreshModified | None = None,
     ) -> None:
         self.crm = crm
+        self.refresh = refresh
+        self.refreshed = 0  # known deals sent back to their fetch by sweeps
         self.session_factory = session_factory
         self.enqueue = enqueue
         self.overlap = overlap
@@ -87,7 +93,16 @@ class Sweeper:
             newest = max((w.last_modified for w in found), default=checkpoint)
             with transaction(self.session_factory) as session:
                 if ids:
-                    enqueued.extend(self.enqueue(session, ids))
+                    new = self.enqueue(session, ids)
+                    enqueued.extend(new)
+                    if self.refresh is not None:
+                        modified = {
+                            to_18(w.opportunity_id): w.last_modified
+                            for w in found
+                            if is_salesforce_id(w.opportunity_id)
+                            and to_18(w.opportunity_id) not in set(new)
+                        }
+                        self.refreshed += len(self.refresh(session, modified))
                 if newest > checkpoint:
                     checkpoint = newest
                     write_checkpoint(session, SWEEP_CHECKPOINT, checkpoint.isoformat())

@@ -12,7 +12,7 @@ from sf_bridge.crm.port import CrmGateway, OpportunityUpdate
 from sf_bridge.db.models import SKIPPED
 from sf_bridge.errors import CrmRejected, PermanentError, TransientError
 from sf_bridge.logging import get_logger
-from sf_bridge.provisioning.eligibility import Skip, judge
+from sf_bridge.provisioning.eligibility import FLOOR_WAIVED, Skip, judge
 from sf_bridge.provisioning.error_text import opportunity_error_text
 from sf_bridge.provisioning.outcome import DealView
 from sf_bridge.provisioning.runner import Provisioner, record_failure
@@ -95,11 +95,14 @@ def _fetch_claimed(
         else:
             found.append((deal, match))
     now = prov.clock()
-    skips: dict[int, Skip | None] = {deal.id: judge(record, floor) for deal, record in found}
+    waived = prov.store.events_of_kind([deal.id for deal, _record in found], (FLOOR_WAIVED,))
+    skips: dict[int, Skip | None] = {
+        deal.id: judge(record, None if deal.id in waived else floor) for deal, record in found
+    }
     ready: list[tuple[DealView, dict[str, Any]]] = []
     for deal, record in found:
         if line_items_wait > 0 and skips[deal.id] is None and lacks_line_items(record):
-            _wait_for_lines(prov, deal, now, line_items_wait, duration)
+            _wait_for_lines(prov, deal, record, now, line_items_wait, duration)
         else:
             ready.append((deal, record))
     found = ready
@@ -176,16 +179,33 @@ def _span(seconds: float) -> str:
     return f"{seconds:g} second" + ("" if seconds == 1 else "s")
 
 
+# Events that (re)queue a deal for its fetch: the wait for line items runs from the latest.
+QUEUED_EVENTS = ("received", "refetch", "replayed")
+
+
+def _queued_at(prov: Provisioner, deal: DealView, now: datetime) -> datetime:
+    """When the deal was last (re)queued for its fetch: enqueued, won again, refreshed or
+    replayed."""
+    at = prov.store.latest_event_at(deal.id, QUEUED_EVENTS) or deal.created_at or now
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
 def _wait_for_lines(
-    prov: Provisioner, deal: DealView, now: datetime, wait: float, duration: int
+    prov: Provisioner,
+    deal: DealView,
+    record: dict[str, Any],
+    now: datetime,
+    wait: float,
+    duration: int,
 ) -> None:
     """A won deal with no line items yet: a data load inserts the opportunity first and its
-    lines a moment later. Within `wait` seconds of the deal's arrival it is fetched again later
-    (at once when its lines' change event arrives); after that it is parked with what to do."""
-    created = deal.created_at or now
-    arrived = created if created.tzinfo else created.replace(tzinfo=UTC)
-    deadline = arrived + timedelta(seconds=wait)
+    lines a moment later. Within `wait` seconds of when the deal was last queued for its fetch
+    it is fetched again every tenth of the wait (at most 30 s apart; at once when its lines'
+    change event arrives); after that it is parked with what to do. The snapshot is kept, so
+    a sweep sees when the record changed since."""
+    deadline = _queued_at(prov, deal, now) + timedelta(seconds=wait)
     if now >= deadline:
+        prov.store.keep_snapshot(deal, record)
         _fail(
             prov,
             [deal],
@@ -211,6 +231,7 @@ def _wait_for_lines(
         ),
         code=AWAITING_LINE_ITEMS,
         duration=duration,
+        snapshot=record,
     )
 
 

@@ -22,6 +22,9 @@ from typing import Any
 
 NOT_WON = "not_won"
 BEFORE_FLOOR = "before_floor"
+# The deal event recording that a deal was provisioned on purpose although won before the
+# floor (`replay --include-skipped`): the fetch judges such a deal without the floor.
+FLOOR_WAIVED = "floor_waived"
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,8 @@ that is not provisioned yet back to the fetch step, so that it is read again.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, or_, select, update
@@ -19,6 +20,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from sf_bridge.crm import ids
+from sf_bridge.crm.soql import parse_salesforce_datetime
 from sf_bridge.db.models import NEEDS_ATTENTION, RETRYING, SKIPPED, Deal, DealEvent, utcnow
 from sf_bridge.errors import SfBridgeError
 from sf_bridge.logging import get_logger
@@ -194,17 +196,60 @@ def refresh_unprovisioned(
     return _fetch_again(
         session,
         opportunity_ids,
-        or_(
-            Deal.status.in_(PRE_STRIPE),
-            and_(
-                Deal.status.in_((RETRYING, NEEDS_ATTENTION)),
-                Deal.current_step.in_((STEP_FETCH, STEP_MAP)),
-            ),
-            and_(Deal.status == SKIPPED, Deal.last_error_code == "not_won"),
-        ),
+        _unprovisioned(),
         source=source,
         message=f"Its line items or amount changed ({source}): fetched again.",
     )
+
+
+def _unprovisioned() -> ColumnElement[bool]:
+    return or_(
+        Deal.status.in_(PRE_STRIPE),
+        and_(
+            Deal.status.in_((RETRYING, NEEDS_ATTENTION)),
+            Deal.current_step.in_((STEP_FETCH, STEP_MAP)),
+        ),
+        and_(Deal.status == SKIPPED, Deal.last_error_code == "not_won"),
+    )
+
+
+def refresh_modified(
+    session: Session, modified: Mapping[str, datetime], *, source: str
+) -> list[str]:
+    """The sweep's won opportunities with their `LastModifiedDate`: a known deal not
+    provisioned yet (the same ones as `refresh_unprovisioned`) whose record changed since the
+    snapshot it was last fetched with goes back to the fetch step, whatever the channel
+    delivered. Returns their opportunity ids. Does not commit."""
+    if not modified:
+        return []
+    rows = session.execute(
+        select(Deal.opportunity_id, Deal.opportunity).where(
+            Deal.opportunity_id.in_(list(modified)), _unprovisioned()
+        )
+    ).all()
+    stale = [
+        opp_id
+        for opp_id, snapshot in rows
+        if _newer(modified[opp_id], (snapshot or {}).get("LastModifiedDate"))
+    ]
+    return _fetch_again(
+        session,
+        stale,
+        _unprovisioned(),
+        source=source,
+        message=f"The opportunity changed since it was fetched ({source}): fetched again.",
+    )
+
+
+def _newer(modified: datetime, fetched: Any) -> bool:
+    """Whether the record's `LastModifiedDate` is after the snapshot's (no snapshot: it is)."""
+    if not isinstance(fetched, str):
+        return True
+    try:
+        at = parse_salesforce_datetime(fetched)
+    except ValueError:
+        return True
+    return modified > at
 
 
 def known_opportunities(session: Session, opportunity_ids: Sequence[str]) -> set[str]:

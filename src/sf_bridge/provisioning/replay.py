@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -24,7 +25,7 @@ from sf_bridge.crm.port import CrmGateway
 from sf_bridge.db.models import NEEDS_ATTENTION, SKIPPED, Deal, DealEvent
 from sf_bridge.errors import SfBridgeError
 from sf_bridge.logging import get_logger
-from sf_bridge.provisioning.eligibility import NOT_WON, judge
+from sf_bridge.provisioning.eligibility import BEFORE_FLOOR, FLOOR_WAIVED, NOT_WON, Skip, judge
 from sf_bridge.provisioning.states import (
     DONE,
     STEP_FETCH,
@@ -83,10 +84,13 @@ def replay(
     mappings: Any = None,
     crm: CrmGateway | None = None,
     include_skipped: bool = False,
+    floor: datetime | None = None,
 ) -> list[ReplayOutcome]:
     """Requeues the deals named (deal numbers or opportunity ids) and, with `failed`, every
     deal in `needs_attention`. Done deals are left alone; skipped deals are provisioned only
-    when named with `include_skipped`. Returns what was done to each."""
+    when named with `include_skipped`. A deal re-read from Salesforce is judged as the fetch
+    judges it (no longer won, or closed before `floor`: recorded as skipped, not requeued).
+    Returns what was done to each."""
     with session_factory() as session, session.begin():
         deals: dict[int, Deal] = {}
         for ref in deal_ids:
@@ -99,10 +103,11 @@ def replay(
                 deals[deal.id] = deal
         fresh = _refetch(crm, [d for d in deals.values() if d.source != "file"])
         version = getattr(mappings, "version", None)
+        waived = floor_waived(session, list(deals))
         outcomes = [
             _provision_skipped(session, deal, fresh)
             if deal.status == SKIPPED and include_skipped
-            else _requeue(session, deal, fresh, version)
+            else _requeue(session, deal, fresh, version, None if deal.id in waived else floor)
             for deal in deals.values()
         ]
         if any(o.requeued for o in outcomes):
@@ -125,8 +130,26 @@ def _refetch(crm: CrmGateway | None, deals: list[Deal]) -> dict[str, dict[str, A
     return {str(r.get("Id")): r for r in records}
 
 
+def floor_waived(session: Session, deal_ids: list[int]) -> set[int]:
+    """Which of these deals were provisioned on purpose although won before the floor
+    (`replay --include-skipped`): every later fetch and replay honours it."""
+    if not deal_ids:
+        return set()
+    return set(
+        session.execute(
+            select(DealEvent.deal_id).where(
+                DealEvent.deal_id.in_(deal_ids), DealEvent.kind == FLOOR_WAIVED
+            )
+        ).scalars()
+    )
+
+
 def _requeue(
-    session: Session, deal: Deal, fresh: dict[str, dict[str, Any]], version: str | None
+    session: Session,
+    deal: Deal,
+    fresh: dict[str, dict[str, Any]],
+    version: str | None,
+    floor: datetime | None,
 ) -> ReplayOutcome:
     if deal.status == DONE:
         return ReplayOutcome(
@@ -146,6 +169,9 @@ def _requeue(
         step = STEP_FETCH
     reasons: list[str] = []
     record = fresh.get(deal.opportunity_id)
+    skip = judge(record, floor) if record is not None else None
+    if record is not None and skip is not None:
+        return _skip(session, deal, record, skip)
     if record is not None and _comparable(record) != _comparable(deal.opportunity):
         deal.opportunity = record
         reasons.append("the opportunity changed in Salesforce")
@@ -176,6 +202,29 @@ def _requeue(
     return ReplayOutcome(deal.id, deal.opportunity_id, step, message, True)
 
 
+def _skip(session: Session, deal: Deal, record: dict[str, Any], skip: Skip) -> ReplayOutcome:
+    """A deal Salesforce now says is not to be provisioned (moved out of its won stage, or its
+    Close Date moved before the floor): recorded as skipped, as the fetch records it."""
+    previous = deal.status
+    deal.opportunity = record
+    deal.status, deal.current_step = SKIPPED, None
+    deal.last_error, deal.last_error_code = skip.reason, skip.code
+    deal.attempts = 0
+    deal.next_attempt_at = None
+    deal.writeback_pending = False
+    deal.locked_by = None
+    deal.locked_until = None
+    session.add(
+        DealEvent(
+            deal_id=deal.id,
+            kind="skipped",
+            message=skip.reason,
+            detail={"code": skip.code, "from_status": previous, "by": "replay"},
+        )
+    )
+    return ReplayOutcome(deal.id, deal.opportunity_id, None, f"skipped: {skip.reason}", False)
+
+
 def _provision_skipped(
     session: Session, deal: Deal, fresh: dict[str, dict[str, Any]]
 ) -> ReplayOutcome:
@@ -195,7 +244,17 @@ def _provision_skipped(
         deal.opportunity = record
         deal.status, deal.current_step = status_before(STEP_MAP, custom_plan=False), STEP_MAP
         step = STEP_MAP
-    previous_reason = deal.last_error
+    previous_reason, previous_code = deal.last_error, deal.last_error_code
+    if previous_code == BEFORE_FLOOR:
+        # Durable: every later fetch of this deal (its lines refreshed, a replay) honours it.
+        session.add(
+            DealEvent(
+                deal_id=deal.id,
+                kind=FLOOR_WAIVED,
+                message="The provisioning floor is waived for this deal (provisioned on purpose).",
+                detail={"skipped_because": previous_reason},
+            )
+        )
     deal.attempts = 0
     deal.next_attempt_at = None
     deal.last_error = None

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Table, and_, func, insert, or_, select, update
@@ -490,9 +490,12 @@ class DealStore:
         reason: str,
         code: str,
         duration: int,
+        snapshot: dict[str, Any] | None = None,
     ) -> bool:
         """A batch step to try again at `at` for a reason that is not a failure (waiting for a
-        data load's line items): the deal is `retrying`, the attempt recorded."""
+        data load's line items): the deal is `retrying`, the attempt recorded. `snapshot` (the
+        record as just fetched) is kept, so a sweep sees when the record changed since."""
+        kept = {} if snapshot is None else {"opportunity": snapshot}
         now = self.clock()
         with self.db() as session, session.begin():
             conn = session.connection()
@@ -512,6 +515,7 @@ class DealStore:
                     locked_by=None,
                     locked_until=None,
                     updated_at=now,
+                    **kept,
                 )
             ).rowcount
             if held != 1:
@@ -529,6 +533,43 @@ class DealStore:
                 error_code=code,
             )
         return True
+
+    def keep_snapshot(self, deal: DealView, snapshot: dict[str, Any]) -> None:
+        """Stores the record as just fetched on a deal this worker holds."""
+        with self.db() as session, session.begin():
+            session.connection().execute(
+                update(deals)
+                .where(deals.c.id == deal.id, deals.c.locked_by == self.owner)
+                .values(opportunity=snapshot)
+            )
+
+    def events_of_kind(self, deal_ids: Collection[int], kinds: Collection[str]) -> set[int]:
+        """Which of these deals have a history event of one of these kinds."""
+        if not deal_ids:
+            return set()
+        with self.db() as session:
+            found = session.connection().execute(
+                select(events.c.deal_id)
+                .where(events.c.deal_id.in_(list(deal_ids)), events.c.kind.in_(kinds))
+                .distinct()
+            )
+            return set(found.scalars())
+
+    def latest_event_at(self, deal_id: int, kinds: Collection[str]) -> datetime | None:
+        """When the deal's latest history event of one of these kinds happened."""
+        with self.db() as session:
+            at = (
+                session.connection()
+                .execute(
+                    select(func.max(events.c.at)).where(
+                        events.c.deal_id == deal_id, events.c.kind.in_(kinds)
+                    )
+                )
+                .scalar()
+            )
+        if at is None:
+            return None
+        return at if at.tzinfo else at.replace(tzinfo=UTC)
 
     def parked_to_report(self, limit: int) -> list[DealView]:
         """Deals newly parked whose opportunity is still to be told."""

@@ -77,3 +77,20 @@ def test_lines_added_to_a_deal_inserted_won_while_nobody_listened_are_re_read_an
     wait_until(lambda: deal_count(session_factory) == 1, 5, "the loaded deal")
     assert deals_by_source(session_factory) == {loaded: "stream"}
     assert intake.stats.rechecked == 1
+
+
+def test_a_ui_edit_of_the_lines_of_an_unknown_open_deal_costs_no_query(
+    intake_org: SalesforceSandbox, session_factory, harness
+):
+    h = harness(options=fast_options(sweep_overlap_seconds=0.0))
+    intake = h.start()
+    account = intake_org.create_account("Open")
+    opened = intake_org.create_opportunity(account, "Open deal", [], stage="Prospecting")
+    wait_until(lambda: intake.stats.events >= 1, 5, "the CREATE event")
+    intake_org.add_line_items(opened, [{"product_code": "PRO-M", "quantity": 3}])  # the UI
+    header = intake_org.events.retained()[-1].message["data"]["payload"]["ChangeEventHeader"]
+    assert header["changedFields"] == ["Amount", "HasOpportunityLineItem", "LastModifiedDate"]
+    assert not header["changeOrigin"]
+    wait_until(lambda: intake.stats.events >= 2, 5, "the lines' event")
+    assert intake.stats.rechecked == 0
+    assert deal_count(session_factory) == 0

@@ -4,7 +4,7 @@ Stripe, done, held by a worker or skipped before the floor is left alone."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -13,6 +13,7 @@ from sf_bridge.db.models import Deal, utcnow
 from sf_bridge.provisioning.queue import (
     enqueue_opportunities,
     known_opportunities,
+    refresh_modified,
     refresh_unprovisioned,
     requeue_won_again,
 )
@@ -86,3 +87,23 @@ def test_a_won_event_brings_back_only_deals_skipped_as_no_longer_won(
     with session_factory() as session, session.begin():
         again = requeue_won_again(session, list(ids.values()), source="sweep")
     assert again == [ids["skipped_not_won"]]
+
+
+def test_the_sweep_refetches_unprovisioned_deals_whose_record_changed_since_their_fetch(
+    session_factory: sessionmaker[Session],
+) -> None:
+    ids = seed(session_factory)
+    fetched_at = "2026-12-01T10:00:00.000+0000"
+    with session_factory() as session, session.begin():
+        for deal in session.execute(select(Deal)).scalars():
+            deal.opportunity = {"Id": deal.opportunity_id, "LastModifiedDate": fetched_at}
+    same = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
+    later = same + timedelta(seconds=1)
+    with session_factory() as session, session.begin():
+        unchanged = refresh_modified(session, dict.fromkeys(ids.values(), same), source="sweep")
+    assert unchanged == []
+    with session_factory() as session, session.begin():
+        changed = refresh_modified(session, dict.fromkeys(ids.values(), later), source="sweep")
+    expected = {"fetched", "mapped", "waiting_lines", "parked_map", "skipped_not_won"}
+    assert set(changed) == {ids[name] for name in expected}
+    assert fetch_step(session_factory) == {ids[name] for name in expected}

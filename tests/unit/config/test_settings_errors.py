@@ -27,7 +27,8 @@ def checked_fields() -> list[tuple[type[EnvSettings], str, FieldInfo]]:
             if info.annotation in (str, str | None, SecretStr | None) and not (
                 cls is Settings and name in {"database_url", "sf_login_url", "sf_channel",
                                              "sf_api_version", "stripe_api_key",
-                                             "stripe_api_base", "log_level"}
+                                             "stripe_api_base", "log_level",
+                                             "provision_floor"}
             ):  # fmt: skip
                 continue
             if info.annotation is Path:  # any text is a path

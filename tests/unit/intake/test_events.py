@@ -285,3 +285,14 @@ def test_line_items_added_later_ask_for_a_refresh_not_a_won_verdict():
     # With the stage in the same change, the won verdict decides as usual.
     both = cdc("UPDATE", [OPP_A], ["StageName", "Amount"], StageName="Closed Won", Amount=5)
     assert normalise(both, "cdc", RULES).won == (OPP_A,)
+
+
+def test_a_line_change_says_whether_an_api_client_made_it():
+    event = cdc("UPDATE", [OPP_A], ["Amount", "LastModifiedDate"])
+    header = event["data"]["payload"]["ChangeEventHeader"]
+    assert normalise(event, "cdc", RULES).from_api is False  # the UI: no changeOrigin
+    header["changeOrigin"] = ""
+    assert normalise(event, "cdc", RULES).from_api is False
+    header["changeOrigin"] = "com/salesforce/api/bulkapi/62.0;client=DataLoaderBulkUI/"
+    loaded = normalise(event, "cdc", RULES)
+    assert (loaded.refresh, loaded.from_api) == ((OPP_A,), True)

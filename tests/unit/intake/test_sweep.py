@@ -71,3 +71,37 @@ def test_full_pages_are_followed(sqlite_url: str):
     sweeper = make_sweeper(sqlite_url, crm, now, overlap=timedelta(0), page_size=4)
     assert sorted(sweeper.run_once()) == sorted(ids)
     assert sweeper.checkpoint() == T0 + timedelta(seconds=1 + 25 // 3)
+
+
+def test_a_known_deal_waiting_for_lines_is_fetched_again_when_its_record_changed(
+    sqlite_url: str,
+):
+    from sqlalchemy import select
+
+    from sf_bridge.db.models import Deal
+    from sf_bridge.provisioning.queue import refresh_modified
+
+    crm = InMemoryCrm()
+    now = [T0]
+    sweeper = make_sweeper(
+        sqlite_url,
+        crm,
+        now,
+        overlap=timedelta(minutes=5),
+        refresh=lambda session, modified: refresh_modified(session, modified, source="sweep"),
+    )
+    loaded = won(crm, 1, T0 + timedelta(minutes=1))
+    assert sweeper.run_once() == [loaded]
+    with sweeper.session_factory() as session, session.begin():
+        deal = session.execute(select(Deal)).scalar_one()
+        deal.status, deal.current_step = "needs_attention", "fetch"
+        deal.last_error_code = "no_line_items"
+        deal.opportunity = dict(crm.opportunities[loaded])
+    assert sweeper.run_once() == []  # nothing changed since
+    assert sweeper.refreshed == 0
+    won(crm, 1, T0 + timedelta(minutes=2))  # its lines came (no change event said so)
+    assert sweeper.run_once() == []
+    assert sweeper.refreshed == 1
+    with sweeper.session_factory() as session:
+        deal = session.execute(select(Deal)).scalar_one()
+        assert (deal.status, deal.current_step) == ("received", "fetch")
