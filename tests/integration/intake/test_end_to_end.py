@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from sf_bridge.config import Settings
 from sf_bridge.db.models import Deal
+from sf_bridge.intake.replay import load_marker
 from sf_bridge.mapping import load_mappings
 from sf_bridge.runner import RunOptions, RunSettings, WorkerProcess
 from sf_bridge.sandbox.salesforce_org import CDC_CHANNEL, SalesforceSandbox
@@ -251,6 +252,12 @@ def test_worker_killed_ten_deals_closed_meanwhile_all_provisioned_once_after_res
     missed = [team_deal(org, f"Missed {i}") for i in range(10)]
     for opp in missed:
         org.close_won(opp)
+    last_event = org.events.last_replay_id
+
+    def stream_caught_up() -> bool:
+        with session_factory() as session:
+            marker = load_marker(session, CDC_CHANNEL)
+        return marker is not None and marker.replay_id >= last_event
 
     second = launch("second.log")
     try:
@@ -259,6 +266,9 @@ def test_worker_killed_ten_deals_closed_meanwhile_all_provisioned_once_after_res
             60,
             "all eleven",
         )
+        # The start sweep may finish the deals before the stream replays their events: stop
+        # only once the stream has committed the replay id of the last of them.
+        wait_until(stream_caught_up, 60, "the stream to replay the missed events")
     finally:
         second.send_signal(signal.SIGTERM)
         code = second.wait(30)
