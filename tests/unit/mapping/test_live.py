@@ -103,15 +103,18 @@ def test_files_other_than_mappings_do_not_cause_a_reload(tmp_path: Path, reads: 
     assert loader().version == load_mappings(EXAMPLE_MAPPINGS_DIR).version
 
 
+def cut_inside_products(text: str) -> str:
+    """salesforce.yaml as a save cut inside `products:` leaves it: valid YAML, one product."""
+    return text[: text.index("products:") + len("products:\n")] + "  SB-TEAM-M: {plan: team}\n"
+
+
 def test_an_edit_is_taken_only_once_it_is_the_same_on_two_polls(tmp_path: Path) -> None:
     folder = copy_mappings(tmp_path / "m")
     loader = LiveMappings(folder)
     good = loader()
     sources = folder / "salesforce.yaml"
     text = sources.read_text()
-    # A save cut inside `products:` is valid YAML and would check clean but for missing products.
-    cut = text[: text.index("products:") + len("products:\n")] + "  SB-TEAM-M: {plan: team}\n"
-    sources.write_text(cut)
+    sources.write_text(cut_inside_products(text))
     assert loader() is good, "the first poll after a change only notes it"
     sources.write_text(text.replace("# Opportunity fields", "# The Opportunity fields"))
     assert loader() is good, "changed again since the last poll: still a save under way"
@@ -129,14 +132,13 @@ def test_a_reading_during_which_a_file_changed_is_never_taken(
     good = loader()
     sources = folder / "salesforce.yaml"
     text = sources.read_text()
-    half = text[: text.index("products:") + len("products:\n")] + "  SB-TEAM-M: {plan: team}\n"
     real = live_module.read_folder
 
     def mid_save(directory: Path) -> Any:
         result = real(directory)
         return dataclasses.replace(result, settled=False)
 
-    sources.write_text(half)
+    sources.write_text(cut_inside_products(text))
     monkeypatch.setattr(live_module, "read_folder", mid_save)
     for _ in range(5):
         assert loader() is good
