@@ -19,6 +19,41 @@ from sf_bridge.logging import get_logger
 from sf_bridge.metrics import HTTP_REQUEST_SECONDS, WEBHOOK_EVENTS
 
 log = get_logger(__name__)
+PINNED_API_VERSION = stripe.api_version  # the version sf-bridge reads events as
+
+
+def _other_api_version(event: dict[str, object]) -> Response | None:
+    """An event rendered in another API version than the pinned one is not applied: its
+    objects may be shaped differently (an older version's invoice names its subscription at
+    the top level), so it would be silently unmatched. It is answered 200, since Stripe
+    renders every retry in the same endpoint version and retrying cannot help; it is logged
+    and counted (outcome `wrong_api_version`) so the endpoint gets fixed."""
+    version = event.get("api_version")
+    if not version or version == PINNED_API_VERSION:
+        return None
+    kind = str(event.get("type"))
+    WEBHOOK_EVENTS.labels(kind, "wrong_api_version").inc()
+    log.warning(
+        "stripe_event_wrong_api_version",
+        event_id=event.get("id"),
+        event_type=kind,
+        event_api_version=version,
+        pinned_api_version=PINNED_API_VERSION,
+        message=(
+            f"Stripe sent event {event.get('id')} in API version {version}, but sf-bridge reads "
+            f"events as {PINNED_API_VERSION}: the event was not applied. Create the webhook "
+            f"endpoint on API version {PINNED_API_VERSION} (docs/setup-stripe.md) and delete "
+            "the old one."
+        ),
+    )
+    return json_response(
+        {
+            "received": True,
+            "event_id": event.get("id"),
+            "duplicate": False,
+            "outcome": "wrong_api_version",
+        }
+    )
 
 
 async def _stripe_webhook(request: Request) -> Response:
@@ -85,6 +120,9 @@ async def _stripe_webhook(request: Request) -> Response:
     if not isinstance(event, dict) or not event.get("id") or not event.get("type"):
         WEBHOOK_EVENTS.labels("unknown", "bad_payload").inc()
         return error_response(400, "bad_payload", "The body is not a Stripe event (id, type).")
+    refused = _other_api_version(event)
+    if refused is not None:
+        return refused
     result = await run_in_threadpool(process_event, ctx.session_factory, event, ctx.billing)
     WEBHOOK_EVENTS.labels(result.type, result.outcome).inc()
     return json_response(

@@ -46,6 +46,13 @@ def account_id(value: object, *, error: type[SfBridgeError] = InvalidSalesforceI
     return record_id(value, what="Account", error=error)
 
 
+def local_number(ref: str | int) -> int | None:
+    """sf-bridge's own deal or customer number when `ref` is one (digits, shorter than any
+    Salesforce id), else None: the reference is then a Salesforce id or nothing known."""
+    text = str(ref).strip()
+    return int(text) if text.isdigit() and len(text) < 15 else None
+
+
 def maybe_record_id(value: str) -> str:
     """The 18-character form when `value` is a Salesforce id, else `value` unchanged (for
     references that may also be sf-bridge's own numbers)."""

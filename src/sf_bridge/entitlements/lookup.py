@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from sf_bridge.crm.ids import VALID_ID
+from sf_bridge.crm.ids import VALID_ID, local_number
 from sf_bridge.crm.soql import is_salesforce_id, to_18
 from sf_bridge.db.models import Customer, Deal
 from sf_bridge.entitlements.errors import UnknownCustomer
@@ -31,8 +31,9 @@ def account_of(session: Session, ref: str) -> str | None:
     """The account `ref` names: an 18- or 15-character Account id, or the account whose deal
     made sf-bridge's numeric customer id."""
     ref = ref.strip()
-    if ref.isdigit() and len(ref) < 15:
-        customer = session.get(Customer, int(ref))
+    number = local_number(ref)
+    if number is not None:
+        customer = session.get(Customer, number)
         return customer.sf_account_id if customer is not None else None
     if is_salesforce_id(ref):
         return to_18(ref)

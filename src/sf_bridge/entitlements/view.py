@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, func, select
 from sqlalchemy.sql import Select
 
+from sf_bridge.crm.ids import local_number
 from sf_bridge.crm.soql import is_salesforce_id, to_18
 from sf_bridge.db.models import Customer, Deal, EntitlementGrant, UsageCounter
 from sf_bridge.entitlements.errors import UnknownFeature
@@ -162,8 +163,9 @@ def read_customer(
     `UnknownCustomer` when no customer matches.
     """
     ref = ref.strip()
-    if ref.isdigit() and len(ref) < 15:
-        rows = conn.execute(_BY_ID, {"ref_id": int(ref)}).all()
+    number = local_number(ref)
+    if number is not None:
+        rows = conn.execute(_BY_ID, {"ref_id": number}).all()
     elif is_salesforce_id(ref):
         rows = conn.execute(_BY_ACCOUNT, {"ref": to_18(ref)}).all()
     else:

@@ -53,8 +53,9 @@ def _find_deal(session: Session, billing: BillingGateway, ref: str) -> tuple[Dea
             )
         return deal, ref
     deal = None
-    if ref.isdigit() and len(ref) < 15:
-        deal = session.get(Deal, int(ref))
+    number = ids.local_number(ref)
+    if number is not None:
+        deal = session.get(Deal, number)
     else:
         opp_id = ids.opportunity_id(ref, error=InvoiceNotFound)
         deal = session.scalar(select(Deal).where(Deal.opportunity_id == opp_id))

@@ -8,6 +8,7 @@ from sf_bridge.plan import MappingError
 # Problems in the mapping files (`sf-bridge mappings check`).
 CHECK_CODES: dict[str, str] = {
     "yaml_syntax": "the file is not valid YAML",
+    "files_changing": "the mapping files changed each time they were read (a save under way)",
     "file_too_large": "a file in the mappings folder larger than a mapping file may be (1 MB)",
     "unknown_key": "a key the format does not know (often misspelled)",
     "missing_key": "a required key is absent",

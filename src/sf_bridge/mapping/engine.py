@@ -456,7 +456,6 @@ class _Mapper:
     def entitlements(
         self, owner: Plan, plan: Sold, addons: list[tuple[Sold, Addon]]
     ) -> list[EntitlementValue]:
-        plan_line = plan.lines[0]  # line item fields are read from the (first) plan line
         by_feature = {e.feature: e for e in owner.entitlements}
         result: list[EntitlementValue] = []
         for feature in self.m.features.values():
@@ -471,7 +470,7 @@ class _Mapper:
             elif entitlement.variable is None:
                 value, source = entitlement.value, f"plan {owner.name}"
             else:
-                found = self.variable(feature.name, feature.kind, owner, plan_line)
+                found = self.variable(feature.name, feature.kind, owner, plan.lines)
                 if found is None:
                     continue
                 value, source = found
@@ -492,6 +491,74 @@ class _Mapper:
         return result
 
     def variable(
+        self, feature: str, kind: str, plan: Plan, plan_lines: Sequence[Line]
+    ) -> tuple[int | bool, str] | None:
+        """A variable entitlement's value. A source that reads line item fields is read on
+        every line of the plan; each line that carries a value is a grant of its own, and the
+        grants combine by the feature's `combine` rule, as the grants of several deals do."""
+        source = self.m.entitlement_sources.get(feature)
+        reads_lines = source is not None and any(
+            ref.obj == "OpportunityLineItem" for ref in source.fields
+        )
+        if not reads_lines or len(plan_lines) == 1:
+            return self.variable_on_line(feature, kind, plan, plan_lines[0])
+        assert source is not None
+        what = f"the '{feature}' entitlement of plan {plan.name}"
+        line_refs = [ref for ref in source.fields if ref.obj == "OpportunityLineItem"]
+        carries = [
+            any(not is_empty(read_ref(ref, self.opp, line.record)) for ref in line_refs)
+            for line in plan_lines
+        ]
+        filled = [line for line, has in zip(plan_lines, carries, strict=True) if has]
+        if filled and len(filled) < len(plan_lines):
+            empty = [line for line, has in zip(plan_lines, carries, strict=True) if not has]
+            fields = ", ".join(str(f) for f in line_refs)
+            self.error(
+                "missing_value",
+                f"{what} is read from each plan line, but {_where_lines(empty)} has no value in "
+                f"{fields} while {_where_lines(filled)} has one.",
+                f"fill in {fields} on every line of plan {plan.name}, or on none of them (then "
+                "the deal's value or the default applies once).",
+                _where_lines(empty),
+            )
+            return None
+        if not filled:
+            return self.variable_on_line(feature, kind, plan, plan_lines[0])
+        found = [self.variable_on_line(feature, kind, plan, line) for line in plan_lines]
+        grants = [f for f in found if f is not None]
+        if len(grants) < len(found):
+            return None
+        return self.combine_lines(feature, plan, grants)
+
+    def combine_lines(
+        self, feature_name: str, plan: Plan, grants: list[tuple[int | bool, str]]
+    ) -> tuple[int | bool, str] | None:
+        """The grants of several lines of one plan, combined by the feature's rule."""
+        feature = self.m.features[feature_name]
+        rule = feature.combine_rule
+        values = [value for value, _ in grants]
+        value: int | bool
+        if rule == "any":
+            value = any(values)
+        elif rule == "max":
+            value = max(int(v) for v in values)
+        else:
+            value = sum(int(v) for v in values)
+        origins = ", ".join(dict.fromkeys(origin for _, origin in grants))
+        shown = " + ".join(str(v) for v in values) if rule == "sum" else ", ".join(map(str, values))
+        origin = f"{rule} of {len(grants)} plan lines ({shown}) from {origins}"
+        if not isinstance(value, bool):
+            entitlement = next(e for e in plan.entitlements if e.feature == feature_name)
+            assert entitlement.variable is not None
+            what = f"the '{feature_name}' entitlement of plan {plan.name}"
+            spec = entitlement.variable
+            problem = check_bounds(value, spec.minimum, spec.maximum, what, origin)
+            if problem is not None:
+                self.errors.append(problem)
+                return None
+        return value, origin
+
+    def variable_on_line(
         self, feature: str, kind: str, plan: Plan, plan_line: Line
     ) -> tuple[int | bool, str] | None:
         entitlement = next(e for e in plan.entitlements if e.feature == feature)

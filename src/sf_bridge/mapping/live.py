@@ -1,10 +1,11 @@
 """The mappings of a running process, following edits of the folder.
 
 The folder is read again only when one of its mapping files changes (name, size, modification
-time or inode, from `stat`; the files themselves are not read). An edit that checks clean is
-taken at once; one that does not is refused: the last good mappings stay in use, the problems
-are logged once, and `status` says the mappings in use are stale until a good edit arrives.
-A file that changes while it is read (a save under way) is read again.
+time or inode, from `stat`; the files themselves are not read). An edit is read once the files
+look the same on two polls in a row, and only a reading during which no file changed counts:
+a half-saved file is never taken. An edit that checks clean is then taken; one that does not
+is refused: the last good mappings stay in use, the problems are logged once, and `status`
+says the mappings in use are stale until a good edit arrives.
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ class LiveMappings:
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
         self._lock = threading.Lock()
-        self._stamp: Stamp | None = None
+        self._stamp: Stamp | None = None  # the files as last read and taken or refused
+        self._seen: Stamp | None = None  # the files as the last poll saw them
         self._good: Mappings | None = None
         self._error: MappingFilesInvalid | None = None
         self._status = MappingsStatus(str(self.directory))
@@ -66,23 +68,46 @@ class LiveMappings:
         with self._lock:
             stamp = files_stamp(self.directory)
             if self._stamp is None or stamp != self._stamp:
-                self._reload()
+                self._poll(stamp)
             if self._good is None:
                 assert self._error is not None
                 raise self._error
             return self._good
 
-    def _reload(self) -> None:
-        for _attempt in range(READ_ATTEMPTS):
+    def _poll(self, stamp: Stamp) -> None:
+        """Before the first good load the folder is read at once; afterwards an edit is read
+        only once the files look the same on two polls in a row (a save has ended), and only a
+        reading during which no file changed is taken or refused."""
+        if self._good is not None and stamp != self._seen:
+            self._seen = stamp  # changed since the last poll: wait for it to settle
+            return
+        attempts = 1 if self._good is not None else READ_ATTEMPTS
+        for _attempt in range(attempts):
             result = read_folder(self.directory)
-            if result.settled:
-                break
-        # A file still changing while it was read is read again at the next call.
-        self._stamp = result.stamp if result.settled else None
-        if result.mappings is not None:
-            self._take(result.mappings)
-        else:
-            self._refuse(result)
+            if result.settled and result.stamp == stamp:
+                self._seen = self._stamp = stamp
+                if result.mappings is not None:
+                    self._take(result.mappings)
+                else:
+                    self._refuse(result)
+                return
+            stamp = files_stamp(self.directory)
+        self._seen = stamp  # still changing: read again at a later poll
+        if self._good is None:
+            self._refuse_unsettled()
+
+    def _refuse_unsettled(self) -> None:
+        issue = MappingIssue(
+            str(self.directory),
+            0,
+            0,
+            "files_changing",
+            f"the mapping files changed each of the {READ_ATTEMPTS} times they were read "
+            "(a save under way).",
+            "wait for the save to end, then start again.",
+        )
+        self._error = MappingFilesInvalid([issue])
+        self._status = MappingsStatus(str(self.directory), None, True, (issue,))
 
     def _take(self, mappings: Mappings) -> None:
         previous, was_stale = self._good, self._status.stale

@@ -57,8 +57,8 @@ def find_deal(session: Session, ref: str | int) -> Deal:
     """A deal by its number or its opportunity id (15 or 18 characters)."""
     text = str(ref).strip()
     deal: Deal | None = None
-    if text.isdigit() and len(text) < 15:
-        deal = session.get(Deal, int(text))
+    if (number := ids.local_number(text)) is not None:
+        deal = session.get(Deal, number)
     else:
         opp_id = ids.opportunity_id(text, error=DealNotFound)
         deal = session.execute(select(Deal).where(Deal.opportunity_id == opp_id)).scalar()

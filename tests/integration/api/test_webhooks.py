@@ -6,9 +6,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import stripe
 from sqlalchemy import select
+from structlog.testing import capture_logs
 
 from sf_bridge.db.models import CANCELLED, Deal, DealEvent, EntitlementGrant, WebhookEvent
+from sf_bridge.metrics import WEBHOOK_EVENTS
 from tests.fixtures.api import (
     ACCOUNT_ID,
     STANDARD_ENTITLEMENTS,
@@ -239,3 +242,29 @@ def test_payment_failed_and_overdue_are_recorded_on_an_open_invoice(
 def test_not_an_event_is_refused(api_server: ApiServer, post_event: PostEvent) -> None:
     assert post_event(b"not json").status_code == 400
     assert post_event(b'{"hello": "world"}').json()["error"]["code"] == "bad_payload"
+
+
+def test_an_event_in_another_api_version_is_answered_counted_and_not_applied(
+    api_server: ApiServer, post_event: PostEvent
+) -> None:
+    seed_deal(api_server.session_factory, STANDARD_ENTITLEMENTS)
+    old_invoice = {"id": "in_test_1", "object": "invoice", "subscription": "sub_test_1"}
+    payload = stripe_event(
+        "evt_old", "invoice.paid", {**old_invoice, "status": "paid"}, api_version="2024-06-20"
+    )
+    counted = WEBHOOK_EVENTS.labels("invoice.paid", "wrong_api_version")
+    before = counted._value.get()
+    with capture_logs() as logs:
+        response = post_event(payload)  # signed as Stripe signs it
+    assert response.status_code == 200, "Stripe would retry forever, in the same version"
+    assert response.json()["outcome"] == "wrong_api_version"
+    assert counted._value.get() == before + 1
+    [warning] = [e for e in logs if e["event"] == "stripe_event_wrong_api_version"]
+    assert (warning["event_api_version"], warning["pinned_api_version"]) == (
+        "2024-06-20",
+        stripe.api_version,
+    )
+    assert "docs/setup-stripe.md" in warning["message"]
+    assert _deal(api_server).invoice_status != "paid"
+    with api_server.session_factory() as session:
+        assert session.scalars(select(WebhookEvent)).all() == []

@@ -23,19 +23,9 @@ from sf_bridge.intake.options import IntakeOptions
 from sf_bridge.intake.service import StreamIntake
 from sf_bridge.provisioning.queue import enqueue_opportunities
 from sf_bridge.sandbox.salesforce_org import CDC_CHANNEL, SalesforceSandbox
+from tests.fixtures.waiting import wait_until
 
 API_VERSION = "62.0"
-
-
-def wait_until(condition: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what or condition}")
-        time.sleep(0.01)
 
 
 def fast_options(**overrides: Any) -> IntakeOptions:

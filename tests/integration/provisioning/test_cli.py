@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,34 +10,17 @@ from typer.testing import CliRunner
 
 from sf_bridge.cli import app
 from sf_bridge.config import get_settings
-from sf_bridge.mapping import load_mappings
 
 ROOT = Path(__file__).resolve().parents[3]
 EXAMPLES = ROOT / "examples" / "opportunities"
-
-
-@pytest.fixture
-def cli_env(
-    sqlite_url: str, monkeypatch: pytest.MonkeyPatch, provisioning_emulator: Any
-) -> Iterator[Any]:
-    provisioning_emulator.seed_catalog(load_mappings(ROOT / "mappings").catalog_prices())
-    monkeypatch.setenv("DATABASE_URL", sqlite_url)
-    monkeypatch.setenv("SF_BRIDGE_MAPPINGS", str(ROOT / "mappings"))
-    monkeypatch.setenv("STRIPE_API_KEY", provisioning_emulator.api_key)
-    monkeypatch.setenv("STRIPE_API_BASE", provisioning_emulator.url)
-    for name in ("SF_USERNAME", "SF_CLIENT_ID"):
-        monkeypatch.delenv(name, raising=False)
-    get_settings.cache_clear()
-    yield provisioning_emulator
-    get_settings.cache_clear()
 
 
 def _run(*args: str) -> Any:
     return CliRunner().invoke(app, list(args))
 
 
-def test_provision_file_then_deals_and_show_tell_the_story(cli_env: Any) -> None:
-    emu = cli_env
+def test_provision_file_then_deals_and_show_tell_the_story(cli_stripe: Any) -> None:
+    emu = cli_stripe
     result = _run("provision", "--file", str(EXAMPLES / "enterprise-negotiated.json"))
     assert result.exit_code == 0, result.output
     assert "006Hs00001AcmeYQIA): done" in result.output
@@ -66,17 +48,17 @@ def test_provision_file_then_deals_and_show_tell_the_story(cli_env: Any) -> None
 
 
 def test_custom_plan_provisions_without_stripe(
-    cli_env: Any, monkeypatch: pytest.MonkeyPatch
+    cli_stripe: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("STRIPE_API_KEY")
     get_settings.cache_clear()
     result = _run("provision", "--file", str(EXAMPLES / "custom-contract.json"))
     assert result.exit_code == 0, result.output
     assert "): done" in result.output
-    assert cli_env.count("customer") == 0
+    assert cli_stripe.count("customer") == 0
 
 
-def test_unmappable_deal_parks_and_replay_reports_it(cli_env: Any) -> None:
+def test_unmappable_deal_parks_and_replay_reports_it(cli_stripe: Any) -> None:
     result = _run("provision", "--file", str(EXAMPLES / "unknown-product.json"))
     assert result.exit_code == 1
     assert "needs_attention at step map" in result.output
@@ -91,7 +73,7 @@ def test_unmappable_deal_parks_and_replay_reports_it(cli_env: Any) -> None:
     assert "Replayed from needs_attention at step map" in replayed.output
 
 
-def test_helpful_errors(cli_env: Any, tmp_path: Path) -> None:
+def test_helpful_errors(cli_stripe: Any, tmp_path: Path) -> None:
     nothing = _run("replay")
     assert nothing.exit_code == 2
     assert "name deals" in nothing.output

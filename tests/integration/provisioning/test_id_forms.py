@@ -5,7 +5,6 @@ and the same customer at every command that takes an id (`provision --file`, `de
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +14,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from typer.testing import CliRunner
 
 from sf_bridge.cli import app
-from sf_bridge.config import get_settings
 from sf_bridge.crm.soql import to_18
 from sf_bridge.db.engine import make_engine, make_session_factory
 from sf_bridge.db.models import Customer, Deal
-from sf_bridge.mapping import load_mappings
 from sf_bridge.provisioning.queue import enqueue_opportunities, enqueue_snapshot
 from sf_bridge.provisioning.replay import find_deal
 
@@ -29,27 +26,6 @@ OPP_15 = "006Hs00001AcmeY"
 ACCOUNT_15 = "001Hs00002AcmeC"
 OPP_18 = to_18(OPP_15)
 ACCOUNT_18 = to_18(ACCOUNT_15)
-
-
-@pytest.fixture
-def cli_url(sqlite_url: str) -> str:
-    return sqlite_url
-
-
-@pytest.fixture
-def cli_env(
-    cli_url: str, monkeypatch: pytest.MonkeyPatch, provisioning_emulator: Any
-) -> Iterator[Any]:
-    provisioning_emulator.seed_catalog(load_mappings(ROOT / "mappings").catalog_prices())
-    monkeypatch.setenv("DATABASE_URL", cli_url)
-    monkeypatch.setenv("SF_BRIDGE_MAPPINGS", str(ROOT / "mappings"))
-    monkeypatch.setenv("STRIPE_API_KEY", provisioning_emulator.api_key)
-    monkeypatch.setenv("STRIPE_API_BASE", provisioning_emulator.url)
-    for name in ("SF_USERNAME", "SF_CLIENT_ID"):
-        monkeypatch.delenv(name, raising=False)
-    get_settings.cache_clear()
-    yield provisioning_emulator
-    get_settings.cache_clear()
 
 
 def _run(*args: str) -> Any:
@@ -98,9 +74,9 @@ def test_the_queue_keys_both_forms_by_the_18_character_id(
 
 
 def test_a_15_character_id_names_the_deal_provisioned_under_its_18_character_form(
-    cli_env: Any, cli_url: str, tmp_path: Path
+    cli_stripe: Any, sqlite_url: str, tmp_path: Path
 ) -> None:
-    emu = cli_env
+    emu = cli_stripe
     long_form = _opportunity_file(tmp_path, "long.json", OPP_18, ACCOUNT_18)
     short_form = _opportunity_file(tmp_path, "short.json", OPP_15, ACCOUNT_15)
 
@@ -115,7 +91,7 @@ def test_a_15_character_id_names_the_deal_provisioned_under_its_18_character_for
     assert emu.count("customer") == 1
     assert emu.count("subscription") == 1
     assert emu.count("invoice") == 1
-    deals, customers = _rows(cli_url)
+    deals, customers = _rows(sqlite_url)
     assert [d.opportunity_id for d in deals] == [OPP_18]
     assert [d.account_id for d in deals] == [ACCOUNT_18]
     assert [c.sf_account_id for c in customers] == [ACCOUNT_18]
@@ -134,14 +110,14 @@ def test_a_15_character_id_names_the_deal_provisioned_under_its_18_character_for
 
 
 def test_a_first_deal_given_with_15_character_ids_is_stored_under_the_18_character_form(
-    cli_env: Any, cli_url: str, tmp_path: Path
+    cli_stripe: Any, sqlite_url: str, tmp_path: Path
 ) -> None:
-    emu = cli_env
+    emu = cli_stripe
     short_form = _opportunity_file(tmp_path, "short.json", OPP_15, ACCOUNT_15)
     result = _run("provision", "--file", str(short_form))
     assert result.exit_code == 0, result.output
     assert f"({OPP_18}): done" in result.output
-    deals, customers = _rows(cli_url)
+    deals, customers = _rows(sqlite_url)
     assert [d.opportunity_id for d in deals] == [OPP_18]
     assert [c.sf_account_id for c in customers] == [ACCOUNT_18]
     [customer] = emu.objects("customer")
@@ -159,7 +135,7 @@ def test_a_first_deal_given_with_15_character_ids_is_stored_under_the_18_charact
     ],
 )
 def test_a_malformed_id_is_refused_saying_what_an_id_looks_like(
-    cli_env: Any, command: tuple[str, ...], bad_id: str
+    cli_stripe: Any, command: tuple[str, ...], bad_id: str
 ) -> None:
     result = _run(*command, bad_id)
     assert result.exit_code != 0
@@ -169,7 +145,7 @@ def test_a_malformed_id_is_refused_saying_what_an_id_looks_like(
 
 
 def test_a_file_with_a_malformed_id_is_refused_saying_what_an_id_looks_like(
-    cli_env: Any, tmp_path: Path
+    cli_stripe: Any, tmp_path: Path
 ) -> None:
     bad = _opportunity_file(tmp_path, "bad.json", "006Hs00001Acme!", ACCOUNT_18)
     result = _run("provision", "--file", str(bad))
@@ -181,4 +157,4 @@ def test_a_file_with_a_malformed_id_is_refused_saying_what_an_id_looks_like(
     result = _run("provision", "--file", str(bad_account))
     assert result.exit_code != 0
     assert "'001-Acme'" in " ".join(result.output.split())
-    assert cli_env.count("customer") == 0
+    assert cli_stripe.count("customer") == 0

@@ -5,8 +5,7 @@ say; the next good edit is taken without a restart."""
 from __future__ import annotations
 
 import copy
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,18 +24,10 @@ from sf_bridge.provisioning.queue import enqueue_snapshot
 from sf_bridge.runner import RunOptions, WorkerProcess
 from tests.fixtures.api import api_settings, serve_in_thread
 from tests.fixtures.mapping import EXAMPLE_MAPPINGS_DIR, copy_mappings, read_example_opportunity
+from tests.fixtures.waiting import wait_until
 
 CAT = "catalog.yaml"
 GOOD_EDIT = ("description: People who can sign in.", "description: Users who can sign in.")
-
-
-def wait_until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (result := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
-    return result
 
 
 @pytest.fixture

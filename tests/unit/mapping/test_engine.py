@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import shutil
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from sf_bridge.mapping import Mappings
+from sf_bridge.mapping import Mappings, load_mappings
 from sf_bridge.mapping.engine import map_opportunity
 from sf_bridge.plan import MappingError, ProvisioningPlan
-from tests.fixtures.mapping import make_opportunity, opportunity_line
+from tests.fixtures.mapping import EXAMPLE_MAPPINGS_DIR, make_opportunity, opportunity_line
 
 Loader = Callable[[str], dict[str, Any]]
 
@@ -470,3 +471,98 @@ def test_a_very_long_identifier_value_gives_a_key_that_fits() -> None:
     assert key.startswith("sha256:")
     assert key == customer_key("x" * 400, "EUR")
     assert key != customer_key("x" * 400, "usd")
+
+
+# -- several lines of one plan ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def line_level_mappings(tmp_path_factory: pytest.TempPathFactory) -> Mappings:
+    """The example mappings with team's API calls, retention and SSO read from each line."""
+    folder = tmp_path_factory.mktemp("line-level") / "mappings"
+    shutil.copytree(EXAMPLE_MAPPINGS_DIR, folder)
+    catalog = folder / "catalog.yaml"
+    text = catalog.read_text()
+    team = text.index("  team:")
+    team_block = text[team : text.index("  enterprise:", team)]
+    edited = (
+        team_block.replace(
+            "api_calls: 100000", "api_calls: {variable: true, default: 100000, max: 300000}"
+        )
+        .replace("data_retention: 30", "data_retention: {variable: true, default: 30}")
+        .replace("sso: false", "sso: {variable: true, default: false}")
+    )
+    catalog.write_text(text.replace(team_block, edited))
+    sources = folder / "salesforce.yaml"
+    text = sources.read_text()
+    start = text.index("entitlement_sources:")
+    end = text.index("\n\n", start)
+    sources.write_text(
+        text[:start]
+        + "entitlement_sources:\n"
+        + "  seats: Opportunity.Seats__c\n"
+        + "  api_calls: OpportunityLineItem.API_Calls__c\n"
+        + "  data_retention: OpportunityLineItem.Retention_Days__c\n"
+        + "  sso: OpportunityLineItem.SSO__c\n"
+        + text[end:]
+    )
+    return load_mappings(folder)
+
+
+def team_line(line_id: str, seats: int, **fields: Any) -> dict[str, Any]:
+    line = opportunity_line(line_id, "SB-TEAM-Y", seats, 150)
+    line.update(fields)
+    return line
+
+
+def test_lines_of_one_plan_combine_line_level_values_by_the_feature_rule(
+    line_level_mappings: Mappings,
+) -> None:
+    lines = [
+        team_line("00kT1", 5, API_Calls__c=100000, Retention_Days__c=365, SSO__c=False),
+        team_line("00kT2", 3, API_Calls__c=50000, Retention_Days__c=30, SSO__c=True),
+    ]
+    plan = plan_of(map_opportunity(make_opportunity(lines), line_level_mappings))
+    assert [(i.name, i.quantity) for i in plan.items] == [("team", 8)]
+    values = ents(plan)
+    assert values["seats"] == 8
+    assert values["api_calls"] == 150000  # sum
+    assert values["data_retention"] == 365  # max
+    assert values["sso"] is True  # any
+    api = next(e for e in plan.entitlements if e.feature == "api_calls")
+    assert "sum of 2 plan lines (100000 + 50000)" in api.source
+
+
+def test_one_plan_line_without_the_line_value_is_refused(line_level_mappings: Mappings) -> None:
+    lines = [
+        team_line("00kT1", 5, API_Calls__c=100000, Retention_Days__c=365, SSO__c=True),
+        team_line("00kT2", 3, Retention_Days__c=365, SSO__c=True),
+    ]
+    error = only_error(
+        map_opportunity(make_opportunity(lines), line_level_mappings), "missing_value"
+    )
+    assert error.where == "line item 00kT2 (product SB-TEAM-Y)"
+    assert "is read from each plan line" in error.message
+    assert "line item 00kT1 (product SB-TEAM-Y) has one" in error.message
+    assert "fill in OpportunityLineItem.API_Calls__c on every line of plan team" in error.hint
+
+
+def test_combined_line_values_are_checked_against_the_bounds(
+    line_level_mappings: Mappings,
+) -> None:
+    lines = [
+        team_line("00kT1", 5, API_Calls__c=200000, Retention_Days__c=30, SSO__c=False),
+        team_line("00kT2", 3, API_Calls__c=200000, Retention_Days__c=30, SSO__c=False),
+    ]
+    error = only_error(
+        map_opportunity(make_opportunity(lines), line_level_mappings), "value_out_of_bounds"
+    )
+    assert "is 400000, but the mapping allows only between 0 and 300000" in error.message
+
+
+def test_line_level_values_of_a_plan_left_empty_on_every_line_take_the_default(
+    line_level_mappings: Mappings,
+) -> None:
+    lines = [team_line("00kT1", 5), team_line("00kT2", 3)]
+    values = ents(plan_of(map_opportunity(make_opportunity(lines), line_level_mappings)))
+    assert (values["api_calls"], values["data_retention"], values["sso"]) == (100000, 30, False)

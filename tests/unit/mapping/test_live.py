@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,7 @@ def test_an_invalid_edit_keeps_the_last_good_mappings_until_a_good_one(
     assert "last good mappings" in refused[0]["message"]
 
     catalog.write_text(text.replace("description: People who can sign in.", "description: Users."))
+    assert loader() is good, "an edit is noted at one poll and read at the next"
     with capture_logs() as logs:
         taken = loader()
     assert taken.version not in (good.version, "")
@@ -73,6 +75,7 @@ def test_an_invalid_edit_keeps_the_last_good_mappings_until_a_good_one(
     ]
 
     catalog.write_text(text)  # back to the first content: its version again
+    loader()
     assert loader().version == good.version
 
 
@@ -98,3 +101,63 @@ def test_files_other_than_mappings_do_not_cause_a_reload(tmp_path: Path, reads: 
     loader()
     assert len(reads) == 1
     assert loader().version == load_mappings(EXAMPLE_MAPPINGS_DIR).version
+
+
+def cut_inside_products(text: str) -> str:
+    """salesforce.yaml as a save cut inside `products:` leaves it: valid YAML, one product."""
+    return text[: text.index("products:") + len("products:\n")] + "  SB-TEAM-M: {plan: team}\n"
+
+
+def test_an_edit_is_taken_only_once_it_is_the_same_on_two_polls(tmp_path: Path) -> None:
+    folder = copy_mappings(tmp_path / "m")
+    loader = LiveMappings(folder)
+    good = loader()
+    sources = folder / "salesforce.yaml"
+    text = sources.read_text()
+    sources.write_text(cut_inside_products(text))
+    assert loader() is good, "the first poll after a change only notes it"
+    sources.write_text(text.replace("# Opportunity fields", "# The Opportunity fields"))
+    assert loader() is good, "changed again since the last poll: still a save under way"
+    edited = loader()
+    assert edited is not good
+    assert not loader.status.stale
+    assert edited.version == load_mappings(folder).version
+
+
+def test_a_reading_during_which_a_file_changed_is_never_taken(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = copy_mappings(tmp_path / "m")
+    loader = LiveMappings(folder)
+    good = loader()
+    sources = folder / "salesforce.yaml"
+    text = sources.read_text()
+    real = live_module.read_folder
+
+    def mid_save(directory: Path) -> Any:
+        result = real(directory)
+        return dataclasses.replace(result, settled=False)
+
+    sources.write_text(cut_inside_products(text))
+    monkeypatch.setattr(live_module, "read_folder", mid_save)
+    for _ in range(5):
+        assert loader() is good
+    assert not loader.status.stale, "an unsettled reading is neither taken nor refused"
+    monkeypatch.setattr(live_module, "read_folder", real)
+    sources.write_text(text)
+    loader()
+    assert loader().version == good.version
+    assert not loader.status.stale
+
+
+def test_a_folder_changing_at_every_read_at_start_up_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = copy_mappings(tmp_path / "m")
+    real = live_module.read_folder
+    monkeypatch.setattr(
+        live_module, "read_folder", lambda d: dataclasses.replace(real(d), settled=False)
+    )
+    with pytest.raises(MappingFilesInvalid) as refused:
+        LiveMappings(folder)()
+    assert [i.code for i in refused.value.issues] == ["files_changing"]
