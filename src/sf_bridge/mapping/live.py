@@ -11,6 +11,7 @@ says the mappings in use are stale until a good edit arrives.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,6 +24,14 @@ from sf_bridge.mapping.model import Mappings
 log = get_logger(__name__)
 LOGGED_PROBLEMS = 10
 READ_ATTEMPTS = 3  # readings in a row while a file changes under the reader
+# An edit whose files were all last written at least this long ago is a save that has ended:
+# it is read at once instead of at the next poll.
+SETTLED_AFTER_SECONDS = 1.0
+
+
+def _saved_a_while_ago(stamp: Stamp) -> bool:
+    newest = max((mtime_ns for _name, mtime_ns, _size, _inode in stamp), default=0)
+    return time.time_ns() - newest >= SETTLED_AFTER_SECONDS * 1e9
 
 
 def _now() -> datetime:
@@ -76,9 +85,10 @@ class LiveMappings:
 
     def _poll(self, stamp: Stamp) -> None:
         """Before the first good load the folder is read at once; afterwards an edit is read
-        only once the files look the same on two polls in a row (a save has ended), and only a
-        reading during which no file changed is taken or refused."""
-        if self._good is not None and stamp != self._seen:
+        once the files look the same on two polls in a row, or at once when they were last
+        written a while ago (a save has ended), and only a reading during which no file
+        changed is taken or refused."""
+        if self._good is not None and stamp != self._seen and not _saved_a_while_ago(stamp):
             self._seen = stamp  # changed since the last poll: wait for it to settle
             return
         attempts = 1 if self._good is not None else READ_ATTEMPTS

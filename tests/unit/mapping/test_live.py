@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +123,19 @@ def test_an_edit_is_taken_only_once_it_is_the_same_on_two_polls(tmp_path: Path) 
     edited = loader()
     assert edited is not good
     assert not loader.status.stale
+    assert edited.version == load_mappings(folder).version
+
+
+def test_an_edit_saved_a_while_ago_is_taken_at_the_first_poll(tmp_path: Path) -> None:
+    folder = copy_mappings(tmp_path / "m")
+    loader = LiveMappings(folder)
+    good = loader()
+    sources = folder / "salesforce.yaml"
+    sources.write_text(sources.read_text() + "# reviewed by RevOps\n")
+    saved = time.time() - 2 * live_module.SETTLED_AFTER_SECONDS
+    os.utime(sources, (saved, saved))
+    edited = loader()
+    assert edited is not good
     assert edited.version == load_mappings(folder).version
 
 
