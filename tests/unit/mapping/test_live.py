@@ -133,7 +133,8 @@ def test_an_edit_saved_a_while_ago_is_taken_at_the_first_poll(tmp_path: Path) ->
     sources = folder / "salesforce.yaml"
     sources.write_text(sources.read_text() + "# reviewed by RevOps\n")
     saved = time.time() - 2 * live_module.SETTLED_AFTER_SECONDS
-    os.utime(sources, (saved, saved))
+    for path in folder.iterdir():
+        os.utime(path, (saved, saved))
     edited = loader()
     assert edited is not good
     assert edited.version == load_mappings(folder).version
