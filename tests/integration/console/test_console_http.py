@@ -14,11 +14,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from sf_bridge.api import create_app
 from sf_bridge.console import queries
 from sf_bridge.db.models import Deal
+from sf_bridge.errors import ConfigurationError
+from sf_bridge.provisioning.queue import enqueue_snapshot
 from sf_bridge.provisioning.wiring import build_billing
 from sf_bridge.reconcile import findings
 from sf_bridge.reconcile.service import reconcile
-from sf_bridge.errors import ConfigurationError
-from sf_bridge.provisioning.queue import enqueue_snapshot
 from tests.fixtures.api import serve_in_thread
 from tests.fixtures.console import (
     OPS_SECRET,
