@@ -244,6 +244,7 @@ def console_mount(
         Route("/deals/{deal_id:int}/mark-paid", guarded(pages.mark_paid), methods=["POST"]),
         Route("/mappings", guarded(pages.mappings), methods=["GET"]),
         Route("/preview", guarded(pages.preview), methods=["GET"]),
+        Route("/reconcile", guarded(pages.reconcile), methods=["GET"]),
         Mount("/static", app=StaticFiles(directory=STATIC_DIR), name="static"),
     ]
     app = Starlette(routes=routes, exception_handlers={HTTPException: not_found})

@@ -422,3 +422,24 @@ async def preview(request: Request) -> Response:
         problem=problem,
         parked=NEEDS_ATTENTION,
     )
+
+
+# -- reconciliation -----------------------------------------------------------------------
+
+
+def _reconcile_values(request: Request) -> dict[str, Any]:
+    from sf_bridge.console.reconcile_view import last_report_view
+
+    settings = _ctx(request).settings
+    live = links.stripe_live_mode(
+        settings.stripe_api_key.get_secret_value() if settings.stripe_api_key else None
+    )
+    instance = links.salesforce_instance(settings.sf_instance_url, None)
+    with _ctx(request).session_factory() as session:
+        view = last_report_view(session, instance=instance, live=live)
+    return {"view": view, "live_mode": live, "salesforce_linked": instance is not None}
+
+
+async def reconcile(request: Request) -> Response:
+    values = await run_in_threadpool(_reconcile_values, request)
+    return _render(request, "reconcile.html", **values)

@@ -176,6 +176,7 @@ def _subscription_changed(
                 restore,
                 deal_id=deal.id,
                 stripe_id=deal.stripe_customer_id,
+                stripe_kind="customer",
             )
         ]
     if subscription is None:
@@ -187,6 +188,7 @@ def _subscription_changed(
                 restore,
                 deal_id=deal.id,
                 stripe_id=sub_id,
+                stripe_kind="subscription",
             )
         ]
     if subscription.status in ENDED:
@@ -199,6 +201,7 @@ def _subscription_changed(
                 restore,
                 deal_id=deal.id,
                 stripe_id=sub_id,
+                stripe_kind="subscription",
             )
         ]
     expected = expected_items(deal.plan or {})
@@ -215,6 +218,7 @@ def _subscription_changed(
                 "the subscription's items back in Stripe as the deal provisioned them.",
                 deal_id=deal.id,
                 stripe_id=sub_id,
+                stripe_kind="subscription",
             )
         ]
     return []
@@ -236,6 +240,7 @@ def _invoice_changed(deal: DealFacts, invoice: StripeRecord | None) -> list[Mism
             "the subscription in Stripe); if it was a mistake, issue a new invoice in Stripe.",
             deal_id=deal.id,
             stripe_id=invoice.id,
+            stripe_kind="invoice",
         )
     ]
 
@@ -252,6 +257,7 @@ def _opportunity_edited(deal: DealFacts, fresh: Mapping[str, Any] | None) -> lis
                 "Stripe if the deal is really gone.",
                 deal_id=deal.id,
                 stripe_id=deal.stripe_subscription_id,
+                stripe_kind="subscription",
             )
         ]
     if fresh.get("IsWon") is False:
@@ -265,6 +271,7 @@ def _opportunity_edited(deal: DealFacts, fresh: Mapping[str, Any] | None) -> lis
                 "changed by mistake, set it back to Closed Won.",
                 deal_id=deal.id,
                 stripe_id=deal.stripe_subscription_id,
+                stripe_kind="subscription",
             )
         ]
     before, now = line_summary(deal.opportunity), line_summary(fresh)
@@ -282,6 +289,7 @@ def _opportunity_edited(deal: DealFacts, fresh: Mapping[str, Any] | None) -> lis
             "Opportunity's lines back.",
             deal_id=deal.id,
             stripe_id=deal.stripe_subscription_id,
+            stripe_kind="subscription",
         )
     ]
 
@@ -320,6 +328,7 @@ def _grants_without_subscription(
                 "should be live, restore it in Stripe instead.",
                 deal_id=deal.id,
                 stripe_id=sub_id,
+                stripe_kind="subscription",
             )
         )
     return found
@@ -345,6 +354,7 @@ def _unknown_objects(
                     "metadata (or delete it) in Stripe; if it belongs to a deal in another "
                     "sf-bridge database, reconcile there.",
                     stripe_id=record.id,
+                    stripe_kind=record.kind,
                 )
             )
             continue
@@ -364,6 +374,7 @@ def _unknown_objects(
                     "is not billed twice.",
                     deal_id=deal.id,
                     stripe_id=record.id,
+                    stripe_kind=record.kind,
                 )
             )
     return found

@@ -29,6 +29,7 @@ class Mismatch:
     fix: str  # what to do about it
     deal_id: int | None = None
     stripe_id: str | None = None
+    stripe_kind: str | None = None  # customer, subscription or invoice: what stripe_id names
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -22,9 +24,21 @@ def save_report(session: Session, report: Report, *, trigger: str) -> None:
     )
 
 
-def last_report(session: Session) -> Report | None:
-    """The newest reconciliation report, or None when none has run yet."""
+@dataclass(frozen=True)
+class StoredReport:
+    report: Report
+    trigger: str  # "command" (`sf-bridge reconcile`) or "schedule" (the worker)
+
+
+def last_stored_report(session: Session) -> StoredReport | None:
+    """The newest reconciliation report with what started it, or None when none has run."""
     row = session.execute(
         select(ReconcileReport).order_by(ReconcileReport.id.desc()).limit(1)
     ).scalar()
-    return None if row is None else Report.from_dict(row.report)
+    return None if row is None else StoredReport(Report.from_dict(row.report), row.trigger)
+
+
+def last_report(session: Session) -> Report | None:
+    """The newest reconciliation report, or None when none has run yet."""
+    stored = last_stored_report(session)
+    return None if stored is None else stored.report

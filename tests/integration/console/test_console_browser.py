@@ -15,6 +15,7 @@ from tests.fixtures.console import (
     ConsoleSite,
     screenshot,
     sign_in,
+    stripe_client_for,
     wait_for,
 )
 
@@ -177,6 +178,38 @@ def test_replay_from_the_console_completes_a_parked_deal_once_the_mapping_is_fix
     history = browser.find_element(By.ID, "timeline").text
     assert f"{OPS_USER} replayed this deal" in history
     screenshot(browser, "console-timeline-replayed")
+
+
+def test_the_reconciliation_page_lists_what_a_reconcile_found(
+    console_site: ConsoleSite, browser: Any
+) -> None:
+    from sf_bridge.db.models import Deal
+    from sf_bridge.provisioning.wiring import build_billing
+    from sf_bridge.reconcile.findings import SUBSCRIPTION_CHANGED
+    from sf_bridge.reconcile.service import reconcile
+
+    done = console_site.provision("team-self-serve")
+    with console_site.session_factory() as session:
+        sub_id = session.get_one(Deal, done).stripe_subscription_id
+    assert sub_id
+    stripe_client_for(console_site.settings).v1.subscriptions.cancel(sub_id)
+    reconcile(
+        console_site.session_factory,
+        crm=None,
+        billing=build_billing(console_site.settings),
+        since=None,
+    )
+    _sign_in(browser, console_site)
+    browser.find_element(By.ID, "nav-reconcile").click()
+    section = wait_for(browser, lambda d: d.find_elements(By.ID, f"kind-{SUBSCRIPTION_CHANGED}"))
+    assert "cancelled in Stripe" in section[0].text
+    assert "Fix" in section[0].text
+    stripe_link = section[0].find_element(By.CSS_SELECTOR, "a.link-stripe").get_attribute("href")
+    assert stripe_link == f"https://dashboard.stripe.com/test/subscriptions/{sub_id}"
+    assert "mismatches" in browser.find_element(By.ID, "report-result").text
+    screenshot(browser, "console-reconcile")
+    section[0].find_element(By.CSS_SELECTOR, "a.link-deal").click()
+    wait_for(browser, lambda d: d.current_url.endswith(f"/console/deals/{done}"))
 
 
 def test_replay_every_parked_deal_of_an_error_code_from_the_list(

@@ -16,8 +16,18 @@ from sf_bridge.console import queries
 from sf_bridge.db.models import Deal
 from sf_bridge.errors import ConfigurationError
 from sf_bridge.provisioning.queue import enqueue_snapshot
+from sf_bridge.provisioning.wiring import build_billing
+from sf_bridge.reconcile import findings
+from sf_bridge.reconcile.service import reconcile
 from tests.fixtures.api import serve_in_thread
-from tests.fixtures.console import OPS_SECRET, console_settings, csrf_token, sign_in
+from tests.fixtures.console import (
+    OPS_SECRET,
+    ConsoleSite,
+    console_settings,
+    csrf_token,
+    sign_in,
+    stripe_client_for,
+)
 from tests.fixtures.mapping import EXAMPLE_MAPPINGS_DIR, make_opportunity
 
 
@@ -180,3 +190,65 @@ def test_pages_need_a_session_and_the_api_keys_do_not_open_them(
         assert http.get(f"{url}/console/deals", follow_redirects=False).status_code == 303
     assert OPS_SECRET not in caplog.text
     assert "another-secret" not in caplog.text
+
+
+def test_the_reconciliation_page_shows_the_last_report_grouped_by_kind(
+    console_site: ConsoleSite,
+) -> None:
+    with httpx.Client() as http:
+        sign_in(http, console_site.url)
+        empty = http.get(f"{console_site.url}/console/reconcile")
+        assert empty.status_code == 200
+        assert "No report yet" in empty.text
+        assert "<code>sf-bridge reconcile</code>" in empty.text
+        assert 'href="/console/reconcile"' in empty.text  # in the navigation
+
+        # A deal provisioned by the worker, then changed by hand in Stripe.
+        done = console_site.provision("team-self-serve")
+        with console_site.session_factory() as session:
+            deal = session.get_one(Deal, done)
+            opp_id, sub_id = deal.opportunity_id, deal.stripe_subscription_id
+        assert sub_id
+        stripe = stripe_client_for(console_site.settings)
+        stripe.v1.subscriptions.cancel(sub_id)
+        stray = stripe.v1.customers.create(
+            {"name": "Made by hand", "metadata": {"sf_opportunity_id": "006Hs00009ZZZZZZZZ"}}
+        )
+        report = reconcile(
+            console_site.session_factory,
+            crm=None,
+            billing=build_billing(console_site.settings),
+            since=None,
+        )
+        kinds = {m.kind for m in report.mismatches}
+        assert kinds == {
+            findings.SUBSCRIPTION_CHANGED,
+            findings.ENTITLEMENTS_WITHOUT_SUBSCRIPTION,
+            findings.UNKNOWN_STRIPE_OBJECT,
+        }
+
+        page = http.get(f"{console_site.url}/console/reconcile")
+        assert page.status_code == 200
+        html = page.text
+        assert "No report yet" not in html
+        assert f"{len(report.mismatches)} mismatches" in html
+        assert "by hand (`sf-bridge reconcile`)" in html
+        assert "every deal (no provisioning floor)" in html
+        assert report.started_at.strftime("%Y-%m-%d %H:%M:%S") in html
+        # One section per kind, in the order of the kinds, each mismatch with its fix.
+        sections = [html.index(f'id="kind-{k}"') for k in findings.KINDS if k in kinds]
+        assert sections == sorted(sections)
+        for m in report.mismatches:
+            section = html[html.index(f'id="kind-{m.kind}"') :]
+            section = section[: section.index("</section>")]
+            assert str(m.problem) in section.replace("&#39;", "'")
+            assert str(m.fix).replace("`", "") in section.replace("&#39;", "'").replace("`", "")
+        cancelled = html[html.index(f'id="kind-{findings.SUBSCRIPTION_CHANGED}"') :]
+        cancelled = cancelled[: cancelled.index("</section>")]
+        assert f"https://dashboard.stripe.com/test/subscriptions/{sub_id}" in cancelled
+        assert (
+            f"https://example.my.salesforce.com/lightning/r/Opportunity/{opp_id}/view" in cancelled
+        )
+        assert f'href="/console/deals/{done}"' in cancelled
+        unknown = html[html.index(f'id="kind-{findings.UNKNOWN_STRIPE_OBJECT}"') :]
+        assert f"https://dashboard.stripe.com/test/customers/{stray['id']}" in unknown
