@@ -30,8 +30,8 @@ KIND_TITLES = {
     UNKNOWN_STRIPE_OBJECT: "Stripe objects tagged with an opportunity sf-bridge does not know",
 }
 TRIGGERS = {
-    "command": "by hand (`sf-bridge reconcile`)",
-    "schedule": "on the worker's schedule (SF_BRIDGE_RECONCILE_INTERVAL)",
+    "command": ("by hand", "sf-bridge reconcile"),
+    "schedule": ("on the worker's schedule", "SF_BRIDGE_RECONCILE_INTERVAL"),
 }
 # The Stripe Dashboard's path for each kind of object a mismatch names.
 DASHBOARD_PATHS = {"customer": "customers", "subscription": "subscriptions", "invoice": "invoices"}
@@ -56,7 +56,7 @@ class ReportView:
     started_at: datetime
     finished_at: datetime
     since: datetime | None
-    trigger: str
+    trigger: tuple[str, str]  # how it started, and the command or setting
     checked: Checked
     groups: list[KindGroup]
     total: int
@@ -93,7 +93,7 @@ def last_report_view(session: Session, *, instance: str | None, live: bool) -> R
         started_at=report.started_at,
         finished_at=report.finished_at,
         since=report.since,
-        trigger=TRIGGERS.get(stored.trigger, stored.trigger),
+        trigger=TRIGGERS.get(stored.trigger, (stored.trigger, "")),
         checked=report.checked,
         groups=groups,
         total=len(report.mismatches),

@@ -232,7 +232,7 @@ def test_the_reconciliation_page_shows_the_last_report_grouped_by_kind(
         html = page.text
         assert "No report yet" not in html
         assert f"{len(report.mismatches)} mismatches" in html
-        assert "by hand (`sf-bridge reconcile`)" in html
+        assert "by hand (<code>sf-bridge reconcile</code>)" in html
         assert "every deal (no provisioning floor)" in html
         assert report.started_at.strftime("%Y-%m-%d %H:%M:%S") in html
         # One section per kind, in the order of the kinds, each mismatch with its fix.
