@@ -1,16 +1,21 @@
 # Two commands a newcomer needs: `make demo` and `make test`.
-# Both create .venv from pyproject.toml when it is missing or older than pyproject.toml.
+# Both create .venv when it is missing, and reinstall into it when pyproject.toml, a package's
+# pyproject.toml under packages/ or constraints.txt is newer than the last install.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+CONSTRAINTS := constraints.txt
+# Every part, editable: the client, sf-bridge with its test and dev tools, the sandbox and demo.
+PARTS := -e ./packages/client -e '.[dev]' -e ./packages/sandbox
+LOCK_VENV := $(VENV)-lock
 
-.PHONY: demo test lint typecheck fmt bench clean
+.PHONY: demo test lint typecheck fmt bench lock clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml packages/client/pyproject.toml packages/sandbox/pyproject.toml $(CONSTRAINTS)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) --upgrade pip
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) $(PARTS)
 	@touch $(STAMP)
 
 demo: $(STAMP)
@@ -30,5 +35,17 @@ fmt: $(STAMP)
 	$(BIN)/ruff format src tests bench
 	$(BIN)/ruff check --fix src tests bench
 
+# Re-resolves every dependency to the newest version the pyproject files allow, in a scratch
+# virtualenv, and writes the result to constraints.txt; the next `make test` installs it.
+lock:
+	rm -rf $(LOCK_VENV)
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(LOCK_VENV)/bin/python -m pip install --quiet $(PARTS)
+	head -n 3 $(CONSTRAINTS) > $(CONSTRAINTS).new
+	$(LOCK_VENV)/bin/python -m pip freeze --all --exclude-editable >> $(CONSTRAINTS).new
+	mv $(CONSTRAINTS).new $(CONSTRAINTS)
+	rm -rf $(LOCK_VENV)
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(LOCK_VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -35,8 +35,11 @@ def demo(
     parked deal and replays it. Exit 0 when every expectation held, 1 otherwise. Reads none of
     the usual environment variables: everything it talks to is started by the demo itself.
     """
-    from sf_bridge.demo import DemoOptions, run_demo
+    from sf_bridge.cli_sandbox_install import require_sandbox
     from sf_bridge.errors import ConfigurationError
+
+    require_sandbox("demo")
+    from sf_bridge.demo import DemoOptions, run_demo
 
     if not mappings.is_dir() or not any(mappings.glob("*.yaml")):
         raise ConfigurationError(

@@ -13,6 +13,7 @@ from typing import Any
 import typer
 
 from sf_bridge.cli import app, handle_errors
+from sf_bridge.cli_sandbox_install import require_sandbox
 from sf_bridge.config import get_settings
 from sf_bridge.logging import get_logger
 
@@ -68,6 +69,7 @@ def sandbox(
 ) -> None:
     """Starts only the sandbox Salesforce org and the Stripe emulator on loopback, prints the
     environment to point `sf-bridge run` / `serve` at them, and runs until Ctrl-C / SIGTERM."""
+    require_sandbox("sandbox")
     if ctx.invoked_subcommand is not None:
         return
     from sf_bridge.sandbox.salesforce_org import SalesforceSandbox

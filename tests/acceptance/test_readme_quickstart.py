@@ -178,6 +178,8 @@ def _relative_links(path: Path) -> list[tuple[str, Path]]:
         "docs/setup-stripe.md",
         "docs/operations.md",
         "docs/architecture.md",
+        "docs/install.md",
+        "docs/entitlements.md",
         "CHANGELOG.md",
     ],
 )

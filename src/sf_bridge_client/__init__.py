@@ -1,6 +1,7 @@
-"""Python client of the entitlement API, for product code.
+"""Python client of the entitlement API, for product code: `pip install sf-bridge-client`
+(it needs only httpx; `sf_bridge.client` names the same module where sf-bridge is installed).
 
-    from sf_bridge.client import EntitlementClient
+    from sf_bridge_client import EntitlementClient
 
     client = EntitlementClient("https://billing.example.com", api_key, fallback={"sso": True})
     client.start()                       # background refresh (ETag polling) and usage flushing
@@ -23,6 +24,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 import time
@@ -38,10 +40,42 @@ from urllib.parse import quote
 
 import httpx
 
-from sf_bridge.crm.ids import maybe_record_id
-from sf_bridge.logging import get_logger
+from sf_bridge_client.record_ids import maybe_record_id
 
-log = get_logger(__name__)
+
+class _EventLog:
+    """Events with fields (`log.warning("usage_buffer_full", max_buffered=100)`) through the
+    standard library's logging, so the application's own logging configuration applies."""
+
+    def __init__(self, name: str) -> None:
+        self._logger = logging.getLogger(name)
+
+    def _emit(self, level: int, event: str, fields: dict[str, Any]) -> None:
+        if self._logger.isEnabledFor(level):
+            text = " ".join([event, *(f"{key}={value!r}" for key, value in fields.items())])
+            self._logger.log(level, "%s", text)
+
+    def info(self, event: str, **fields: Any) -> None:
+        self._emit(logging.INFO, event, fields)
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self._emit(logging.WARNING, event, fields)
+
+    def error(self, event: str, **fields: Any) -> None:
+        self._emit(logging.ERROR, event, fields)
+
+
+log = _EventLog(__name__)
+
+__all__ = [
+    "Check",
+    "EntitlementClient",
+    "Entitlements",
+    "Fallback",
+    "Source",
+    "UsageReceipt",
+    "UsageRejected",
+]
 
 Source = Literal["cache", "service", "fallback"]
 Fallback = Mapping[str, bool | int] | Callable[[str, str], bool]
