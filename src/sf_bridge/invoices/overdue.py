@@ -231,7 +231,7 @@ def _apply_one(
     Unless dry, the deal is leased to this run; every outcome gives the lease back."""
     try:
         action = _decide(store, billing, c, now=now, grace_days=grace_days, dry_run=dry_run)
-    except BaseException:
+    except Exception:  # a bug: give the deal back (a process that dies leaves its lease to run out)
         if not dry_run:
             store.release(c.deal_id)
         raise
