@@ -39,6 +39,7 @@ from sf_bridge.entitlements.ledger import grant_entitlements
 from sf_bridge.provisioning.dbscope import SessionScope
 from sf_bridge.provisioning.outcome import CustomerView, DealView, Outcome
 from sf_bridge.provisioning.states import SETTLED, STEP_CUSTOMER
+from sf_bridge.provisioning.wakeup import work_added
 
 deals: Table = Deal.__table__  # type: ignore[assignment]
 attempts: Table = StepAttempt.__table__  # type: ignore[assignment]
@@ -635,11 +636,13 @@ class DealStore:
         expected_status: str,
         values: Mapping[str, Any],
         events: list[dict[str, Any]],
+        claimable: bool = True,
     ) -> bool:
         """Replay's write: the deal's new state (`values`) and its history events, in one
         guarded UPDATE. It holds only while the deal is still in `expected_status` (the one
         replay read), not cancelled, and not leased by a worker: a deal another worker is
-        running, or that changed meanwhile, is left as it is (False)."""
+        running, or that changed meanwhile, is left as it is (False). A `claimable` deal
+        wakes the workers (every replica's, on PostgreSQL) when the transaction commits."""
         now = self.clock()
         with self.db() as session, session.begin():
             conn = session.connection()
@@ -656,6 +659,8 @@ class DealStore:
             if held != 1:
                 return False
             _add_events(conn, deal_id, events, now)
+            if claimable:
+                work_added(session)
         return True
 
     def cancel(
