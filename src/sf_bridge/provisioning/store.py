@@ -718,9 +718,15 @@ class DealStore:
             candidates = select(deals.c.id).where(overdue).order_by(deals.c.id).limit(limit)
             if conn.dialect.name == "postgresql":
                 candidates = candidates.with_for_update(skip_locked=True)
+            # The candidates first, then the guarded UPDATE of those: as one statement
+            # (`id IN (subquery ... LIMIT ... SKIP LOCKED)`) PostgreSQL may run the subquery
+            # more than once and lease more than `limit` deals.
+            ids = list(conn.execute(candidates).scalars())
+            if not ids:
+                return []
             rows = conn.execute(
                 update(deals)
-                .where(deals.c.id.in_(candidates.scalar_subquery()), overdue)
+                .where(deals.c.id.in_(ids), overdue)
                 .values(locked_by=self.owner, locked_until=now + self.lease)
                 .returning(*_VIEW, deals.c.invoice_due_at)
             ).mappings()

@@ -13,9 +13,15 @@ from sqlalchemy.orm import Session, sessionmaker
 from sf_bridge.billing.port import BillingSubscription
 from sf_bridge.billing.stripe_gateway import StripeGateway
 from sf_bridge.db.models import CANCELLED, Deal, DealEvent, EntitlementGrant
-from sf_bridge.invoices.overdue import OVERDUE_LEASE, OverdueAction, apply_overdue_policy
+from sf_bridge.invoices.overdue import (
+    OVERDUE_LEASE,
+    OverdueAction,
+    apply_overdue_policy,
+    overdue_store,
+)
 from sf_bridge.sandbox.stripe_emulator import StripeEmulator
-from tests.integration.invoices.conftest import Provisioned
+from tests.fixtures.api import STANDARD_ENTITLEMENTS, seed_deal
+from tests.integration.invoices.conftest import DUE, Provisioned
 
 CANCEL_ROUTE = "DELETE /v1/subscriptions/{id}"
 
@@ -139,3 +145,25 @@ def test_a_replica_dying_after_stripes_cancel_ends_in_one_cancellation(
     actions = _run(session_factory, other, late + OVERDUE_LEASE + timedelta(seconds=1))
     assert [a.action for a in actions] == ["cancelled"]
     _assert_cancelled_once(session_factory, stripe_emulator, provisioned)
+
+
+def test_overdue_claims_take_at_most_their_limit_and_never_share_a_deal(
+    session_factory: sessionmaker[Session],
+) -> None:
+    for n in range(5):
+        seed_deal(
+            session_factory,
+            STANDARD_ENTITLEMENTS,
+            opportunity_id=f"00600000000010{n}AAA",
+            subscription_id=f"sub_test_{n}",
+            invoice_id=f"in_test_{n}",
+            invoice_due_at=DUE,
+        )
+    now = DUE + timedelta(days=30)
+    a, b = (overdue_store(session_factory, now) for _ in range(2))
+    first = [deal.id for deal, _ in a.claim_overdue(DUE, 3)]
+    second = [deal.id for deal, _ in b.claim_overdue(DUE, 3)]
+    assert (len(first), len(second)) == (3, 2)
+    assert not set(first) & set(second)
+    assert b.claim_overdue(DUE, 3) == []
+    assert [due for _, due in a.overdue(DUE)] == []  # all leased: a dry run lists none now
