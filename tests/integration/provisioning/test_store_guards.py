@@ -1,5 +1,5 @@
-"""Replay writes through the deal store, guarded: a deal a worker is running now, or one
-cancelled since it was read, is left as it is; a parked deal is requeued with its event."""
+"""Writes from outside the steps go through the deal store, guarded: replay leaves a deal a
+worker is running, or one cancelled since it was read; a cancellation outlives a worker's step."""
 
 from __future__ import annotations
 
@@ -66,3 +66,33 @@ def test_a_deal_cancelled_meanwhile_stays_cancelled(harness: Harness) -> None:
         kinds = list(session.scalars(select(DealEvent.kind).where(DealEvent.deal_id == deal_id)))
     assert kinds.count("cancelled") == 1
     assert "replayed" not in kinds
+
+
+def test_a_deal_cancelled_during_a_workers_stripe_step_stays_cancelled(harness: Harness) -> None:
+    deal_id = _park(harness, status="retrying", current_step="subscription")
+    worker = DealStore(
+        harness.session_factory, owner="w1", lease=timedelta(minutes=1), clock=utcnow
+    )
+    [deal] = worker.claim(("subscription",), 1)
+    started = worker.start(
+        deal, "subscription", 1, account="001000000000001AAA", identity=None, holder="w1:1"
+    )
+    assert started is not None
+    # The subscription ends (a webhook) while the worker's request is under way.
+    other = DealStore(harness.session_factory, owner="api", lease=timedelta(0), clock=utcnow)
+    assert other.cancel(deal_id, "Stripe subscription canceled", "customer.subscription.deleted")
+    assert not worker.fail(
+        deal_id=deal_id,
+        step="subscription",
+        attempt_id=started.attempt_id,
+        attempt_no=1,
+        retry_at=utcnow() + timedelta(minutes=1),
+        reason="Stripe timed out",
+        code="billing_unavailable",
+        duration=1,
+        holder="w1:1",
+        stripe_request_id=None,
+        idempotency_key=None,
+        detail=None,
+    )
+    assert harness.deal(OPP).status == CANCELLED
