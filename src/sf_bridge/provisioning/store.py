@@ -36,6 +36,7 @@ from sf_bridge.db.models import (
     utcnow,
 )
 from sf_bridge.entitlements.ledger import grant_entitlements
+from sf_bridge.logging import get_logger
 from sf_bridge.provisioning.dbscope import SessionScope
 from sf_bridge.provisioning.outcome import CustomerView, DealView, Outcome
 from sf_bridge.provisioning.states import SETTLED, STEP_CUSTOMER
@@ -49,6 +50,7 @@ events: Table = DealEvent.__table__  # type: ignore[assignment]
 grants: Table = EntitlementGrant.__table__  # type: ignore[assignment]
 
 _VIEW = [deals.c[name] for name in DealView.columns()]
+log = get_logger(__name__)
 
 
 class _NotHeld(Exception):
@@ -910,6 +912,12 @@ def cancel_subscription_deals(
             .values(active=False, revoked_at=now, revoked_reason=reason)
         ).rowcount
         or 0
+    )
+    log.info(
+        "entitlements_revoked",
+        stripe_subscription_id=subscription_id,
+        reason=reason,
+        revoked=revoked,
     )
     deal_ids = conn.execute(
         select(deals.c.id)
