@@ -37,7 +37,7 @@ from bench.common import (
 from sf_bridge.db.models import Deal, StepAttempt
 from sf_bridge.sandbox.stripe_emulator import Faults
 
-PROVISIONED = ("entitled", "written_back", "done")
+PROVISIONED = ("entitled", "done")
 # Milestones in order: the time each is reached, per deal.
 MILESTONES = (
     ("stream", "closed in Salesforce -> enqueued from the stream"),

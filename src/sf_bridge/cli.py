@@ -92,11 +92,6 @@ def handle_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def not_yet_available(name: str) -> None:
-    typer.secho(f"`sf-bridge {name}` is not yet available in this version.", err=True)
-    raise typer.Exit(3)
-
-
 def _register_commands() -> None:
     # Each module adds its commands to the apps above when imported.
     from sf_bridge import (  # noqa: F401

@@ -91,9 +91,3 @@ class CrmRejected(PermanentError):
     """Salesforce refused the request; fix the field, permission or record, then replay."""
 
     code = "crm_rejected"
-
-
-class AlreadyEnqueued(SfBridgeError):
-    """This opportunity already has a deal; it is not enqueued twice."""
-
-    code = "already_enqueued"

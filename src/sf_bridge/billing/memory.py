@@ -114,11 +114,6 @@ class InMemoryBilling:
             self._enter("find_prices")
             return {k: self.prices[k] for k in lookup_keys if k in self.prices}
 
-    def get_customer(self, customer_id: str) -> BillingCustomer | None:
-        with self._lock:
-            self._enter("get_customer")
-            return self.customers.get(customer_id)
-
     def find_customer(self, *, customer_key: str) -> BillingCustomer | None:
         with self._lock:
             self._enter("find_customer")

@@ -110,10 +110,6 @@ class BillingGateway(Protocol):
         """Prices (active or archived) by lookup key; keys with no price are absent."""
         ...
 
-    def get_customer(self, customer_id: str) -> BillingCustomer | None:
-        """The customer, or None when it does not exist or was deleted."""
-        ...
-
     def find_customer(self, *, customer_key: str) -> BillingCustomer | None:
         """The customer tagged `metadata.sf_customer_key` (search; eventually consistent)."""
         ...

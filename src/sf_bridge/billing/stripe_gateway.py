@@ -394,17 +394,6 @@ class StripeGateway:
 
     # customers ----------------------------------------------------------------------------
 
-    def get_customer(self, customer_id: str) -> BillingCustomer | None:
-        obj = self._retrieve_or_none(
-            "retrieve a customer", lambda: self._client.v1.customers.retrieve(customer_id)
-        )
-        if obj is None:
-            return None
-        data = obj.to_dict()
-        if data.get("deleted"):
-            return None
-        return _customer(data, _request_id(obj))
-
     def find_customer(self, *, customer_key: str) -> BillingCustomer | None:
         # Tagged as create_customer sent it (a long key shortened the same way).
         tag = metadata_value(customer_key)

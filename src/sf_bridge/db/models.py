@@ -3,7 +3,7 @@
 Deal statuses follow the state machine of docs/operations.md:
 
     received -> fetched -> mapped -> customer_ready -> subscription_created -> invoice_open
-    -> entitled -> written_back -> done
+    -> entitled -> done   (the write-back is recorded on the way: written_back_at)
     any step: retrying (transient, with next_attempt_at) or needs_attention (permanent)
     skipped: fetched but never provisioned on purpose (no longer won, or won before the
     provisioning floor); the reason is in last_error, its code in last_error_code
@@ -76,7 +76,6 @@ PROGRESS = (
     "subscription_created",
     "invoice_open",
     "entitled",
-    "written_back",
     "done",
 )
 RETRYING = "retrying"

@@ -25,9 +25,6 @@ import httpx
 
 from sf_bridge.errors import SfBridgeError
 
-# Exit code of a command that exists in the CLI but whose area has not landed in this build.
-NOT_YET_AVAILABLE_EXIT = 3
-
 
 class DemoFailed(SfBridgeError):
     """The demo could not show the product working."""
@@ -130,18 +127,13 @@ class ManagedProcess:
         return self
 
     def check_alive(self) -> None:
-        """Raises `DemoFailed` (or `MissingPiece`) when the process has exited."""
+        """Raises `DemoFailed` when the process has exited."""
         if self.process is None:
             raise DemoFailed(f"`{self.command_line}` was never started.")
         code = self.process.poll()
         if code is None:
             return
         tail = self.log_tail()
-        if code == NOT_YET_AVAILABLE_EXIT:
-            raise MissingPiece(
-                f"`{self.command_line}` is not available in this build of sf-bridge; "
-                f"the demo needs it.\n{tail}"
-            )
         raise DemoFailed(f"`{self.command_line}` exited with code {code}. Its last lines:\n{tail}")
 
     def log_tail(self, lines: int = 15) -> str:

@@ -5,28 +5,33 @@ to it, records the decision on the deal (status `cancelled`, an event with the r
 writes it back to the Opportunity. Stripe is asked for the invoice's current state first, so
 an invoice paid meanwhile (a webhook we missed, a wire recorded elsewhere) is only recorded.
 `dry_run` reports what would happen and changes nothing. One log line per action.
+
+The policy runs in every replica, and exactly one acts on an invoice: each run leases the
+overdue deals it takes (`DealStore.claim_overdue`, the worker's kind of lease on the deal
+row), so another replica's run, or the worker, does not take them; every write goes through
+the deal store. Before cancelling, Stripe's subscription is read: one cancelled by a run
+that crashed before recording it is only recorded, and never cancelled twice.
 """
 
 from __future__ import annotations
 
+import os
+import socket
+import time
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Literal
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from sf_bridge.crm.port import OpportunityUpdate
-from sf_bridge.db.engine import transaction
-from sf_bridge.db.models import CANCELLED, Deal, utcnow
 from sf_bridge.errors import SfBridgeError
-from sf_bridge.invoices.records import (
-    ENDED_SUBSCRIPTION_STATUSES,
-    add_event,
-    record_invoice_status,
-    record_subscription_ended,
-)
+from sf_bridge.invoices.records import ENDED_SUBSCRIPTION_STATUSES
 from sf_bridge.logging import get_logger
+from sf_bridge.provisioning.outcome import DealView
+from sf_bridge.provisioning.store import DealStore
 
 if TYPE_CHECKING:
     from sf_bridge.billing.port import BillingGateway
@@ -36,6 +41,9 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 ActionKind = Literal["cancelled", "would_cancel", "no_longer_open", "not_yet_due", "failed"]
+# How long a run holds an overdue deal: reading Stripe and cancelling takes seconds; a run
+# that died leaves the deal to the next run of any replica once this runs out.
+OVERDUE_LEASE = timedelta(minutes=5)
 CANCELLED_STATUS_TEXT = "Cancelled"  # as the write-back spells "Provisioned" and "Needs attention"
 
 
@@ -56,6 +64,7 @@ class OverdueAction:
 
 @dataclass(frozen=True)
 class _Candidate:
+    deal: DealView
     deal_id: int
     opportunity_id: str
     invoice_id: str
@@ -63,30 +72,27 @@ class _Candidate:
     due_at: datetime | None
 
 
-def _candidates(session_factory: sessionmaker[Session], cutoff: datetime) -> list[_Candidate]:
-    with session_factory() as session:
-        deals = session.scalars(
-            select(Deal)
-            .where(
-                Deal.invoice_status == "open",
-                Deal.stripe_invoice_id.is_not(None),
-                Deal.stripe_subscription_id.is_not(None),
-                Deal.status != CANCELLED,
-                Deal.invoice_due_at.is_not(None),
-                Deal.invoice_due_at <= cutoff,
-            )
-            .order_by(Deal.invoice_due_at, Deal.id)
-        ).all()
-        return [
-            _Candidate(
-                d.id,
-                d.opportunity_id,
-                d.stripe_invoice_id or "",
-                d.stripe_subscription_id or "",
-                d.invoice_due_at,
-            )
-            for d in deals
-        ]
+def _candidate(deal: DealView, due_at: datetime) -> _Candidate:
+    return _Candidate(
+        deal,
+        deal.id,
+        deal.opportunity_id,
+        deal.stripe_invoice_id or "",
+        deal.stripe_subscription_id or "",
+        due_at,
+    )
+
+
+def overdue_store(session_factory: sessionmaker[Session], now: datetime) -> DealStore:
+    """The deal store of one run of the policy: its own lease owner, a clock that starts at
+    the run's `now` and moves on with real time."""
+    started = time.monotonic()
+    return DealStore(
+        session_factory,
+        owner=f"overdue:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}",
+        lease=OVERDUE_LEASE,
+        clock=lambda: now + timedelta(seconds=time.monotonic() - started),
+    )
 
 
 def _days_overdue(due_at: datetime | None, now: datetime) -> int:
@@ -94,7 +100,12 @@ def _days_overdue(due_at: datetime | None, now: datetime) -> int:
 
 
 def _cancel(billing: BillingGateway, c: _Candidate) -> None:
-    """Cancels the subscription; an already cancelled one counts as done."""
+    """Cancels the subscription unless Stripe shows it ended already (a run that crashed
+    after cancelling it, or a cancellation in the dashboard); an already cancelled one
+    counts as done."""
+    current = billing.get_subscription(c.subscription_id)
+    if current is None or current.status in ENDED_SUBSCRIPTION_STATUSES:
+        return
     try:
         billing.cancel_subscription(
             c.subscription_id,
@@ -145,20 +156,42 @@ def apply_overdue_policy(
         raise ValueError("grace_days must be zero or more")
     if billing is None:  # no STRIPE_API_KEY: custom plans only, so no invoices to follow
         return []
+    store = overdue_store(session_factory, now)
+    cutoff = now - timedelta(days=grace_days)
     actions: list[OverdueAction] = []
-    for c in _candidates(session_factory, now - timedelta(days=grace_days)):
-        action = _apply_one(
-            session_factory, billing, c, now=now, grace_days=grace_days, dry_run=dry_run
-        )
-        actions.append(action)
-        if action.action != "cancelled":  # cancellations are logged after their write-back
-            _log(action, dry_run)
+    for batch in _batches(store, cutoff, dry_run):
+        for deal, due_at in batch:
+            action = _apply_one(
+                store,
+                billing,
+                _candidate(deal, due_at),
+                now=now,
+                grace_days=grace_days,
+                dry_run=dry_run,
+            )
+            actions.append(action)
+            if action.action != "cancelled":  # cancellations are logged after their write-back
+                _log(action, dry_run)
     if not dry_run and crm is not None and write_back is not None:
-        actions = _write_back(session_factory, crm, write_back, actions)
+        actions = _write_back(store, crm, write_back, actions)
     for action in actions:
         if action.action == "cancelled":
             _log(action, dry_run)
     return actions
+
+
+def _batches(
+    store: DealStore, cutoff: datetime, dry_run: bool
+) -> Iterator[list[tuple[DealView, datetime]]]:
+    """The overdue deals, leased to this run 50 at a time (a dry run leases nothing): each
+    deal once a run, so one that stays overdue (Stripe unreachable) waits for the next run."""
+    if dry_run:
+        yield store.overdue(cutoff)
+        return
+    seen: set[int] = set()
+    while batch := store.claim_overdue(cutoff, 50, exclude=seen):
+        seen.update(deal.id for deal, _ in batch)
+        yield batch
 
 
 def _action(
@@ -186,7 +219,7 @@ def _action(
 
 
 def _apply_one(
-    session_factory: sessionmaker[Session],
+    store: DealStore,
     billing: BillingGateway,
     c: _Candidate,
     *,
@@ -194,7 +227,28 @@ def _apply_one(
     grace_days: int,
     dry_run: bool,
 ) -> OverdueAction:
-    """Decides on one deal's invoice from Stripe's current view of it, and acts unless dry."""
+    """Decides on one deal's invoice from Stripe's current view of it, and acts unless dry.
+    Unless dry, the deal is leased to this run; every outcome gives the lease back."""
+    try:
+        action = _decide(store, billing, c, now=now, grace_days=grace_days, dry_run=dry_run)
+    except Exception:  # a bug: give the deal back (a process that dies leaves its lease to run out)
+        if not dry_run:
+            store.release(c.deal_id)
+        raise
+    if not dry_run and action.action == "failed":
+        store.release(c.deal_id)
+    return action
+
+
+def _decide(
+    store: DealStore,
+    billing: BillingGateway,
+    c: _Candidate,
+    *,
+    now: datetime,
+    grace_days: int,
+    dry_run: bool,
+) -> OverdueAction:
     days = _days_overdue(c.due_at, now)
     try:
         invoice = billing.get_invoice(c.invoice_id)
@@ -205,9 +259,7 @@ def _apply_one(
     if invoice.status != "open" or (
         invoice.due_date is not None and invoice.due_date > now - timedelta(days=grace_days)
     ):
-        return _not_overdue(
-            session_factory, c, invoice.status, invoice.due_date, now, days, dry_run
-        )
+        return _not_overdue(store, c, invoice.status, invoice.due_date, now, days, dry_run)
     reason = (
         f"invoice {c.invoice_id} unpaid {days} days after its due date "
         f"{c.due_at.date().isoformat() if c.due_at else '?'} (grace period {grace_days} days)"
@@ -218,18 +270,16 @@ def _apply_one(
         _cancel(billing, c)
     except SfBridgeError as exc:
         return _action(c, days, "failed", reason, error=exc.user_message())
-    with transaction(session_factory) as session:
-        _, revoked = record_subscription_ended(
-            session, c.subscription_id, f"overdue: {reason}", how="overdue policy"
+    held, revoked = store.cancel_overdue(c.deal, f"overdue: {reason}", "overdue policy")
+    if not held:
+        return _action(
+            c, days, "failed", reason, error="the deal's lease ran out; retried next run"
         )
-        deal = session.get_one(Deal, c.deal_id)
-        deal.last_error = f"Subscription cancelled: {reason}."
-        deal.last_error_code = "invoice_overdue"
     return _action(c, days, "cancelled", reason, grants_revoked=revoked)
 
 
 def _not_overdue(
-    session_factory: sessionmaker[Session],
+    store: DealStore,
     c: _Candidate,
     status: str,
     due_date: datetime | None,
@@ -239,19 +289,13 @@ def _not_overdue(
 ) -> OverdueAction:
     """Stripe says the invoice is no longer open or not yet overdue: record that, if allowed."""
     if not dry_run:
-        with transaction(session_factory) as session:
-            deal = session.get_one(Deal, c.deal_id)
-            if status != "open":
-                record_invoice_status(
-                    session,
-                    deal,
-                    c.invoice_id,
-                    status,
-                    authoritative=True,
-                    how="found by the overdue policy",
-                )
-            elif due_date is not None and due_date != deal.invoice_due_at:
-                deal.invoice_due_at = due_date
+        store.invoice_found(
+            c.deal,
+            status=status,
+            due_at=due_date,
+            stored_due_at=c.due_at,
+            how="found by the overdue policy",
+        )
     if status != "open":
         return _action(c, days, "no_longer_open", f"Stripe shows invoice {c.invoice_id} {status}")
     return _action(
@@ -264,7 +308,7 @@ def _not_overdue(
 
 
 def _write_back(
-    session_factory: sessionmaker[Session],
+    store: DealStore,
     crm: CrmGateway,
     fields: WriteBackFields,
     actions: list[OverdueAction],
@@ -292,20 +336,11 @@ def _write_back(
             continue
         for r in results:
             outcome[r.opportunity_id] = (r.ok, r.error)
-    with transaction(session_factory) as session:
-        for a in cancelled:
-            ok, error = outcome.get(a.opportunity_id, (False, "not written"))
-            deal = session.get_one(Deal, a.deal_id)
-            if ok:
-                deal.written_back_at = utcnow()
-            else:
-                add_event(
-                    session,
-                    deal,
-                    "write_back_failed",
-                    f"Writing the cancellation to the Opportunity failed: {error}",
-                    {"error": error},
-                )
+    told: dict[int, str | None] = {}
+    for a in cancelled:
+        ok, error = outcome.get(a.opportunity_id, (False, "not written"))
+        told[a.deal_id] = None if ok else (error or "not written")
+    store.cancellations_written_back(told)
     return [
         replace(
             a,

@@ -8,8 +8,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from sf_bridge.db.models import CANCELLED, Deal, DealEvent, utcnow
-from sf_bridge.entitlements.ledger import revoke_subscription_grants
+from sf_bridge.db.models import Deal, DealEvent, utcnow
+from sf_bridge.provisioning.store import cancel_subscription_deals
 
 # An invoice in one of these states never goes back to draft or open.
 TERMINAL_INVOICE_STATUSES = frozenset({"paid", "void", "uncollectible"})
@@ -77,34 +77,11 @@ def record_invoice_status(
 
 def record_subscription_ended(
     session: Session, subscription_id: str, reason: str, *, how: str
-) -> tuple[list[Deal], int]:
-    """Revokes the subscription's grants and marks its deals cancelled; idempotent.
+) -> tuple[list[int], int]:
+    """Revokes the subscription's grants and marks its deals cancelled, through the deal
+    store's guarded statements in the session's transaction; idempotent.
 
     Returns the deals newly cancelled and how many grants were revoked.
     """
-    revoked = revoke_subscription_grants(session, subscription_id, reason)
-    deals = session.scalars(
-        select(Deal).where(Deal.stripe_subscription_id == subscription_id).order_by(Deal.id)
-    ).all()
-    cancelled: list[Deal] = []
-    for deal in deals:
-        if deal.status == CANCELLED:
-            continue
-        previous = deal.status
-        deal.status = CANCELLED
-        deal.updated_at = utcnow()
-        add_event(
-            session,
-            deal,
-            "subscription_cancelled",
-            f"Subscription {subscription_id} ended ({how}): {reason}. "
-            f"{revoked} entitlement grant(s) revoked.",
-            {
-                "subscription_id": subscription_id,
-                "reason": reason,
-                "previous_status": previous,
-                "grants_revoked": revoked,
-            },
-        )
-        cancelled.append(deal)
-    return cancelled, revoked
+    session.flush()
+    return cancel_subscription_deals(session.connection(), subscription_id, reason, how, utcnow())

@@ -239,6 +239,57 @@ class InMemoryStore:
                     renewed += 1
             return renewed
 
+    # changes from outside the steps --------------------------------------------------------
+
+    def requeue(
+        self,
+        deal_id: int,
+        *,
+        expected_status: str,
+        values: Mapping[str, Any],
+        events: list[dict[str, Any]],
+        claimable: bool = True,
+    ) -> bool:
+        now = self.clock()
+        with self._lock:
+            row = self.deals.get(deal_id)
+            if (
+                row is None
+                or row["status"] != expected_status
+                or row["status"] == "cancelled"
+                or (row["locked_until"] is not None and row["locked_until"] >= now)
+            ):
+                return False
+            row.update(values, locked_by=None, locked_until=None)
+            self.events.extend({**e, "deal_id": deal_id} for e in events)
+            return True
+
+    def cancel(
+        self,
+        deal_id: int,
+        reason: str,
+        by: str,
+        *,
+        code: str | None = None,
+        detail: Mapping[str, Any] | None = None,
+    ) -> bool:
+        with self._lock:
+            row = self.deals.get(deal_id)
+            if row is None or row["status"] == "cancelled":
+                return False
+            previous = row["status"]
+            row["status"] = "cancelled"
+            if code is not None:
+                row.update(last_error=reason, last_error_code=code)
+            self.events.append(
+                {
+                    "deal_id": deal_id,
+                    "kind": "cancelled",
+                    "detail": {"reason": reason, "by": by, "previous_status": previous},
+                }
+            )
+            return True
+
     # inside --------------------------------------------------------------------------------
 
     def _owned(self, deal_id: int) -> dict[str, Any] | None:

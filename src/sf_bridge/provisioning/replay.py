@@ -13,8 +13,8 @@ opportunity as Salesforce returns it now; one that is still not won stays skippe
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from sf_bridge.crm import ids
 from sf_bridge.crm.port import CrmGateway
-from sf_bridge.db.models import NEEDS_ATTENTION, SKIPPED, Deal, DealEvent
+from sf_bridge.db.models import NEEDS_ATTENTION, SKIPPED, Deal, DealEvent, utcnow
 from sf_bridge.errors import SfBridgeError
 from sf_bridge.logging import get_logger
 from sf_bridge.provisioning.eligibility import BEFORE_FLOOR, FLOOR_WAIVED, NOT_WON, Skip, judge
@@ -33,7 +33,7 @@ from sf_bridge.provisioning.states import (
     STEPS,
     status_before,
 )
-from sf_bridge.provisioning.wakeup import work_added
+from sf_bridge.provisioning.store import DealStore
 
 log = get_logger(__name__)
 
@@ -90,8 +90,10 @@ def replay(
     deal in `needs_attention`. Done deals are left alone; skipped deals are provisioned only
     when named with `include_skipped`. A deal re-read from Salesforce is judged as the fetch
     judges it (no longer won, or closed before `floor`: recorded as skipped, not requeued).
-    Returns what was done to each."""
-    with session_factory() as session, session.begin():
+    Each deal is written through the deal store, guarded: one a worker is running now, or
+    that changed since it was read, is left alone (replay it again). Returns what was done
+    to each."""
+    with session_factory() as session:
         deals: dict[int, Deal] = {}
         for ref in deal_ids:
             deal = find_deal(session, ref)
@@ -101,17 +103,18 @@ def replay(
                 select(Deal).where(Deal.status == NEEDS_ATTENTION).order_by(Deal.id)
             ).scalars():
                 deals[deal.id] = deal
-        fresh = _refetch(crm, [d for d in deals.values() if d.source != "file"])
-        version = getattr(mappings, "version", None)
         waived = floor_waived(session, list(deals))
-        outcomes = [
-            _provision_skipped(session, deal, fresh)
-            if deal.status == SKIPPED and include_skipped
-            else _requeue(session, deal, fresh, version, None if deal.id in waived else floor)
-            for deal in deals.values()
-        ]
-        if any(o.requeued for o in outcomes):
-            work_added(session)
+        session.expunge_all()  # read only: what changes is written by the store
+    fresh = _refetch(crm, [d for d in deals.values() if d.source != "file"])
+    version = getattr(mappings, "version", None)
+    store = DealStore(session_factory, owner="replay", lease=timedelta(0), clock=utcnow)
+    outcomes = []
+    for deal in deals.values():
+        if deal.status == SKIPPED and include_skipped:
+            change = _provision_skipped(deal, fresh)
+        else:
+            change = _requeue(deal, fresh, version, None if deal.id in waived else floor)
+        outcomes.append(_write(store, deal, change))
     for outcome in outcomes:
         log.info(
             "deal_replayed",
@@ -121,6 +124,38 @@ def replay(
             requeued=outcome.requeued,
         )
     return outcomes
+
+
+@dataclass(frozen=True)
+class _Change:
+    """What replay decided for one deal: its outcome, and the deal's new columns and history
+    events (none: nothing to write)."""
+
+    outcome: ReplayOutcome
+    values: dict[str, Any] = field(default_factory=dict)
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _write(store: DealStore, deal: Deal, change: _Change) -> ReplayOutcome:
+    if not change.values:
+        return change.outcome
+    written = store.requeue(
+        deal.id,
+        expected_status=deal.status,
+        values=change.values,
+        events=change.events,
+        claimable=change.outcome.requeued,
+    )
+    if written:
+        return change.outcome
+    return ReplayOutcome(
+        deal.id,
+        deal.opportunity_id,
+        None,
+        "not replayed: a worker is running it now, or it changed since it was read (it may "
+        "have been cancelled); look at it again with `sf-bridge deals show` and replay it then",
+        False,
+    )
 
 
 def _refetch(crm: CrmGateway | None, deals: list[Deal]) -> dict[str, dict[str, Any]]:
@@ -145,132 +180,132 @@ def floor_waived(session: Session, deal_ids: list[int]) -> set[int]:
 
 
 def _requeue(
-    session: Session,
     deal: Deal,
     fresh: dict[str, dict[str, Any]],
     version: str | None,
     floor: datetime | None,
-) -> ReplayOutcome:
+) -> _Change:
     if deal.status == DONE:
-        return ReplayOutcome(
-            deal.id, deal.opportunity_id, None, "already done; nothing to replay", False
+        return _Change(
+            ReplayOutcome(
+                deal.id, deal.opportunity_id, None, "already done; nothing to replay", False
+            )
         )
     if deal.status == SKIPPED:
-        return ReplayOutcome(
-            deal.id,
-            deal.opportunity_id,
-            None,
-            f"skipped ({deal.last_error_code}): {deal.last_error} Pass --include-skipped to "
-            "provision it on purpose.",
-            False,
+        return _Change(
+            ReplayOutcome(
+                deal.id,
+                deal.opportunity_id,
+                None,
+                f"skipped ({deal.last_error_code}): {deal.last_error} Pass --include-skipped "
+                "to provision it on purpose.",
+                False,
+            )
         )
     step = deal.current_step or STEP_FETCH
     if step not in STEPS:
         step = STEP_FETCH
     reasons: list[str] = []
+    values: dict[str, Any] = {}
+    opportunity = deal.opportunity
     record = fresh.get(deal.opportunity_id)
     skip = judge(record, floor) if record is not None else None
     if record is not None and skip is not None:
-        return _skip(session, deal, record, skip)
+        return _skip(deal, record, skip)
     if record is not None and _comparable(record) != _comparable(deal.opportunity):
-        deal.opportunity = record
+        values["opportunity"] = opportunity = record
         reasons.append("the opportunity changed in Salesforce")
     if version is not None and deal.mapping_version and version != deal.mapping_version:
         reasons.append(f"the mappings changed ({deal.mapping_version} -> {version})")
-    if reasons and STEPS.index(step) > STEPS.index(STEP_MAP) and deal.opportunity:
+    if reasons and STEPS.index(step) > STEPS.index(STEP_MAP) and opportunity:
         step = STEP_MAP
-    if step == STEP_FETCH and deal.opportunity and deal.source == "file":
+    if step == STEP_FETCH and opportunity and deal.source == "file":
         step = STEP_MAP
     custom = bool(deal.plan) and (deal.plan or {}).get("plan_kind") == "custom"
     previous = deal.status
-    deal.status = status_before(step, custom_plan=custom)
-    deal.current_step = step
-    deal.attempts = 0
-    deal.next_attempt_at = None
-    deal.locked_by = None
-    deal.locked_until = None
+    values.update(
+        status=status_before(step, custom_plan=custom),
+        current_step=step,
+        attempts=0,
+        next_attempt_at=None,
+    )
     why = f" because {' and '.join(reasons)}" if reasons else ""
     message = f"Replayed from {previous} at step {step}{why}."
-    session.add(
-        DealEvent(
-            deal_id=deal.id,
-            kind="replayed",
-            message=message,
-            detail={"from_status": previous, "step": step, "last_error": deal.last_error},
-        )
+    event = {
+        "kind": "replayed",
+        "message": message,
+        "detail": {"from_status": previous, "step": step, "last_error": deal.last_error},
+    }
+    return _Change(
+        ReplayOutcome(deal.id, deal.opportunity_id, step, message, True), values, [event]
     )
-    return ReplayOutcome(deal.id, deal.opportunity_id, step, message, True)
 
 
-def _skip(session: Session, deal: Deal, record: dict[str, Any], skip: Skip) -> ReplayOutcome:
+def _skip(deal: Deal, record: dict[str, Any], skip: Skip) -> _Change:
     """A deal Salesforce now says is not to be provisioned (moved out of its won stage, or its
     Close Date moved before the floor): recorded as skipped, as the fetch records it."""
-    previous = deal.status
-    deal.opportunity = record
-    deal.status, deal.current_step = SKIPPED, None
-    deal.last_error, deal.last_error_code = skip.reason, skip.code
-    deal.attempts = 0
-    deal.next_attempt_at = None
-    deal.writeback_pending = False
-    deal.locked_by = None
-    deal.locked_until = None
-    session.add(
-        DealEvent(
-            deal_id=deal.id,
-            kind="skipped",
-            message=skip.reason,
-            detail={"code": skip.code, "from_status": previous, "by": "replay"},
-        )
-    )
-    return ReplayOutcome(deal.id, deal.opportunity_id, None, f"skipped: {skip.reason}", False)
+    values = {
+        "opportunity": record,
+        "status": SKIPPED,
+        "current_step": None,
+        "last_error": skip.reason,
+        "last_error_code": skip.code,
+        "attempts": 0,
+        "next_attempt_at": None,
+        "writeback_pending": False,
+    }
+    event = {
+        "kind": "skipped",
+        "message": skip.reason,
+        "detail": {"code": skip.code, "from_status": deal.status, "by": "replay"},
+    }
+    outcome = ReplayOutcome(deal.id, deal.opportunity_id, None, f"skipped: {skip.reason}", False)
+    return _Change(outcome, values, [event])
 
 
-def _provision_skipped(
-    session: Session, deal: Deal, fresh: dict[str, dict[str, Any]]
-) -> ReplayOutcome:
+def _provision_skipped(deal: Deal, fresh: dict[str, dict[str, Any]]) -> _Change:
     """A skipped deal provisioned on purpose: the floor is waived, but a deal Salesforce says
     is not won stays skipped."""
     record = fresh.get(deal.opportunity_id) or deal.opportunity
+    values: dict[str, Any] = {}
     if not record:
-        deal.status, deal.current_step = "received", STEP_FETCH
+        values.update(status="received", current_step=STEP_FETCH)
         step = STEP_FETCH
     else:
         still = judge(record)
         if still is not None and still.code == NOT_WON:
-            deal.last_error, deal.last_error_code = still.reason, still.code
-            return ReplayOutcome(
+            outcome = ReplayOutcome(
                 deal.id, deal.opportunity_id, None, f"still skipped: {still.reason}", False
             )
-        deal.opportunity = record
-        deal.status, deal.current_step = status_before(STEP_MAP, custom_plan=False), STEP_MAP
+            return _Change(outcome, {"last_error": still.reason, "last_error_code": still.code})
+        values.update(
+            opportunity=record,
+            status=status_before(STEP_MAP, custom_plan=False),
+            current_step=STEP_MAP,
+        )
         step = STEP_MAP
     previous_reason, previous_code = deal.last_error, deal.last_error_code
+    events: list[dict[str, Any]] = []
     if previous_code == BEFORE_FLOOR:
         # Durable: every later fetch of this deal (its lines refreshed, a replay) honours it.
-        session.add(
-            DealEvent(
-                deal_id=deal.id,
-                kind=FLOOR_WAIVED,
-                message="The provisioning floor is waived for this deal (provisioned on purpose).",
-                detail={"skipped_because": previous_reason},
-            )
+        events.append(
+            {
+                "kind": FLOOR_WAIVED,
+                "message": "The provisioning floor is waived for this deal (provisioned on "
+                "purpose).",
+                "detail": {"skipped_because": previous_reason},
+            }
         )
-    deal.attempts = 0
-    deal.next_attempt_at = None
-    deal.last_error = None
-    deal.last_error_code = None
-    deal.locked_by = None
-    deal.locked_until = None
+    values.update(attempts=0, next_attempt_at=None, last_error=None, last_error_code=None)
     message = f"Provisioned on purpose although skipped ({previous_reason}); from step {step}."
-    session.add(
-        DealEvent(
-            deal_id=deal.id,
-            kind="replayed",
-            message=message,
-            detail={"from_status": SKIPPED, "step": step, "skipped_because": previous_reason},
-        )
+    events.append(
+        {
+            "kind": "replayed",
+            "message": message,
+            "detail": {"from_status": SKIPPED, "step": step, "skipped_because": previous_reason},
+        }
     )
-    return ReplayOutcome(deal.id, deal.opportunity_id, step, message, True)
+    return _Change(ReplayOutcome(deal.id, deal.opportunity_id, step, message, True), values, events)
 
 
 __all__ = ["DealNotFound", "ReplayOutcome", "find_deal", "replay"]

@@ -30,22 +30,27 @@ from sf_bridge.db.models import (
     Customer,
     Deal,
     DealEvent,
+    EntitlementGrant,
     ProvisioningLock,
     StepAttempt,
     utcnow,
 )
 from sf_bridge.entitlements.ledger import grant_entitlements
+from sf_bridge.logging import get_logger
 from sf_bridge.provisioning.dbscope import SessionScope
 from sf_bridge.provisioning.outcome import CustomerView, DealView, Outcome
 from sf_bridge.provisioning.states import SETTLED, STEP_CUSTOMER
+from sf_bridge.provisioning.wakeup import work_added
 
 deals: Table = Deal.__table__  # type: ignore[assignment]
 attempts: Table = StepAttempt.__table__  # type: ignore[assignment]
 customers: Table = Customer.__table__  # type: ignore[assignment]
 locks: Table = ProvisioningLock.__table__  # type: ignore[assignment]
 events: Table = DealEvent.__table__  # type: ignore[assignment]
+grants: Table = EntitlementGrant.__table__  # type: ignore[assignment]
 
 _VIEW = [deals.c[name] for name in DealView.columns()]
+log = get_logger(__name__)
 
 
 class _NotHeld(Exception):
@@ -624,6 +629,318 @@ class DealStore:
             )
         return int(result.rowcount or 0)
 
+    # changes from outside the steps: replay, cancellation, the overdue policy ----------------
+
+    def requeue(
+        self,
+        deal_id: int,
+        *,
+        expected_status: str,
+        values: Mapping[str, Any],
+        events: list[dict[str, Any]],
+        claimable: bool = True,
+    ) -> bool:
+        """Replay's write: the deal's new state (`values`) and its history events, in one
+        guarded UPDATE. It holds only while the deal is still in `expected_status` (the one
+        replay read), not cancelled, and not leased by a worker: a deal another worker is
+        running, or that changed meanwhile, is left as it is (False). A `claimable` deal
+        wakes the workers (every replica's, on PostgreSQL) when the transaction commits."""
+        now = self.clock()
+        with self.db() as session, session.begin():
+            conn = session.connection()
+            held = conn.execute(
+                update(deals)
+                .where(
+                    deals.c.id == deal_id,
+                    deals.c.status == expected_status,
+                    deals.c.status != CANCELLED,
+                    or_(deals.c.locked_until.is_(None), deals.c.locked_until < now),
+                )
+                .values(**values, locked_by=None, locked_until=None, updated_at=now)
+            ).rowcount
+            if held != 1:
+                return False
+            _add_events(conn, deal_id, events, now)
+            if claimable:
+                work_added(session)
+        return True
+
+    def cancel(
+        self,
+        deal_id: int,
+        reason: str,
+        by: str,
+        *,
+        code: str | None = None,
+        detail: Mapping[str, Any] | None = None,
+    ) -> bool:
+        """Ends the deal: `cancelled`, with an event saying why and by whom, in one guarded
+        UPDATE (a deal already cancelled stays as it is: False). A deal a worker is running
+        is cancelled too; the worker's commit then finds it cancelled and records nothing."""
+        now = self.clock()
+        with self.db() as session, session.begin():
+            conn = session.connection()
+            return _cancel_deal(conn, deal_id, reason, by, now, code=code, detail=detail)
+
+    def cancel_subscription(
+        self, subscription_id: str, reason: str, by: str
+    ) -> tuple[list[int], int]:
+        """The subscription ended: its grants revoked and its deals cancelled, in one
+        transaction; the deals newly cancelled and how many grants were revoked."""
+        now = self.clock()
+        with self.db() as session, session.begin():
+            return cancel_subscription_deals(session.connection(), subscription_id, reason, by, now)
+
+    def overdue(self, cutoff: datetime) -> list[tuple[DealView, datetime]]:
+        """The deals `claim_overdue` would take now, with their invoices' due dates; reads only
+        (a dry run of the overdue policy)."""
+        with self.db() as session:
+            rows = session.connection().execute(
+                select(*_VIEW, deals.c.invoice_due_at).where(_overdue(cutoff, self.clock()))
+            )
+            found = [
+                (DealView.from_row(dict(r)), _utc(r["invoice_due_at"])) for r in rows.mappings()
+            ]
+        return sorted(found, key=lambda c: (c[1], c[0].id))
+
+    def claim_overdue(
+        self, cutoff: datetime, limit: int, *, exclude: Collection[int] = ()
+    ) -> list[tuple[DealView, datetime]]:
+        """Leases up to `limit` deals whose invoice is open and was due at `cutoff` or before
+        (not those in `exclude`), in one statement, as `claim` leases work: a deal leased by
+        another replica (or by a worker) is not taken, so exactly one replica acts on an
+        invoice; the lease of one that died runs out and the deal is taken again. With their
+        invoices' due dates."""
+        now = self.clock()
+        overdue = _overdue(cutoff, now)
+        if exclude:
+            overdue = and_(overdue, deals.c.id.not_in(list(exclude)))
+        with self.db() as session, session.begin():
+            conn = session.connection()
+            candidates = select(deals.c.id).where(overdue).order_by(deals.c.id).limit(limit)
+            if conn.dialect.name == "postgresql":
+                candidates = candidates.with_for_update(skip_locked=True)
+            # The candidates first, then the guarded UPDATE of those: as one statement
+            # (`id IN (subquery ... LIMIT ... SKIP LOCKED)`) PostgreSQL may run the subquery
+            # more than once and lease more than `limit` deals.
+            ids = list(conn.execute(candidates).scalars())
+            if not ids:
+                return []
+            rows = conn.execute(
+                update(deals)
+                .where(deals.c.id.in_(ids), overdue)
+                .values(locked_by=self.owner, locked_until=now + self.lease)
+                .returning(*_VIEW, deals.c.invoice_due_at)
+            ).mappings()
+            claimed = [(DealView.from_row(dict(r)), _utc(r["invoice_due_at"])) for r in rows]
+        return sorted(claimed, key=lambda c: (c[1], c[0].id))
+
+    def cancel_overdue(self, deal: DealView, reason: str, by: str) -> tuple[bool, int]:
+        """The overdue policy's decision on a deal it holds (`claim_overdue`), after Stripe
+        cancelled the subscription: the grants revoked, the deal cancelled with the reason
+        and its event, the lease given back, in one transaction. (False, 0) when the lease
+        was lost; a deal cancelled meanwhile (the subscription's webhook) stays cancelled,
+        and gets the reason."""
+        now = self.clock()
+        subscription_id = deal.stripe_subscription_id or ""
+        with self.db() as session, session.begin():
+            conn = session.connection()
+            mine = conn.execute(
+                update(deals)
+                .where(deals.c.id == deal.id, deals.c.locked_by == self.owner)
+                .values(
+                    locked_by=None,
+                    locked_until=None,
+                    last_error=f"Subscription cancelled: {reason}.",
+                    last_error_code="invoice_overdue",
+                )
+            ).rowcount
+            if mine != 1:
+                return False, 0
+            _, revoked = cancel_subscription_deals(conn, subscription_id, reason, by, now)
+        return True, revoked
+
+    def invoice_found(
+        self,
+        deal: DealView,
+        *,
+        status: str,
+        due_at: datetime | None,
+        stored_due_at: datetime | None,
+        how: str,
+    ) -> bool:
+        """What the overdue policy read from Stripe about a deal it holds whose invoice is not
+        overdue after all: its status (paid, void...) with an event, or its new due date; the
+        lease given back. False when the lease was lost."""
+        now = self.clock()
+        invoice_id = deal.stripe_invoice_id
+        values: dict[str, Any] = {"locked_by": None, "locked_until": None}
+        changed_status = status != "open" and status != deal.invoice_status
+        if changed_status:
+            values.update(invoice_status=status, updated_at=now)
+        elif status == "open" and due_at is not None and due_at != stored_due_at:
+            values["invoice_due_at"] = due_at
+        with self.db() as session, session.begin():
+            conn = session.connection()
+            held = conn.execute(
+                update(deals)
+                .where(deals.c.id == deal.id, deals.c.locked_by == self.owner)
+                .values(**values)
+            ).rowcount
+            if held != 1:
+                return False
+            if changed_status:
+                _add_events(
+                    conn,
+                    deal.id,
+                    [
+                        {
+                            "kind": f"invoice_{status}",
+                            "message": f"Invoice {invoice_id} is {status} ({how}).",
+                            "detail": {
+                                "invoice_id": invoice_id,
+                                "status": status,
+                                "previous_status": deal.invoice_status,
+                            },
+                        }
+                    ],
+                    now,
+                )
+        return True
+
+    def cancellations_written_back(self, results: Mapping[int, str | None]) -> None:
+        """The Opportunity told of its deal's cancellation (None) or why it could not be
+        (an event on the deal)."""
+        now = self.clock()
+        with self.db() as session, session.begin():
+            conn = session.connection()
+            told = [deal_id for deal_id, error in results.items() if error is None]
+            if told:
+                conn.execute(update(deals).where(deals.c.id.in_(told)).values(written_back_at=now))
+            for deal_id, error in results.items():
+                if error is not None:
+                    _add_events(
+                        conn,
+                        deal_id,
+                        [
+                            {
+                                "kind": "write_back_failed",
+                                "message": "Writing the cancellation to the Opportunity "
+                                f"failed: {error}",
+                                "detail": {"error": error},
+                            }
+                        ],
+                        now,
+                    )
+
+
+def _overdue(cutoff: datetime, now: datetime) -> Any:
+    """Deals whose invoice is open and was due at `cutoff` or before, not leased now."""
+    return and_(
+        deals.c.invoice_status == "open",
+        deals.c.stripe_invoice_id.is_not(None),
+        deals.c.stripe_subscription_id.is_not(None),
+        deals.c.status != CANCELLED,
+        deals.c.invoice_due_at.is_not(None),
+        deals.c.invoice_due_at <= cutoff,
+        or_(deals.c.locked_until.is_(None), deals.c.locked_until < now),
+    )
+
+
+def _utc(at: datetime) -> datetime:
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
+def _add_events(conn: Connection, deal_id: int, rows: list[dict[str, Any]], now: datetime) -> None:
+    if rows:
+        conn.execute(insert(events), [{"at": now, **row, "deal_id": deal_id} for row in rows])
+
+
+def _cancel_deal(
+    conn: Connection,
+    deal_id: int,
+    reason: str,
+    by: str,
+    now: datetime,
+    *,
+    code: str | None = None,
+    detail: Mapping[str, Any] | None = None,
+    message: str | None = None,
+    kind: str = "cancelled",
+) -> bool:
+    previous = conn.execute(select(deals.c.status).where(deals.c.id == deal_id)).scalar()
+    if previous is None or previous == CANCELLED:
+        return False
+    values: dict[str, Any] = {"status": CANCELLED, "updated_at": now}
+    if code is not None:
+        values.update(last_error=reason, last_error_code=code)
+    held = conn.execute(
+        update(deals).where(deals.c.id == deal_id, deals.c.status == previous).values(**values)
+    ).rowcount
+    if held != 1:
+        return False  # changed in between (cancelled by someone else, or moved on): not ours
+    _add_events(
+        conn,
+        deal_id,
+        [
+            {
+                "kind": kind,
+                "message": message or f"Cancelled ({by}): {reason}.",
+                "detail": {
+                    "reason": reason,
+                    "by": by,
+                    "previous_status": previous,
+                    **(detail or {}),
+                },
+            }
+        ],
+        now,
+    )
+    return True
+
+
+def cancel_subscription_deals(
+    conn: Connection, subscription_id: str, reason: str, by: str, now: datetime
+) -> tuple[list[int], int]:
+    """Revokes the subscription's active grants and cancels its deals (each with its event),
+    in the caller's transaction; idempotent. The deals newly cancelled, and how many grants
+    were revoked."""
+    revoked = int(
+        conn.execute(
+            update(grants)
+            .where(grants.c.stripe_subscription_id == subscription_id, grants.c.active.is_(True))
+            .values(active=False, revoked_at=now, revoked_reason=reason)
+        ).rowcount
+        or 0
+    )
+    log.info(
+        "entitlements_revoked",
+        stripe_subscription_id=subscription_id,
+        reason=reason,
+        revoked=revoked,
+    )
+    deal_ids = conn.execute(
+        select(deals.c.id)
+        .where(deals.c.stripe_subscription_id == subscription_id, deals.c.status != CANCELLED)
+        .order_by(deals.c.id)
+    ).scalars()
+    cancelled = [
+        deal_id
+        for deal_id in list(deal_ids)
+        if _cancel_deal(
+            conn,
+            deal_id,
+            reason,
+            by,
+            now,
+            kind="subscription_cancelled",
+            message=f"Subscription {subscription_id} ended ({by}): {reason}. "
+            f"{revoked} entitlement grant(s) revoked.",
+            detail={"subscription_id": subscription_id, "grants_revoked": revoked},
+        )
+    ]
+    return cancelled, revoked
+
 
 def _is_deal_step(step: str) -> bool:
     from sf_bridge.provisioning.states import DEAL_STEPS
@@ -762,4 +1079,4 @@ def _finish_attempt(
     )
 
 
-__all__ = ["DealStore", "Started", "ensure_customer"]
+__all__ = ["DealStore", "Started", "cancel_subscription_deals", "ensure_customer"]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,8 +15,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from typer.testing import CliRunner
 
 from sf_bridge.api import create_app
-from sf_bridge.billing.port import CustomerSpec, SubscriptionItemSpec, SubscriptionSpec
-from sf_bridge.billing.stripe_gateway import StripeGateway
 from sf_bridge.cli import app as cli_app
 from sf_bridge.config import get_settings
 from sf_bridge.crm.port import InMemoryCrm
@@ -26,60 +23,11 @@ from sf_bridge.invoices.overdue import apply_overdue_policy
 from sf_bridge.mapping.model import WriteBackFields
 from sf_bridge.sandbox.stripe_emulator import StripeEmulator
 from tests.fixtures.api import (
-    STANDARD_ENTITLEMENTS,
     WEBHOOK_SECRET,
     api_settings,
-    seed_deal,
     serve_in_thread,
 )
-from tests.fixtures.stripe import SAMPLE_CATALOG
-
-OPP = "006000000000001AAA"
-
-
-@dataclass
-class Provisioned:
-    gateway: StripeGateway
-    subscription_id: str
-    invoice_id: str
-    deal_id: int
-    due_at: datetime
-
-
-@pytest.fixture
-def provisioned(
-    stripe_emulator: StripeEmulator, session_factory: sessionmaker[Session]
-) -> Provisioned:
-    """A customer, a send_invoice subscription and its finalized invoice in the emulator, and
-    the deal with its grants in our database, as provisioning leaves them."""
-    prices = stripe_emulator.seed_catalog(SAMPLE_CATALOG)
-    gateway = StripeGateway(stripe_emulator.api_key, api_base=stripe_emulator.url)
-    customer = gateway.create_customer(
-        CustomerSpec("Acme Corp", "ap@acme.example", {"sf_account_id": "001000000000001AAA"}),
-        idempotency_key="test-customer",
-    )
-    subscription = gateway.create_subscription(
-        SubscriptionSpec(
-            customer=customer.id,
-            items=[SubscriptionItemSpec(quantity=1, price=prices["pro_monthly"])],
-            metadata={"sf_opportunity_id": OPP},
-            collection_method="send_invoice",
-            days_until_due=30,
-        ),
-        idempotency_key="test-subscription",
-    )
-    assert subscription.latest_invoice is not None
-    invoice = gateway.finalize_invoice(subscription.latest_invoice, idempotency_key="test-fin")
-    assert invoice.status == "open"
-    assert invoice.due_date is not None
-    _, deal_id = seed_deal(
-        session_factory,
-        STANDARD_ENTITLEMENTS,
-        subscription_id=subscription.id,
-        invoice_id=invoice.id,
-        invoice_due_at=invoice.due_date,
-    )
-    return Provisioned(gateway, subscription.id, invoice.id, deal_id, invoice.due_date)
+from tests.integration.invoices.conftest import OPP, Provisioned
 
 
 def _deal(session_factory: sessionmaker[Session], deal_id: int) -> Deal:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -37,21 +35,6 @@ def test_wait_until_gives_up_with_what_it_waited_for() -> None:
     with pytest.raises(DemoFailed, match="Timed out after 0 s waiting for the moon"):
         wait_until(lambda: False, timeout=0.05, interval=0.01, what="the moon")
     assert wait_until(lambda: 42, timeout=1, what="an answer") == 42
-
-
-def test_a_command_this_build_lacks_is_reported_as_missing(tmp_path: Path) -> None:
-    process = ManagedProcess("x", ["x"], {}, tmp_path / "x.log", tmp_path)
-    with (
-        (tmp_path / "x.log").open("wb") as log,
-        subprocess.Popen(  # exits as a command whose area has not landed does
-            [sys.executable, "-c", "import sys; print('not yet available'); sys.exit(3)"],
-            stdout=log,
-        ) as child,
-    ):
-        child.wait(30)
-        process.process = child
-        with pytest.raises(MissingPiece, match="`sf-bridge x` is not available in this build"):
-            process.check_alive()
 
 
 def test_children_never_inherit_the_users_credentials(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -109,7 +109,7 @@ class CancelledMeanwhile(InMemoryBilling):
     store: InMemoryStore
 
     def create_subscription(self, spec: Any, *, idempotency_key: str) -> Any:
-        self.store.deals[1]["status"] = "cancelled"
+        assert self.store.cancel(1, "the opportunity is no longer won", "salesforce")
         return super().create_subscription(spec, idempotency_key=idempotency_key)
 
 
@@ -121,6 +121,10 @@ def test_a_deal_cancelled_during_a_step_stays_cancelled() -> None:
     _run(_provisioner(billing, store))
     assert store.deals[1]["status"] == "cancelled"
     assert store.deals[1]["stripe_subscription_id"] is None
+    assert [e["kind"] for e in store.events] == ["cancelled"]
+    # A replay of it finds it cancelled and leaves it so.
+    assert not store.requeue(1, expected_status="cancelled", values={"status": "mapped"}, events=[])
+    assert store.deals[1]["status"] == "cancelled"
 
 
 def test_a_busy_account_reschedules_the_deal_and_takes_nothing() -> None:
