@@ -22,7 +22,7 @@ from sf_bridge.config import Settings
 from sf_bridge.db.models import Deal
 from sf_bridge.intake.replay import load_marker
 from sf_bridge.mapping import load_mappings
-from sf_bridge.runner import RunOptions, RunSettings, WorkerProcess
+from sf_bridge.worker_process import RunOptions, RunSettings, WorkerProcess
 from sf_bridge.sandbox.salesforce_org import CDC_CHANNEL, SalesforceSandbox
 from sf_bridge.sandbox.stripe_emulator import StripeEmulator
 from tests.integration.intake.conftest import fast_options, wait_until

@@ -230,7 +230,7 @@ def test_since_leaves_out_deals_won_before_it(
 def test_the_worker_reconciles_on_its_schedule_when_set_and_stores_the_report(
     org: SalesforceSandbox, env: Settings, session_factory: sessionmaker[Session]
 ) -> None:
-    from sf_bridge.runner import RunOptions, RunSettings, WorkerProcess
+    from sf_bridge.worker_process import RunOptions, RunSettings, WorkerProcess
     from tests.integration.intake.conftest import wait_until
 
     assert RunSettings().reconcile_interval_seconds is None  # off by default

@@ -12,7 +12,7 @@ from pydantic.fields import FieldInfo
 from sf_bridge.config import EnvSettings, Settings
 from sf_bridge.crm.salesforce import SalesforceOptions
 from sf_bridge.intake.options import IntakeOptions
-from sf_bridge.runner import RunSettings
+from sf_bridge.worker_process import RunSettings
 from sf_bridge.settings_errors import SettingsInvalid
 
 CLASSES: list[type[EnvSettings]] = [Settings, RunSettings, IntakeOptions, SalesforceOptions]
