@@ -85,7 +85,7 @@ def run(
         sweep_interval_seconds=sweep_interval,
         worker_concurrency=concurrency,
     )
-    options = RunOptions.from_environment(salesforce=not no_salesforce)
+    options = RunOptions.from_settings(settings, salesforce=not no_salesforce)
     if not WorkerProcess(settings, options).run_until_signalled():
         raise typer.Exit(1)
 
