@@ -23,6 +23,7 @@ from typing import IO, Any
 
 import httpx
 
+from sf_bridge.config import Settings
 from sf_bridge.errors import SfBridgeError
 
 # Exit code of a command that exists in the CLI but whose area has not landed in this build.
@@ -199,7 +200,7 @@ def child_environment(overrides: dict[str, str]) -> dict[str, str]:
     into a real org), so every variable sf-bridge reads is replaced, not inherited.
     """
     prefixes = ("SF_", "STRIPE_", "SF_BRIDGE_")
-    names = {"DATABASE_URL", "PORT", "LOG_FORMAT", "LOG_LEVEL"}
+    names = {variable for variable, _ in Settings.variables()}
     env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes) and k not in names}
     env.update(overrides)
     return env
