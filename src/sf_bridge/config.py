@@ -143,9 +143,10 @@ class FlatSectionsDotEnv(FlatSections, DotEnvSettingsSource):
     """The `.env` file, read like the environment."""
 
 
-class EnvSettings(BaseSettings):
-    """Base of the settings class read from the environment: a wrong value raises
-    `SettingsInvalid` (a `ConfigurationError`: exit 2) naming each variable that is wrong."""
+class Settings(BaseSettings):
+    """What sf-bridge reads from its environment: the one settings class. A wrong value
+    raises `SettingsInvalid` (a `ConfigurationError`: exit 2) naming each variable that is
+    wrong."""
 
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
 
@@ -182,10 +183,6 @@ class EnvSettings(BaseSettings):
             for field in section.model_fields.values() if section else [info]:
                 if field.alias:
                     yield str(field.alias), field
-
-
-class Settings(EnvSettings):
-    """What sf-bridge reads from its environment."""
 
     database_url: str = Field(
         "sqlite:///sf_bridge.db",
