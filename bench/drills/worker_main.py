@@ -14,7 +14,7 @@ from datetime import timedelta
 
 from sf_bridge.config import get_settings
 from sf_bridge.logging import configure_logging
-from sf_bridge.runner import RunOptions, WorkerProcess
+from sf_bridge.worker_process import RunOptions, WorkerProcess
 
 
 def main() -> int:

@@ -73,7 +73,7 @@ def run(
     last good mappings stay in use. SIGTERM drains in-flight work and exits within 30 s.
     """
     from sf_bridge.config import get_settings
-    from sf_bridge.runner import RunOptions, WorkerProcess
+    from sf_bridge.worker_process import RunOptions, WorkerProcess
 
     settings = get_settings().with_overrides(
         flags=FLAGS,
@@ -85,7 +85,7 @@ def run(
         sweep_interval_seconds=sweep_interval,
         worker_concurrency=concurrency,
     )
-    options = RunOptions.from_environment(salesforce=not no_salesforce)
+    options = RunOptions.from_settings(settings, salesforce=not no_salesforce)
     if not WorkerProcess(settings, options).run_until_signalled():
         raise typer.Exit(1)
 

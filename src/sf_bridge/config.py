@@ -1,19 +1,32 @@
-"""Settings read from the environment (and a `.env` file when present).
+"""Settings read from the environment (and a `.env` file when present): one class, `Settings`,
+read once per process (`get_settings`) and passed down.
 
-Every setting here is documented in docs/operations.md; CLI options mirror them. A wrong value
-is refused when the settings are read, with a message naming the variable and what a valid
-value looks like (`sf_bridge.settings_errors`): a field added here gets that for free, and a
-`Field(examples=[...])` or a validator raising `ValueError` with a plain sentence says more.
+Most settings are fields of `Settings` itself; the tuning of `sf-bridge run`, of intake and of
+the Salesforce REST client are grouped in sections (`Settings.run`, `Settings.intake`,
+`Settings.salesforce_client`) whose variables keep their flat names (`SF_BRIDGE_STREAM_BATCH`,
+not a nested one). Every setting is documented in the README or docs/operations.md; CLI
+options mirror them. A wrong value is refused when the settings are read, with a message
+naming the variable and what a valid value looks like (`sf_bridge.settings_errors`): a field
+added here gets that for free, and a `Field(examples=[...])` or a validator raising
+`ValueError` with a plain sentence says more.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    DotEnvSettingsSource,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 DEFAULT_SF_API_VERSION = "62.0"
 CDC_CHANNEL = "/data/OpportunityChangeEvent"
@@ -23,9 +36,117 @@ STRIPE_SERVER_KEY_PREFIXES = ("sk_", "rk_")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
-class EnvSettings(BaseSettings):
-    """Base of every settings class read from the environment: a wrong value raises
-    `SettingsInvalid` (a `ConfigurationError`: exit 2) naming each variable that is wrong."""
+class Section(BaseModel):
+    """A group of settings inside `Settings`; each field's alias is its environment variable."""
+
+    model_config = ConfigDict(populate_by_name=True, frozen=True)
+
+
+class RunTuning(Section):
+    """Tuning of `sf-bridge run` itself (environment variables, all optional)."""
+
+    # How often a provisioning worker with deals in flight looks for more (write-back batches).
+    worker_poll_seconds: float = Field(0.1, alias="SF_BRIDGE_WORKER_POLL", gt=0)
+    # An idle worker sleeps until new work wakes it (in this process; on PostgreSQL also from
+    # other replicas and the CLI) or a retry is due; it looks at the database at least this
+    # often all the same (on SQLite, this is how a replay from the CLI is picked up).
+    worker_safety_poll_seconds: float = Field(5.0, alias="SF_BRIDGE_WORKER_SAFETY_POLL", gt=0)
+    overdue_interval_seconds: float = Field(3600.0, alias="SF_BRIDGE_OVERDUE_INTERVAL")
+    # Port serving this process's Stripe/Salesforce request counters for Prometheus (off when
+    # unset); deal states and step latencies are on `sf-bridge serve`'s /metrics.
+    metrics_port: int | None = Field(None, alias="SF_BRIDGE_WORKER_METRICS_PORT", ge=1, le=65535)
+    # How often the mappings folder is looked at for edits (a `stat` per file; files are
+    # read only when one changed).
+    mappings_poll_seconds: float = Field(1.0, alias="SF_BRIDGE_MAPPINGS_POLL", gt=0)
+    # How often the worker runs `sf-bridge reconcile` and stores its report (off when unset).
+    reconcile_interval_seconds: float | None = Field(
+        None, alias="SF_BRIDGE_RECONCILE_INTERVAL", gt=0
+    )
+    # Step attempts older than this are pruned (the first and last of each step of each deal
+    # are kept); /metrics totals keep counting them.
+    keep_attempts_days: float = Field(30.0, alias="SF_BRIDGE_KEEP_ATTEMPTS_DAYS", gt=0)
+    # How often one replica folds step attempts into the /metrics totals and prunes old ones.
+    maintenance_interval_seconds: float = Field(300.0, alias="SF_BRIDGE_MAINTENANCE_INTERVAL", gt=0)
+
+
+class IntakeOptions(Section):
+    """Tuning of intake (stream, sweep, leader election). Every interval is configurable so
+    tests run in seconds; the defaults suit a real org."""
+
+    # A connection that says nothing for this long is restarted (Salesforce answers a long
+    # poll at least every ~110 s, so silence beyond that means a dead connection).
+    watchdog_seconds: float = Field(180.0, alias="SF_BRIDGE_STREAM_WATCHDOG")
+    connection_timeout: float = Field(30.0, alias="SF_BRIDGE_STREAM_CONNECTION_TIMEOUT")
+    backoff_min: float = Field(1.0, alias="SF_BRIDGE_STREAM_BACKOFF_MIN")
+    backoff_max: float = Field(60.0, alias="SF_BRIDGE_STREAM_BACKOFF_MAX")
+    batch_size: int = Field(500, alias="SF_BRIDGE_STREAM_BATCH")
+    max_pending: int = Field(2000, alias="SF_BRIDGE_STREAM_MAX_PENDING")
+    close_timeout: float = Field(5.0, alias="SF_BRIDGE_STREAM_CLOSE_TIMEOUT")
+    # Replay id used when the channel has none stored yet: -1 new events, -2 all retained.
+    initial_replay_id: int = Field(-1, alias="SF_BRIDGE_STREAM_INITIAL_REPLAY")
+    event_id_field: str | None = Field(None, alias="SF_BRIDGE_EVENT_ID_FIELD")
+    status_interval: float = Field(15.0, alias="SF_BRIDGE_STREAM_STATUS_INTERVAL")
+    leader_poll_seconds: float = Field(2.0, alias="SF_BRIDGE_LEADER_POLL")
+    # Sweep: the window re-read before the checkpoint (late commits, clock skew), how far back
+    # the first sweep looks when there is no checkpoint yet, and the rows per query.
+    sweep_overlap_seconds: float = Field(300.0, alias="SF_BRIDGE_SWEEP_OVERLAP")
+    sweep_initial_lookback_seconds: float = Field(0.0, alias="SF_BRIDGE_SWEEP_LOOKBACK")
+    sweep_page_size: int = Field(2000, alias="SF_BRIDGE_SWEEP_PAGE")
+    sweep_retry_seconds: float = Field(30.0, alias="SF_BRIDGE_SWEEP_RETRY")
+
+
+class SalesforceOptions(Section):
+    """Tuning of the Salesforce REST client (environment variables, all optional)."""
+
+    request_timeout: float = Field(30.0, alias="SF_BRIDGE_SF_TIMEOUT")
+    api_reserve_fraction: float = Field(0.05, alias="SF_BRIDGE_SF_API_RESERVE")
+    api_probe_interval: float = Field(60.0, alias="SF_BRIDGE_SF_API_PROBE_INTERVAL")
+    limit_exceeded_backoff: float = Field(300.0, alias="SF_BRIDGE_SF_LIMIT_BACKOFF")
+
+
+def section_of(info: FieldInfo) -> type[Section] | None:
+    """The section class a field of `Settings` holds, or None for a plain setting."""
+    annotation = info.annotation
+    if isinstance(annotation, type) and issubclass(annotation, Section):
+        return annotation
+    return None
+
+
+class FlatSections(EnvSettingsSource):
+    """An environment source whose sections' variables are flat: `SF_BRIDGE_STREAM_BATCH=50`
+    becomes `intake={"SF_BRIDGE_STREAM_BATCH": "50"}`, and a section is never read whole from
+    a variable named like its field (`INTAKE`, `RUN`)."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        if section_of(field) is not None:
+            return None, field_name, False
+        return super().get_field_value(field, field_name)
+
+    def __call__(self) -> dict[str, Any]:
+        found = super().__call__()
+        for name, info in self.settings_cls.model_fields.items():
+            section = section_of(info)
+            if section is None:
+                continue
+            values = {}
+            for sub in section.model_fields.values():
+                alias = str(sub.alias)
+                value = self.env_vars.get(alias if self.case_sensitive else alias.lower())
+                if value is not None:
+                    values[alias] = value
+            if values:
+                found[name] = values
+        return found
+
+
+class FlatSectionsDotEnv(FlatSections, DotEnvSettingsSource):
+    """The `.env` file, read like the environment."""
+
+
+class Settings(BaseSettings):
+    """What sf-bridge reads from its environment: the one settings class. A wrong value
+    raises `SettingsInvalid` (a `ConfigurationError`: exit 2) naming each variable that is
+    wrong."""
 
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
 
@@ -37,9 +158,31 @@ class EnvSettings(BaseSettings):
 
             raise SettingsInvalid.from_validation(type(self), exc) from None
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        env_file = getattr(dotenv_settings, "env_file", None)  # `_env_file=None` reads none
+        return (
+            init_settings,
+            FlatSections(settings_cls),
+            FlatSectionsDotEnv(settings_cls, env_file=env_file),
+            file_secret_settings,
+        )
 
-class Settings(EnvSettings):
-    """What sf-bridge reads from its environment."""
+    @classmethod
+    def variables(cls) -> Iterator[tuple[str, FieldInfo]]:
+        """Every environment variable read, with its field (sections' fields included)."""
+        for info in cls.model_fields.values():
+            section = section_of(info)
+            for field in section.model_fields.values() if section else [info]:
+                if field.alias:
+                    yield str(field.alias), field
 
     database_url: str = Field(
         "sqlite:///sf_bridge.db",
@@ -204,6 +347,12 @@ class Settings(EnvSettings):
     ops_users: SecretStr | None = Field(None, alias="SF_BRIDGE_OPS_USERS")
     console_secret: SecretStr | None = Field(None, alias="SF_BRIDGE_CONSOLE_SECRET")
     sf_instance_url: str | None = Field(None, alias="SF_INSTANCE_URL")
+
+    # Sections: tuning of `sf-bridge run`, of intake and of the Salesforce REST client
+    # (docs/operations.md, "Tuning").
+    run: RunTuning = Field(default_factory=RunTuning)
+    intake: IntakeOptions = Field(default_factory=IntakeOptions)
+    salesforce_client: SalesforceOptions = Field(default_factory=SalesforceOptions)
 
     def api_key_list(self) -> list[str]:
         return [k.strip() for k in (self.api_keys or "").split(",") if k.strip()]

@@ -40,15 +40,25 @@ class SettingsInvalid(ConfigurationError):
     def from_validation(
         cls, settings_class: type[Any], exc: ValidationError, flags: dict[str, str] | None = None
     ) -> SettingsInvalid:
-        fields: dict[str, FieldInfo] = settings_class.model_fields
-        by_variable = {(info.alias or name): (name, info) for name, info in fields.items()}
-        by_variable.update({name: (name, info) for name, info in fields.items()})
         problems = []
         for error in exc.errors(include_url=False):
-            key = str(error["loc"][0]) if error["loc"] else ""
-            name, info = by_variable.get(key, (key, None))
+            name, info = field_at(settings_class, error["loc"])
             problems.append(describe(name, info, error, (flags or {}).get(name)))
         return cls(problems, exc)
+
+
+def field_at(settings_class: type[Any], loc: tuple[int | str, ...]) -> tuple[str, FieldInfo | None]:
+    """The field an error is about: a setting, or a setting inside one of the sections
+    (`("intake", "SF_BRIDGE_STREAM_BATCH")`)."""
+    fields: dict[str, FieldInfo] = settings_class.model_fields
+    key = str(loc[0]) if loc else ""
+    by_variable = {(info.alias or name): (name, info) for name, info in fields.items()}
+    by_variable.update({name: (name, info) for name, info in fields.items()})
+    name, info = by_variable.get(key, (key, None))
+    annotation = info.annotation if info is not None else None
+    if len(loc) > 1 and isinstance(annotation, type) and hasattr(annotation, "model_fields"):
+        return field_at(annotation, loc[1:])
+    return name, info
 
 
 def describe(name: str, info: FieldInfo | None, error: ErrorDetails, flag: str | None) -> str:

@@ -19,17 +19,13 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, insert, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 from sf_bridge.alerts.notice import NoticeDraft
+from sf_bridge.db.dialect import upsert
 from sf_bridge.db.models import AlertDelivery, AlertNotice, StreamCheckpoint
 
 PENDING, SENT, FAILED = "pending", "sent", "failed"
-
-
-def _dialect(session: Session) -> Any:
-    return postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
 
 
 def record_notice(
@@ -38,8 +34,7 @@ def record_notice(
     """Inserts the notice and its deliveries unless one with its key exists; returns its id
     when this call inserted it. Does not commit."""
     stmt = (
-        _dialect(session)
-        .insert(AlertNotice)
+        upsert(session, AlertNotice)
         .values(
             subject=draft.subject,
             reason=draft.reason,
@@ -205,8 +200,7 @@ def note_stream_down(session: Session, channel: str, now: datetime) -> datetime:
     Does not commit."""
     key = stream_down_key(channel)
     session.execute(
-        _dialect(session)
-        .insert(StreamCheckpoint)
+        upsert(session, StreamCheckpoint)
         .values(name=key, value=now.isoformat(timespec="seconds"), updated_at=now)
         .on_conflict_do_nothing(index_elements=["name"])
     )

@@ -26,7 +26,7 @@ from sf_bridge.api.read_engine import read_engine_for
 from sf_bridge.api.responses import error_response, json_response
 from sf_bridge.config import Settings
 from sf_bridge.console import console_mount
-from sf_bridge.db import migrate
+from sf_bridge.db import dialect, migrate
 from sf_bridge.db.engine import make_session_factory
 from sf_bridge.db.models import utcnow
 from sf_bridge.logging import get_logger
@@ -136,7 +136,7 @@ def create_app(
         engine=engine,
         read_engine=read_engine,
         read_session_factory=make_session_factory(read_engine),
-        inline_reads=read_engine.dialect.name == "sqlite",
+        inline_reads=dialect.is_sqlite(read_engine),
         api_keys=ApiKeys(settings.api_key_list()),
         clock=clock,
         billing=billing,

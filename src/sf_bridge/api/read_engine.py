@@ -13,15 +13,16 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 
+from sf_bridge.db import dialect
 from sf_bridge.db.engine import SQLITE_BUSY_TIMEOUT_MS
 
 
 def read_engine_for(engine: Engine) -> Engine:
-    if engine.dialect.name == "postgresql":
+    if dialect.autocommit_reads(engine):
         # Each read is two statements on a consistent enough view (usage may be a moment newer
         # than the grants); without a transaction there is no BEGIN and ROLLBACK round trip.
         return engine.execution_options(isolation_level="AUTOCOMMIT")
-    if engine.dialect.name != "sqlite":
+    if not dialect.single_writer(engine):
         return engine
     reader = create_engine(
         engine.url,

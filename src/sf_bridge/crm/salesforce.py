@@ -24,8 +24,6 @@ from decimal import Decimal
 from typing import Any, Protocol, TypeVar
 
 import requests
-from pydantic import Field
-from pydantic_settings import SettingsConfigDict
 from simple_salesforce import Salesforce
 from simple_salesforce.exceptions import (
     SalesforceError,
@@ -34,7 +32,7 @@ from simple_salesforce.exceptions import (
     SalesforceRefusedRequest,
 )
 
-from sf_bridge.config import EnvSettings, Settings
+from sf_bridge.config import SalesforceOptions, Settings
 from sf_bridge.crm import soql
 from sf_bridge.crm.auth import AccessToken, SalesforceCredentials, login
 from sf_bridge.crm.limits import ApiBudget
@@ -68,17 +66,6 @@ COMPOSITE_BATCH = 200
 
 class FieldSource(Protocol):
     def query_fields(self) -> tuple[Iterable[str], Iterable[str]]: ...
-
-
-class SalesforceOptions(EnvSettings):
-    """Tuning of the REST client (environment variables, all optional)."""
-
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
-
-    request_timeout: float = Field(30.0, alias="SF_BRIDGE_SF_TIMEOUT")
-    api_reserve_fraction: float = Field(0.05, alias="SF_BRIDGE_SF_API_RESERVE")
-    api_probe_interval: float = Field(60.0, alias="SF_BRIDGE_SF_API_PROBE_INTERVAL")
-    limit_exceeded_backoff: float = Field(300.0, alias="SF_BRIDGE_SF_LIMIT_BACKOFF")
 
 
 @dataclass(frozen=True)
@@ -146,7 +133,7 @@ class SalesforceCrm:
         mappings: FieldSource | Callable[[], FieldSource] | None = None,
         options: SalesforceOptions | None = None,
     ) -> SalesforceCrm:
-        options = options or SalesforceOptions()
+        options = options or settings.salesforce_client
         return cls(
             SalesforceCredentials.from_settings(settings),
             api_version=settings.sf_api_version,

@@ -10,6 +10,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine
 
+from sf_bridge.db import dialect
 from sf_bridge.db.engine import check_connection, make_engine, normalise_url
 from sf_bridge.errors import SchemaOutOfDateError
 
@@ -40,7 +41,7 @@ def upgrade(database_url: str, revision: str = "head") -> None:
         check_connection(engine)
         cfg = alembic_config(database_url)
         with engine.connect() as conn:
-            sqlite = conn.dialect.name == "sqlite"
+            sqlite = dialect.rebuilds_tables_to_alter(conn)
             if sqlite:
                 _sqlite_foreign_keys(conn, enabled=False)
             try:

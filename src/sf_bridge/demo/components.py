@@ -23,6 +23,7 @@ from typing import IO, Any
 
 import httpx
 
+from sf_bridge.config import Settings
 from sf_bridge.errors import SfBridgeError
 
 
@@ -191,7 +192,7 @@ def child_environment(overrides: dict[str, str]) -> dict[str, str]:
     into a real org), so every variable sf-bridge reads is replaced, not inherited.
     """
     prefixes = ("SF_", "STRIPE_", "SF_BRIDGE_")
-    names = {"DATABASE_URL", "PORT", "LOG_FORMAT", "LOG_LEVEL"}
+    names = {variable for variable, _ in Settings.variables()}
     env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes) and k not in names}
     env.update(overrides)
     return env

@@ -16,8 +16,8 @@ from datetime import datetime
 from sqlalchemy import Connection, select, update
 from sqlalchemy.orm import Session
 
+from sf_bridge.db.dialect import upsert
 from sf_bridge.db.models import CANCELLED, Customer, Deal, EntitlementGrant, utcnow
-from sf_bridge.entitlements.sql import dialect_insert
 from sf_bridge.logging import get_logger
 from sf_bridge.plan import EntitlementValue
 
@@ -135,7 +135,7 @@ def grant_entitlements(
         for e in entitlements
     ]
     stmt = (
-        dialect_insert(conn, EntitlementGrant)
+        upsert(conn, EntitlementGrant)
         .values(rows)
         .on_conflict_do_nothing(index_elements=["deal_id", "feature"])
         .returning(EntitlementGrant.id)

@@ -15,10 +15,10 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from sf_bridge.db.dialect import upsert
 from sf_bridge.db.models import UsageCounter, UsageRecord, utcnow
 from sf_bridge.entitlements.errors import IdempotencyConflict
 from sf_bridge.entitlements.periods import Period, period_of
-from sf_bridge.entitlements.sql import dialect_insert
 
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
 
@@ -63,7 +63,7 @@ def record_usage(
     when = occurred_at or utcnow()
     period = period_of(unit, when)
     inserted = session.execute(
-        dialect_insert(session, UsageRecord)
+        upsert(session, UsageRecord)
         .values(
             sf_account_id=account_id,
             idempotency_key=idempotency_key,
@@ -100,7 +100,7 @@ def record_usage(
             used=used_in_period(session, account_id, feature, period.key),
             recorded=False,
         )
-    stmt = dialect_insert(session, UsageCounter).values(
+    stmt = upsert(session, UsageCounter).values(
         sf_account_id=account_id,
         feature=feature,
         period=period.key,

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from sqlalchemy import select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from sf_bridge.db.dialect import upsert
 from sf_bridge.db.models import StreamCheckpoint, utcnow
 
 MAX_VALUE = 255
@@ -21,9 +19,8 @@ def write_checkpoint(session: Session, name: str, value: str) -> None:
     """Insert or update in one statement (safe when two writers race). Does not commit."""
     if len(value) > MAX_VALUE:
         raise ValueError(f"checkpoint {name!r} value longer than {MAX_VALUE} characters")
-    dialect: Any = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
     now = utcnow()
-    stmt = dialect.insert(StreamCheckpoint).values(name=name, value=value, updated_at=now)
+    stmt = upsert(session, StreamCheckpoint).values(name=name, value=value, updated_at=now)
     stmt = stmt.on_conflict_do_update(
         index_elements=["name"], set_={"value": value, "updated_at": now}
     )

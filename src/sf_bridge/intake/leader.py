@@ -13,7 +13,7 @@ from typing import Protocol
 
 from sqlalchemy import Connection, Engine, text
 
-from sf_bridge.db.engine import is_sqlite
+from sf_bridge.db.dialect import advisory_locks
 from sf_bridge.logging import get_logger
 
 log = get_logger(__name__)
@@ -104,4 +104,4 @@ class AdvisoryLock:
 
 
 def make_leader_lock(engine: Engine, name: str) -> LeaderLock:
-    return SingleProcessLock() if is_sqlite(engine) else AdvisoryLock(engine, name)
+    return AdvisoryLock(engine, name) if advisory_locks(engine) else SingleProcessLock()

@@ -23,13 +23,13 @@ from aiosfstream_ng.exceptions import AuthenticationError, ServerError
 from aiosfstream_ng.replay import ReplayOption
 from sqlalchemy.orm import Session, sessionmaker
 
+from sf_bridge.config import IntakeOptions
 from sf_bridge.crm.auth import SalesforceCredentials
 from sf_bridge.crm.port import WonOpportunity
 from sf_bridge.crm.soql import parse_salesforce_datetime
 from sf_bridge.db.engine import transaction
 from sf_bridge.intake.events import EventOutcome, EventRules, channel_kind, normalise
 from sf_bridge.intake.leader import LeaderLock, SingleProcessLock
-from sf_bridge.intake.options import IntakeOptions
 from sf_bridge.intake.replay import DatabaseReplayStorage, stage_marker
 from sf_bridge.intake.status import StatusBoard
 from sf_bridge.intake.streaming import ConnectionMonitor, OAuthAuthenticator, StreamClient

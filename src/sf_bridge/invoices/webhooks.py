@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from sf_bridge.db.dialect import upsert
 from sf_bridge.db.engine import transaction
 from sf_bridge.db.models import WebhookEvent, utcnow
-from sf_bridge.entitlements.sql import dialect_insert
 from sf_bridge.invoices.events import apply_stripe_event
 from sf_bridge.logging import get_logger
 
@@ -49,7 +49,7 @@ def process_event(
     obj = (event.get("data") or {}).get("object") or {}
     with transaction(session_factory) as session:
         inserted = session.execute(
-            dialect_insert(session, WebhookEvent)
+            upsert(session, WebhookEvent)
             .values(
                 id=event_id,
                 type=kind[:64],

@@ -6,8 +6,8 @@ engine (`sf_bridge.mapping.engine`) reads it. Nothing here does I/O.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
 
 from sf_bridge.plan import (
     CollectionMethod,
@@ -169,16 +169,39 @@ def product_key(key: str, match_by: MatchBy) -> str:
     return key.upper() if match_by == "product_code" else key[:15]
 
 
+def _written_back(example: str, salesforce_type: str) -> Any:
+    """A write-back field: its API name in the example mappings and the docs, and the type to
+    create it with in Salesforce (docs/setup-salesforce.md)."""
+    return field(default=None, metadata={"example": example, "type": salesforce_type})
+
+
 @dataclass(frozen=True)
 class WriteBackFields:
-    """Opportunity fields (API names) sf-bridge writes back; None means not written."""
+    """Opportunity fields (API names) sf-bridge writes back; None means not written.
 
-    status: str | None = None
-    stripe_customer_id: str | None = None
-    stripe_subscription_id: str | None = None
-    invoice_url: str | None = None
-    error: str | None = None
-    provisioned_at: str | None = None
+    The one list of what sf-bridge writes back: the keys of the mappings' `write_back`
+    section, the values the write-back batch sends, the fields the sandbox org declares and
+    the table in docs/setup-salesforce.md all follow these attributes, in this order."""
+
+    status: str | None = _written_back("SF_Bridge_Status__c", "Text(40)")
+    stripe_customer_id: str | None = _written_back("Stripe_Customer_Id__c", "Text(64)")
+    stripe_subscription_id: str | None = _written_back("Stripe_Subscription_Id__c", "Text(64)")
+    invoice_url: str | None = _written_back("Stripe_Invoice_URL__c", "URL(255)")
+    error: str | None = _written_back("SF_Bridge_Error__c", "Long Text Area(32768)")
+    provisioned_at: str | None = _written_back("SF_Bridge_Provisioned_At__c", "Date/Time")
+
+    @classmethod
+    def example(cls) -> WriteBackFields:
+        """Every field, named as in the example mappings."""
+        return cls(**{f.name: f.metadata["example"] for f in fields(cls)})
+
+    def named(self) -> list[tuple[str, str]]:
+        """(key, Opportunity field name) of each field these mappings write, in order."""
+        return [(key, name) for key in WRITE_BACK_KEYS if (name := getattr(self, key))]
+
+
+# Keys of the mappings' `write_back` section, in order.
+WRITE_BACK_KEYS: tuple[str, ...] = tuple(f.name for f in fields(WriteBackFields))
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from ruamel.yaml.nodes import Node
 from sf_bridge.mapping import money
 from sf_bridge.mapping.fields import SOURCE_OBJECTS, is_api_name, is_writable_field_name
 from sf_bridge.mapping.model import (
+    WRITE_BACK_KEYS,
     FieldRef,
     MatchBy,
     OverridePolicy,
@@ -50,14 +51,6 @@ INTERVALS = ("month", "year")
 COLLECTION_METHODS = ("send_invoice", "charge_automatically")
 OVERRIDE_POLICIES = ("negotiated", "catalog", "reject")
 MATCH_BY = ("product_code", "product_id")
-WRITE_BACK_KEYS = (
-    "status",
-    "stripe_customer_id",
-    "stripe_subscription_id",
-    "invoice_url",
-    "error",
-    "provisioned_at",
-)
 
 
 @dataclass

@@ -12,6 +12,7 @@ from sf_bridge.crm.port import CrmGateway, OpportunityUpdate
 from sf_bridge.db.models import SKIPPED
 from sf_bridge.errors import CrmRejected, PermanentError, TransientError
 from sf_bridge.logging import get_logger
+from sf_bridge.mapping.model import WRITE_BACK_KEYS
 from sf_bridge.provisioning.eligibility import FLOOR_WAIVED, Skip, judge
 from sf_bridge.provisioning.error_text import opportunity_error_text
 from sf_bridge.provisioning.outcome import DealView
@@ -21,15 +22,6 @@ from sf_bridge.provisioning.states import STATUS_AFTER, STEP_FETCH, STEP_MAP, ST
 log = get_logger(__name__)
 
 BATCH_LIMIT = 200
-# Keys of `Mappings.write_back` (Opportunity API field names) and where their values come from.
-WRITE_BACK_KEYS = (
-    "status",
-    "stripe_customer_id",
-    "stripe_subscription_id",
-    "invoice_url",
-    "error",
-    "provisioned_at",
-)
 
 
 def _snapshot_id(record: dict[str, Any]) -> str:

@@ -18,13 +18,15 @@ from weakref import WeakKeyDictionary
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from sf_bridge.db.dialect import single_writer
+
 _LOCKS: WeakKeyDictionary[Engine, threading.RLock] = WeakKeyDictionary()
 _GUARD = threading.Lock()
 
 
 def _lock_for(factory: sessionmaker[Session]) -> Any:
     bind = factory.kw.get("bind")
-    if not isinstance(bind, Engine) or bind.dialect.name != "sqlite":
+    if not isinstance(bind, Engine) or not single_writer(bind):
         return nullcontext()
     with _GUARD:
         lock = _LOCKS.get(bind)

@@ -12,11 +12,10 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from datetime import UTC, date, datetime
-from typing import Any
 
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
+from sf_bridge.db.dialect import upsert
 from sf_bridge.db.models import StreamCheckpoint, utcnow
 from sf_bridge.errors import ConfigurationError
 from sf_bridge.intake.checkpoints import read_checkpoint
@@ -62,9 +61,8 @@ def record_first_start(
     value. Commits."""
     now = clock().astimezone(UTC).isoformat()
     with session_factory() as session, session.begin():
-        dialect: Any = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
         session.execute(
-            dialect.insert(StreamCheckpoint)
+            upsert(session, StreamCheckpoint)
             .values(name=FLOOR_CHECKPOINT, value=now, updated_at=utcnow())
             .on_conflict_do_nothing(index_elements=["name"])
         )

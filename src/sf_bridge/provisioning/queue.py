@@ -16,11 +16,11 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from sf_bridge.crm import ids
 from sf_bridge.crm.soql import parse_salesforce_datetime
+from sf_bridge.db.dialect import upsert
 from sf_bridge.db.models import NEEDS_ATTENTION, RETRYING, SKIPPED, Deal, DealEvent, utcnow
 from sf_bridge.errors import SfBridgeError
 from sf_bridge.logging import get_logger
@@ -37,8 +37,7 @@ class InvalidOpportunity(SfBridgeError):
 
 
 def _insert(session: Session) -> Any:
-    dialect = session.get_bind().dialect.name
-    return (postgresql if dialect == "postgresql" else sqlite).insert(Deal)
+    return upsert(session, Deal)
 
 
 def _check_id(opportunity_id: str) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 from sf_bridge.config import Settings
 from sf_bridge.db.engine import make_engine, make_session_factory, transaction
 from sf_bridge.db.models import Deal
-from sf_bridge.runner import RunOptions, WorkerProcess
+from sf_bridge.worker_process import RunOptions, WorkerProcess
 
 from .conftest import HttpReceiver
 

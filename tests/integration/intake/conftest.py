@@ -15,11 +15,11 @@ from pydantic import SecretStr
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from sf_bridge.config import IntakeOptions
 from sf_bridge.crm.auth import SalesforceCredentials
 from sf_bridge.crm.salesforce import SalesforceCrm
 from sf_bridge.db.models import Deal
 from sf_bridge.intake.leader import LeaderLock
-from sf_bridge.intake.options import IntakeOptions
 from sf_bridge.intake.service import StreamIntake
 from sf_bridge.provisioning.queue import enqueue_opportunities
 from sf_bridge.sandbox.salesforce_org import CDC_CHANNEL, SalesforceSandbox

@@ -18,13 +18,13 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from sf_bridge.config import Settings
+from sf_bridge.config import RunTuning, Settings
 from sf_bridge.db.models import Deal
 from sf_bridge.intake.replay import load_marker
 from sf_bridge.mapping import load_mappings
-from sf_bridge.runner import RunOptions, RunSettings, WorkerProcess
 from sf_bridge.sandbox.salesforce_org import CDC_CHANNEL, SalesforceSandbox
 from sf_bridge.sandbox.stripe_emulator import StripeEmulator
+from sf_bridge.worker_process import RunOptions, WorkerProcess
 from tests.integration.intake.conftest import fast_options, wait_until
 
 MAPPINGS = Path(__file__).resolve().parents[3] / "mappings"
@@ -304,7 +304,7 @@ def test_thousand_deals_closed_at_once_cost_under_005_rest_calls_per_deal(
         pytest.skip("one backend is enough for the call count; the burst is slow on both")
     # Custom (entitlements-only) plans need no Stripe: the burst exercises Salesforce only.
     env = {k: v for k, v in environment(org, stripe, db_url).items() if not k.startswith("STRIPE")}
-    worker = start_worker(env, poll_interval=RunSettings().worker_poll_seconds)  # shipped default
+    worker = start_worker(env, poll_interval=RunTuning().worker_poll_seconds)  # shipped default
     try:
         org.reset_counters()
         started = time.monotonic()

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import Engine
 
-from sf_bridge.db.engine import is_sqlite, make_engine
+from sf_bridge.db.dialect import is_sqlite
+from sf_bridge.db.engine import make_engine
 from sf_bridge.intake.leader import AdvisoryLock, SingleProcessLock, make_leader_lock
 from sf_bridge.sandbox.salesforce_org import SalesforceSandbox
 from tests.integration.intake.conftest import deal_count, open_deal, wait_until

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from sf_bridge.cli import app
 from sf_bridge.config import Settings
-from sf_bridge.runner import RunOptions, WorkerProcess
+from sf_bridge.worker_process import RunOptions, WorkerProcess
 from tests.integration.intake.conftest import wait_until
 
 MAPPINGS = Path(__file__).resolve().parents[3] / "mappings"

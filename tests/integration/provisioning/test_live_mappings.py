@@ -21,7 +21,7 @@ from sf_bridge.db.engine import make_engine, make_session_factory
 from sf_bridge.db.models import Deal
 from sf_bridge.mapping import load_mappings
 from sf_bridge.provisioning.queue import enqueue_snapshot
-from sf_bridge.runner import RunOptions, WorkerProcess
+from sf_bridge.worker_process import RunOptions, WorkerProcess
 from tests.fixtures.api import api_settings, serve_in_thread
 from tests.fixtures.mapping import EXAMPLE_MAPPINGS_DIR, copy_mappings, read_example_opportunity
 from tests.fixtures.waiting import wait_until

@@ -230,10 +230,11 @@ def test_since_leaves_out_deals_won_before_it(
 def test_the_worker_reconciles_on_its_schedule_when_set_and_stores_the_report(
     org: SalesforceSandbox, env: Settings, session_factory: sessionmaker[Session]
 ) -> None:
-    from sf_bridge.runner import RunOptions, RunSettings, WorkerProcess
+    from sf_bridge.config import RunTuning
+    from sf_bridge.worker_process import RunOptions, WorkerProcess
     from tests.integration.intake.conftest import wait_until
 
-    assert RunSettings().reconcile_interval_seconds is None  # off by default
+    assert RunTuning().reconcile_interval_seconds is None  # off by default
     missed = team_deal(org, "Gannet")
     idle = WorkerProcess(env, RunOptions(salesforce=False)).start()
     try:

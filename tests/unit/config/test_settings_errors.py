@@ -1,5 +1,6 @@
 """Every setting read from the environment is refused, when wrong, with a message naming its
-variable and a valid value: new settings get this by deriving from `EnvSettings`."""
+variable and a valid value: new settings get this by being a field of `Settings` or of one of
+its sections."""
 
 from __future__ import annotations
 
@@ -9,46 +10,68 @@ import pytest
 from pydantic import SecretStr
 from pydantic.fields import FieldInfo
 
-from sf_bridge.config import EnvSettings, Settings
-from sf_bridge.crm.salesforce import SalesforceOptions
-from sf_bridge.intake.options import IntakeOptions
-from sf_bridge.runner import RunSettings
+from sf_bridge.config import Settings, section_of
 from sf_bridge.settings_errors import SettingsInvalid
 
-CLASSES: list[type[EnvSettings]] = [Settings, RunSettings, IntakeOptions, SalesforceOptions]
 GARBAGE = "%not-a-value%"
+# Plain-text settings whose validator refuses arbitrary text.
+CHECKED_TEXT = {"database_url", "sf_login_url", "sf_channel", "sf_api_version",
+                "stripe_api_key", "stripe_api_base", "log_level", "provision_floor"}  # fmt: skip
 
 
-def checked_fields() -> list[tuple[type[EnvSettings], str, FieldInfo]]:
-    """The fields whose type or validator refuses arbitrary text."""
+def checked_fields() -> list[tuple[str, str, FieldInfo]]:
+    """The fields (sections' fields included) whose type or validator refuses arbitrary text,
+    with the section each is in ("" for a plain setting)."""
     found = []
-    for cls in CLASSES:
-        for name, info in cls.model_fields.items():
-            if info.annotation in (str, str | None, SecretStr | None) and not (
-                cls is Settings and name in {"database_url", "sf_login_url", "sf_channel",
-                                             "sf_api_version", "stripe_api_key",
-                                             "stripe_api_base", "log_level",
-                                             "provision_floor"}
-            ):  # fmt: skip
+    for section_name, info in Settings.model_fields.items():
+        section = section_of(info)
+        fields = section.model_fields.items() if section else [(section_name, info)]
+        for name, field in fields:
+            if field.annotation in (str, str | None, SecretStr | None) and not (
+                section is None and name in CHECKED_TEXT
+            ):
                 continue
-            if info.annotation is Path:  # any text is a path
+            if field.annotation is Path:  # any text is a path
                 continue
-            found.append((cls, name, info))
+            found.append((section_name if section else "", name, field))
     return found
 
 
+def test_the_sections_are_read_from_their_flat_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SF_BRIDGE_STREAM_BATCH", "50")
+    monkeypatch.setenv("SF_BRIDGE_SF_TIMEOUT", "7")
+    monkeypatch.setenv("SF_BRIDGE_WORKER_POLL", "0.5")
+    monkeypatch.setenv("INTAKE", "not JSON")  # a section is never read whole
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert settings.intake.batch_size == 50
+    assert settings.salesforce_client.request_timeout == 7.0
+    assert settings.run.worker_poll_seconds == 0.5
+    assert settings.with_overrides(port="9000").intake.batch_size == 50
+
+
+def test_a_dotenv_file_fills_the_sections_below_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("SF_BRIDGE_STREAM_BATCH=9\nSF_BRIDGE_SF_TIMEOUT=7\n")
+    monkeypatch.setenv("SF_BRIDGE_STREAM_BATCH", "50")
+    settings = Settings(_env_file=env_file)  # type: ignore[call-arg]
+    assert settings.intake.batch_size == 50
+    assert settings.salesforce_client.request_timeout == 7.0
+
+
 @pytest.mark.parametrize(
-    ("cls", "name", "info"),
+    ("section", "name", "info"),
     checked_fields(),
-    ids=[f"{c.__name__}.{i.alias}" for c, _, i in checked_fields()],
+    ids=[f"{s or 'Settings'}.{i.alias}" for s, _, i in checked_fields()],
 )
 def test_a_wrong_value_names_the_variable_and_a_valid_value(
-    cls: type[EnvSettings], name: str, info: FieldInfo, monkeypatch: pytest.MonkeyPatch
+    section: str, name: str, info: FieldInfo, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     assert info.alias
     monkeypatch.setenv(info.alias, GARBAGE)
     with pytest.raises(SettingsInvalid) as raised:
-        cls(_env_file=None)
+        Settings(_env_file=None)  # type: ignore[call-arg]
     [problem] = raised.value.problems
     assert problem.startswith(info.alias), problem
     assert "Set it" in problem or "Correct it" in problem, problem

@@ -49,7 +49,7 @@ def test_children_never_inherit_the_users_credentials(monkeypatch: pytest.Monkey
 
 
 def test_a_child_that_never_gets_ready_fails_with_its_log(tmp_path: Path) -> None:
-    from sf_bridge.demo.runner import _wait_for
+    from sf_bridge.demo.driver import _wait_for
 
     log = tmp_path / "worker.log"
     log.write_text('{"event": "salesforce_login_failed", "level": "warning"}\n')

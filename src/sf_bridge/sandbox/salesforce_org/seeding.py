@@ -28,8 +28,8 @@ def prepare_for_mappings(org: Org, mappings: Any) -> dict[str, list[str]]:
             org.define_field(ref.obj, ref.path[0], field_type)
             fields.append(f"{ref.obj}.{ref.path[0]}")
     write_back = getattr(mappings, "write_back", None)
-    for name in vars(write_back).values() if write_back is not None else ():
-        if isinstance(name, str) and is_custom_name(name):
+    for _, name in write_back.named() if write_back is not None else ():
+        if is_custom_name(name):
             org.define_field("Opportunity", name)
             fields.append(f"Opportunity.{name}")
     products: dict[str, str] = {}

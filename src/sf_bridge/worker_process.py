@@ -26,13 +26,11 @@ from datetime import UTC, datetime
 from types import FrameType
 from typing import Any
 
-from pydantic import Field
-from pydantic_settings import SettingsConfigDict
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from sf_bridge import metrics
-from sf_bridge.config import EnvSettings, Settings
+from sf_bridge.config import IntakeOptions, Settings
 from sf_bridge.db.engine import make_engine, make_session_factory
 from sf_bridge.db.migrate import ensure_current
 from sf_bridge.errors import ConfigurationError
@@ -46,40 +44,14 @@ log = get_logger(__name__)
 DRAIN_DEADLINE_SECONDS = 28.0
 
 
-class RunSettings(EnvSettings):
-    """Tuning of `sf-bridge run` itself (environment variables, all optional)."""
-
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
-
-    # How often a provisioning worker with deals in flight looks for more (write-back batches).
-    worker_poll_seconds: float = Field(0.1, alias="SF_BRIDGE_WORKER_POLL", gt=0)
-    # An idle worker sleeps until new work wakes it (in this process; on PostgreSQL also from
-    # other replicas and the CLI) or a retry is due; it looks at the database at least this
-    # often all the same (on SQLite, this is how a replay from the CLI is picked up).
-    worker_safety_poll_seconds: float = Field(5.0, alias="SF_BRIDGE_WORKER_SAFETY_POLL", gt=0)
-    overdue_interval_seconds: float = Field(3600.0, alias="SF_BRIDGE_OVERDUE_INTERVAL")
-    # Port serving this process's Stripe/Salesforce request counters for Prometheus (off when
-    # unset); deal states and step latencies are on `sf-bridge serve`'s /metrics.
-    metrics_port: int | None = Field(None, alias="SF_BRIDGE_WORKER_METRICS_PORT", ge=1, le=65535)
-    # How often the mappings folder is looked at for edits (a `stat` per file; files are
-    # read only when one changed).
-    mappings_poll_seconds: float = Field(1.0, alias="SF_BRIDGE_MAPPINGS_POLL", gt=0)
-    # How often the worker runs `sf-bridge reconcile` and stores its report (off when unset).
-    reconcile_interval_seconds: float | None = Field(
-        None, alias="SF_BRIDGE_RECONCILE_INTERVAL", gt=0
-    )
-    # Step attempts older than this are pruned (the first and last of each step of each deal
-    # are kept); /metrics totals keep counting them.
-    keep_attempts_days: float = Field(30.0, alias="SF_BRIDGE_KEEP_ATTEMPTS_DAYS", gt=0)
-    # How often one replica folds step attempts into the /metrics totals and prunes old ones.
-    maintenance_interval_seconds: float = Field(300.0, alias="SF_BRIDGE_MAINTENANCE_INTERVAL", gt=0)
-
-
 @dataclass
 class RunOptions:
+    """How this process runs: from the settings' `run` section (`from_settings`), or given by
+    a test."""
+
     overdue_interval_seconds: float = 3600.0
     drain_deadline_seconds: float = DRAIN_DEADLINE_SECONDS
-    intake_options: Any = None  # IntakeOptions; None reads the environment
+    intake_options: IntakeOptions | None = None  # None: the settings' `intake` section
     worker_options: dict[str, Any] = field(default_factory=dict)
     metrics_port: int | None = None
     mappings_poll_seconds: float = 1.0
@@ -91,19 +63,20 @@ class RunOptions:
     salesforce: bool = True
 
     @classmethod
-    def from_environment(cls, *, salesforce: bool = True) -> RunOptions:
-        env = RunSettings()
+    def from_settings(cls, settings: Settings, *, salesforce: bool = True) -> RunOptions:
+        run = settings.run
         return cls(
-            overdue_interval_seconds=env.overdue_interval_seconds,
+            overdue_interval_seconds=run.overdue_interval_seconds,
+            intake_options=settings.intake,
             worker_options={
-                "poll_interval": env.worker_poll_seconds,
-                "safety_poll": env.worker_safety_poll_seconds,
+                "poll_interval": run.worker_poll_seconds,
+                "safety_poll": run.worker_safety_poll_seconds,
             },
-            metrics_port=env.metrics_port,
-            mappings_poll_seconds=env.mappings_poll_seconds,
-            reconcile_interval_seconds=env.reconcile_interval_seconds,
-            keep_attempts_days=env.keep_attempts_days,
-            maintenance_interval_seconds=env.maintenance_interval_seconds,
+            metrics_port=run.metrics_port,
+            mappings_poll_seconds=run.mappings_poll_seconds,
+            reconcile_interval_seconds=run.reconcile_interval_seconds,
+            keep_attempts_days=run.keep_attempts_days,
+            maintenance_interval_seconds=run.maintenance_interval_seconds,
             salesforce=salesforce,
         )
 
@@ -129,7 +102,7 @@ class WorkerProcess:
         engine: Engine | None = None,
     ) -> None:
         self.settings = settings
-        self.options = options or RunOptions.from_environment()
+        self.options = options or RunOptions.from_settings(settings)
         self.engine = engine or make_engine(settings.database_url)
         self.session_factory: sessionmaker[Session] = make_session_factory(self.engine)
         self.stop_event = threading.Event()
@@ -210,10 +183,9 @@ class WorkerProcess:
         from sf_bridge.crm.auth import SalesforceCredentials
         from sf_bridge.intake.events import DEFAULT_ID_FIELDS, EventRules
         from sf_bridge.intake.leader import make_leader_lock
-        from sf_bridge.intake.options import IntakeOptions
         from sf_bridge.intake.service import StreamIntake
 
-        intake_options = self.options.intake_options or IntakeOptions()
+        intake_options = self.options.intake_options or self.settings.intake
         id_fields: tuple[str, ...] = DEFAULT_ID_FIELDS
         if intake_options.event_id_field:
             id_fields = (intake_options.event_id_field, *DEFAULT_ID_FIELDS)

@@ -586,19 +586,7 @@ def _wait_for(process: ManagedProcess, condition: Any, what: str, timeout: float
 
 
 def _write_back_fields(mappings: Any) -> list[str]:
-    fields = mappings.write_back
-    names = (
-        getattr(fields, attr, None)
-        for attr in (
-            "status",
-            "stripe_customer_id",
-            "stripe_subscription_id",
-            "invoice_url",
-            "error",
-            "provisioned_at",
-        )
-    )
-    return [n for n in names if n]
+    return [name for _, name in mappings.write_back.named()]
 
 
 @contextlib.contextmanager
