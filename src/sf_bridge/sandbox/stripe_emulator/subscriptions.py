@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
+from . import discounts, prorations
 from .catalog import Params
 from .clock import add_interval
 from .errors import StripeApiError
@@ -131,6 +132,13 @@ def create_subscription(store: Store, params: Params, ctx: RequestContext) -> di
         f"/v1/subscription_items?subscription={sub_id}",
     )
     _check_single_currency(store, customer, sub["currency"])
+    sub["discounts"] = discounts.attach(
+        store,
+        params.get("discounts"),
+        customer=customer["id"],
+        subscription=sub_id,
+        currency=sub["currency"],
+    )
     customer["currency"] = sub["currency"]
     keep_inline_prices(store, prices)
     store.add(sub)
@@ -198,15 +206,57 @@ def _update(
             param="days_until_due",
             code="parameter_missing",
         )
+    behavior = prorations.check_behavior(params)
+    if "discounts" in params:
+        ids = discounts.attach(
+            store,
+            params["discounts"],
+            customer=sub["customer"],
+            subscription=sub["id"],
+            currency=sub["currency"],
+        )
+        if ids != sub["discounts"]:
+            previous["discounts"] = sub["discounts"]
+            sub["discounts"] = ids
+    proration_items: list[dict[str, Any]] = []
     if "items" in params:
         old_items = clone(sub["items"])
+        first = old_items["data"][0]
+        period = (first["current_period_start"], first["current_period_end"])
+        at = prorations.proration_date(store, params, period)
         _update_items(store, sub, params["items"])
         if sub["items"] != old_items:
             previous["items"] = old_items
+            if behavior != "none" and sub["status"] in ("active", "past_due", "trialing"):
+                proration_items = prorations.prorate(
+                    store, sub, old_items["data"], sub["items"]["data"], at, period
+                )
     if "cancellation_details" in params:
         sub["cancellation_details"].update(params["cancellation_details"] or {})
+    invoice = None
+    if behavior == "always_invoice" and proration_items:
+        customer = store.objects["customer"][sub["customer"]]
+        period = (proration_items[0]["period"]["start"], proration_items[0]["period"]["end"])
+        invoice = create_subscription_invoice(
+            store, sub, customer, "subscription_update", period, items=False
+        )
+        previous["latest_invoice"] = sub["latest_invoice"]
+        sub["latest_invoice"] = invoice["id"]
     if previous:
         store.emit("customer.subscription.updated", sub, ctx, previous)
+    if invoice is not None:
+        store.emit("invoice.created", invoice, ctx)
+        if sub["collection_method"] == "charge_automatically":
+            finalize(store, invoice, ctx)
+            pm = (
+                sub["default_payment_method"]
+                or store.objects["customer"][sub["customer"]]["invoice_settings"][
+                    "default_payment_method"
+                ]
+            )
+            if pm and invoice["status"] == "open":
+                with contextlib.suppress(StripeApiError):  # declined: the invoice stays open
+                    charge(store, invoice, pm, ctx)
     return sub
 
 
