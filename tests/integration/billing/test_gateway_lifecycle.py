@@ -36,7 +36,7 @@ class Setup:
     gateway: BillingGateway
     prices: dict[str, str]
     advance: Callable[[int], None]
-    finalize: Callable[[str], None]
+    finalize: Callable[[str], object]
 
 
 @pytest.fixture(params=["emulator", "memory"])
@@ -131,7 +131,7 @@ def test_preview_flags_proration_lines_and_changes_nothing(setup: Setup) -> None
             items=[
                 ItemChange(item_id=item.id, deleted=True),
                 ItemChange(price=setup.prices["starter_monthly"], quantity=1),
-            ],  # fmt: skip
+            ],
             proration_date=at,
         )
     )

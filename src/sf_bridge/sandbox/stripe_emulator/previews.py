@@ -50,7 +50,7 @@ def create_preview(store: Store, params: Params, ctx: RequestContext) -> dict[st
 
 def _for_subscription(store: Store, sub_id: str, details: Params) -> dict[str, Any]:
     sub = store.get("subscription", sub_id, param="subscription")
-    change = {
+    change: Params = {
         key: details[key]
         for key in ("items", "proration_behavior", "proration_date", "metadata")
         if key in details
