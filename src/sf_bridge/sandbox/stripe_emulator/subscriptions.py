@@ -62,7 +62,15 @@ def _check_single_currency(store: Store, customer: dict[str, Any], currency: str
         )
 
 
-def create_subscription(store: Store, params: Params, ctx: RequestContext) -> dict[str, Any]:
+def create_subscription(
+    store: Store,
+    params: Params,
+    ctx: RequestContext,
+    *,
+    start: int | None = None,
+    schedule: str | None = None,
+) -> dict[str, Any]:
+    """`start` backdates it to when a schedule started it (the clock may have jumped)."""
     if not params.get("customer"):
         raise StripeApiError.invalid_request(
             "Missing required param: customer.", param="customer", code="parameter_missing"
@@ -104,7 +112,7 @@ def create_subscription(store: Store, params: Params, ctx: RequestContext) -> di
             )
         if pm in FAILING_PAYMENT_METHODS:
             raise card_declined()
-    now = store.now()
+    now = start if start is not None else store.now()
     recurring = prices[0]["recurring"]
     period = (now, add_interval(now, recurring["interval"], recurring["interval_count"]))
     sub_id = new_id("subscription")
@@ -123,6 +131,7 @@ def create_subscription(store: Store, params: Params, ctx: RequestContext) -> di
         metadata=merge_metadata({}, params.get("metadata", {})),
         cancel_at_period_end=bool(params.get("cancel_at_period_end", False)),
         status="active",
+        schedule=schedule,
     )
     sub["items"] = list_object(
         [
