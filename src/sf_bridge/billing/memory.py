@@ -19,15 +19,20 @@ from sf_bridge.billing.port import (
     BillingCoupon,
     BillingCustomer,
     BillingInvoice,
+    BillingPhase,
     BillingPrice,
+    BillingSchedule,
     BillingSubscription,
     BillingSubscriptionItem,
     CouponSpec,
     CustomerSpec,
+    EndBehavior,
     InvoicePreview,
     ItemChange,
+    PhaseSpec,
     PreviewLine,
     PreviewSpec,
+    ScheduleSpec,
     SubscriptionItemSpec,
     SubscriptionSpec,
     SubscriptionUpdate,
@@ -72,6 +77,7 @@ class InMemoryBilling:
     discounts: dict[str, str] = field(default_factory=dict)
     pending: dict[str, list[PreviewLine]] = field(default_factory=dict)
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    schedules: dict[str, BillingSchedule] = field(default_factory=dict)
 
     def now(self) -> datetime:
         return self.clock()
@@ -587,4 +593,205 @@ class InMemoryBilling:
             result: BillingInvoice = self._idempotent(idempotency_key, params, pay)
             if fault is not None:
                 raise fault.error
+            return result
+
+    # subscription schedules (phases do not advance here; the emulator runs them on its clock)
+
+    def _phases(self, phases: Sequence[PhaseSpec], start: datetime) -> tuple[BillingPhase, ...]:
+        made: list[BillingPhase] = []
+        for index, phase in enumerate(phases):
+            if phase.end_date is not None:
+                end: datetime | None = phase.end_date
+            elif phase.months is not None:
+                end = start + phase.months * MONTH
+            elif index == len(phases) - 1:
+                end = start + MONTH
+            else:
+                raise BillingRejected("Every phase but the last needs an end_date or a duration.")
+            items = tuple((item.price or "price_data", item.quantity) for item in phase.items)
+            made.append(BillingPhase(start, end, items, tuple(phase.coupons)))
+            start = end or start
+        return tuple(made)
+
+    def create_schedule(self, spec: ScheduleSpec, *, idempotency_key: str) -> BillingSchedule:
+        from sf_bridge.billing.requests import schedule_params
+
+        with self._lock:
+            fault = self._enter("create_schedule")
+            params = schedule_params(spec)
+            if spec.customer not in self.customers:
+                raise BillingRejected(f"No such customer: '{spec.customer}'")
+
+            def create() -> BillingSchedule:
+                now = self.now()
+                start = spec.start_date or now
+                phases = self._phases(spec.phases, start)
+                schedule = BillingSchedule(
+                    id=self._new_id("sub_sched"),
+                    customer=spec.customer,
+                    status="not_started",
+                    subscription=None,
+                    end_behavior=spec.end_behavior,
+                    phases=phases,
+                    metadata=dict(spec.metadata),
+                )
+                if start <= now:
+                    first = spec.phases[0]
+                    sub = self.create_subscription(
+                        SubscriptionSpec(
+                            customer=spec.customer,
+                            items=first.items,
+                            metadata=dict(first.metadata),
+                            collection_method=first.collection_method or spec.collection_method,
+                            days_until_due=first.days_until_due or spec.days_until_due,
+                        ),
+                        idempotency_key=f"{idempotency_key}:subscription",
+                    )
+                    schedule = replace(
+                        schedule,
+                        status="active",
+                        subscription=sub.id,
+                        current_phase_start=phases[0].start_date,
+                        current_phase_end=phases[0].end_date,
+                    )
+                self.schedules[schedule.id] = schedule
+                return schedule
+
+            result: BillingSchedule = self._idempotent(idempotency_key, params, create)
+            if fault is not None:
+                raise fault.error
+            return result
+
+    def schedule_subscription(
+        self, subscription_id: str, *, idempotency_key: str
+    ) -> BillingSchedule:
+        with self._lock:
+            self._enter("schedule_subscription")
+
+            def create() -> BillingSchedule:
+                sub = self.subscriptions.get(subscription_id)
+                if sub is None:
+                    raise BillingRejected(f"No such subscription: '{subscription_id}'")
+                if any(s.subscription == sub.id for s in self.schedules.values()):
+                    raise BillingRejected("The subscription is already attached to a schedule.")
+                phase = BillingPhase(
+                    sub.current_period_start,
+                    sub.current_period_end,
+                    tuple((item.price, item.quantity) for item in sub.items),
+                )
+                schedule = BillingSchedule(
+                    id=self._new_id("sub_sched"),
+                    customer=sub.customer,
+                    status="active",
+                    subscription=sub.id,
+                    end_behavior="release",
+                    phases=(phase,),
+                    current_phase_start=phase.start_date,
+                    current_phase_end=phase.end_date,
+                )
+                self.schedules[schedule.id] = schedule
+                return schedule
+
+            result: BillingSchedule = self._idempotent(
+                idempotency_key, {"from_subscription": subscription_id}, create
+            )
+            return result
+
+    def get_schedule(self, schedule_id: str) -> BillingSchedule | None:
+        with self._lock:
+            self._enter("get_schedule")
+            return self.schedules.get(schedule_id)
+
+    def find_schedule(
+        self, *, sf_opportunity_id: str, customer: str | None = None
+    ) -> BillingSchedule | None:
+        with self._lock:
+            self._enter("find_schedule")
+            for schedule in reversed(list(self.schedules.values())):
+                if customer and schedule.customer != customer:
+                    continue
+                if schedule.metadata.get("sf_opportunity_id") == sf_opportunity_id:
+                    return schedule
+            return None
+
+    def _live_schedule(self, schedule_id: str, action: str) -> BillingSchedule:
+        schedule = self.schedules.get(schedule_id)
+        if schedule is None:
+            raise BillingRejected(f"No such subscription schedule: '{schedule_id}'")
+        if schedule.status not in ("not_started", "active"):
+            raise BillingRejected(
+                f"You cannot {action} a subscription schedule that is currently {schedule.status}."
+            )
+        return schedule
+
+    def update_schedule(
+        self,
+        schedule_id: str,
+        phases: Sequence[PhaseSpec],
+        *,
+        idempotency_key: str,
+        end_behavior: EndBehavior | None = None,
+    ) -> BillingSchedule:
+        with self._lock:
+            self._enter("update_schedule")
+
+            def update() -> BillingSchedule:
+                schedule = self._live_schedule(schedule_id, "update")
+                start = schedule.current_phase_start or schedule.phases[0].start_date
+                made = self._phases(phases, start or self.now())
+                schedule = replace(
+                    schedule,
+                    phases=made,
+                    end_behavior=end_behavior or schedule.end_behavior,
+                    current_phase_end=made[0].end_date
+                    if schedule.status == "active"
+                    else schedule.current_phase_end,
+                )
+                self.schedules[schedule_id] = schedule
+                return schedule
+
+            params = {"id": schedule_id, "phases": [str(p) for p in phases], "end": end_behavior}
+            result: BillingSchedule = self._idempotent(idempotency_key, params, update)
+            return result
+
+    def release_schedule(self, schedule_id: str, *, idempotency_key: str) -> BillingSchedule:
+        with self._lock:
+            self._enter("release_schedule")
+
+            def release() -> BillingSchedule:
+                schedule = self._live_schedule(schedule_id, "release")
+                schedule = replace(
+                    schedule,
+                    status="released",
+                    released_subscription=schedule.subscription,
+                    subscription=None,
+                    current_phase_start=None,
+                    current_phase_end=None,
+                )
+                self.schedules[schedule_id] = schedule
+                return schedule
+
+            result: BillingSchedule = self._idempotent(
+                idempotency_key, {"release": schedule_id}, release
+            )
+            return result
+
+    def cancel_schedule(self, schedule_id: str, *, idempotency_key: str) -> BillingSchedule:
+        with self._lock:
+            self._enter("cancel_schedule")
+
+            def cancel() -> BillingSchedule:
+                schedule = self._live_schedule(schedule_id, "cancel")
+                if schedule.subscription in self.subscriptions:
+                    sub = self.subscriptions[schedule.subscription]
+                    self.subscriptions[sub.id] = replace(sub, status="canceled")
+                schedule = replace(
+                    schedule, status="canceled", current_phase_start=None, current_phase_end=None
+                )
+                self.schedules[schedule_id] = schedule
+                return schedule
+
+            result: BillingSchedule = self._idempotent(
+                idempotency_key, {"cancel": schedule_id}, cancel
+            )
             return result

@@ -220,6 +220,61 @@ class BillingInvoice:
     amount_remaining: int | None = None
 
 
+EndBehavior = Literal["release", "cancel"]
+
+
+@dataclass(frozen=True)
+class PhaseSpec:
+    """One phase of a schedule (a ramp step): its items, how long it lasts (`end_date`, or
+    `months`; the last may have neither: one billing interval), its coupons and the metadata
+    its subscription carries while it runs."""
+
+    items: Sequence[SubscriptionItemSpec]
+    end_date: datetime | None = None
+    months: int | None = None
+    coupons: Sequence[str] = ()
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    collection_method: CollectionMethod | None = None
+    days_until_due: int | None = None
+
+
+@dataclass(frozen=True)
+class ScheduleSpec:
+    """A subscription that starts at `start_date` (None: now) and changes phase by phase.
+    `metadata` tags the schedule itself (`sf_opportunity_id`, so it is found again)."""
+
+    customer: str
+    phases: Sequence[PhaseSpec]
+    metadata: Mapping[str, str]
+    start_date: datetime | None = None
+    end_behavior: EndBehavior = "release"
+    collection_method: CollectionMethod = "send_invoice"
+    days_until_due: int | None = 30
+
+
+@dataclass(frozen=True)
+class BillingPhase:
+    start_date: datetime | None
+    end_date: datetime | None
+    items: tuple[tuple[str, int], ...]  # (price id, quantity)
+    coupons: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class BillingSchedule:
+    id: str
+    customer: str
+    status: str  # not_started | active | completed | released | canceled
+    subscription: str | None
+    end_behavior: str
+    phases: tuple[BillingPhase, ...]
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    current_phase_start: datetime | None = None
+    current_phase_end: datetime | None = None
+    released_subscription: str | None = None
+    request_id: str | None = None
+
+
 class BillingGateway(Protocol):
     def find_prices(self, lookup_keys: Sequence[str]) -> dict[str, BillingPrice]:
         """Prices (active or archived) by lookup key; keys with no price are absent."""
@@ -266,6 +321,52 @@ class BillingGateway(Protocol):
         `POST /v1/subscriptions/{id}` with `items[]` (`id` + `quantity`/`price`/`price_data`,
         `id` + `deleted`, or a new `price`/`price_data`), `proration_behavior`,
         `proration_date`, `discounts[][coupon]` and `metadata`."""
+        ...
+
+    def create_schedule(self, spec: ScheduleSpec, *, idempotency_key: str) -> BillingSchedule:
+        """`POST /v1/subscription_schedules` (`customer`, `start_date` now or a timestamp,
+        `end_behavior`, `default_settings` collection, `metadata`, `phases[]` with `items`,
+        `end_date` or `duration`, `discounts[][coupon]`, `metadata`)."""
+        ...
+
+    def schedule_subscription(
+        self, subscription_id: str, *, idempotency_key: str
+    ) -> BillingSchedule:
+        """Puts a live subscription under a schedule (`POST /v1/subscription_schedules` with
+        `from_subscription`), to change it later with `update_schedule`."""
+        ...
+
+    def get_schedule(self, schedule_id: str) -> BillingSchedule | None:
+        """`GET /v1/subscription_schedules/{id}`; None when it does not exist."""
+        ...
+
+    def find_schedule(
+        self, *, sf_opportunity_id: str, customer: str | None = None
+    ) -> BillingSchedule | None:
+        """The schedule tagged `metadata.sf_opportunity_id`. Stripe has no search for
+        schedules: this lists them (`GET /v1/subscription_schedules`, by `customer` when
+        given, 100 a page) and filters by the tag. Keep the schedule id once known."""
+        ...
+
+    def update_schedule(
+        self,
+        schedule_id: str,
+        phases: Sequence[PhaseSpec],
+        *,
+        idempotency_key: str,
+        end_behavior: EndBehavior | None = None,
+    ) -> BillingSchedule:
+        """Replaces the phases from the current one on (`POST /v1/subscription_schedules/
+        {id}` with `phases[]`; the first keeps the current phase's `start_date`)."""
+        ...
+
+    def release_schedule(self, schedule_id: str, *, idempotency_key: str) -> BillingSchedule:
+        """`POST /v1/subscription_schedules/{id}/release`: the subscription goes on alone."""
+        ...
+
+    def cancel_schedule(self, schedule_id: str, *, idempotency_key: str) -> BillingSchedule:
+        """`POST /v1/subscription_schedules/{id}/cancel`: the schedule and its subscription end
+        now."""
         ...
 
     def create_coupon(self, spec: CouponSpec, *, idempotency_key: str) -> BillingCoupon:

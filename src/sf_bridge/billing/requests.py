@@ -10,8 +10,11 @@ from sf_bridge.billing.metadata import stripe_metadata
 from sf_bridge.billing.port import (
     CouponSpec,
     ItemChange,
+    PhaseSpec,
     PreviewSpec,
     PriceData,
+    ScheduleSpec,
+    SubscriptionItemSpec,
     SubscriptionSpec,
     SubscriptionUpdate,
 )
@@ -123,3 +126,47 @@ def preview_params(spec: PreviewSpec) -> dict[str, Any]:
     if details:
         params["subscription_details"] = details
     return params
+
+
+def _item(item: SubscriptionItemSpec) -> dict[str, Any]:
+    entry: dict[str, Any] = {"quantity": item.quantity}
+    if item.price_data is not None:
+        entry["price_data"] = _price_data(item.price_data)
+    else:
+        entry["price"] = item.price
+    return entry
+
+
+def phase_params(phase: PhaseSpec) -> dict[str, Any]:
+    params: dict[str, Any] = {"items": [_item(item) for item in phase.items]}
+    if phase.end_date is not None and phase.months is not None:
+        raise ValueError("a phase lasts until an end date or for some months, not both")
+    if phase.end_date is not None:
+        params["end_date"] = int(phase.end_date.timestamp())
+    if phase.months is not None:
+        params["duration"] = {"interval": "month", "interval_count": phase.months}
+    if phase.coupons:
+        params["discounts"] = [{"coupon": coupon} for coupon in phase.coupons]
+    if phase.metadata:
+        params["metadata"] = stripe_metadata(phase.metadata)
+    if phase.collection_method is not None:
+        params["collection_method"] = phase.collection_method
+    if phase.days_until_due is not None:
+        params["invoice_settings"] = {"days_until_due": phase.days_until_due}
+    return params
+
+
+def schedule_params(spec: ScheduleSpec) -> dict[str, Any]:
+    """The Stripe request body of a schedule (also what its idempotency key hashes)."""
+    settings: dict[str, Any] = {"collection_method": spec.collection_method}
+    if spec.collection_method == "send_invoice":
+        days = spec.days_until_due if spec.days_until_due is not None else 30
+        settings["invoice_settings"] = {"days_until_due": days}
+    return {
+        "customer": spec.customer,
+        "start_date": "now" if spec.start_date is None else int(spec.start_date.timestamp()),
+        "end_behavior": spec.end_behavior,
+        "default_settings": settings,
+        "metadata": stripe_metadata(spec.metadata),
+        "phases": [phase_params(phase) for phase in spec.phases],
+    }

@@ -25,14 +25,19 @@ from sf_bridge.billing.port import (
     BillingCoupon,
     BillingCustomer,
     BillingInvoice,
+    BillingPhase,
     BillingPrice,
+    BillingSchedule,
     BillingSubscription,
     BillingSubscriptionItem,
     CouponSpec,
     CustomerSpec,
+    EndBehavior,
     InvoicePreview,
+    PhaseSpec,
     PreviewLine,
     PreviewSpec,
+    ScheduleSpec,
     StripeItem,
     StripeRecord,
     SubscriptionSpec,
@@ -40,7 +45,9 @@ from sf_bridge.billing.port import (
 )
 from sf_bridge.billing.requests import (
     coupon_params,
+    phase_params,
     preview_params,
+    schedule_params,
     subscription_params,
     update_params,
 )
@@ -213,6 +220,40 @@ def _subscription(data: dict[str, Any], request_id: str | None) -> BillingSubscr
         discounts=tuple(str(_id(d)) for d in data.get("discounts") or [] if _id(d)),
         current_period_start=_to_dt(first.get("current_period_start")),
         current_period_end=_to_dt(first.get("current_period_end")),
+    )
+
+
+def _schedule(data: dict[str, Any], request_id: str | None) -> BillingSchedule:
+    phases = []
+    for phase in data.get("phases") or []:
+        phases.append(
+            BillingPhase(
+                start_date=_to_dt(phase.get("start_date")),
+                end_date=_to_dt(phase.get("end_date")),
+                items=tuple(
+                    (str(_id(item.get("price")) or ""), int(item.get("quantity") or 0))
+                    for item in phase.get("items") or []
+                ),
+                coupons=tuple(
+                    str(_id(d.get("coupon")))
+                    for d in phase.get("discounts") or []
+                    if _id(d.get("coupon"))
+                ),
+            )
+        )
+    current = data.get("current_phase") or {}
+    return BillingSchedule(
+        id=str(data["id"]),
+        customer=_id(data.get("customer")) or "",
+        status=str(data.get("status") or ""),
+        subscription=_id(data.get("subscription")),
+        end_behavior=str(data.get("end_behavior") or ""),
+        phases=tuple(phases),
+        metadata=_meta(data.get("metadata")),
+        current_phase_start=_to_dt(current.get("start_date")),
+        current_phase_end=_to_dt(current.get("end_date")),
+        released_subscription=_id(data.get("released_subscription")),
+        request_id=request_id,
     )
 
 
@@ -577,6 +618,120 @@ class StripeGateway:
             subscription_id=subscription_id,
         )
         return _subscription(_as_dict(obj), _request_id(obj))
+
+    # subscription schedules ---------------------------------------------------------------
+
+    def create_schedule(self, spec: ScheduleSpec, *, idempotency_key: str) -> BillingSchedule:
+        """`POST /v1/subscription_schedules` with the body `schedule_params(spec)` builds."""
+        _log_shortened("subscription schedule", spec.metadata)
+        params = schedule_params(spec)
+        obj = self._call(
+            "create a subscription schedule",
+            lambda: self._client.v1.subscription_schedules.create(
+                params,  # type: ignore[arg-type]
+                {"idempotency_key": idempotency_key},
+            ),
+        )
+        return _schedule(_as_dict(obj), _request_id(obj))
+
+    def schedule_subscription(
+        self, subscription_id: str, *, idempotency_key: str
+    ) -> BillingSchedule:
+        """`POST /v1/subscription_schedules` with `from_subscription`."""
+        obj = self._call(
+            "put a subscription under a schedule",
+            lambda: self._client.v1.subscription_schedules.create(
+                {"from_subscription": subscription_id}, {"idempotency_key": idempotency_key}
+            ),
+            subscription_id=subscription_id,
+        )
+        return _schedule(_as_dict(obj), _request_id(obj))
+
+    def get_schedule(self, schedule_id: str) -> BillingSchedule | None:
+        obj = self._retrieve_or_none(
+            "retrieve a subscription schedule",
+            lambda: self._client.v1.subscription_schedules.retrieve(schedule_id),
+        )
+        return None if obj is None else _schedule(_as_dict(obj), _request_id(obj))
+
+    def find_schedule(
+        self, *, sf_opportunity_id: str, customer: str | None = None
+    ) -> BillingSchedule | None:
+        """Lists schedules (Stripe has no search for them), newest first, and returns the
+        first tagged with the opportunity."""
+        params: dict[str, Any] = {"limit": 100}
+        if customer:
+            params["customer"] = customer
+        while True:
+            page = self._call(
+                "list subscription schedules",
+                lambda params=dict(params): (  # type: ignore[misc]
+                    self._client.v1.subscription_schedules.list(params)
+                ),
+            )
+            rows = [_as_dict(obj) for obj in page.data]
+            for row in rows:
+                if _meta(row.get("metadata")).get("sf_opportunity_id") == sf_opportunity_id:
+                    return _schedule(row, _request_id(page))
+            if not page.has_more or not rows:
+                return None
+            params["starting_after"] = rows[-1]["id"]
+
+    def update_schedule(
+        self,
+        schedule_id: str,
+        phases: Sequence[PhaseSpec],
+        *,
+        idempotency_key: str,
+        end_behavior: EndBehavior | None = None,
+    ) -> BillingSchedule:
+        """`GET` the schedule (its current phase's start), then `POST
+        /v1/subscription_schedules/{id}` with the phases from that start on."""
+        current = self.get_schedule(schedule_id)
+        if current is None:
+            raise BillingRejected(
+                f"Stripe has no subscription schedule {schedule_id}.",
+                hint="the schedule was deleted in Stripe; clear it on the deal and replay.",
+            )
+        body: list[dict[str, Any]] = [phase_params(phase) for phase in phases]
+        start = current.current_phase_start or (
+            current.phases[0].start_date if current.phases else None
+        )
+        if body and start is not None:
+            body[0]["start_date"] = int(start.timestamp())
+        params: dict[str, Any] = {"phases": body}
+        if end_behavior is not None:
+            params["end_behavior"] = end_behavior
+        obj = self._call(
+            "update a subscription schedule",
+            lambda: self._client.v1.subscription_schedules.update(
+                schedule_id,
+                params,  # type: ignore[arg-type]
+                {"idempotency_key": idempotency_key},
+            ),
+            schedule_id=schedule_id,
+        )
+        return _schedule(_as_dict(obj), _request_id(obj))
+
+    def release_schedule(self, schedule_id: str, *, idempotency_key: str) -> BillingSchedule:
+        obj = self._call(
+            "release a subscription schedule",
+            lambda: self._client.v1.subscription_schedules.release(
+                schedule_id, None, {"idempotency_key": idempotency_key}
+            ),
+            schedule_id=schedule_id,
+        )
+        return _schedule(_as_dict(obj), _request_id(obj))
+
+    def cancel_schedule(self, schedule_id: str, *, idempotency_key: str) -> BillingSchedule:
+        obj = self._call(
+            "cancel a subscription schedule",
+            lambda: self._client.v1.subscription_schedules.cancel(
+                schedule_id, None, {"idempotency_key": idempotency_key}
+            ),
+            schedule_id=schedule_id,
+        )
+        return _schedule(_as_dict(obj), _request_id(obj))
 
     # coupons ------------------------------------------------------------------------------
 

@@ -17,7 +17,9 @@ from sf_bridge.billing.port import (
     CouponSpec,
     CustomerSpec,
     ItemChange,
+    PhaseSpec,
     PreviewSpec,
+    ScheduleSpec,
     SubscriptionItemSpec,
     SubscriptionSpec,
     SubscriptionUpdate,
@@ -179,3 +181,80 @@ def test_partial_payments_outside_stripe(setup: Setup) -> None:
         setup.gateway.record_payment(sub.latest_invoice, 20_000, idempotency_key="wire-2")
     rest = setup.gateway.record_payment(sub.latest_invoice, 11_800, idempotency_key="wire-3")
     assert (rest.status, rest.amount_paid, rest.amount_remaining) == ("paid", 19_800, 0)
+
+
+def _customer(setup: Setup) -> str:
+    return setup.gateway.create_customer(
+        CustomerSpec(name="Acme", email=None, metadata={}), idempotency_key="customer"
+    ).id
+
+
+def test_schedule_found_by_its_tag_updated_and_released(setup: Setup) -> None:
+    customer = _customer(setup)
+    pro = setup.prices["pro_monthly"]
+    spec = ScheduleSpec(
+        customer=customer,
+        phases=[
+            PhaseSpec(
+                items=[SubscriptionItemSpec(quantity=2, price=pro)],
+                months=1,
+                metadata={"sf_opportunity_id": "006RAMP"},
+            ),
+            PhaseSpec(items=[SubscriptionItemSpec(quantity=4, price=pro)], months=12),
+        ],
+        metadata={"sf_opportunity_id": "006RAMP"},
+    )
+    schedule = setup.gateway.create_schedule(spec, idempotency_key="ramp")
+    assert schedule.status == "active"
+    assert schedule.subscription is not None
+    assert [p.items for p in schedule.phases] == [((pro, 2),), ((pro, 4),)]
+    assert schedule.phases[0].end_date == schedule.phases[1].start_date
+
+    found = setup.gateway.find_schedule(sf_opportunity_id="006RAMP")
+    assert found is not None
+    assert found.id == schedule.id
+    assert setup.gateway.find_schedule(sf_opportunity_id="006OTHER") is None
+    assert setup.gateway.get_schedule("sub_sched_nope") is None
+
+    updated = setup.gateway.update_schedule(
+        schedule.id,
+        [
+            PhaseSpec(items=[SubscriptionItemSpec(quantity=2, price=pro)], months=1),
+            PhaseSpec(items=[SubscriptionItemSpec(quantity=6, price=pro)], months=12),
+        ],
+        idempotency_key="ramp-more",
+        end_behavior="cancel",
+    )
+    assert [p.items[0][1] for p in updated.phases] == [2, 6]
+    assert updated.end_behavior == "cancel"
+    assert updated.phases[0].start_date == schedule.phases[0].start_date
+
+    released = setup.gateway.release_schedule(schedule.id, idempotency_key="release")
+    assert (released.status, released.released_subscription) == (
+        "released",
+        schedule.subscription,
+    )
+    with pytest.raises(BillingRejected, match="released"):
+        setup.gateway.cancel_schedule(schedule.id, idempotency_key="cancel")
+
+
+def test_schedule_later_start_and_cancel_of_a_scheduled_subscription(setup: Setup) -> None:
+    customer = _customer(setup)
+    later = datetime.now(UTC) + timedelta(days=400)
+    item = SubscriptionItemSpec(quantity=1, price=setup.prices["pro_monthly"])
+    waiting = setup.gateway.create_schedule(
+        ScheduleSpec(
+            customer=customer, phases=[PhaseSpec(items=[item])], metadata={}, start_date=later
+        ),
+        idempotency_key="later",
+    )
+    assert (waiting.status, waiting.subscription) == ("not_started", None)
+
+    sub = _subscription(setup)
+    schedule = setup.gateway.schedule_subscription(sub.id, idempotency_key="adopt")
+    assert (schedule.status, schedule.subscription) == ("active", sub.id)
+    canceled = setup.gateway.cancel_schedule(schedule.id, idempotency_key="cancel")
+    assert canceled.status == "canceled"
+    after = setup.gateway.get_subscription(sub.id)
+    assert after is not None
+    assert after.status == "canceled"
