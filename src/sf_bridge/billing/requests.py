@@ -3,6 +3,8 @@ gateway sends them, and the provisioning steps hash them into idempotency keys."
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -89,6 +91,22 @@ def update_params(spec: SubscriptionUpdate) -> dict[str, Any]:
     if spec.metadata is not None:
         params["metadata"] = stripe_metadata(spec.metadata)
     return params
+
+
+COUPON_ID_MAX = 64
+COUPON_ID_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+def deal_coupon_id(opportunity_id: str, label: str) -> str:
+    """The coupon id for one discount of one deal (`sfb-<opportunity>-<label>`): the same
+    deal and label always name the same coupon, so a retried step finds it instead of making
+    a second one. Characters other than letters, digits, `-` and `_` become `-`; a long label
+    is cut and ends with a digest so two labels never share an id."""
+    text = COUPON_ID_UNSAFE.sub("-", f"sfb-{opportunity_id}-{label}").strip("-")
+    if len(text) <= COUPON_ID_MAX:
+        return text
+    digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+    return f"{text[: COUPON_ID_MAX - 13]}-{digest}"
 
 
 def coupon_params(spec: CouponSpec) -> dict[str, Any]:
