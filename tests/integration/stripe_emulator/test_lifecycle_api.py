@@ -253,3 +253,19 @@ def test_partial_payments_outside_stripe_until_the_invoice_is_paid(
     assert types.count("invoice.paid") == 1
     with pytest.raises(stripe.InvalidRequestError, match="open invoice"):
         stripe_client.v1.invoices.attach_payment(invoice.id, params={"payment_record": record})
+
+
+def test_a_refused_update_changes_nothing(
+    stripe_emulator: StripeEmulator, stripe_client: stripe.StripeClient, stripe_catalog: Any
+) -> None:
+    sub = _subscription(stripe_client, stripe_catalog)
+    _halfway(stripe_emulator, sub)
+    item_id = sub["items"]["data"][0]["id"]
+    with pytest.raises(stripe.InvalidRequestError, match="No such coupon"):
+        stripe_client.v1.subscriptions.update(
+            sub.id,
+            params={"items": [{"id": item_id, "quantity": 9}], "discounts": [{"coupon": "nope"}]},
+        )
+    assert stripe_client.v1.subscriptions.retrieve(sub.id)["items"]["data"][0]["quantity"] == 2
+    assert stripe_emulator.objects("invoiceitem") == []
+    assert stripe_emulator.objects("discount") == []

@@ -159,11 +159,13 @@ def active(store: Store, discount_ids: list[str], at: int) -> list[dict[str, Any
 def apply(
     store: Store, invoice: dict[str, Any], discount_ids: list[str], *, consume: bool = True
 ) -> None:
-    """Sets the invoice's totals: the subtotal less each applicable discount (in order, never
-    below zero), spread over the discountable lines in proportion to their amounts."""
+    """Sets the invoice's totals: the subtotal less each applicable discount, taken in order
+    from what the discountable lines still owe (never below zero) and spread over those lines
+    in proportion to their amounts."""
     lines = invoice["lines"]["data"]
     subtotal = sum(line["amount"] for line in lines)
-    remaining = subtotal
+    # Only discountable lines are discounted (prorations are not, here).
+    remaining = sum(line["amount"] for line in lines if line["discountable"] and line["amount"] > 0)
     totals: list[dict[str, Any]] = []
     applied: list[str] = []
     for line in lines:

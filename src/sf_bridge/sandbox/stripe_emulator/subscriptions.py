@@ -216,6 +216,14 @@ def _update(
             code="parameter_missing",
         )
     behavior = prorations.check_behavior(params)
+    proration_items: list[dict[str, Any]] = []
+    if "items" in params:
+        old_items = clone(sub["items"])
+        first = old_items["data"][0]
+        period = (first["current_period_start"], first["current_period_end"])
+        at = prorations.proration_date(store, params, period)
+        _update_items(store, sub, params["items"])
+    # Discounts and prorations are objects of their own: made once nothing can be refused.
     if "discounts" in params:
         ids = discounts.attach(
             store,
@@ -227,19 +235,12 @@ def _update(
         if ids != sub["discounts"]:
             previous["discounts"] = sub["discounts"]
             sub["discounts"] = ids
-    proration_items: list[dict[str, Any]] = []
-    if "items" in params:
-        old_items = clone(sub["items"])
-        first = old_items["data"][0]
-        period = (first["current_period_start"], first["current_period_end"])
-        at = prorations.proration_date(store, params, period)
-        _update_items(store, sub, params["items"])
-        if sub["items"] != old_items:
-            previous["items"] = old_items
-            if behavior != "none" and sub["status"] in ("active", "past_due", "trialing"):
-                proration_items = prorations.prorate(
-                    store, sub, old_items["data"], sub["items"]["data"], at, period
-                )
+    if "items" in params and sub["items"] != old_items:
+        previous["items"] = old_items
+        if behavior != "none" and sub["status"] in ("active", "past_due", "trialing"):
+            proration_items = prorations.prorate(
+                store, sub, old_items["data"], sub["items"]["data"], at, period
+            )
     if "cancellation_details" in params:
         sub["cancellation_details"].update(params["cancellation_details"] or {})
     invoice = None
