@@ -510,6 +510,14 @@ class InMemoryBilling:
         with self._lock:
             self._enter("preview_invoice")
             preview_params(spec)
+            if spec.schedule is not None:
+                schedule = self.schedules.get(spec.schedule)
+                if schedule is None:
+                    raise BillingRejected(f"No such subscription schedule: '{spec.schedule}'")
+                if schedule.subscription is not None:
+                    return self.preview_invoice(PreviewSpec(subscription=schedule.subscription))
+                first = [ItemChange(price=p, quantity=q) for p, q in schedule.phases[0].items]
+                return self.preview_invoice(PreviewSpec(customer=schedule.customer, items=first))
             if spec.subscription is None:
                 by_id = {p.id: p for p in self.prices.values()}
                 items = tuple(self._item(change, by_id) for change in spec.items)

@@ -167,9 +167,12 @@ class BillingCoupon:
 @dataclass(frozen=True)
 class PreviewSpec:
     """The invoice a change would produce: of `subscription` changed by `items` (with its
-    proration behaviour), or the first invoice of a new subscription of `customer`."""
+    proration behaviour), the first invoice of a new subscription of `customer`, or the next
+    invoice of `schedule` (its first when it has not started; a renewal that starts a new
+    phase bills that phase)."""
 
     subscription: str | None = None
+    schedule: str | None = None
     customer: str | None = None
     items: Sequence[ItemChange] = ()
     proration_behavior: ProrationBehavior = "create_prorations"
@@ -376,8 +379,8 @@ class BillingGateway(Protocol):
 
     def preview_invoice(self, spec: PreviewSpec) -> InvoicePreview:
         """`POST /v1/invoices/create_preview` (`subscription` with `subscription_details`
-        `items`/`proration_behavior`/`proration_date`, or `customer` with
-        `subscription_details.items`): creates nothing."""
+        `items`/`proration_behavior`/`proration_date`, `customer` with
+        `subscription_details.items`, or `schedule`): creates nothing."""
         ...
 
     def record_payment(

@@ -128,8 +128,11 @@ def coupon_params(spec: CouponSpec) -> dict[str, Any]:
 
 
 def preview_params(spec: PreviewSpec) -> dict[str, Any]:
-    if (spec.subscription is None) == (spec.customer is None):
-        raise ValueError("a preview is of a subscription or of a customer's new one")
+    given = [v for v in (spec.subscription, spec.customer, spec.schedule) if v is not None]
+    if len(given) != 1:
+        raise ValueError("a preview is of a subscription, a schedule or of a customer's new one")
+    if spec.schedule is not None:
+        return {"schedule": spec.schedule}
     params: dict[str, Any] = {}
     details: dict[str, Any] = {}
     if spec.subscription is not None:

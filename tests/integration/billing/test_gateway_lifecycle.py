@@ -249,6 +249,9 @@ def test_schedule_later_start_and_cancel_of_a_scheduled_subscription(setup: Setu
         idempotency_key="later",
     )
     assert (waiting.status, waiting.subscription) == ("not_started", None)
+    first = setup.gateway.preview_invoice(PreviewSpec(schedule=waiting.id))
+    assert first.amount_due == 9_900
+    assert setup.gateway.get_schedule(waiting.id).status == "not_started"  # type: ignore[union-attr]
 
     sub = _subscription(setup)
     schedule = setup.gateway.schedule_subscription(sub.id, idempotency_key="adopt")

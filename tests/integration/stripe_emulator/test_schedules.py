@@ -214,3 +214,46 @@ def test_new_objects_have_every_field_of_stripes_fixture(
     (phase,) = stripe_emulator.objects("subscription_schedule")[0]["phases"]
     assert set(phase) == set(fixtures["subscription_schedule"]["phases"][0])
     assert set(phase["items"][0]) == set(fixtures["subscription_schedule"]["phases"][0]["items"][0])
+
+
+def test_schedule_previews_bill_the_phase_that_will_run_and_create_nothing(
+    stripe_emulator: StripeEmulator, stripe_client: stripe.StripeClient, stripe_catalog: Any
+) -> None:
+    customer = _customer(stripe_client)
+    phases: list[dict[str, Any]] = [
+        {
+            "items": [{"price": stripe_catalog["pro_monthly"], "quantity": 2}],
+            "duration": {"interval": "month", "interval_count": 1},
+        },
+        {
+            "items": [{"price": stripe_catalog["starter_monthly"], "quantity": 1}],
+            "duration": {"interval": "month", "interval_count": 1},
+        },
+    ]
+    settings = {"collection_method": "send_invoice", "invoice_settings": {"days_until_due": 30}}
+    before = {kind: stripe_emulator.objects(kind) for kind in
+              ("subscription", "subscription_schedule", "invoice", "event")}  # fmt: skip
+    new = stripe_client.v1.invoices.create_preview(
+        params={"customer": customer, "schedule_details": {"phases": phases}}
+    )
+    assert new.amount_due == 2 * 9_900
+    assert {kind: stripe_emulator.objects(kind) for kind in before} == before
+
+    schedule = stripe_client.v1.subscription_schedules.create(
+        params={
+            "customer": customer,
+            "default_settings": settings,
+            "phases": phases,
+            "start_date": stripe_emulator.clock() + DAY,
+        }
+    )
+    first = stripe_client.v1.invoices.create_preview(params={"schedule": schedule.id})
+    assert first.amount_due == 2 * 9_900
+    assert stripe_client.v1.subscription_schedules.retrieve(schedule.id).status == "not_started"
+
+    stripe_emulator.advance_clock(DAY + 1)
+    sub_id = str(stripe_client.v1.subscription_schedules.retrieve(schedule.id).subscription)
+    renewal = stripe_client.v1.invoices.create_preview(params={"subscription": sub_id})
+    assert renewal.amount_due == 2_900  # the second phase's price
+    sub = stripe_client.v1.subscriptions.retrieve(sub_id)
+    assert sub["items"].data[0].price.id == stripe_catalog["pro_monthly"]  # unchanged

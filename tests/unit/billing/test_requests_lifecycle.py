@@ -97,5 +97,8 @@ def test_schedule_and_preview_bodies() -> None:
         "subscription": "sub_1",
         "subscription_details": {"proration_behavior": "create_prorations"},
     }
-    with pytest.raises(ValueError, match="subscription or of a customer"):
+    assert preview_params(PreviewSpec(schedule="sub_sched_1")) == {"schedule": "sub_sched_1"}
+    with pytest.raises(ValueError, match="a subscription, a schedule or"):
         preview_params(PreviewSpec())
+    with pytest.raises(ValueError, match="a subscription, a schedule or"):
+        preview_params(PreviewSpec(subscription="sub_1", schedule="sub_sched_1"))
