@@ -173,11 +173,13 @@ def test_amount_off_coupon_applied_by_update(
 def test_preview_shows_the_change_and_creates_nothing(
     stripe_emulator: StripeEmulator, stripe_client: stripe.StripeClient, stripe_catalog: Any
 ) -> None:
+    _subscription(stripe_client, stripe_catalog)  # another customer's, left alone too
     sub = _subscription(stripe_client, stripe_catalog)
     start, end, at = _halfway(stripe_emulator, sub)
     item_id = sub["items"]["data"][0]["id"]
     before = {kind: stripe_emulator.objects(kind) for kind in
-              ("subscription", "invoice", "invoiceitem", "event", "price")}  # fmt: skip
+              ("subscription", "invoice", "invoiceitem", "event", "price", "customer",
+               "discount", "coupon")}  # fmt: skip
 
     preview = stripe_client.v1.invoices.create_preview(
         params={

@@ -33,7 +33,7 @@ def create_preview(store: Store, params: Params, ctx: RequestContext) -> dict[st
             param="customer",
             code="parameter_missing",
         )
-    with store.preview():
+    with store.preview(_customer_of(store, params)):
         if params.get("schedule") or params.get("schedule_details"):
             invoice = _for_schedule(store, params)
         elif params.get("subscription"):
@@ -129,3 +129,15 @@ def _for_schedule(store: Store, params: Params) -> dict[str, Any]:
             param="schedule",
         )
     return _for_subscription(store, schedule["subscription"], {})
+
+
+def _customer_of(store: Store, params: Params) -> str | None:
+    """The customer whose billing the preview changes (None: unknown, keep everything)."""
+    if params.get("schedule"):
+        schedule = store.objects["subscription_schedule"].get(params["schedule"])
+        return schedule["customer"] if schedule else None
+    if params.get("subscription"):
+        sub = store.objects["subscription"].get(params["subscription"])
+        return sub["customer"] if sub else None
+    customer = params.get("customer")
+    return customer if isinstance(customer, str) else None

@@ -77,11 +77,24 @@ class Store:
         self._muted = 0  # > 0 while a preview runs: no events, nothing kept
 
     @contextlib.contextmanager
-    def preview(self) -> Iterator[None]:
+    def preview(self, customer: str | None = None) -> Iterator[None]:
         """Runs a change as if it happened, then puts every object back as it was: what an
         invoice preview shows is computed by the same code that would make the change, and
-        nothing of it is kept (no object, no event, no id)."""
-        saved_objects = clone(self.objects)
+        nothing of it is kept (no object, no event, no id). A change of one `customer`'s
+        billing touches only their objects (and coupons): only those are copied and put back;
+        every object made meanwhile is dropped."""
+        known = {kind: set(objects) for kind, objects in self.objects.items()}
+
+        def kept(kind: str, obj: dict[str, Any]) -> bool:
+            if customer is None or kind == "coupon":
+                return True
+            return obj.get("id") == customer or obj.get("customer") == customer
+
+        saved_objects = {
+            kind: {i: clone(o) for i, o in objects.items() if kept(kind, o)}
+            for kind, objects in self.objects.items()
+            if kind not in UNCHANGED_BY_PREVIEW
+        }
         saved_items = dict(self.items)
         saved_sets = (set(self.used_once), dict(self.attached_records), set(self.overdue_sent))
         self._muted += 1
@@ -89,16 +102,14 @@ class Store:
             yield
         finally:
             self._muted -= 1
+            for kind, live in self.objects.items():
+                for object_id in [i for i in live if i not in known[kind]]:
+                    del live[object_id]
             for kind, saved in saved_objects.items():
                 live = self.objects[kind]
-                for object_id in [i for i in live if i not in saved]:
-                    del live[object_id]
-                for object_id, obj in saved.items():
-                    if object_id in live:  # the same dict, as every holder of it sees it
-                        live[object_id].clear()
-                        live[object_id].update(obj)
-                    else:
-                        live[object_id] = obj
+                for object_id, obj in saved.items():  # the same dict, as its holders see it
+                    live[object_id].clear()
+                    live[object_id].update(obj)
             self.items.clear()
             self.items.update(saved_items)
             self.used_once, self.attached_records, self.overdue_sent = saved_sets
@@ -265,6 +276,7 @@ class Store:
 
 
 API_VERSION = "2026-10-28.endive"
+UNCHANGED_BY_PREVIEW = frozenset({"event", "webhook_endpoint", "product"})
 SEARCHABLE = frozenset({"customer", "subscription", "invoice", "price", "product"})
 
 
