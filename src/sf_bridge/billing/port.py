@@ -144,6 +144,10 @@ class BillingGateway(Protocol):
         self, subscription_id: str, idempotency_key: str
     ) -> BillingSubscription: ...
 
+    def void_invoice(self, invoice_id: str, *, idempotency_key: str) -> BillingInvoice:
+        """Voids an open (or uncollectible) invoice: nothing is owed on it any more."""
+        ...
+
 
 @dataclass(frozen=True)
 class StripeItem:
