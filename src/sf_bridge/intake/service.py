@@ -72,6 +72,15 @@ def _mark_unwon(session: Session, unwon: Sequence[str], deleted: Sequence[str]) 
     return marked
 
 
+def _mark_won_again(session: Session, known: Sequence[str]) -> list[str]:
+    from sf_bridge.provisioning.store import mark_changed_after_provisioning
+
+    parked = mark_changed_after_provisioning(session, known, source="stream")
+    if parked:
+        log.warning("stream_deals_won_again", opportunities=parked[:20], count=len(parked))
+    return parked
+
+
 def _known_opportunities(session: Session, ids: Sequence[str]) -> set[str]:
     from sf_bridge.provisioning.queue import known_opportunities
 
@@ -497,6 +506,8 @@ class StreamIntake:
         transaction."""
         with transaction(self.session_factory) as session:
             new = self.enqueue(session, ids, "stream") if ids else []
+            if len(new) < len(ids):
+                _mark_won_again(session, [i for i in ids if i not in set(new)])
             refreshed = self.refresh(session, refresh, "stream") if refresh else []
             if unwon or deleted:
                 marked = _mark_unwon(session, unwon, deleted)

@@ -669,9 +669,7 @@ class DealStore:
             ).rowcount
             if held != 1:
                 return False
-            conn.execute(
-                insert(events).values(deal_id=deal_id, at=now, kind=kind, message=message)
-            )
+            conn.execute(insert(events).values(deal_id=deal_id, at=now, kind=kind, message=message))
         return True
 
     def finish_cancel(self, deal_id: int, *, reason: str) -> tuple[bool, int]:
@@ -958,6 +956,63 @@ def mark_unwon(
     return [str(r[1]) for r in rows]
 
 
+CHANGED_CODE = "changed_after_provisioning"
+
+
+def mark_changed_after_provisioning(
+    session: Session, opportunity_ids: Collection[str], *, source: str
+) -> list[str]:
+    """A won event for a known deal that had left its won stage (reopened and closed again,
+    perhaps with other lines): parks it `needs_attention` with `changed_after_provisioning`
+    until an amendment is made; never ignored. Returns the opportunity ids parked."""
+    ids = sorted({str(i) for i in opportunity_ids if i})
+    if not ids:
+        return []
+    conn = session.connection()
+    now = utcnow()
+    rows = conn.execute(
+        select(deals.c.id, deals.c.opportunity_id).where(
+            deals.c.opportunity_id.in_(ids),
+            or_(
+                deals.c.status == "unwon",
+                and_(deals.c.status == "needs_attention", deals.c.last_error_code == UNWON_CODE),
+            ),
+        )
+    ).all()
+    for deal_id, _opportunity in rows:
+        message = (
+            "The opportunity was won again after it left its won stage: its lines or amount "
+            "may differ from what was provisioned, and an amendment is not made "
+            f"automatically. Compare it with Stripe (`sf-bridge deals show {deal_id}`), then "
+            f"`sf-bridge deals keep {deal_id}` or `sf-bridge deals cancel {deal_id}`."
+        )
+        conn.execute(
+            update(deals)
+            .where(deals.c.id == deal_id)
+            .values(
+                status="needs_attention",
+                current_step=None,
+                last_error=message,
+                last_error_code=CHANGED_CODE,
+                writeback_pending=deals.c.source != "file",
+                locked_by=None,
+                locked_until=None,
+                next_attempt_at=None,
+                updated_at=now,
+            )
+        )
+        conn.execute(
+            insert(events).values(
+                deal_id=deal_id,
+                at=now,
+                kind="needs_attention",
+                message=message,
+                detail={"code": CHANGED_CODE, "source": source},
+            )
+        )
+    return [str(r[1]) for r in rows]
+
+
 def queue_cancel(session: Session, deal_id: int, *, reason: str, actor: str) -> bool:
     """`deals cancel N`: sends the deal to the `cancel` step (a worker runs it), recorded in
     its history with who asked. False when the deal is already cancelled or skipped."""
@@ -1002,7 +1057,8 @@ def keep_unwon(session: Session, deal_id: int, *, actor: str, note: str | None) 
             or_(
                 deals.c.status == "unwon",
                 and_(
-                    deals.c.status == "needs_attention", deals.c.last_error_code == UNWON_CODE
+                    deals.c.status == "needs_attention",
+                    deals.c.last_error_code.in_((UNWON_CODE, CHANGED_CODE)),
                 ),
             ),
         )

@@ -65,7 +65,8 @@ def test_cancel_policy_voids_cancels_revokes_and_writes_cancelled(
     assert emu.get(deal.stripe_invoice_id)["status"] == "void"
     assert emu.get(deal.stripe_subscription_id)["status"] == "canceled"
     assert deal.invoice_status == "void"
-    assert _grants(h, deal.id) and not any(g.active for g in _grants(h, deal.id))
+    assert _grants(h, deal.id)
+    assert not any(g.active for g in _grants(h, deal.id))
     # exactly this deal's grants: the other deal of the same account keeps its own
     kept = h.deal(other)
     assert kept.status == "done"
@@ -114,7 +115,8 @@ def test_review_policy_then_deals_keep(stripe_harness: Harness, provisioning_emu
     with h.session_factory() as session, session.begin():
         assert keep_unwon(session, deal_id, actor="ana", note="lost by mistake")
     deal = h.deal(opp)
-    assert deal.status == "done" and deal.last_error is None
+    assert deal.status == "done"
+    assert deal.last_error is None
     assert emu.get(deal.stripe_subscription_id)["status"] != "canceled"
     assert "kept" in _event_kinds(h, deal_id)
     with h.session_factory() as session, session.begin():
