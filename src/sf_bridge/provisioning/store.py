@@ -953,10 +953,18 @@ def mark_unwon(
                 detail={"source": source},
             )
         )
+    if rows:
+        _work_added(session)
     return [str(r[1]) for r in rows]
 
 
 CHANGED_CODE = "changed_after_provisioning"
+
+
+def _work_added(session: Session) -> None:
+    from sf_bridge.provisioning.wakeup import work_added
+
+    work_added(session)  # a worker waiting for work looks at once
 
 
 def mark_changed_after_provisioning(
@@ -1033,6 +1041,7 @@ def queue_cancel(session: Session, deal_id: int, *, reason: str, actor: str) -> 
         )
     ).rowcount
     if done == 1:
+        _work_added(session)
         conn.execute(
             insert(events).values(
                 deal_id=deal_id,

@@ -53,7 +53,8 @@ def test_deals_cancel_voids_cancels_revokes_and_records_who(cli_stripe: Any) -> 
         grants = session.scalars(
             select(EntitlementGrant).where(EntitlementGrant.deal_id == deal.id)
         ).all()
-        assert grants and not any(g.active for g in grants)
+        assert grants
+        assert not any(g.active for g in grants)
         messages = session.scalars(
             select(DealEvent.message).where(DealEvent.deal_id == deal.id)
         ).all()
