@@ -290,5 +290,5 @@ def lose_deal_command(
             "the command again.",
         )
     sf = connect(SalesforceCredentials.from_settings(settings), settings.sf_api_version)
-    sf.Opportunity.update(opportunity_id, {"StageName": stage})
+    sf.restful(f"sobjects/Opportunity/{opportunity_id}", method="PATCH", json={"StageName": stage})
     typer.echo(f"Opportunity {opportunity_id} moved to {stage} in the sandbox org.")
