@@ -302,6 +302,85 @@ def _outcome_line(deal: Deal) -> str:
     )
 
 
+# after the first close -----------------------------------------------------------------------
+
+
+def _actor(by: str | None) -> str:
+    import getpass
+
+    return by or getpass.getuser()
+
+
+@deals_app.command("cancel")
+@handle_errors
+def cancel_command(
+    ref: str = typer.Argument(..., help="Deal number or Opportunity Id."),
+    reason: str = typer.Option(
+        "cancelled by RevOps", "--reason", help="Why: recorded and written to the opportunity."
+    ),
+    by: str | None = typer.Option(None, "--by", help="Who decided (default: your user name)."),
+    queue_only: bool = typer.Option(
+        False, "--queue-only", help="Only queue it; let a running `sf-bridge run` do it."
+    ),
+    timeout: float = typer.Option(120.0, "--timeout", help="Seconds to wait for the outcome."),
+) -> None:
+    """Cancels a deal: voids its open invoice, cancels its subscription, revokes exactly its
+    entitlements and writes "Cancelled" onto the opportunity (each step once, even after a
+    crash). Recorded in the deal's history with who asked.
+
+    Reads DATABASE_URL, SF_BRIDGE_MAPPINGS, STRIPE_API_KEY, STRIPE_API_BASE and the SF_*
+    Salesforce settings."""
+    from sf_bridge.db.engine import transaction
+    from sf_bridge.provisioning.replay import find_deal
+    from sf_bridge.provisioning.store import queue_cancel
+    from sf_bridge.provisioning.wiring import MappingsLoader, build_crm
+
+    settings = get_settings()
+    factory = _session_factory(settings)
+    with transaction(factory) as session:
+        deal = find_deal(session, ref)
+        deal_id = deal.id
+        queued = queue_cancel(session, deal_id, reason=reason, actor=_actor(by))
+    if not queued:
+        typer.echo(f"deal {deal_id}: {deal.status}, nothing to cancel.")
+        return
+    typer.echo(f"deal {deal_id}: cancellation queued ({reason}).")
+    if queue_only:
+        return
+    crm = build_crm(settings, MappingsLoader(settings.mappings_dir))
+    for row in _process(settings, factory, [deal_id], timeout, crm=crm):
+        typer.echo(_outcome_line(row))
+
+
+@deals_app.command("keep")
+@handle_errors
+def keep_command(
+    ref: str = typer.Argument(..., help="Deal number or Opportunity Id."),
+    note: str | None = typer.Option(None, "--note", help="Why: recorded in the history."),
+    by: str | None = typer.Option(None, "--by", help="Who decided (default: your user name)."),
+) -> None:
+    """Keeps a deal parked as no longer won (unwon_after_provisioning) as it is: billing and
+    entitlements go on, the deal is `done` again. Recorded in its history with who decided.
+
+    Reads DATABASE_URL."""
+    from sf_bridge.db.engine import transaction
+    from sf_bridge.provisioning.replay import find_deal
+    from sf_bridge.provisioning.store import keep_unwon
+
+    settings = get_settings()
+    factory = _session_factory(settings)
+    with transaction(factory) as session:
+        deal = find_deal(session, ref)
+        deal_id, status = deal.id, deal.status
+        kept = keep_unwon(session, deal_id, actor=_actor(by), note=note)
+    if not kept:
+        raise ConfigurationError(
+            f"Deal {deal_id} is {status}, not parked as no longer won.",
+            hint="`deals keep` settles only deals parked with unwon_after_provisioning.",
+        )
+    typer.echo(f"deal {deal_id}: kept as provisioned.")
+
+
 # replay --------------------------------------------------------------------------------------
 
 

@@ -254,3 +254,43 @@ def close_deal_command(
         f"A worker pointed at the sandbox (`sf-bridge run`) provisions it; then "
         f"`sf-bridge deals show {deal.opportunity_id}`."
     )
+
+
+@sandbox_app.command("lose-deal")
+@handle_errors
+def lose_deal_command(
+    opportunity_id: str = typer.Argument(..., help="The Opportunity Id close-deal printed."),
+    stage: str = typer.Option(
+        "Closed Lost",
+        "--stage",
+        help="The stage to move it to: Closed Lost, or an open stage such as "
+        "'Negotiation/Review' (a deal reopened).",
+    ),
+    login_url: str = typer.Option(
+        None,
+        "--login-url",
+        help="Address of the running sandbox org, as `sf-bridge sandbox` printed it "
+        "[env: SF_LOGIN_URL].",
+        show_default=False,
+    ),
+) -> None:
+    """Moves a deal of a running `sf-bridge sandbox` org out of its won stage, as a user
+    would: a worker pointed at the sandbox applies the mapping's `when_unwon` to it.
+
+    Reads the SF_* settings `sf-bridge sandbox` printed."""
+    from sf_bridge.crm.auth import SalesforceCredentials
+    from sf_bridge.errors import ConfigurationError
+    from sf_bridge.sandbox.close_deal import connect
+
+    settings = get_settings().with_overrides(
+        flags={"sf_login_url": "--login-url"}, sf_login_url=login_url or None
+    )
+    if not (settings.sf_username or settings.sf_client_id):
+        raise ConfigurationError(
+            "No sandbox credentials: SF_USERNAME (or SF_CLIENT_ID) is not set.",
+            hint="export the settings `sf-bridge sandbox` printed when it started, then run "
+            "the command again.",
+        )
+    sf = connect(SalesforceCredentials.from_settings(settings), settings.sf_api_version)
+    sf.restful(f"sobjects/Opportunity/{opportunity_id}", method="PATCH", json={"StageName": stage})
+    typer.echo(f"Opportunity {opportunity_id} moved to {stage} in the sandbox org.")

@@ -261,6 +261,26 @@ class InMemoryBilling:
             self.subscriptions[subscription_id] = sub
             return sub
 
+    def void_invoice(self, invoice_id: str, *, idempotency_key: str) -> BillingInvoice:
+        with self._lock:
+            fault = self._enter("void_invoice")
+
+            def void() -> BillingInvoice:
+                invoice = self.invoices[invoice_id]
+                if invoice.status not in ("open", "uncollectible"):
+                    raise BillingRejected(
+                        "You can only pass in open or uncollectible invoices. This invoice is "
+                        f"{invoice.status}."
+                    )
+                invoice = replace(invoice, status="void")
+                self.invoices[invoice_id] = invoice
+                return invoice
+
+            result: BillingInvoice = self._idempotent(idempotency_key, {"void": invoice_id}, void)
+            if fault is not None:
+                raise fault.error
+            return result
+
     def get_invoice(self, invoice_id: str) -> BillingInvoice:
         with self._lock:
             self._enter("get_invoice")

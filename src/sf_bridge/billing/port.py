@@ -388,6 +388,10 @@ class BillingGateway(Protocol):
         `payment_record`. The invoice is `paid` once its `amount_remaining` is 0."""
         ...
 
+    def void_invoice(self, invoice_id: str, *, idempotency_key: str) -> BillingInvoice:
+        """Voids an open (or uncollectible) invoice: nothing is owed on it any more."""
+        ...
+
 
 @dataclass(frozen=True)
 class StripeItem:

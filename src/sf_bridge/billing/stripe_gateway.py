@@ -832,6 +832,15 @@ class StripeGateway:
         )
         return _invoice(obj.to_dict(), _request_id(obj))
 
+    def void_invoice(self, invoice_id: str, *, idempotency_key: str) -> BillingInvoice:
+        obj = self._call(
+            "void an invoice",
+            lambda: self._client.v1.invoices.void_invoice(
+                invoice_id, None, {"idempotency_key": idempotency_key}
+            ),
+        )
+        return _invoice(obj.to_dict(), _request_id(obj))
+
     def mark_invoice_paid_out_of_band(
         self, invoice_id: str, idempotency_key: str
     ) -> BillingInvoice:

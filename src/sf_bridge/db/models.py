@@ -82,7 +82,9 @@ RETRYING = "retrying"
 NEEDS_ATTENTION = "needs_attention"
 CANCELLED = "cancelled"
 SKIPPED = "skipped"
-STATUSES = (*PROGRESS, RETRYING, NEEDS_ATTENTION, CANCELLED, SKIPPED)
+UNWON = "unwon"  # left its won stage after the fetch: the `when_unwon` policy is to apply
+CANCELLING = "cancelling"  # the cancellation sequence is under way
+STATUSES = (*PROGRESS, RETRYING, NEEDS_ATTENTION, CANCELLED, SKIPPED, UNWON, CANCELLING)
 
 
 class Deal(Base):

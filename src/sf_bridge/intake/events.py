@@ -12,6 +12,13 @@ Three channel kinds (see docs/operations.md):
 - Platform Event `/event/<Name>__e`: published on Closed Won, with an opportunity id field.
 - PushTopic `/topic/<Name>`: `data.sobject` with the selected fields.
 
+After the first close: an UPDATE whose values say not won (a stage whose `IsWon` is false, as
+Closed Lost or any open stage) names the records in `unwon`; a `DELETE` / `GAP_DELETE` (or a
+PushTopic `deleted` event) in `deleted`. Only deals we know are affected (the intake checks);
+a stage that cannot be judged is re-read by id, and a known deal found no longer won is
+un-won too. An `UNDELETE` is judged by its values like a CREATE (a deal deleted and restored
+won is known already: it stays where the un-won policy left it).
+
 Won is the record's `IsWon` (Salesforce derives it from the stage's `OpportunityStage.IsWon`).
 `won_stages` of the mapping is only a fast path: a stage it does not list, with no `IsWon`
 beside it, is re-read by id (`recheck`), never dropped.
@@ -32,6 +39,7 @@ ChannelKind = Literal["cdc", "platform_event", "push_topic"]
 DEFAULT_ID_FIELDS = ("OpportunityId__c", "Opportunity_Id__c", "Opportunity__c", "OpportunityId")
 WON_CHANGE_TYPES = frozenset({"CREATE", "UPDATE", "UNDELETE"})
 GAP_CHANGE_TYPES = frozenset({"GAP_CREATE", "GAP_UPDATE", "GAP_UNDELETE"})
+DELETE_CHANGE_TYPES = frozenset({"DELETE", "GAP_DELETE"})
 # Opportunity fields Salesforce rolls up from the line items: adding lines changes them.
 LINE_FIELDS = frozenset({"Amount", "HasOpportunityLineItem"})
 # `changeOrigin` of a change made through a Salesforce API:
@@ -76,6 +84,10 @@ class EventOutcome:
     # opportunity without a deal is worth a re-read (a data load may have inserted it won
     # while nobody listened; an edit of an open deal in the UI never is).
     from_api: bool = False
+    # After the first close: these opportunities left their won stage, or were deleted (a
+    # known deal goes to its `when_unwon` policy; an unknown one is nobody's business).
+    unwon: tuple[str, ...] = ()
+    deleted: tuple[str, ...] = ()
     replay_id: int | None = None
     created: str | None = None  # creation date, for the replay marker
 
@@ -145,7 +157,7 @@ def _cdc(data: Mapping[str, Any], rules: EventRules) -> EventOutcome:
         return EventOutcome(sweep=True)
     record_ids = header.get("recordIds")
     if not isinstance(record_ids, list) or not record_ids:
-        if change_type in WON_CHANGE_TYPES or change_type in GAP_CHANGE_TYPES:
+        if change_type in WON_CHANGE_TYPES | GAP_CHANGE_TYPES | DELETE_CHANGE_TYPES:
             return EventOutcome(malformed="change event without recordIds", sweep=True)
         return EventOutcome()
     ids, bad = _ids(record_ids)
@@ -155,10 +167,14 @@ def _cdc(data: Mapping[str, Any], rules: EventRules) -> EventOutcome:
         return EventOutcome(
             recheck=tuple(ids), sweep=sweep, malformed=malformed, rejected_ids=tuple(bad)
         )
+    if change_type in DELETE_CHANGE_TYPES:
+        return EventOutcome(
+            deleted=tuple(ids), malformed=malformed, sweep=sweep, rejected_ids=tuple(bad)
+        )
     if change_type not in WON_CHANGE_TYPES:
         if not isinstance(change_type, str):
             return EventOutcome(malformed="change event without a changeType", sweep=True)
-        return EventOutcome()  # DELETE, GAP_DELETE
+        return EventOutcome()
     changed = header.get("changedFields")
     if isinstance(changed, list):
         changed_fields = {str(f) for f in changed}
@@ -176,7 +192,12 @@ def _cdc(data: Mapping[str, Any], rules: EventRules) -> EventOutcome:
         )
     verdict = _won_by_values(payload, rules)
     if verdict == "not_won":
-        return EventOutcome(malformed=malformed, sweep=sweep, rejected_ids=tuple(bad))
+        return EventOutcome(
+            unwon=tuple(ids) if change_type == "UPDATE" else (),
+            malformed=malformed,
+            sweep=sweep,
+            rejected_ids=tuple(bad),
+        )
     return EventOutcome(
         won=tuple(ids) if verdict == "won" else (),
         recheck=() if verdict == "won" else tuple(ids),
@@ -202,8 +223,8 @@ def _platform_event(data: Mapping[str, Any], rules: EventRules) -> EventOutcome:
             malformed=f"{field_name} is not an id", sweep=True, rejected_ids=tuple(bad)
         )
     verdict = _won_by_values(payload, rules)
-    if verdict == "not_won":
-        return EventOutcome()
+    if verdict == "not_won":  # a flow that also publishes when a deal leaves the won stage
+        return EventOutcome(unwon=tuple(ids))
     if verdict == "unknown":
         return EventOutcome(recheck=tuple(ids))
     return EventOutcome(won=tuple(ids))  # published on Closed Won: won unless it says otherwise
@@ -215,16 +236,16 @@ def _push_topic(data: Mapping[str, Any], rules: EventRules) -> EventOutcome:
     if not isinstance(sobject, Mapping):
         return EventOutcome(malformed="push topic event without an sobject", sweep=True)
     event_type = event.get("type") if isinstance(event, Mapping) else None
-    if event_type == "deleted":
-        return EventOutcome()
     ids, bad = _ids([sobject.get("Id")])
     if bad:
         return EventOutcome(
             malformed="sobject Id is not an id", sweep=True, rejected_ids=tuple(bad)
         )
+    if event_type == "deleted":
+        return EventOutcome(deleted=tuple(ids))
     verdict = _won_by_values(sobject, rules)
     if verdict == "not_won":
-        return EventOutcome()
+        return EventOutcome(unwon=tuple(ids) if event_type == "updated" else ())
     won = verdict == "won"
     return EventOutcome(won=tuple(ids) if won else (), recheck=() if won else tuple(ids))
 

@@ -55,6 +55,32 @@ def _refresh_modified(session: Session, modified: dict[str, datetime]) -> list[s
     return refresh_modified(session, modified, source="sweep")
 
 
+def _mark_unwon(session: Session, unwon: Sequence[str], deleted: Sequence[str]) -> list[str]:
+    from sf_bridge.provisioning.store import mark_unwon
+
+    marked = mark_unwon(
+        session,
+        [i for i in unwon if i not in deleted],
+        reason="The opportunity left its won stage in Salesforce.",
+        source="stream",
+    )
+    marked += mark_unwon(
+        session, deleted, reason="The opportunity was deleted in Salesforce.", source="stream"
+    )
+    if marked:
+        log.warning("stream_deals_unwon", opportunities=marked[:20], count=len(marked))
+    return marked
+
+
+def _mark_won_again(session: Session, known: Sequence[str]) -> list[str]:
+    from sf_bridge.provisioning.store import mark_changed_after_provisioning
+
+    parked = mark_changed_after_provisioning(session, known, source="stream")
+    if parked:
+        log.warning("stream_deals_won_again", opportunities=parked[:20], count=len(parked))
+    return parked
+
+
 def _known_opportunities(session: Session, ids: Sequence[str]) -> set[str]:
     from sf_bridge.provisioning.queue import known_opportunities
 
@@ -81,6 +107,7 @@ class IntakeStats:
     enqueued: int = 0
     rechecked: int = 0
     refreshed: int = 0  # known deals fetched again because their lines or amount changed
+    unwon: int = 0  # known deals whose opportunity left its won stage or was deleted
     replay_fallbacks: int = 0
     sweeps_requested: int = 0
     last_delay_ms: float | None = None
@@ -388,6 +415,8 @@ class StreamIntake:
         recheck: dict[str, None] = {}
         refresh: dict[str, None] = {}
         from_api: set[str] = set()
+        unwon: dict[str, None] = {}
+        deleted: dict[str, None] = {}
         sweep = False
         for outcome in outcomes:
             if outcome.malformed:
@@ -402,6 +431,12 @@ class StreamIntake:
             won.update(dict.fromkeys(outcome.won))
             recheck.update(dict.fromkeys(i for i in outcome.recheck if i not in won))
             refresh.update(dict.fromkeys(outcome.refresh))
+            # A later event of the batch wins: won again after lost is not un-won, and the
+            # reverse is.
+            for i in outcome.won:
+                unwon.pop(i, None)
+            unwon.update(dict.fromkeys(outcome.unwon))
+            deleted.update(dict.fromkeys(outcome.deleted))
             if outcome.from_api:
                 from_api.update(outcome.refresh)
             sweep = sweep or outcome.sweep
@@ -423,10 +458,16 @@ class StreamIntake:
             self.stats.rechecked += len(recheck)
             confirmed = await asyncio.to_thread(self.crm.won_among, list(recheck))
             ids.extend(i for i in recheck if i in confirmed and i not in won)
+            # Re-read and no longer won: a known deal among them has been un-won.
+            unwon.update(dict.fromkeys(i for i in recheck if i not in confirmed))
+        for i in ids:
+            unwon.pop(i, None)
         marker = next(
             ((o.replay_id, o.created) for o in reversed(outcomes) if o.replay_id is not None), None
         )
-        new, refreshed = await asyncio.to_thread(self._commit, ids, marker, refresh_known)
+        new, refreshed = await asyncio.to_thread(
+            self._commit, ids, marker, refresh_known, list(unwon), list(deleted)
+        )
         self.stats.refreshed += len(refreshed)
         self.stats.won_ids += len(ids)
         self.stats.enqueued += len(new)
@@ -453,13 +494,24 @@ class StreamIntake:
             return self.known(session, ids)
 
     def _commit(
-        self, ids: list[str], marker: tuple[int, str | None] | None, refresh: list[str]
+        self,
+        ids: list[str],
+        marker: tuple[int, str | None] | None,
+        refresh: list[str],
+        unwon: Sequence[str] = (),
+        deleted: Sequence[str] = (),
     ) -> tuple[list[str], list[str]]:
-        """Enqueues the deals, sends the ones to refresh back to their fetch, and commits the
-        replay id, in one transaction."""
+        """Enqueues the deals, sends the ones to refresh back to their fetch, records the
+        known deals no longer won (or deleted), and commits the replay id, in one
+        transaction."""
         with transaction(self.session_factory) as session:
             new = self.enqueue(session, ids, "stream") if ids else []
+            if len(new) < len(ids):
+                _mark_won_again(session, [i for i in ids if i not in set(new)])
             refreshed = self.refresh(session, refresh, "stream") if refresh else []
+            if unwon or deleted:
+                marked = _mark_unwon(session, unwon, deleted)
+                self.stats.unwon += len(marked)
             if marker is not None:
                 stage_marker(session, self.channel, marker[0], marker[1])
         return new, refreshed

@@ -235,4 +235,5 @@ def build(draft: Draft, version: str) -> Mappings:
         price_override_policy=draft.override_policy,
         write_back=draft.write_back,
         won_stages=list(draft.won_stages),
+        when_unwon=draft.when_unwon,
     )

@@ -252,6 +252,9 @@ class Mappings:
     price_override_policy: OverridePolicy = "negotiated"
     write_back: WriteBackFields = field(default_factory=WriteBackFields)
     won_stages: list[str] = field(default_factory=lambda: ["Closed Won"])
+    # A provisioned deal whose opportunity is no longer won: park it for RevOps ("review")
+    # or cancel its billing and entitlements ("cancel"). See sf_bridge.provisioning.unwon.
+    when_unwon: str = "review"
 
     def product(self, key: str) -> ProductRule | None:
         return self.products.get(product_key(key, self.match_by))

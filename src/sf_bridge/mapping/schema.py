@@ -42,6 +42,7 @@ SECTIONS = (
     "entitlement_sources",
     "price_overrides",
     "write_back",
+    "when_unwon",
 )
 REQUIRED_SECTIONS = ("features", "plans", "currencies", "products")
 FEATURE_TYPES = ("flag", "limit", "seats")
@@ -51,6 +52,7 @@ INTERVALS = ("month", "year")
 COLLECTION_METHODS = ("send_invoice", "charge_automatically")
 OVERRIDE_POLICIES = ("negotiated", "catalog", "reject")
 MATCH_BY = ("product_code", "product_id")
+UNWON_POLICIES = ("review", "cancel")  # what to do with a provisioned deal no longer won
 
 
 @dataclass
@@ -129,6 +131,7 @@ class Draft:
     entitlement_sources: dict[str, DraftSource] = field(default_factory=dict)
     override_policy: OverridePolicy = "negotiated"
     write_back: WriteBackFields = field(default_factory=WriteBackFields)
+    when_unwon: str = "review"
     # plans and add-ons ("plan 'team'") with a price entry that did not read: their missing
     # prices are not reported on top
     unreadable_prices: set[str] = field(default_factory=set)
@@ -699,6 +702,11 @@ class SectionReader:
         policy = self.w.choice(node, "'price_overrides'", OVERRIDE_POLICIES)
         if policy is not None:
             self.draft.override_policy = policy  # type: ignore[assignment]
+
+    def read_when_unwon(self, node: Node) -> None:
+        policy = self.w.choice(node, "'when_unwon'", UNWON_POLICIES)
+        if policy is not None:
+            self.draft.when_unwon = policy
 
     def read_write_back(self, node: Node) -> None:
         spec = self.w.fields(node, "'write_back'", WRITE_BACK_KEYS)

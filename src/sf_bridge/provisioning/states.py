@@ -20,6 +20,11 @@ STEP_SUBSCRIPTION = "subscription"
 STEP_INVOICE = "invoice"
 STEP_ENTITLEMENTS = "entitlements"
 STEP_WRITE_BACK = "write_back"
+# After the first close (sf_bridge.provisioning.unwon): the opportunity left its won stage
+# (the mapping's `when_unwon` decides), and the cancellation sequence.
+STEP_UNWON = "unwon"
+STEP_CANCEL = "cancel"
+UNWON_STEPS = (STEP_UNWON, STEP_CANCEL)
 
 STEPS = (
     STEP_FETCH,

@@ -833,6 +833,144 @@ class DealStore:
                         now,
                     )
 
+    # un-won deals (sf_bridge.provisioning.unwon) -------------------------------------------
+
+    def park_unwon(self, deal_id: int, *, reason: str, code: str, fix: str) -> bool:
+        """`review`: parks a deal this worker holds `needs_attention` with the reason and the
+        commands that settle it; Salesforce is told ("Needs attention")."""
+        return self._settle_unwon(
+            deal_id,
+            {
+                "status": "needs_attention",
+                "last_error": f"{reason} {fix}",
+                "last_error_code": code,
+                "writeback_pending": deals.c.source != "file",
+            },
+            kind="needs_attention",
+            message=f"{reason} {fix}",
+            detail={"code": code},
+        )
+
+    def skip_unwon(self, deal_id: int, *, reason: str) -> bool:
+        """Un-won before anything of its own was billed: the deal stops, nothing to undo."""
+        return self._settle_unwon(
+            deal_id,
+            {"status": "skipped", "last_error": reason, "last_error_code": "no_longer_won"},
+            kind="skipped",
+            message=reason,
+            detail={"code": "no_longer_won"},
+        )
+
+    def record_cancel_step(
+        self, deal_id: int, values: Mapping[str, Any], *, kind: str, message: str
+    ) -> bool:
+        """One committed step of a cancellation (invoice voided, subscription cancelled) on a
+        deal this worker holds, with its history line."""
+        now = self.clock()
+        with self.db() as session, session.begin():
+            conn = session.connection()
+            held = conn.execute(
+                update(deals)
+                .where(deals.c.id == deal_id, deals.c.locked_by == self.owner)
+                .values(**values, updated_at=now)
+            ).rowcount
+            if held != 1:
+                return False
+            conn.execute(insert(events).values(deal_id=deal_id, at=now, kind=kind, message=message))
+        return True
+
+    def finish_cancel(self, deal_id: int, *, reason: str) -> tuple[bool, int]:
+        """The last step of a cancellation: revokes exactly this deal's active grants and marks
+        it `cancelled` (Salesforce is told "Cancelled"), in one transaction."""
+        now = self.clock()
+        with self.db() as session, session.begin():
+            conn = session.connection()
+            held = conn.execute(
+                update(deals)
+                .where(deals.c.id == deal_id, deals.c.locked_by == self.owner)
+                .values(
+                    status=CANCELLED,
+                    current_step=None,
+                    last_error=f"Cancelled: {reason}",
+                    last_error_code="cancelled",
+                    writeback_pending=deals.c.source != "file",
+                    locked_by=None,
+                    locked_until=None,
+                    next_attempt_at=None,
+                    updated_at=now,
+                )
+            ).rowcount
+            if held != 1:
+                return False, 0
+            revoked = conn.execute(
+                update(grants)
+                .where(grants.c.deal_id == deal_id, grants.c.active.is_(True))
+                .values(active=False, revoked_at=now, revoked_reason=reason)
+            ).rowcount
+            conn.execute(
+                insert(events).values(
+                    deal_id=deal_id,
+                    at=now,
+                    kind="cancelled",
+                    message=f"Cancelled: {reason}. {int(revoked or 0)} entitlement grant(s) "
+                    "revoked.",
+                    detail={"reason": reason, "grants_revoked": int(revoked or 0)},
+                )
+            )
+        return True, int(revoked or 0)
+
+    def cancelled_to_report(self, limit: int) -> list[DealView]:
+        """Cancelled deals whose opportunity is still to be told "Cancelled"."""
+        with self.db() as session:
+            rows = session.connection().execute(
+                select(*_VIEW)
+                .where(deals.c.status == CANCELLED, deals.c.writeback_pending.is_(True))
+                .order_by(deals.c.id)
+                .limit(limit)
+            )
+            return [DealView.from_row(dict(row)) for row in rows.mappings()]
+
+    def cancelled_reported(self, deal_ids: Collection[int]) -> None:
+        with self.db() as session, session.begin():
+            session.connection().execute(
+                update(deals)
+                .where(deals.c.id.in_(list(deal_ids)), deals.c.status == CANCELLED)
+                .values(writeback_pending=False)
+            )
+
+    def _settle_unwon(
+        self,
+        deal_id: int,
+        values: dict[str, Any],
+        *,
+        kind: str,
+        message: str,
+        detail: dict[str, Any],
+    ) -> bool:
+        now = self.clock()
+        with self.db() as session, session.begin():
+            conn = session.connection()
+            held = conn.execute(
+                update(deals)
+                .where(deals.c.id == deal_id, deals.c.locked_by == self.owner)
+                .values(
+                    **values,
+                    current_step=None,
+                    locked_by=None,
+                    locked_until=None,
+                    next_attempt_at=None,
+                    updated_at=now,
+                )
+            ).rowcount
+            if held != 1:
+                return False
+            conn.execute(
+                insert(events).values(
+                    deal_id=deal_id, at=now, kind=kind, message=message, detail=detail
+                )
+            )
+        return True
+
 
 def _overdue(cutoff: datetime, now: datetime) -> Any:
     """Deals whose invoice is open and was due at `cutoff` or before, not leased now."""
@@ -1080,3 +1218,194 @@ def _finish_attempt(
 
 
 __all__ = ["DealStore", "Started", "cancel_subscription_deals", "ensure_customer"]
+
+
+# Statuses an opportunity leaving its won stage does not touch: not fetched yet (the fetch
+# finds it no longer won and skips it), already skipped or cancelled, or already being handled.
+_UNWON_UNTOUCHED = ("received", "skipped", CANCELLED, "unwon", "cancelling")
+UNWON_CODE = "unwon_after_provisioning"
+
+
+def mark_unwon(
+    session: Session, opportunity_ids: Collection[str], *, reason: str, source: str
+) -> list[str]:
+    """Records, in the caller's transaction (the intake's, with the replay id), that these
+    opportunities left their won stage or were deleted: each known deal past `received` goes
+    to the `unwon` step, where a worker applies the mapping's `when_unwon` policy. The lease
+    is taken back, so a step in flight commits nothing and the deal stops where it is.
+    Returns the opportunity ids newly marked."""
+    ids = sorted({str(i) for i in opportunity_ids if i})
+    if not ids:
+        return []
+    conn = session.connection()
+    now = utcnow()
+    rows = conn.execute(
+        update(deals)
+        .where(
+            deals.c.opportunity_id.in_(ids),
+            deals.c.status.not_in(_UNWON_UNTOUCHED),
+            or_(deals.c.last_error_code.is_(None), deals.c.last_error_code != UNWON_CODE),
+        )
+        .values(
+            status="unwon",
+            current_step="unwon",
+            last_error=reason,
+            last_error_code="unwon",
+            locked_by=None,
+            locked_until=None,
+            next_attempt_at=None,
+            updated_at=now,
+        )
+        .returning(deals.c.id, deals.c.opportunity_id)
+    ).all()
+    for deal_id, _opportunity in rows:
+        conn.execute(
+            insert(events).values(
+                deal_id=deal_id,
+                at=now,
+                kind="unwon",
+                message=reason,
+                detail={"source": source},
+            )
+        )
+    if rows:
+        _work_added(session)
+    return [str(r[1]) for r in rows]
+
+
+CHANGED_CODE = "changed_after_provisioning"
+
+
+def _work_added(session: Session) -> None:
+    from sf_bridge.provisioning.wakeup import work_added
+
+    work_added(session)  # a worker waiting for work looks at once
+
+
+def mark_changed_after_provisioning(
+    session: Session, opportunity_ids: Collection[str], *, source: str
+) -> list[str]:
+    """A won event for a known deal that had left its won stage (reopened and closed again,
+    perhaps with other lines): parks it `needs_attention` with `changed_after_provisioning`
+    until an amendment is made; never ignored. Returns the opportunity ids parked."""
+    ids = sorted({str(i) for i in opportunity_ids if i})
+    if not ids:
+        return []
+    conn = session.connection()
+    now = utcnow()
+    rows = conn.execute(
+        select(deals.c.id, deals.c.opportunity_id).where(
+            deals.c.opportunity_id.in_(ids),
+            or_(
+                deals.c.status == "unwon",
+                and_(deals.c.status == "needs_attention", deals.c.last_error_code == UNWON_CODE),
+            ),
+        )
+    ).all()
+    for deal_id, _opportunity in rows:
+        message = (
+            "The opportunity was won again after it left its won stage: its lines or amount "
+            "may differ from what was provisioned, and an amendment is not made "
+            f"automatically. Compare it with Stripe (`sf-bridge deals show {deal_id}`), then "
+            f"`sf-bridge deals keep {deal_id}` or `sf-bridge deals cancel {deal_id}`."
+        )
+        conn.execute(
+            update(deals)
+            .where(deals.c.id == deal_id)
+            .values(
+                status="needs_attention",
+                current_step=None,
+                last_error=message,
+                last_error_code=CHANGED_CODE,
+                writeback_pending=deals.c.source != "file",
+                locked_by=None,
+                locked_until=None,
+                next_attempt_at=None,
+                updated_at=now,
+            )
+        )
+        conn.execute(
+            insert(events).values(
+                deal_id=deal_id,
+                at=now,
+                kind="needs_attention",
+                message=message,
+                detail={"code": CHANGED_CODE, "source": source},
+            )
+        )
+    return [str(r[1]) for r in rows]
+
+
+def queue_cancel(session: Session, deal_id: int, *, reason: str, actor: str) -> bool:
+    """`deals cancel N`: sends the deal to the `cancel` step (a worker runs it), recorded in
+    its history with who asked. False when the deal is already cancelled or skipped."""
+    conn = session.connection()
+    now = utcnow()
+    done = conn.execute(
+        update(deals)
+        .where(deals.c.id == deal_id, deals.c.status.not_in((CANCELLED, "skipped")))
+        .values(
+            status="cancelling",
+            current_step="cancel",
+            last_error=reason,
+            last_error_code="cancelling",
+            locked_by=None,
+            locked_until=None,
+            next_attempt_at=None,
+            updated_at=now,
+        )
+    ).rowcount
+    if done == 1:
+        _work_added(session)
+        conn.execute(
+            insert(events).values(
+                deal_id=deal_id,
+                at=now,
+                kind="cancel_requested",
+                message=f"Cancellation requested by {actor}: {reason}",
+                detail={"actor": actor, "reason": reason},
+            )
+        )
+    return done == 1
+
+
+def keep_unwon(session: Session, deal_id: int, *, actor: str, note: str | None) -> bool:
+    """`deals keep N`: the deal parked as un-won stays as provisioned (`done`): billing and
+    entitlements go on; recorded in its history with who decided."""
+    conn = session.connection()
+    now = utcnow()
+    kept = conn.execute(
+        update(deals)
+        .where(
+            deals.c.id == deal_id,
+            or_(
+                deals.c.status == "unwon",
+                and_(
+                    deals.c.status == "needs_attention",
+                    deals.c.last_error_code.in_((UNWON_CODE, CHANGED_CODE)),
+                ),
+            ),
+        )
+        .values(
+            status="done",
+            current_step=None,
+            last_error=None,
+            last_error_code=None,
+            locked_by=None,
+            locked_until=None,
+            next_attempt_at=None,
+            updated_at=now,
+        )
+    ).rowcount
+    if kept == 1:
+        message = f"Kept as provisioned by {actor} although no longer won"
+        conn.execute(
+            insert(events).values(
+                deal_id=deal_id,
+                at=now,
+                kind="kept",
+                message=message + (f": {note}" if note else "."),
+                detail={"actor": actor, "note": note},
+            )
+        )
+    return kept == 1

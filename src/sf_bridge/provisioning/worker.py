@@ -27,6 +27,7 @@ from sf_bridge.provisioning.retry import RetryPolicy
 from sf_bridge.provisioning.runner import Provisioner, RunnerOptions, StepHooks
 from sf_bridge.provisioning.states import DEAL_STEPS
 from sf_bridge.provisioning.steps import Mapper, StepContext, default_mapper
+from sf_bridge.provisioning.unwon import UnwonRunner, report_cancelled
 from sf_bridge.provisioning.wakeup import WORK_ARRIVED, WakeSignal, WorkListener, next_due
 
 log = get_logger(__name__)
@@ -154,10 +155,18 @@ class Worker:
             clock=clock,
             hooks=hooks,
         )
+        self.unwon = UnwonRunner(self.provisioner.store, billing, self.mappings)
 
     @property
     def owner(self) -> str:
         return self.provisioner.owner
+
+    def _run_unwon(self) -> list[int]:
+        """Deals whose opportunity is no longer won, and cancellations: their policy and
+        sequence (sf_bridge.provisioning.unwon), then "Cancelled" onto the opportunity."""
+        ran = self.unwon.run_due()
+        report_cancelled(self.provisioner.store, self.crm, self.mappings)
+        return ran
 
     def run_once(self, max_deals: int = 100) -> int:
         """Processes what is due now (up to `max_deals` deal runs); returns how many distinct
@@ -182,6 +191,7 @@ class Worker:
                 futures = [pool.submit(self.provisioner.run_deal, i, never) for i in claimed]
                 for future in futures:
                     future.result()
+                claimed = [*claimed, *self._run_unwon()]
                 written = write_back_batch(
                     self.provisioner,
                     self.crm,
@@ -252,6 +262,7 @@ class Worker:
                     future.add_done_callback(lambda _f: self.wake.notify())
                     inflight.add(future)
                     busy = True
+            busy = bool(self._run_unwon()) or busy
             written = write_back_batch(
                 self.provisioner,
                 self.crm,

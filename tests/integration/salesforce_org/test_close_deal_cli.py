@@ -75,3 +75,24 @@ def test_close_deal_says_what_to_fix(running_sandbox: SalesforceSandbox, tmp_pat
     assert result.exit_code == 2
     assert "no product with code NOPE" in result.output
     assert "--mappings" in result.output
+
+
+def test_lose_deal_moves_it_out_of_the_won_stage_with_its_change_event(
+    running_sandbox: SalesforceSandbox,
+) -> None:
+    org = running_sandbox
+    closed = CliRunner().invoke(
+        app, ["sandbox", "close-deal", str(EXAMPLE), "--login-url", org.url]
+    )
+    found = re.search(r"Opportunity (006\w{15})", closed.stdout)
+    assert found, closed.output
+    opp = found.group(1)
+    result = CliRunner().invoke(app, ["sandbox", "lose-deal", opp, "--login-url", org.url])
+    assert result.exit_code == 0, result.output
+    record = org.get_opportunity(opp)
+    assert record["StageName"] == "Closed Lost"
+    assert record["IsWon"] is False
+    payload = org.events.retained(CDC_CHANNEL)[-1].message["data"]["payload"]
+    assert payload["ChangeEventHeader"]["changeType"] == "UPDATE"
+    assert payload["ChangeEventHeader"]["recordIds"] == [opp]
+    assert payload["IsWon"] is False

@@ -296,3 +296,72 @@ def test_a_line_change_says_whether_an_api_client_made_it():
     header["changeOrigin"] = "com/salesforce/api/bulkapi/62.0;client=DataLoaderBulkUI/"
     loaded = normalise(event, "cdc", RULES)
     assert (loaded.refresh, loaded.from_api) == ((OPP_A,), True)
+
+
+# after the first close ------------------------------------------------------------------------
+
+
+def test_cdc_update_to_a_lost_stage_names_the_records_unwon():
+    message = cdc("UPDATE", [OPP_A], ["StageName", "IsWon"], StageName="Closed Lost", IsWon=False)
+    out = normalise(message, "cdc", RULES)
+    assert out.unwon == (OPP_A,)
+    assert out.won == ()
+    assert out.recheck == ()
+    assert out.deleted == ()
+
+
+def test_cdc_update_to_an_open_stage_without_is_won_is_re_read():
+    # Nothing in the values says won or not: the intake re-reads it (a known deal found no
+    # longer won is un-won there).
+    out = normalise(
+        cdc("UPDATE", [OPP_A], ["StageName"], StageName="Negotiation/Review"), "cdc", RULES
+    )
+    assert out.recheck == (OPP_A,)
+    assert out.unwon == ()
+
+
+def test_cdc_create_of_a_lost_deal_is_not_unwon():
+    out = normalise(cdc("CREATE", [OPP_A], [], StageName="Closed Lost", IsWon=False), "cdc", RULES)
+    assert out.unwon == ()
+    assert out.won == ()
+
+
+def test_cdc_delete_and_gap_delete_name_the_records_deleted():
+    assert normalise(cdc("DELETE", [OPP_A, OPP_B]), "cdc", RULES).deleted == (OPP_A, OPP_B)
+    assert normalise(cdc("GAP_DELETE", [OPP_A]), "cdc", RULES).deleted == (OPP_A,)
+    missing = normalise(cdc("DELETE", []), "cdc", RULES)
+    assert missing.sweep
+    assert missing.malformed
+
+
+def test_cdc_undelete_is_judged_by_its_values():
+    out = normalise(cdc("UNDELETE", [OPP_A], [], StageName="Closed Won", IsWon=True), "cdc", RULES)
+    assert out.won == (OPP_A,)
+    assert out.deleted == ()
+
+
+def test_push_topic_updated_to_not_won_and_deleted():
+    def push(event_type: str, **sobject: Any) -> dict[str, Any]:
+        return {
+            "channel": "/topic/Deals",
+            "data": {
+                "event": {
+                    "type": event_type,
+                    "replayId": 5,
+                    "createdDate": "2026-11-25T10:00:00.000Z",
+                },
+                "sobject": {"Id": OPP_A, **sobject},
+            },
+        }
+
+    assert normalise(push("updated", IsWon=False), "push_topic", RULES).unwon == (OPP_A,)
+    assert normalise(push("created", IsWon=False), "push_topic", RULES).unwon == ()
+    assert normalise(push("deleted"), "push_topic", RULES).deleted == (OPP_A,)
+
+
+def test_platform_event_that_says_not_won_is_unwon():
+    message = {
+        "channel": "/event/Deal_Changed__e",
+        "data": {"payload": {"OpportunityId__c": OPP_A, "IsWon": False}, "event": {"replayId": 3}},
+    }
+    assert normalise(message, "platform_event", RULES).unwon == (OPP_A,)

@@ -170,6 +170,11 @@ CASES: list[tuple[str, dict[str, list[tuple[str, str]]], str]] = [
     ),
     (
         "invalid_choice",
+        {SF: [("when_unwon: review", "when_unwon: cancle")]},
+        "'when_unwon' is 'cancle'; it must be one of 'review', 'cancel'",
+    ),
+    (
+        "invalid_choice",
         {SF: [("  identifier: Account.Id\n", "  identifier: Account.Id\n  split: by_currency\n")]},
         "the customer 'split' is 'by_currency'; it must be one of 'identifier_and_currency', "
         "'identifier'",

@@ -158,6 +158,34 @@ class Channels:
         )
         return self.events.publish(CDC_CHANNEL, data).replay_id
 
+    def publish_opportunity_removal(
+        self, record: dict[str, Any], *, change_type: str, origin: str
+    ) -> None:
+        """A DELETE (the header only: no field values) or UNDELETE (the record's non-null
+        fields) change event of one opportunity."""
+        obj = self.store.object_def("Opportunity")
+        assert obj is not None
+        values: dict[str, Any] = {}
+        if change_type == "UNDELETE":
+            values = {
+                f: _event_value(obj.fields[f].type, v)
+                for f, v in record.items()
+                if v is not None and f not in _SKIPPED_IN_EVENTS and f in obj.fields
+            }
+        data = change_event_data(
+            entity="Opportunity",
+            record_ids=[record["Id"]],
+            change_type=change_type,
+            changed_values=values,
+            changed_fields=[],
+            commit_time=self.now(),
+            commit_user=self.user_id,
+            commit_number=next(self._commit_numbers),
+            change_origin=origin,
+            with_changed_fields=self.changed_fields_in_header,
+        )
+        self.events.publish(CDC_CHANNEL, data)
+
     def publish_opportunity_change(
         self, record: dict[str, Any], changed: list[str], *, origin: str, created: bool
     ) -> None:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+from sf_bridge.crm.soql import to_18
 from sf_bridge.logging import get_logger
 from sf_bridge.sandbox.salesforce_org.auth import Credentials, SessionStore
 from sf_bridge.sandbox.salesforce_org.channels import (
@@ -98,6 +99,7 @@ class Org:
         self._charged = 0
         self._lock = threading.RLock()
         self.channels = Channels(self.store, self.events, self.queries, self.now)
+        self._recycle_bin: dict[str, dict[str, Any]] = {}  # deleted opportunities by id
         self.channels.changed_fields_in_header = changed_fields_in_header
 
     @property
@@ -477,6 +479,30 @@ class Org:
         `StageName=` in `field_changes` picks another won stage (see `add_stage`)."""
         won_stage = next((s.name for s in self.store.stages.values() if s.is_won), "Closed Won")
         self.update_opportunity(opportunity_id, **({"StageName": won_stage} | field_changes))
+
+    def lose_deal(self, opportunity_id: str, stage: str = "Closed Lost") -> list[str]:
+        """Moves a deal out of its won stage (Closed Lost, or an open stage such as
+        "Negotiation/Review"): IsWon turns false and the change events say so."""
+        return self.update_opportunity(opportunity_id, StageName=stage)
+
+    def delete_opportunity(self, opportunity_id: str) -> None:
+        """Deletes the opportunity as a user would: it goes to the Recycle Bin (no query or
+        read finds it) and a CDC `DELETE` event carries only its id."""
+        with self.store.lock:
+            record = self.store.get("Opportunity", opportunity_id)
+            if record is None:
+                raise KeyError(opportunity_id)
+            del self.store.records["Opportunity"][record["Id"]]
+            self._recycle_bin[record["Id"]] = record
+            self.channels.publish_opportunity_removal(record, change_type="DELETE", origin="")
+
+    def undelete_opportunity(self, opportunity_id: str) -> None:
+        """Restores a deleted opportunity from the Recycle Bin; a CDC `UNDELETE` event carries
+        its fields."""
+        with self.store.lock:
+            record = self._recycle_bin.pop(to_18(opportunity_id))
+            self.store.records["Opportunity"][record["Id"]] = record
+            self.channels.publish_opportunity_removal(record, change_type="UNDELETE", origin="")
 
     def close_won_and_revert(
         self, opportunity_id: str, revert_to: str = "Negotiation/Review", **field_changes: Any

@@ -1,0 +1,80 @@
+"""After the first close, through the sandbox org and the real streaming client: a known deal
+whose opportunity is lost, moved back to an open stage or deleted is recorded as un-won, in
+the transaction that commits the replay id; an unknown one is left alone."""
+
+from __future__ import annotations
+
+from sqlalchemy import select, update
+
+from sf_bridge.db.models import Deal, DealEvent
+from sf_bridge.sandbox.salesforce_org import SalesforceSandbox
+from tests.integration.intake.conftest import deals_by_source, open_deal, wait_until
+
+
+def _status(session_factory, opportunity_id: str) -> str | None:
+    with session_factory() as session:
+        return session.scalar(select(Deal.status).where(Deal.opportunity_id == opportunity_id))
+
+
+def _provisioned(session_factory, *opportunity_ids: str) -> None:
+    with session_factory() as session, session.begin():
+        session.execute(
+            update(Deal)
+            .where(Deal.opportunity_id.in_(opportunity_ids))
+            .values(status="done", current_step=None)
+        )
+
+
+def test_lost_reopened_and_deleted_deals_are_recorded_unwon(
+    intake_org: SalesforceSandbox, session_factory, harness
+):
+    h = harness()
+    intake = h.start()
+    lost, reopened, deleted = (open_deal(intake_org, n) for n in ("Lost", "Reopened", "Deleted"))
+    never_known = open_deal(intake_org, "Never won")
+    for opp in (lost, reopened, deleted):
+        intake_org.close_won(opp)
+    wait_until(lambda: len(deals_by_source(session_factory)) == 3, 5, "the won deals")
+    _provisioned(session_factory, lost, reopened, deleted)
+
+    intake_org.lose_deal(lost)
+    intake_org.lose_deal(reopened, stage="Negotiation/Review")
+    intake_org.delete_opportunity(deleted)
+    intake_org.delete_opportunity(never_known)
+    header = intake_org.events.retained()[-1].message["data"]["payload"]["ChangeEventHeader"]
+    assert header["changeType"] == "DELETE"
+    assert header["recordIds"] == [never_known]
+    wait_until(
+        lambda: all(_status(session_factory, o) == "unwon" for o in (lost, reopened, deleted)),
+        5,
+        "the three deals recorded un-won",
+    )
+    assert _status(session_factory, never_known) is None
+    with session_factory() as session:
+        reasons = dict(
+            session.execute(
+                select(Deal.opportunity_id, DealEvent.message)
+                .join(DealEvent, DealEvent.deal_id == Deal.id)
+                .where(DealEvent.kind == "unwon")
+            ).all()
+        )
+    assert "deleted" in reasons[deleted]
+    assert "left its won stage" in reasons[lost]
+    assert intake.stats.unwon == 3
+
+    # Restored from the Recycle Bin, won: a known deal won again, parked for RevOps (keep
+    # it as it was, or cancel it) like one reopened and closed again.
+    intake_org.undelete_opportunity(deleted)
+    header = intake_org.events.retained()[-1].message["data"]["payload"]["ChangeEventHeader"]
+    assert header["changeType"] == "UNDELETE"
+    wait_until(
+        lambda: _status(session_factory, deleted) == "needs_attention", 5, "the restored deal"
+    )
+    # Won again after it was lost: recorded as changed after provisioning, never ignored.
+    intake_org.close_won(lost)
+    wait_until(lambda: _status(session_factory, lost) == "needs_attention", 5, "the deal won again")
+    with session_factory() as session:
+        code = session.scalar(select(Deal.last_error_code).where(Deal.opportunity_id == lost))
+    assert code == "changed_after_provisioning"
+    assert _status(session_factory, reopened) == "unwon"  # still open: left alone
+    h.stop()
