@@ -7,11 +7,11 @@ Whether to retry is decided in one place, `sf_bridge.provisioning.retry`.
 
 Every request goes through the SDK. The requests of the provisioning hot path (customers,
 subscriptions, invoices) go through `StripeClient.raw_request`, the SDK's documented way to
-"specify your request details directly": the SDK still encodes the parameters, signs the
-request, sends the Idempotency-Key and raises the same `stripe.StripeError`s, but its answer
-is read as the plain JSON Stripe sent (`response_json`) instead of being turned into
-`StripeObject`s, which cost more CPU than the rest of a request. New methods should do the
-same: `StripeGateway._request(...)` returns the answer as a dict and its request id.
+"specify your request details directly": the SDK still encodes the parameters,
+authenticates, sends the Idempotency-Key and raises the same `stripe.StripeError`s, but the
+answer is read as the plain JSON Stripe sent (`response_json`) instead of being turned into
+`StripeObject`s (about a tenth of a busy worker's CPU). New methods should do the same:
+`StripeGateway._request(...)` returns the answer as a dict and its request id.
 """
 
 from __future__ import annotations
@@ -162,6 +162,23 @@ def response_json(response: stripe.StripeResponse) -> dict[str, Any]:
             f"Stripe answered HTTP {response.code} with a body that is not a JSON object."
         )
     return data
+
+
+# Names `StripeClient.raw_request` takes out of the parameters as request options (v16).
+_RAW_REQUEST_NAMES = frozenset(
+    {
+        "api_key",
+        "stripe_version",
+        "stripe_account",
+        "stripe_context",
+        "max_network_retries",
+        "idempotency_key",
+        "content_type",
+        "headers",
+        "base",
+        "usage",
+    }
+)
 
 
 def _path(template: str, *ids: str) -> str:
@@ -399,6 +416,10 @@ class StripeGateway:
         idempotency_key: str | None = None,
     ) -> tuple[dict[str, Any], str | None]:
         """One request through the SDK's `raw_request`: the answer's JSON and request id."""
+        clash = _RAW_REQUEST_NAMES.intersection(params or {})
+        if clash:
+            # raw_request takes these from the parameters as its own options.
+            raise ValueError(f"Stripe parameters {sorted(clash)} must be sent another way")
         options: dict[str, Any] = dict(params or {})
         if idempotency_key is not None:
             options["idempotency_key"] = idempotency_key

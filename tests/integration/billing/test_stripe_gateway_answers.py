@@ -110,3 +110,13 @@ def test_the_proxy_settings_of_the_environment_are_honoured(
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
     direct = StripeGateway(stripe_emulator.api_key, api_base=stripe_emulator.url)
     assert direct.create_customer(spec, idempotency_key="p-2").id.startswith("cus_")
+
+
+def test_a_parameter_raw_request_would_take_as_an_option_is_refused_before_sending(
+    stripe_emulator: StripeEmulator,
+) -> None:
+    """`usage` (a SetupIntent parameter) would be swallowed by raw_request as an option."""
+    gateway = StripeGateway(stripe_emulator.api_key, api_base=stripe_emulator.url)
+    with pytest.raises(ValueError, match="usage"):
+        gateway._request("create a setup intent", "post", "/v1/setup_intents", {"usage": "x"})
+    assert gateway.requests == 0
