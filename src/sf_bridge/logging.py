@@ -22,10 +22,22 @@ SECRET_VALUE_PATTERNS = [
     re.compile(r"hooks\.slack\.com/services/[A-Za-z0-9/_-]+"),  # Slack webhook URLs hold a token
 ]
 REDACTED = "***"
+# One pass over the text says whether any of the patterns can match: most logged values hold
+# no credential, and then the text is returned as it is without trying each pattern in turn.
+_ANY_SECRET_VALUE = re.compile(
+    "|".join(
+        f"(?i:{p.pattern.removeprefix('(?i)')})"
+        if p.pattern.startswith("(?i)")
+        else f"(?:{p.pattern})"
+        for p in SECRET_VALUE_PATTERNS
+    )
+)
 
 
 def redact_text(text: str) -> str:
     """Masks anything in `text` that looks like a credential."""
+    if _ANY_SECRET_VALUE.search(text) is None:
+        return text
     for pattern in SECRET_VALUE_PATTERNS:
         text = pattern.sub(REDACTED, text)
     return text

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Connection, select, update
 from sqlalchemy.orm import Session
@@ -74,6 +75,15 @@ def _stored_value(entitlement: EntitlementValue) -> int:
     return int(entitlement.value)
 
 
+def _grant_insert(conn: Connection) -> Any:
+    """INSERT of grants that skips a (deal, feature) already granted, returning the new ids."""
+    return (
+        upsert(conn, EntitlementGrant)
+        .on_conflict_do_nothing(index_elements=["deal_id", "feature"])
+        .returning(EntitlementGrant.__table__.c.id)
+    )
+
+
 def grant_deal_entitlements(
     session: Session,
     *,
@@ -134,13 +144,11 @@ def grant_entitlements(
         }
         for e in entitlements
     ]
-    stmt = (
-        upsert(conn, EntitlementGrant)
-        .values(rows)
-        .on_conflict_do_nothing(index_elements=["deal_id", "feature"])
-        .returning(EntitlementGrant.id)
-    )
-    granted = len(conn.execute(stmt).all())
+    # The rows go as parameters of one statement (executemany, sent as one multi-row INSERT
+    # by SQLAlchemy's "insertmanyvalues"): the statement stays the same from deal to deal, so
+    # it is compiled once and then taken from the cache, where `.values(rows)` compiled anew
+    # for every deal.
+    granted = len(conn.execute(_grant_insert(conn), rows).all())
     log.info(
         "entitlements_granted",
         deal_id=deal_id,

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
+from functools import cache
 from typing import Any
 
 from sf_bridge.errors import PermanentError
@@ -47,14 +48,15 @@ class DealView:
     @classmethod
     def columns(cls) -> tuple[str, ...]:
         """The deals columns a view is read from."""
-        return tuple(f.name for f in fields(cls) if f.name != "resumed")
+        return _deal_view_columns()
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> DealView:
-        return cls(**{name: row[name] for name in cls.columns() if name in row})
+        return cls(**{name: row[name] for name in _deal_view_columns() if name in row})
 
     def with_changes(self, changes: Mapping[str, Any]) -> DealView:
-        known = {k: v for k, v in changes.items() if k in self.columns()}
+        columns = _deal_view_column_set()
+        known = {k: v for k, v in changes.items() if k in columns}
         return replace(self, resumed=False, **known)
 
     @property
@@ -68,6 +70,17 @@ class DealView:
                 hint="replay the deal so that it is mapped again.",
             )
         return ProvisioningPlan.from_dict(self.plan)
+
+
+# Worked out once: a view is built and changed several times per deal.
+@cache
+def _deal_view_columns() -> tuple[str, ...]:
+    return tuple(f.name for f in fields(DealView) if f.name != "resumed")
+
+
+@cache
+def _deal_view_column_set() -> frozenset[str]:
+    return frozenset(_deal_view_columns())
 
 
 @dataclass(frozen=True)
