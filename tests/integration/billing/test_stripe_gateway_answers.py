@@ -60,7 +60,7 @@ def test_customer_subscription_and_invoice_read_from_the_json_answers(
     fetched = gateway.get_subscription(subscription.id)
     assert fetched is not None
     assert fetched.metadata == TAGS
-    assert gateway.get_customer("cus_doesnotexist") is None
+    assert gateway.retrieve_record("customer", "cus_doesnotexist") is None
     assert gateway.get_subscription("sub_doesnotexist") is None
 
 
