@@ -25,6 +25,8 @@ from sf_bridge.mapping.fields import (
 from sf_bridge.mapping.model import Addon, Mappings, Plan, ProductRule
 from sf_bridge.mapping.money import format_minor, parse_decimal, to_minor_units
 from sf_bridge.mapping.suggest import did_you_mean
+from sf_bridge.mapping.terms import DealTerms
+from sf_bridge.mapping.terms_engine import TermsMapper
 from sf_bridge.mapping.values import (
     Resolved,
     check_bounds,
@@ -33,8 +35,6 @@ from sf_bridge.mapping.values import (
     to_flag,
     to_whole_number,
 )
-from sf_bridge.mapping.terms import DealTerms
-from sf_bridge.mapping.terms_engine import TermsMapper
 from sf_bridge.plan import (
     AccountFacts,
     BillingTerms,
