@@ -31,7 +31,8 @@ def test_a_ramp_renewal_with_a_discount_is_fetched_and_mapped(org: SalesforceSan
     opportunity = org.store.object_def("Opportunity")
     assert opportunity is not None
     start_field = opportunity.field_named("Contract_Start_Date__c")
-    assert start_field is not None and start_field.type == "date"
+    assert start_field is not None
+    assert start_field.type == "date"
     account = org.create_account("Ramp Co", Billing_Email__c="ap@ramp.example")
     opp_id = org.create_opportunity(
         account,

@@ -127,5 +127,6 @@ def test_without_the_sections_nothing_more_is_selected(tmp_path: Path) -> None:
     mappings = load_mappings(folder)
     assert mappings.terms is None
     opportunity, lines = mappings.query_fields()
-    assert "Type" not in opportunity and "Contract_Start_Date__c" not in opportunity
+    assert "Type" not in opportunity
+    assert "Contract_Start_Date__c" not in opportunity
     assert "ServiceDate" not in lines
