@@ -201,6 +201,12 @@ class TermsMapper:
         if percent is not None and not Decimal(0) < percent[0] <= HUNDRED:
             self.bad_discount(f"the discount percentage is {percent[0]}", percent[1])
             return None
+        if percent is not None and percent[0] != round(percent[0], 2):
+            # Stripe coupons take a percentage with two decimal places
+            self.bad_discount(
+                f"the discount percentage {percent[0]} has more than 2 decimals", percent[1]
+            )
+            return None
         if amount is not None and amount[0] < 0:
             self.bad_discount(f"the discount amount is {amount[0]}", amount[1])
             return None

@@ -212,6 +212,7 @@ def test_an_amount_discount_once_in_the_deal_currency(example_mappings: Mappings
     [
         ({"Deal_Discount_Percent__c": 120.0}, "invalid_discount"),
         ({"Deal_Discount_Amount__c": -5.0}, "invalid_discount"),
+        ({"Deal_Discount_Percent__c": 12.345}, "invalid_discount"),
         (
             {"Deal_Discount_Percent__c": 10.0, "Deal_Discount_Amount__c": 5.0},
             "conflicting_discount",
@@ -251,3 +252,27 @@ def test_the_plan_round_trips_through_json_and_old_plans_load(
         None,
     )
     assert loaded.items == plan.items
+
+
+def test_the_preview_shows_intent_contract_phases_and_discount(
+    example_mappings: Mappings,
+) -> None:
+    from rich.console import Console
+
+    from sf_bridge.mapping.render import print_plan
+
+    deal = ramp(
+        Type="Renewal",
+        Contract_Term_Months__c=36.0,
+        Deal_Discount_Percent__c=10.0,
+        Deal_Discount_Duration__c="Several months",
+        Deal_Discount_Months__c=3.0,
+    )
+    console = Console(record=True, width=200)
+    print_plan(console, plan_of(map_opportunity(deal, example_mappings)))
+    text = console.export_text()
+    assert "Intent: renewal" in text
+    assert "Contract: 2027-01-01 to 2030-01-01; a start in the past: start_now" in text
+    assert "team x 20 at 14.00 USD" in text
+    assert "seats 30" in text
+    assert "Discount: 10% off, 3 months" in text
