@@ -7,6 +7,7 @@ REST query returns it (relationship fields nested, `OpportunityLineItems` as a s
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -808,6 +809,7 @@ class _Mapper:
                         line_item_ids=tuple(ln.line_id for ln in groups[n] if ln.line_id),
                     )
                 )
+        phases = self.merge_phases(phases)
         customer = self.customer(first.collection, first.billing is not None, currency)
         if self.errors or customer is None:
             return self.errors
@@ -831,6 +833,31 @@ class _Mapper:
             phases=tuple(phases),
             discount=discount,
         )
+
+    def merge_phases(self, phases: list[PlanPhase]) -> list[PlanPhase]:
+        """Consecutive phases selling the same items at the same prices are one phase (a
+        line per year at an unchanged price is no step); one phase left is no ramp."""
+
+        def sold(phase: PlanPhase) -> tuple[Any, ...]:
+            items = tuple(dataclasses.replace(i, line_item_id=None) for i in phase.items)
+            return items, phase.entitlements
+
+        merged: list[PlanPhase] = []
+        for phase in phases:
+            if merged and sold(merged[-1]) == sold(phase):
+                last = merged[-1]
+                merged[-1] = dataclasses.replace(
+                    last,
+                    end_date=phase.end_date,
+                    line_item_ids=last.line_item_ids + phase.line_item_ids,
+                )
+                self.notes.append(
+                    f"the lines starting {phase.start_date} continue the phase starting "
+                    f"{last.start_date} unchanged: one phase."
+                )
+            else:
+                merged.append(phase)
+        return merged if len(merged) > 1 else []
 
     def offer(self, lines: list[Line], currency: str | None, intent: str) -> Offer | None:
         """The plan, items and entitlements one set of lines sells; None when it cannot.

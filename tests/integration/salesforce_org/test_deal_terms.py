@@ -67,17 +67,17 @@ def test_a_ramp_renewal_with_a_discount_is_fetched_and_mapped(org: SalesforceSan
     assert plan.intent == "renewal"
     assert plan.contract is not None
     assert (plan.contract.start_date, plan.contract.end_date) == ("2027-03-01", "2030-03-01")
+    # years 1 and 2 at one price are one phase; year 3 steps up
     assert [(p.start_date, p.end_date) for p in plan.phases] == [
-        ("2027-03-01", "2028-03-01"),
-        ("2028-03-01", "2029-03-01"),
+        ("2027-03-01", "2029-03-01"),
         ("2029-03-01", "2030-03-01"),
     ]
     assert [[(i.quantity, i.unit_amount) for i in p.items] for p in plan.phases] == [
         [(10, None)],
-        [(10, None)],
         [(25, 14_000)],
     ]
-    assert plan.phases[1].entitlements == ()
-    assert {e.feature: e.value for e in plan.phases[2].entitlements}["seats"] == 25
+    assert len(plan.phases[0].line_item_ids) == 2
+    assert plan.phases[0].entitlements == ()
+    assert {e.feature: e.value for e in plan.phases[1].entitlements}["seats"] == 25
     assert plan.discount is not None
     assert (plan.discount.percent_off, plan.discount.duration) == (5.0, "forever")

@@ -276,3 +276,14 @@ def test_the_preview_shows_intent_contract_phases_and_discount(
     assert "team x 20 at 14.00 USD" in text
     assert "seats 30" in text
     assert "Discount: 10% off, 3 months" in text
+
+
+def test_one_line_start_date_or_unchanged_years_are_no_ramp(example_mappings: Mappings) -> None:
+    deal = ramp()
+    for line in deal["OpportunityLineItems"]["records"]:
+        line["Quantity"], line["UnitPrice"] = 10.0, 15.0
+    plan = plan_of(map_opportunity(deal, example_mappings))
+    assert plan.phases == ()
+    assert plan.contract is not None
+    assert plan.contract.start_date == "2027-01-01"
+    assert [(i.quantity, i.line_item_id) for i in plan.items] == [(10, "00kR0")]
