@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import json
 from datetime import date
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from sf_bridge.mapping import Mappings
+from sf_bridge.mapping import Mappings, load_mappings
 from sf_bridge.mapping.engine import map_opportunity
 from sf_bridge.plan import AccountFacts, ContractTerms, MappingError, ProvisioningPlan
-from tests.fixtures.mapping import make_opportunity, opportunity_line
+from tests.fixtures.mapping import copy_mappings, make_opportunity, opportunity_line
 
 LIVE = AccountFacts(live_subscription=True, plan_name="enterprise")
 
@@ -287,3 +288,19 @@ def test_one_line_start_date_or_unchanged_years_are_no_ramp(example_mappings: Ma
     assert plan.contract is not None
     assert plan.contract.start_date == "2027-01-01"
     assert [(i.quantity, i.line_item_id) for i in plan.items] == [(10, "00kR0")]
+
+
+def test_without_the_terms_sections_the_inference_still_applies(tmp_path: Path) -> None:
+    folder = copy_mappings(tmp_path / "m")
+    text = (folder / "salesforce.yaml").read_text()
+    cut = text.index("\n# What the deal does to the account")
+    (folder / "salesforce.yaml").write_text(text[:cut] + "\n")
+    mappings = load_mappings(folder)
+    assert mappings.terms is None
+    plan = plan_of(map_opportunity(seats_only(Type="New Customer"), mappings, LIVE))
+    assert (plan.intent, plan.amendment_lines, plan.proration) == (
+        "amendment",
+        "additions",
+        "create_prorations",
+    )
+    assert codes(map_opportunity(seats_only(), mappings)) == ["no_plan"]
