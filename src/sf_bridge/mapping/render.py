@@ -84,8 +84,9 @@ def print_plan(console: Console, plan: ProvisioningPlan) -> None:
             if terms.collection_method == "send_invoice"
             else "card charged automatically"
         )
+        name = plan.plan_name or "the account's current plan (not known)"
         console.print(
-            f"Plan: {plan.plan_name} (paid)  billing: {terms.collection_method}, {due}, "
+            f"Plan: {name} (paid)  billing: {terms.collection_method}, {due}, "
             f"{_interval_word(terms.interval)}, {terms.currency.upper()}"
         )
     if plan.items:

@@ -304,3 +304,24 @@ def test_without_the_terms_sections_the_inference_still_applies(tmp_path: Path) 
         "create_prorations",
     )
     assert codes(map_opportunity(seats_only(), mappings)) == ["no_plan"]
+
+
+def test_preview_maps_an_amendment_onto_the_plan_it_is_told(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from sf_bridge.cli import app
+
+    path = tmp_path / "seats.json"
+    path.write_text(json.dumps(seats_only(Type="Existing Customer - Upgrade")))
+    args = ["mappings", "preview", "--file", str(path), "--no-stripe", "--json"]
+    told = CliRunner().invoke(app, [*args, "--account-plan", "enterprise"])
+    assert told.exit_code == 0, told.output
+    body = told.stdout[told.stdout.index("{\n") :]  # after any log line
+    plan = json.loads(body)["plan"]
+    assert (plan["intent"], plan["plan_name"], plan["amendment_lines"]) == (
+        "amendment",
+        "enterprise",
+        "additions",
+    )
+    untold = CliRunner().invoke(app, args[:-1])
+    assert "Plan: the account's current plan (not known)" in untold.stdout
