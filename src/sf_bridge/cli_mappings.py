@@ -17,7 +17,7 @@ from sf_bridge.errors import ConfigurationError, SfBridgeError
 from sf_bridge.mapping import Mappings, check_mappings, load_mappings
 from sf_bridge.mapping.engine import map_opportunity
 from sf_bridge.mapping.render import preview_json, print_errors, print_plan, print_request
-from sf_bridge.plan import ProvisioningPlan
+from sf_bridge.plan import AccountFacts, ProvisioningPlan
 from sf_bridge.provisioning.stripe_request import (
     RequestPreview,
     preview_request,
@@ -148,6 +148,12 @@ def preview(
         None, "--opportunity-id", help="Fetch this Opportunity from Salesforce (SF_* settings)."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
+    account_plan: str | None = typer.Option(
+        None,
+        "--account-plan",
+        help="Map as if the account had a live subscription of this plan (an amendment "
+        "selling only add-ons then maps onto it).",
+    ),
     mappings_dir: Path | None = typer.Option(None, "--mappings", help=DIR_HELP, show_default=False),
     use_stripe: bool = typer.Option(
         True,
@@ -173,7 +179,8 @@ def preview(
     results = []
     failed = False
     for index, record in enumerate(records):
-        result = map_opportunity(record, mappings)
+        facts = AccountFacts(True, account_plan) if account_plan else None
+        result = map_opportunity(record, mappings, facts)
         if index and not as_json:
             console.print()
         opp_id = str(record.get("Id") or "?")

@@ -7,7 +7,7 @@ engine (`sf_bridge.mapping.engine`) reads it. Nothing here does I/O.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from sf_bridge.plan import (
     CollectionMethod,
@@ -18,6 +18,9 @@ from sf_bridge.plan import (
     PlanKind,
     default_combine,
 )
+
+if TYPE_CHECKING:
+    from sf_bridge.mapping.terms import DealTerms
 
 # Fields every opportunity query selects, whatever the mapping says.
 BASE_OPPORTUNITY_FIELDS: tuple[str, ...] = (
@@ -255,6 +258,8 @@ class Mappings:
     # A provisioned deal whose opportunity is no longer won: park it for RevOps ("review")
     # or cancel its billing and entitlements ("cancel"). See sf_bridge.provisioning.unwon.
     when_unwon: str = "review"
+    # intent, amendments, contract dates, discount (sf_bridge.mapping.terms); None: none set
+    terms: DealTerms | None = None
 
     def product(self, key: str) -> ProductRule | None:
         return self.products.get(product_key(key, self.match_by))
@@ -269,6 +274,8 @@ class Mappings:
         ):
             if source is not None:
                 refs.extend(source.fields)
+        if self.terms is not None:
+            refs.extend(self.terms.fields())
         return refs
 
     def query_fields(self) -> tuple[list[str], list[str]]:
