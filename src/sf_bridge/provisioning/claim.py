@@ -1,4 +1,4 @@
-"""Claiming work through a caller's session: which deals may run now, and the per-account lock.
+"""Claiming work through a caller's session: which deals may run now.
 
 The worker claims, leases and renews through `sf_bridge.provisioning.store.DealStore`, which
 applies the same rules in fewer statements; these session-level functions remain for code and
@@ -10,11 +10,8 @@ with `FOR UPDATE SKIP LOCKED`, so replicas never wait on each other; SQLite (one
 a step is guarded by the lease too (`load_owned`), so a worker whose lease expired and was
 taken over cannot overwrite the new owner's progress.
 
-The per-account lock is the same kind of lease, on a `provisioning_locks` row: the customer,
-subscription and invoice steps of two deals of one account never run at once. The deal's
-Stripe customer (its `customers` row, one per customer key, which accounts may share) is
-leased with it, in the same statement: Stripe answers `lock_timeout` to concurrent writes on
-one customer, and two deals could both create it.
+The account's lease is on the deal row too (`account_until`, taken and given back by
+`DealStore`): see that module.
 """
 
 from __future__ import annotations
@@ -23,11 +20,11 @@ from collections.abc import Collection
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, case, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from sf_bridge.db.models import CANCELLED, Customer, Deal, ProvisioningLock, utcnow
+from sf_bridge.db.models import CANCELLED, Customer, Deal, utcnow
 from sf_bridge.provisioning.states import SETTLED
 
 
@@ -131,77 +128,11 @@ def ensure_customer_row(
     ).scalar_one()
 
 
-def _lock_names(account_id: str, customer_id: int | None) -> list[str]:
-    names = [f"account:{account_id}"]
-    if customer_id is not None:
-        names.append(f"customer:{customer_id}")
-    return names
-
-
-def try_lock_account(
-    session: Session,
-    *,
-    account_id: str,
-    customer_id: int | None,
-    holder: str,
-    now: datetime,
-    lease: timedelta,
-) -> bool:
-    """Takes (or renews) for `holder` the account's lease and, when given, the lease of the
-    customers row `customer_id`, in one statement; False, holding neither, when someone else
-    holds one (no commit)."""
-    names = _lock_names(account_id, customer_id)
-
-    def take() -> int:
-        result = session.execute(
-            update(ProvisioningLock)
-            .where(
-                ProvisioningLock.name.in_(names),
-                or_(
-                    ProvisioningLock.locked_by.is_(None),
-                    ProvisioningLock.locked_by == holder,
-                    ProvisioningLock.locked_until < now,
-                ),
-            )
-            .values(locked_by=holder, locked_until=now + lease)
-            .execution_options(synchronize_session=False)
-        )
-        return int(result.rowcount or 0)  # type: ignore[attr-defined]
-
-    if take() == len(names):
-        return True
-    # A first deal of the account or customer (its lock rows are made once), or a busy one.
-    session.execute(
-        _insert(session, ProvisioningLock)
-        .values([{"name": name} for name in names])
-        .on_conflict_do_nothing(index_elements=["name"])
-    )
-    if take() == len(names):
-        return True
-    release_locks(session, holder)
-    return False
-
-
-def unlock_account(session: Session, *, account_id: str, holder: str) -> None:
-    """Gives the account's lease, and the customer lease taken with it, back (no commit)."""
-    release_locks(session, holder)
-
-
-def release_locks(session: Session, holder: str) -> None:
-    """Gives back every account and customer lease `holder` holds (no commit)."""
-    session.execute(
-        update(ProvisioningLock)
-        .where(ProvisioningLock.locked_by == holder)
-        .values(locked_by=None, locked_until=None)
-        .execution_options(synchronize_session=False)
-    )
-
-
 def renew_leases(
     session: Session, *, owner: str, until: datetime, deal_ids: Collection[int]
 ) -> int:
-    """Extends the leases `owner` holds on the deals it is working on now (and their account
-    locks) to `until`; returns how many of those deals it still holds. A live worker calls
+    """Extends the leases `owner` holds on the deals it is working on now (and their
+    account's lease) to `until`; returns how many of those deals it still holds. A live worker calls
     this periodically, so leases can be short and the deals of a worker that died are taken
     over quickly. Only the deals in work are renewed: a deal a failed run or batch left leased
     runs out its lease and is claimed again. Commits."""
@@ -212,13 +143,10 @@ def renew_leases(
         result = session.execute(
             update(Deal)
             .where(Deal.locked_by == owner, Deal.id.in_(ids))
-            .values(locked_until=until)
-            .execution_options(synchronize_session=False)
-        )
-        session.execute(
-            update(ProvisioningLock)
-            .where(ProvisioningLock.locked_by.in_([f"{owner}:{i}" for i in ids]))
-            .values(locked_until=until)
+            .values(
+                locked_until=until,
+                account_until=case((Deal.account_until.is_(None), None), else_=until),
+            )
             .execution_options(synchronize_session=False)
         )
     return int(result.rowcount or 0)  # type: ignore[attr-defined]

@@ -42,6 +42,7 @@ class DealView:
     last_error: str | None = None
     last_error_code: str | None = None
     created_at: datetime | None = None
+    stripe_requested: str | None = None  # Stripe steps whose request may have gone out
     resumed: bool = False
 
     @classmethod
@@ -56,6 +57,16 @@ class DealView:
     def with_changes(self, changes: Mapping[str, Any]) -> DealView:
         known = {k: v for k, v in changes.items() if k in self.columns()}
         return replace(self, resumed=False, **known)
+
+    def requested(self, step: str) -> bool:
+        """Whether a request of `step` may have reached Stripe before (marked before it)."""
+        return step in (self.stripe_requested or "").split(",")
+
+    def with_requested(self, step: str) -> str:
+        """`stripe_requested` with `step` marked."""
+        if self.requested(step):
+            return self.stripe_requested or step
+        return f"{self.stripe_requested},{step}" if self.stripe_requested else step
 
     @property
     def custom_plan(self) -> bool:
@@ -80,6 +91,7 @@ class CustomerView:
     name: str
     email: str | None
     stripe_customer_id: str | None
+    create_requested_at: datetime | None = None
 
 
 @dataclass(frozen=True)

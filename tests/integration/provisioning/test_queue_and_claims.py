@@ -144,95 +144,15 @@ def test_concurrent_claimers_never_share_a_deal(session_factory: sessionmaker[Se
     assert len(claimed) == 40
 
 
-def test_account_lock_is_held_by_one_deal_at_a_time(
-    session_factory: sessionmaker[Session],
-) -> None:
-    now = datetime.now(UTC)
-    with session_factory() as session, session.begin():
-        for _ in range(2):
-            row = claim.ensure_customer_row(
-                session, customer_key=f"{ACCOUNT}/USD", account_id=ACCOUNT, name="Acme", email=None
-            )
-        customer_id = row.id
-
-    def lock(holder: str, at: datetime = now, account: str = ACCOUNT) -> bool:
-        with session_factory() as session, session.begin():
-            return claim.try_lock_account(
-                session,
-                account_id=account,
-                customer_id=customer_id,
-                holder=holder,
-                now=at,
-                lease=LEASE,
-            )
-
-    assert lock("w1:1")
-    assert not lock("w2:2")
-    # another account billed to the same customer waits too, and holds nothing meanwhile
-    assert not lock("w4:4", account=ACCOUNT_B)
-    assert lock("w1:1")  # renewing one's own lock
-    with session_factory() as session, session.begin():
-        claim.unlock_account(session, account_id=ACCOUNT, holder="w1:1")
-    assert lock("w2:2")
-    # an expired lease (its holder died) is taken over
-    assert lock("w3:3", now + LEASE + timedelta(seconds=1))
-
-
-def test_an_account_lock_is_not_held_by_a_deal_that_waits_for_the_customer(
-    session_factory: sessionmaker[Session],
-) -> None:
-    now = datetime.now(UTC)
-    with session_factory() as session, session.begin():
-        shared = claim.ensure_customer_row(
-            session, customer_key="GROUP-1/USD", account_id=ACCOUNT, name="Acme", email=None
-        ).id
-        other = claim.ensure_customer_row(
-            session,
-            customer_key=f"{ACCOUNT_B}/EUR",
-            account_id=ACCOUNT_B,
-            name="Acme B",
-            email=None,
-        ).id
-
-    def lock(holder: str, account: str, customer_id: int) -> bool:
-        with session_factory() as session, session.begin():
-            return claim.try_lock_account(
-                session,
-                account_id=account,
-                customer_id=customer_id,
-                holder=holder,
-                now=now,
-                lease=LEASE,
-            )
-
-    assert lock("w1:1", ACCOUNT, shared)
-    assert not lock(
-        "w2:2", ACCOUNT_B, shared
-    )  # the second account's lock is not kept while it waits
-    assert lock("w3:3", ACCOUNT_B, other)
-
-
 def test_renewed_leases_hold_until_their_owner_stops_renewing(
     session_factory: sessionmaker[Session],
 ) -> None:
     now = datetime.now(UTC)
     with session_factory() as session, session.begin():
         enqueue_opportunities(session, _ids(2), source="stream")
-        customer_id = claim.ensure_customer_row(
-            session, customer_key=f"{ACCOUNT}/USD", account_id=ACCOUNT, name="Acme", email=None
-        ).id
     with session_factory() as session:
         held = claim.claim_deals(
             session, steps=("fetch",), owner="a", now=now, lease=LEASE, limit=2
-        )
-    with session_factory() as session, session.begin():
-        assert claim.try_lock_account(
-            session,
-            account_id=ACCOUNT,
-            customer_id=customer_id,
-            holder=f"a:{held[0]}",
-            now=now,
-            lease=LEASE,
         )
     later = now + LEASE + timedelta(seconds=1)
     with session_factory() as session:
@@ -241,10 +161,6 @@ def test_renewed_leases_hold_until_their_owner_stops_renewing(
         assert (
             claim.claim_deals(session, steps=("fetch",), owner="b", now=later, lease=LEASE, limit=2)
             == []
-        )
-    with session_factory() as session, session.begin():
-        assert not claim.try_lock_account(
-            session, account_id=ACCOUNT, customer_id=None, holder="b:9", now=later, lease=LEASE
         )
     # "a" died: no renewal, and the lease runs out
     much_later = later + LEASE + timedelta(seconds=1)
