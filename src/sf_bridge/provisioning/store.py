@@ -236,9 +236,11 @@ class DealStore:
             conn = session.connection()
             known: CustomerView | None = None
             customer_id = deal.customer_id
+            resumed = deal.requested(step)
             if step == STEP_CUSTOMER:
-                known = ensure_customer(conn, identity)
+                known, earlier = _customer_to_request(conn, identity, now)
                 customer_id = known.id
+                resumed = resumed or earlier
             if conn.dialect.name == "postgresql":
                 names = sorted({f"account:{account}", f"customer:{customer_id}"})
                 conn.execute(select(*[func.pg_advisory_xact_lock(func.hashtext(n)) for n in names]))
@@ -262,15 +264,6 @@ class DealStore:
             ).rowcount
             if taken != 1:
                 raise _NotHeld
-            resumed = deal.requested(step)
-            if known is not None:
-                resumed = resumed or known.create_requested_at is not None
-                if known.create_requested_at is None and known.stripe_customer_id is None:
-                    conn.execute(
-                        update(customers)
-                        .where(customers.c.id == known.id)
-                        .values(create_requested_at=now)
-                    )
             if prior is not None:
                 done, attempt_no, duration, detail = prior
                 _finish_attempt(
@@ -729,6 +722,58 @@ def ensure_customer(conn: Connection, identity: Any) -> CustomerView:
         .one()
     )
     return CustomerView(**row)
+
+
+_CUSTOMER_VIEW = [
+    customers.c.id,
+    customers.c.customer_key,
+    customers.c.sf_account_id,
+    customers.c.name,
+    customers.c.email,
+    customers.c.stripe_customer_id,
+    customers.c.create_requested_at,
+]
+
+
+def _customer_to_request(
+    conn: Connection, identity: Any, now: datetime
+) -> tuple[CustomerView, bool]:
+    """The customers row of the identity's customer key, marked as about to be requested
+    from Stripe (made so when new: one statement); and whether a request of it may have gone
+    out before (another deal of the customer, or an earlier attempt)."""
+    made = (
+        conn.execute(
+            _insert(conn, customers)
+            .values(
+                customer_key=identity.customer_key,
+                sf_account_id=identity.account_id,
+                name=identity.name[:255],
+                email=identity.email,
+                create_requested_at=now,
+                created_at=now,
+                updated_at=now,
+            )
+            .on_conflict_do_nothing(index_elements=["customer_key"])
+            .returning(*_CUSTOMER_VIEW)
+        )
+        .mappings()
+        .first()
+    )
+    if made is not None:
+        return CustomerView(**made), False
+    row = (
+        conn.execute(
+            select(*_CUSTOMER_VIEW).where(customers.c.customer_key == identity.customer_key)
+        )
+        .mappings()
+        .one()
+    )
+    known = CustomerView(**row)
+    if known.create_requested_at is None and known.stripe_customer_id is None:
+        conn.execute(
+            update(customers).where(customers.c.id == known.id).values(create_requested_at=now)
+        )
+    return known, known.create_requested_at is not None
 
 
 def _finish_attempt(
