@@ -8,6 +8,8 @@ emulator, so it is an upper bound of the worker's own (bench/burst.py measures t
 process alone).
 
     .venv/bin/python bench/statements.py --deals 200
+    .venv/bin/python bench/statements.py --deals 200 --burst   # 8 deals in flight at once
+    .venv/bin/python bench/statements.py --deals 200 --database postgresql
 """
 
 from __future__ import annotations
@@ -43,6 +45,11 @@ def kind(statement: str) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--deals", type=int, default=200)
+    parser.add_argument(
+        "--burst",
+        action="store_true",
+        help="run the deals 8 at a time (a burst: many deals enqueued at once) instead of one",
+    )
     add_common_arguments(parser)
     args = parser.parse_args()
     print_header("SQL statements and CPU per deal, worker in-process")
@@ -67,7 +74,7 @@ def main() -> int:
                 "STRIPE_API_KEY": stack.stripe.api_key,
                 "STRIPE_API_BASE": stack.stripe.url,
                 "SF_BRIDGE_STRIPE_RPS": 100_000,
-                "SF_BRIDGE_WORKER_CONCURRENCY": 1,
+                "SF_BRIDGE_WORKER_CONCURRENCY": 8 if args.burst else 1,
             }
         )
         factory = make_session_factory(stack.engine)
@@ -98,7 +105,8 @@ def main() -> int:
         cpu, wall = time.process_time() - cpu0, time.monotonic() - wall0
         counts = stack.status_counts()
         n = args.deals
-        print(f"deals: {dict(counts)}; wall {wall:.1f} s")
+        mode = "burst, 8 in flight" if args.burst else "one at a time"
+        print(f"{args.database}, {mode}; deals: {dict(counts)}; wall {wall:.1f} s")
         print(
             f"process CPU per deal (worker + in-process org and emulator): {cpu / n * 1000:.1f} ms"
         )

@@ -181,7 +181,6 @@ def test_existing_customers_keep_their_stripe_customer_under_the_new_key(empty_u
         ).one()
         done_plan = conn.execute(sa.select(deals.c.plan).where(deals.c.id == 1)).scalar_one()
         usage = conn.execute(sa.text("SELECT sf_account_id, used FROM usage_counters")).all()
-        locks = conn.execute(sa.text("SELECT COUNT(*) FROM provisioning_locks")).scalar_one()
     engine.dispose()
     assert [tuple(k) for k in keys] == [
         (f"{a}/EUR", a, "cus_a"),
@@ -194,7 +193,6 @@ def test_existing_customers_keep_their_stripe_customer_under_the_new_key(empty_u
     assert tuple(parked[1:]) == (None, None, "customer")
     assert done_plan["customer"]["customer_key"] == a  # billed deals are history, left alone
     assert [tuple(u) for u in usage] == [(a, 7)]
-    assert locks == 0
 
 
 def _custom_plan(account: str) -> dict[str, Any]:
@@ -258,3 +256,48 @@ def test_finished_custom_plan_deals_keep_their_customer_and_their_entitlements(
     engine.dispose()
     assert [tuple(r) for r in links] == [(1, 1, "cus_1"), (2, 1, "cus_1"), (3, 1, "cus_1")]
     assert sorted(answer["entitlements"]) == ["premium_support", "sandbox", "sso"]
+
+
+def test_earlier_stripe_attempts_become_marks_on_the_deal_and_its_customer(
+    empty_url: str,
+) -> None:
+    """The account's lease moved to the deal row: what an earlier attempt may have sent to
+    Stripe is read from marks, so the upgrade marks what the attempt rows recorded."""
+    a, b = "001000000000001AAA", "001000000000002AAA"
+    migrate.upgrade(empty_url, "0005q")
+    engine = make_engine(empty_url)
+    with engine.begin() as conn:
+        for row_id, account in ((1, a), (2, b)):
+            conn.execute(
+                sa.insert(customers).values(
+                    id=row_id,
+                    sf_account_id=account,
+                    customer_key=f"{account}/USD",
+                    name="Acme",
+                    created_at=NOW,
+                    updated_at=NOW,
+                )
+            )
+        conn.execute(_deal(1, a, 1, _plan(a, f"{a}/USD", "usd"), status="retrying", step="invoice"))
+        conn.execute(_deal(2, b, 2, _plan(b, f"{b}/USD", "usd"), status="mapped", step="customer"))
+        for step in ("customer", "subscription"):
+            conn.execute(
+                sa.text(
+                    "INSERT INTO step_attempts (deal_id, step, attempt, started_at, outcome, "
+                    "pruned_before) VALUES (1, :step, 1, :at, 'ok', 0)"
+                ),
+                {"step": step, "at": NOW},
+            )
+    engine.dispose()
+    migrate.upgrade(empty_url)
+    engine = make_engine(empty_url)
+    with engine.connect() as conn:
+        marks = conn.execute(sa.text("SELECT id, stripe_requested FROM deals ORDER BY id")).all()
+        requested = conn.execute(
+            sa.text("SELECT id, create_requested_at IS NOT NULL FROM customers ORDER BY id")
+        ).all()
+        tables = sa.inspect(conn).get_table_names()
+    engine.dispose()
+    assert [tuple(m) for m in marks] == [(1, "customer,subscription"), (2, None)]
+    assert [(i, bool(r)) for i, r in requested] == [(1, True), (2, False)]
+    assert "provisioning_locks" not in tables

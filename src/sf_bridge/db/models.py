@@ -108,7 +108,12 @@ class Deal(Base):
     plan: Mapped[dict[str, Any] | None]  # ProvisioningPlan.to_dict()
     mapping_version: Mapped[str | None] = mapped_column(String(64))
 
-    customer_id: Mapped[int | None] = mapped_column(ForeignKey("customers.id"))
+    customer_id: Mapped[int | None] = mapped_column(ForeignKey("customers.id"), index=True)
+    # The account's lease: while set and ahead, and the deal is leased, no other deal of its
+    # account or of its customers row is claimed into (or enters) a Stripe step.
+    account_until: Mapped[datetime | None]
+    # The Stripe steps whose request may have gone out (comma-separated, marked before it).
+    stripe_requested: Mapped[str | None] = mapped_column(String(128))
     stripe_customer_id: Mapped[str | None] = mapped_column(String(64))
     stripe_subscription_id: Mapped[str | None] = mapped_column(String(64), index=True)
     stripe_invoice_id: Mapped[str | None] = mapped_column(String(64), index=True)
@@ -221,6 +226,9 @@ class Customer(Base):
     name: Mapped[str] = mapped_column(String(255), default="")
     email: Mapped[str | None] = mapped_column(String(255))
     stripe_customer_id: Mapped[str | None] = mapped_column(String(64), unique=True)
+    # Set before the first request that may create its Stripe customer: a later deal of this
+    # customer searches Stripe before creating.
+    create_requested_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -231,18 +239,6 @@ class Customer(Base):
         # The Account id only in its 18-character form: one account, one key.
         CheckConstraint(id_18_check("sf_account_id"), name="ck_customers_sf_account_id_18"),
     )
-
-
-class ProvisioningLock(Base):
-    """A lease that keeps Stripe steps apart: `account:<Account id>` lets one deal of an
-    account at a time run the customer, subscription and invoice steps; `customer:<customers
-    id>` one deal at a time write to a Stripe customer, which accounts may share."""
-
-    __tablename__ = "provisioning_locks"
-
-    name: Mapped[str] = mapped_column(String(64), primary_key=True)
-    locked_by: Mapped[str | None] = mapped_column(String(64), index=True)
-    locked_until: Mapped[datetime | None]
 
 
 class EntitlementGrant(Base):

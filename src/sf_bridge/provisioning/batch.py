@@ -249,7 +249,6 @@ def _fail(
             deal_id=deal.id,
             opportunity_id=deal.opportunity_id,
             step=step,
-            attempt_id=None,
             attempt_no=deal.attempts + 1,
             exc=exc,
             duration=duration,

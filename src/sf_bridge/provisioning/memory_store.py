@@ -1,7 +1,8 @@
 """`InMemoryStore`: the deal store's interface over plain dictionaries, for unit tests of the
 runner and the steps without a database. It keeps the same rules as `DealStore`: a claim
 leases due deals, a commit checks the lease and that the deal was not cancelled, the account's
-lease keeps two deals of one account apart, an attempt is recorded before a Stripe request."""
+lease (on the deal row) keeps two deals of one account apart, a Stripe step is marked as
+requested before its request, an attempt row is recorded when the attempt is over."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sf_bridge.provisioning.outcome import CustomerView, DealView, Outcome
-from sf_bridge.provisioning.states import DEAL_STEPS, SETTLED, STEP_CUSTOMER
+from sf_bridge.provisioning.states import ACCOUNT_STEPS, DEAL_STEPS, SETTLED, STEP_CUSTOMER
 from sf_bridge.provisioning.store import Started
 
 
@@ -24,7 +25,6 @@ class InMemoryStore:
         self.deals: dict[int, dict[str, Any]] = {}
         self.attempts: list[dict[str, Any]] = []
         self.customers: dict[str, dict[str, Any]] = {}
-        self.locks: dict[str, tuple[str, datetime]] = {}
         self.grants: dict[tuple[int, str], dict[str, Any]] = {}
         self.events: list[dict[str, Any]] = []
         self._ids = itertools.count(1)
@@ -43,6 +43,7 @@ class InMemoryStore:
             attempts=0,
             source="stream",
             locked_until=None,
+            account_until=None,
             next_attempt_at=None,
             last_error_code=None,
         )
@@ -62,68 +63,89 @@ class InMemoryStore:
                 and row["status"] not in SETTLED
                 and (row["next_attempt_at"] is None or row["next_attempt_at"] <= now)
                 and (row["locked_until"] is None or row["locked_until"] < now)
+                and (
+                    row["current_step"] not in ACCOUNT_STEPS
+                    or not self._account_held(row["id"], row["account_id"], row["customer_id"], now)
+                )
             ][:limit]
             for row in due:
-                row.update(locked_by=self.owner, locked_until=now + self.lease)
+                row.update(locked_by=self.owner, locked_until=now + self.lease, account_until=None)
             return [DealView.from_row(row) for row in due]
 
     def load(self, deal_ids: Collection[int]) -> list[DealView]:
         return [DealView.from_row(self.deals[i]) for i in sorted(deal_ids) if i in self.deals]
 
-    def release(self, deal_id: int, holder: str | None = None) -> None:
+    def release(self, deal_id: int) -> None:
         with self._lock:
             row = self.deals.get(deal_id)
             if row is not None and row["locked_by"] == self.owner:
-                row.update(locked_by=None, locked_until=None)
-            if holder is not None:
-                self._release_locks(holder)
+                row.update(locked_by=None, locked_until=None, account_until=None)
 
-    def reschedule(self, deal_id: int, delay: timedelta) -> None:
+    def reschedule(self, deal_id: int, delay: timedelta) -> bool:
         with self._lock:
             row = self._owned(deal_id)
-            if row is not None:
-                row.update(next_attempt_at=self.clock() + delay, locked_by=None, locked_until=None)
+            if row is None:
+                return False
+            row.update(
+                next_attempt_at=self.clock() + delay,
+                locked_by=None,
+                locked_until=None,
+                account_until=None,
+            )
+            return True
 
     def start(
         self,
         deal: DealView,
         step: str,
-        attempt_no: int,
         *,
         account: str,
         identity: Any,
-        holder: str,
-        held: bool = False,
+        changes: Mapping[str, Any] | None = None,
+        prior: tuple[str, int, int, Mapping[str, Any]] | None = None,
+        before_commit: Callable[[], None] | None = None,
     ) -> Started | None:
         now = self.clock()
         with self._lock:
+            row = self._owned(deal.id)
+            if row is None:
+                return None
             known: CustomerView | None = None
             customer_id = deal.customer_id
             if step == STEP_CUSTOMER:
                 known = self._ensure_customer(identity)
                 customer_id = known.id
-            names = [f"account:{account}"] + (
-                [f"customer:{customer_id}"] if customer_id is not None else []
-            )
-            if not held:
-                for name in names:
-                    taken = self.locks.get(name)
-                    if taken is not None and taken[0] != holder and taken[1] >= now:
-                        return None
-                for name in names:
-                    self.locks[name] = (holder, now + self.lease)
-            if step == STEP_CUSTOMER:
-                row = self.deals[deal.id]
-                row.update(account_id=account, customer_id=customer_id)
-                same_customer = {
-                    i for i, r in self.deals.items() if r["customer_id"] == customer_id
-                }
-                resumed = any(
-                    a["step"] == step and a["deal_id"] in same_customer for a in self.attempts
+            if self._account_held(deal.id, account, customer_id, now):
+                return None
+            if before_commit is not None:
+                before_commit()  # a crash here commits nothing: nothing is changed yet
+            values = {
+                **(changes or {}),
+                "account_id": account,
+                "customer_id": customer_id,
+                "account_until": now + self.lease,
+                "locked_until": now + self.lease,
+                "stripe_requested": deal.with_requested(step),
+            }
+            row.update(values)
+            resumed = deal.requested(step)
+            if known is not None:
+                customer = self.customers[identity.customer_key]
+                resumed = resumed or customer["create_requested_at"] is not None
+                if customer["create_requested_at"] is None and not customer["stripe_customer_id"]:
+                    customer["create_requested_at"] = now
+            if prior is not None:
+                done, attempt_no, duration, detail = prior
+                self._attempt(
+                    deal.id,
+                    done,
+                    attempt_no,
+                    now,
+                    outcome="ok",
+                    duration_ms=duration,
+                    detail=detail,
                 )
-            else:
-                resumed = self._earlier(deal.id, step)
-            return Started(self._attempt(deal.id, step, attempt_no, now), resumed, known)
+            return Started(resumed, known, deal.with_changes(values))
 
     def commit(
         self,
@@ -133,27 +155,29 @@ class InMemoryStore:
         *,
         status: str,
         next_step: str | None,
-        attempt_id: int | None,
         attempt_no: int,
         duration: int,
-        holder: str | None,
         detail: Mapping[str, Any],
         before_commit: Callable[[], None],
         start_next: bool = False,
+        also: tuple[tuple[str, Outcome, str, Mapping[str, Any]], ...] = (),
     ) -> tuple[DealView, Started | None] | None:
         now = self.clock()
+        results = [(step, outcome, status, detail), *also]
         with self._lock:
             row = self._owned(deal.id)
             if row is None:
                 return None
-            changes = dict(outcome.changes)
-            if outcome.ensure_customer is not None:
-                changes["customer_id"] = self._ensure_customer(outcome.ensure_customer).id
+            changes: dict[str, Any] = {}
+            for _step, done, _status, _detail in results:
+                changes.update(done.changes)
+                if done.ensure_customer is not None:
+                    changes["customer_id"] = self._ensure_customer(done.ensure_customer).id
             before_commit()  # a crash here commits nothing: nothing is changed yet
             in_flight = next_step in DEAL_STEPS
             row.update(
                 changes,
-                status=status,
+                status=results[-1][2],
                 current_step=next_step,
                 attempts=0,
                 next_attempt_at=None,
@@ -161,24 +185,24 @@ class InMemoryStore:
                 last_error_code=None,
                 locked_by=self.owner if in_flight else None,
                 locked_until=now + self.lease if in_flight else None,
+                account_until=now + self.lease if start_next else None,
             )
+            if start_next and next_step is not None:
+                row["stripe_requested"] = deal.with_requested(next_step)
             customer_id = row["customer_id"]
             customer = next((c for c in self.customers.values() if c["id"] == customer_id), None)
-            if outcome.stripe_customer_id and customer and not customer["stripe_customer_id"]:
-                customer["stripe_customer_id"] = outcome.stripe_customer_id
-            for grant in outcome.grants:
-                self.grants.setdefault(
-                    (deal.id, grant.feature),
-                    {"customer_id": customer_id, "value": grant.value, "active": True},
-                )
-            self._finish(attempt_id, deal.id, step, attempt_no, now, outcome="ok", detail=detail)
-            started = None
-            if start_next and next_step is not None:
-                started = Started(
-                    self._attempt(deal.id, next_step, 1, now), self._earlier(deal.id, next_step)
-                )
-            if holder is not None:
-                self._release_locks(holder)
+            for done_step, done, _status, done_detail in results:
+                if done.stripe_customer_id and customer and not customer["stripe_customer_id"]:
+                    customer["stripe_customer_id"] = done.stripe_customer_id
+                for grant in done.grants:
+                    self.grants.setdefault(
+                        (deal.id, grant.feature),
+                        {"customer_id": customer_id, "value": grant.value, "active": True},
+                    )
+                self._attempt(deal.id, done_step, attempt_no, now, outcome="ok", detail=done_detail)
+            started = (
+                Started(deal.requested(next_step)) if start_next and next_step is not None else None
+            )
             return DealView.from_row(row), started
 
     def fail(
@@ -186,21 +210,17 @@ class InMemoryStore:
         *,
         deal_id: int,
         step: str,
-        attempt_id: int | None,
         attempt_no: int,
         retry_at: datetime | None,
         reason: str,
         code: str,
         duration: int,
-        holder: str | None,
         stripe_request_id: str | None,
         idempotency_key: str | None,
         detail: dict[str, Any] | None,
     ) -> bool:
         now = self.clock()
         with self._lock:
-            if holder is not None:
-                self._release_locks(holder)
             row = self._owned(deal_id)
             if row is None:
                 return False
@@ -213,10 +233,10 @@ class InMemoryStore:
                 last_error_code=code,
                 locked_by=None,
                 locked_until=None,
+                account_until=None,
                 next_attempt_at=retry_at,
             )
-            self._finish(
-                attempt_id,
+            self._attempt(
                 deal_id,
                 step,
                 attempt_no,
@@ -236,6 +256,8 @@ class InMemoryStore:
                 row = self._owned(deal_id)
                 if row is not None:
                     row["locked_until"] = until
+                    if row["account_until"] is not None:
+                        row["account_until"] = until
                     renewed += 1
             return renewed
 
@@ -308,13 +330,32 @@ class InMemoryStore:
                 "name": identity.name,
                 "email": identity.email,
                 "stripe_customer_id": None,
+                "create_requested_at": None,
             }
         return CustomerView(**row)
 
-    def _earlier(self, deal_id: int, step: str) -> bool:
-        return any(a["deal_id"] == deal_id and a["step"] == step for a in self.attempts)
+    def _account_held(
+        self, deal_id: int, account: str | None, customer_id: int | None, now: datetime
+    ) -> bool:
+        """Another live deal holds the account's lease of this account or customers row."""
+        return any(
+            other["id"] != deal_id
+            and (
+                (account is not None and other["account_id"] == account)
+                or (customer_id is not None and other["customer_id"] == customer_id)
+            )
+            and other["account_until"] is not None
+            and other["account_until"] >= now
+            and other["locked_by"] is not None
+            and other["locked_until"] is not None
+            and other["locked_until"] >= now
+            and other["status"] not in SETTLED
+            for other in self.deals.values()
+        )
 
-    def _attempt(self, deal_id: int, step: str, attempt_no: int, now: datetime) -> int:
+    def _attempt(
+        self, deal_id: int, step: str, attempt_no: int, now: datetime, **values: Any
+    ) -> None:
         self.attempts.append(
             {
                 "id": len(self.attempts) + 1,
@@ -322,27 +363,10 @@ class InMemoryStore:
                 "step": step,
                 "attempt": attempt_no,
                 "started_at": now,
-                "outcome": "running",
+                "finished_at": now,
+                **values,
             }
         )
-        return len(self.attempts)
-
-    def _finish(
-        self,
-        attempt_id: int | None,
-        deal_id: int,
-        step: str,
-        attempt_no: int,
-        now: datetime,
-        **values: Any,
-    ) -> None:
-        if attempt_id is None:
-            attempt_id = self._attempt(deal_id, step, attempt_no, now)
-        self.attempts[attempt_id - 1].update(values, finished_at=now)
-
-    def _release_locks(self, holder: str) -> None:
-        for name in [n for n, (h, _until) in self.locks.items() if h == holder]:
-            del self.locks[name]
 
 
 __all__ = ["InMemoryStore"]

@@ -43,6 +43,7 @@ class DealView:
     last_error: str | None = None
     last_error_code: str | None = None
     created_at: datetime | None = None
+    stripe_requested: str | None = None  # Stripe steps whose request may have gone out
     resumed: bool = False
 
     @classmethod
@@ -58,6 +59,16 @@ class DealView:
         columns = _deal_view_column_set()
         known = {k: v for k, v in changes.items() if k in columns}
         return replace(self, resumed=False, **known)
+
+    def requested(self, step: str) -> bool:
+        """Whether a request of `step` may have reached Stripe before (marked before it)."""
+        return step in (self.stripe_requested or "").split(",")
+
+    def with_requested(self, step: str) -> str:
+        """`stripe_requested` with `step` marked."""
+        if self.requested(step):
+            return self.stripe_requested or step
+        return f"{self.stripe_requested},{step}" if self.stripe_requested else step
 
     @property
     def custom_plan(self) -> bool:
@@ -93,6 +104,7 @@ class CustomerView:
     name: str
     email: str | None
     stripe_customer_id: str | None
+    create_requested_at: datetime | None = None
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,9 @@ from sf_bridge.provisioning.store import DealStore, Started
 
 log = get_logger(__name__)
 
+# The account is busy: another deal of it (or of its customers row) is in a Stripe step.
+_BUSY = Started(resumed=False)
+
 
 def _no_hook(step: str, deal_id: int) -> None:
     return None
@@ -68,7 +71,6 @@ class StepHooks:
 class RunnerOptions:
     owner: str
     lease: timedelta = timedelta(seconds=15)
-    account_wait_seconds: float = 10.0  # how long a deal waits for its account's lock in-thread
     account_busy_delay: timedelta = timedelta(milliseconds=200)
 
 
@@ -149,7 +151,7 @@ class Provisioner:
 
     def _abandon(self, deal_id: int) -> None:
         try:
-            self.store.release(deal_id, holder=f"{self.owner}:{deal_id}")
+            self.store.release(deal_id)
         except Exception as exc:
             log.warning(
                 "deal_release_failed",
@@ -164,86 +166,77 @@ class Provisioner:
         if deal is None:
             found = self.store.load([deal_id])
             deal = found[0] if found else None
-        held = False  # the account's lease, kept from one Stripe step to the next
-        started: Started | None = None  # the next step's attempt, recorded with the last commit
+        started: Started | None = None  # the account's lease kept from the previous step
         while True:
             if deal is None:
                 return None
             if stop.is_set() or deal.current_step not in DEAL_STEPS:
                 if deal.locked_by == self.owner:
-                    self.store.release(deal_id, holder=f"{self.owner}:{deal_id}" if held else None)
+                    self.store.release(deal_id)
                 return deal.status
             if deal.locked_by != self.owner:
                 return None
-            moved_on, status, held, started = self.run_step(deal, deal.current_step, held, started)
+            moved_on, status, started = self.run_step(deal, deal.current_step, started)
             if moved_on is None:
                 return status
             deal = moved_on
 
     def run_step(
-        self, deal: DealView, step: str, held: bool = False, started: Started | None = None
-    ) -> tuple[DealView | None, str | None, bool, Started | None]:
-        """One step of one deal: the deal as committed when the step succeeded, else None and
-        its status (None when the lease was lost); and whether the account's lease is still
-        held (`held`: taken by the previous step and kept, as the next step needs it too)."""
+        self, deal: DealView, step: str, started: Started | None = None
+    ) -> tuple[DealView | None, str | None, Started | None]:
+        """One step of one deal (with the pure steps that ride in its start or its commit):
+        the deal as committed when the step succeeded, else None and its status (None when
+        the lease was lost); and, when the account's lease is kept for the next step (which
+        writes to Stripe too), that step's start (`started`: given by the previous step)."""
         bound = log.bind(deal_id=deal.id, opportunity_id=deal.opportunity_id, step=step)
-        holder = f"{self.owner}:{deal.id}"
         attempt_no = deal.attempts + 1
+        if step == STEP_MAP:
+            return self._map_then_start(deal, bound)
+        locked = started is not None
         try:
-            started_step = (
-                (started.attempt_id, started.resumed, True, None)
-                if started is not None and held
-                else self._start(deal, step, attempt_no, holder, held)
-            )
+            if started is None:
+                started = self._start(deal, step)
         except Exception as exc:
-            return None, self._fail(deal, step, None, attempt_no, exc, 0, holder), False, None
-        if started_step is None:
-            self.store.reschedule(deal.id, self.options.account_busy_delay)
-            bound.info("account_busy_rescheduled")
-            return None, deal.status, False, None
-        attempt_id, resumed, locked, known = started_step
+            return None, self._fail(deal, step, attempt_no, exc, 0), None
+        if started is _BUSY:
+            return self._busy(deal, bound)
+        if started is not None:
+            locked = True
+            deal = started.deal or deal
+        resumed = started.resumed if started is not None else False
+        known = started.customer if started is not None else None
         began = time.perf_counter()
         try:
             outcome = self._execute(replace(deal, resumed=resumed), step, known)
             duration = int((time.perf_counter() - began) * 1000)
-            custom = (
-                "plan" in outcome.changes
-                and bool(outcome.changes["plan"])
-                and (outcome.changes["plan"].get("plan_kind") == "custom")
-            ) or ("plan" not in outcome.changes and deal.custom_plan)
-            following = outcome.skip_to or next_step(step, custom_plan=custom)
+            following = self._following(deal, step, outcome)
+            also = self._pure_after(deal, step, outcome, following)
+            if also:
+                following = next_step(also[0][0], custom_plan=False)
             keep = locked and following in ACCOUNT_STEPS
+            done = [step, *(a[0] for a in also)]
             committed = self.store.commit(
                 deal,
                 step,
                 outcome,
                 status=STATUS_AFTER[step],
                 next_step=following,
-                attempt_id=attempt_id,
                 attempt_no=attempt_no,
                 duration=duration,
-                holder=holder if locked and not keep else None,
                 detail=_json_safe(dict(outcome.detail)),
-                before_commit=lambda: self.hooks.before_commit(step, deal.id),
+                before_commit=lambda: self._before_commit(done, deal.id),
                 start_next=keep,
+                also=also,
             )
         except Exception as exc:
             duration = int((time.perf_counter() - began) * 1000)
-            return (
-                None,
-                self._fail(
-                    deal, step, attempt_id, attempt_no, exc, duration, holder if locked else None
-                ),
-                False,
-                None,
-            )
+            return None, self._fail(deal, step, attempt_no, exc, duration), None
         if committed is None:
             bound.warning("lease_lost", attempt=attempt_no)
-            if locked:
-                self.store.release(deal.id, holder=holder)
-            return None, None, False, None
+            return None, None, None
         view, next_started = committed
-        self.hooks.after_commit(step, deal.id)
+        for s in done:
+            self.hooks.after_commit(s, deal.id)
         bound.info(
             "step_done",
             attempt=attempt_no,
@@ -251,7 +244,113 @@ class Provisioner:
             stripe_request_id=outcome.stripe_request_id,
             **{k: v for k, v in outcome.detail.items() if isinstance(v, str | int | bool)},
         )
-        return view, view.status, keep, next_started
+        return view, view.status, next_started
+
+    def _before_commit(self, steps: list[str], deal_id: int) -> None:
+        for step in steps:
+            self.hooks.before_commit(step, deal_id)
+
+    def _following(self, deal: DealView, step: str, outcome: Outcome) -> str | None:
+        custom = (
+            "plan" in outcome.changes
+            and bool(outcome.changes["plan"])
+            and (outcome.changes["plan"].get("plan_kind") == "custom")
+        ) or ("plan" not in outcome.changes and deal.custom_plan)
+        return outcome.skip_to or next_step(step, custom_plan=custom)
+
+    def _pure_after(
+        self, deal: DealView, step: str, outcome: Outcome, following: str | None
+    ) -> tuple[tuple[str, Outcome, str, dict[str, Any]], ...]:
+        """The entitlements step is pure: when it comes next and can run on this step's
+        outcome, its outcome rides in this step's commit. A failure of it is left to its own
+        run (this step commits alone)."""
+        if following != STEP_ENTITLEMENTS or outcome.ensure_customer is not None:
+            return ()
+        after = deal.with_changes({**outcome.changes, "status": STATUS_AFTER[step]})
+        if after.customer_id is None:
+            return ()
+        try:
+            granted = entitlements_step(self.ctx, after)
+        except Exception:
+            return ()
+        return (
+            (
+                STEP_ENTITLEMENTS,
+                granted,
+                STATUS_AFTER[STEP_ENTITLEMENTS],
+                _json_safe(dict(granted.detail)),
+            ),
+        )
+
+    def _map_then_start(
+        self, deal: DealView, bound: Any
+    ) -> tuple[DealView | None, str | None, Started | None]:
+        """The map step is pure: its outcome rides in the customer step's start (one
+        transaction, before the customer request) when the account is free; otherwise it is
+        committed alone and the deal waits for its account."""
+        attempt_no = deal.attempts + 1
+        began = time.perf_counter()
+        try:
+            outcome = map_step(self.ctx, deal)
+            duration = int((time.perf_counter() - began) * 1000)
+            following = self._following(deal, STEP_MAP, outcome)
+            mapped = deal.with_changes(
+                {**outcome.changes, "status": STATUS_AFTER[STEP_MAP], "current_step": following}
+            )
+            if following == STEP_CUSTOMER and not mapped.custom_plan:
+                plan = mapped.plan_or_fail()
+                started = self.store.start(
+                    mapped,
+                    STEP_CUSTOMER,
+                    account=plan.customer.account_id,
+                    identity=plan.customer,
+                    changes={
+                        **outcome.changes,
+                        "status": STATUS_AFTER[STEP_MAP],
+                        "current_step": following,
+                        "attempts": 0,
+                        "next_attempt_at": None,
+                        "last_error": None,
+                        "last_error_code": None,
+                        "updated_at": self.clock(),
+                    },
+                    before_commit=lambda: self.hooks.before_commit(STEP_MAP, deal.id),
+                    prior=(STEP_MAP, attempt_no, duration, _json_safe(dict(outcome.detail))),
+                )
+                if started is not None:
+                    self.hooks.after_commit(STEP_MAP, deal.id)
+                    bound.info("step_done", attempt=attempt_no, duration_ms=duration)
+                    assert started.deal is not None
+                    return started.deal, started.deal.status, started
+            committed = self.store.commit(
+                deal,
+                STEP_MAP,
+                outcome,
+                status=STATUS_AFTER[STEP_MAP],
+                next_step=following,
+                attempt_no=attempt_no,
+                duration=duration,
+                detail=_json_safe(dict(outcome.detail)),
+                before_commit=lambda: self.hooks.before_commit(STEP_MAP, deal.id),
+            )
+        except Exception as exc:
+            duration = int((time.perf_counter() - began) * 1000)
+            return None, self._fail(deal, STEP_MAP, attempt_no, exc, duration), None
+        if committed is None:
+            bound.warning("lease_lost", attempt=attempt_no)
+            return None, None, None
+        self.hooks.after_commit(STEP_MAP, deal.id)
+        bound.info("step_done", attempt=attempt_no, duration_ms=duration)
+        return committed[0], committed[0].status, None
+
+    def _busy(
+        self, deal: DealView, bound: Any
+    ) -> tuple[DealView | None, str | None, Started | None]:
+        if not self.store.reschedule(deal.id, self.options.account_busy_delay):
+            bound.warning("lease_lost")
+            return None, None, None
+        bound.info("account_busy_rescheduled")
+        return None, deal.status, None
 
     def _execute(self, deal: DealView, step: str, known: CustomerView | None) -> Outcome:
         if step == STEP_MAP:
@@ -266,57 +365,33 @@ class Provisioner:
             return entitlements_step(self.ctx, deal)
         raise PermanentError(f"Unknown step {step!r}.", hint="replay the deal.")
 
-    def _start(
-        self, deal: DealView, step: str, attempt_no: int, holder: str, held: bool
-    ) -> tuple[int | None, bool, bool, CustomerView | None] | None:
-        """Before a Stripe step: takes the account's lease and its Stripe customer's (waiting
-        up to `account_wait_seconds`) and records the attempt, in one commit, so that a later
-        attempt knows an earlier one may have reached Stripe. Returns (attempt id, resumed,
-        leased, the deal's customers row for the customer step), or None when the account or
-        the customer stayed busy. Other steps start with no writes."""
+    def _start(self, deal: DealView, step: str) -> Started | None:
+        """Before a Stripe step: takes the account's lease and marks the step as requested,
+        in one commit, so that a later attempt knows an earlier one may have reached Stripe.
+        `_BUSY` when another deal of the account or of its customers row holds the lease
+        (the deal is rescheduled, not waited for); None for steps that do not write to
+        Stripe."""
         if step not in ACCOUNT_STEPS:
-            return None, False, False, None
+            return None
         plan = deal.plan_or_fail()
         if plan.is_custom:  # no Stripe for entitlements-only plans: nothing to serialise
-            return None, False, False, None
-        deadline = time.monotonic() + self.options.account_wait_seconds
-        waiter = threading.Event()
-        while True:
-            started = self.store.start(
-                deal,
-                step,
-                attempt_no,
-                account=plan.customer.account_id,
-                identity=plan.customer,
-                holder=holder,
-                held=held,
-            )
-            if started is not None:
-                return started.attempt_id, started.resumed, True, started.customer
-            if time.monotonic() >= deadline:
-                return None
-            waiter.wait(0.02)
+            return None
+        started = self.store.start(
+            deal, step, account=plan.customer.account_id, identity=plan.customer
+        )
+        return _BUSY if started is None else started
 
     def _fail(
-        self,
-        deal: DealView,
-        step: str,
-        attempt_id: int | None,
-        attempt_no: int,
-        exc: Exception,
-        duration: int,
-        holder: str | None,
+        self, deal: DealView, step: str, attempt_no: int, exc: Exception, duration: int
     ) -> str | None:
         status = record_failure(
             self,
             deal_id=deal.id,
             opportunity_id=deal.opportunity_id,
             step=step,
-            attempt_id=attempt_id,
             attempt_no=attempt_no,
             exc=exc,
             duration=duration,
-            holder=holder,
         )
         return None if status == "lost" else status
 
@@ -327,12 +402,9 @@ def record_failure(
     deal_id: int,
     opportunity_id: str,
     step: str,
-    attempt_id: int | None,
     attempt_no: int,
     exc: Exception,
     duration: int = 0,
-    account: str | None = None,
-    holder: str | None = None,
 ) -> str:
     """Records a failed attempt and moves the deal to `retrying` or `needs_attention`, giving
     its lease back. Returns the new status ("lost" when the lease was lost)."""
@@ -342,13 +414,11 @@ def record_failure(
     held = prov.store.fail(
         deal_id=deal_id,
         step=step,
-        attempt_id=attempt_id,
         attempt_no=attempt_no,
         retry_at=prov.clock() + timedelta(seconds=decision.delay) if status == RETRYING else None,
         reason=decision.reason,
         code=decision.code,
         duration=duration,
-        holder=holder,
         stripe_request_id=request_id,
         idempotency_key=getattr(exc, "idempotency_key", None),
         detail=(

@@ -1,17 +1,31 @@
 """The deal store: every write of a per-deal step's state, in SQLAlchemy Core.
 
-    claim   one UPDATE ... RETURNING leases a batch of due deals and returns their views
-    start   before a Stripe step: takes the account's and the customer's lease and records the
-            attempt, in one transaction, *before* the request (a later attempt then knows an
-            earlier one may have reached Stripe, and searches before creating)
+    claim   one UPDATE ... RETURNING leases a batch of due deals and returns their views; a
+            deal about to write to Stripe is not claimed while another deal of its account or
+            of its customers row holds that account's lease
+    start   before a deal's first Stripe request: one guarded UPDATE of the deal takes the
+            account's lease (`account_until`, only if no other deal holds it) and marks the
+            step as requested (`stripe_requested`; the customers row's `create_requested_at`
+            for the customer step), committed *before* the request: a later attempt then
+            knows an earlier one may have reached Stripe, and searches before creating
     commit  a step's outcome: one guarded UPDATE of the deal (this worker's lease, not
             cancelled; the row count says whether it held), the customers link, the grants
-            and the attempt row, in one transaction; a lost lease commits nothing
-    fail    a failed attempt: retrying or needs_attention, in one transaction
+            and the attempt row, in one transaction; a lost lease commits nothing. When the
+            next step writes to Stripe too, the account's lease is kept and the next step
+            marked in the same UPDATE; otherwise the account's lease is given back by it
+    fail    a failed attempt: retrying or needs_attention and the account's lease given back,
+            in one transaction
 
-SQLite and PostgreSQL differ here only in `_insert` and in the `FOR UPDATE SKIP LOCKED` of
-the claim's subquery (replicas never wait on each other's candidates on PostgreSQL; SQLite
-has one writer, `BEGIN IMMEDIATE`, and the claim repeats its conditions in the UPDATE).
+The account's lease is a column of the deal row, so it is renewed with the deal's lease and
+runs out with it when a worker dies: there is no lease table and no waiting for a lock.
+
+SQLite and PostgreSQL differ here only in `_insert`, in the `FOR UPDATE SKIP LOCKED` of the
+claim's subquery (replicas never wait on each other's candidates on PostgreSQL; SQLite has
+one writer, `BEGIN IMMEDIATE`, and the claim repeats its conditions in the UPDATE) and in the
+start's transaction-scoped advisory locks on PostgreSQL (account and customers row): two
+replicas starting deals of one account are serialised there, so the second sees the first's
+lease once committed (READ COMMITTED takes a new snapshot per statement); SQLite's single
+writer serialises them already.
 """
 
 from __future__ import annotations
@@ -21,7 +35,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Table, and_, func, insert, or_, select, update
+from sqlalchemy import Connection, Table, and_, case, exists, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -31,7 +45,6 @@ from sf_bridge.db.models import (
     Deal,
     DealEvent,
     EntitlementGrant,
-    ProvisioningLock,
     StepAttempt,
     utcnow,
 )
@@ -39,13 +52,12 @@ from sf_bridge.entitlements.ledger import grant_entitlements
 from sf_bridge.logging import get_logger
 from sf_bridge.provisioning.dbscope import SessionScope
 from sf_bridge.provisioning.outcome import CustomerView, DealView, Outcome
-from sf_bridge.provisioning.states import SETTLED, STEP_CUSTOMER
+from sf_bridge.provisioning.states import ACCOUNT_STEPS, SETTLED, STEP_CUSTOMER
 from sf_bridge.provisioning.wakeup import work_added
 
 deals: Table = Deal.__table__  # type: ignore[assignment]
 attempts: Table = StepAttempt.__table__  # type: ignore[assignment]
 customers: Table = Customer.__table__  # type: ignore[assignment]
-locks: Table = ProvisioningLock.__table__  # type: ignore[assignment]
 events: Table = DealEvent.__table__  # type: ignore[assignment]
 grants: Table = EntitlementGrant.__table__  # type: ignore[assignment]
 
@@ -59,11 +71,12 @@ class _NotHeld(Exception):
 
 @dataclass(frozen=True)
 class Started:
-    """A Stripe step under way: its attempt row, and the deal's customers row (customer step)."""
+    """A Stripe step under way: whether an earlier attempt may have reached Stripe, and the
+    deal's customers row (customer step)."""
 
-    attempt_id: int | None
     resumed: bool
     customer: CustomerView | None = None
+    deal: DealView | None = None  # the deal as the start left it
 
 
 def _insert(conn: Connection, table: Any) -> Any:
@@ -75,6 +88,27 @@ def _due(now: datetime) -> Any:
         deals.c.status.not_in(SETTLED),
         or_(deals.c.next_attempt_at.is_(None), deals.c.next_attempt_at <= now),
         or_(deals.c.locked_until.is_(None), deals.c.locked_until < now),
+    )
+
+
+def _account_held(deal_id: Any, account: Any, customer_id: Any, now: datetime) -> Any:
+    """Another live deal holds the account's lease of this account or customers row."""
+    other = deals.alias("holder")
+    return exists().where(
+        other.c.id != deal_id,
+        or_(other.c.account_id == account, other.c.customer_id == customer_id),
+        other.c.account_until >= now,
+        other.c.locked_by.is_not(None),
+        other.c.locked_until >= now,
+        other.c.status.not_in(SETTLED),
+    )
+
+
+def _claimable(now: datetime) -> Any:
+    """Not about to write to Stripe, or its account and customers row are free."""
+    return or_(
+        deals.c.current_step.not_in(ACCOUNT_STEPS),
+        ~_account_held(deals.c.id, deals.c.account_id, deals.c.customer_id, now),
     )
 
 
@@ -104,20 +138,21 @@ class DealStore:
             conn = session.connection()
             candidates = (
                 select(deals.c.id)
-                .where(deals.c.current_step.in_(list(steps)), _due(now))
+                .where(deals.c.current_step.in_(list(steps)), _due(now), _claimable(now))
                 .order_by(deals.c.id)
                 .limit(limit)
             )
             if conn.dialect.name == "postgresql":
-                candidates = candidates.with_for_update(skip_locked=True)
+                candidates = candidates.with_for_update(skip_locked=True, of=deals)
             rows = conn.execute(
                 update(deals)
                 .where(
                     deals.c.id.in_(candidates.scalar_subquery()),
                     deals.c.current_step.in_(list(steps)),
                     _due(now),
+                    _claimable(now),
                 )
-                .values(locked_by=self.owner, locked_until=now + self.lease)
+                .values(locked_by=self.owner, locked_until=now + self.lease, account_until=None)
                 .returning(*_VIEW)
             ).mappings()
             views = [DealView.from_row(dict(row)) for row in rows]
@@ -132,30 +167,38 @@ class DealStore:
             )
             return [DealView.from_row(dict(row)) for row in rows.mappings()]
 
-    def release(self, deal_id: int, holder: str | None = None) -> None:
-        """Gives the deal's lease back (and the account leases `holder` holds)."""
-        with self.db() as session, session.begin():
-            conn = session.connection()
-            conn.execute(
-                update(deals)
-                .where(deals.c.id == deal_id, deals.c.locked_by == self.owner)
-                .values(locked_by=None, locked_until=None)
-            )
-            if holder is not None:
-                _release_locks(conn, holder)
-
-    def reschedule(self, deal_id: int, delay: timedelta) -> None:
-        """The deal's account stayed busy: give the deal back, to be claimed after `delay`."""
+    def release(self, deal_id: int) -> None:
+        """Gives the deal's lease back, and its account's lease."""
         with self.db() as session, session.begin():
             session.connection().execute(
                 update(deals)
-                .where(
-                    deals.c.id == deal_id,
-                    deals.c.locked_by == self.owner,
-                    deals.c.status != CANCELLED,
-                )
-                .values(next_attempt_at=self.clock() + delay, locked_by=None, locked_until=None)
+                .where(deals.c.id == deal_id, deals.c.locked_by == self.owner)
+                .values(locked_by=None, locked_until=None, account_until=None)
             )
+
+    def reschedule(self, deal_id: int, delay: timedelta) -> bool:
+        """The deal's account is busy: give the deal back, to be claimed after `delay`. False
+        when this worker no longer held it."""
+        with self.db() as session, session.begin():
+            held = (
+                session.connection()
+                .execute(
+                    update(deals)
+                    .where(
+                        deals.c.id == deal_id,
+                        deals.c.locked_by == self.owner,
+                        deals.c.status != CANCELLED,
+                    )
+                    .values(
+                        next_attempt_at=self.clock() + delay,
+                        locked_by=None,
+                        locked_until=None,
+                        account_until=None,
+                    )
+                )
+                .rowcount
+            )
+        return held == 1
 
     # a Stripe step -------------------------------------------------------------------------
 
@@ -163,18 +206,23 @@ class DealStore:
         self,
         deal: DealView,
         step: str,
-        attempt_no: int,
         *,
         account: str,
         identity: Any,
-        holder: str,
-        held: bool = False,
+        changes: Mapping[str, Any] | None = None,
+        prior: tuple[str, int, int, Mapping[str, Any]] | None = None,
+        before_commit: Callable[[], None] | None = None,
     ) -> Started | None:
-        """Takes the account's lease and its Stripe customer's (unless `held`: kept by the
-        previous step of this deal, renewed by the heartbeat) and records the attempt, in one
-        transaction; None (holding nothing) when the account or the customer is busy."""
+        """Before the deal's first Stripe request of this run: takes the account's lease
+        (unless another deal of the account or of its customers row holds it) and marks
+        `step` as requested, in one guarded UPDATE, with `changes` (the outcome of a pure
+        step that rides in this start) written with it, and that step's attempt row
+        (`prior`: step, attempt, duration in ms, detail). None, writing nothing, when the
+        account is busy or the deal is no longer this worker's."""
         try:
-            return self._start(deal, step, attempt_no, account, identity, holder, held)
+            return self._start(
+                deal, step, account, identity, dict(changes or {}), prior, before_commit
+            )
         except _NotHeld:
             return None
 
@@ -182,43 +230,60 @@ class DealStore:
         self,
         deal: DealView,
         step: str,
-        attempt_no: int,
         account: str,
         identity: Any,
-        holder: str,
-        held: bool,
+        changes: dict[str, Any],
+        prior: tuple[str, int, int, Mapping[str, Any]] | None,
+        before_commit: Callable[[], None] | None,
     ) -> Started:
         now = self.clock()
         with self.db() as session, session.begin():
             conn = session.connection()
             known: CustomerView | None = None
             customer_id = deal.customer_id
+            resumed = deal.requested(step)
             if step == STEP_CUSTOMER:
-                known = ensure_customer(conn, identity)
+                known, earlier = _customer_to_request(conn, identity, now)
                 customer_id = known.id
-            if not held and not _try_lock(
-                conn, account, customer_id, holder, now, now + self.lease
-            ):
+                resumed = resumed or earlier
+            if conn.dialect.name == "postgresql":
+                names = sorted({f"account:{account}", f"customer:{customer_id}"})
+                conn.execute(select(*[func.pg_advisory_xact_lock(func.hashtext(n)) for n in names]))
+            values = {
+                **changes,
+                "account_id": account,
+                "customer_id": customer_id,
+                "account_until": now + self.lease,
+                "locked_until": now + self.lease,
+                "stripe_requested": deal.with_requested(step),
+            }
+            taken = conn.execute(
+                update(deals)
+                .where(
+                    deals.c.id == deal.id,
+                    deals.c.locked_by == self.owner,
+                    deals.c.status != CANCELLED,
+                    ~_account_held(deal.id, account, customer_id, now),
+                )
+                .values(**values)
+            ).rowcount
+            if taken != 1:
                 raise _NotHeld
-            if step == STEP_CUSTOMER:
-                earlier = (
-                    select(attempts.c.id)
-                    .join(deals, deals.c.id == attempts.c.deal_id)
-                    .where(attempts.c.step == step, deals.c.customer_id == customer_id)
+            if prior is not None:
+                done, attempt_no, duration, detail = prior
+                _finish_attempt(
+                    conn,
+                    deal.id,
+                    done,
+                    attempt_no,
+                    now,
+                    outcome="ok",
+                    duration_ms=duration,
+                    detail=dict(detail),
                 )
-                if deal.account_id != account or deal.customer_id != customer_id:
-                    conn.execute(
-                        update(deals)
-                        .where(deals.c.id == deal.id, deals.c.locked_by == self.owner)
-                        .values(account_id=account, customer_id=customer_id)
-                    )
-            else:
-                earlier = select(attempts.c.id).where(
-                    attempts.c.step == step, attempts.c.deal_id == deal.id
-                )
-            resumed = conn.execute(earlier.limit(1)).first() is not None
-            attempt_id = _running_attempt(conn, deal.id, step, attempt_no, now)
-        return Started(attempt_id, resumed, known)
+            if before_commit is not None:
+                before_commit()
+        return Started(resumed, known, deal.with_changes(values))
 
     # outcomes ------------------------------------------------------------------------------
 
@@ -230,33 +295,28 @@ class DealStore:
         *,
         status: str,
         next_step: str | None,
-        attempt_id: int | None,
         attempt_no: int,
         duration: int,
-        holder: str | None,
         detail: Mapping[str, Any],
         before_commit: Callable[[], None],
         start_next: bool = False,
+        also: tuple[tuple[str, Outcome, str, Mapping[str, Any]], ...] = (),
     ) -> tuple[DealView, Started | None] | None:
-        """Records a step's outcome and moves the deal on; the deal as committed, or None when
-        this worker no longer holds it (lease taken over, or cancelled meanwhile). With
-        `start_next` (the next step also writes to Stripe and the account's lease is kept) the
-        next step's attempt is recorded in the same transaction, before its request."""
+        """Records a step's outcome and its attempt row and moves the deal on; the deal as
+        committed, or None when this worker no longer holds it (lease taken over, or
+        cancelled meanwhile). With `start_next` (the next step also writes to Stripe) the
+        account's lease is kept and the next step marked as requested in the same UPDATE,
+        before its request; otherwise the account's lease is given back. `also`: the outcomes
+        of pure steps that ran after this one (step, outcome, status, detail), committed with
+        it; `next_step` is then the step after the last of them."""
         now = self.clock()
-        changes: dict[str, Any] = dict(outcome.changes)
         try:
             return self._commit(
                 deal,
-                step,
-                outcome,
-                changes,
-                status,
+                [(step, outcome, status, detail), *also],
                 next_step,
-                attempt_id,
                 attempt_no,
                 duration,
-                holder,
-                detail,
                 before_commit,
                 now,
                 start_next,
@@ -267,28 +327,25 @@ class DealStore:
     def _commit(
         self,
         deal: DealView,
-        step: str,
-        outcome: Outcome,
-        changes: dict[str, Any],
-        status: str,
+        results: list[tuple[str, Outcome, str, Mapping[str, Any]]],
         next_step: str | None,
-        attempt_id: int | None,
         attempt_no: int,
         duration: int,
-        holder: str | None,
-        detail: Mapping[str, Any],
         before_commit: Callable[[], None],
         now: datetime,
         start_next: bool,
     ) -> tuple[DealView, Started | None]:
         with self.db() as session, session.begin():
             conn = session.connection()
-            if outcome.ensure_customer is not None:
-                changes["customer_id"] = ensure_customer(conn, outcome.ensure_customer).id
+            changes: dict[str, Any] = {}
+            for _step, outcome, _status, _detail in results:
+                changes.update(outcome.changes)
+                if outcome.ensure_customer is not None:
+                    changes["customer_id"] = ensure_customer(conn, outcome.ensure_customer).id
             in_flight = next_step is not None and _is_deal_step(next_step)
             values = {
                 **changes,
-                "status": status,
+                "status": results[-1][2],
                 "current_step": next_step,
                 "attempts": 0,
                 "next_attempt_at": None,
@@ -296,8 +353,11 @@ class DealStore:
                 "last_error_code": None,
                 "locked_by": self.owner if in_flight else None,
                 "locked_until": now + self.lease if in_flight else None,
+                "account_until": now + self.lease if start_next else None,
                 "updated_at": now,
             }
+            if start_next and next_step is not None:
+                values["stripe_requested"] = deal.with_requested(next_step)
             held = conn.execute(
                 update(deals)
                 .where(
@@ -310,43 +370,49 @@ class DealStore:
             if held != 1:
                 raise _NotHeld
             customer_id = changes.get("customer_id", deal.customer_id)
-            if outcome.stripe_customer_id and customer_id is not None:
-                conn.execute(
-                    update(customers)
-                    .where(customers.c.id == customer_id, customers.c.stripe_customer_id.is_(None))
-                    .values(stripe_customer_id=outcome.stripe_customer_id, updated_at=now)
+            started_at = now - timedelta(milliseconds=duration)
+            attempt_rows: list[dict[str, Any]] = []
+            for step, outcome, _status, detail in results:
+                if outcome.stripe_customer_id and customer_id is not None:
+                    conn.execute(
+                        update(customers)
+                        .where(
+                            customers.c.id == customer_id,
+                            customers.c.stripe_customer_id.is_(None),
+                        )
+                        .values(stripe_customer_id=outcome.stripe_customer_id, updated_at=now)
+                    )
+                if outcome.grants and customer_id is not None:
+                    grant_entitlements(
+                        conn,
+                        deal_id=deal.id,
+                        opportunity_id=deal.opportunity_id,
+                        customer_id=customer_id,
+                        entitlements=outcome.grants,
+                        subscription_id=changes.get(
+                            "stripe_subscription_id", deal.stripe_subscription_id
+                        ),
+                    )
+                attempt_rows.append(
+                    {
+                        "deal_id": deal.id,
+                        "step": step,
+                        "attempt": attempt_no if not attempt_rows else 1,
+                        "started_at": started_at,
+                        "finished_at": now,
+                        "outcome": "ok",
+                        "duration_ms": duration if not attempt_rows else 0,
+                        "idempotency_key": outcome.idempotency_key,
+                        "stripe_request_id": outcome.stripe_request_id,
+                        "detail": dict(detail),
+                        "error": None,
+                        "error_code": None,
+                    }
                 )
-            if outcome.grants and customer_id is not None:
-                grant_entitlements(
-                    conn,
-                    deal_id=deal.id,
-                    opportunity_id=deal.opportunity_id,
-                    customer_id=customer_id,
-                    entitlements=outcome.grants,
-                    subscription_id=changes.get(
-                        "stripe_subscription_id", deal.stripe_subscription_id
-                    ),
-                )
-            _finish_attempt(
-                conn,
-                attempt_id,
-                deal.id,
-                step,
-                attempt_no,
-                now,
-                outcome="ok",
-                duration_ms=duration,
-                idempotency_key=outcome.idempotency_key,
-                stripe_request_id=outcome.stripe_request_id,
-                detail=dict(detail),
-            )
+            conn.execute(insert(attempts), attempt_rows)
             started = (
-                _mark(conn, deal.id, next_step, 1, now)
-                if start_next and next_step is not None
-                else None
+                Started(deal.requested(next_step)) if start_next and next_step is not None else None
             )
-            if holder is not None:
-                _release_locks(conn, holder)
             before_commit()
         return deal.with_changes({**values, "customer_id": customer_id}), started
 
@@ -355,13 +421,11 @@ class DealStore:
         *,
         deal_id: int,
         step: str,
-        attempt_id: int | None,
         attempt_no: int,
         retry_at: datetime | None,
         reason: str,
         code: str,
         duration: int,
-        holder: str | None,
         stripe_request_id: str | None,
         idempotency_key: str | None,
         detail: dict[str, Any] | None,
@@ -372,8 +436,6 @@ class DealStore:
         retrying = retry_at is not None
         with self.db() as session, session.begin():
             conn = session.connection()
-            if holder is not None:
-                _release_locks(conn, holder)
             values: dict[str, Any] = {
                 "status": "retrying" if retrying else "needs_attention",
                 "current_step": step,
@@ -382,6 +444,7 @@ class DealStore:
                 "last_error_code": code,
                 "locked_by": None,
                 "locked_until": None,
+                "account_until": None,
                 "next_attempt_at": retry_at,
                 "updated_at": now,
             }
@@ -397,10 +460,9 @@ class DealStore:
                 .values(**values)
             ).rowcount
             if held != 1:
-                return False  # nothing of this attempt is ours to record; leases go back
+                return False  # nothing of this attempt is ours to record
             _finish_attempt(
                 conn,
-                attempt_id,
                 deal_id,
                 step,
                 attempt_no,
@@ -527,7 +589,6 @@ class DealStore:
                 return False
             _finish_attempt(
                 conn,
-                None,
                 deal.id,
                 step,
                 deal.attempts + 1,
@@ -611,21 +672,19 @@ class DealStore:
         return int(count or 0), oldest
 
     def renew(self, deal_ids: Collection[int], until: datetime) -> int:
-        """Extends this worker's leases on the deals in work (and their account leases)."""
+        """Extends this worker's leases on the deals in work (and the account's lease of the
+        ones that hold it)."""
         ids = sorted(deal_ids)
         if not ids:
             return 0
         with self.db() as session, session.begin():
-            conn = session.connection()
-            result = conn.execute(
+            result = session.connection().execute(
                 update(deals)
                 .where(deals.c.locked_by == self.owner, deals.c.id.in_(ids))
-                .values(locked_until=until)
-            )
-            conn.execute(
-                update(locks)
-                .where(locks.c.locked_by.in_([f"{self.owner}:{i}" for i in ids]))
-                .values(locked_until=until)
+                .values(
+                    locked_until=until,
+                    account_until=case((deals.c.account_until.is_(None), None), else_=until),
+                )
             )
         return int(result.rowcount or 0)
 
@@ -1111,6 +1170,7 @@ def ensure_customer(conn: Connection, identity: Any) -> CustomerView:
                 customers.c.name,
                 customers.c.email,
                 customers.c.stripe_customer_id,
+                customers.c.create_requested_at,
             ).where(customers.c.customer_key == identity.customer_key)
         )
         .mappings()
@@ -1119,98 +1179,73 @@ def ensure_customer(conn: Connection, identity: Any) -> CustomerView:
     return CustomerView(**row)
 
 
-def _try_lock(
-    conn: Connection,
-    account_id: str,
-    customer_id: int | None,
-    holder: str,
-    now: datetime,
-    until: datetime,
-) -> bool:
-    names = [f"account:{account_id}"]
-    if customer_id is not None:
-        names.append(f"customer:{customer_id}")
-
-    def take() -> int:
-        return int(
-            conn.execute(
-                update(locks)
-                .where(
-                    locks.c.name.in_(names),
-                    or_(
-                        locks.c.locked_by.is_(None),
-                        locks.c.locked_by == holder,
-                        locks.c.locked_until < now,
-                    ),
-                )
-                .values(locked_by=holder, locked_until=until)
-            ).rowcount
-            or 0
-        )
-
-    if take() == len(names):
-        return True
-    # A first deal of the account or customer (its lease rows are made once), or a busy one.
-    known = set(conn.execute(select(locks.c.name).where(locks.c.name.in_(names))).scalars())
-    if len(known) == len(names):
-        return False
-    conn.execute(
-        _insert(conn, locks)
-        .values([{"name": name} for name in names if name not in known])
-        .on_conflict_do_nothing(index_elements=["name"])
-    )
-    return take() == len(names)
+_CUSTOMER_VIEW = [
+    customers.c.id,
+    customers.c.customer_key,
+    customers.c.sf_account_id,
+    customers.c.name,
+    customers.c.email,
+    customers.c.stripe_customer_id,
+    customers.c.create_requested_at,
+]
 
 
-def _running_attempt(
-    conn: Connection, deal_id: int, step: str, attempt_no: int, now: datetime
-) -> int:
-    return int(
+def _customer_to_request(
+    conn: Connection, identity: Any, now: datetime
+) -> tuple[CustomerView, bool]:
+    """The customers row of the identity's customer key, marked as about to be requested
+    from Stripe (made so when new: one statement); and whether a request of it may have gone
+    out before (another deal of the customer, or an earlier attempt)."""
+    made = (
         conn.execute(
-            insert(attempts)
+            _insert(conn, customers)
             .values(
-                deal_id=deal_id, step=step, attempt=attempt_no, started_at=now, outcome="running"
+                customer_key=identity.customer_key,
+                sf_account_id=identity.account_id,
+                name=identity.name[:255],
+                email=identity.email,
+                create_requested_at=now,
+                created_at=now,
+                updated_at=now,
             )
-            .returning(attempts.c.id)
-        ).scalar_one()
+            .on_conflict_do_nothing(index_elements=["customer_key"])
+            .returning(*_CUSTOMER_VIEW)
+        )
+        .mappings()
+        .first()
     )
-
-
-def _mark(conn: Connection, deal_id: int, step: str, attempt_no: int, now: datetime) -> Started:
-    """Records the attempt of a Stripe step of a deal whose account's lease is held; resumed
-    when an earlier attempt of the step may have reached Stripe."""
-    earlier = select(attempts.c.id).where(attempts.c.step == step, attempts.c.deal_id == deal_id)
-    resumed = conn.execute(earlier.limit(1)).first() is not None
-    return Started(_running_attempt(conn, deal_id, step, attempt_no, now), resumed)
-
-
-def _release_locks(conn: Connection, holder: str) -> None:
-    conn.execute(
-        update(locks).where(locks.c.locked_by == holder).values(locked_by=None, locked_until=None)
+    if made is not None:
+        return CustomerView(**made), False
+    row = (
+        conn.execute(
+            select(*_CUSTOMER_VIEW).where(customers.c.customer_key == identity.customer_key)
+        )
+        .mappings()
+        .one()
     )
+    known = CustomerView(**row)
+    if known.create_requested_at is None and known.stripe_customer_id is None:
+        conn.execute(
+            update(customers).where(customers.c.id == known.id).values(create_requested_at=now)
+        )
+    return known, known.create_requested_at is not None
 
 
 def _finish_attempt(
     conn: Connection,
-    attempt_id: int | None,
     deal_id: int,
     step: str,
     attempt_no: int,
     now: datetime,
     **values: Any,
 ) -> None:
-    """Completes the attempt recorded at the start (one UPDATE), or records it whole."""
-    if attempt_id is not None:
-        conn.execute(
-            update(attempts).where(attempts.c.id == attempt_id).values(finished_at=now, **values)
-        )
-        return
+    """Records an attempt whole, when it is over."""
     conn.execute(
         insert(attempts).values(
             deal_id=deal_id,
             step=step,
             attempt=attempt_no,
-            started_at=now,
+            started_at=now - timedelta(milliseconds=values.get("duration_ms") or 0),
             finished_at=now,
             **values,
         )

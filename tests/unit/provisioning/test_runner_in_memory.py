@@ -83,7 +83,8 @@ def test_a_deal_runs_every_per_deal_step_and_waits_for_the_write_back() -> None:
     ]
     assert {a["outcome"] for a in store.attempts} == {"ok"}
     assert sorted(f for _d, f in store.grants) == ["seats", "sso"]
-    assert store.locks == {}
+    assert row["account_until"] is None  # the account's lease went back with the invoice
+    assert row["stripe_requested"] == "customer,subscription,invoice"
 
 
 def test_a_crash_before_the_subscription_commit_creates_one_subscription() -> None:
@@ -127,15 +128,63 @@ def test_a_deal_cancelled_during_a_step_stays_cancelled() -> None:
     assert store.deals[1]["status"] == "cancelled"
 
 
+def _hold_account(store: InMemoryStore) -> int:
+    """Another worker's deal of the same account is in a Stripe step."""
+    later = _now() + timedelta(minutes=1)
+    return store.add_deal(
+        "006000000000002AAA",
+        status="customer_ready",
+        current_step="subscription",
+        account_id="001000000000001AAA",
+        locked_by="w2",
+        locked_until=later,
+        account_until=later,
+    )
+
+
 def test_a_busy_account_reschedules_the_deal_and_takes_nothing() -> None:
     billing, store = _setup()
     store.deals[1].update(status="mapped", current_step="customer", plan=make_plan(OPP).to_dict())
-    store.locks["account:001000000000001AAA"] = ("w2:9", _now() + timedelta(minutes=1))
+    store.deals[1]["account_id"] = "001000000000001AAA"
+    other = _hold_account(store)
     prov = _provisioner(billing, store)
-    prov.options = RunnerOptions(owner="w1", account_wait_seconds=0)
+    assert prov.claim(DEAL_STEPS, 10) == []  # the claim leaves it while its account is held
+    store.deals[1]["account_id"] = None  # not known yet: claimed, and the start finds it busy
     _run(prov)
     row = store.deals[1]
-    assert (row["status"], row["locked_by"]) == ("mapped", None)
+    assert (row["status"], row["locked_by"], row["account_until"]) == ("mapped", None, None)
     assert row["next_attempt_at"] is not None
     assert billing.total_calls == 0
-    assert store.locks == {"account:001000000000001AAA": store.locks["account:001000000000001AAA"]}
+    assert store.deals[other]["account_until"] is not None
+
+
+def test_a_mapped_deal_whose_account_is_busy_keeps_its_plan() -> None:
+    billing, store = _setup()
+    _hold_account(store)
+    _run(_provisioner(billing, store))
+    row = store.deals[1]
+    assert (row["status"], row["current_step"], row["locked_by"]) == ("mapped", "customer", None)
+    assert row["plan"] is not None
+    assert row["next_attempt_at"] is not None
+    assert billing.total_calls == 0
+    assert [a["step"] for a in store.attempts] == ["map"]
+
+
+def test_a_crash_before_the_customer_start_commits_leaves_the_deal_unmapped() -> None:
+    """The map step's outcome rides in the customer step's start: a crash before that commit
+    leaves nothing, and the retry maps again and creates one customer."""
+    billing, store = _setup()
+
+    def crash(step: str, _deal_id: int) -> None:
+        if step == "map":
+            raise Crash
+
+    with pytest.raises(Crash):
+        _run(_provisioner(billing, store, StepHooks(before_commit=crash)))
+    row = store.deals[1]
+    assert (row["status"], row["plan"], row["stripe_requested"]) == ("fetched", None, None)
+    assert billing.total_calls == 0
+    row["locked_until"] = None
+    _run(_provisioner(billing, store))
+    assert store.deals[1]["status"] == "entitled"
+    assert billing.calls["create_customer"] == 1
