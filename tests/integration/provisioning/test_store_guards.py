@@ -74,9 +74,7 @@ def test_a_deal_cancelled_during_a_workers_stripe_step_stays_cancelled(harness: 
         harness.session_factory, owner="w1", lease=timedelta(minutes=1), clock=utcnow
     )
     [deal] = worker.claim(("subscription",), 1)
-    started = worker.start(
-        deal, "subscription", 1, account="001000000000001AAA", identity=None, holder="w1:1"
-    )
+    started = worker.start(deal, "subscription", account="001000000000001AAA", identity=None)
     assert started is not None
     # The subscription ends (a webhook) while the worker's request is under way.
     other = DealStore(harness.session_factory, owner="api", lease=timedelta(0), clock=utcnow)
@@ -84,13 +82,11 @@ def test_a_deal_cancelled_during_a_workers_stripe_step_stays_cancelled(harness: 
     assert not worker.fail(
         deal_id=deal_id,
         step="subscription",
-        attempt_id=started.attempt_id,
         attempt_no=1,
         retry_at=utcnow() + timedelta(minutes=1),
         reason="Stripe timed out",
         code="billing_unavailable",
         duration=1,
-        holder="w1:1",
         stripe_request_id=None,
         idempotency_key=None,
         detail=None,
