@@ -48,7 +48,7 @@ def sandbox(
         None,
         "--mappings",
         help="Mappings folder whose products and custom fields the org gets. "
-        "[env: SF_BRIDGE_MAPPINGS, default ./mappings]",
+        "Default: SF_BRIDGE_MAPPINGS, else ./mappings.",
         show_default=False,
     ),
     single_currency: bool = typer.Option(
@@ -207,7 +207,7 @@ def close_deal_command(
         None,
         "--login-url",
         help="Address of the running sandbox org, as `sf-bridge sandbox` printed it "
-        "[env: SF_LOGIN_URL].",
+        "(default: SF_LOGIN_URL).",
         show_default=False,
     ),
 ) -> None:
@@ -270,7 +270,7 @@ def lose_deal_command(
         None,
         "--login-url",
         help="Address of the running sandbox org, as `sf-bridge sandbox` printed it "
-        "[env: SF_LOGIN_URL].",
+        "(default: SF_LOGIN_URL).",
         show_default=False,
     ),
 ) -> None:
