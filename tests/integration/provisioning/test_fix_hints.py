@@ -51,7 +51,10 @@ def test_help_keeps_sentences_whole() -> None:
     deals = runner.invoke(app, ["deals", "--help"]).output
     assert "Stripe ids and links. Reads DATABASE_URL." in deals
     sandbox = runner.invoke(app, ["sandbox", "--help"]).output
-    assert "Opportunity, line items) and moves it to Closed Won" in sandbox
+    assert (
+        "Opportunity, line items with their prices, discounts and service dates) and moves"
+        in sandbox
+    )
 
 
 def _commands(command: Any, path: tuple[str, ...] = ()) -> Any:
