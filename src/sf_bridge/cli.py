@@ -8,6 +8,7 @@ and exit non-zero.
 from __future__ import annotations
 
 import functools
+import inspect
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -37,7 +38,40 @@ def _flags_take_no_value() -> None:
     TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
 
 
+def _flowed(paragraph: str) -> str:
+    """One paragraph of a docstring as one line: `--help` wraps it to the terminal."""
+    if paragraph.startswith("\b"):  # click's mark for a paragraph kept as written
+        return paragraph
+    return " ".join(line.strip() for line in paragraph.splitlines())
+
+
+def _help_paragraphs_flow() -> None:
+    """Command docstrings are wrapped at the source's line length. Typer joins the lines of a
+    command's first paragraph but keeps the line breaks of the paragraphs after it, and of the
+    summary in a group's list of commands, so `--help` broke sentences in the middle ("Reads"
+    at the end of one line, "DATABASE_URL." alone on the next): join them as well."""
+    from typer import rich_utils
+
+    original_fix = rich_utils._fix_linebreaks
+    if getattr(original_fix, "sf_bridge_flow", False):
+        return
+    original_command_help = rich_utils._make_command_help
+
+    def fix_linebreaks(paragraphs: list[str], markup_mode: Any) -> str:
+        return original_fix([_flowed(p) for p in paragraphs], markup_mode)
+
+    def make_command_help(*, help_text: str, markup_mode: Any) -> Any:
+        first, *rest = inspect.cleandoc(help_text).split("\n\n")
+        text = "\n\n".join([_flowed(first), *rest])
+        return original_command_help(help_text=text, markup_mode=markup_mode)
+
+    fix_linebreaks.sf_bridge_flow = True  # type: ignore[attr-defined]
+    rich_utils._fix_linebreaks = fix_linebreaks
+    rich_utils._make_command_help = make_command_help
+
+
 _flags_take_no_value()
+_help_paragraphs_flow()
 
 app = typer.Typer(
     name="sf-bridge",

@@ -12,7 +12,7 @@ from sf_bridge.config import get_settings
 @handle_errors
 def upgrade(
     database_url: str = typer.Option(
-        None, envvar="DATABASE_URL", help="SQLAlchemy URL [env: DATABASE_URL]", show_default=False
+        None, envvar="DATABASE_URL", help="SQLAlchemy URL", show_default=False
     ),
 ) -> None:
     """Applies pending schema migrations (safe to run on every release)."""

@@ -176,7 +176,7 @@ def print_story(console: Console, story: Any) -> None:
     )
     console.print(
         f"  status        [{style}]{deal.status}[/]"
-        + (f" at step {deal.current_step}" if deal.status != "done" else "")
+        + (f" at step {deal.current_step}" if deal.current_step and deal.status != "done" else "")
     )
     from sf_bridge.provisioning.error_text import split_code
 
@@ -296,9 +296,9 @@ def _outcome_line(deal: Deal) -> str:
             f"(next try {_when(deal.next_attempt_at)} UTC): {deal.last_error}. "
             "`sf-bridge run` carries on with it."
         )
+    at_step = f" at step {deal.current_step}" if deal.current_step else ""
     return (
-        f"deal {deal.id} ({deal.opportunity_id}): {deal.status} at step {deal.current_step}: "
-        f"{deal.last_error or ''}"
+        f"deal {deal.id} ({deal.opportunity_id}): {deal.status}{at_step}: {deal.last_error or ''}"
     )
 
 

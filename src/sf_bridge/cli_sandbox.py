@@ -48,7 +48,7 @@ def sandbox(
         None,
         "--mappings",
         help="Mappings folder whose products and custom fields the org gets. "
-        "[env: SF_BRIDGE_MAPPINGS, default ./mappings]",
+        "Default: SF_BRIDGE_MAPPINGS, else ./mappings.",
         show_default=False,
     ),
     single_currency: bool = typer.Option(
@@ -207,17 +207,25 @@ def close_deal_command(
         None,
         "--login-url",
         help="Address of the running sandbox org, as `sf-bridge sandbox` printed it "
-        "[env: SF_LOGIN_URL].",
+        "(default: SF_LOGIN_URL).",
+        show_default=False,
+    ),
+    close_date: str = typer.Option(
+        None,
+        "--close-date",
+        help="The deal's Close Date (YYYY-MM-DD); default today, not the file's (a date "
+        "before the provisioning floor is skipped, not provisioned).",
         show_default=False,
     ),
 ) -> None:
     """Creates the deal in a running `sf-bridge sandbox` org (Account, Opportunity, line
-    items) and moves it to Closed Won, as a user would: a worker pointed at the sandbox
-    provisions it.
+    items with their prices, discounts and service dates) and moves it to Closed Won today,
+    as a user would: a worker pointed at the sandbox provisions it.
 
     Reads SF_LOGIN_URL, SF_USERNAME, SF_PASSWORD, SF_SECURITY_TOKEN, SF_CLIENT_ID,
     SF_CLIENT_SECRET and SF_API_VERSION: export what `sf-bridge sandbox` printed."""
     import json
+    from datetime import date
 
     from sf_bridge.crm.auth import SalesforceCredentials
     from sf_bridge.errors import ConfigurationError
@@ -244,11 +252,21 @@ def close_deal_command(
             hint="export the settings `sf-bridge sandbox` printed when it started, then run "
             "the command again.",
         )
+    closes = None
+    if close_date is not None:
+        try:
+            closes = date.fromisoformat(close_date)
+        except ValueError:
+            raise ConfigurationError(
+                f"--close-date {close_date!r} is not a date.",
+                hint="write it as YYYY-MM-DD, e.g. --close-date 2026-12-01, or leave it out "
+                "to close the deal today.",
+            ) from None
     sf = connect(SalesforceCredentials.from_settings(settings), settings.sf_api_version)
-    deal = close_deal(sf, record)
+    deal = close_deal(sf, record, close_date=closes)
     typer.echo(
-        f"Opportunity {deal.opportunity_id} ({deal.name}) closed won in the sandbox org, "
-        f"account {deal.account_id}, {deal.lines} line items."
+        f"Opportunity {deal.opportunity_id} ({deal.name}) closed won on {deal.close_date} in "
+        f"the sandbox org, account {deal.account_id}, {deal.lines} line items."
     )
     typer.echo(
         f"A worker pointed at the sandbox (`sf-bridge run`) provisions it; then "
@@ -270,7 +288,7 @@ def lose_deal_command(
         None,
         "--login-url",
         help="Address of the running sandbox org, as `sf-bridge sandbox` printed it "
-        "[env: SF_LOGIN_URL].",
+        "(default: SF_LOGIN_URL).",
         show_default=False,
     ),
 ) -> None:

@@ -234,7 +234,7 @@ def print_request(console: Console, request: RequestPreview) -> None:
     )
     console.print(
         f" subscription: collection_method {sub.collection_method}, {terms}, "
-        f"{len(sub.items)} items",
+        f"{len(sub.items)} item{'' if len(sub.items) == 1 else 's'}",
         highlight=False,
         markup=False,
     )

@@ -33,7 +33,7 @@ from sf_bridge.provisioning.states import (
     STEPS,
     status_before,
 )
-from sf_bridge.provisioning.store import DealStore
+from sf_bridge.provisioning.store import CHANGED_CODE, UNWON_CODE, DealStore
 
 log = get_logger(__name__)
 
@@ -199,6 +199,21 @@ def _requeue(
                 None,
                 f"skipped ({deal.last_error_code}): {deal.last_error} Pass --include-skipped "
                 "to provision it on purpose.",
+                False,
+            )
+        )
+    if deal.status == NEEDS_ATTENTION and deal.last_error_code in (UNWON_CODE, CHANGED_CODE):
+        # Provisioned, then no longer won (or won again with changes): a replay would re-fetch
+        # it and record it skipped while its subscription and grants stay live. A person
+        # decides instead.
+        return _Change(
+            ReplayOutcome(
+                deal.id,
+                deal.opportunity_id,
+                None,
+                f"parked ({deal.last_error_code}): it was provisioned and its opportunity "
+                f"changed since; a replay does not settle it. Run `sf-bridge deals cancel "
+                f"{deal.id}` or `sf-bridge deals keep {deal.id}`.",
                 False,
             )
         )

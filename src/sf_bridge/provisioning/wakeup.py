@@ -7,8 +7,8 @@
   transaction (PostgreSQL delivers it on commit, never on rollback), and each worker holds a
   `LISTEN` connection (`WorkListener`) that reconnects when it is lost and wakes the worker
   after a reconnect, since notifications sent while it was away are gone.
-- On SQLite (one process by design) a replay from `sf-bridge deals replay` runs in another
-  process and cannot wake the worker: it is taken by the slow safety poll
+- On SQLite (one process by design) a replay queued by `sf-bridge replay --queue-only` runs
+  in another process and cannot wake the worker: it is taken by the slow safety poll
   (SF_BRIDGE_WORKER_SAFETY_POLL).
 """
 

@@ -4,13 +4,16 @@ Opportunity at an open stage, its line items, then the stage set to Closed Won (
 the change events `sf-bridge run` listens to).
 
 The file is an Opportunity as Salesforce's REST API returns it (the shape of
-examples/opportunities/*.json); its ids are ignored, new records get new ids."""
+examples/opportunities/*.json); its ids are ignored, new records get new ids. The deal closes
+today (its Close Date), as a deal a rep closes now, unless another close date is asked for: a
+file's own Close Date is in the past, before the provisioning floor of a worker started on a
+new database, which would skip it."""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from simple_salesforce import Salesforce
@@ -25,8 +28,11 @@ WON_STAGE = "Closed Won"
 # Set by Salesforce itself, or replaced by the new records' own.
 NOT_COPIED = frozenset(
     {"Id", "AccountId", "IsWon", "IsClosed", "LastModifiedDate", "Amount", "StageName",
-     "HasOpportunityLineItem", "CreatedDate", "SystemModstamp"}
+     "HasOpportunityLineItem", "CreatedDate", "SystemModstamp", "CloseDate"}
 )  # fmt: skip
+# What a line item is created with besides its product: the negotiated price and discount,
+# and the start date of a ramp's phase.
+LINE_FIELDS = ("Quantity", "UnitPrice", "Discount", "ServiceDate")
 PRODUCT_CODE = re.compile(r"^[A-Za-z0-9_.\- ]{1,255}$")
 
 
@@ -36,6 +42,7 @@ class ClosedDeal:
     account_id: str
     name: str
     lines: int
+    close_date: str
 
 
 def connect(credentials: SalesforceCredentials, api_version: str) -> Salesforce:
@@ -88,8 +95,11 @@ def _products(sf: Salesforce, codes: list[str]) -> dict[str, str]:
     return {r["ProductCode"]: r["Id"] for r in found["records"]}
 
 
-def close_deal(sf: Salesforce, record: dict[str, Any]) -> ClosedDeal:
-    """Creates the deal in the org and closes it won; returns the new ids."""
+def close_deal(
+    sf: Salesforce, record: dict[str, Any], *, close_date: date | None = None
+) -> ClosedDeal:
+    """Creates the deal in the org and closes it won on `close_date` (default today, UTC);
+    returns the new ids."""
     lines = ((record.get("OpportunityLineItems") or {}).get("records")) or []
     codes = [_product_code(line) for line in lines]
     products = _products(sf, sorted(set(codes))) if codes else {}
@@ -106,12 +116,12 @@ def close_deal(sf: Salesforce, record: dict[str, Any]) -> ClosedDeal:
         account_id = _create(sf, "Account", account)
         opportunity = _fields(record)
         opportunity.setdefault("Name", "Trial deal")
-        opportunity.setdefault("CloseDate", datetime.now(UTC).date().isoformat())
+        opportunity["CloseDate"] = (close_date or datetime.now(UTC).date()).isoformat()
         opportunity |= {"AccountId": account_id, "StageName": OPEN_STAGE}
         opportunity_id = _create(sf, "Opportunity", opportunity)
         for line, code in zip(lines, codes, strict=True):
             values = {"OpportunityId": opportunity_id, "Product2Id": products[code]}
-            values |= {k: line[k] for k in ("Quantity", "UnitPrice") if line.get(k) is not None}
+            values |= {k: line[k] for k in LINE_FIELDS if line.get(k) is not None}
             _create(sf, "OpportunityLineItem", values)
         sf.restful(
             f"sobjects/Opportunity/{opportunity_id}", method="PATCH", json={"StageName": WON_STAGE}
@@ -123,4 +133,6 @@ def close_deal(sf: Salesforce, record: dict[str, Any]) -> ClosedDeal:
             hint="correct that field in the file (custom fields exist in the org when the "
             "mappings name them), then run the command again.",
         ) from None
-    return ClosedDeal(opportunity_id, account_id, str(opportunity["Name"]), len(lines))
+    return ClosedDeal(
+        opportunity_id, account_id, str(opportunity["Name"]), len(lines), opportunity["CloseDate"]
+    )

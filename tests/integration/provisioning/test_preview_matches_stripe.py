@@ -160,6 +160,9 @@ def test_without_stripe_the_preview_takes_prices_from_the_catalog_and_says_so(
     assert text.exit_code == 0, text.output
     assert "Stripe request (catalog prices from the mapping catalog" in text.output
     assert "days_until_due 45" in text.output
+    assert "days_until_due 45, 3 items" in text.output
+    one = ROOT / "examples" / "opportunities" / "enterprise-list-price.json"
+    assert "days_until_due 30, 1 item\n" in _run("mappings", "preview", "--file", str(one)).output
 
 
 def test_a_missing_stripe_price_shows_in_the_preview_as_the_deal_would_park(

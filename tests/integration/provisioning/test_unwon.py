@@ -192,3 +192,24 @@ def test_cancel_survives_a_crash_around_each_stripe_call(
         if e["data"]["object"]["id"] == deal.stripe_invoice_id
     ]
     assert len(voided) == 1
+
+
+def test_a_replay_leaves_a_deal_parked_as_no_longer_won_to_cancel_or_keep(
+    stripe_harness: Harness, provisioning_emulator: Any
+) -> None:
+    """`replay --failed` after an outage must not turn a provisioned, un-won deal into
+    `skipped` ("nothing was provisioned") while its subscription and grants stay live."""
+    from sf_bridge.provisioning.replay import replay
+
+    h, emu = stripe_harness, provisioning_emulator
+    opp = "006000000000109AAA"
+    _provision(h, opp)
+    _unwin(h, opp)
+    drain(h.worker(), _status_is(h, opp, "needs_attention"))
+    deal_id = h.deal(opp).id
+    for outcome in replay(h.session_factory, failed=True) + replay(h.session_factory, [opp]):
+        assert not outcome.requeued
+        assert f"sf-bridge deals cancel {deal_id}" in outcome.message
+    deal = h.deal(opp)
+    assert (deal.status, deal.last_error_code) == ("needs_attention", "unwon_after_provisioning")
+    assert emu.get(deal.stripe_subscription_id)["status"] != "canceled"

@@ -43,6 +43,8 @@ def test_deals_cancel_voids_cancels_revokes_and_records_who(cli_stripe: Any) -> 
     result = _run("deals", "cancel", OPP, "--reason", "lost to a competitor", "--by", "ana")
     assert result.exit_code == 0, result.output
     assert "cancelled" in result.output
+    assert "step None" not in result.output  # a cancelled deal has no step left to name
+    assert "step None" not in _run("deals", "show", OPP).output
     [invoice] = emu.objects("invoice")
     [subscription] = emu.objects("subscription")
     assert invoice["status"] == "void"

@@ -96,3 +96,38 @@ def test_lose_deal_moves_it_out_of_the_won_stage_with_its_change_event(
     assert payload["ChangeEventHeader"]["changeType"] == "UPDATE"
     assert payload["ChangeEventHeader"]["recordIds"] == [opp]
     assert payload["IsWon"] is False
+
+
+def test_close_deal_closes_today_with_the_lines_discounts_and_service_dates(
+    running_sandbox: SalesforceSandbox, tmp_path: Path
+) -> None:
+    """The example's Close Date is in the past, before the floor of a worker started today:
+    the trial deal closes today (or on --close-date), and its lines keep what preview maps."""
+    from datetime import UTC, datetime
+
+    org = running_sandbox
+    deal = json.loads((REPO / "examples/opportunities/enterprise-negotiated.json").read_text())
+    deal["OpportunityLineItems"]["records"][1]["ServiceDate"] = "2027-01-01"
+    path = tmp_path / "deal.json"
+    path.write_text(json.dumps(deal))
+    result = CliRunner().invoke(app, ["sandbox", "close-deal", str(path), "--login-url", org.url])
+    assert result.exit_code == 0, result.output
+    found = re.search(r"Opportunity (006\w{15}) .* closed won on (\S+) ", result.stdout)
+    assert found, result.stdout
+    today = datetime.now(UTC).date().isoformat()
+    assert found.group(2) == today
+    assert str(org.get_opportunity(found.group(1))["CloseDate"]) == today
+    lines = org.store.children("OpportunityLineItem", "OpportunityId", found.group(1))
+    assert sorted(line.get("Discount") or 0 for line in lines) == [0, 0, 12.0]
+    assert sorted(str(line.get("ServiceDate")) for line in lines).count("2027-01-01") == 1
+
+    dated = CliRunner().invoke(
+        app,
+        ["sandbox", "close-deal", str(path), "--login-url", org.url, "--close-date", "2026-11-20"],
+    )
+    assert "closed won on 2026-11-20 " in dated.stdout, dated.output
+    wrong = CliRunner().invoke(
+        app, ["sandbox", "close-deal", str(path), "--login-url", org.url, "--close-date", "soon"]
+    )
+    assert wrong.exit_code == 2
+    assert "YYYY-MM-DD" in wrong.output
