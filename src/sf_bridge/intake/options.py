@@ -24,6 +24,10 @@ class IntakeOptions(EnvSettings):
     close_timeout: float = Field(5.0, alias="SF_BRIDGE_STREAM_CLOSE_TIMEOUT")
     # Replay id used when the channel has none stored yet: -1 new events, -2 all retained.
     initial_replay_id: int = Field(-1, alias="SF_BRIDGE_STREAM_INITIAL_REPLAY")
+    # Pub/Sub API: the server sends an empty batch (a keepalive) at least every 270 s, so the
+    # watchdog waits longer; events are requested in batches of at most 100 (the API's maximum).
+    pubsub_watchdog_seconds: float = Field(330.0, alias="SF_BRIDGE_PUBSUB_WATCHDOG")
+    pubsub_batch: int = Field(100, alias="SF_BRIDGE_PUBSUB_BATCH", ge=1, le=100)
     event_id_field: str | None = Field(None, alias="SF_BRIDGE_EVENT_ID_FIELD")
     status_interval: float = Field(15.0, alias="SF_BRIDGE_STREAM_STATUS_INTERVAL")
     leader_poll_seconds: float = Field(2.0, alias="SF_BRIDGE_LEADER_POLL")
