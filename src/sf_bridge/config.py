@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_SF_API_VERSION = "62.0"
@@ -59,11 +59,17 @@ class Settings(EnvSettings):
     sf_client_id: str | None = Field(None, alias="SF_CLIENT_ID")
     sf_client_secret: SecretStr | None = Field(None, alias="SF_CLIENT_SECRET")
     sf_api_version: str = Field(DEFAULT_SF_API_VERSION, alias="SF_API_VERSION")
+    # How events arrive: the Streaming API (CometD, the default) or the Pub/Sub API (gRPC).
+    # SF_CHANNEL may name it too, as a scheme: pubsub:/data/OpportunityChangeEvent.
+    sf_transport: Literal["cometd", "pubsub"] | None = Field(None, alias="SF_TRANSPORT")
     sf_channel: str = Field(
         CDC_CHANNEL,
         alias="SF_CHANNEL",
-        examples=[CDC_CHANNEL, "/event/Deal_Won__e", "/topic/WonDeals"],
+        examples=[CDC_CHANNEL, "/event/Deal_Won__e", "/topic/WonDeals", f"pubsub:{CDC_CHANNEL}"],
     )
+    # The Pub/Sub API endpoint: host:port over TLS (Salesforce's), or http://<loopback>:port
+    # for the sandbox org.
+    sf_pubsub_endpoint: str = Field("api.pubsub.salesforce.com:7443", alias="SF_PUBSUB_ENDPOINT")
 
     stripe_api_key: SecretStr | None = Field(None, alias="STRIPE_API_KEY")
     stripe_api_base: str | None = Field(None, alias="STRIPE_API_BASE")
@@ -142,20 +148,40 @@ class Settings(EnvSettings):
 
     @field_validator("sf_channel")
     @classmethod
-    def _channel(cls, value: str) -> str:
+    def _channel(cls, value: str, info: ValidationInfo) -> str:
         from sf_bridge.intake.events import channel_kind
 
+        scheme, channel = split_transport(value)
+        chosen = info.data.get("sf_transport")
+        if scheme and chosen and scheme != chosen:
+            raise ValueError(f"names the {scheme} transport but SF_TRANSPORT is {chosen}")
         try:
-            channel_kind(value)
-            named = bool(value.strip("/").partition("/")[2])
+            kind = channel_kind(channel)
+            named = bool(channel.strip("/").partition("/")[2])
         except ValueError:
             named = False
         if not named:
             raise ValueError(
                 "is not a streaming channel: use /data/OpportunityChangeEvent (Change Data "
-                "Capture), /event/<Name>__e (a platform event) or /topic/<Name> (a PushTopic)"
+                "Capture), /event/<Name>__e (a platform event) or /topic/<Name> (a PushTopic), "
+                "optionally after cometd: or pubsub:"
+            )
+        if kind == "push_topic" and (scheme or chosen) == "pubsub":
+            raise ValueError(
+                "is a PushTopic, which the Pub/Sub API does not have: use "
+                "/data/OpportunityChangeEvent or /event/<Name>__e, or SF_TRANSPORT=cometd"
             )
         return value
+
+    @property
+    def stream_channel(self) -> str:
+        """SF_CHANNEL without its transport scheme."""
+        return split_transport(self.sf_channel)[1]
+
+    @property
+    def stream_transport(self) -> str:
+        """cometd (the default) or pubsub: SF_CHANNEL's scheme, else SF_TRANSPORT."""
+        return split_transport(self.sf_channel)[0] or self.sf_transport or "cometd"
 
     @field_validator("stripe_api_key")
     @classmethod
@@ -222,6 +248,17 @@ class Settings(EnvSettings):
             if exc.validation is None:
                 raise
             raise SettingsInvalid.from_validation(type(self), exc.validation, flags) from None
+
+
+TRANSPORTS = ("cometd", "pubsub")
+
+
+def split_transport(channel: str) -> tuple[str | None, str]:
+    """`pubsub:/data/X` -> ("pubsub", "/data/X"); a channel without a scheme -> (None, it)."""
+    scheme, colon, rest = channel.partition(":")
+    if colon and scheme.lower() in TRANSPORTS:
+        return scheme.lower(), rest
+    return None, channel
 
 
 @lru_cache(maxsize=1)
