@@ -26,7 +26,9 @@ from tests.integration.intake.conftest import (
 )
 
 
-def stored_replay_id(session_factory: sessionmaker[Session], topic: str = CDC_CHANNEL) -> int | None:
+def stored_replay_id(
+    session_factory: sessionmaker[Session], topic: str = CDC_CHANNEL
+) -> int | None:
     with session_factory() as session:
         raw = load_pubsub_marker(session, topic)
     return decode_replay_id(raw) if raw is not None else None

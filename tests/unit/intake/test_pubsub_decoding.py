@@ -30,7 +30,9 @@ def _compound(name: str, children: int) -> dict[str, Any]:
             {
                 "type": "record",
                 "name": f"{name}Type",
-                "fields": [{"name": f"{name}_{i}", "type": ["null", "string"]} for i in range(children)],
+                "fields": [
+                    {"name": f"{name}_{i}", "type": ["null", "string"]} for i in range(children)
+                ],
             },
         ],
         "default": None,

@@ -222,7 +222,7 @@ class _Subscription:
         return self._subscribe(None, preset=pb.EARLIEST)
 
     def _subscribe(
-        self, replay_id: bytes | None, preset: int | None = None
+        self, replay_id: bytes | None, preset: Any = None
     ) -> tuple[Any, asyncio.Queue[Any]]:
         first = pb.FetchRequest(topic_name=self.topic, num_requested=self.batch)
         if replay_id is not None:

@@ -153,7 +153,9 @@ def _value(avro_type: str, field_type: str, value: Any) -> Any:
     if avro_type == "boolean":
         return value if isinstance(value, bool) else None
     if avro_type == "double":
-        return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+        return (
+            float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+        )
     if avro_type == "int":
         return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
     return value if isinstance(value, str) else str(value)

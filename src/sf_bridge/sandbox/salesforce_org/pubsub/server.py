@@ -47,8 +47,8 @@ from sf_bridge.sandbox.salesforce_org.pubsub.schemas import (
     SchemaRegistry,
     change_event_record,
     change_event_schema,
-    platform_event_schema,
     platform_event_record,
+    platform_event_schema,
 )
 
 if TYPE_CHECKING:
@@ -315,7 +315,9 @@ class PubSubServer(pb_grpc.PubSubServicer):
 
     def _schema_for(self, topic: str) -> tuple[str, dict[str, Any]]:
         if topic.startswith("/data/"):
-            obj = self.org.store.object_def(topic.removeprefix("/data/").removesuffix("ChangeEvent"))
+            obj = self.org.store.object_def(
+                topic.removeprefix("/data/").removesuffix("ChangeEvent")
+            )
             assert obj is not None
             schema = change_event_schema(obj)
         else:
