@@ -215,3 +215,67 @@ def test_push_topics_do_not_exist_on_pub_sub(intake_org: SalesforceSandbox, sess
             enqueue=lambda s, ids, source: [],
             transport="pubsub",
         )
+
+
+def test_a_quiet_topic_commits_the_keepalives_latest_replay_id(
+    intake_org: SalesforceSandbox, session_factory, harness
+):
+    # Events on another topic move the org's replay ids on; the CDC topic stays quiet.
+    channel = intake_org.define_platform_event("Other__e")
+    for _ in range(3):
+        intake_org.emit(channel, {"payload": {"Opportunity_Id__c": None}})
+    h = harness(transport="pubsub")
+    intake = h.start()
+    assert intake.pubsub is not None
+    transport = intake.pubsub
+    wait_until(lambda: transport.keepalives >= 1, 5, "a keepalive")
+    latest = intake_org.events.last_replay_id
+    wait_until(lambda: stored_replay_id(session_factory) == latest, 5, "the latest id committed")
+    assert intake.stats.events == 0
+    # The stored id is one the server accepts: the next session resumes from it.
+    h.stop()
+    again = harness(transport="pubsub")
+    resumed = again.start()
+    opp = open_deal(intake_org, "After the quiet")
+    intake_org.close_won(opp)
+    wait_until(lambda: opp in deals_by_source(session_factory), 5, "the next deal")
+    assert resumed.stats.replay_fallbacks == 0
+
+
+def test_stream_gauges_report_the_pub_sub_stream_connected(
+    intake_org: SalesforceSandbox, session_factory, harness
+):
+    from sf_bridge.alerts.gauges import condition_metrics
+    from sf_bridge.db.models import utcnow
+
+    h = harness(transport="pubsub")
+    h.start()
+    with session_factory() as session:
+        families = {f.name: f for f in condition_metrics(session, utcnow())}
+    [sample] = families["sf_bridge_stream_connected"].samples
+    assert sample.labels == {"channel": CDC_CHANNEL}
+    assert sample.value == 1
+
+
+def test_only_the_lock_holder_subscribes_and_a_standby_takes_over(
+    engine, intake_org: SalesforceSandbox, session_factory, harness
+):
+    from sf_bridge.db.engine import is_sqlite
+    from sf_bridge.intake.leader import AdvisoryLock
+
+    if is_sqlite(engine):
+        pytest.skip("several replicas need PostgreSQL")
+    leader = harness(transport="pubsub", leader_lock=AdvisoryLock(engine, "stream:cdc"))
+    leader.start()
+    standby = harness(transport="pubsub", leader_lock=AdvisoryLock(engine, "stream:cdc"))
+    standby.start(wait_connected=False)
+    assert standby.intake is not None
+    standby_intake = standby.intake
+    wait_until(lambda: standby_intake.status.current.state == "standby", 5, "standby")
+    assert intake_org.pubsub.subscriptions() == 1
+    leader.stop()
+    later = open_deal(intake_org, "Later")
+    intake_org.close_won(later)
+    wait_until(lambda: standby_intake.status.current.state == "connected", 5, "takeover")
+    wait_until(lambda: deal_count(session_factory) == 1, 5, "deal after the takeover")
+    wait_until(lambda: intake_org.pubsub.subscriptions() == 1, 5, "one subscription")

@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -163,10 +162,7 @@ class _Subscription:
         intake = self.intake
         stored = await asyncio.to_thread(self._load_marker)
         self.committed = stored
-        if intake.stats.sessions > 1 and stored is None:
-            # Without a stored replay id only new events come: a sweep finds the rest.
-            intake.request_sweep("resubscribed_without_replay_id")
-        call, requests = self._subscribe(stored)
+        call = await self._subscribe(stored)
         try:
             try:
                 await self._accepted(call)
@@ -174,12 +170,15 @@ class _Subscription:
                 if stored is None or not error.replay_refused:
                     raise
                 call.cancel()
-                call, requests = self._fall_back(stored, error)
+                call = await self._fall_back(stored, error)
                 await self._accepted(call)
+            if intake.stats.sessions > 1 and stored is None:
+                # Without a stored replay id only new events come: a sweep finds the rest.
+                intake.request_sweep("resubscribed_without_replay_id")
             await asyncio.to_thread(intake.status.set, "connected")
             log.info("stream_subscribed", channel=self.topic, transport="pubsub")
             self.last_incoming = time.monotonic()
-            receiver = asyncio.ensure_future(self._receive(call, requests))
+            receiver = asyncio.ensure_future(self._receive(call))
             watchdog = asyncio.ensure_future(self._watchdog())
             try:
                 done, _ = await asyncio.wait(
@@ -209,7 +208,7 @@ class _Subscription:
                 raise PubSubError.from_rpc(exc) from None
             raise PubSubError("CANCELLED", None, "the server closed the subscription")
 
-    def _fall_back(self, refused: bytes, error: PubSubError) -> tuple[Any, asyncio.Queue[Any]]:
+    async def _fall_back(self, refused: bytes, error: PubSubError) -> Any:
         self.intake.stats.replay_fallbacks += 1
         log.warning(
             "stream_replay_id_refused",
@@ -219,11 +218,11 @@ class _Subscription:
             error=str(error),
         )
         self.intake.request_sweep("replay_id_refused")
-        return self._subscribe(None, preset=pb.EARLIEST)
+        return await self._subscribe(None, preset=pb.EARLIEST)
 
-    def _subscribe(
-        self, replay_id: bytes | None, preset: Any = None
-    ) -> tuple[Any, asyncio.Queue[Any]]:
+    async def _subscribe(self, replay_id: bytes | None, preset: Any = None) -> Any:
+        """Opens the `Subscribe` call and sends its first `FetchRequest` (requests are written
+        on the call, not read from a generator, so cancelling it leaves nothing running)."""
         first = pb.FetchRequest(topic_name=self.topic, num_requested=self.batch)
         if replay_id is not None:
             first.replay_preset = pb.CUSTOM
@@ -233,23 +232,17 @@ class _Subscription:
         else:
             initial = self.intake.options.initial_replay_id
             first.replay_preset = pb.EARLIEST if initial == -2 else pb.LATEST
-        requests: asyncio.Queue[Any] = asyncio.Queue()
-        requests.put_nowait(first)
+        call = self.stub.Subscribe(metadata=self.metadata)
+        await call.write(first)
         self._asked(self.batch)
-
-        async def outgoing() -> AsyncIterator[Any]:
-            while True:
-                yield await requests.get()
-
-        call = self.stub.Subscribe(outgoing(), metadata=self.metadata)
-        return call, requests
+        return call
 
     def _asked(self, count: int) -> None:
         self.outstanding += count
         self.transport.requested += count
         self.transport.max_outstanding = max(self.transport.max_outstanding, self.outstanding)
 
-    async def _receive(self, call: Any, requests: asyncio.Queue[Any]) -> None:
+    async def _receive(self, call: Any) -> None:
         rules = self.intake.rules()
         while True:
             response = await call.read()
@@ -268,7 +261,7 @@ class _Subscription:
             await self.intake._handle(messages, rules)
             self.committed = bytes(events[-1].replay_id) or self.committed
             # Flow control: ask for as many again only once these are enqueued.
-            requests.put_nowait(pb.FetchRequest(num_requested=len(events)))
+            await call.write(pb.FetchRequest(num_requested=len(events)))
             self._asked(len(events))
 
     async def _message(self, consumer_event: Any) -> dict[str, Any]:
