@@ -279,3 +279,20 @@ def test_only_the_lock_holder_subscribes_and_a_standby_takes_over(
     wait_until(lambda: standby_intake.status.current.state == "connected", 5, "takeover")
     wait_until(lambda: deal_count(session_factory) == 1, 5, "deal after the takeover")
     wait_until(lambda: intake_org.pubsub.subscriptions() == 1, 5, "one subscription")
+
+
+def test_an_undecodable_event_is_counted_skipped_and_swept_and_the_stream_goes_on(
+    intake_org: SalesforceSandbox, session_factory, harness
+):
+    h = harness(transport="pubsub")
+    intake = h.start()
+    sweeps = intake.sweeper.runs
+    with structlog.testing.capture_logs() as logs:
+        intake_org.emit(CDC_CHANNEL, {"payload": "not a change event"})  # no schema encodes it
+        wait_until(lambda: intake.stats.malformed == 1, 5, "the event counted malformed")
+    assert "pubsub_event_undecodable" in {e["event"] for e in logs}
+    wait_until(lambda: intake.sweeper.runs > sweeps, 5, "the sweep it asked for")
+    won = open_deal(intake_org, "After garbage")
+    intake_org.close_won(won)
+    wait_until(lambda: won in deals_by_source(session_factory), 5, "the next deal")
+    assert intake.stats.restarts == 0

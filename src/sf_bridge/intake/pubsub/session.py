@@ -83,16 +83,22 @@ def org_id_from_identity(identity: str | None) -> str:
     raise PubSubError("UNAUTHENTICATED", None, "the login answer names no org id")
 
 
+# A batch of up to 100 events of up to 1 MB each is larger than gRPC's default 4 MB limit.
+CHANNEL_OPTIONS = (("grpc.max_receive_message_length", 128 * 1024 * 1024),)
+# A schema id the server does not know: the event cannot be decoded, however often we retry.
+SCHEMA_MISSING = (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT)
+
+
 def open_channel(endpoint: str) -> grpc.aio.Channel:
     """`host:port` or `https://host:port`: TLS; `http://<loopback>:port`: plain (the sandbox)."""
-    if "://" not in endpoint:
-        return grpc.aio.secure_channel(endpoint, grpc.ssl_channel_credentials())
-    check_url_scheme(endpoint, "SF_PUBSUB_ENDPOINT")
-    parts = urlsplit(endpoint)
-    target = parts.netloc
-    if parts.scheme == "https":
-        return grpc.aio.secure_channel(target, grpc.ssl_channel_credentials())
-    return grpc.aio.insecure_channel(target)
+    target = endpoint
+    if "://" in endpoint:
+        check_url_scheme(endpoint, "SF_PUBSUB_ENDPOINT")
+        parts = urlsplit(endpoint)
+        target = parts.netloc
+        if parts.scheme == "http":
+            return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+    return grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(), CHANNEL_OPTIONS)
 
 
 class PubSubTransport:
@@ -270,17 +276,24 @@ class _Subscription:
         try:
             schema = await self.transport.schemas.get(str(event.schema_id))
             record = decode_record(schema, bytes(event.payload))
-        except grpc.aio.AioRpcError:
-            raise
-        except Exception as exc:  # an undecodable payload: normalise says why, a sweep looks
-            log.warning(
-                "pubsub_event_undecodable",
-                channel=self.topic,
-                schema_id=str(event.schema_id),
-                error=f"{type(exc).__name__}: {exc}"[:200],
-            )
-            return {"channel": self.topic, "data": {"event": {"replayId": replay_id}}}
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() not in SCHEMA_MISSING:
+                raise  # the connection or the session: a new session retries
+            return self._undecodable(replay_id, str(event.schema_id), PubSubError.from_rpc(exc))
+        except Exception as exc:
+            return self._undecodable(replay_id, str(event.schema_id), exc)
         return streaming_message(self.topic, schema, record, replay_id)
+
+    def _undecodable(self, replay_id: bytes, schema_id: str, exc: Exception) -> dict[str, Any]:
+        """An event whose payload cannot be decoded: normalise reports it malformed and asks
+        for a sweep (which finds whatever it announced); its replay id is committed."""
+        log.warning(
+            "pubsub_event_undecodable",
+            channel=self.topic,
+            schema_id=schema_id,
+            error=f"{type(exc).__name__}: {exc}"[:200],
+        )
+        return {"channel": self.topic, "data": {"event": {"replayId": replay_id}}}
 
     async def _keepalive(self, response: Any) -> None:
         latest = bytes(response.latest_replay_id)
