@@ -220,9 +220,11 @@ class PubSubServer(pb_grpc.PubSubServicer):
     async def Subscribe(
         self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Any]:
+        # The first request is read before the call is judged, so that a client's first write
+        # never races the refusal (it would see a failed write instead of the status).
+        first = await anext(aiter(request_iterator), None)
         token = await self._authorise(context)
         self.subscribe_calls += 1
-        first = await anext(aiter(request_iterator), None)
         if first is None:
             return
         topic = str(first.topic_name)
