@@ -296,3 +296,20 @@ def test_an_undecodable_event_is_counted_skipped_and_swept_and_the_stream_goes_o
     intake_org.close_won(won)
     wait_until(lambda: won in deals_by_source(session_factory), 5, "the next deal")
     assert intake.stats.restarts == 0
+
+
+def test_a_stream_the_server_closes_is_resubscribed_from_the_stored_replay_id(
+    intake_org: SalesforceSandbox, session_factory, harness
+):
+    h = harness(transport="pubsub")
+    intake = h.start()
+    first = open_deal(intake_org, "Before the close")
+    intake_org.close_won(first)
+    wait_until(lambda: deal_count(session_factory) == 1, 5, "the first deal")
+    intake_org.close_pubsub_streams()
+    wait_until(lambda: intake.stats.restarts >= 1, 5, "a resubscription")
+    later = open_deal(intake_org, "After the close")
+    intake_org.close_won(later)
+    wait_until(lambda: later in deals_by_source(session_factory), 5, "the next deal")
+    assert intake.stats.replay_fallbacks == 0
+    assert intake_org.pubsub.subscribe_calls >= 2

@@ -131,7 +131,10 @@ class PubSubTransport:
         channel = open_channel(self.endpoint)
         try:
             stub = pb_grpc.PubSubStub(channel)
-            self.schemas.fetch = lambda schema_id: self._fetch_schema(stub, metadata, schema_id)
+            timeout = intake.options.connection_timeout
+            self.schemas.fetch = lambda schema_id: self._fetch_schema(
+                stub, metadata, schema_id, timeout
+            )
             await _Subscription(self, intake, stub, metadata).run()
         except grpc.aio.AioRpcError as exc:
             raise PubSubError.from_rpc(exc) from None
@@ -140,9 +143,15 @@ class PubSubTransport:
                 await asyncio.wait_for(channel.close(), timeout=intake.options.close_timeout)
 
     async def _fetch_schema(
-        self, stub: pb_grpc.PubSubStub, metadata: tuple[tuple[str, str], ...], schema_id: str
+        self,
+        stub: pb_grpc.PubSubStub,
+        metadata: tuple[tuple[str, str], ...],
+        schema_id: str,
+        timeout: float,
     ) -> str:
-        info = await stub.GetSchema(pb.SchemaRequest(schema_id=schema_id), metadata=metadata)
+        info = await stub.GetSchema(
+            pb.SchemaRequest(schema_id=schema_id), metadata=metadata, timeout=timeout
+        )
         return str(info.schema_json)
 
 

@@ -242,6 +242,10 @@ class SalesforceSandbox(Org):
 
         self._in_loop(up)
 
+    def close_pubsub_streams(self) -> None:
+        """The Pub/Sub API closes every open `Subscribe` call cleanly (the client resubscribes)."""
+        self._in_loop(self.pubsub.close_streams)
+
     def stream_clients(self) -> int:
         """How many CometD clients are live (handshaken, not forgotten, not gone idle)."""
         return len(self.bayeux.live_clients())

@@ -70,7 +70,9 @@ def decode_replay_id(raw: bytes) -> int | None:
 
 
 class _Ended(Exception):
-    def __init__(self, code: grpc.StatusCode, details: str, error_code: str | None) -> None:
+    """Why a subscription ends: a status to abort with, or `code=None` for a clean close."""
+
+    def __init__(self, code: grpc.StatusCode | None, details: str, error_code: str | None) -> None:
         super().__init__(details)
         self.code = code
         self.details = details
@@ -147,12 +149,20 @@ class PubSubServer(pb_grpc.PubSubServicer):
             self.end_all(_Ended(grpc.StatusCode.UNAVAILABLE, "the service is unavailable", None))
 
     def end_all(self, ended: _Ended) -> None:
-        for sub in list(self._subs):
+        with self._subs_lock:
+            subs = list(self._subs)
+        for sub in subs:
             sub.end(ended)
+
+    def close_streams(self) -> None:
+        """Ends every open subscription cleanly (status OK), as the server may at any time."""
+        self.end_all(_Ended(None, "stream closed", None))
 
     def check_sessions(self) -> None:
         """Ends the subscriptions whose session is no longer valid."""
-        for sub in list(self._subs):
+        with self._subs_lock:
+            subs = list(self._subs)
+        for sub in subs:
             if not self.org.sessions.is_valid(sub.token):
                 sub.end(_Ended(grpc.StatusCode.UNAUTHENTICATED, "session expired", AUTH_ERROR))
 
@@ -258,7 +268,7 @@ class PubSubServer(pb_grpc.PubSubServicer):
             await context.send_initial_metadata(())
             async for response in self._responses(sub):
                 yield response
-            if sub.ended is not None:
+            if sub.ended is not None and sub.ended.code is not None:
                 if sub.ended.error_code:
                     context.set_trailing_metadata((("error-code", sub.ended.error_code),))
                 await context.abort(sub.ended.code, sub.ended.details)
