@@ -10,7 +10,7 @@ CONSTRAINTS := constraints.txt
 PARTS := -e ./packages/client -e '.[dev]' -e ./packages/sandbox
 LOCK_VENV := $(VENV)-lock
 
-.PHONY: demo test lint typecheck fmt bench lock clean
+.PHONY: demo test lint typecheck fmt bench lock proto clean
 
 $(STAMP): pyproject.toml packages/client/pyproject.toml packages/sandbox/pyproject.toml $(CONSTRAINTS)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,17 @@ lock:
 	$(LOCK_VENV)/bin/python -m pip freeze --all --exclude-editable >> $(CONSTRAINTS).new
 	mv $(CONSTRAINTS).new $(CONSTRAINTS)
 	rm -rf $(LOCK_VENV)
+
+# Regenerates the Pub/Sub API stubs (committed) from Salesforce's pubsub_api.proto, with
+# grpcio-tools in a scratch virtualenv (see src/sf_bridge/intake/pubsub/proto/README.md).
+PROTO_VENV := $(VENV)-proto
+proto:
+	rm -rf $(PROTO_VENV)
+	$(PYTHON) -m venv $(PROTO_VENV)
+	$(PROTO_VENV)/bin/python -m pip install --quiet grpcio-tools==1.85.1
+	$(PROTO_VENV)/bin/python -m grpc_tools.protoc -I src --python_out=src --pyi_out=src \
+		--grpc_python_out=src src/sf_bridge/intake/pubsub/proto/pubsub_api.proto
+	rm -rf $(PROTO_VENV)
 
 clean:
 	rm -rf $(VENV) $(LOCK_VENV) .pytest_cache .mypy_cache .ruff_cache

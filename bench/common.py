@@ -124,6 +124,15 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs)")
 
 
+def add_transport_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--transport",
+        choices=("cometd", "pubsub"),
+        default="cometd",
+        help="how the worker receives events: Streaming API (CometD) or Pub/Sub API (gRPC)",
+    )
+
+
 def percentile(values: Sequence[float], p: float) -> float:
     """Nearest-rank percentile (p in 0..100) of a non-empty sequence."""
     ordered = sorted(values)
@@ -301,6 +310,7 @@ class StackConfig:
     extra_env: dict[str, str] = field(default_factory=dict)
     keep: bool = False
     name: str = "bench"
+    transport: str = "cometd"  # SF_TRANSPORT of the workers: cometd or pubsub
 
 
 class Stack:
@@ -445,6 +455,8 @@ class Stack:
             "LOG_FORMAT": "json",
             "LOG_LEVEL": self.config.log_level,
             "SF_BRIDGE_LEADER_POLL": "0.5",
+            "SF_TRANSPORT": self.config.transport,
+            "SF_PUBSUB_ENDPOINT": self.org.pubsub_endpoint,
         }
         if self.config.worker_stripe_rps is not None:
             env["SF_BRIDGE_STRIPE_RPS"] = str(self.config.worker_stripe_rps)
@@ -475,6 +487,8 @@ class Stack:
     def subscribed_clients(self) -> int:
         """Streaming clients of the org subscribed to the CDC channel."""
         assert self.org is not None
+        if self.config.transport == "pubsub":
+            return self.org.pubsub.subscriptions()
         return sum(1 for chans in self.org.subscriptions().values() if CDC_CHANNEL in chans)
 
     def wait_subscribed(self, timeout: float = 60.0) -> None:

@@ -3,13 +3,17 @@
 Each deal is closed in the sandbox org (the org emits the CDC event a salesperson's click
 would); `sf-bridge run` receives it on its stream subscription, fetches it, maps it and
 provisions it. Every Salesforce call (login, REST, CometD) and every Stripe call gets
-`--latency-ms` added. The next deal is closed once the previous one is entitled.
+`--latency-ms` added (not the Pub/Sub API's gRPC calls: the sandbox serves those directly).
+The next deal is closed once the previous one is entitled. Each transport in `--transports`
+(default: both, cometd and pubsub) is measured in turn, on a stack of its own, and the run
+ends with close-to-enqueued side by side.
 
 "Provisioned" means subscription active, invoice open and entitlements granted: the finish of
 the deal's entitlements step (DESIGN section 5). The write-back to Salesforce follows in a
 batch and is reported too. The breakdown by step comes from the deals' step_attempts rows.
 
     .venv/bin/python bench/latency.py --deals 200
+    .venv/bin/python bench/latency.py --deals 50 --transports pubsub
 """
 
 from __future__ import annotations
@@ -59,11 +63,45 @@ def main() -> int:
         "--latency-ms", type=float, default=100.0, help="added to every Salesforce and Stripe call"
     )
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds allowed per deal")
+    parser.add_argument(
+        "--transports",
+        default="cometd,pubsub",
+        help="comma-separated: cometd (Streaming API), pubsub (Pub/Sub API) (%(default)s)",
+    )
     add_common_arguments(parser)
     args = parser.parse_args()
+    transports = [t.strip() for t in args.transports.split(",") if t.strip()]
+    unknown = set(transports) - {"cometd", "pubsub"}
+    if unknown or not transports:
+        parser.error(f"--transports: cometd and/or pubsub, not {sorted(unknown)}")
 
     print_header("Close-to-provisioned latency, one deal at a time")
+    enqueued: dict[str, list[float]] = {}
+    for transport in transports:
+        print(f"\n## transport: {transport}", flush=True)
+        found = measure(args, transport)
+        if found is None:
+            return 1
+        enqueued[transport] = found
+    print("\nclosed in Salesforce -> enqueued from the stream, by transport (ms):")
+    print("| transport | deals | p50 | p95 | p99 | max |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for transport, values in enqueued.items():
+        if not values:
+            print(f"| {transport} | 0 | - | - | - | - |")
+            continue
+        print(
+            f"| {transport} | {len(values)} | {percentile(values, 50):.0f} | "
+            f"{percentile(values, 95):.0f} | {percentile(values, 99):.0f} | {max(values):.0f} |"
+        )
+    print_load_after()
+    return 0
+
+
+def measure(args: argparse.Namespace, transport: str) -> list[float] | None:
+    """One stack, one transport: the report, and close-to-enqueued of each measured deal."""
     config = StackConfig(
+        transport=transport,
         database=args.database,
         salesforce_latency_ms=args.latency_ms,
         stripe_faults=Faults(latency_ms=args.latency_ms, seed=7),
@@ -100,20 +138,20 @@ def main() -> int:
             except TimeoutError:
                 print(f"deal {i} not provisioned in {args.timeout} s: {status_of(deal)}")
                 print(stack.workers[0].log_tail())
-                return 1
+                return None
             if (i + 1) % 50 == 0:
                 print(f"  {i + 1} deals provisioned ({time.monotonic() - started:.0f} s)")
         wait_for(lambda: stack.status_counts()["done"] >= len(deals), 60, "the last write-backs")
         measured = deals[args.warmup :]
-        report(stack, measured)
+        stream = report(stack, measured)
         counts = stack.status_counts()
         dup = stack.duplicates()
         print(f"\ndeal statuses: {dict(counts)}; emulator: {dup}")
-    print_load_after()
-    return 0
+    return stream
 
 
-def report(stack: Stack, deals: list[BenchDeal]) -> None:
+def report(stack: Stack, deals: list[BenchDeal]) -> list[float]:
+    """Prints the latency tables; returns close-to-enqueued (ms) of each deal."""
     assert stack.engine is not None
     by_opp = {d.opportunity_id: d for d in deals}
     with stack.engine.connect() as conn:
@@ -186,6 +224,7 @@ def report(stack: Stack, deals: list[BenchDeal]) -> None:
     for name, _ in MILESTONES[1:]:
         print(line(name, durations.get(name, [])))
     print(f"\nfailed or retried attempts: {retries}")
+    return segments["stream"]
 
 
 if __name__ == "__main__":

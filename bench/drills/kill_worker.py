@@ -27,6 +27,7 @@ from bench.common import (
     Stack,
     StackConfig,
     add_common_arguments,
+    add_transport_argument,
     every_deal_once,
     print_header,
     print_load_after,
@@ -46,6 +47,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=None, help="random seed (default: time)")
     parser.add_argument("--timeout", type=float, default=900.0)
     add_common_arguments(parser)
+    add_transport_argument(parser)
     args = parser.parse_args()
     seed = args.seed if args.seed is not None else int(time.time())
     rng = random.Random(seed)
@@ -54,10 +56,11 @@ def main() -> int:
     print(
         f"deals: {args.deals}, kills: {args.kills}, gap {args.min_gap:g}-{args.max_gap:g} s, "
         f"seed {seed}, lease: {args.lease_seconds or 'the sf-bridge run default'}, "
-        f"database: {args.database}",
+        f"database: {args.database}, transport: {args.transport}",
         flush=True,
     )
     config = StackConfig(
+        transport=args.transport,
         database=args.database,
         salesforce_latency_ms=args.latency_ms,
         stripe_faults=Faults(

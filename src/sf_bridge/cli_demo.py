@@ -25,6 +25,12 @@ def demo(
     timeout: float = typer.Option(
         45.0, "--timeout", help="Seconds to wait for the deals to settle before failing."
     ),
+    transport: str = typer.Option(
+        "cometd",
+        "--transport",
+        help="How the worker receives Salesforce events: cometd (Streaming API) or pubsub "
+        "(Pub/Sub API, gRPC); the sandbox org serves both.",
+    ),
 ) -> None:
     """Runs the whole product locally on sample deals; no credentials needed.
 
@@ -46,5 +52,11 @@ def demo(
             f"No mapping files in {mappings.resolve()}.",
             hint="run the demo from the repository root, or pass --mappings PATH/TO/mappings.",
         )
-    code = run_demo(DemoOptions(mappings, keep_running=keep_running, timeout=timeout))
+    if transport not in ("cometd", "pubsub"):
+        raise ConfigurationError(
+            f"--transport {transport!r} is not a transport.", hint="use cometd or pubsub."
+        )
+    code = run_demo(
+        DemoOptions(mappings, keep_running=keep_running, timeout=timeout, transport=transport)
+    )
     raise typer.Exit(code)

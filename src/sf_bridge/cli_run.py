@@ -33,6 +33,12 @@ def run(
         envvar="SF_CHANNEL",
         help="/data/OpportunityChangeEvent, /event/<Name>__e or /topic/<Name>",
     ),
+    transport: str = typer.Option(
+        None,
+        "--transport",
+        envvar="SF_TRANSPORT",
+        help="cometd (Streaming API, the default) or pubsub (Pub/Sub API)",
+    ),
     api_version: str = typer.Option(
         None,
         "--api-version",
@@ -80,6 +86,7 @@ def run(
         database_url=database_url,
         mappings_dir=mappings,
         sf_login_url=login_url,
+        sf_transport=transport,
         sf_channel=channel,
         sf_api_version=api_version,
         sweep_interval_seconds=sweep_interval,
@@ -94,6 +101,7 @@ FLAGS = {
     "database_url": "--database-url",
     "mappings_dir": "--mappings",
     "sf_login_url": "--login-url",
+    "sf_transport": "--transport",
     "sf_channel": "--channel",
     "sf_api_version": "--api-version",
     "sweep_interval_seconds": "--sweep-interval",

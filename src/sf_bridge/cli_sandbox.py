@@ -174,6 +174,10 @@ def _print_environment(org: Any, emulator: Any) -> None:
         f"/event/{PLATFORM_EVENT}"
     )
     typer.echo(
+        f"  Pub/Sub API (gRPC) on {org.pubsub_endpoint}: the same events (no PushTopics); "
+        "set SF_TRANSPORT=pubsub to use it"
+    )
+    typer.echo(
         "  deals: `sf-bridge sandbox close-deal OPP.json` (with the settings below) creates and "
         "closes one; or create Account / Opportunity / OpportunityLineItem records through its "
         "REST API and set StageName to 'Closed Won'"
@@ -189,6 +193,7 @@ def _print_environment(org: Any, emulator: Any) -> None:
         "SF_CLIENT_ID": org.client_id,
         "SF_CLIENT_SECRET": org.client_secret,
         "SF_API_VERSION": org.api_version,
+        "SF_PUBSUB_ENDPOINT": org.pubsub_endpoint,
     }
     if emulator is not None:
         variables |= {"STRIPE_API_BASE": emulator.url, "STRIPE_API_KEY": emulator.api_key}

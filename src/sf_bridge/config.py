@@ -18,7 +18,15 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -84,6 +92,10 @@ class IntakeOptions(Section):
     close_timeout: float = Field(5.0, alias="SF_BRIDGE_STREAM_CLOSE_TIMEOUT")
     # Replay id used when the channel has none stored yet: -1 new events, -2 all retained.
     initial_replay_id: int = Field(-1, alias="SF_BRIDGE_STREAM_INITIAL_REPLAY")
+    # Pub/Sub API: the server sends an empty batch (a keepalive) at least every 270 s, so the
+    # watchdog waits longer; events are requested in batches of at most 100 (the API's maximum).
+    pubsub_watchdog_seconds: float = Field(330.0, alias="SF_BRIDGE_PUBSUB_WATCHDOG")
+    pubsub_batch: int = Field(100, alias="SF_BRIDGE_PUBSUB_BATCH", ge=1, le=100)
     event_id_field: str | None = Field(None, alias="SF_BRIDGE_EVENT_ID_FIELD")
     status_interval: float = Field(15.0, alias="SF_BRIDGE_STREAM_STATUS_INTERVAL")
     leader_poll_seconds: float = Field(2.0, alias="SF_BRIDGE_LEADER_POLL")
@@ -202,11 +214,17 @@ class Settings(BaseSettings):
     sf_client_id: str | None = Field(None, alias="SF_CLIENT_ID")
     sf_client_secret: SecretStr | None = Field(None, alias="SF_CLIENT_SECRET")
     sf_api_version: str = Field(DEFAULT_SF_API_VERSION, alias="SF_API_VERSION")
+    # How events arrive: the Streaming API (CometD, the default) or the Pub/Sub API (gRPC).
+    # SF_CHANNEL may name it too, as a scheme: pubsub:/data/OpportunityChangeEvent.
+    sf_transport: Literal["cometd", "pubsub"] | None = Field(None, alias="SF_TRANSPORT")
     sf_channel: str = Field(
         CDC_CHANNEL,
         alias="SF_CHANNEL",
-        examples=[CDC_CHANNEL, "/event/Deal_Won__e", "/topic/WonDeals"],
+        examples=[CDC_CHANNEL, "/event/Deal_Won__e", "/topic/WonDeals", f"pubsub:{CDC_CHANNEL}"],
     )
+    # The Pub/Sub API endpoint: host:port over TLS (Salesforce's), or http://<loopback>:port
+    # for the sandbox org.
+    sf_pubsub_endpoint: str = Field("api.pubsub.salesforce.com:7443", alias="SF_PUBSUB_ENDPOINT")
 
     stripe_api_key: SecretStr | None = Field(None, alias="STRIPE_API_KEY")
     stripe_api_base: str | None = Field(None, alias="STRIPE_API_BASE")
@@ -285,20 +303,40 @@ class Settings(BaseSettings):
 
     @field_validator("sf_channel")
     @classmethod
-    def _channel(cls, value: str) -> str:
+    def _channel(cls, value: str, info: ValidationInfo) -> str:
         from sf_bridge.intake.events import channel_kind
 
+        scheme, channel = split_transport(value)
+        chosen = info.data.get("sf_transport")
+        if scheme and chosen and scheme != chosen:
+            raise ValueError(f"names the {scheme} transport but SF_TRANSPORT is {chosen}")
         try:
-            channel_kind(value)
-            named = bool(value.strip("/").partition("/")[2])
+            kind = channel_kind(channel)
+            named = bool(channel.strip("/").partition("/")[2])
         except ValueError:
             named = False
         if not named:
             raise ValueError(
                 "is not a streaming channel: use /data/OpportunityChangeEvent (Change Data "
-                "Capture), /event/<Name>__e (a platform event) or /topic/<Name> (a PushTopic)"
+                "Capture), /event/<Name>__e (a platform event) or /topic/<Name> (a PushTopic), "
+                "optionally after cometd: or pubsub:"
+            )
+        if kind == "push_topic" and (scheme or chosen) == "pubsub":
+            raise ValueError(
+                "is a PushTopic, which the Pub/Sub API does not have: use "
+                "/data/OpportunityChangeEvent or /event/<Name>__e, or SF_TRANSPORT=cometd"
             )
         return value
+
+    @property
+    def stream_channel(self) -> str:
+        """SF_CHANNEL without its transport scheme."""
+        return split_transport(self.sf_channel)[1]
+
+    @property
+    def stream_transport(self) -> str:
+        """cometd (the default) or pubsub: SF_CHANNEL's scheme, else SF_TRANSPORT."""
+        return split_transport(self.sf_channel)[0] or self.sf_transport or "cometd"
 
     @field_validator("stripe_api_key")
     @classmethod
@@ -371,6 +409,17 @@ class Settings(BaseSettings):
             if exc.validation is None:
                 raise
             raise SettingsInvalid.from_validation(type(self), exc.validation, flags) from None
+
+
+TRANSPORTS = ("cometd", "pubsub")
+
+
+def split_transport(channel: str) -> tuple[str | None, str]:
+    """`pubsub:/data/X` -> ("pubsub", "/data/X"); a channel without a scheme -> (None, it)."""
+    scheme, colon, rest = channel.partition(":")
+    if colon and scheme.lower() in TRANSPORTS:
+        return scheme.lower(), rest
+    return None, channel
 
 
 @lru_cache(maxsize=1)

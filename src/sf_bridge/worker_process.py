@@ -194,7 +194,8 @@ class WorkerProcess:
             mappings = loader()
             return EventRules(won_stages=frozenset(mappings.won_stages), id_fields=id_fields)
 
-        channel = self.settings.sf_channel
+        channel = self.settings.stream_channel
+        transport = self.settings.stream_transport
         return StreamIntake(
             channel=channel,
             credentials=SalesforceCredentials.from_settings(self.settings),
@@ -206,6 +207,8 @@ class WorkerProcess:
             options=intake_options,
             sweep_interval=self.settings.sweep_interval_seconds,
             leader_lock=make_leader_lock(self.engine, f"stream:{channel}"),
+            transport=transport,
+            pubsub_endpoint=self.settings.sf_pubsub_endpoint if transport == "pubsub" else None,
         )
 
     # -- threads -------------------------------------------------------------------------
@@ -233,7 +236,7 @@ class WorkerProcess:
             self._stop_metrics = serve_process_metrics(self.options.metrics_port)
         log.info(
             "worker_process_started",
-            channel=self.settings.sf_channel if self.intake else None,
+            channel=self.settings.stream_channel if self.intake else None,
             threads=[t.name for t in self.threads],
         )
         return self
@@ -288,7 +291,7 @@ class WorkerProcess:
         alerts = AlertService.from_settings(
             self.settings,
             self.session_factory,
-            stream_channel=self.settings.sf_channel if self.intake is not None else None,
+            stream_channel=self.settings.stream_channel if self.intake is not None else None,
         )
         if alerts is None:
             log.info("alerts_not_configured", hint="set SF_BRIDGE_ALERT_* to notify on-call")

@@ -194,3 +194,17 @@ def test_demo_without_mapping_files_says_where_to_run_it(tmp_path: Path) -> None
     assert result.returncode == 2
     assert "No mapping files" in result.stderr
     assert "--mappings" in result.stderr
+
+
+def test_demo_over_the_pub_sub_api_provisions_every_sample_deal() -> None:
+    result, _ = run_demo("--transport", "pubsub")
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr
+    assert "subscribed to the Salesforce stream over the Pub/Sub API" in out
+    assert "DEMO OK: 5 deals" in out
+
+
+def test_demo_refuses_an_unknown_transport() -> None:
+    result, _ = run_demo("--transport", "carrier-pigeon")
+    assert result.returncode == 2
+    assert "cometd or pubsub" in result.stderr

@@ -71,6 +71,7 @@ class DemoOptions:
     mappings_dir: Path
     keep_running: bool = False
     timeout: float = 45.0  # seconds to wait for the deals to settle, per phase
+    transport: str = "cometd"  # how the worker receives events: cometd or pubsub
 
 
 @dataclass
@@ -235,7 +236,10 @@ class Demo:
             "SF_BRIDGE_API_KEYS": stack.api_key,
             "PORT": str(api_port),
             "LOG_FORMAT": "json",
+            "SF_TRANSPORT": self.options.transport,
         }
+        if self.options.transport == "pubsub":
+            env["SF_PUBSUB_ENDPOINT"] = org.pubsub_endpoint
         stack.settings = env
         stack.env = child_environment(env)
         stack.api = ManagedProcess(
@@ -265,12 +269,15 @@ class Demo:
             lambda: self._stream_subscribed(stack),
             "the worker (`sf-bridge run`) to subscribe to the Salesforce stream",
         )
-        self.say("worker (`sf-bridge run`) subscribed to the Salesforce stream")
+        api = "Pub/Sub API" if self.options.transport == "pubsub" else "Streaming API (CometD)"
+        self.say(f"worker (`sf-bridge run`) subscribed to the Salesforce stream over the {api}")
 
     def _stream_subscribed(self, stack: Stack) -> bool:
         """True once a streaming client of the org is subscribed to the CDC channel."""
         assert stack.worker is not None
         stack.worker.check_alive()
+        if self.options.transport == "pubsub":
+            return bool(stack.org.pubsub.subscriptions())
         subscriptions: dict[str, set[str]] = stack.org.subscriptions()
         return any(CDC_CHANNEL in channels for channels in subscriptions.values())
 

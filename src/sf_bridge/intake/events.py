@@ -88,7 +88,7 @@ class EventOutcome:
     # known deal goes to its `when_unwon` policy; an unknown one is nobody's business).
     unwon: tuple[str, ...] = ()
     deleted: tuple[str, ...] = ()
-    replay_id: int | None = None
+    replay_id: int | bytes | None = None  # CometD: an integer; Pub/Sub API: opaque bytes
     created: str | None = None  # creation date, for the replay marker
 
     @property
@@ -96,10 +96,10 @@ class EventOutcome:
         return self.won + self.recheck
 
 
-def _replay_part(data: Mapping[str, Any]) -> tuple[int | None, str | None]:
+def _replay_part(data: Mapping[str, Any]) -> tuple[int | bytes | None, str | None]:
     event = data.get("event")
     replay_id = event.get("replayId") if isinstance(event, Mapping) else None
-    if isinstance(replay_id, bool) or not isinstance(replay_id, int):
+    if isinstance(replay_id, bool) or not isinstance(replay_id, int | bytes) or replay_id == b"":
         replay_id = None
     created: Any = None
     if isinstance(event, Mapping) and isinstance(event.get("createdDate"), str):

@@ -40,8 +40,14 @@ def decode_marker(value: str | None) -> ReplayMarker | None:
         return None
 
 
-def stage_marker(session: Session, channel: str, replay_id: int, date: str | None) -> None:
-    """Writes the marker inside the caller's transaction (committed with the enqueue)."""
+def stage_marker(session: Session, channel: str, replay_id: int | bytes, date: str | None) -> None:
+    """Writes the marker inside the caller's transaction (committed with the enqueue). A Pub/Sub
+    replay id (bytes) is kept apart from CometD's (integers): see `intake.pubsub.replay`."""
+    if isinstance(replay_id, bytes):
+        from sf_bridge.intake.pubsub.replay import stage_pubsub_marker
+
+        stage_pubsub_marker(session, channel, replay_id, date)
+        return
     write_checkpoint(
         session, replay_key(channel), encode_marker(ReplayMarker(date or "", replay_id))
     )

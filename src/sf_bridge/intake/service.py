@@ -134,6 +134,10 @@ def describe_stream_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"[:200] if text else type(exc).__name__
 
 
+def _printable(replay_id: int | bytes) -> int | str:
+    return replay_id.hex() if isinstance(replay_id, bytes) else replay_id
+
+
 class StreamIntake:
     def __init__(
         self,
@@ -150,9 +154,17 @@ class StreamIntake:
         leader_lock: LeaderLock | None = None,
         refresh: Refresh = _refresh_unprovisioned,
         known: Known = _known_opportunities,
+        transport: str = "cometd",
+        pubsub_endpoint: str | None = None,
     ) -> None:
         self.channel = channel
         self.kind = channel_kind(channel)
+        self.transport = transport
+        self.pubsub: Any = None
+        if transport == "pubsub":  # the Salesforce Pub/Sub API (gRPC) instead of CometD
+            from sf_bridge.intake.pubsub.session import PubSubTransport
+
+            self.pubsub = PubSubTransport(channel, pubsub_endpoint)
         self.credentials = credentials
         self.api_version = api_version
         self.session_factory = session_factory
@@ -321,6 +333,9 @@ class StreamIntake:
             await asyncio.sleep(delay)
 
     async def _session(self) -> None:
+        if self.pubsub is not None:
+            await self.pubsub.session(self)
+            return
         self.stats.sessions += 1
         monitor = ConnectionMonitor(self.channel)
         storage = DatabaseReplayStorage(self.session_factory, self.options.initial_replay_id)
@@ -483,7 +498,7 @@ class StreamIntake:
             won=len(ids),
             enqueued=len(new),
             refreshed=len(refreshed),
-            replay_id=marker[0] if marker else None,
+            replay_id=_printable(marker[0]) if marker else None,
             max_delay_ms=round(max(delays), 1) if delays else None,
         )
         if new and self.on_enqueued is not None:
@@ -496,7 +511,7 @@ class StreamIntake:
     def _commit(
         self,
         ids: list[str],
-        marker: tuple[int, str | None] | None,
+        marker: tuple[int | bytes, str | None] | None,
         refresh: list[str],
         unwon: Sequence[str] = (),
         deleted: Sequence[str] = (),

@@ -41,11 +41,13 @@ def _assert_all_once(stack: Stack, deals: int) -> None:
     ), found
 
 
-def test_kill9_mid_burst_with_restarts_provisions_every_deal_once() -> None:
+@pytest.mark.parametrize("transport", ["cometd", "pubsub"])
+def test_kill9_mid_burst_with_restarts_provisions_every_deal_once(transport: str) -> None:
     deals_n, kills = 40, 3
     rng = random.Random(20261125)
     config = StackConfig(
         name="drill-kill",
+        transport=transport,
         long_poll_seconds=5.0,
         salesforce_latency_ms=10.0,
         stripe_faults=Faults(latency_ms=30.0, seed=5),

@@ -31,6 +31,7 @@ API_VERSION = "62.0"
 def fast_options(**overrides: Any) -> IntakeOptions:
     values: dict[str, Any] = {
         "watchdog_seconds": 5.0,
+        "pubsub_watchdog_seconds": 5.0,
         "connection_timeout": 2.0,
         "backoff_min": 0.05,
         "backoff_max": 0.5,
@@ -98,6 +99,7 @@ class IntakeHarness:
     sweep_interval: float = 3600.0
     flow: str = "password"
     leader_lock: LeaderLock | None = None
+    transport: str = "cometd"
     intake: StreamIntake | None = None
     crm: SalesforceCrm | None = None
     thread: threading.Thread | None = None
@@ -116,6 +118,8 @@ class IntakeHarness:
             options=self.options,
             sweep_interval=self.sweep_interval,
             leader_lock=self.leader_lock,
+            transport=self.transport,
+            pubsub_endpoint=self.org.pubsub_endpoint if self.transport == "pubsub" else None,
         )
         self.intake.on_enqueued = self._record
         return self.intake

@@ -20,9 +20,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from sf_bridge.config import RunTuning, Settings
 from sf_bridge.db.models import Deal
+from sf_bridge.intake.pubsub.replay import load_pubsub_marker
 from sf_bridge.intake.replay import load_marker
 from sf_bridge.mapping import load_mappings
 from sf_bridge.sandbox.salesforce_org import CDC_CHANNEL, SalesforceSandbox
+from sf_bridge.sandbox.salesforce_org.pubsub.server import decode_replay_id
 from sf_bridge.sandbox.stripe_emulator import StripeEmulator
 from sf_bridge.worker_process import RunOptions, WorkerProcess
 from tests.integration.intake.conftest import fast_options, wait_until
@@ -81,8 +83,15 @@ def stripe(stripe_emulator: StripeEmulator, mappings: Any) -> StripeEmulator:
     return stripe_emulator
 
 
-def environment(org: SalesforceSandbox, stripe: StripeEmulator, db_url: str) -> dict[str, str]:
+TRANSPORTS = ["cometd", "pubsub"]  # the Streaming API (CometD) and the Pub/Sub API (gRPC)
+
+
+def environment(
+    org: SalesforceSandbox, stripe: StripeEmulator, db_url: str, transport: str = "cometd"
+) -> dict[str, str]:
     return {
+        "SF_TRANSPORT": transport,
+        "SF_PUBSUB_ENDPOINT": org.pubsub_endpoint,
         "DATABASE_URL": db_url,
         "SF_BRIDGE_MAPPINGS": str(MAPPINGS),
         "SF_LOGIN_URL": org.url,
@@ -157,10 +166,16 @@ def preview_of_snapshot(session_factory: sessionmaker[Session], opp: str, folder
     return json.loads(done.stdout)["plan"]
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
 def test_closed_deal_is_provisioned_with_status_and_links_on_the_opportunity(
-    org: SalesforceSandbox, stripe: StripeEmulator, db_url: str, session_factory, tmp_path
+    org: SalesforceSandbox,
+    stripe: StripeEmulator,
+    db_url: str,
+    session_factory,
+    tmp_path,
+    transport: str,
 ):
-    worker = start_worker(environment(org, stripe, db_url))
+    worker = start_worker(environment(org, stripe, db_url, transport))
     try:
         opp = team_deal(org, "Initech")
         closed = time.monotonic()
@@ -209,14 +224,20 @@ def test_a_deal_from_the_stream_wakes_the_idle_worker_without_its_safety_poll(
     assert stripe.count("customer") == 2
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
 def test_worker_killed_ten_deals_closed_meanwhile_all_provisioned_once_after_restart(
-    org: SalesforceSandbox, stripe: StripeEmulator, db_url: str, session_factory, tmp_path
+    org: SalesforceSandbox,
+    stripe: StripeEmulator,
+    db_url: str,
+    session_factory,
+    tmp_path,
+    transport: str,
 ):
     if db_url.startswith("sqlite") and os.environ.get("SF_BRIDGE_TEST_DATABASE_URL"):
         pytest.skip("two processes: run once, on PostgreSQL, where the stream lock must pass on")
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("SF_", "STRIPE_"))},
-        **environment(org, stripe, db_url),
+        **environment(org, stripe, db_url, transport),
         "SF_BRIDGE_STREAM_BACKOFF_MIN": "0.05",
         "SF_BRIDGE_LEADER_POLL": "0.2",
         "LOG_FORMAT": "json",
@@ -235,6 +256,8 @@ def test_worker_killed_ten_deals_closed_meanwhile_all_provisioned_once_after_res
         )
 
     def subscribed() -> bool:
+        if transport == "pubsub":
+            return org.pubsub.subscriptions() > 0
         return any(CDC_CHANNEL in s for s in org.subscriptions().values())
 
     first = launch("first.log")
@@ -256,8 +279,13 @@ def test_worker_killed_ten_deals_closed_meanwhile_all_provisioned_once_after_res
 
     def stream_caught_up() -> bool:
         with session_factory() as session:
-            marker = load_marker(session, CDC_CHANNEL)
-        return marker is not None and marker.replay_id >= last_event
+            if transport == "pubsub":
+                raw = load_pubsub_marker(session, CDC_CHANNEL)
+                replay_id = decode_replay_id(raw) if raw else None
+            else:
+                marker = load_marker(session, CDC_CHANNEL)
+                replay_id = marker.replay_id if marker else None
+        return replay_id is not None and replay_id >= last_event
 
     second = launch("second.log")
     try:

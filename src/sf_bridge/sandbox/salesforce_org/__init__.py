@@ -14,6 +14,9 @@
 - CometD (`/cometd/<any version>`): handshake, long-polling connect, subscribe with the replay
   extension and its retention window, for Change Data Capture (`/data/OpportunityChangeEvent`),
   PushTopics (`/topic/<Name>`) and Platform Events (`/event/<Name>__e`).
+- Pub/Sub API (gRPC on its own loopback port, `pubsub_endpoint`): `Subscribe` with replay
+  presets, replay ids as bytes and flow control, `GetSchema`, `GetTopic`; the same event log,
+  Avro-encoded, with CDC bitmap fields (see `salesforce_org.pubsub`).
 
     with SalesforceSandbox() as org:            # or the `salesforce_org` pytest fixture
         org.create_product("PLAN-PRO", "Pro plan", unit_price=100)
@@ -23,7 +26,8 @@
         org.close_won(deal)                     # CDC UPDATE (+ PushTopic / Platform Event)
 
 Faults: `expire_sessions`, `forget_clients`, `expire_events_before` / `advance_clock`,
-`stop_stream` / `start_stream`, `request_limit_exceeded`, `api_limit`, `fail_requests`,
+`stop_stream` / `start_stream` (both transports), `close_pubsub_streams`,
+`request_limit_exceeded`, `api_limit`, `fail_requests`,
 `fail_updates`. Counters: `calls`, `rest_calls()`, `reset_counters()`.
 """
 

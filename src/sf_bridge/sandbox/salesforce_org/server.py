@@ -15,6 +15,7 @@ from sf_bridge.logging import get_logger
 from sf_bridge.sandbox.salesforce_org.auth import LoginService
 from sf_bridge.sandbox.salesforce_org.bayeux import BayeuxServer
 from sf_bridge.sandbox.salesforce_org.core import Org
+from sf_bridge.sandbox.salesforce_org.pubsub import PubSubServer
 from sf_bridge.sandbox.salesforce_org.rest import RestApi, error_response
 
 log = get_logger(__name__)
@@ -37,6 +38,7 @@ class SalesforceSandbox(Org):
         query_batch_size: int = 2000,
         long_poll_seconds: float = 110.0,
         client_timeout_seconds: float = 40.0,
+        pubsub_keepalive_seconds: float | None = None,
         **org_options: Any,
     ) -> None:
         super().__init__(
@@ -55,6 +57,12 @@ class SalesforceSandbox(Org):
             long_poll_seconds=long_poll_seconds,
             client_timeout_seconds=client_timeout_seconds,
         )
+        # The Pub/Sub API (gRPC) on a port of its own; keepalives as often as long polls end.
+        self.pubsub = PubSubServer(
+            self,
+            host=host,
+            keepalive_seconds=pubsub_keepalive_seconds or min(long_poll_seconds, 270.0),
+        )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
@@ -65,6 +73,13 @@ class SalesforceSandbox(Org):
         if self._runner is None:
             raise RuntimeError("the sandbox org is not started")
         return f"http://{self.host}:{self.port}"
+
+    @property
+    def pubsub_endpoint(self) -> str:
+        """The Pub/Sub API address (SF_PUBSUB_ENDPOINT), http://127.0.0.1:<port>."""
+        if self._runner is None:
+            raise RuntimeError("the sandbox org is not started")
+        return self.pubsub.endpoint
 
     def start(self) -> SalesforceSandbox:
         if self._thread is not None:
@@ -145,11 +160,17 @@ class SalesforceSandbox(Org):
         sockets = getattr(site._server, "sockets", None) or []
         if sockets:
             self.port = sockets[0].getsockname()[1]
+        try:
+            await self.pubsub.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
         self._runner = runner
 
     async def _shutdown(self) -> None:
         self.bayeux.stream_up = False
         self.bayeux.forget_all()
+        await self.pubsub.stop()
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -200,22 +221,30 @@ class SalesforceSandbox(Org):
     def expire_sessions(self) -> None:
         super().expire_sessions()
         self._in_loop(self.bayeux.wake_all)
+        self._in_loop(self.pubsub.check_sessions)
 
     def stop_stream(self) -> None:
-        """The CometD endpoint goes down (HTTP 503) and forgets its clients, as a restart does;
-        events published meanwhile stay retained for replay."""
+        """The CometD endpoint goes down (HTTP 503) and forgets its clients, as a restart does,
+        and the Pub/Sub API ends its subscriptions with UNAVAILABLE; events published meanwhile
+        stay retained for replay."""
 
         def down() -> None:
             self.bayeux.stream_up = False
             self.bayeux.forget_all()
+            self.pubsub.set_up(False)
 
         self._in_loop(down)
 
     def start_stream(self) -> None:
         def up() -> None:
             self.bayeux.stream_up = True
+            self.pubsub.set_up(True)
 
         self._in_loop(up)
+
+    def close_pubsub_streams(self) -> None:
+        """The Pub/Sub API closes every open `Subscribe` call cleanly (the client resubscribes)."""
+        self._in_loop(self.pubsub.close_streams)
 
     def stream_clients(self) -> int:
         """How many CometD clients are live (handshaken, not forgotten, not gone idle)."""

@@ -1,0 +1,1 @@
+"""Generated code for Salesforce's Pub/Sub API interface (see README.md)."""
