@@ -20,21 +20,46 @@ def _settings(database_url: str | None) -> Settings:
 @handle_errors
 def mark_paid(
     ref: str = typer.Argument(..., help="Invoice id (in_...), deal id or opportunity id"),
+    amount: str = typer.Option(
+        None,
+        "--amount",
+        help="Amount received, in the invoice's currency (e.g. 1200.00); default: all that "
+        "remains due",
+    ),
+    reference: str = typer.Option(
+        None,
+        "--reference",
+        help="The bank's reference of the transfer: running the command again with it "
+        "records the payment once",
+    ),
     database_url: str = typer.Option(
         None, "--database-url", envvar="DATABASE_URL", help="SQLAlchemy URL"
     ),
 ) -> None:
-    """Records a wire payment (paid out of band) in Stripe and in our records.
+    """Records a wire payment (made outside Stripe), whole or part, in Stripe and in our
+    records.
 
-    Entitlements do not change (they were granted when the deal was provisioned). Reads
-    STRIPE_API_KEY and STRIPE_API_BASE. Running it again on a paid invoice changes nothing.
+    Stripe gets a payment record attached to the invoice; the invoice is paid once nothing
+    remains. Entitlements do not change (they were granted when the deal was provisioned).
+    Reads STRIPE_API_KEY and STRIPE_API_BASE. Running it again on a paid invoice changes
+    nothing.
     """
     from sf_bridge.db.engine import make_engine, make_session_factory
     from sf_bridge.db.migrate import ensure_current
     from sf_bridge.errors import ConfigurationError
+    from sf_bridge.invoices.errors import InvoiceNotPayable
     from sf_bridge.invoices.mark_paid import mark_paid as mark_invoice_paid
+    from sf_bridge.mapping.money import format_minor, parse_decimal
     from sf_bridge.provisioning.wiring import build_billing
 
+    value = None
+    if amount is not None:
+        value = parse_decimal(amount)
+        if value is None:
+            raise InvoiceNotPayable(
+                f"--amount {amount!r} is not an amount.",
+                hint="pass the amount received in the invoice's currency, e.g. --amount 1200.00.",
+            )
     settings = _settings(database_url)
     billing = build_billing(settings)
     if billing is None:
@@ -46,7 +71,9 @@ def mark_paid(
     engine = make_engine(settings.database_url)
     try:
         ensure_current(engine)
-        result = mark_invoice_paid(make_session_factory(engine), billing, ref)
+        result = mark_invoice_paid(
+            make_session_factory(engine), billing, ref, amount=value, reference=reference
+        )
     finally:
         engine.dispose()
     if result.already_paid:
@@ -54,10 +81,24 @@ def mark_paid(
             f"Invoice {result.invoice_id} (deal {result.deal_id}, opportunity "
             f"{result.opportunity_id}) was already paid in Stripe; recorded."
         )
-    else:
+    elif result.replayed:
+        typer.echo(
+            f"Invoice {result.invoice_id}: the payment with reference {reference!r} was "
+            "recorded already; nothing changed."
+        )
+    elif result.status == "paid":
         typer.echo(
             f"Invoice {result.invoice_id} (deal {result.deal_id}, opportunity "
             f"{result.opportunity_id}) marked paid out of band in Stripe and recorded. "
+            "Entitlements are unchanged."
+        )
+    else:
+        currency = result.currency or "usd"
+        typer.echo(
+            f"Invoice {result.invoice_id} (deal {result.deal_id}, opportunity "
+            f"{result.opportunity_id}): {format_minor(result.amount_paid or 0, currency)} "
+            f"recorded as paid out of band in Stripe; "
+            f"{format_minor(result.amount_remaining or 0, currency)} still due. "
             "Entitlements are unchanged."
         )
 

@@ -10,20 +10,48 @@ import itertools
 import json
 import threading
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sf_bridge.billing.port import (
+    BillingCoupon,
     BillingCustomer,
     BillingInvoice,
+    BillingPhase,
     BillingPrice,
+    BillingSchedule,
     BillingSubscription,
+    BillingSubscriptionItem,
+    CouponSpec,
     CustomerSpec,
+    EndBehavior,
+    InvoicePreview,
+    ItemChange,
+    PhaseSpec,
+    PreviewLine,
+    PreviewSpec,
+    ScheduleSpec,
+    SubscriptionItemSpec,
     SubscriptionSpec,
+    SubscriptionUpdate,
 )
+from sf_bridge.billing.proration import prorated
 from sf_bridge.errors import BillingRejected, SfBridgeError
+
+MONTH = timedelta(days=30)
+PERIODS = {"day": timedelta(days=1), "week": timedelta(days=7), "month": MONTH,
+           "year": timedelta(days=365)}  # fmt: skip
+MAX_ITEMS = 20
+
+
+def change_for(item: SubscriptionItemSpec) -> ItemChange:
+    return ItemChange(quantity=item.quantity, price=item.price, price_data=item.price_data)
+
+
+def _amount(item: BillingSubscriptionItem) -> int:
+    return (item.unit_amount or 0) * item.quantity
 
 
 @dataclass
@@ -44,6 +72,15 @@ class InMemoryBilling:
     _faults: dict[str, list[_Fault]] = field(default_factory=dict)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     _lock: threading.RLock = field(default_factory=threading.RLock)
+    coupons: dict[str, BillingCoupon] = field(default_factory=dict)
+    # discount id -> coupon id; subscription id -> its pending proration lines
+    discounts: dict[str, str] = field(default_factory=dict)
+    pending: dict[str, list[PreviewLine]] = field(default_factory=dict)
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    schedules: dict[str, BillingSchedule] = field(default_factory=dict)
+
+    def now(self) -> datetime:
+        return self.clock()
 
     # test helpers -------------------------------------------------------------------------
 
@@ -180,6 +217,8 @@ class InMemoryBilling:
             def create() -> BillingSubscription:
                 invoice_id = self._new_id("in")
                 charge = spec.collection_method == "charge_automatically"
+                now = self.now()
+                items = tuple(self._item(change_for(item), by_id) for item in spec.items)
                 sub = BillingSubscription(
                     id=self._new_id("sub"),
                     customer=spec.customer,
@@ -187,6 +226,9 @@ class InMemoryBilling:
                     latest_invoice=invoice_id,
                     collection_method=spec.collection_method,
                     metadata=dict(spec.metadata),
+                    items=items,
+                    current_period_start=now,
+                    current_period_end=now + PERIODS.get(items[0].interval or "", MONTH),
                 )
                 self.invoices[invoice_id] = BillingInvoice(
                     id=invoice_id,
@@ -196,6 +238,10 @@ class InMemoryBilling:
                     due_date=None,
                     subscription=sub.id,
                     customer=spec.customer,
+                    amount_due=sum(_amount(item) for item in items),
+                    amount_paid=0,
+                    amount_remaining=sum(_amount(item) for item in items),
+                    currency=items[0].currency,
                 )
                 self.subscriptions[sub.id] = sub
                 self.subscription_params[sub.id] = params
@@ -260,6 +306,487 @@ class InMemoryBilling:
     ) -> BillingInvoice:
         with self._lock:
             self._enter("mark_invoice_paid_out_of_band")
-            invoice = replace(self.invoices[invoice_id], status="paid")
+            invoice = self.invoices[invoice_id]
+            invoice = replace(
+                invoice, status="paid", amount_paid=invoice.amount_due, amount_remaining=0
+            )
             self.invoices[invoice_id] = invoice
             return invoice
+
+    # changing a live subscription ---------------------------------------------------------
+
+    def _item(
+        self, change: ItemChange, by_id: dict[str, BillingPrice], item_id: str | None = None
+    ) -> BillingSubscriptionItem:
+        if change.price_data is not None:
+            data = change.price_data
+            return BillingSubscriptionItem(
+                id=item_id or self._new_id("si"),
+                price=self._new_id("price"),
+                quantity=change.quantity if change.quantity is not None else 1,
+                unit_amount=data.unit_amount,
+                currency=data.currency,
+                interval=data.interval,
+            )
+        price = by_id.get(change.price or "")
+        if price is None:
+            raise BillingRejected(f"No such price: '{change.price}'")
+        if not price.active:
+            raise BillingRejected(
+                f"The price specified is inactive. This field only accepts active prices. "
+                f"({change.price})"
+            )
+        return BillingSubscriptionItem(
+            id=item_id or self._new_id("si"),
+            price=price.id,
+            quantity=change.quantity if change.quantity is not None else 1,
+            unit_amount=price.unit_amount,
+            currency=price.currency,
+            interval=price.interval,
+            lookup_key=price.lookup_key,
+        )
+
+    def _changed(
+        self, sub: BillingSubscription, changes: Sequence[ItemChange]
+    ) -> tuple[BillingSubscriptionItem, ...]:
+        by_id = {p.id: p for p in self.prices.values()}
+        current = {item.id: item for item in sub.items}
+        for change in changes:
+            if change.item_id is None:
+                item = self._item(change, by_id)
+                current[item.id] = item
+                continue
+            old = current.get(change.item_id)
+            if old is None:
+                raise BillingRejected(f"No such subscription item: '{change.item_id}'")
+            if change.deleted:
+                del current[change.item_id]
+            elif change.price is not None or change.price_data is not None:
+                quantity = change.quantity if change.quantity is not None else old.quantity
+                current[old.id] = self._item(replace(change, quantity=quantity), by_id, old.id)
+            elif change.quantity is not None:
+                current[old.id] = replace(old, quantity=change.quantity)
+        if not current:
+            raise BillingRejected("A subscription must have at least one active plan.")
+        if len(current) > MAX_ITEMS:
+            raise BillingRejected(
+                f"A subscription can have up to {MAX_ITEMS} items, but you've set {len(current)}."
+            )
+        return tuple(current.values())
+
+    def _prorations(
+        self,
+        sub: BillingSubscription,
+        after: tuple[BillingSubscriptionItem, ...],
+        at: datetime,
+    ) -> list[PreviewLine]:
+        start = int((sub.current_period_start or at).timestamp())
+        end = int((sub.current_period_end or at).timestamp())
+        moment = int(at.timestamp())
+        old = {item.id: item for item in sub.items}
+        new = {item.id: item for item in after}
+        lines: list[PreviewLine] = []
+        for item_id in list(old) + [i for i in new if i not in old]:
+            was, now = old.get(item_id), new.get(item_id)
+            if was and now and (was.price, was.quantity) == (now.price, now.quantity):
+                continue
+            for item, sign, what in ((was, -1, "Unused time on"), (now, 1, "Remaining time on")):
+                if item is None:
+                    continue
+                amount = sign * prorated(_amount(item), start, end, moment)
+                if amount:
+                    lines.append(
+                        PreviewLine(
+                            description=f"{what} {item.quantity} x {item.price}",
+                            amount=amount,
+                            proration=True,
+                            price=item.price,
+                            quantity=item.quantity,
+                            period_start=at,
+                            period_end=sub.current_period_end,
+                        )
+                    )
+        return lines
+
+    def _discounted(self, discount_ids: Sequence[str], subtotal: int) -> int:
+        left = subtotal
+        for discount_id in discount_ids:
+            coupon = self.coupons[self.discounts[discount_id]]
+            if coupon.percent_off is not None:
+                left -= round(left * coupon.percent_off / 100)
+            else:
+                left -= min(coupon.amount_off or 0, left)
+        return subtotal - left
+
+    def update_subscription(
+        self, subscription_id: str, spec: SubscriptionUpdate, *, idempotency_key: str
+    ) -> BillingSubscription:
+        from sf_bridge.billing.requests import update_params
+
+        with self._lock:
+            fault = self._enter("update_subscription")
+            params = {"id": subscription_id, **update_params(spec)}
+
+            def update() -> BillingSubscription:
+                sub = self.subscriptions.get(subscription_id)
+                if sub is None:
+                    raise BillingRejected(f"No such subscription: '{subscription_id}'")
+                items = self._changed(sub, spec.items) if spec.items else sub.items
+                at = spec.proration_date or self.now()
+                lines = (
+                    [] if spec.proration_behavior == "none" else self._prorations(sub, items, at)
+                )
+                changes: dict[str, Any] = {"items": items}
+                if spec.coupons is not None:
+                    ids = []
+                    for coupon in spec.coupons:
+                        if coupon not in self.coupons:
+                            raise BillingRejected(f"No such coupon: '{coupon}'")
+                        discount_id = self._new_id("di")
+                        self.discounts[discount_id] = coupon
+                        ids.append(discount_id)
+                    changes["discounts"] = tuple(ids)
+                if spec.metadata is not None:
+                    merged = {**sub.metadata, **spec.metadata}
+                    changes["metadata"] = {k: v for k, v in merged.items() if v != ""}
+                if spec.proration_behavior == "always_invoice" and lines:
+                    invoice_id = self._new_id("in")
+                    total = sum(line.amount for line in lines)
+                    charge = sub.collection_method == "charge_automatically"
+                    self.invoices[invoice_id] = BillingInvoice(
+                        id=invoice_id,
+                        status="open" if charge else "draft",
+                        hosted_invoice_url=None,
+                        invoice_pdf=None,
+                        due_date=None,
+                        subscription=sub.id,
+                        customer=sub.customer,
+                        amount_due=max(0, total),
+                        amount_paid=0,
+                        amount_remaining=max(0, total),
+                        currency=items[0].currency,
+                    )
+                    changes["latest_invoice"] = invoice_id
+                else:
+                    self.pending.setdefault(sub.id, []).extend(lines)
+                updated = replace(sub, **changes)
+                self.subscriptions[sub.id] = updated
+                return updated
+
+            result: BillingSubscription = self._idempotent(idempotency_key, params, update)
+            if fault is not None:
+                raise fault.error
+            return result
+
+    def create_coupon(self, spec: CouponSpec, *, idempotency_key: str) -> BillingCoupon:
+        from sf_bridge.billing.requests import coupon_params
+
+        with self._lock:
+            fault = self._enter("create_coupon")
+            coupon_params(spec)  # refuses what Stripe would
+            coupon = self.coupons.get(spec.id)
+            if coupon is None:
+                coupon = BillingCoupon(
+                    id=spec.id,
+                    duration=spec.duration,
+                    percent_off=spec.percent_off,
+                    amount_off=spec.amount_off,
+                    currency=spec.currency,
+                    duration_in_months=spec.duration_in_months,
+                )
+                self.coupons[spec.id] = coupon
+            if fault is not None:
+                raise fault.error
+            return coupon
+
+    def preview_invoice(self, spec: PreviewSpec) -> InvoicePreview:
+        from sf_bridge.billing.requests import preview_params
+
+        with self._lock:
+            self._enter("preview_invoice")
+            preview_params(spec)
+            if spec.subscription is None:
+                by_id = {p.id: p for p in self.prices.values()}
+                items = tuple(self._item(change, by_id) for change in spec.items)
+                lines = [self._full_line(item, None) for item in items]
+                return self._preview(lines, items[0].currency, ())
+            sub = self.subscriptions.get(spec.subscription)
+            if sub is None:
+                raise BillingRejected(f"No such subscription: '{spec.subscription}'")
+            items = self._changed(sub, spec.items) if spec.items else sub.items
+            at = spec.proration_date or self.now()
+            prorations = (
+                [] if spec.proration_behavior == "none" else self._prorations(sub, items, at)
+            )
+            if spec.proration_behavior == "always_invoice":
+                return self._preview(prorations, items[0].currency, sub.discounts)
+            lines = list(self.pending.get(sub.id, [])) + prorations
+            lines += [self._full_line(item, sub) for item in items]
+            return self._preview(lines, items[0].currency, sub.discounts)
+
+    def _full_line(
+        self, item: BillingSubscriptionItem, sub: BillingSubscription | None
+    ) -> PreviewLine:
+        return PreviewLine(
+            description=f"{item.quantity} x {item.price}",
+            amount=_amount(item),
+            proration=False,
+            price=item.price,
+            quantity=item.quantity,
+            period_start=sub.current_period_end if sub else None,
+        )
+
+    def _preview(
+        self, lines: list[PreviewLine], currency: str, discount_ids: Sequence[str]
+    ) -> InvoicePreview:
+        subtotal = sum(line.amount for line in lines)
+        discount = self._discounted(discount_ids, subtotal) if subtotal > 0 else 0
+        return InvoicePreview(
+            currency=currency,
+            lines=tuple(lines),
+            subtotal=subtotal,
+            total_discount=discount,
+            total=subtotal - discount,
+            amount_due=max(0, subtotal - discount),
+        )
+
+    def record_payment(
+        self, invoice_id: str, amount: int, *, idempotency_key: str
+    ) -> BillingInvoice:
+        with self._lock:
+            fault = self._enter("record_payment")
+
+            def pay() -> BillingInvoice:
+                invoice = self.invoices.get(invoice_id)
+                if invoice is None:
+                    raise BillingRejected(f"No such invoice: '{invoice_id}'")
+                if invoice.status != "open":
+                    raise BillingRejected(
+                        f"You can only attach a payment to an open invoice. This invoice is "
+                        f"{invoice.status}."
+                    )
+                due = invoice.amount_due or 0
+                remaining = (
+                    invoice.amount_remaining if invoice.amount_remaining is not None else due
+                )
+                if amount <= 0 or amount > remaining:
+                    raise BillingRejected(
+                        f"The payment amount ({amount}) exceeds the invoice's amount remaining "
+                        f"({remaining})."
+                    )
+                left = remaining - amount
+                invoice = replace(
+                    invoice,
+                    amount_paid=(invoice.amount_paid or 0) + amount,
+                    amount_remaining=left,
+                    status="paid" if left == 0 else "open",
+                )
+                self.invoices[invoice_id] = invoice
+                return invoice
+
+            params = {"invoice": invoice_id, "amount": amount}
+            result: BillingInvoice = self._idempotent(idempotency_key, params, pay)
+            if fault is not None:
+                raise fault.error
+            return result
+
+    # subscription schedules (phases do not advance here; the emulator runs them on its clock)
+
+    def _phases(self, phases: Sequence[PhaseSpec], start: datetime) -> tuple[BillingPhase, ...]:
+        made: list[BillingPhase] = []
+        for index, phase in enumerate(phases):
+            if phase.end_date is not None:
+                end: datetime | None = phase.end_date
+            elif phase.months is not None:
+                end = start + phase.months * MONTH
+            elif index == len(phases) - 1:
+                end = start + MONTH
+            else:
+                raise BillingRejected("Every phase but the last needs an end_date or a duration.")
+            items = tuple((item.price or "price_data", item.quantity) for item in phase.items)
+            made.append(BillingPhase(start, end, items, tuple(phase.coupons)))
+            start = end or start
+        return tuple(made)
+
+    def create_schedule(self, spec: ScheduleSpec, *, idempotency_key: str) -> BillingSchedule:
+        from sf_bridge.billing.requests import schedule_params
+
+        with self._lock:
+            fault = self._enter("create_schedule")
+            params = schedule_params(spec)
+            if spec.customer not in self.customers:
+                raise BillingRejected(f"No such customer: '{spec.customer}'")
+
+            def create() -> BillingSchedule:
+                now = self.now()
+                start = spec.start_date or now
+                phases = self._phases(spec.phases, start)
+                schedule = BillingSchedule(
+                    id=self._new_id("sub_sched"),
+                    customer=spec.customer,
+                    status="not_started",
+                    subscription=None,
+                    end_behavior=spec.end_behavior,
+                    phases=phases,
+                    metadata=dict(spec.metadata),
+                )
+                if start <= now:
+                    first = spec.phases[0]
+                    sub = self.create_subscription(
+                        SubscriptionSpec(
+                            customer=spec.customer,
+                            items=first.items,
+                            metadata=dict(first.metadata),
+                            collection_method=first.collection_method or spec.collection_method,
+                            days_until_due=first.days_until_due or spec.days_until_due,
+                        ),
+                        idempotency_key=f"{idempotency_key}:subscription",
+                    )
+                    schedule = replace(
+                        schedule,
+                        status="active",
+                        subscription=sub.id,
+                        current_phase_start=phases[0].start_date,
+                        current_phase_end=phases[0].end_date,
+                    )
+                self.schedules[schedule.id] = schedule
+                return schedule
+
+            result: BillingSchedule = self._idempotent(idempotency_key, params, create)
+            if fault is not None:
+                raise fault.error
+            return result
+
+    def schedule_subscription(
+        self, subscription_id: str, *, idempotency_key: str
+    ) -> BillingSchedule:
+        with self._lock:
+            self._enter("schedule_subscription")
+
+            def create() -> BillingSchedule:
+                sub = self.subscriptions.get(subscription_id)
+                if sub is None:
+                    raise BillingRejected(f"No such subscription: '{subscription_id}'")
+                if any(s.subscription == sub.id for s in self.schedules.values()):
+                    raise BillingRejected("The subscription is already attached to a schedule.")
+                phase = BillingPhase(
+                    sub.current_period_start,
+                    sub.current_period_end,
+                    tuple((item.price, item.quantity) for item in sub.items),
+                )
+                schedule = BillingSchedule(
+                    id=self._new_id("sub_sched"),
+                    customer=sub.customer,
+                    status="active",
+                    subscription=sub.id,
+                    end_behavior="release",
+                    phases=(phase,),
+                    current_phase_start=phase.start_date,
+                    current_phase_end=phase.end_date,
+                )
+                self.schedules[schedule.id] = schedule
+                return schedule
+
+            result: BillingSchedule = self._idempotent(
+                idempotency_key, {"from_subscription": subscription_id}, create
+            )
+            return result
+
+    def get_schedule(self, schedule_id: str) -> BillingSchedule | None:
+        with self._lock:
+            self._enter("get_schedule")
+            return self.schedules.get(schedule_id)
+
+    def find_schedule(
+        self, *, sf_opportunity_id: str, customer: str | None = None
+    ) -> BillingSchedule | None:
+        with self._lock:
+            self._enter("find_schedule")
+            for schedule in reversed(list(self.schedules.values())):
+                if customer and schedule.customer != customer:
+                    continue
+                if schedule.metadata.get("sf_opportunity_id") == sf_opportunity_id:
+                    return schedule
+            return None
+
+    def _live_schedule(self, schedule_id: str, action: str) -> BillingSchedule:
+        schedule = self.schedules.get(schedule_id)
+        if schedule is None:
+            raise BillingRejected(f"No such subscription schedule: '{schedule_id}'")
+        if schedule.status not in ("not_started", "active"):
+            raise BillingRejected(
+                f"You cannot {action} a subscription schedule that is currently {schedule.status}."
+            )
+        return schedule
+
+    def update_schedule(
+        self,
+        schedule_id: str,
+        phases: Sequence[PhaseSpec],
+        *,
+        idempotency_key: str,
+        end_behavior: EndBehavior | None = None,
+    ) -> BillingSchedule:
+        with self._lock:
+            self._enter("update_schedule")
+
+            def update() -> BillingSchedule:
+                schedule = self._live_schedule(schedule_id, "update")
+                start = schedule.current_phase_start or schedule.phases[0].start_date
+                made = self._phases(phases, start or self.now())
+                schedule = replace(
+                    schedule,
+                    phases=made,
+                    end_behavior=end_behavior or schedule.end_behavior,
+                    current_phase_end=made[0].end_date
+                    if schedule.status == "active"
+                    else schedule.current_phase_end,
+                )
+                self.schedules[schedule_id] = schedule
+                return schedule
+
+            params = {"id": schedule_id, "phases": [str(p) for p in phases], "end": end_behavior}
+            result: BillingSchedule = self._idempotent(idempotency_key, params, update)
+            return result
+
+    def release_schedule(self, schedule_id: str, *, idempotency_key: str) -> BillingSchedule:
+        with self._lock:
+            self._enter("release_schedule")
+
+            def release() -> BillingSchedule:
+                schedule = self._live_schedule(schedule_id, "release")
+                schedule = replace(
+                    schedule,
+                    status="released",
+                    released_subscription=schedule.subscription,
+                    subscription=None,
+                    current_phase_start=None,
+                    current_phase_end=None,
+                )
+                self.schedules[schedule_id] = schedule
+                return schedule
+
+            result: BillingSchedule = self._idempotent(
+                idempotency_key, {"release": schedule_id}, release
+            )
+            return result
+
+    def cancel_schedule(self, schedule_id: str, *, idempotency_key: str) -> BillingSchedule:
+        with self._lock:
+            self._enter("cancel_schedule")
+
+            def cancel() -> BillingSchedule:
+                schedule = self._live_schedule(schedule_id, "cancel")
+                if schedule.subscription in self.subscriptions:
+                    sub = self.subscriptions[schedule.subscription]
+                    self.subscriptions[sub.id] = replace(sub, status="canceled")
+                schedule = replace(
+                    schedule, status="canceled", current_phase_start=None, current_phase_end=None
+                )
+                self.schedules[schedule_id] = schedule
+                return schedule
+
+            result: BillingSchedule = self._idempotent(
+                idempotency_key, {"cancel": schedule_id}, cancel
+            )
+            return result

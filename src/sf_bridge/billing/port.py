@@ -18,6 +18,10 @@ from datetime import datetime
 from typing import Literal, Protocol
 
 CollectionMethod = Literal["send_invoice", "charge_automatically"]
+# What Stripe does with the price difference when items change mid-period: invoice items
+# waiting for the next invoice (the default), an invoice now, or nothing.
+ProrationBehavior = Literal["create_prorations", "always_invoice", "none"]
+CouponDuration = Literal["once", "repeating", "forever"]
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,19 @@ class SubscriptionSpec:
 
 
 @dataclass(frozen=True)
+class BillingSubscriptionItem:
+    """One item of a subscription as Stripe holds it, so a caller can compute a change."""
+
+    id: str
+    price: str
+    quantity: int
+    unit_amount: int | None
+    currency: str
+    interval: str | None = None
+    lookup_key: str | None = None
+
+
+@dataclass(frozen=True)
 class BillingSubscription:
     id: str
     customer: str
@@ -89,6 +106,102 @@ class BillingSubscription:
     collection_method: str | None
     metadata: Mapping[str, str] = field(default_factory=dict)
     request_id: str | None = None
+    items: tuple[BillingSubscriptionItem, ...] = ()
+    discounts: tuple[str, ...] = ()  # discount ids (di_...)
+    current_period_start: datetime | None = None
+    current_period_end: datetime | None = None
+
+
+@dataclass(frozen=True)
+class ItemChange:
+    """One change to a subscription's items: an existing item (`item_id`) with a new
+    `quantity` and/or price, an existing item `deleted`, or a new item (no `item_id`) with
+    exactly one of `price` or `price_data`."""
+
+    item_id: str | None = None
+    quantity: int | None = None
+    price: str | None = None
+    price_data: PriceData | None = None
+    deleted: bool = False
+
+
+@dataclass(frozen=True)
+class SubscriptionUpdate:
+    """A change to a live subscription. `coupons`: None leaves its discounts as they are, a
+    sequence replaces them (empty: none). `metadata` keys are merged ('' removes one)."""
+
+    items: Sequence[ItemChange] = ()
+    proration_behavior: ProrationBehavior = "create_prorations"
+    proration_date: datetime | None = None
+    coupons: Sequence[str] | None = None
+    metadata: Mapping[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class CouponSpec:
+    """A coupon: `percent_off`, or `amount_off` (minor units) with `currency`. Its `id` is
+    derived from the deal so a retry finds it again instead of making a second one."""
+
+    id: str
+    duration: CouponDuration
+    percent_off: float | None = None
+    amount_off: int | None = None
+    currency: str | None = None
+    duration_in_months: int | None = None
+    name: str | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BillingCoupon:
+    id: str
+    duration: str
+    percent_off: float | None
+    amount_off: int | None
+    currency: str | None
+    duration_in_months: int | None
+    valid: bool = True
+    request_id: str | None = None
+
+
+@dataclass(frozen=True)
+class PreviewSpec:
+    """The invoice a change would produce: of `subscription` changed by `items` (with its
+    proration behaviour), or the first invoice of a new subscription of `customer`."""
+
+    subscription: str | None = None
+    customer: str | None = None
+    items: Sequence[ItemChange] = ()
+    proration_behavior: ProrationBehavior = "create_prorations"
+    proration_date: datetime | None = None
+
+
+@dataclass(frozen=True)
+class PreviewLine:
+    description: str | None
+    amount: int
+    proration: bool
+    price: str | None = None
+    quantity: int | None = None
+    period_start: datetime | None = None
+    period_end: datetime | None = None
+
+
+@dataclass(frozen=True)
+class InvoicePreview:
+    """A preview: nothing was created in Stripe."""
+
+    currency: str
+    lines: tuple[PreviewLine, ...]
+    subtotal: int
+    total_discount: int
+    total: int
+    amount_due: int
+    request_id: str | None = None
+
+    @property
+    def proration_lines(self) -> tuple[PreviewLine, ...]:
+        return tuple(line for line in self.lines if line.proration)
 
 
 @dataclass(frozen=True)
@@ -102,6 +215,63 @@ class BillingInvoice:
     customer: str | None = None
     amount_due: int | None = None
     currency: str | None = None
+    request_id: str | None = None
+    amount_paid: int | None = None
+    amount_remaining: int | None = None
+
+
+EndBehavior = Literal["release", "cancel"]
+
+
+@dataclass(frozen=True)
+class PhaseSpec:
+    """One phase of a schedule (a ramp step): its items, how long it lasts (`end_date`, or
+    `months`; the last may have neither: one billing interval), its coupons and the metadata
+    its subscription carries while it runs."""
+
+    items: Sequence[SubscriptionItemSpec]
+    end_date: datetime | None = None
+    months: int | None = None
+    coupons: Sequence[str] = ()
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    collection_method: CollectionMethod | None = None
+    days_until_due: int | None = None
+
+
+@dataclass(frozen=True)
+class ScheduleSpec:
+    """A subscription that starts at `start_date` (None: now) and changes phase by phase.
+    `metadata` tags the schedule itself (`sf_opportunity_id`, so it is found again)."""
+
+    customer: str
+    phases: Sequence[PhaseSpec]
+    metadata: Mapping[str, str]
+    start_date: datetime | None = None
+    end_behavior: EndBehavior = "release"
+    collection_method: CollectionMethod = "send_invoice"
+    days_until_due: int | None = 30
+
+
+@dataclass(frozen=True)
+class BillingPhase:
+    start_date: datetime | None
+    end_date: datetime | None
+    items: tuple[tuple[str, int], ...]  # (price id, quantity)
+    coupons: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class BillingSchedule:
+    id: str
+    customer: str
+    status: str  # not_started | active | completed | released | canceled
+    subscription: str | None
+    end_behavior: str
+    phases: tuple[BillingPhase, ...]
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    current_phase_start: datetime | None = None
+    current_phase_end: datetime | None = None
+    released_subscription: str | None = None
     request_id: str | None = None
 
 
@@ -139,6 +309,81 @@ class BillingGateway(Protocol):
     def cancel_subscription(
         self, subscription_id: str, idempotency_key: str
     ) -> BillingSubscription: ...
+
+    def update_subscription(
+        self, subscription_id: str, spec: SubscriptionUpdate, *, idempotency_key: str
+    ) -> BillingSubscription:
+        """Changes items, discounts or metadata of a live subscription:
+        `POST /v1/subscriptions/{id}` with `items[]` (`id` + `quantity`/`price`/`price_data`,
+        `id` + `deleted`, or a new `price`/`price_data`), `proration_behavior`,
+        `proration_date`, `discounts[][coupon]` and `metadata`."""
+        ...
+
+    def create_schedule(self, spec: ScheduleSpec, *, idempotency_key: str) -> BillingSchedule:
+        """`POST /v1/subscription_schedules` (`customer`, `start_date` now or a timestamp,
+        `end_behavior`, `default_settings` collection, `metadata`, `phases[]` with `items`,
+        `end_date` or `duration`, `discounts[][coupon]`, `metadata`)."""
+        ...
+
+    def schedule_subscription(
+        self, subscription_id: str, *, idempotency_key: str
+    ) -> BillingSchedule:
+        """Puts a live subscription under a schedule (`POST /v1/subscription_schedules` with
+        `from_subscription`), to change it later with `update_schedule`."""
+        ...
+
+    def get_schedule(self, schedule_id: str) -> BillingSchedule | None:
+        """`GET /v1/subscription_schedules/{id}`; None when it does not exist."""
+        ...
+
+    def find_schedule(
+        self, *, sf_opportunity_id: str, customer: str | None = None
+    ) -> BillingSchedule | None:
+        """The schedule tagged `metadata.sf_opportunity_id`. Stripe has no search for
+        schedules: this lists them (`GET /v1/subscription_schedules`, by `customer` when
+        given, 100 a page) and filters by the tag. Keep the schedule id once known."""
+        ...
+
+    def update_schedule(
+        self,
+        schedule_id: str,
+        phases: Sequence[PhaseSpec],
+        *,
+        idempotency_key: str,
+        end_behavior: EndBehavior | None = None,
+    ) -> BillingSchedule:
+        """Replaces the phases from the current one on (`POST /v1/subscription_schedules/
+        {id}` with `phases[]`; the first keeps the current phase's `start_date`)."""
+        ...
+
+    def release_schedule(self, schedule_id: str, *, idempotency_key: str) -> BillingSchedule:
+        """`POST /v1/subscription_schedules/{id}/release`: the subscription goes on alone."""
+        ...
+
+    def cancel_schedule(self, schedule_id: str, *, idempotency_key: str) -> BillingSchedule:
+        """`POST /v1/subscription_schedules/{id}/cancel`: the schedule and its subscription end
+        now."""
+        ...
+
+    def create_coupon(self, spec: CouponSpec, *, idempotency_key: str) -> BillingCoupon:
+        """`POST /v1/coupons` with the spec's own `id`; when a coupon of that id exists
+        already (a retry), `GET /v1/coupons/{id}` returns it instead."""
+        ...
+
+    def preview_invoice(self, spec: PreviewSpec) -> InvoicePreview:
+        """`POST /v1/invoices/create_preview` (`subscription` with `subscription_details`
+        `items`/`proration_behavior`/`proration_date`, or `customer` with
+        `subscription_details.items`): creates nothing."""
+        ...
+
+    def record_payment(
+        self, invoice_id: str, amount: int, *, idempotency_key: str
+    ) -> BillingInvoice:
+        """A payment of `amount` (minor units of the invoice's currency) made outside Stripe:
+        `POST /v1/payment_records/report_payment` (outcome `guaranteed`, a custom payment
+        method "Wire transfer") then `POST /v1/invoices/{id}/attach_payment` with its
+        `payment_record`. The invoice is `paid` once its `amount_remaining` is 0."""
+        ...
 
 
 @dataclass(frozen=True)

@@ -22,16 +22,35 @@ from sf_bridge.billing.metadata import (
     stripe_metadata,
 )
 from sf_bridge.billing.port import (
+    BillingCoupon,
     BillingCustomer,
     BillingInvoice,
+    BillingPhase,
     BillingPrice,
+    BillingSchedule,
     BillingSubscription,
+    BillingSubscriptionItem,
+    CouponSpec,
     CustomerSpec,
+    EndBehavior,
+    InvoicePreview,
+    PhaseSpec,
+    PreviewLine,
+    PreviewSpec,
+    ScheduleSpec,
     StripeItem,
     StripeRecord,
     SubscriptionSpec,
+    SubscriptionUpdate,
 )
-from sf_bridge.billing.requests import subscription_params
+from sf_bridge.billing.requests import (
+    coupon_params,
+    phase_params,
+    preview_params,
+    schedule_params,
+    subscription_params,
+    update_params,
+)
 from sf_bridge.errors import BillingRejected, RateLimitedError, SfBridgeError, TransientError
 from sf_bridge.logging import get_logger
 from sf_bridge.metrics import STRIPE_REQUESTS
@@ -167,7 +186,28 @@ def _customer(data: dict[str, Any], request_id: str | None) -> BillingCustomer:
     )
 
 
+def _as_dict(response: Any) -> dict[str, Any]:
+    """An answer of the SDK as plain JSON data (the one place that knows how)."""
+    data: dict[str, Any] = response.to_dict()
+    return data
+
+
+def _subscription_item(data: dict[str, Any]) -> BillingSubscriptionItem:
+    price = data.get("price") or {}
+    return BillingSubscriptionItem(
+        id=str(data["id"]),
+        price=str(price.get("id") or ""),
+        quantity=int(data.get("quantity") or 0),
+        unit_amount=price.get("unit_amount"),
+        currency=str(price.get("currency") or ""),
+        interval=(price.get("recurring") or {}).get("interval"),
+        lookup_key=price.get("lookup_key"),
+    )
+
+
 def _subscription(data: dict[str, Any], request_id: str | None) -> BillingSubscription:
+    items = [_subscription_item(item) for item in (data.get("items") or {}).get("data") or []]
+    first = ((data.get("items") or {}).get("data") or [{}])[0]
     return BillingSubscription(
         id=data["id"],
         customer=_id(data.get("customer")) or "",
@@ -175,6 +215,89 @@ def _subscription(data: dict[str, Any], request_id: str | None) -> BillingSubscr
         latest_invoice=_id(data.get("latest_invoice")),
         collection_method=data.get("collection_method"),
         metadata=_meta(data.get("metadata")),
+        request_id=request_id,
+        items=tuple(items),
+        discounts=tuple(str(_id(d)) for d in data.get("discounts") or [] if _id(d)),
+        current_period_start=_to_dt(first.get("current_period_start")),
+        current_period_end=_to_dt(first.get("current_period_end")),
+    )
+
+
+def _schedule(data: dict[str, Any], request_id: str | None) -> BillingSchedule:
+    phases = []
+    for phase in data.get("phases") or []:
+        phases.append(
+            BillingPhase(
+                start_date=_to_dt(phase.get("start_date")),
+                end_date=_to_dt(phase.get("end_date")),
+                items=tuple(
+                    (str(_id(item.get("price")) or ""), int(item.get("quantity") or 0))
+                    for item in phase.get("items") or []
+                ),
+                coupons=tuple(
+                    str(_id(d.get("coupon")))
+                    for d in phase.get("discounts") or []
+                    if _id(d.get("coupon"))
+                ),
+            )
+        )
+    current = data.get("current_phase") or {}
+    return BillingSchedule(
+        id=str(data["id"]),
+        customer=_id(data.get("customer")) or "",
+        status=str(data.get("status") or ""),
+        subscription=_id(data.get("subscription")),
+        end_behavior=str(data.get("end_behavior") or ""),
+        phases=tuple(phases),
+        metadata=_meta(data.get("metadata")),
+        current_phase_start=_to_dt(current.get("start_date")),
+        current_phase_end=_to_dt(current.get("end_date")),
+        released_subscription=_id(data.get("released_subscription")),
+        request_id=request_id,
+    )
+
+
+def _coupon(data: dict[str, Any], request_id: str | None) -> BillingCoupon:
+    return BillingCoupon(
+        id=str(data["id"]),
+        duration=str(data.get("duration") or ""),
+        percent_off=data.get("percent_off"),
+        amount_off=data.get("amount_off"),
+        currency=data.get("currency"),
+        duration_in_months=data.get("duration_in_months"),
+        valid=bool(data.get("valid", True)),
+        request_id=request_id,
+    )
+
+
+def _preview(data: dict[str, Any], request_id: str | None) -> InvoicePreview:
+    lines = []
+    for line in (data.get("lines") or {}).get("data") or []:
+        parent = line.get("parent") or {}
+        details = (
+            parent.get("subscription_item_details") or parent.get("invoice_item_details") or {}
+        )
+        price = ((line.get("pricing") or {}).get("price_details") or {}).get("price")
+        period = line.get("period") or {}
+        lines.append(
+            PreviewLine(
+                description=line.get("description"),
+                amount=int(line.get("amount") or 0),
+                proration=bool(details.get("proration")),
+                price=_id(price),
+                quantity=line.get("quantity"),
+                period_start=_to_dt(period.get("start")),
+                period_end=_to_dt(period.get("end")),
+            )
+        )
+    discount = sum(int(d.get("amount") or 0) for d in data.get("total_discount_amounts") or [])
+    return InvoicePreview(
+        currency=str(data.get("currency") or ""),
+        lines=tuple(lines),
+        subtotal=int(data.get("subtotal") or 0),
+        total_discount=discount,
+        total=int(data.get("total") or 0),
+        amount_due=int(data.get("amount_due") or 0),
         request_id=request_id,
     )
 
@@ -195,6 +318,8 @@ def _invoice(data: dict[str, Any], request_id: str | None) -> BillingInvoice:
         amount_due=data.get("amount_due"),
         currency=data.get("currency"),
         request_id=request_id,
+        amount_paid=data.get("amount_paid"),
+        amount_remaining=data.get("amount_remaining"),
     )
 
 
@@ -465,7 +590,223 @@ class StripeGateway:
         )
         return _subscription(obj.to_dict(), _request_id(obj))
 
+    def update_subscription(
+        self, subscription_id: str, spec: SubscriptionUpdate, *, idempotency_key: str
+    ) -> BillingSubscription:
+        """`POST /v1/subscriptions/{id}` with the body `update_params(spec)` builds."""
+        if spec.metadata is not None:
+            _log_shortened("subscription", spec.metadata)
+        params = update_params(spec)
+        obj = self._call(
+            "update a subscription",
+            lambda: self._client.v1.subscriptions.update(
+                subscription_id,
+                params,  # type: ignore[arg-type]
+                {"idempotency_key": idempotency_key},
+            ),
+            subscription_id=subscription_id,
+        )
+        return _subscription(_as_dict(obj), _request_id(obj))
+
+    # subscription schedules ---------------------------------------------------------------
+
+    def create_schedule(self, spec: ScheduleSpec, *, idempotency_key: str) -> BillingSchedule:
+        """`POST /v1/subscription_schedules` with the body `schedule_params(spec)` builds."""
+        _log_shortened("subscription schedule", spec.metadata)
+        params = schedule_params(spec)
+        obj = self._call(
+            "create a subscription schedule",
+            lambda: self._client.v1.subscription_schedules.create(
+                params,  # type: ignore[arg-type]
+                {"idempotency_key": idempotency_key},
+            ),
+        )
+        return _schedule(_as_dict(obj), _request_id(obj))
+
+    def schedule_subscription(
+        self, subscription_id: str, *, idempotency_key: str
+    ) -> BillingSchedule:
+        """`POST /v1/subscription_schedules` with `from_subscription`."""
+        obj = self._call(
+            "put a subscription under a schedule",
+            lambda: self._client.v1.subscription_schedules.create(
+                {"from_subscription": subscription_id}, {"idempotency_key": idempotency_key}
+            ),
+            subscription_id=subscription_id,
+        )
+        return _schedule(_as_dict(obj), _request_id(obj))
+
+    def get_schedule(self, schedule_id: str) -> BillingSchedule | None:
+        obj = self._retrieve_or_none(
+            "retrieve a subscription schedule",
+            lambda: self._client.v1.subscription_schedules.retrieve(schedule_id),
+        )
+        return None if obj is None else _schedule(_as_dict(obj), _request_id(obj))
+
+    def find_schedule(
+        self, *, sf_opportunity_id: str, customer: str | None = None
+    ) -> BillingSchedule | None:
+        """Lists schedules (Stripe has no search for them), newest first, and returns the
+        first tagged with the opportunity."""
+        params: dict[str, Any] = {"limit": 100}
+        if customer:
+            params["customer"] = customer
+        while True:
+            page = self._call(
+                "list subscription schedules",
+                lambda params=dict(params): (  # type: ignore[misc]
+                    self._client.v1.subscription_schedules.list(params)
+                ),
+            )
+            rows = [_as_dict(obj) for obj in page.data]
+            for row in rows:
+                if _meta(row.get("metadata")).get("sf_opportunity_id") == sf_opportunity_id:
+                    return _schedule(row, _request_id(page))
+            if not page.has_more or not rows:
+                return None
+            params["starting_after"] = rows[-1]["id"]
+
+    def update_schedule(
+        self,
+        schedule_id: str,
+        phases: Sequence[PhaseSpec],
+        *,
+        idempotency_key: str,
+        end_behavior: EndBehavior | None = None,
+    ) -> BillingSchedule:
+        """`GET` the schedule (its current phase's start), then `POST
+        /v1/subscription_schedules/{id}` with the phases from that start on."""
+        current = self.get_schedule(schedule_id)
+        if current is None:
+            raise BillingRejected(
+                f"Stripe has no subscription schedule {schedule_id}.",
+                hint="the schedule was deleted in Stripe; clear it on the deal and replay.",
+            )
+        body: list[dict[str, Any]] = [phase_params(phase) for phase in phases]
+        start = current.current_phase_start or (
+            current.phases[0].start_date if current.phases else None
+        )
+        if body and start is not None:
+            body[0]["start_date"] = int(start.timestamp())
+        params: dict[str, Any] = {"phases": body}
+        if end_behavior is not None:
+            params["end_behavior"] = end_behavior
+        obj = self._call(
+            "update a subscription schedule",
+            lambda: self._client.v1.subscription_schedules.update(
+                schedule_id,
+                params,  # type: ignore[arg-type]
+                {"idempotency_key": idempotency_key},
+            ),
+            schedule_id=schedule_id,
+        )
+        return _schedule(_as_dict(obj), _request_id(obj))
+
+    def release_schedule(self, schedule_id: str, *, idempotency_key: str) -> BillingSchedule:
+        obj = self._call(
+            "release a subscription schedule",
+            lambda: self._client.v1.subscription_schedules.release(
+                schedule_id, None, {"idempotency_key": idempotency_key}
+            ),
+            schedule_id=schedule_id,
+        )
+        return _schedule(_as_dict(obj), _request_id(obj))
+
+    def cancel_schedule(self, schedule_id: str, *, idempotency_key: str) -> BillingSchedule:
+        obj = self._call(
+            "cancel a subscription schedule",
+            lambda: self._client.v1.subscription_schedules.cancel(
+                schedule_id, None, {"idempotency_key": idempotency_key}
+            ),
+            schedule_id=schedule_id,
+        )
+        return _schedule(_as_dict(obj), _request_id(obj))
+
+    # coupons ------------------------------------------------------------------------------
+
+    def create_coupon(self, spec: CouponSpec, *, idempotency_key: str) -> BillingCoupon:
+        """`POST /v1/coupons` with the spec's id; an existing coupon of that id (made by an
+        earlier try) is read back with `GET /v1/coupons/{id}`."""
+        params = coupon_params(spec)
+        try:
+            obj = self._call(
+                "create a coupon",
+                lambda: self._client.v1.coupons.create(
+                    params,  # type: ignore[arg-type]
+                    {"idempotency_key": idempotency_key},
+                ),
+                coupon_id=spec.id,
+            )
+        except BillingRejected as exc:
+            cause = exc.__cause__
+            if not (
+                isinstance(cause, stripe.InvalidRequestError)
+                and cause.code == "resource_already_exists"
+            ):
+                raise
+            obj = self._call("retrieve a coupon", lambda: self._client.v1.coupons.retrieve(spec.id))
+        return _coupon(_as_dict(obj), _request_id(obj))
+
     # invoices -----------------------------------------------------------------------------
+
+    def preview_invoice(self, spec: PreviewSpec) -> InvoicePreview:
+        """`POST /v1/invoices/create_preview` with `preview_params(spec)`; creates nothing."""
+        params = preview_params(spec)
+        obj = self._call(
+            "preview an invoice",
+            lambda: self._client.v1.invoices.create_preview(params),  # type: ignore[arg-type]
+        )
+        return _preview(_as_dict(obj), _request_id(obj))
+
+    def record_payment(
+        self, invoice_id: str, amount: int, *, idempotency_key: str
+    ) -> BillingInvoice:
+        """A payment made outside Stripe: `GET /v1/invoices/{id}` (its currency and
+        customer), `POST /v1/payment_records/report_payment` (`amount_requested`,
+        `outcome=guaranteed`, custom payment method and processor, tagged with the invoice)
+        and `POST /v1/invoices/{id}/attach_payment` with the record. Both writes carry keys
+        derived from `idempotency_key`, so a retry reports and attaches once."""
+        invoice = _as_dict(
+            self._call("retrieve an invoice", lambda: self._client.v1.invoices.retrieve(invoice_id))
+        )
+        now = int(time.time())
+        report: dict[str, Any] = {
+            "amount_requested": {"currency": invoice["currency"], "value": amount},
+            "initiated_at": now,
+            "outcome": "guaranteed",
+            "guaranteed": {"guaranteed_at": now},
+            "payment_method_details": {
+                "type": "custom",
+                "custom": {"display_name": "Wire transfer"},
+            },
+            "processor_details": {
+                "type": "custom",
+                "custom": {"payment_reference": idempotency_key[:200]},
+            },
+            "metadata": {"sf_invoice_id": invoice_id},
+        }
+        customer = _id(invoice.get("customer"))
+        if customer:
+            report["customer_details"] = {"customer": customer}
+        record = self._call(
+            "report a payment made outside Stripe",
+            lambda: self._client.v1.payment_records.report_payment(
+                report,  # type: ignore[arg-type]
+                {"idempotency_key": f"{idempotency_key}:report"},
+            ),
+            invoice_id=invoice_id,
+        )
+        record_id = _as_dict(record)["id"]
+        obj = self._call(
+            "attach a payment to an invoice",
+            lambda: self._client.v1.invoices.attach_payment(
+                invoice_id,
+                {"payment_record": record_id},
+                {"idempotency_key": f"{idempotency_key}:attach"},
+            ),
+            invoice_id=invoice_id,
+        )
+        return _invoice(_as_dict(obj), _request_id(obj))
 
     def get_invoice(self, invoice_id: str) -> BillingInvoice:
         obj = self._call(

@@ -44,6 +44,10 @@ def add_subscription(
         due_date=due,
         subscription=subscription_id,
         customer="cus_test_1",
+        amount_due=120_000,
+        amount_paid=0,
+        amount_remaining=120_000,
+        currency="usd",
     )
 
 

@@ -70,7 +70,7 @@ def test_webhooks_from_stripe_record_payment_and_revoke_on_cancellation(
     assert _active_grants(session_factory) == 0
 
 
-def test_mark_paid_cli_marks_the_invoice_paid_out_of_band(
+def test_mark_paid_cli_records_part_then_full_wire_payments(
     db_url: str,
     session_factory: sessionmaker[Session],
     stripe_emulator: StripeEmulator,
@@ -86,17 +86,33 @@ def test_mark_paid_cli_marks_the_invoice_paid_out_of_band(
         "STRIPE_API_BASE": stripe_emulator.url,
         "LOG_FORMAT": "json",
     }
+    due = stripe_emulator.get(provisioned.invoice_id)["amount_due"]
     command = [sys.executable, "-m", "sf_bridge", "invoices", "mark-paid", OPP]
+    part = subprocess.run(
+        [*command, "--amount", f"{due // 200}.00", "--reference", "BANK-1"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert part.returncode == 0, part.stderr
+    assert "still due" in part.stdout
+    invoice = stripe_emulator.get(provisioned.invoice_id)
+    assert (invoice["status"], invoice["amount_paid"]) == ("open", due // 200 * 100)
     done = subprocess.run(
         command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0, done.stderr
     assert "marked paid out of band" in done.stdout
     invoice = stripe_emulator.get(provisioned.invoice_id)
-    assert invoice["status"] == "paid"
-    # Paid without a charge: the customer has no payment method, so only a pay request with
-    # paid_out_of_band can have paid it.
-    assert stripe_emulator.stats.snapshot().by_route.get("POST /v1/invoices/{id}/pay") == 1
+    assert (invoice["status"], invoice["amount_remaining"]) == ("paid", 0)
+    # Paid without a charge: two payment records attached, as the pinned API version
+    # records payments made outside Stripe (not the older paid_out_of_band).
+    routes = stripe_emulator.stats.snapshot().by_route
+    assert routes.get("POST /v1/payment_records/report_payment") == 2
+    assert routes.get("POST /v1/invoices/{id}/attach_payment") == 2
+    assert routes.get("POST /v1/invoices/{id}/pay") is None
     assert _deal(session_factory, provisioned.deal_id).invoice_status == "paid"
     assert _active_grants(session_factory) == 3
     assert stripe_emulator.api_key not in done.stdout + done.stderr

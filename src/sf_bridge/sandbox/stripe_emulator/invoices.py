@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import discounts, prorations
 from .catalog import Params
 from .clock import SECONDS_PER_DAY
 from .errors import StripeApiError
@@ -49,11 +50,22 @@ def create_subscription_invoice(
     period: tuple[int, int],
     at: int | None = None,
     invoice_period: tuple[int, int] | None = None,
+    *,
+    items: bool = True,
+    invoice_id: str | None = None,
 ) -> dict[str, Any]:
+    """The subscription's next invoice: its pending invoice items (prorations) first, then
+    one line per item for `period` (none when `items` is False: a proration invoice), less
+    the subscription's discounts."""
     now = at if at is not None else store.now()
     invoice_period = invoice_period or (period[0], period[0])
-    invoice_id = new_id("invoice")
-    lines = [_line(store, invoice_id, sub, item, period) for item in sub["items"]["data"]]
+    invoice_id = invoice_id or new_id("invoice")
+    pending = prorations.pending_for(store, sub["id"])
+    lines = [_pending_line(invoice_id, sub, ii) for ii in pending]
+    for ii in pending:
+        ii["invoice"] = invoice_id
+    if items:
+        lines += [_line(store, invoice_id, sub, item, period) for item in sub["items"]["data"]]
     total = sum(line["amount"] for line in lines)
     invoice = build(
         "invoice",
@@ -99,8 +111,39 @@ def create_subscription_invoice(
     if sub["collection_method"] == "send_invoice":
         invoice["due_date"] = now + sub["days_until_due"] * SECONDS_PER_DAY
         invoice["automatically_finalizes_at"] = now + AUTO_FINALIZE_AFTER
+    discounts.apply(store, invoice, sub["discounts"])
     store.add(invoice)
     return invoice
+
+
+def _pending_line(invoice_id: str, sub: dict[str, Any], ii: dict[str, Any]) -> dict[str, Any]:
+    """An invoice item (a proration) as a line of the subscription's invoice."""
+    details = ii["parent"]["subscription_details"]
+    return build(
+        "line_item",
+        id=new_id("line_item"),
+        amount=ii["amount"],
+        subtotal=ii["amount"],
+        currency=ii["currency"],
+        description=ii["description"],
+        discountable=ii["discountable"],
+        invoice=invoice_id,
+        period=clone(ii["period"]),
+        quantity=ii["quantity"],
+        metadata=clone(ii["metadata"]),
+        parent={
+            "invoice_item_details": None,
+            "subscription_item_details": {
+                "invoice_item": ii["id"],
+                "proration": bool(ii["proration"]),
+                "proration_details": {"credited_items": None},
+                "subscription": sub["id"],
+                "subscription_item": details.get("subscription_item"),
+            },
+            "type": "subscription_item_details",
+        },
+        pricing=clone(ii["pricing"]),
+    )
 
 
 def _line(

@@ -25,6 +25,10 @@ PREFIXES = {
     "event": "evt",
     "request": "req",
     "webhook_endpoint": "we",
+    "discount": "di",
+    "invoiceitem": "ii",
+    "payment_record": "pr",
+    "subscription_schedule": "sub_sched",
 }
 KIND_BY_PREFIX = {v: k for k, v in PREFIXES.items()}
 
@@ -48,6 +52,8 @@ def clone(obj: Any) -> Any:
 
 
 def kind_of(object_id: str) -> str | None:
+    if object_id.startswith("sub_sched_"):
+        return "subscription_schedule"
     return KIND_BY_PREFIX.get(object_id.split("_", 1)[0])
 
 

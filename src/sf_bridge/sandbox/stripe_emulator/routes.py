@@ -10,7 +10,16 @@ from typing import Any
 
 import stripe.params as sp
 
-from . import catalog, invoices, subscriptions, webhook_endpoints
+from . import (
+    catalog,
+    discounts,
+    invoices,
+    payment_records,
+    previews,
+    schedules,
+    subscriptions,
+    webhook_endpoints,
+)
 from .errors import StripeApiError
 from .objects import clone
 from .store import RequestContext, Store, page_limit
@@ -197,7 +206,35 @@ ROUTES: list[Route] = [
           _expanded(subscriptions.update_subscription), _customer_of("subscription")),
     Route("DELETE", "/v1/subscriptions/{id}", sp.SubscriptionCancelParams,
           _expanded(subscriptions.cancel_subscription), _customer_of("subscription")),
+    # subscription schedules (list and retrieve; Stripe has no search for them)
+    Route("POST", "/v1/subscription_schedules", sp.SubscriptionScheduleCreateParams,
+          _expanded(lambda s, p, c: schedules.create_schedule(s, p, c)), _customer_param),
+    Route("GET", "/v1/subscription_schedules", sp.SubscriptionScheduleListParams,
+          _list("subscription_schedule", "/v1/subscription_schedules",
+                schedules.schedule_filter)),
+    Route("GET", "/v1/subscription_schedules/{id}", sp.SubscriptionScheduleRetrieveParams,
+          _retrieve("subscription_schedule")),
+    Route("POST", "/v1/subscription_schedules/{id}", sp.SubscriptionScheduleUpdateParams,
+          _expanded(_atomic("subscription_schedule", schedules.update_schedule)),
+          _customer_of("subscription_schedule")),
+    Route("POST", "/v1/subscription_schedules/{id}/release",
+          sp.SubscriptionScheduleReleaseParams, _expanded(schedules.release_schedule),
+          _customer_of("subscription_schedule")),
+    Route("POST", "/v1/subscription_schedules/{id}/cancel", sp.SubscriptionScheduleCancelParams,
+          _expanded(schedules.cancel_schedule), _customer_of("subscription_schedule")),
+    # coupons
+    Route("POST", "/v1/coupons", sp.CouponCreateParams,
+          _expanded(lambda s, p, c: discounts.create_coupon(s, p, c))),
+    Route("GET", "/v1/coupons", sp.CouponListParams, _list("coupon", "/v1/coupons", _no_filter)),
+    Route("GET", "/v1/coupons/{id}", sp.CouponRetrieveParams, _retrieve("coupon")),
+    # payments made outside Stripe
+    Route("POST", "/v1/payment_records/report_payment", sp.PaymentRecordReportPaymentParams,
+          _expanded(lambda s, p, c: payment_records.report_payment(s, p, c))),
+    Route("GET", "/v1/payment_records/{id}", sp.PaymentRecordRetrieveParams,
+          _retrieve("payment_record")),
     # invoices
+    Route("POST", "/v1/invoices/create_preview", sp.InvoiceCreatePreviewParams,
+          _expanded(lambda s, p, c: previews.create_preview(s, p, c)), _customer_param),
     Route("GET", "/v1/invoices/search", sp.InvoiceSearchParams,
           _search("invoice", "/v1/invoices/search", invoices.INVOICE_SEARCH_FIELDS)),
     Route("GET", "/v1/invoices", sp.InvoiceListParams,
@@ -212,6 +249,8 @@ ROUTES: list[Route] = [
           _expanded(invoices.send_invoice), _customer_of("invoice")),
     Route("POST", "/v1/invoices/{id}/pay", sp.InvoicePayParams,
           _expanded(invoices.pay_invoice), _customer_of("invoice")),
+    Route("POST", "/v1/invoices/{id}/attach_payment", sp.InvoiceAttachPaymentParams,
+          _expanded(payment_records.attach_payment), _customer_of("invoice")),
     Route("POST", "/v1/invoices/{id}/void", sp.InvoiceVoidInvoiceParams,
           _expanded(invoices.void_invoice), _customer_of("invoice")),
     Route("POST", "/v1/invoices/{id}/mark_uncollectible", sp.InvoiceMarkUncollectibleParams,

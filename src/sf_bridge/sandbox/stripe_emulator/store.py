@@ -3,10 +3,11 @@ under one lock; objects handed out are copies."""
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +16,20 @@ from .errors import StripeApiError
 from .objects import build, clone, kind_of, list_object, new_id, search_result
 from .search import matcher
 
-KINDS = ("customer", "product", "price", "subscription", "invoice", "event", "webhook_endpoint")
+KINDS = (
+    "customer",
+    "product",
+    "price",
+    "subscription",
+    "invoice",
+    "event",
+    "webhook_endpoint",
+    "coupon",
+    "discount",
+    "invoiceitem",
+    "payment_record",
+    "subscription_schedule",
+)
 NAMES = {
     "customer": "customer",
     "product": "product",
@@ -25,6 +39,11 @@ NAMES = {
     "event": "event",
     "subscription_item": "subscription item",
     "webhook_endpoint": "webhook endpoint",
+    "coupon": "coupon",
+    "discount": "discount",
+    "invoiceitem": "invoiceitem",
+    "payment_record": "payment record",
+    "subscription_schedule": "subscription schedule",
 }
 
 
@@ -53,6 +72,36 @@ class Store:
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
         self.base_url = ""
         self.overdue_sent: set[str] = set()  # invoices whose invoice.overdue went out
+        self.attached_records: dict[str, str] = {}  # payment record id -> invoice id
+        self.used_once: set[str] = set()  # discounts of `once` coupons already applied
+        self._muted = 0  # > 0 while a preview runs: no events, nothing kept
+
+    @contextlib.contextmanager
+    def preview(self) -> Iterator[None]:
+        """Runs a change as if it happened, then puts every object back as it was: what an
+        invoice preview shows is computed by the same code that would make the change, and
+        nothing of it is kept (no object, no event, no id)."""
+        saved_objects = clone(self.objects)
+        saved_items = dict(self.items)
+        saved_sets = (set(self.used_once), dict(self.attached_records), set(self.overdue_sent))
+        self._muted += 1
+        try:
+            yield
+        finally:
+            self._muted -= 1
+            for kind, saved in saved_objects.items():
+                live = self.objects[kind]
+                for object_id in [i for i in live if i not in saved]:
+                    del live[object_id]
+                for object_id, obj in saved.items():
+                    if object_id in live:  # the same dict, as every holder of it sees it
+                        live[object_id].clear()
+                        live[object_id].update(obj)
+                    else:
+                        live[object_id] = obj
+            self.items.clear()
+            self.items.update(saved_items)
+            self.used_once, self.attached_records, self.overdue_sent = saved_sets
 
     # ------------------------------------------------------------------------ basics
 
@@ -86,6 +135,8 @@ class Store:
         ctx: RequestContext = SYSTEM,
         previous: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
+        if self._muted:
+            return {}
         data: dict[str, Any] = {"object": clone(obj)}
         if previous is not None:
             data["previous_attributes"] = clone(previous)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
+from . import discounts, prorations
 from .catalog import Params
 from .clock import add_interval
 from .errors import StripeApiError
@@ -61,7 +62,15 @@ def _check_single_currency(store: Store, customer: dict[str, Any], currency: str
         )
 
 
-def create_subscription(store: Store, params: Params, ctx: RequestContext) -> dict[str, Any]:
+def create_subscription(
+    store: Store,
+    params: Params,
+    ctx: RequestContext,
+    *,
+    start: int | None = None,
+    schedule: str | None = None,
+) -> dict[str, Any]:
+    """`start` backdates it to when a schedule started it (the clock may have jumped)."""
     if not params.get("customer"):
         raise StripeApiError.invalid_request(
             "Missing required param: customer.", param="customer", code="parameter_missing"
@@ -103,7 +112,7 @@ def create_subscription(store: Store, params: Params, ctx: RequestContext) -> di
             )
         if pm in FAILING_PAYMENT_METHODS:
             raise card_declined()
-    now = store.now()
+    now = start if start is not None else store.now()
     recurring = prices[0]["recurring"]
     period = (now, add_interval(now, recurring["interval"], recurring["interval_count"]))
     sub_id = new_id("subscription")
@@ -122,6 +131,7 @@ def create_subscription(store: Store, params: Params, ctx: RequestContext) -> di
         metadata=merge_metadata({}, params.get("metadata", {})),
         cancel_at_period_end=bool(params.get("cancel_at_period_end", False)),
         status="active",
+        schedule=schedule,
     )
     sub["items"] = list_object(
         [
@@ -131,6 +141,13 @@ def create_subscription(store: Store, params: Params, ctx: RequestContext) -> di
         f"/v1/subscription_items?subscription={sub_id}",
     )
     _check_single_currency(store, customer, sub["currency"])
+    sub["discounts"] = discounts.attach(
+        store,
+        params.get("discounts"),
+        customer=customer["id"],
+        subscription=sub_id,
+        currency=sub["currency"],
+    )
     customer["currency"] = sub["currency"]
     keep_inline_prices(store, prices)
     store.add(sub)
@@ -198,15 +215,57 @@ def _update(
             param="days_until_due",
             code="parameter_missing",
         )
+    behavior = prorations.check_behavior(params)
+    if "discounts" in params:
+        ids = discounts.attach(
+            store,
+            params["discounts"],
+            customer=sub["customer"],
+            subscription=sub["id"],
+            currency=sub["currency"],
+        )
+        if ids != sub["discounts"]:
+            previous["discounts"] = sub["discounts"]
+            sub["discounts"] = ids
+    proration_items: list[dict[str, Any]] = []
     if "items" in params:
         old_items = clone(sub["items"])
+        first = old_items["data"][0]
+        period = (first["current_period_start"], first["current_period_end"])
+        at = prorations.proration_date(store, params, period)
         _update_items(store, sub, params["items"])
         if sub["items"] != old_items:
             previous["items"] = old_items
+            if behavior != "none" and sub["status"] in ("active", "past_due", "trialing"):
+                proration_items = prorations.prorate(
+                    store, sub, old_items["data"], sub["items"]["data"], at, period
+                )
     if "cancellation_details" in params:
         sub["cancellation_details"].update(params["cancellation_details"] or {})
+    invoice = None
+    if behavior == "always_invoice" and proration_items:
+        customer = store.objects["customer"][sub["customer"]]
+        period = (proration_items[0]["period"]["start"], proration_items[0]["period"]["end"])
+        invoice = create_subscription_invoice(
+            store, sub, customer, "subscription_update", period, items=False
+        )
+        previous["latest_invoice"] = sub["latest_invoice"]
+        sub["latest_invoice"] = invoice["id"]
     if previous:
         store.emit("customer.subscription.updated", sub, ctx, previous)
+    if invoice is not None:
+        store.emit("invoice.created", invoice, ctx)
+        if sub["collection_method"] == "charge_automatically":
+            finalize(store, invoice, ctx)
+            pm = (
+                sub["default_payment_method"]
+                or store.objects["customer"][sub["customer"]]["invoice_settings"][
+                    "default_payment_method"
+                ]
+            )
+            if pm and invoice["status"] == "open":
+                with contextlib.suppress(StripeApiError):  # declined: the invoice stays open
+                    charge(store, invoice, pm, ctx)
     return sub
 
 

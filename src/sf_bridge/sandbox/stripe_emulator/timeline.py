@@ -1,7 +1,9 @@
 """What Stripe does on its own as time passes, run when the emulator's clock moves:
 incomplete subscriptions expire after 23 hours, subscriptions renew at period end (a new
 invoice each cycle, or cancellation when `cancel_at_period_end`), drafts finalize an hour
-after creation, and open invoices past their due date are flagged overdue."""
+after creation, open invoices past their due date are flagged overdue, and subscription
+schedules start their subscription and move from phase to phase ("phase" sorts before
+"renew", so a phase that ends with a period sets the price the renewal bills)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import heapq
 from collections.abc import Callable
 from typing import Any
 
+from . import schedules
 from .clock import add_interval
 from .errors import StripeApiError
 from .invoices import (
@@ -33,18 +36,27 @@ def tick(store: Store) -> None:
         queue.extend(_due_for_subscription(sub))
     for invoice in store.objects["invoice"].values():
         queue.extend(_due_for_invoice(store, invoice))
+    for schedule in store.objects["subscription_schedule"].values():
+        queue.extend(schedules.due(schedule))
     heapq.heapify(queue)
     while queue and queue[0][0] <= now:
         when, what, object_id = heapq.heappop(queue)
-        kind = "invoice" if what in ("finalize", "overdue") else "subscription"
+        kind = KIND_OF_ACTION.get(what, "subscription")
         obj = store.objects[kind][object_id]
-        current = _due_for_invoice(store, obj) if kind == "invoice" else _due_for_subscription(obj)
+        current = _due(store, kind, obj)
         if (when, what, object_id) not in current:
             continue  # superseded by an earlier action
         invoices_before = len(store.objects["invoice"])
         ACTIONS[what](store, obj, when)
-        for follow_up in _due_for_subscription(obj) if kind == "subscription" else []:
-            heapq.heappush(queue, follow_up)
+        touched = [obj] if kind == "subscription" else []
+        if kind == "subscription_schedule":
+            touched = [s for s in [store.objects["subscription"].get(obj["subscription"] or "")]
+                       if s is not None]  # fmt: skip
+            for follow_up in schedules.due(obj):
+                heapq.heappush(queue, follow_up)
+        for sub in touched:
+            for follow_up in _due_for_subscription(sub):
+                heapq.heappush(queue, follow_up)
         affected = []
         if len(store.objects["invoice"]) > invoices_before:  # a renewal created one
             affected = list(store.objects["invoice"].values())[invoices_before:]
@@ -53,6 +65,17 @@ def tick(store: Store) -> None:
         for invoice in affected:
             for follow_up in _due_for_invoice(store, invoice):
                 heapq.heappush(queue, follow_up)
+
+
+KIND_OF_ACTION = {"finalize": "invoice", "overdue": "invoice", "phase": "subscription_schedule"}
+
+
+def _due(store: Store, kind: str, obj: dict[str, Any]) -> list[Due]:
+    if kind == "invoice":
+        return _due_for_invoice(store, obj)
+    if kind == "subscription_schedule":
+        return schedules.due(obj)
+    return _due_for_subscription(obj)
 
 
 def _due_for_subscription(sub: dict[str, Any]) -> list[Due]:
@@ -162,4 +185,5 @@ ACTIONS: dict[str, Callable[[Store, dict[str, Any], int], None]] = {
     "renew": _renew,
     "finalize": _finalize_draft,
     "overdue": _overdue,
+    "phase": schedules.advance,
 }
