@@ -29,6 +29,8 @@ CHECK_CODES: dict[str, str] = {
     "negative_value": "a negative amount or number",
     "not_an_integer": "a fraction where a whole number is required",
     "value_too_small": "a number below the allowed minimum",
+    "value_too_large": "a number above the allowed maximum (a contract term over 1200 months)",
+    "value_out_of_range": "a discount percentage not above 0 and at most 100",
     "invalid_amount": "a price with more decimals than its currency has",
     "invalid_currency": "not an ISO 4217 currency code",
     "missing_price": "a plan or add-on sold in an accepted currency and interval has no price",
@@ -66,6 +68,12 @@ ENGINE_CODES: dict[str, str] = {
     "missing_customer_identifier": "no account or no value in the customer identifier field",
     "missing_billing_email": "an invoiced deal without a billing email",
     "invalid_billing_email": "a billing email that is not an email address",
+    "invalid_date": "a contract or line start date that is not a date",
+    "line_outside_contract": "a line that starts before the contract starts or after it ends",
+    "invalid_discount": "a deal discount percentage not above 0 and at most 100, or a negative "
+    "discount amount",
+    "conflicting_discount": "a deal with both a discount percentage and a discount amount",
+    "no_subscription_to_amend": "an amendment on an account without a live subscription",
     "too_many_items": "the deal needs more subscription items than Stripe allows on one "
     "subscription (20)",
 }

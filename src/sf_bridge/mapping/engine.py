@@ -25,6 +25,8 @@ from sf_bridge.mapping.fields import (
 from sf_bridge.mapping.model import Addon, Mappings, Plan, ProductRule
 from sf_bridge.mapping.money import format_minor, parse_decimal, to_minor_units
 from sf_bridge.mapping.suggest import did_you_mean
+from sf_bridge.mapping.terms import DealTerms
+from sf_bridge.mapping.terms_engine import TermsMapper
 from sf_bridge.mapping.values import (
     Resolved,
     check_bounds,
@@ -34,6 +36,7 @@ from sf_bridge.mapping.values import (
     to_whole_number,
 )
 from sf_bridge.plan import (
+    AccountFacts,
     BillingTerms,
     CollectionMethod,
     CustomerIdentity,
@@ -42,6 +45,7 @@ from sf_bridge.plan import (
     ItemKind,
     MappingError,
     PlanItem,
+    PlanPhase,
     ProvisioningPlan,
     customer_key,
 )
@@ -105,10 +109,25 @@ def _where(record: dict[str, Any], key: str | None) -> str:
     return f"line item {line_id} (product {key})" if key else f"line item {line_id}"
 
 
+@dataclass(frozen=True)
+class Offer:
+    """What one set of lines (the deal, or one phase of a ramp) sells."""
+
+    plan: Plan | None  # None: an amendment adding add-ons to a plan that is not known
+    plan_name: str
+    items: list[PlanItem]
+    entitlements: list[EntitlementValue]
+    billing: BillingTerms | None
+    collection: CollectionMethod | None
+
+
 class _Mapper:
-    def __init__(self, opportunity: dict[str, Any], mappings: Mappings) -> None:
+    def __init__(
+        self, opportunity: dict[str, Any], mappings: Mappings, facts: AccountFacts
+    ) -> None:
         self.opp = opportunity
         self.m = mappings
+        self.facts = facts
         self.errors: list[MappingError] = []
         self.notes: list[str] = []
 
@@ -205,7 +224,7 @@ class _Mapper:
             )
         return sold, plan
 
-    def addons_sold(self, lines: list[Line], plan: Plan) -> list[tuple[Sold, Addon]]:
+    def addons_sold(self, lines: list[Line], plan: Plan | None) -> list[tuple[Sold, Addon]]:
         """The add-ons on the deal, each with all its lines (several lines of one add-on are
         one purchase: their quantities add up)."""
         found: dict[str, list[Line]] = {}
@@ -213,7 +232,7 @@ class _Mapper:
             if line.rule.addon is None:
                 continue
             addon = self.m.addons[line.rule.addon]
-            if plan.name not in addon.sold_with:
+            if plan is not None and plan.name not in addon.sold_with:
                 allowed = ", ".join(addon.sold_with) or "no plan"
                 self.error(
                     "addon_not_allowed",
@@ -596,6 +615,34 @@ class _Mapper:
                 return None
         return converted, origin
 
+    def addon_grants(self, addons: list[tuple[Sold, Addon]]) -> list[EntitlementValue]:
+        """An amendment selling only add-ons grants what the add-ons add, nothing else (the
+        grants combine with the account's other deals by each feature's rule)."""
+        result: list[EntitlementValue] = []
+        for feature in self.m.features.values():
+            value: int | bool | None = None
+            sources: list[str] = []
+            for sold, addon in addons:
+                if feature.kind == "flag" and feature.name in addon.switches_on:
+                    value = True
+                    sources.append(f"add-on {addon.name}")
+                for name, per_unit in addon.adds_per_unit:
+                    if name == feature.name and feature.kind != "flag":
+                        value = int(value or 0) + per_unit * sold.quantity
+                        sources.append(f"add-on {addon.name} {per_unit} x {sold.quantity}")
+            if value is not None:
+                result.append(
+                    EntitlementValue(
+                        feature.name,
+                        feature.kind,
+                        value,
+                        feature.unit,
+                        " + ".join(sources),
+                        feature.combine,
+                    )
+                )
+        return result
+
     # -- customer and billing ----------------------------------------------------------------
 
     def customer(
@@ -709,26 +756,120 @@ class _Mapper:
             )
         currency = self.currency()
         lines = self.lines()
+        terms = TermsMapper(self.opp, self.m.terms or DealTerms(), self.facts)
+        intent = terms.intent(any(ln.rule.plan is not None for ln in lines))
+        if intent == "amendment" and self.facts.live_subscription is False:
+            self.error(
+                "no_subscription_to_amend",
+                "the deal amends the account's subscription, but the account has no live "
+                "subscription.",
+                "set the deal's type to new business (it starts a subscription), or provision "
+                "the account's first deal before this one.",
+                str(self.m.terms.deal_type.fields[0])
+                if self.m.terms and self.m.terms.deal_type
+                else "Opportunity",
+            )
+        starts = {ln.line_id: terms.line_start(ln.record, ln.where) for ln in lines}
+        dates = sorted({d for d in starts.values() if d is not None})
+        contract = terms.contract(dates)
+        groups = [lines]
+        if len(dates) > 1:
+            groups = [
+                [ln for ln in lines if (starts[ln.line_id] or dates[0]) == day] for day in dates
+            ]
+        offers = [self.offer(group, currency, intent) for group in groups]
+        discount = terms.discount(currency)
+        self.errors.extend(terms.errors)
+        self.notes.extend(terms.notes)
+        first = offers[0]
+        if first is None or any(o is None for o in offers):
+            return self.errors
+        phases: list[PlanPhase] = []
+        if len(offers) > 1:
+            end = contract.end_date if contract else None
+            for n, (day, offer) in enumerate(zip(dates, offers, strict=True)):
+                assert offer is not None
+                if offer.plan_name != first.plan_name:
+                    self.error(
+                        "multiple_plans",
+                        f"the phase starting {day} sells the plan '{offer.plan_name}', the "
+                        f"first phase '{first.plan_name}'; a ramp steps prices and quantities "
+                        "of one plan.",
+                        "sell one plan in every phase, or change plans with an amendment.",
+                        "Opportunity.OpportunityLineItems",
+                    )
+                same = offer.entitlements == first.entitlements
+                phases.append(
+                    PlanPhase(
+                        start_date=day.isoformat(),
+                        end_date=dates[n + 1].isoformat() if n + 1 < len(dates) else end,
+                        items=tuple(offer.items),
+                        entitlements=() if same else tuple(offer.entitlements),
+                        line_item_ids=tuple(ln.line_id for ln in groups[n] if ln.line_id),
+                    )
+                )
+        customer = self.customer(first.collection, first.billing is not None, currency)
+        if self.errors or customer is None:
+            return self.errors
+        amending = intent == "amendment"
+        rules = (self.m.terms or DealTerms()).amendments
+        return ProvisioningPlan(
+            opportunity_id=str(opp_id),
+            opportunity_name=str(self.opp.get("Name") or ""),
+            customer=customer,
+            plan_name=first.plan_name,
+            plan_kind=first.plan.kind if first.plan is not None else "paid",
+            items=tuple(first.items),
+            entitlements=tuple(first.entitlements),
+            billing=first.billing,
+            mapping_version=self.m.version,
+            notes=tuple(self.notes),
+            intent=intent,
+            amendment_lines=rules.lines if amending else None,
+            proration=rules.proration if amending else None,
+            contract=contract,
+            phases=tuple(phases),
+            discount=discount,
+        )
+
+    def offer(self, lines: list[Line], currency: str | None, intent: str) -> Offer | None:
+        """The plan, items and entitlements one set of lines sells; None when it cannot.
+        An amendment may sell add-ons only: they go with the account's current plan."""
+        current: Plan | None = None
+        if intent == "amendment" and not any(ln.rule.plan is not None for ln in lines):
+            name = self.facts.plan_name
+            current = self.m.plans.get(name) if name else None
+            if current is None:
+                self.notes.append(
+                    "the account's current plan is not known"
+                    + (f" ('{name}' is not in the catalog)" if name else "")
+                    + ": the add-ons are not checked against 'sold_with'."
+                )
+            addons = self.addons_sold(lines, current)
+            if not addons and not self.errors:
+                self.error(
+                    "no_plan",
+                    "the amendment has no line item for a plan or an add-on.",
+                    "add the plan or add-on products the amendment changes to the deal.",
+                    "Opportunity.OpportunityLineItems",
+                )
+                return None
+            sold_all = [sold for sold, _ in addons]
+            entitlements = self.addon_grants(addons)
+            plan_name = current.name if current is not None else (name or "")
+            billed = self.billed(sold_all, currency)
+            return Offer(current, plan_name, billed[0], entitlements, billed[1], billed[2])
         chosen = self.choose_plan(lines)
         if chosen is None:
-            return self.errors
+            return None
         sold_plan, plan = chosen
         addons = self.addons_sold(lines, plan)
         everything = [sold_plan, *(sold for sold, _ in addons)]
-        paid = plan.kind == "paid"
         items: list[PlanItem] = []
         billing: BillingTerms | None = None
         collection: CollectionMethod | None = None
-        if paid:
-            interval = self.common_interval([ln for sold in everything for ln in sold.lines])
-            collection = self.collection_method()
-            days = self.days_until_due() if collection == "send_invoice" else None
-            if interval is not None and currency is not None:
-                for sold in everything:
-                    items.extend(self.items_of(sold, currency, interval))
-                self.check_item_count(items)
-                if collection is not None:
-                    billing = BillingTerms(collection, days, interval, currency)
+        if plan.kind == "paid":
+            items, billing, collection = self.billed(everything, currency)
         else:
             for sold in everything:
                 self.notes.append(
@@ -736,25 +877,29 @@ class _Mapper:
                     "Stripe (custom plan)."
                 )
         entitlements = self.entitlements(plan, sold_plan, addons)
-        customer = self.customer(collection, paid, currency)
-        if self.errors or customer is None:
-            return self.errors
-        return ProvisioningPlan(
-            opportunity_id=str(opp_id),
-            opportunity_name=str(self.opp.get("Name") or ""),
-            customer=customer,
-            plan_name=plan.name,
-            plan_kind=plan.kind,
-            items=tuple(items),
-            entitlements=tuple(entitlements),
-            billing=billing,
-            mapping_version=self.m.version,
-            notes=tuple(self.notes),
-        )
+        return Offer(plan, plan.name, items, entitlements, billing, collection)
+
+    def billed(
+        self, everything: list[Sold], currency: str | None
+    ) -> tuple[list[PlanItem], BillingTerms | None, CollectionMethod | None]:
+        items: list[PlanItem] = []
+        billing: BillingTerms | None = None
+        interval = self.common_interval([ln for sold in everything for ln in sold.lines])
+        collection = self.collection_method()
+        days = self.days_until_due() if collection == "send_invoice" else None
+        if interval is not None and currency is not None:
+            for sold in everything:
+                items.extend(self.items_of(sold, currency, interval))
+            self.check_item_count(items)
+            if collection is not None:
+                billing = BillingTerms(collection, days, interval, currency)
+        return items, billing, collection
 
 
 def map_opportunity(
-    opportunity: dict[str, Any], mappings: Mappings
+    opportunity: dict[str, Any], mappings: Mappings, facts: AccountFacts | None = None
 ) -> ProvisioningPlan | list[MappingError]:
-    """What this deal provisions, or every reason it cannot (each naming the line or field)."""
-    return _Mapper(opportunity, mappings).run()
+    """What this deal provisions, or every reason it cannot (each naming the line or field).
+    `facts` says what is known of the account (its live subscription); without them the
+    intent is never inferred to be an amendment."""
+    return _Mapper(opportunity, mappings, facts or AccountFacts()).run()

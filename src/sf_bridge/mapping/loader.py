@@ -21,6 +21,7 @@ from sf_bridge.mapping.model import (
     product_key,
 )
 from sf_bridge.mapping.schema import Draft, SectionReader
+from sf_bridge.mapping.terms_schema import TERMS_SECTIONS
 from sf_bridge.mapping.yamlread import Ctx, read_text
 
 log = get_logger(__name__)
@@ -235,4 +236,5 @@ def build(draft: Draft, version: str) -> Mappings:
         price_override_policy=draft.override_policy,
         write_back=draft.write_back,
         won_stages=list(draft.won_stages),
+        terms=draft.terms.build() if any(k in draft.sections for k in TERMS_SECTIONS) else None,
     )

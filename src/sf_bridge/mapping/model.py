@@ -7,7 +7,7 @@ engine (`sf_bridge.mapping.engine`) reads it. Nothing here does I/O.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from sf_bridge.plan import (
     CollectionMethod,
@@ -18,6 +18,9 @@ from sf_bridge.plan import (
     PlanKind,
     default_combine,
 )
+
+if TYPE_CHECKING:
+    from sf_bridge.mapping.terms import DealTerms
 
 # Fields every opportunity query selects, whatever the mapping says.
 BASE_OPPORTUNITY_FIELDS: tuple[str, ...] = (
@@ -229,6 +232,8 @@ class Mappings:
     price_override_policy: OverridePolicy = "negotiated"
     write_back: WriteBackFields = field(default_factory=WriteBackFields)
     won_stages: list[str] = field(default_factory=lambda: ["Closed Won"])
+    # intent, amendments, contract dates, discount (sf_bridge.mapping.terms); None: none set
+    terms: DealTerms | None = None
 
     def product(self, key: str) -> ProductRule | None:
         return self.products.get(product_key(key, self.match_by))
@@ -243,6 +248,8 @@ class Mappings:
         ):
             if source is not None:
                 refs.extend(source.fields)
+        if self.terms is not None:
+            refs.extend(self.terms.fields())
         return refs
 
     def query_fields(self) -> tuple[list[str], list[str]]:

@@ -113,6 +113,7 @@ def print_plan(console: Console, plan: ProvisioningPlan) -> None:
                 item.lookup_key or "-",
             )
         console.print(items)
+    print_terms(console, plan)
     table = Table(title="Entitlements", title_justify="left")
     for column in ("feature", "value", "unit", "from"):
         table.add_column(column, justify="right" if column == "value" else "left")
@@ -122,6 +123,67 @@ def print_plan(console: Console, plan: ProvisioningPlan) -> None:
     console.print(table)
     for note in plan.notes:
         console.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)
+
+
+def _discount_text(plan: ProvisioningPlan) -> str:
+    discount = plan.discount
+    if discount is None:
+        return "none"
+    if discount.percent_off is not None:
+        off = f"{discount.percent_off:g}% off"
+    else:
+        off = f"{format_minor(discount.amount_off or 0, discount.currency or 'usd')} off"
+    how = {"once": "the first invoice", "forever": "every invoice"}.get(
+        discount.duration, f"{discount.months} months"
+    )
+    return f"{off}, {how} (from {discount.source})"
+
+
+def print_terms(console: Console, plan: ProvisioningPlan) -> None:
+    """The deal's intent, contract dates, ramp phases and discount."""
+    intent = plan.intent.replace("_", " ")
+    if plan.intent == "amendment":
+        intent += (
+            f" of the live subscription: lines are {plan.amendment_lines}, "
+            f"proration {plan.proration}"
+        )
+    console.print(f"Intent: {intent}", highlight=False, markup=False)
+    contract = plan.contract
+    if contract is None:
+        console.print("Contract: starts when provisioned, runs until cancelled", highlight=False)
+    else:
+        start = contract.start_date or "when provisioned"
+        end = contract.end_date or (
+            f"{contract.term_months} months after the start" if contract.term_months else "-"
+        )
+        console.print(
+            f"Contract: {start} to {end}; a start in the past: {contract.past_start}"
+            + (f" (from {contract.source})" if contract.source else ""),
+            highlight=False,
+            markup=False,
+        )
+    if plan.phases:
+        table = Table(title="Phases", title_justify="left")
+        for column in ("start", "end", "items", "entitlements"):
+            table.add_column(column)
+        for phase in plan.phases:
+            items = ", ".join(
+                f"{i.name} x {i.quantity} at "
+                + format_minor(
+                    i.unit_amount if i.unit_amount is not None else i.catalog_unit_amount or 0,
+                    i.currency,
+                )
+                for i in phase.items
+            )
+            first = {e.feature: e.value for e in plan.entitlements}
+            grants = ", ".join(
+                f"{e.feature} {e.value}"
+                for e in phase.entitlements
+                if first.get(e.feature) != e.value
+            )
+            table.add_row(phase.start_date, phase.end_date or "-", items or "-", grants or "same")
+        console.print(table)
+    console.print(f"Discount: {_discount_text(plan)}", highlight=False, markup=False)
 
 
 def _item_price(item: SubscriptionItemSpec) -> tuple[str, str]:

@@ -24,6 +24,7 @@ from sf_bridge.mapping.model import (
     VariableSpec,
     WriteBackFields,
 )
+from sf_bridge.mapping.terms_schema import TERMS_SECTIONS, DraftTerms, TermsReader
 from sf_bridge.mapping.walker import Walker
 from sf_bridge.mapping.yamlread import Ctx, Loc, describe, did_you_mean, is_null, tag_of
 from sf_bridge.plan import CUSTOMER_SPLITS, Combine, CustomerSplit, FeatureKind, Interval, PlanKind
@@ -41,6 +42,7 @@ SECTIONS = (
     "entitlement_sources",
     "price_overrides",
     "write_back",
+    *TERMS_SECTIONS,
 )
 REQUIRED_SECTIONS = ("features", "plans", "currencies", "products")
 FEATURE_TYPES = ("flag", "limit", "seats")
@@ -136,6 +138,7 @@ class Draft:
     entitlement_sources: dict[str, DraftSource] = field(default_factory=dict)
     override_policy: OverridePolicy = "negotiated"
     write_back: WriteBackFields = field(default_factory=WriteBackFields)
+    terms: DraftTerms = field(default_factory=DraftTerms)
     # plans and add-ons ("plan 'team'") with a price entry that did not read: their missing
     # prices are not reported on top
     unreadable_prices: set[str] = field(default_factory=set)
@@ -731,3 +734,17 @@ class SectionReader:
                 continue
             names[key] = text
         self.draft.write_back = WriteBackFields(**names)
+
+    # -- the deal's intent, contract dates and discount (sf_bridge.mapping.terms_schema) -----
+
+    def read_deal_type(self, node: Node) -> None:
+        TermsReader(self).read_deal_type(node)
+
+    def read_amendments(self, node: Node) -> None:
+        TermsReader(self).read_amendments(node)
+
+    def read_contract(self, node: Node) -> None:
+        TermsReader(self).read_contract(node)
+
+    def read_discount(self, node: Node) -> None:
+        TermsReader(self).read_discount(node)

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sf_bridge.billing.port import BillingGateway
 from sf_bridge.config import Settings
 from sf_bridge.crm.port import CrmGateway
+from sf_bridge.db.account_facts import mapper_with_facts
 from sf_bridge.logging import get_logger
 from sf_bridge.provisioning.batch import fetch_batch, report_parked_batch, write_back_batch
 from sf_bridge.provisioning.floor import FloorSource, parse_floor
@@ -26,7 +27,7 @@ from sf_bridge.provisioning.prices import PriceCache
 from sf_bridge.provisioning.retry import RetryPolicy
 from sf_bridge.provisioning.runner import Provisioner, RunnerOptions, StepHooks
 from sf_bridge.provisioning.states import DEAL_STEPS
-from sf_bridge.provisioning.steps import Mapper, StepContext, default_mapper
+from sf_bridge.provisioning.steps import Mapper, StepContext
 from sf_bridge.provisioning.wakeup import WORK_ARRIVED, WakeSignal, WorkListener, next_due
 
 log = get_logger(__name__)
@@ -112,7 +113,7 @@ class Worker:
         crm: CrmGateway | None,
         mappings_loader: Callable[[], Any],
         *,
-        mapper: Mapper = default_mapper,
+        mapper: Mapper | None = None,
         policy: RetryPolicy | None = None,
         hooks: StepHooks | None = None,
         clock: Callable[[], datetime] = _utcnow,
@@ -142,7 +143,8 @@ class Worker:
         ctx = StepContext(
             billing=billing,
             mappings_loader=self.mappings,
-            mapper=mapper,
+            # the engine is told whether the deal's account has a subscription already
+            mapper=mapper or mapper_with_facts(session_factory),
             prices=prices or PriceCache(),
         )
         self.lease = lease

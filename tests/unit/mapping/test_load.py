@@ -56,6 +56,7 @@ def test_query_fields_cover_the_base_fields_and_every_field_the_mapping_reads(
         "PricebookEntry.Product2.ProductCode",
         "PricebookEntry.Product2.Name",
         "PricebookEntry.Product2Id",
+        "ServiceDate",  # the example's contract: line_start_date
     ]
     assert len(opportunity) == len({n.lower() for n in opportunity}), "no field twice"
 

@@ -7,7 +7,15 @@ from __future__ import annotations
 from typing import Any
 
 from sf_bridge.sandbox.salesforce_org.core import Org
-from sf_bridge.sandbox.salesforce_org.schema import DOUBLE, STRING, is_custom_name
+from sf_bridge.sandbox.salesforce_org.schema import (
+    CURRENCY,
+    DATE,
+    DOUBLE,
+    PERCENT,
+    PICKLIST,
+    STRING,
+    is_custom_name,
+)
 
 _INTERVAL_NAMES = {"month": "monthly", "year": "yearly"}
 
@@ -21,10 +29,12 @@ def prepare_for_mappings(org: Org, mappings: Any) -> dict[str, list[str]]:
         if _is_numeric_feature(mappings, name) and not getattr(source, "values", ())
         for ref in source.fields
     }
+    typed = _term_field_types(getattr(mappings, "terms", None))
     fields: list[str] = []
     for ref in mappings.referenced_fields():
         if len(ref.path) == 1 and is_custom_name(ref.path[0]):
             field_type = DOUBLE if id(ref) in numeric_sources else STRING
+            field_type = typed.get(str(ref), field_type)
             org.define_field(ref.obj, ref.path[0], field_type)
             fields.append(f"{ref.obj}.{ref.path[0]}")
     write_back = getattr(mappings, "write_back", None)
@@ -38,6 +48,30 @@ def prepare_for_mappings(org: Org, mappings: Any) -> dict[str, list[str]]:
             products[code] = _product_name(mappings, rule)
         org.seed_products(products)
     return {"fields": sorted(set(fields)), "products": sorted(products)}
+
+
+def _term_field_types(terms: Any) -> dict[str, str]:
+    """The types of the fields the contract and discount rules read, as an org defines them:
+    a Date start, a Number term, a Percent and a Currency discount, a picklist duration."""
+    if terms is None:
+        return {}
+    found: dict[str, str] = {}
+
+    def note(source: Any, field_type: str) -> None:
+        for ref in getattr(source, "fields", ()) if source is not None else ():
+            found[str(ref)] = field_type
+
+    contract = terms.contract
+    for ref in (contract.start_date, contract.line_start_date):
+        if ref is not None:
+            found[str(ref)] = DATE
+    note(contract.term_months, DOUBLE)
+    if terms.discount is not None:
+        note(terms.discount.percent, PERCENT)
+        note(terms.discount.amount, CURRENCY)
+        note(terms.discount.duration, PICKLIST)
+        note(terms.discount.months, DOUBLE)
+    return found
 
 
 def _is_numeric_feature(mappings: Any, name: str) -> bool:
