@@ -29,7 +29,7 @@ ENV_HELP = (
     "Reads DATABASE_URL, SF_BRIDGE_MAPPINGS, STRIPE_API_KEY, STRIPE_API_BASE and the SF_* "
     "Salesforce settings."
 )
-SETTLED = ("done", "needs_attention", "cancelled", "skipped")
+SETTLED = ("done", "needs_attention", "cancelled", "skipped", "scheduled")
 STATUS_STYLE = {
     "done": "green",
     "needs_attention": "bold red",

@@ -182,6 +182,8 @@ class WriteBackFields:
     invoice_url: str | None = None
     error: str | None = None
     provisioned_at: str | None = None
+    stripe_schedule_id: str | None = None  # a contract starting later: its schedule
+    contract_start: str | None = None  # the date the subscription starts (YYYY-MM-DD)
 
 
 @dataclass(frozen=True)

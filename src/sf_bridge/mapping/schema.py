@@ -59,6 +59,8 @@ WRITE_BACK_KEYS = (
     "invoice_url",
     "error",
     "provisioned_at",
+    "stripe_schedule_id",
+    "contract_start",
 )
 
 

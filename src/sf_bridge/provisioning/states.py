@@ -3,6 +3,9 @@
     received -> fetched -> mapped -> customer_ready -> subscription_created -> invoice_open
     -> entitled -> done   (written_back is recorded on the way: written_back_at)
 
+A contract starting later rests between: customer_ready -> scheduled (its entitlements dated
+from the start, written back as Scheduled); at the start -> subscription_created -> ... done.
+
 `Deal.current_step` always names the next step to run (or the step that failed, while the
 deal is `retrying` or `needs_attention`). Custom plans go from customer straight to
 entitlements. A fetched deal that is not to be provisioned (no longer won, or won before the
@@ -55,8 +58,11 @@ STATUS_BEFORE = {
     STEP_WRITE_BACK: "entitled",
 }
 DONE = "done"
+# A contract that starts later: provisioned as a subscription schedule and resting until
+# Stripe starts the subscription (`sf_bridge.provisioning.schedule_start`).
+SCHEDULED = "scheduled"
 # Statuses a worker never claims.
-SETTLED = (DONE, NEEDS_ATTENTION, CANCELLED, SKIPPED)
+SETTLED = (DONE, NEEDS_ATTENTION, CANCELLED, SKIPPED, SCHEDULED)
 
 
 def next_step(step: str, *, custom_plan: bool) -> str | None:

@@ -327,6 +327,20 @@ class DealStore:
                         "stripe_subscription_id", deal.stripe_subscription_id
                     ),
                 )
+            for dated in outcome.dated_grants:
+                grant_entitlements(
+                    conn,
+                    deal_id=deal.id,
+                    opportunity_id=deal.opportunity_id,
+                    customer_id=int(customer_id),
+                    entitlements=dated.entitlements,
+                    subscription_id=changes.get(
+                        "stripe_subscription_id", deal.stripe_subscription_id
+                    ),
+                    valid_from=dated.valid_from,
+                    valid_until=dated.valid_until,
+                    phase=dated.phase,
+                )
             _finish_attempt(
                 conn,
                 attempt_id,
