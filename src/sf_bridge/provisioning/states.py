@@ -61,8 +61,9 @@ DONE = "done"
 # A contract that starts later: provisioned as a subscription schedule and resting until
 # Stripe starts the subscription (`sf_bridge.provisioning.schedule_start`).
 SCHEDULED = "scheduled"
-# Statuses a worker never claims.
-SETTLED = (DONE, NEEDS_ATTENTION, CANCELLED, SKIPPED, SCHEDULED)
+# Statuses a worker never claims. (A `scheduled` deal is claimed for its remaining steps, then
+# rests with no next step.)
+SETTLED = (DONE, NEEDS_ATTENTION, CANCELLED, SKIPPED)
 
 
 def next_step(step: str, *, custom_plan: bool) -> str | None:
