@@ -82,7 +82,8 @@ RETRYING = "retrying"
 NEEDS_ATTENTION = "needs_attention"
 CANCELLED = "cancelled"
 SKIPPED = "skipped"
-STATUSES = (*PROGRESS, RETRYING, NEEDS_ATTENTION, CANCELLED, SKIPPED)
+SCHEDULED = "scheduled"  # a contract starting later waits for its start
+STATUSES = (*PROGRESS, SCHEDULED, RETRYING, NEEDS_ATTENTION, CANCELLED, SKIPPED)
 
 
 class Deal(Base):

@@ -15,6 +15,7 @@ provisioning floor: `sf_bridge.provisioning.eligibility`) is `skipped`, with no 
 from __future__ import annotations
 
 from sf_bridge.db.models import CANCELLED, NEEDS_ATTENTION, SKIPPED
+from sf_bridge.db.models import SCHEDULED as SCHEDULED
 
 STEP_FETCH = "fetch"
 STEP_MAP = "map"
@@ -58,9 +59,8 @@ STATUS_BEFORE = {
     STEP_WRITE_BACK: "entitled",
 }
 DONE = "done"
-# A contract that starts later: provisioned as a subscription schedule and resting until
-# Stripe starts the subscription (`sf_bridge.provisioning.schedule_start`).
-SCHEDULED = "scheduled"
+# SCHEDULED: a contract that starts later, provisioned as a subscription schedule and resting
+# until Stripe starts the subscription (`sf_bridge.provisioning.schedule_start`).
 # Statuses a worker never claims. (A `scheduled` deal is claimed for its remaining steps, then
 # rests with no next step.)
 SETTLED = (DONE, NEEDS_ATTENTION, CANCELLED, SKIPPED)

@@ -327,12 +327,15 @@ class DealStore:
                         "stripe_subscription_id", deal.stripe_subscription_id
                     ),
                 )
+            dated_to: int | None = customer_id
             for dated in outcome.dated_grants:
+                if dated_to is None:
+                    break
                 grant_entitlements(
                     conn,
                     deal_id=deal.id,
                     opportunity_id=deal.opportunity_id,
-                    customer_id=int(customer_id),
+                    customer_id=dated_to,
                     entitlements=dated.entitlements,
                     subscription_id=changes.get(
                         "stripe_subscription_id", deal.stripe_subscription_id

@@ -85,7 +85,8 @@ def test_an_open_ended_contract_is_released_to_run_on() -> None:
     outcome = subscription_step(ctx, _deal(plan, customer))
     assert ctx.billing is not None
     schedule = ctx.billing.get_schedule(outcome.changes["stripe_schedule_id"])
-    assert schedule is not None and schedule.end_behavior == "release"
+    assert schedule is not None
+    assert schedule.end_behavior == "release"
 
 
 def test_a_coupon_id_names_the_deal_and_the_discount_terms() -> None:
