@@ -14,6 +14,7 @@ from sqlalchemy import select
 
 from sf_bridge.db.models import EntitlementGrant
 from sf_bridge.entitlements.ledger import effective_entitlements
+from sf_bridge.entitlements.view import read_customer
 from sf_bridge.invoices.events import apply_stripe_event
 from sf_bridge.plan import ContractTerms, Discount, PlanPhase, ProvisioningPlan, add_months
 from sf_bridge.provisioning.queue import enqueue_opportunities
@@ -100,6 +101,18 @@ def test_a_contract_starting_next_month_is_scheduled_then_invoiced_at_its_start(
     assert deal.contract_start_at == start_of(contract)
     assert features(h, datetime.now(UTC)) == {}
     assert features(h, start_of(contract) + timedelta(days=1)) == {"sso": True, "seats": 3}
+    with h.session_factory() as session:
+        answer = read_customer(session.connection(), ACCOUNT, datetime.now(UTC))
+    assert answer.features["seats"]["access"] is False
+    assert answer.features["seats"]["starts_at"] == f"{contract.start_date}T00:00:00Z"
+    with h.session_factory() as session:
+        later = read_customer(session.connection(), ACCOUNT, start_of(contract))
+    assert later.features["seats"]["limit"] == 3
+    assert contract.end_date
+    with h.session_factory() as session:
+        ended = datetime.fromisoformat(contract.end_date).replace(tzinfo=UTC)
+        after = read_customer(session.connection(), ACCOUNT, ended)
+    assert after.features["seats"]["ended_at"] == f"{contract.end_date}T00:00:00Z"
 
     advance_past_start(h, emu, contract)
     drain(h.worker(), status_is(h, "done"))
@@ -307,3 +320,32 @@ def test_a_crash_after_the_schedule_request_with_its_response_lost_finds_it_by_i
     drain(h.worker(), status_is(h, "scheduled"))
     assert emu.count("subscription_schedule") == 1
     assert h.deal(OPP).stripe_schedule_id == emu.objects("subscription_schedule")[0]["id"]
+
+
+@pytest.mark.parametrize("phase", ["before", "after"])
+@pytest.mark.parametrize("step", ["invoice", "entitlements", "write_back"])
+def test_a_crash_after_the_contracts_start_finalizes_one_invoice(
+    stripe_harness: Harness, provisioning_emulator: Any, step: str, phase: str
+) -> None:
+    h, emu = stripe_harness, provisioning_emulator
+    contract = next_month(emu)
+    enqueue(h, replace(make_plan(OPP), contract=contract))
+    drain(h.worker(owner="first"), status_is(h, "scheduled"))
+    advance_past_start(h, emu, contract)
+    fired: list[bool] = []
+
+    def hook(at: str, _deal_id: int) -> None:
+        if at == step and not fired:
+            fired.append(True)
+            raise SimulatedCrash(f"{phase} commit of {step}")
+
+    hooks = StepHooks(before_commit=hook) if phase == "before" else StepHooks(after_commit=hook)
+    with pytest.raises(SimulatedCrash):
+        drain(h.worker(hooks=hooks, owner="second"), status_is(h, "done"))
+    h.clock.advance(120)
+    drain(h.worker(owner="restarted"), status_is(h, "done"))
+    deal = h.deal(OPP)
+    assert deal.status == "done", deal.last_error
+    assert (emu.count("subscription"), emu.count("invoice")) == (1, 1)
+    assert emu.get(deal.stripe_invoice_id)["status"] == "open"
+    assert h.crm.written[OPP]["Invoice_URL__c"] == deal.hosted_invoice_url
