@@ -40,6 +40,10 @@ INVOICE_EVENTS = frozenset(
     }
 )
 SUBSCRIPTION_EVENTS = frozenset({"customer.subscription.deleted", "customer.subscription.updated"})
+# A schedule ended before it started the subscription of a deal waiting for its start.
+SCHEDULE_END_EVENTS = frozenset(
+    {"subscription_schedule.canceled", "subscription_schedule.released"}
+)
 # A schedule created the subscription of a deal waiting for its contract's start.
 SCHEDULE_START_EVENTS = frozenset(
     {"customer.subscription.created", "subscription_schedule.updated"}
@@ -72,11 +76,37 @@ def apply_stripe_event(
     obj = (event.get("data") or {}).get("object") or {}
     if kind in INVOICE_EVENTS:
         return _apply_invoice(session, kind, obj, billing)
+    if kind in SCHEDULE_END_EVENTS:
+        return _apply_schedule_end(session, kind, obj, billing)
     if kind in SCHEDULE_START_EVENTS:
         return _apply_schedule_start(session, kind, obj, billing)
     if kind in SUBSCRIPTION_EVENTS:
         return _apply_subscription(session, kind, obj, billing)
     return "ignored"
+
+
+def _apply_schedule_end(
+    session: Session, kind: str, obj: Mapping[str, Any], billing: BillingGateway | None
+) -> str:
+    """A schedule cancelled or released before it created a subscription: the deal waiting
+    on it is cancelled (`record_schedule_ended`). Read from Stripe when it can be."""
+    from sf_bridge.db.models import utcnow
+    from sf_bridge.provisioning.schedule_start import record_schedule_ended
+
+    schedule_id = _id(obj.get("id"))
+    if not schedule_id:
+        return "ignored"
+    status, subscription_id = str(obj.get("status", "")), _id(obj.get("subscription"))
+    if billing is not None:
+        current = billing.get_schedule(schedule_id)
+        if current is not None:
+            status, subscription_id = current.status, current.subscription
+    if status not in ("canceled", "released") or subscription_id:
+        return "unchanged"
+    ended = record_schedule_ended(
+        session, schedule_id=schedule_id, status=status, now=utcnow(), how=kind
+    )
+    return "schedule_ended" if ended else "unchanged"
 
 
 def _apply_schedule_start(

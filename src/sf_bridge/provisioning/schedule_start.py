@@ -19,7 +19,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from sf_bridge.billing.port import BillingGateway
-from sf_bridge.db.models import Deal, DealEvent, EntitlementGrant
+from sf_bridge.db.models import CANCELLED, Deal, DealEvent, EntitlementGrant
 from sf_bridge.logging import get_logger
 from sf_bridge.provisioning.states import (
     SCHEDULED,
@@ -96,6 +96,52 @@ def record_schedule_started(
         stripe_subscription_id=subscription_id,
         how=how,
     )
+    return True
+
+
+def record_schedule_ended(
+    session: Session, *, schedule_id: str, status: str, now: datetime, how: str
+) -> bool:
+    """The schedule of a deal still waiting for its start was cancelled (or released) in
+    Stripe before it started: no subscription will come, so the deal is `cancelled` and the
+    grants recorded from its start are revoked. False when no deal waits on that schedule."""
+    deal_id = session.execute(
+        update(Deal)
+        .where(
+            Deal.stripe_schedule_id == schedule_id,
+            Deal.status == SCHEDULED,
+            Deal.stripe_subscription_id.is_(None),
+            Deal.current_step.is_(None),
+        )
+        .values(
+            status=CANCELLED,
+            last_error=f"Stripe subscription schedule {status} before the contract's start",
+            last_error_code="schedule_ended",
+            updated_at=now,
+        )
+        .returning(Deal.id)
+        .execution_options(synchronize_session=False)
+    ).scalar_one_or_none()
+    if deal_id is None:
+        return False
+    reason = f"subscription schedule {schedule_id} {status} before its start"
+    result = session.execute(
+        update(EntitlementGrant)
+        .where(EntitlementGrant.deal_id == deal_id, EntitlementGrant.active.is_(True))
+        .values(active=False, revoked_at=now, revoked_reason=reason)
+        .execution_options(synchronize_session=False)
+    )
+    revoked = max(int(getattr(result, "rowcount", 0) or 0), 0)
+    session.add(
+        DealEvent(
+            deal_id=deal_id,
+            at=now,
+            kind="cancelled",
+            message=f"Cancelled ({how}): {reason}; nothing was billed.",
+            detail={"schedule_id": schedule_id, "status": status, "grants_revoked": revoked},
+        )
+    )
+    log.info("schedule_ended_before_start", deal_id=deal_id, stripe_schedule_id=schedule_id)
     return True
 
 

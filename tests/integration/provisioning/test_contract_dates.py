@@ -349,3 +349,32 @@ def test_a_crash_after_the_contracts_start_finalizes_one_invoice(
     assert (emu.count("subscription"), emu.count("invoice")) == (1, 1)
     assert emu.get(deal.stripe_invoice_id)["status"] == "open"
     assert h.crm.written[OPP]["Invoice_URL__c"] == deal.hosted_invoice_url
+
+
+def test_a_schedule_cancelled_before_its_start_cancels_the_deal_and_its_grants(
+    stripe_harness: Harness, provisioning_emulator: Any
+) -> None:
+    h, emu = stripe_harness, provisioning_emulator
+    contract = next_month(emu)
+    enqueue(h, replace(make_plan(OPP), contract=contract))
+    drain(h.worker(), status_is(h, "scheduled"))
+    assert h.billing is not None
+    h.billing.cancel_schedule(h.deal(OPP).stripe_schedule_id or "", idempotency_key="cancel-1")
+    (event,) = emu.events("subscription_schedule.canceled")
+    outcomes = []
+    for _ in range(2):
+        with h.session_factory() as session, session.begin():
+            outcomes.append(apply_stripe_event(session, event, h.billing))
+    assert outcomes == ["schedule_ended", "unchanged"]
+    deal = h.deal(OPP)
+    assert (deal.status, deal.last_error_code) == ("cancelled", "schedule_ended")
+    with h.session_factory() as session:
+        active = session.scalars(
+            select(EntitlementGrant).where(EntitlementGrant.active.is_(True))
+        ).all()
+    assert active == []
+    assert features(h, start_of(contract) + timedelta(days=1)) == {}
+    advance_past_start(h, emu, contract)
+    h.worker().run_once()
+    assert h.deal(OPP).status == "cancelled"
+    assert emu.count("subscription") == 0
