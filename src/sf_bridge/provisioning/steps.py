@@ -39,6 +39,7 @@ from sf_bridge.provisioning.prices import PriceCache
 from sf_bridge.provisioning.stripe_request import (
     customer_spec,
     price_lookup_keys,
+    schedule_request,
     subscription_spec,
 )
 
@@ -258,19 +259,12 @@ def _coupons(ctx: StepContext, deal: DealView, plan: ProvisioningPlan) -> list[s
 def schedule_step(ctx: StepContext, deal: DealView, plan: ProvisioningPlan, today: date) -> Outcome:
     """A contract starting later, or a ramp: a subscription schedule (`schedule`)."""
     billing = _billing(ctx)
-    phase_plans = schedule_mod.phase_plans(plan)
-    keys = list(dict.fromkeys(k for p in phase_plans for k in price_lookup_keys(p)))
+    keys = price_lookup_keys(plan)
     prices = ctx.prices.resolve(billing, keys)
-    requests = [
-        subscription_spec(
-            p, prices, customer=deal.stripe_customer_id or "", opportunity_id=deal.opportunity_id
-        )
-        for p in phase_plans
-    ]
     coupons = _coupons(ctx, deal, plan)
-    spec = schedule_mod.schedule_spec(
+    spec = schedule_request(
         plan,
-        requests,
+        prices,
         customer=deal.stripe_customer_id or "",
         opportunity_id=deal.opportunity_id,
         coupons=coupons,

@@ -8,12 +8,13 @@ from datetime import UTC, date, datetime
 
 from sf_bridge.billing.memory import InMemoryBilling
 from sf_bridge.billing.port import CustomerSpec
-from sf_bridge.billing.requests import subscription_params
+from sf_bridge.billing.requests import schedule_params, subscription_params
 from sf_bridge.plan import ContractTerms, Discount, PlanPhase, ProvisioningPlan
 from sf_bridge.provisioning.outcome import DealView
 from sf_bridge.provisioning.prices import PriceCache
 from sf_bridge.provisioning.schedule import coupon_spec, dated_grants, with_contract
 from sf_bridge.provisioning.steps import StepContext, entitlements_step, subscription_step
+from sf_bridge.provisioning.stripe_request import preview_request
 from tests.fixtures.provisioning import make_plan
 
 OPP = "006000000000001AAA"
@@ -152,3 +153,54 @@ def test_a_plan_without_dates_grants_as_before() -> None:
     outcome = entitlements_step(ctx, _deal(plan, customer))
     assert outcome.grants == plan.entitlements
     assert outcome.dated_grants == ()
+
+
+def test_the_preview_shows_the_schedule_and_coupon_the_step_sends() -> None:
+    ctx, customer = _setup()
+    assert isinstance(ctx.billing, InMemoryBilling)
+    plan = replace(make_plan(OPP), contract=_next_month(), discount=Discount("once", 15.0))
+    prices = ctx.billing.find_prices(["pro_monthly"])
+    preview = preview_request(plan, prices, "stripe", today=TODAY)
+    assert preview.subscription is None
+    assert preview.schedule is not None
+    assert preview.coupon is not None
+    outcome = subscription_step(ctx, _deal(plan, customer))
+    sent = ctx.billing.get_schedule(outcome.changes["stripe_schedule_id"])
+    assert sent is not None
+    assert preview.coupon.id in ctx.billing.coupons
+    body = schedule_params(preview.schedule)
+    assert body["start_date"] == int(datetime(2027, 1, 1, tzinfo=UTC).timestamp())
+    assert body["phases"][0]["discounts"] == [{"coupon": preview.coupon.id}]
+    assert [p.end_date for p in sent.phases] == [datetime(2028, 1, 1, tzinfo=UTC)]
+
+
+def test_the_preview_of_a_deal_starting_now_is_a_subscription_with_its_coupon() -> None:
+    ctx, _ = _setup()
+    assert isinstance(ctx.billing, InMemoryBilling)
+    plan = replace(make_plan(OPP), discount=Discount("forever", amount_off=500, currency="usd"))
+    prices = ctx.billing.find_prices(["pro_monthly"])
+    preview = preview_request(plan, prices, "stripe", today=TODAY)
+    assert preview.schedule is None
+    assert preview.subscription is not None
+    assert preview.coupon is not None
+    assert list(preview.subscription.coupons) == [preview.coupon.id]
+
+
+def test_the_preview_prints_the_schedule_phases_and_the_coupon() -> None:
+    from rich.console import Console
+
+    from sf_bridge.mapping.render import print_request, request_json
+
+    ctx, _ = _setup()
+    assert isinstance(ctx.billing, InMemoryBilling)
+    plan = replace(make_plan(OPP), contract=_next_month(), discount=Discount("once", 15.0))
+    preview = preview_request(plan, ctx.billing.find_prices(["pro_monthly"]), "stripe", today=TODAY)
+    console = Console(record=True, width=160)
+    print_request(console, preview)
+    text = console.export_text()
+    assert "subscription schedule: starts 2027-01-01, 1 phase(s), then cancels" in text
+    assert "15% off, once" in text
+    body = request_json(preview)
+    assert body["subscription"] is None
+    assert body["schedule"]["end_behavior"] == "cancel"
+    assert body["coupon"]["percent_off"] == 15.0
