@@ -193,6 +193,11 @@ def print_story(console: Console, story: Any) -> None:
         ("plan", f"{plan.get('plan_name')} ({plan.get('plan_kind')})" if plan else None),
         ("mapping", deal.mapping_version),
         ("customer", deal.stripe_customer_id),
+        ("schedule", deal.stripe_schedule_id),
+        (
+            "contract start",
+            deal.contract_start_at.date().isoformat() if deal.contract_start_at else None,
+        ),
         ("subscription", deal.stripe_subscription_id),
         (
             "invoice",
@@ -290,6 +295,12 @@ def _outcome_line(deal: Deal) -> str:
         if deal.hosted_invoice_url:
             parts.append(f"invoice {deal.stripe_invoice_id} {deal.hosted_invoice_url}")
         return ", ".join(parts)
+    if deal.status == "scheduled":
+        start = deal.contract_start_at.date().isoformat() if deal.contract_start_at else "later"
+        return (
+            f"deal {deal.id} ({deal.opportunity_id}): scheduled, subscription schedule "
+            f"{deal.stripe_schedule_id} starts {start} (nothing billed before)"
+        )
     if deal.status == "retrying":
         return (
             f"deal {deal.id} ({deal.opportunity_id}): still retrying step {deal.current_step} "
