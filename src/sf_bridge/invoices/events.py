@@ -124,8 +124,8 @@ def _apply_schedule_start(
     else:
         schedule_id, subscription_id = _id(obj.get("id")), _id(obj.get("subscription"))
         invoice_id = None
-    if not schedule_id:
-        return "ignored" if kind != "customer.subscription.created" else "unchanged"
+    if not schedule_id:  # a subscription made without a schedule: nothing to start
+        return "ignored"
     if billing is not None:
         schedule = billing.get_schedule(schedule_id)
         subscription_id = schedule.subscription if schedule is not None else None
