@@ -29,7 +29,7 @@ ENV_HELP = (
     "Reads DATABASE_URL, SF_BRIDGE_MAPPINGS, STRIPE_API_KEY, STRIPE_API_BASE and the SF_* "
     "Salesforce settings."
 )
-SETTLED = ("done", "needs_attention", "cancelled", "skipped")
+SETTLED = ("done", "needs_attention", "cancelled", "skipped", "scheduled")
 STATUS_STYLE = {
     "done": "green",
     "needs_attention": "bold red",
@@ -193,6 +193,11 @@ def print_story(console: Console, story: Any) -> None:
         ("plan", f"{plan.get('plan_name')} ({plan.get('plan_kind')})" if plan else None),
         ("mapping", deal.mapping_version),
         ("customer", deal.stripe_customer_id),
+        ("schedule", deal.stripe_schedule_id),
+        (
+            "contract start",
+            deal.contract_start_at.date().isoformat() if deal.contract_start_at else None,
+        ),
         ("subscription", deal.stripe_subscription_id),
         (
             "invoice",
@@ -290,6 +295,12 @@ def _outcome_line(deal: Deal) -> str:
         if deal.hosted_invoice_url:
             parts.append(f"invoice {deal.stripe_invoice_id} {deal.hosted_invoice_url}")
         return ", ".join(parts)
+    if deal.status == "scheduled":
+        start = deal.contract_start_at.date().isoformat() if deal.contract_start_at else "later"
+        return (
+            f"deal {deal.id} ({deal.opportunity_id}): scheduled, subscription schedule "
+            f"{deal.stripe_schedule_id} starts {start} (nothing billed before)"
+        )
     if deal.status == "retrying":
         return (
             f"deal {deal.id} ({deal.opportunity_id}): still retrying step {deal.current_step} "

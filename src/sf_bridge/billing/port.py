@@ -82,6 +82,10 @@ class SubscriptionSpec:
     # charge_automatically: "default_incomplete" leaves the first invoice open with its
     # hosted payment page when the customer has no payment method yet.
     payment_behavior: str | None = None
+    # deal-level discounts: coupons applied as `discounts[][coupon]`
+    coupons: Sequence[str] = ()
+    # a contract that started earlier, billed from its start (`backdate_start_date`)
+    backdate_start_date: datetime | None = None
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,10 @@ def subscription_params(spec: SubscriptionSpec) -> dict[str, Any]:
         params["days_until_due"] = spec.days_until_due if spec.days_until_due is not None else 30
     if spec.payment_behavior:
         params["payment_behavior"] = spec.payment_behavior
+    if spec.coupons:
+        params["discounts"] = [{"coupon": coupon} for coupon in spec.coupons]
+    if spec.backdate_start_date is not None:
+        params["backdate_start_date"] = int(spec.backdate_start_date.timestamp())
     return params
 
 

@@ -82,9 +82,10 @@ RETRYING = "retrying"
 NEEDS_ATTENTION = "needs_attention"
 CANCELLED = "cancelled"
 SKIPPED = "skipped"
+SCHEDULED = "scheduled"  # a contract starting later waits for its start
 UNWON = "unwon"  # left its won stage after the fetch: the `when_unwon` policy is to apply
 CANCELLING = "cancelling"  # the cancellation sequence is under way
-STATUSES = (*PROGRESS, RETRYING, NEEDS_ATTENTION, CANCELLED, SKIPPED, UNWON, CANCELLING)
+STATUSES = (*PROGRESS, SCHEDULED, RETRYING, NEEDS_ATTENTION, CANCELLED, SKIPPED, UNWON, CANCELLING)
 
 
 class Deal(Base):
@@ -121,6 +122,10 @@ class Deal(Base):
     hosted_invoice_url: Mapped[str | None] = mapped_column(Text)
     invoice_pdf: Mapped[str | None] = mapped_column(Text)
     invoice_due_at: Mapped[datetime | None]
+    # A contract starting later (or a ramp): the Stripe subscription schedule that creates the
+    # subscription at the contract's start, and that start.
+    stripe_schedule_id: Mapped[str | None] = mapped_column(String(64))
+    contract_start_at: Mapped[datetime | None]
 
     last_error: Mapped[str | None] = mapped_column(Text)
     last_error_code: Mapped[str | None] = mapped_column(String(64))
@@ -261,10 +266,17 @@ class EntitlementGrant(Base):
     granted_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None]
     revoked_reason: Mapped[str | None] = mapped_column(Text)
+    # In effect from the contract's start (or the ramp phase's) until the term's end; None:
+    # from the grant on, until revoked.
+    valid_from: Mapped[datetime | None]
+    valid_until: Mapped[datetime | None]
+    phase: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # ramp phase
 
     customer: Mapped[Customer] = relationship(back_populates="grants")
 
-    __table_args__ = (UniqueConstraint("deal_id", "feature", name="uq_grant_deal_feature"),)
+    __table_args__ = (
+        UniqueConstraint("deal_id", "feature", "phase", name="uq_grant_deal_feature_phase"),
+    )
 
 
 class StreamCheckpoint(Base):

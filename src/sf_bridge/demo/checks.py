@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from datetime import UTC, date, datetime, time
 from typing import Any
 
 from sf_bridge.demo.facts import DealFacts, entitlement_value
@@ -252,3 +253,97 @@ def check_no_duplicates(emulator: Any, all_facts: list[DealFacts]) -> list[Check
         Check("", "one subscription per paid deal", not sub_dupes and len(subs) == len(paid),
               f"{len(subs)} subscriptions for {len(paid)} paid deals"),
     ]  # fmt: skip
+
+
+def _start_of(day: date) -> datetime:
+    return datetime.combine(day, time(0), tzinfo=UTC)
+
+
+def _dated_from_start(facts: DealFacts) -> tuple[bool, str]:
+    start = _start_of(facts.contract_start) if facts.contract_start else None
+    dates = {f: (d.isoformat() if d else None) for f, d in facts.grants_from.items()}
+    ok = bool(dates) and start is not None and all(d == start for d in facts.grants_from.values())
+    return ok, f"{dates}"
+
+
+def check_scheduled(facts: DealFacts, write_back: Any) -> list[Check]:
+    """A contract starting next month, before its start: a Stripe subscription schedule that
+    begins on the start date, nothing billed, entitlements only from the start, and the
+    Opportunity told it is scheduled."""
+    key, start = facts.deal.key, facts.contract_start
+    checks: list[Check] = []
+
+    def add(what: str, ok: bool, detail: str = "") -> None:
+        checks.append(Check(key, what, bool(ok), detail))
+
+    add("deal is scheduled", facts.status == "scheduled", f"status {facts.status}")
+    checks.append(_arrived_by_stream(facts))
+    schedule = facts.schedule or {}
+    phases = schedule.get("phases") or [{}]
+    begins = phases[0].get("start_date")
+    add(
+        f"a subscription schedule starting {start}",
+        start is not None and begins == int(_start_of(start).timestamp()),
+        f"{facts.stripe_schedule_id} {schedule.get('status')}, phase 1 from {begins}",
+    )
+    add(
+        "nothing billed before the start",
+        not facts.stripe_subscription_id and not facts.stripe_invoice_id,
+        f"subscription {facts.stripe_subscription_id}, invoice {facts.stripe_invoice_id}",
+    )
+    ok, detail = _dated_from_start(facts)
+    add("entitlements recorded from the contract's start", ok, detail)
+    for feature in sorted(facts.grants):
+        entry = facts.entitlements.get(feature) or {}
+        add(
+            f"entitlement API: no {feature} before the start",
+            entry.get("access") is False and str(entry.get("starts_at", "")).startswith(str(start)),
+            f"{_short(entry)}",
+        )
+    status_field = getattr(write_back, "status", None)
+    if status_field:
+        written = facts.written_back.get(status_field)
+        add(f"Opportunity.{status_field} says Scheduled", written == "Scheduled", repr(written))
+    return checks
+
+
+def check_started(facts: DealFacts, write_back: Any) -> list[Check]:
+    """The same deal once Stripe's clock passed the start: the schedule created the
+    subscription, its first invoice is open and its link is on the Opportunity."""
+    key = facts.deal.key
+    checks: list[Check] = []
+
+    def add(what: str, ok: bool, detail: str = "") -> None:
+        checks.append(Check(key, what, bool(ok), detail))
+
+    add("deal is done after the start", facts.status == "done", f"status {facts.status}")
+    sub = facts.subscription or {}
+    add(
+        "the schedule started the subscription",
+        bool(sub) and sub.get("schedule") == facts.stripe_schedule_id,
+        f"{facts.stripe_subscription_id} {sub.get('status')}",
+    )
+    invoice = facts.invoice or {}
+    add(
+        "its first invoice is open",
+        invoice.get("status") == "open",
+        f"{facts.stripe_invoice_id} {invoice.get('status')}",
+    )
+    ok, detail = _dated_from_start(facts)
+    add("entitlements in effect from the contract's start", ok, detail)
+    for feature, value in facts.deal.expect.entitlements.items():
+        granted = facts.grants.get(feature)
+        add(f"grants {feature} = {value}", granted == value, f"granted {granted}")
+    url_field = getattr(write_back, "invoice_url", None)
+    if url_field:
+        written = facts.written_back.get(url_field)
+        add(
+            f"Opportunity.{url_field} written back",
+            bool(written) and written == facts.hosted_invoice_url,
+            repr(written),
+        )
+    status_field = getattr(write_back, "status", None)
+    if status_field:
+        written = facts.written_back.get(status_field)
+        add(f"Opportunity.{status_field} says Provisioned", written == "Provisioned", repr(written))
+    return checks

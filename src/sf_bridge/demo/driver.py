@@ -38,7 +38,14 @@ from sf_bridge.config import CDC_CHANNEL
 from sf_bridge.db import migrate
 from sf_bridge.db.models import NEEDS_ATTENTION
 from sf_bridge.demo import view
-from sf_bridge.demo.checks import Check, check_deal, check_no_duplicates, check_parked
+from sf_bridge.demo.checks import (
+    Check,
+    check_deal,
+    check_no_duplicates,
+    check_parked,
+    check_scheduled,
+    check_started,
+)
 from sf_bridge.demo.components import (
     DemoFailed,
     DemoTimeout,
@@ -62,8 +69,11 @@ from sf_bridge.demo.facts import (
 from sf_bridge.demo.mapping_fix import apply_fix
 from sf_bridge.demo.scenario import FIELD_TYPES, SCENARIO, Scenario
 from sf_bridge.logging import configure_logging
+from sf_bridge.plan import add_months
 
 TERMINAL = ("done", NEEDS_ATTENTION, "cancelled")
+# The first wait: a contract starting next month rests as scheduled until its start.
+FIRST_SETTLED = (*TERMINAL, "scheduled")
 
 
 @dataclass
@@ -149,7 +159,7 @@ class Demo:
             facts = self._create_deals(stack)
             self.heading("Closing deals in Salesforce (the stream delivers them to the worker)")
             self._close_deals(stack, facts)
-            self._watch(stack, facts, "Deals")
+            self._watch(stack, facts, "Deals", settled=FIRST_SETTLED)
             self._collect(stack, facts, mappings)
 
             self.heading("What was provisioned")
@@ -159,6 +169,8 @@ class Demo:
             for f in facts:
                 if f.deal.expect.parks_with:
                     self.checks.extend(check_parked(f, mappings.write_back))
+                elif f.deal.expect.starts_next_month:
+                    self.checks.extend(check_scheduled(f, mappings.write_back))
                 else:
                     self.checks.extend(check_deal(f, by_key, mappings.write_back))
 
@@ -177,6 +189,9 @@ class Demo:
                 self.console.print(view.summary(parked, _write_back_fields(mappings)))
                 for f in parked:
                     self.checks.extend(check_deal(f, by_key, mappings.write_back))
+            later = [f for f in facts if f.deal.expect.starts_next_month]
+            if later:
+                self._contract_start(stack, later, mappings)
             self.checks.extend(check_no_duplicates(stack.stripe, facts))
 
             if not self.options.keep_running:
@@ -291,15 +306,23 @@ class Demo:
             account_ids[account.key] = account_id
         facts = []
         for deal in self.scenario.deals:
+            fields = dict(deal.fields)
+            start = None
+            if deal.expect.starts_next_month:  # by Stripe's clock, which the demo moves on
+                start = add_months(datetime.fromtimestamp(stack.stripe.now(), UTC).date(), 1)
+                start = start.replace(day=1)
+                fields["Contract_Start_Date__c"] = start.isoformat()
             opportunity_id = org.create_opportunity(
                 account_ids[deal.account],
                 deal.name,
                 lines=[line.as_org_line() for line in deal.lines],
                 currency=deal.currency,
                 contact_id=contact_ids[deal.account],
-                **deal.fields,
+                **fields,
             )
-            facts.append(DealFacts(deal, opportunity_id, account_ids[deal.account]))
+            facts.append(
+                DealFacts(deal, opportunity_id, account_ids[deal.account], contract_start=start)
+            )
         return facts
 
     def _close_deals(self, stack: Stack, facts: list[DealFacts]) -> None:
@@ -330,6 +353,8 @@ class Demo:
                 and f.row.status in settled
                 # a parked deal is settled once Salesforce has been told why
                 and not (f.row.status == NEEDS_ATTENTION and f.row.writeback_pending)
+                # a scheduled deal is settled once it rests (written back as Scheduled)
+                and not (f.row.status == "scheduled" and f.row.current_step is not None)
                 for f in facts
             )
 
@@ -385,10 +410,28 @@ class Demo:
                 read_deal(engine, f)
                 read_stripe(stack.stripe, f)
                 read_written_back(stack.org, f, fields)
-                if f.status == "done":
+                if f.status in ("done", "scheduled"):
                     read_entitlements(stack.api_url, stack.api_key, f)
         finally:
             engine.dispose()
+
+    def _contract_start(self, stack: Stack, later: list[DealFacts], mappings: Any) -> None:
+        """Stripe's clock moves to the contract's start: the schedule creates the
+        subscription and its first invoice, Stripe's webhook tells sf-bridge, and the worker
+        finalizes the invoice and writes its link back."""
+        self.heading("A contract starting next month: its start date arrives")
+        start = min(f.contract_start for f in later if f.contract_start)
+        begins = datetime.combine(start, datetime.min.time(), UTC).timestamp()
+        stack.stripe.advance_clock(max(0.0, begins - stack.stripe.now()) + 3600)
+        self.say(f"Stripe's clock moved to {start} 01:00 UTC (the demo's test clock)")
+        self._watch(stack, later, "Contract start", settled=TERMINAL)
+        self._collect(stack, later, mappings)
+        for f in later:
+            self.say(
+                f"{f.deal.name}: subscription {f.stripe_subscription_id}, "
+                f"invoice {f.stripe_invoice_id} {f.invoice_status}"
+            )
+            self.checks.extend(check_started(f, mappings.write_back))
 
     def _fix_mapping(self, stack: Stack, mappings_dir: Path) -> None:
         """RevOps' edit, checked with `sf-bridge mappings check` as docs/mappings.md says."""

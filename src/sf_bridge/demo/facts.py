@@ -8,7 +8,7 @@ HTTP, and the written-back fields from the sandbox org.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 import httpx
@@ -55,6 +55,10 @@ class DealFacts:
     written_back: dict[str, Any] = field(default_factory=dict)  # Opportunity field -> value
     entitlements: dict[str, Any] = field(default_factory=dict)  # from the API, per feature
     entitlements_error: str | None = None
+    stripe_schedule_id: str | None = None  # a contract starting later
+    schedule: dict[str, Any] | None = None
+    contract_start: date | None = None  # the start the demo gave the contract
+    grants_from: dict[str, datetime | None] = field(default_factory=dict)  # feature -> from
     closed_at: datetime | None = None  # when the demo clicked Closed Won
     replayed_at: datetime | None = None  # when the demo ran `sf-bridge replay` for it
 
@@ -116,7 +120,10 @@ def read_deal(engine: Engine, facts: DealFacts) -> None:
                 EntitlementGrant.deal_id == deal.id, EntitlementGrant.active.is_(True)
             )
         )
-        facts.grants = {g.feature: g.value for g in grants}
+        rows = list(grants)
+        facts.grants = {g.feature: g.value for g in rows}
+        facts.grants_from = {g.feature: g.valid_from for g in rows}
+        facts.stripe_schedule_id = deal.stripe_schedule_id
 
 
 def _find(objects: list[dict[str, Any]], object_id: str | None) -> dict[str, Any] | None:
@@ -130,6 +137,7 @@ def read_stripe(emulator: Any, facts: DealFacts) -> None:
     facts.customer = _find(emulator.objects("customer"), facts.stripe_customer_id)
     facts.subscription = _find(emulator.objects("subscription"), facts.stripe_subscription_id)
     facts.invoice = _find(emulator.objects("invoice"), facts.stripe_invoice_id)
+    facts.schedule = _find(emulator.objects("subscription_schedule"), facts.stripe_schedule_id)
 
 
 def read_written_back(org: Any, facts: DealFacts, field_names: list[str]) -> None:

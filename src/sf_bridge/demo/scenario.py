@@ -47,6 +47,8 @@ class Expect:
     entitlements: dict[str, int | bool] = field(default_factory=dict)  # granted by this deal
     parks_with: str | None = None  # the deal parks first; the reason mentions this text
     same_customer_as: str | None = None  # key of an earlier deal whose customer it reuses
+    # the contract starts on the first of next month: scheduled, billed and granted from then
+    starts_next_month: bool = False
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,12 @@ ACCOUNTS = (
         {"Billing_Email__c": "procurement@umbrella-health.example"},
     ),
     Account(
+        "hooli",
+        "Hooli Maps",
+        "finance@hooli-maps.example",
+        {"Billing_Email__c": "finance@hooli-maps.example"},
+    ),
+    Account(
         "globex",
         "Globex Logistics",
         "ap@globex-logistics.example",
@@ -202,6 +210,26 @@ DEALS = (
         ),
     ),
     DemoDeal(
+        key="starts_next_month",
+        story="A contract starting next month: scheduled, nothing billed or granted before it",
+        account="hooli",
+        name="Hooli Maps - Team from next month",
+        lines=(Line("SB-TEAM-Y", 20, 150.00),),
+        # Contract_Start_Date__c is set when the deal is created: the first of next month
+        fields={
+            "Payment_Method__c": "Invoice",
+            "Payment_Terms__c": "Net 30",
+            "Contract_Term_Months__c": 12,
+        },
+        expect=Expect(
+            plan_kind="paid",
+            collection_method="send_invoice",
+            days_until_due=30,
+            entitlements={"seats": 20},
+            starts_next_month=True,
+        ),
+    ),
+    DemoDeal(
         key="unmapped",
         story="A product the mapping does not know yet: parks, is fixed, is replayed",
         account="globex",
@@ -236,6 +264,8 @@ FIELD_TYPES = {
     "Data_Retention__c": "picklist",
     "SF_Bridge_Error__c": "textarea",
     "SF_Bridge_Provisioned_At__c": "datetime",
+    "Contract_Start_Date__c": "date",
+    "Contract_Term_Months__c": "double",
 }
 
 PAYMENTS = (

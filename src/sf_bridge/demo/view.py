@@ -114,7 +114,10 @@ def deal_panel(facts: DealFacts, write_back_fields: list[str]) -> Panel:
     table.add_row("opportunity", f"{facts.opportunity_id}  (account {facts.account_id})")
     status = row.status if row else "not received"
     since = "`sf-bridge replay`" if facts.replayed_at else "closed"
-    latency = f"  {since} → done in {facts.latency_ms} ms" if facts.latency_ms is not None else ""
+    reached = "scheduled" if status == "scheduled" else "done"
+    latency = (
+        f"  {since} → {reached} in {facts.latency_ms} ms" if facts.latency_ms is not None else ""
+    )
     source = f"  (arrived by {row.source})" if row else ""
     table.add_row("status", Text(status, style=STATUS_STYLE.get(status, "")) + latency + source)
     plan = facts.plan or {}
@@ -147,6 +150,13 @@ def deal_panel(facts: DealFacts, write_back_fields: list[str]) -> Panel:
         table.add_row("subscription", f"{sub.get('id')}  {sub.get('status')}  ({terms})")
     elif plan.get("plan_kind") == "custom" and status == "done":
         table.add_row("subscription", "none: custom plan, billed outside Stripe")
+    elif facts.schedule:
+        begins = facts.contract_start.isoformat() if facts.contract_start else "later"
+        table.add_row(
+            "schedule",
+            f"{facts.schedule.get('id')}  {facts.schedule.get('status')}  (starts {begins}: "
+            "nothing billed or granted before)",
+        )
     inv = facts.invoice
     if inv:
         table.add_row(

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, or_, select, update
 from sqlalchemy.orm import Session
 
 from sf_bridge.db.dialect import upsert
@@ -79,7 +79,7 @@ def _grant_insert(conn: Connection) -> Any:
     """INSERT of grants that skips a (deal, feature) already granted, returning the new ids."""
     return (
         upsert(conn, EntitlementGrant)
-        .on_conflict_do_nothing(index_elements=["deal_id", "feature"])
+        .on_conflict_do_nothing(index_elements=["deal_id", "feature", "phase"])
         .returning(EntitlementGrant.__table__.c.id)
     )
 
@@ -121,8 +121,13 @@ def grant_entitlements(
     entitlements: Sequence[EntitlementValue],
     subscription_id: str | None,
     ended: bool = False,
+    valid_from: datetime | None = None,
+    valid_until: datetime | None = None,
+    phase: int = 0,
 ) -> int:
-    """`grant_deal_entitlements` from plain values (the provisioning store's commit)."""
+    """`grant_deal_entitlements` from plain values (the provisioning store's commit). A
+    dated grant is in effect from `valid_from` until `valid_until` (a contract's term, or one
+    phase of a ramp, `phase`)."""
     if not entitlements:
         return 0
     now = utcnow()
@@ -141,6 +146,9 @@ def grant_entitlements(
             "granted_at": now,
             "revoked_at": now if ended else None,
             "revoked_reason": "the subscription had ended before the grant" if ended else None,
+            "valid_from": valid_from,
+            "valid_until": valid_until,
+            "phase": phase,
         }
         for e in entitlements
     ]
@@ -222,10 +230,19 @@ def combine_grants(grants: Iterable[GrantRow]) -> dict[str, Effective]:
     return combined
 
 
-def effective_entitlements(session: Session, account_id: str) -> dict[str, Effective]:
-    """The account's entitlements now, combined over the active grants of its deals, by
-    feature: across all the account's Stripe customers (one per currency, or one it shares
-    with other accounts), and only its own deals' grants."""
+def in_effect(valid_from: datetime | None, valid_until: datetime | None, now: datetime) -> bool:
+    """Whether a dated grant gives access at `now`: from its start, until (not at) its end."""
+    return (valid_from is None or valid_from <= now) and (valid_until is None or now < valid_until)
+
+
+def effective_entitlements(
+    session: Session, account_id: str, now: datetime | None = None
+) -> dict[str, Effective]:
+    """The account's entitlements `now` (default: the present), combined over the active
+    grants of its deals in effect then (a scheduled contract's grants begin at its start and
+    end with its term), by feature: across all the account's Stripe customers (one per
+    currency, or one it shares with other accounts), and only its own deals' grants."""
+    at = now or utcnow()
     rows = session.execute(
         select(
             EntitlementGrant.feature,
@@ -240,7 +257,12 @@ def effective_entitlements(session: Session, account_id: str) -> dict[str, Effec
             EntitlementGrant.combine,
         )
         .join(Deal, Deal.id == EntitlementGrant.deal_id)
-        .where(Deal.account_id == account_id, EntitlementGrant.active.is_(True))
+        .where(
+            Deal.account_id == account_id,
+            EntitlementGrant.active.is_(True),
+            or_(EntitlementGrant.valid_from.is_(None), EntitlementGrant.valid_from <= at),
+            or_(EntitlementGrant.valid_until.is_(None), EntitlementGrant.valid_until > at),
+        )
         .order_by(EntitlementGrant.feature, EntitlementGrant.granted_at, EntitlementGrant.id)
     ).all()
     return combine_grants(GrantRow(**row._asdict()) for row in rows)

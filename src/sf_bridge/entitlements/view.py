@@ -20,7 +20,7 @@ from sf_bridge.crm.ids import local_number
 from sf_bridge.crm.soql import is_salesforce_id, to_18
 from sf_bridge.db.models import Customer, Deal, EntitlementGrant, UsageCounter
 from sf_bridge.entitlements.errors import UnknownFeature
-from sf_bridge.entitlements.ledger import Effective, GrantRow, combine_grants
+from sf_bridge.entitlements.ledger import Effective, GrantRow, combine_grants, in_effect
 from sf_bridge.entitlements.lookup import unknown_customer
 from sf_bridge.entitlements.periods import period_of
 
@@ -54,6 +54,8 @@ def _account_with_grants(condition: Any) -> Select[Any]:
             _g.revoked_at,
             _g.revoked_reason,
             _g.combine,
+            _g.valid_from,
+            _g.valid_until,
         )
         .select_from(
             Deal.__table__.outerjoin(EntitlementGrant.__table__, _g.deal_id == _d.id).outerjoin(
@@ -152,6 +154,28 @@ def _grant_row(g: tuple[Any, ...]) -> GrantRow:
     )
 
 
+def _not_in_effect(
+    grants: list[tuple[Any, ...]], now: datetime, only: str | None
+) -> dict[str, dict[str, Any]]:
+    """Features whose active grants are all outside their dates now: a contract that starts
+    later (access from `starts_at`) or whose term ended (`ended_at`)."""
+    found: dict[str, dict[str, Any]] = {}
+    for g in grants:
+        feature, kind, active, valid_from, valid_until = g[0], g[1], g[9], g[13], g[14]
+        if not active or in_effect(valid_from, valid_until, now):
+            continue
+        if only is not None and feature != only:
+            continue
+        status = found.setdefault(
+            feature, {"feature": feature, "kind": kind, "access": False, "granted_by": []}
+        )
+        if valid_from is not None and valid_from > now:
+            status["starts_at"] = min(status.get("starts_at") or "~", _iso(valid_from))
+        elif valid_until is not None:
+            status["ended_at"] = max(status.get("ended_at") or "", _iso(valid_until))
+    return found
+
+
 def read_customer(
     conn: Connection, ref: str, now: datetime, *, only: str | None = None
 ) -> CustomerEntitlements:
@@ -177,8 +201,10 @@ def read_customer(
     customer = account_summary(account, billed_to)
     grants = [tuple(r)[4:] for r in rows if r[4] is not None]
     # (feature, kind, value, unit, deal_id, opportunity_id, source, subscription, granted_at,
-    #  active, revoked_at, revoked_reason, combine)
-    effective = combine_grants(_grant_row(g) for g in grants if g[9])
+    #  active, revoked_at, revoked_reason, combine, valid_from, valid_until)
+    effective = combine_grants(
+        _grant_row(g) for g in grants if g[9] and in_effect(g[13], g[14], now)
+    )
     wanted = effective if only is None else {k: v for k, v in effective.items() if k == only}
     usage: dict[tuple[str, str], int] = {}
     limits = [e for e in wanted.values() if e.kind == "limit"]
@@ -200,8 +226,12 @@ def read_customer(
         seen = latest_revocation.get(feature)
         if seen is None or (revoked_at and (seen[10] is None or revoked_at >= seen[10])):
             latest_revocation[feature] = g
+    for feature, status in _not_in_effect(grants, now, only).items():
+        if feature not in effective:
+            features[feature] = status
     for feature, g in latest_revocation.items():
-        features[feature] = _revoked_status(feature, g[1], g[10], g[11])
+        if feature not in features:
+            features[feature] = _revoked_status(feature, g[1], g[10], g[11])
     held = sorted({g[0] for g in grants})
     return CustomerEntitlements(customer, dict(sorted(features.items())), tuple(held))
 

@@ -40,6 +40,14 @@ INVOICE_EVENTS = frozenset(
     }
 )
 SUBSCRIPTION_EVENTS = frozenset({"customer.subscription.deleted", "customer.subscription.updated"})
+# A schedule ended before it started the subscription of a deal waiting for its start.
+SCHEDULE_END_EVENTS = frozenset(
+    {"subscription_schedule.canceled", "subscription_schedule.released"}
+)
+# A schedule created the subscription of a deal waiting for its contract's start.
+SCHEDULE_START_EVENTS = frozenset(
+    {"customer.subscription.created", "subscription_schedule.updated"}
+)
 
 
 def _id(value: Any) -> str | None:
@@ -68,9 +76,73 @@ def apply_stripe_event(
     obj = (event.get("data") or {}).get("object") or {}
     if kind in INVOICE_EVENTS:
         return _apply_invoice(session, kind, obj, billing)
+    if kind in SCHEDULE_END_EVENTS:
+        return _apply_schedule_end(session, kind, obj, billing)
+    if kind in SCHEDULE_START_EVENTS:
+        return _apply_schedule_start(session, kind, obj, billing)
     if kind in SUBSCRIPTION_EVENTS:
         return _apply_subscription(session, kind, obj, billing)
     return "ignored"
+
+
+def _apply_schedule_end(
+    session: Session, kind: str, obj: Mapping[str, Any], billing: BillingGateway | None
+) -> str:
+    """A schedule cancelled or released before it created a subscription: the deal waiting
+    on it is cancelled (`record_schedule_ended`). Read from Stripe when it can be."""
+    from sf_bridge.db.models import utcnow
+    from sf_bridge.provisioning.schedule_start import record_schedule_ended
+
+    schedule_id = _id(obj.get("id"))
+    if not schedule_id:
+        return "ignored"
+    status, subscription_id = str(obj.get("status", "")), _id(obj.get("subscription"))
+    if billing is not None:
+        current = billing.get_schedule(schedule_id)
+        if current is not None:
+            status, subscription_id = current.status, current.subscription
+    if status not in ("canceled", "released") or subscription_id:
+        return "unchanged"
+    ended = record_schedule_ended(
+        session, schedule_id=schedule_id, status=status, now=utcnow(), how=kind
+    )
+    return "schedule_ended" if ended else "unchanged"
+
+
+def _apply_schedule_start(
+    session: Session, kind: str, obj: Mapping[str, Any], billing: BillingGateway | None
+) -> str:
+    """A subscription schedule started the subscription of a scheduled deal: the deal goes on
+    to finalize the first invoice (`record_schedule_started`). Read from Stripe when a
+    gateway is configured, else from the event's copy."""
+    from sf_bridge.db.models import utcnow
+    from sf_bridge.provisioning.schedule_start import record_schedule_started
+
+    if kind == "customer.subscription.created":
+        schedule_id, subscription_id = _id(obj.get("schedule")), _id(obj.get("id"))
+        invoice_id = _id(obj.get("latest_invoice"))
+    else:
+        schedule_id, subscription_id = _id(obj.get("id")), _id(obj.get("subscription"))
+        invoice_id = None
+    if not schedule_id:  # a subscription made without a schedule: nothing to start
+        return "ignored"
+    if billing is not None:
+        schedule = billing.get_schedule(schedule_id)
+        subscription_id = schedule.subscription if schedule is not None else None
+        if subscription_id:
+            sub = billing.get_subscription(subscription_id)
+            invoice_id = sub.latest_invoice if sub is not None else invoice_id
+    if not subscription_id:
+        return "unchanged"
+    started = record_schedule_started(
+        session,
+        schedule_id=schedule_id,
+        subscription_id=subscription_id,
+        invoice_id=invoice_id,
+        now=utcnow(),
+        how=kind,
+    )
+    return "schedule_started" if started else "unchanged"
 
 
 def _apply_invoice(

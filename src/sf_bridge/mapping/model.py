@@ -192,6 +192,9 @@ class WriteBackFields:
     invoice_url: str | None = _written_back("Stripe_Invoice_URL__c", "URL(255)")
     error: str | None = _written_back("SF_Bridge_Error__c", "Long Text Area(32768)")
     provisioned_at: str | None = _written_back("SF_Bridge_Provisioned_At__c", "Date/Time")
+    # a contract starting later: its Stripe subscription schedule and the day it starts
+    stripe_schedule_id: str | None = _written_back("Stripe_Schedule_Id__c", "Text(64)")
+    contract_start: str | None = _written_back("SF_Bridge_Contract_Start__c", "Date")
 
     @classmethod
     def example(cls) -> WriteBackFields:

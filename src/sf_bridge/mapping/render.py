@@ -7,8 +7,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from sf_bridge.billing.port import SubscriptionItemSpec
-from sf_bridge.billing.requests import subscription_params
+from sf_bridge.billing.port import ScheduleSpec, SubscriptionItemSpec
+from sf_bridge.billing.requests import coupon_params, schedule_params, subscription_params
 from sf_bridge.mapping.money import format_minor
 from sf_bridge.plan import MappingError, ProvisioningPlan
 from sf_bridge.provisioning.stripe_request import RequestPreview
@@ -16,7 +16,9 @@ from sf_bridge.provisioning.stripe_request import RequestPreview
 
 def request_json(request: RequestPreview) -> dict[str, Any]:
     """The Stripe requests as their bodies: `POST /v1/customers` (sent only when the account
-    has no Stripe customer yet) and `POST /v1/subscriptions`."""
+    has no Stripe customer yet), `POST /v1/coupons` (a deal discount) and `POST
+    /v1/subscriptions` or, for a contract starting later or a ramp, `POST
+    /v1/subscription_schedules`."""
     customer: dict[str, Any] | None = None
     if request.customer is not None:
         customer = {"name": request.customer.name, "metadata": dict(request.customer.metadata)}
@@ -29,6 +31,9 @@ def request_json(request: RequestPreview) -> dict[str, Any]:
         "subscription": (
             subscription_params(request.subscription) if request.subscription else None
         ),
+        # a contract starting later, or a ramp: a schedule in place of the subscription
+        "schedule": schedule_params(request.schedule) if request.schedule else None,
+        "coupon": coupon_params(request.coupon) if request.coupon else None,
         "problem": request.problem,
     }
 
@@ -218,6 +223,22 @@ def print_request(console: Console, request: RequestPreview) -> None:
         highlight=False,
         markup=False,
     )
+    if request.coupon is not None:
+        coupon = request.coupon
+        off = (
+            f"{coupon.percent_off:g}% off"
+            if coupon.percent_off is not None
+            else f"{format_minor(coupon.amount_off or 0, coupon.currency or '')} off"
+        )
+        console.print(
+            f" coupon {coupon.id}: {off}, {coupon.duration}"
+            + (f" {coupon.duration_in_months} months" if coupon.duration_in_months else ""),
+            highlight=False,
+            markup=False,
+        )
+    if request.schedule is not None:
+        _print_schedule(console, request.schedule)
+        return
     if request.subscription is None:
         console.print(
             f" subscription: cannot be created: {request.problem}",
@@ -244,6 +265,25 @@ def print_request(console: Console, request: RequestPreview) -> None:
     for n, item in enumerate(sub.items, 1):
         price, on = _item_price(item)
         table.add_row(str(n), str(item.quantity), price, on)
+    console.print(table)
+
+
+def _print_schedule(console: Console, schedule: ScheduleSpec) -> None:
+    begins = schedule.start_date.date().isoformat() if schedule.start_date else "now"
+    console.print(
+        f" subscription schedule: starts {begins}, {len(schedule.phases)} phase(s), then "
+        f"{schedule.end_behavior}s; collection_method {schedule.collection_method}",
+        highlight=False,
+        markup=False,
+    )
+    table = Table(show_header=True, box=None, padding=(0, 1))
+    for column in ("phase", "until", "quantity", "price", "on"):
+        table.add_column(column, justify="right" if column in ("phase", "quantity") else "left")
+    for n, phase in enumerate(schedule.phases, 1):
+        until = phase.end_date.date().isoformat() if phase.end_date else "-"
+        for item in phase.items:
+            price, on = _item_price(item)
+            table.add_row(str(n), until, str(item.quantity), price, on)
     console.print(table)
 
 

@@ -17,7 +17,13 @@ from sf_bridge.provisioning.eligibility import FLOOR_WAIVED, Skip, judge
 from sf_bridge.provisioning.error_text import opportunity_error_text
 from sf_bridge.provisioning.outcome import DealView
 from sf_bridge.provisioning.runner import Provisioner, record_failure
-from sf_bridge.provisioning.states import STATUS_AFTER, STEP_FETCH, STEP_MAP, STEP_WRITE_BACK
+from sf_bridge.provisioning.states import (
+    SCHEDULED,
+    STATUS_AFTER,
+    STEP_FETCH,
+    STEP_MAP,
+    STEP_WRITE_BACK,
+)
 
 log = get_logger(__name__)
 
@@ -255,15 +261,26 @@ def _fail(
         )
 
 
+def waits_for_schedule(deal: DealView) -> bool:
+    """A deal whose subscription schedule has not started: written back as Scheduled, and
+    resting as `scheduled` until Stripe creates the subscription at the contract's start."""
+    return bool(deal.stripe_schedule_id) and not deal.stripe_subscription_id
+
+
 def write_back_fields(deal: DealView, names: Any, now_iso: str) -> dict[str, Any]:
     """Opportunity field values for a provisioned deal, for the fields the mapping names."""
+    scheduled = waits_for_schedule(deal)
     values: dict[str, Any] = {
-        "status": "Provisioned",
+        "status": "Scheduled" if scheduled else "Provisioned",
         "stripe_customer_id": deal.stripe_customer_id,
         "stripe_subscription_id": deal.stripe_subscription_id,
         "invoice_url": deal.hosted_invoice_url,
         "error": None,
         "provisioned_at": now_iso,
+        "stripe_schedule_id": deal.stripe_schedule_id,
+        "contract_start": deal.contract_start_at.date().isoformat()
+        if deal.contract_start_at
+        else None,
     }
     fields: dict[str, Any] = {}
     for key in WRITE_BACK_KEYS:
@@ -338,7 +355,7 @@ def _write_back_claimed(
         [
             {
                 "id": deal.id,
-                "status": STATUS_AFTER[STEP_WRITE_BACK],
+                "status": SCHEDULED if waits_for_schedule(deal) else STATUS_AFTER[STEP_WRITE_BACK],
                 "current_step": None,
                 "writeback_pending": False,
                 "written_back_at": now if deal.opportunity_id in written else None,

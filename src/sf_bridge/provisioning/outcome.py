@@ -40,6 +40,8 @@ class DealView:
     stripe_invoice_id: str | None = None
     invoice_status: str | None = None
     hosted_invoice_url: str | None = None
+    stripe_schedule_id: str | None = None
+    contract_start_at: datetime | None = None
     last_error: str | None = None
     last_error_code: str | None = None
     created_at: datetime | None = None
@@ -124,3 +126,18 @@ class Outcome:
     stripe_request_id: str | None = None
     detail: Mapping[str, Any] = field(default_factory=dict)
     skip_to: str | None = None
+    status: str | None = None  # the deal's status after the step, when not the step's usual
+    # grants in effect for a time: from the contract's (or a ramp phase's) start until the
+    # term's end, one set per phase; recorded like `grants`
+    dated_grants: tuple[DatedGrants, ...] = ()
+
+
+@dataclass(frozen=True)
+class DatedGrants:
+    """The entitlements of one phase of a contract, in effect from `valid_from` until
+    `valid_until` (None: until revoked)."""
+
+    phase: int
+    entitlements: tuple[EntitlementValue, ...]
+    valid_from: datetime | None
+    valid_until: datetime | None

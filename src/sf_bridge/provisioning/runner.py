@@ -219,7 +219,7 @@ class Provisioner:
                 deal,
                 step,
                 outcome,
-                status=STATUS_AFTER[step],
+                status=outcome.status or STATUS_AFTER[step],
                 next_step=following,
                 attempt_no=attempt_no,
                 duration=duration,

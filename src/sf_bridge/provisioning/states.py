@@ -3,6 +3,9 @@
     received -> fetched -> mapped -> customer_ready -> subscription_created -> invoice_open
     -> entitled -> done   (written_back is recorded on the way: written_back_at)
 
+A contract starting later rests between: customer_ready -> scheduled (its entitlements dated
+from the start, written back as Scheduled); at the start -> subscription_created -> ... done.
+
 `Deal.current_step` always names the next step to run (or the step that failed, while the
 deal is `retrying` or `needs_attention`). Custom plans go from customer straight to
 entitlements. A fetched deal that is not to be provisioned (no longer won, or won before the
@@ -12,6 +15,7 @@ provisioning floor: `sf_bridge.provisioning.eligibility`) is `skipped`, with no 
 from __future__ import annotations
 
 from sf_bridge.db.models import CANCELLED, NEEDS_ATTENTION, SKIPPED
+from sf_bridge.db.models import SCHEDULED as SCHEDULED
 
 STEP_FETCH = "fetch"
 STEP_MAP = "map"
@@ -60,7 +64,10 @@ STATUS_BEFORE = {
     STEP_WRITE_BACK: "entitled",
 }
 DONE = "done"
-# Statuses a worker never claims.
+# SCHEDULED: a contract that starts later, provisioned as a subscription schedule and resting
+# until Stripe starts the subscription (`sf_bridge.provisioning.schedule_start`).
+# Statuses a worker never claims. (A `scheduled` deal is claimed for its remaining steps, then
+# rests with no next step.)
 SETTLED = (DONE, NEEDS_ATTENTION, CANCELLED, SKIPPED)
 
 

@@ -26,17 +26,20 @@ import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
 from typing import Any
 
 from sf_bridge.billing.port import BillingGateway, BillingInvoice, SubscriptionSpec
-from sf_bridge.billing.requests import subscription_params
+from sf_bridge.billing.requests import schedule_params, subscription_params
 from sf_bridge.errors import BillingRejected, MappingFailed, PermanentError, TransientError
 from sf_bridge.plan import MappingError, ProvisioningPlan
+from sf_bridge.provisioning import schedule as schedule_mod
 from sf_bridge.provisioning.outcome import CustomerView, DealView, Outcome
 from sf_bridge.provisioning.prices import PriceCache
 from sf_bridge.provisioning.stripe_request import (
     customer_spec,
     price_lookup_keys,
+    schedule_request,
     subscription_spec,
 )
 
@@ -52,12 +55,18 @@ def default_mapper(
     return map_opportunity(opportunity, mappings)
 
 
+def utc_today() -> date:
+    return datetime.now(UTC).date()
+
+
 @dataclass
 class StepContext:
     billing: BillingGateway | None
     mappings_loader: Callable[[], Any]
     mapper: Mapper = default_mapper
     prices: PriceCache = field(default_factory=PriceCache)
+    # the day contract dates are compared with (a start after it is scheduled)
+    today: Callable[[], date] = utc_today
 
 
 def idempotency_key(scope: str, step: str, content: Any) -> str:
@@ -202,6 +211,17 @@ def subscription_step(ctx: StepContext, deal: DealView) -> Outcome:
             hint="replay the deal so that the customer step runs again.",
         )
     billing = _billing(ctx)
+    today = ctx.today()
+    dated = plan.contract is not None or bool(plan.phases)
+    if deal.stripe_schedule_id or (deal.resumed and dated):
+        # a schedule made by an earlier attempt, even if the start has passed since
+        schedule = schedule_mod.find_schedule(billing, deal)
+        if schedule is not None:
+            return schedule_mod.schedule_outcome(
+                billing, deal, schedule, stripe_request_id=schedule.request_id
+            )
+    if schedule_mod.needs_schedule(plan, today):
+        return schedule_step(ctx, deal, plan, today)
     if deal.resumed:
         found = billing.find_subscription(sf_opportunity_id=deal.opportunity_id)
         if found is not None:
@@ -211,6 +231,8 @@ def subscription_step(ctx: StepContext, deal: DealView) -> Outcome:
                 detail={"subscription": found.id, "found_by": "search"},
             )
     spec = build_subscription(ctx, deal, plan)
+    coupons = _coupons(ctx, deal, plan)
+    spec = schedule_mod.with_contract(spec, plan, today, coupons)
     key = idempotency_key(deal.opportunity_id, "subscription", subscription_params(spec))
     try:
         with keyed(key):
@@ -223,6 +245,40 @@ def subscription_step(ctx: StepContext, deal: DealView) -> Outcome:
         idempotency_key=key,
         stripe_request_id=created.request_id,
         detail={"subscription": created.id, "status": created.status},
+    )
+
+
+def _coupons(ctx: StepContext, deal: DealView, plan: ProvisioningPlan) -> list[str]:
+    def key(step: str, content: Any) -> str:
+        return idempotency_key(deal.opportunity_id, step, content)
+
+    with keyed(key("coupon", deal.opportunity_id)):
+        return schedule_mod.ensure_coupon(_billing(ctx), plan, deal.opportunity_id, key)
+
+
+def schedule_step(ctx: StepContext, deal: DealView, plan: ProvisioningPlan, today: date) -> Outcome:
+    """A contract starting later, or a ramp: a subscription schedule (`schedule`)."""
+    billing = _billing(ctx)
+    keys = price_lookup_keys(plan)
+    prices = ctx.prices.resolve(billing, keys)
+    coupons = _coupons(ctx, deal, plan)
+    spec = schedule_request(
+        plan,
+        prices,
+        customer=deal.stripe_customer_id or "",
+        opportunity_id=deal.opportunity_id,
+        coupons=coupons,
+        today=today,
+    )
+    key = idempotency_key(deal.opportunity_id, "schedule", schedule_params(spec))
+    try:
+        with keyed(key):
+            created = billing.create_schedule(spec, idempotency_key=key)
+    except BillingRejected:
+        ctx.prices.forget(keys)
+        raise
+    return schedule_mod.schedule_outcome(
+        billing, deal, created, idempotency_key=key, stripe_request_id=created.request_id
     )
 
 
@@ -296,4 +352,13 @@ def entitlements_step(ctx: StepContext, deal: DealView) -> Outcome:
             hint="replay the deal so that the customer step runs again.",
         )
     features = ", ".join(e.feature for e in plan.entitlements) or "none"
-    return Outcome(grants=tuple(plan.entitlements), detail={"features": features})
+    dated = schedule_mod.dated_grants(plan, ctx.today())
+    if not dated:
+        return Outcome(grants=tuple(plan.entitlements), detail={"features": features})
+    waiting = bool(deal.stripe_schedule_id) and not deal.stripe_subscription_id
+    detail: dict[str, Any] = {"features": features}
+    if dated[0].valid_from is not None:
+        detail["from"] = dated[0].valid_from.date().isoformat()
+    if dated[-1].valid_until is not None:
+        detail["until"] = dated[-1].valid_until.date().isoformat()
+    return Outcome(dated_grants=dated, detail=detail, status="scheduled" if waiting else None)

@@ -393,6 +393,22 @@ class DealStore:
                             "stripe_subscription_id", deal.stripe_subscription_id
                         ),
                     )
+                for dated in outcome.dated_grants:
+                    if customer_id is None:
+                        break
+                    grant_entitlements(
+                        conn,
+                        deal_id=deal.id,
+                        opportunity_id=deal.opportunity_id,
+                        customer_id=customer_id,
+                        entitlements=dated.entitlements,
+                        subscription_id=changes.get(
+                            "stripe_subscription_id", deal.stripe_subscription_id
+                        ),
+                        valid_from=dated.valid_from,
+                        valid_until=dated.valid_until,
+                        phase=dated.phase,
+                    )
                 attempt_rows.append(
                     {
                         "deal_id": deal.id,

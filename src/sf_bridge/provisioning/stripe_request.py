@@ -10,26 +10,32 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, date, datetime
 from typing import Literal
 
 from sf_bridge.billing.port import (
     BillingPrice,
+    CouponSpec,
     CustomerSpec,
     PriceData,
+    ScheduleSpec,
     SubscriptionItemSpec,
     SubscriptionSpec,
 )
 from sf_bridge.errors import BillingRejected, PermanentError, SfBridgeError
 from sf_bridge.mapping.model import Mappings
 from sf_bridge.plan import ProvisioningPlan
+from sf_bridge.provisioning import schedule as contract
 
 # Days to pay when a plan carries no payment terms (plans stored before terms were recorded).
 DEFAULT_DAYS_UNTIL_DUE = 30
 
 
 def price_lookup_keys(plan: ProvisioningPlan) -> list[str]:
-    """The catalog prices the plan's items name, in item order, each once."""
-    return list(dict.fromkeys(i.lookup_key for i in plan.items if i.lookup_key))
+    """The catalog prices the plan's items (and its ramp phases' items) name, in item order,
+    each once."""
+    items = [*plan.items, *(i for phase in plan.phases for i in phase.items)]
+    return list(dict.fromkeys(i.lookup_key for i in items if i.lookup_key))
 
 
 def customer_spec(
@@ -126,6 +132,32 @@ def subscription_spec(
     )
 
 
+def schedule_request(
+    plan: ProvisioningPlan,
+    prices: Mapping[str, BillingPrice],
+    *,
+    customer: str,
+    opportunity_id: str,
+    coupons: list[str],
+    today: date,
+) -> ScheduleSpec:
+    """The subscription schedule of a contract starting later or of a ramp: each phase's
+    items as `subscription_spec` makes them (so prices resolve, and fail, as for a
+    subscription)."""
+    requests = [
+        subscription_spec(p, prices, customer=customer, opportunity_id=opportunity_id)
+        for p in contract.phase_plans(plan)
+    ]
+    return contract.schedule_spec(
+        plan,
+        requests,
+        customer=customer,
+        opportunity_id=opportunity_id,
+        coupons=coupons,
+        today=today,
+    )
+
+
 def prices_from_catalog(mappings: Mappings) -> dict[str, BillingPrice]:
     """Catalog prices as the mapping files describe them, standing in for Stripe's (for a
     preview without Stripe): their ids and products are placeholders Stripe resolves."""
@@ -148,13 +180,17 @@ PricesFrom = Literal["stripe", "mapping catalog"]
 
 @dataclass(frozen=True)
 class RequestPreview:
-    """The Stripe requests a plan makes, for `mappings preview`: what the steps would send."""
+    """The Stripe requests a plan makes, for `mappings preview`: what the steps would send.
+    A contract starting later (or a ramp) sends a `schedule` instead of a `subscription`; a
+    deal discount first makes its `coupon`."""
 
     prices_from: PricesFrom
     customer: CustomerSpec | None  # None: a custom plan, nothing in Stripe
     subscription: SubscriptionSpec | None
     problem: str | None = None  # why the deal would park at the subscription step
     note: str = ""
+    schedule: ScheduleSpec | None = None
+    coupon: CouponSpec | None = None
 
 
 def preview_request(
@@ -162,19 +198,34 @@ def preview_request(
     prices: Mapping[str, BillingPrice],
     prices_from: PricesFrom,
     note: str = "",
+    today: date | None = None,
 ) -> RequestPreview:
     """The requests of `customer_spec` and `subscription_spec`, with a placeholder for the
     account's Stripe customer (its id exists only once the customer step ran)."""
     if plan.is_custom:
         return RequestPreview(prices_from, None, None, note=note)
     customer = plan_customer_spec(plan)
+    day = today or datetime.now(UTC).date()
+    coupon = contract.coupon_spec(plan.opportunity_id, plan.discount) if plan.discount else None
+    coupons = [coupon.id] if coupon else []
+    stripe_customer = f"<Stripe customer of account {plan.customer.account_id}>"
     try:
+        if contract.needs_schedule(plan, day):
+            schedule = schedule_request(
+                plan,
+                prices,
+                customer=stripe_customer,
+                opportunity_id=plan.opportunity_id,
+                coupons=coupons,
+                today=day,
+            )
+            return RequestPreview(
+                prices_from, customer, None, note=note, schedule=schedule, coupon=coupon
+            )
         subscription = subscription_spec(
-            plan,
-            prices,
-            customer=f"<Stripe customer of account {plan.customer.account_id}>",
-            opportunity_id=plan.opportunity_id,
+            plan, prices, customer=stripe_customer, opportunity_id=plan.opportunity_id
         )
     except SfBridgeError as exc:
         return RequestPreview(prices_from, customer, None, exc.user_message(), note)
-    return RequestPreview(prices_from, customer, subscription, note=note)
+    subscription = contract.with_contract(subscription, plan, day, coupons)
+    return RequestPreview(prices_from, customer, subscription, note=note, coupon=coupon)

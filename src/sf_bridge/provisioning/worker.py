@@ -26,6 +26,7 @@ from sf_bridge.provisioning.floor import FloorSource, parse_floor
 from sf_bridge.provisioning.prices import PriceCache
 from sf_bridge.provisioning.retry import RetryPolicy
 from sf_bridge.provisioning.runner import Provisioner, RunnerOptions, StepHooks
+from sf_bridge.provisioning.schedule_start import start_due_schedules
 from sf_bridge.provisioning.states import DEAL_STEPS
 from sf_bridge.provisioning.steps import Mapper, StepContext
 from sf_bridge.provisioning.unwon import UnwonRunner, report_cancelled
@@ -137,6 +138,7 @@ class Worker:
         self._session_factory = session_factory
         self.write_back_linger = write_back_linger
         self._report_parked_after = 0.0
+        self._schedules_after = 0.0
         self.mappings = _MappingsOnce(mappings_loader)
         if settings.provision_floor:
             parse_floor(settings.provision_floor)  # a wrong value stops here, named
@@ -147,6 +149,7 @@ class Worker:
             # the engine is told whether the deal's account has a subscription already
             mapper=mapper or mapper_with_facts(session_factory),
             prices=prices or PriceCache(),
+            today=lambda: clock().date(),
         )
         self.lease = lease
         self.provisioner = Provisioner(
@@ -202,9 +205,10 @@ class Worker:
                     linger=self.write_back_linger if claimed else 0.0,
                 )
                 self._report_parked()
+                started = self._start_schedules(force=True)
                 touched.update(fetched, claimed, written)
                 budget -= len(claimed) + len(fetched) + len(written)
-                if not (fetched or claimed or written):
+                if not (fetched or claimed or written or started):
                     break
         return len(touched)
 
@@ -273,6 +277,7 @@ class Worker:
             )
             busy = bool(written) or busy
             self._report_parked()
+            busy = bool(self._start_schedules()) or busy
         except Exception as exc:  # keep running through a database hiccup
             log.error("worker_cycle_failed", error=str(exc), error_type=type(exc).__name__)
         return busy
@@ -295,6 +300,22 @@ class Worker:
         engine = self._session_factory.kw.get("bind")
         if engine is not None and engine.dialect.name == "postgresql":
             self.listener = WorkListener(engine, self.wake).start()
+
+    def _start_schedules(self, force: bool = False) -> int:
+        """Scheduled deals whose contract start has passed, in case Stripe's event of the
+        start was lost (`start_due_schedules`); looked at every safety poll at most."""
+        billing = self.provisioner.ctx.billing
+        if billing is None or (not force and time.monotonic() < self._schedules_after):
+            return 0
+        self._schedules_after = time.monotonic() + self.safety_poll
+        try:
+            with self.provisioner.db() as session, session.begin():
+                return start_due_schedules(session, billing, self.provisioner.clock())
+        except Exception as exc:
+            log.warning(
+                "schedule_check_failed", error=str(exc)[:300], error_type=type(exc).__name__
+            )
+            return 0
 
     def _report_parked(self) -> None:
         """Tells Salesforce about newly parked deals; after a failed call, waits a while."""

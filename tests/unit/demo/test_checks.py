@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 import pytest
 
-from sf_bridge.demo.checks import check_deal, check_no_duplicates, check_parked
+from sf_bridge.demo.checks import (
+    check_deal,
+    check_no_duplicates,
+    check_parked,
+    check_scheduled,
+    check_started,
+)
 from sf_bridge.demo.facts import DealFacts, DealRow, entitlements_by_feature
 from sf_bridge.demo.scenario import SCENARIO
 from sf_bridge.mapping.model import WriteBackFields
@@ -173,3 +179,89 @@ def test_duplicates_in_stripe_are_caught() -> None:
     assert all(c.ok for c in check_no_duplicates(FakeEmulator(one), facts))
     two = {k: v * 2 for k, v in one.items()}
     assert [c.ok for c in check_no_duplicates(FakeEmulator(two), facts)] == [False, False]
+
+
+def scheduled_facts() -> DealFacts:
+    """The contract starting next month, as it rests before its start."""
+    deal = SCENARIO.deal("starts_next_month")
+    facts = DealFacts(deal, "006S", "001S", row=row("scheduled"), contract_start=date(2027, 1, 1))
+    start = datetime(2027, 1, 1, tzinfo=UTC)
+    facts.stripe_customer_id, facts.stripe_schedule_id = "cus_S", "sub_sched_S"
+    facts.schedule = {
+        "id": "sub_sched_S",
+        "status": "not_started",
+        "phases": [{"start_date": int(start.timestamp())}],
+    }
+    facts.grants, facts.grants_from = {"seats": 20}, {"seats": start}
+    facts.entitlements = {"seats": {"access": False, "starts_at": "2027-01-01T00:00:00Z"}}
+    facts.written_back = {"SF_Bridge_Status__c": "Scheduled"}
+    return facts
+
+
+def started_facts() -> DealFacts:
+    facts = scheduled_facts()
+    facts.row = row("done")
+    facts.stripe_subscription_id, facts.stripe_invoice_id = "sub_S", "in_S"
+    facts.hosted_invoice_url = "http://127.0.0.1:1/i/in_S"
+    facts.subscription = {"id": "sub_S", "status": "active", "schedule": "sub_sched_S"}
+    facts.invoice = {"id": "in_S", "status": "open"}
+    facts.written_back = {
+        "SF_Bridge_Status__c": "Provisioned",
+        "Stripe_Invoice_URL__c": facts.hosted_invoice_url,
+    }
+    return facts
+
+
+def test_a_correct_scheduled_deal_passes_every_check() -> None:
+    assert [c for c in check_scheduled(scheduled_facts(), WRITE_BACK) if not c.ok] == []
+    assert [c for c in check_started(started_facts(), WRITE_BACK) if not c.ok] == []
+
+
+@pytest.mark.parametrize(
+    ("breaks", "what"),
+    [
+        (lambda f: setattr(f, "stripe_invoice_id", "in_early"), "nothing billed before the start"),
+        (
+            lambda f: setattr(f, "grants_from", {"seats": NOW}),
+            "entitlements recorded from the contract's start",
+        ),
+        (
+            lambda f: setattr(f, "entitlements", {"seats": {"access": True, "limit": 20}}),
+            "entitlement API: no seats before the start",
+        ),
+        (
+            lambda f: setattr(f, "schedule", {"phases": [{"start_date": 0}]}),
+            "a subscription schedule starting 2027-01-01",
+        ),
+        (
+            lambda f: setattr(f, "written_back", {"SF_Bridge_Status__c": "Provisioned"}),
+            "Opportunity.SF_Bridge_Status__c says Scheduled",
+        ),
+    ],
+)
+def test_a_scheduled_deal_check_fails_on_what_breaks_it(breaks: Any, what: str) -> None:
+    facts = scheduled_facts()
+    breaks(facts)
+    failed = [c.what for c in check_scheduled(facts, WRITE_BACK) if not c.ok]
+    assert failed == [what]
+
+
+@pytest.mark.parametrize(
+    ("breaks", "what"),
+    [
+        (lambda f: setattr(f, "invoice", {"status": "draft"}), "its first invoice is open"),
+        (
+            lambda f: setattr(f, "subscription", {"schedule": None}),
+            "the schedule started the subscription",
+        ),
+        (
+            lambda f: setattr(f, "written_back", {"SF_Bridge_Status__c": "Provisioned"}),
+            "Opportunity.Stripe_Invoice_URL__c written back",
+        ),
+    ],
+)
+def test_a_started_deal_check_fails_on_what_breaks_it(breaks: Any, what: str) -> None:
+    facts = started_facts()
+    breaks(facts)
+    failed = [c.what for c in check_started(facts, WRITE_BACK) if not c.ok]
+    assert failed == [what]

@@ -113,13 +113,22 @@ def create_subscription(
         if pm in FAILING_PAYMENT_METHODS:
             raise card_declined()
     now = start if start is not None else store.now()
+    backdate = params.get("backdate_start_date")
+    if backdate is not None:
+        # Backdated (no billing_cycle_anchor): the cycle is anchored at the past start, and
+        # the first invoice bills the period that began then.
+        if int(backdate) > now:
+            raise StripeApiError.invalid_request(
+                "backdate_start_date must be in the past.", param="backdate_start_date"
+            )
+        now = int(backdate)
     recurring = prices[0]["recurring"]
     period = (now, add_interval(now, recurring["interval"], recurring["interval_count"]))
     sub_id = new_id("subscription")
     sub = build(
         "subscription",
         id=sub_id,
-        created=now,
+        created=now if backdate is None else store.now(),
         start_date=now,
         billing_cycle_anchor=now,
         collection_method=method,
