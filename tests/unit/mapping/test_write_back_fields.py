@@ -67,6 +67,8 @@ def test_a_provisioned_deal_writes_a_value_for_every_field_the_mappings_name() -
         "Stripe_Invoice_URL__c": "https://invoice.example/1",
         "SF_Bridge_Error__c": None,
         "SF_Bridge_Provisioned_At__c": now,
+        "Stripe_Schedule_Id__c": None,  # no contract starting later
+        "SF_Bridge_Contract_Start__c": None,
     }
     only_status = WriteBackFields(status="Deal_Status__c")
     assert write_back_fields(deal, only_status, now) == {"Deal_Status__c": "Provisioned"}
