@@ -48,7 +48,7 @@ def _amendment(
     return replace(plan, intent="amendment", amendment_lines=lines, proration=proration)
 
 
-def _items(emu: Any, subscription_id: str) -> dict[str, int]:
+def _items(emu: Any, subscription_id: str | None) -> dict[str, int]:
     sub = emu.get(subscription_id)
     return {i["price"]["lookup_key"]: i["quantity"] for i in sub["items"]["data"]}
 
