@@ -276,3 +276,24 @@ def test_an_amendment_without_a_live_subscription_parks_with_its_reason(
     assert deal.status == "needs_attention"
     assert deal.last_error_code == "no_subscription_to_amend"
     assert "replay" in (deal.last_error or "")
+
+
+def test_preview_of_an_upsell_shows_before_after_and_the_invoice_creating_nothing(
+    stripe_harness: Harness, provisioning_emulator: Any
+) -> None:
+    from sf_bridge.provisioning.change_preview import change_json, preview_change
+
+    h, emu = stripe_harness, provisioning_emulator
+    _first_deal(h)
+    kinds = ("customer", "subscription", "invoice", "invoiceitem")
+    counts = {k: emu.count(k) for k in kinds}
+    sub_before = emu.get(h.deal(FIRST).stripe_subscription_id)
+    assert h.billing is not None
+    plan = _amendment(SECOND, 20, proration="always_invoice")
+    shown = change_json(preview_change(plan, h.billing, h.session_factory))
+    assert [(i["lookup_key"], i["quantity"]) for i in shown["before"]] == [("pro_monthly", 5)]
+    assert [(i["lookup_key"], i["quantity"]) for i in shown["after"]] == [("pro_monthly", 25)]
+    assert shown["invoice"] is not None
+    assert any(line["proration"] for line in shown["invoice"]["lines"])
+    assert {k: emu.count(k) for k in kinds} == counts
+    assert emu.get(h.deal(FIRST).stripe_subscription_id) == sub_before
