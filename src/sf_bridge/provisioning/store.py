@@ -1410,7 +1410,8 @@ def mark_changed_after_provisioning(
 ) -> list[str]:
     """A won event for a known deal that had left its won stage (reopened and closed again,
     perhaps with other lines): parks it `needs_attention` with `changed_after_provisioning`
-    until an amendment is made; never ignored. Returns the opportunity ids parked."""
+    until it is replayed (an amendment of its own subscription), kept or cancelled; never
+    ignored. Returns the opportunity ids parked."""
     ids = sorted({str(i) for i in opportunity_ids if i})
     if not ids:
         return []
@@ -1428,9 +1429,10 @@ def mark_changed_after_provisioning(
     for deal_id, _opportunity in rows:
         message = (
             "The opportunity was won again after it left its won stage: its lines or amount "
-            "may differ from what was provisioned, and an amendment is not made "
-            f"automatically. Compare it with Stripe (`sf-bridge deals show {deal_id}`), then "
-            f"`sf-bridge deals keep {deal_id}` or `sf-bridge deals cancel {deal_id}`."
+            "may differ from what was provisioned. Compare it with Stripe (`sf-bridge deals "
+            f"show {deal_id}`), then `sf-bridge replay {deal_id}` to apply its lines now as an "
+            f"amendment of its subscription, or `sf-bridge deals keep {deal_id}` / "
+            f"`sf-bridge deals cancel {deal_id}`."
         )
         conn.execute(
             update(deals)
