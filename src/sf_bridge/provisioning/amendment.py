@@ -193,11 +193,21 @@ def item_changes(
             continue
         used.add(existing.id)
         quantity = target.item.quantity if totals else existing.quantity + target.item.quantity
-        if quantity != existing.quantity:
+        if totals and _other_price(existing, target):
+            # a renewal or totals at another price (a negotiated one): the item's price too
+            changes.append(_swap(existing, target, quantity))
+        elif quantity != existing.quantity:
             changes.append(ItemChange(item_id=existing.id, quantity=quantity))
     if totals:
         changes += [ItemChange(item_id=i.id, deleted=True) for i in items if i.id not in used]
     return changes
+
+
+def _other_price(existing: BillingSubscriptionItem, target: Target) -> bool:
+    data = target.change.price_data
+    if data is not None:
+        return existing.unit_amount != data.unit_amount or existing.lookup_key is not None
+    return target.price is not None and existing.price != target.price
 
 
 def _swap(existing: BillingSubscriptionItem, target: Target, quantity: int) -> ItemChange:
