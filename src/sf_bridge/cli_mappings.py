@@ -158,7 +158,10 @@ def _change(plan: ProvisioningPlan, use_stripe: bool) -> dict[str, Any] | None:
 
 def print_change(console: Any, change: dict[str, Any]) -> None:
     if "problem" in change:
-        console.print(f"[red]Subscription change:[/red] {change['problem']} {change['hint']}")
+        console.print(
+            f"Subscription change not shown: {change['problem']} {change['hint'] or ''}",
+            markup=False,
+        )
         return
     console.print(
         f"Subscription {change['subscription']} "
@@ -245,10 +248,10 @@ def preview(
             results.append(body)
         elif isinstance(result, ProvisioningPlan) and request is not None:
             print_plan(console, result)
+            if change is None or "problem" in change:
+                print_request(console, request)
             if change is not None:
                 print_change(console, change)
-            else:
-                print_request(console, request)
         elif not isinstance(result, ProvisioningPlan):
             print_errors(console, opp_id, result)
     if as_json:
