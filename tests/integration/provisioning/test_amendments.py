@@ -297,3 +297,33 @@ def test_preview_of_an_upsell_shows_before_after_and_the_invoice_creating_nothin
     assert any(line["proration"] for line in shown["invoice"]["lines"])
     assert {k: emu.count(k) for k in kinds} == counts
     assert emu.get(h.deal(FIRST).stripe_subscription_id) == sub_before
+
+
+@pytest.mark.parametrize("phase", ["before", "after"])
+@pytest.mark.parametrize("step", ["subscription", "invoice"])
+def test_crash_around_an_always_invoice_amendment_gives_one_update_and_one_invoice(
+    stripe_harness: Harness, provisioning_emulator: Any, step: str, phase: str
+) -> None:
+    h, emu = stripe_harness, provisioning_emulator
+    _first_deal(h)
+    sub_id = h.deal(FIRST).stripe_subscription_id
+    h.add_opportunity(_amendment(SECOND, 20, proration="always_invoice"))
+    _enqueue(h, SECOND)
+    fired: list[bool] = []
+
+    def hook(at: str, _deal_id: int) -> None:
+        if at == step and not fired:
+            fired.append(True)
+            raise SimulatedCrash(phase)
+
+    hooks = StepHooks(before_commit=hook) if phase == "before" else StepHooks(after_commit=hook)
+    with pytest.raises(SimulatedCrash):
+        drain(h.worker(hooks=hooks, owner="first"), settled(h, SECOND))
+    h.clock.advance(120)
+    drain(h.worker(owner="restarted"), settled(h, SECOND))
+    deal = h.deal(SECOND)
+    assert deal.status == "done", deal.last_error
+    assert _items(emu, sub_id) == {"pro_monthly": 25}
+    assert emu.count("invoice") == 2  # the first deal's and the proration's
+    assert emu.get(deal.stripe_invoice_id)["status"] == "open"
+    assert deal.hosted_invoice_url
