@@ -138,6 +138,54 @@ def _request(plan: ProvisioningPlan, mappings: Mappings, use_stripe: bool) -> Re
     return preview_request(plan, prices, "stripe")
 
 
+def _change(plan: ProvisioningPlan, use_stripe: bool) -> dict[str, Any] | None:
+    """An amendment or renewal: its account's live subscription before and after, and the
+    invoice Stripe would produce (read only), when Stripe and the database are at hand."""
+    settings = get_settings()
+    if not use_stripe or settings.stripe_api_key is None or plan.is_custom:
+        return None
+    from sf_bridge.cli_deals import _session_factory
+    from sf_bridge.provisioning.change_preview import change_json, preview_change
+    from sf_bridge.provisioning.wiring import build_billing
+
+    billing = build_billing(settings)
+    assert billing is not None
+    try:
+        return change_json(preview_change(plan, billing, _session_factory(settings)))
+    except SfBridgeError as exc:
+        return {"problem": exc.message, "hint": exc.hint}
+
+
+def print_change(console: Any, change: dict[str, Any]) -> None:
+    if "problem" in change:
+        console.print(
+            f"Subscription change not shown: {change['problem']} {change['hint'] or ''}",
+            markup=False,
+        )
+        return
+    console.print(
+        f"Subscription {change['subscription']} "
+        f"(proration_behavior={change['proration_behavior']}):"
+    )
+    for when in ("before", "after"):
+        items = ", ".join(
+            f"{i['lookup_key'] or i['price']} x {i['quantity']} at {i['unit_amount']}"
+            for i in change[when]
+        )
+        console.print(f"  {when}: {items or 'no items'}")
+    invoice = change["invoice"]
+    if invoice is None:
+        console.print("  nothing to change: no request, no invoice")
+        return
+    console.print(
+        f"  invoice Stripe would produce: total {invoice['total']} {invoice['currency']}, "
+        f"amount due {invoice['amount_due']}"
+    )
+    for line in invoice["lines"]:
+        tag = " (proration)" if line["proration"] else ""
+        console.print(f"    {line['amount']:>10}  {line['description']}{tag}")
+
+
 @mappings_app.command("preview")
 @handle_errors
 def preview(
@@ -188,11 +236,22 @@ def preview(
             _request(result, mappings, use_stripe) if isinstance(result, ProvisioningPlan) else None
         )
         failed = failed or request is None or request.problem is not None
+        change = (
+            _change(result, use_stripe)
+            if isinstance(result, ProvisioningPlan) and result.intent != "new_business"
+            else None
+        )
         if as_json:
-            results.append(preview_json(opp_id, result, mappings.version, request))
+            body = preview_json(opp_id, result, mappings.version, request)
+            if change is not None:
+                body["subscription_change"] = change
+            results.append(body)
         elif isinstance(result, ProvisioningPlan) and request is not None:
             print_plan(console, result)
-            print_request(console, request)
+            if change is None or "problem" in change:
+                print_request(console, request)
+            if change is not None:
+                print_change(console, change)
         elif not isinstance(result, ProvisioningPlan):
             print_errors(console, opp_id, result)
     if as_json:

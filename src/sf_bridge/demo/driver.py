@@ -37,7 +37,7 @@ from rich.live import Live
 from sf_bridge.config import CDC_CHANNEL
 from sf_bridge.db import migrate
 from sf_bridge.db.models import NEEDS_ATTENTION
-from sf_bridge.demo import view
+from sf_bridge.demo import lifecycle, view
 from sf_bridge.demo.checks import (
     Check,
     check_deal,
@@ -82,6 +82,7 @@ class DemoOptions:
     keep_running: bool = False
     timeout: float = 45.0  # seconds to wait for the deals to settle, per phase
     transport: str = "cometd"  # how the worker receives events: cometd or pubsub
+    after_first_close: bool = True  # an upsell, a renewal and a deal lost after provisioning
 
 
 @dataclass
@@ -193,6 +194,10 @@ class Demo:
             if later:
                 self._contract_start(stack, later, mappings)
             self.checks.extend(check_no_duplicates(stack.stripe, facts))
+            if self.options.after_first_close:
+                checks, later = lifecycle.run(self, stack, by_key, mappings)
+                self.checks.extend(checks)
+                facts.extend(later)
 
             if not self.options.keep_running:
                 # Stopped as a platform stops them; reaped now, so their CPU time is counted.

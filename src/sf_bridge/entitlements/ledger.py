@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, or_, select, update
+from sqlalchemy import Connection, Table, delete, or_, select, update
 from sqlalchemy.orm import Session
 
 from sf_bridge.db.dialect import upsert
@@ -110,6 +110,27 @@ def grant_deal_entitlements(
         subscription_id=subscription_id,
         ended=deal.status == CANCELLED,
     )
+
+
+def replace_grants(
+    conn: Connection, *, deal_id: int, subscription_id: str | None, others: bool
+) -> None:
+    """Before a change of a subscription grants: the deal's own earlier grants go (a reopened
+    deal's 5 seats are replaced by its 40), and with `others` the active grants of the other
+    deals on the subscription are revoked (a renewal or a totals amendment says what the
+    account has in all on it). In the caller's transaction."""
+    table: Table = EntitlementGrant.__table__  # type: ignore[assignment]
+    conn.execute(delete(table).where(table.c.deal_id == deal_id))
+    if others and subscription_id:
+        conn.execute(
+            update(table)
+            .where(
+                table.c.stripe_subscription_id == subscription_id,
+                table.c.deal_id != deal_id,
+                table.c.active.is_(True),
+            )
+            .values(active=False)
+        )
 
 
 def grant_entitlements(

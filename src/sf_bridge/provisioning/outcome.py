@@ -116,7 +116,9 @@ class Outcome:
     `changes`: deal columns to set. `stripe_customer_id`: the Stripe customer to record on
     the deal's customers row (`customer_id`), unless it has one. `ensure_customer`: the
     customers row to make (custom plans, no Stripe). `grants`: entitlements to grant to the
-    deal's customer. `skip_to`: the next step when the plan says so."""
+    deal's customer. `skip_to`: the next step when the plan says so.
+    `replace_subscription_grants`: this deal's grants replace those of the other deals on
+    its subscription."""
 
     changes: Mapping[str, Any] = field(default_factory=dict)
     stripe_customer_id: str | None = None
@@ -130,6 +132,9 @@ class Outcome:
     # grants in effect for a time: from the contract's (or a ramp phase's) start until the
     # term's end, one set per phase; recorded like `grants`
     dated_grants: tuple[DatedGrants, ...] = ()
+    # a totals amendment or a renewal: the grants of the subscription's other deals are
+    # replaced by this deal's (see `sf_bridge.provisioning.amendment`)
+    replace_subscription_grants: bool = False
 
 
 @dataclass(frozen=True)

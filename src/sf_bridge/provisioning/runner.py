@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sf_bridge.db.models import NEEDS_ATTENTION, RETRYING
 from sf_bridge.errors import MappingFailed, PermanentError
 from sf_bridge.logging import get_logger
+from sf_bridge.provisioning.amendment import EarlierDealFirst
 from sf_bridge.provisioning.dbscope import SessionScope
 from sf_bridge.provisioning.memory_store import InMemoryStore
 from sf_bridge.provisioning.outcome import CustomerView, DealView, Outcome
@@ -228,6 +229,9 @@ class Provisioner:
                 start_next=keep,
                 also=also,
             )
+        except EarlierDealFirst as exc:
+            bound.info("earlier_deal_first", reason=str(exc))
+            return self._busy(deal, bound)
         except Exception as exc:
             duration = int((time.perf_counter() - began) * 1000)
             return None, self._fail(deal, step, attempt_no, exc, duration), None

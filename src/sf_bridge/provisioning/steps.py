@@ -33,6 +33,7 @@ from sf_bridge.billing.port import BillingGateway, BillingInvoice, SubscriptionS
 from sf_bridge.billing.requests import schedule_params, subscription_params
 from sf_bridge.errors import BillingRejected, MappingFailed, PermanentError, TransientError
 from sf_bridge.plan import MappingError, ProvisioningPlan
+from sf_bridge.provisioning import amendment
 from sf_bridge.provisioning import schedule as schedule_mod
 from sf_bridge.provisioning.outcome import CustomerView, DealView, Outcome
 from sf_bridge.provisioning.prices import PriceCache
@@ -67,6 +68,8 @@ class StepContext:
     prices: PriceCache = field(default_factory=PriceCache)
     # the day contract dates are compared with (a start after it is scheduled)
     today: Callable[[], date] = utc_today
+    # the store, asked for the account's live subscription by amendments and renewals
+    accounts: amendment.AccountLookup | None = None
 
 
 def idempotency_key(scope: str, step: str, content: Any) -> str:
@@ -116,13 +119,20 @@ def map_step(ctx: StepContext, deal: DealView) -> Outcome:
         )
     plan = outcome
     version = str(getattr(mappings, "version", "") or plan.mapping_version)
+    # provisioned before and mapped again (reopened, won again): a change of its subscription
+    stored = amendment.reopened_plan(deal, plan.to_dict())
     return Outcome(
         changes={
-            "plan": plan.to_dict(),
+            "plan": stored,
             "mapping_version": plan.mapping_version or version,
             "account_id": plan.customer.account_id,
         },
-        detail={"plan": plan.plan_name, "kind": plan.plan_kind, "mapping_version": version},
+        detail={
+            "plan": plan.plan_name,
+            "kind": plan.plan_kind,
+            "intent": stored.get("intent", "new_business"),
+            "mapping_version": version,
+        },
     )
 
 
@@ -203,6 +213,8 @@ def build_subscription(
 
 def subscription_step(ctx: StepContext, deal: DealView) -> Outcome:
     plan = deal.plan_or_fail()
+    if amendment.is_change(deal.plan):
+        return change_step(ctx, deal)
     if deal.stripe_subscription_id:
         return Outcome(detail={"subscription": deal.stripe_subscription_id})
     if not deal.stripe_customer_id:
@@ -282,6 +294,25 @@ def schedule_step(ctx: StepContext, deal: DealView, plan: ProvisioningPlan, toda
     )
 
 
+def change_step(ctx: StepContext, deal: DealView) -> Outcome:
+    """An amendment, a renewal or a reopened deal: changes the live subscription
+    (`sf_bridge.provisioning.amendment`)."""
+    billing = _billing(ctx)
+
+    def targets(plan: ProvisioningPlan) -> list[amendment.Target]:
+        spec = build_subscription(ctx, deal, plan)
+        return [amendment.new_item(i, s) for i, s in zip(plan.items, spec.items, strict=True)]
+
+    def key(step: str, content: Any) -> str:
+        return idempotency_key(deal.opportunity_id, step, content)
+
+    try:
+        return amendment.amend_step(billing, ctx.accounts, targets, deal, key)
+    except BillingRejected:
+        ctx.prices.forget([i.lookup_key for i in deal.plan_or_fail().items if i.lookup_key])
+        raise
+
+
 def _subscription(subscription_id: str, invoice_id: str | None) -> dict[str, Any]:
     changes: dict[str, Any] = {"stripe_subscription_id": subscription_id}
     if invoice_id:
@@ -354,7 +385,11 @@ def entitlements_step(ctx: StepContext, deal: DealView) -> Outcome:
     features = ", ".join(e.feature for e in plan.entitlements) or "none"
     dated = schedule_mod.dated_grants(plan, ctx.today())
     if not dated:
-        return Outcome(grants=tuple(plan.entitlements), detail={"features": features})
+        return Outcome(
+            grants=tuple(plan.entitlements),
+            detail={"features": features},
+            replace_subscription_grants=amendment.replaces_grants(plan, deal.plan),
+        )
     waiting = bool(deal.stripe_schedule_id) and not deal.stripe_subscription_id
     detail: dict[str, Any] = {"features": features}
     if dated[0].valid_from is not None:

@@ -41,6 +41,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from sf_bridge.db.models import (
     CANCELLED,
+    CANCELLING,
+    UNWON,
     Customer,
     Deal,
     DealEvent,
@@ -48,8 +50,9 @@ from sf_bridge.db.models import (
     StepAttempt,
     utcnow,
 )
-from sf_bridge.entitlements.ledger import grant_entitlements
+from sf_bridge.entitlements.ledger import grant_entitlements, replace_grants
 from sf_bridge.logging import get_logger
+from sf_bridge.provisioning.amendment import LiveSubscription, is_change
 from sf_bridge.provisioning.dbscope import SessionScope
 from sf_bridge.provisioning.outcome import CustomerView, DealView, Outcome
 from sf_bridge.provisioning.states import ACCOUNT_STEPS, SETTLED, STEP_CUSTOMER
@@ -381,6 +384,16 @@ class DealStore:
                             customers.c.stripe_customer_id.is_(None),
                         )
                         .values(stripe_customer_id=outcome.stripe_customer_id, updated_at=now)
+                    )
+                if outcome.grants and customer_id is not None and is_change(deal.plan):
+                    # an amendment, renewal or reopened deal: its grants are what it says now
+                    replace_grants(
+                        conn,
+                        deal_id=deal.id,
+                        subscription_id=changes.get(
+                            "stripe_subscription_id", deal.stripe_subscription_id
+                        ),
+                        others=outcome.replace_subscription_grants,
                     )
                 if outcome.grants and customer_id is not None:
                     grant_entitlements(
@@ -1013,6 +1026,69 @@ class DealStore:
                 .values(writeback_pending=False)
             )
 
+    # amendments and renewals ---------------------------------------------------------------
+
+    def live_subscription(self, deal: DealView) -> LiveSubscription | None:
+        """The subscription an amendment or renewal of `deal` changes: of the latest other
+        deal of its customers row (its customer key) with a subscription, not cancelled,
+        billing in the same currency and interval. None when there is none."""
+        if deal.customer_id is None:
+            return None
+        wanted = _terms(deal.plan)
+        with self.db() as session:
+            rows = session.connection().execute(
+                select(
+                    deals.c.id, deals.c.opportunity_id, deals.c.stripe_subscription_id, deals.c.plan
+                )
+                .where(
+                    deals.c.customer_id == deal.customer_id,
+                    deals.c.id != deal.id,
+                    deals.c.stripe_subscription_id.is_not(None),
+                    deals.c.status.not_in((CANCELLED, CANCELLING, UNWON)),
+                )
+                .order_by(deals.c.id.desc())
+                .limit(50)
+            )
+            for row in rows:
+                if wanted is None or _terms(row.plan) in (None, wanted):
+                    return LiveSubscription(
+                        row.id, row.opportunity_id, row.stripe_subscription_id, row.plan
+                    )
+        return None
+
+    def earlier_in_flight(self, deal: DealView) -> int | None:
+        """An earlier deal of the same account (or customers row) that has not got past its
+        subscription step and is still being worked on: a later deal's change waits for it,
+        so the account's deals change Stripe in the order they arrived. Deals parked
+        (`needs_attention`), skipped, cancelled or un-won do not hold the others up."""
+        account = deal.account_id
+        with self.db() as session:
+            found = (
+                session.connection()
+                .execute(
+                    select(deals.c.id)
+                    .where(
+                        deals.c.id < deal.id,
+                        or_(
+                            deals.c.account_id == account,
+                            and_(
+                                deals.c.customer_id.is_not(None),
+                                deals.c.customer_id == deal.customer_id,
+                            ),
+                        ),
+                        deals.c.status.not_in((*SETTLED, UNWON, CANCELLING)),
+                        or_(
+                            deals.c.current_step.in_(_BEFORE_CHANGE),
+                            deals.c.current_step.is_(None),
+                        ),
+                    )
+                    .order_by(deals.c.id)
+                    .limit(1)
+                )
+                .scalar()
+            )
+        return int(found) if found is not None else None
+
     def _settle_unwon(
         self,
         deal_id: int,
@@ -1045,6 +1121,18 @@ class DealStore:
                 )
             )
         return True
+
+
+# The steps before a deal's subscription is created or changed.
+_BEFORE_CHANGE = ("fetch", "map", "customer", "subscription")
+
+
+def _terms(plan: Any) -> tuple[str, str] | None:
+    """A stored plan's (currency, interval)."""
+    billing = (plan or {}).get("billing") if isinstance(plan, dict) else None
+    if not billing:
+        return None
+    return (str(billing.get("currency", "")).lower(), str(billing.get("interval", "")))
 
 
 def _overdue(cutoff: datetime, now: datetime) -> Any:
@@ -1338,7 +1426,8 @@ def mark_changed_after_provisioning(
 ) -> list[str]:
     """A won event for a known deal that had left its won stage (reopened and closed again,
     perhaps with other lines): parks it `needs_attention` with `changed_after_provisioning`
-    until an amendment is made; never ignored. Returns the opportunity ids parked."""
+    until it is replayed (an amendment of its own subscription), kept or cancelled; never
+    ignored. Returns the opportunity ids parked."""
     ids = sorted({str(i) for i in opportunity_ids if i})
     if not ids:
         return []
@@ -1356,9 +1445,10 @@ def mark_changed_after_provisioning(
     for deal_id, _opportunity in rows:
         message = (
             "The opportunity was won again after it left its won stage: its lines or amount "
-            "may differ from what was provisioned, and an amendment is not made "
-            f"automatically. Compare it with Stripe (`sf-bridge deals show {deal_id}`), then "
-            f"`sf-bridge deals keep {deal_id}` or `sf-bridge deals cancel {deal_id}`."
+            "may differ from what was provisioned. Compare it with Stripe (`sf-bridge deals "
+            f"show {deal_id}`), then `sf-bridge replay {deal_id}` to apply its lines now as an "
+            f"amendment of its subscription, or `sf-bridge deals keep {deal_id}` / "
+            f"`sf-bridge deals cancel {deal_id}`."
         )
         conn.execute(
             update(deals)

@@ -29,6 +29,7 @@ from sf_bridge.provisioning.runner import Provisioner, RunnerOptions, StepHooks
 from sf_bridge.provisioning.schedule_start import start_due_schedules
 from sf_bridge.provisioning.states import DEAL_STEPS
 from sf_bridge.provisioning.steps import Mapper, StepContext
+from sf_bridge.provisioning.store import DealStore
 from sf_bridge.provisioning.unwon import UnwonRunner, report_cancelled
 from sf_bridge.provisioning.wakeup import WORK_ARRIVED, WakeSignal, WorkListener, next_due
 
@@ -160,6 +161,8 @@ class Worker:
             clock=clock,
             hooks=hooks,
         )
+        if isinstance(self.provisioner.store, DealStore):
+            ctx.accounts = self.provisioner.store  # amendments find the live subscription
         self.unwon = UnwonRunner(self.provisioner.store, billing, self.mappings)
 
     @property

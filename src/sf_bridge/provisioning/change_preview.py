@@ -1,0 +1,178 @@
+"""`mappings preview` of an amendment or renewal: the account's live subscription before and
+after the change, and the invoice Stripe would produce for it (`POST /v1/invoices/
+create_preview`), creating nothing. Reads the store (the account's live subscription) and
+Stripe; writes neither."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from sf_bridge.billing.port import (
+    BillingGateway,
+    BillingSubscription,
+    InvoicePreview,
+    ItemChange,
+    PreviewSpec,
+)
+from sf_bridge.db.models import Customer, utcnow
+from sf_bridge.plan import ProvisioningPlan
+from sf_bridge.provisioning import amendment
+from sf_bridge.provisioning.outcome import DealView
+from sf_bridge.provisioning.prices import PriceCache
+from sf_bridge.provisioning.store import DealStore
+from sf_bridge.provisioning.stripe_request import price_lookup_keys, subscription_spec
+
+
+@dataclass(frozen=True)
+class ItemLine:
+    price: str
+    lookup_key: str | None
+    quantity: int
+    unit_amount: int | None
+
+
+@dataclass(frozen=True)
+class ChangePreview:
+    subscription: str
+    before: tuple[ItemLine, ...]
+    after: tuple[ItemLine, ...]
+    changes: tuple[ItemChange, ...]
+    proration_behavior: str
+    invoice: InvoicePreview | None  # None: nothing to change
+
+
+def preview_change(
+    plan: ProvisioningPlan, billing: BillingGateway, session_factory: sessionmaker[Session]
+) -> ChangePreview:
+    """The change the amendment or renewal `plan` would make to its account's live
+    subscription; raises `amendment.NoSubscriptionToAmend` when there is none."""
+    with session_factory() as session:
+        customer_id = session.execute(
+            select(Customer.id).where(Customer.customer_key == plan.customer.customer_key)
+        ).scalar()
+    view = DealView(
+        id=-1,
+        opportunity_id=plan.opportunity_id,
+        status="mapped",
+        current_step="subscription",
+        attempts=0,
+        source="preview",
+        account_id=plan.customer.account_id,
+        customer_id=customer_id,
+        plan=plan.to_dict(),
+    )
+    store = DealStore(session_factory, owner="preview", lease=_NO_LEASE, clock=utcnow)
+    live = store.live_subscription(view)
+    if live is None:
+        raise amendment.NoSubscriptionToAmend(
+            "The account has no live subscription in the same currency and interval: the "
+            "deal would park as `no_subscription_to_amend`.",
+            hint="provision the account's first deal, or close this one as new business.",
+        )
+    before = amendment.read_subscription(billing, live.subscription_id)
+    prices = PriceCache().resolve(billing, price_lookup_keys(plan))
+    spec = subscription_spec(
+        plan, prices, customer=before.customer, opportunity_id=plan.opportunity_id
+    )
+    targets = [amendment.new_item(i, s) for i, s in zip(plan.items, spec.items, strict=True)]
+    live_keys = [
+        str(i.get("lookup_key"))
+        for i in (live.plan or {}).get("items", [])
+        if i.get("kind") == "plan" and i.get("lookup_key")
+    ]
+    changes = amendment.item_changes(plan, targets, before, live_plan_keys=live_keys)
+    behavior = amendment.proration(plan)
+    invoice = None
+    if changes:
+        invoice = billing.preview_invoice(
+            PreviewSpec(
+                subscription=before.id,
+                items=changes,
+                proration_behavior=behavior,
+                proration_date=datetime.now(UTC),
+            )
+        )
+    price_amounts = {p.id: p.unit_amount for p in prices.values()}
+    return ChangePreview(
+        subscription=before.id,
+        before=tuple(_lines(before)),
+        after=tuple(_after(before, changes, price_amounts, prices)),
+        changes=tuple(changes),
+        proration_behavior=behavior,
+        invoice=invoice,
+    )
+
+
+_NO_LEASE = timedelta(0)
+
+
+def _lines(sub: BillingSubscription) -> list[ItemLine]:
+    return [ItemLine(i.price, i.lookup_key, i.quantity, i.unit_amount) for i in sub.items]
+
+
+def _after(
+    sub: BillingSubscription,
+    changes: list[ItemChange],
+    amounts: dict[str, int | None],
+    prices: dict[str, Any],
+) -> list[ItemLine]:
+    keys = {p.id: key for key, p in prices.items()}
+    lines = {i.id: ItemLine(i.price, i.lookup_key, i.quantity, i.unit_amount) for i in sub.items}
+    added: list[ItemLine] = []
+    for change in changes:
+        if change.item_id is None:
+            price = change.price or "price_data"
+            amount = change.price_data.unit_amount if change.price_data else amounts.get(price)
+            added.append(ItemLine(price, keys.get(price), change.quantity or 1, amount))
+        elif change.deleted:
+            lines.pop(change.item_id, None)
+        else:
+            old = lines[change.item_id]
+            price = change.price or old.price
+            lines[change.item_id] = ItemLine(
+                price,
+                keys.get(price, old.lookup_key) if change.price else old.lookup_key,
+                change.quantity if change.quantity is not None else old.quantity,
+                amounts.get(price, old.unit_amount) if change.price else old.unit_amount,
+            )
+    return [*lines.values(), *added]
+
+
+def change_json(preview: ChangePreview) -> dict[str, Any]:
+    def line(i: ItemLine) -> dict[str, Any]:
+        return {
+            "price": i.price,
+            "lookup_key": i.lookup_key,
+            "quantity": i.quantity,
+            "unit_amount": i.unit_amount,
+        }
+
+    body: dict[str, Any] = {
+        "subscription": preview.subscription,
+        "proration_behavior": preview.proration_behavior,
+        "before": [line(i) for i in preview.before],
+        "after": [line(i) for i in preview.after],
+        "invoice": None,
+    }
+    if preview.invoice is not None:
+        inv = preview.invoice
+        body["invoice"] = {
+            "currency": inv.currency,
+            "total": inv.total,
+            "amount_due": inv.amount_due,
+            "lines": [
+                {
+                    "description": x.description,
+                    "amount": x.amount,
+                    "proration": x.proration,
+                    "quantity": x.quantity,
+                }
+                for x in inv.lines
+            ],
+        }
+    return body

@@ -1,0 +1,329 @@
+"""After the first close: amendments, renewals and reopened deals change the account's live
+subscription through the real Stripe SDK and the emulator, once, whatever crashes."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from sf_bridge.db.models import EntitlementGrant
+from sf_bridge.plan import EntitlementValue
+from sf_bridge.provisioning.queue import enqueue_opportunities
+from sf_bridge.provisioning.replay import replay
+from sf_bridge.provisioning.runner import StepHooks
+from sf_bridge.provisioning.store import mark_changed_after_provisioning
+from tests.fixtures.provisioning import CatalogEntry, Harness, drain, make_plan, settled
+
+FIRST = "006000000000001AAA"
+SECOND = "006000000000002AAA"
+THIRD = "006000000000003AAA"
+
+
+class SimulatedCrash(BaseException):
+    """The process dying: not an Exception, so nothing in the worker handles it."""
+
+
+def _enqueue(h: Harness, *ids: str) -> None:
+    with h.session_factory() as session, session.begin():
+        enqueue_opportunities(session, list(ids), source="test")
+
+
+def _seats(n: int) -> tuple[EntitlementValue, ...]:
+    return (EntitlementValue("seats", "seats", n, "seat", "Opportunity.Seats__c"),)
+
+
+def _first_deal(h: Harness, quantity: int = 5) -> None:
+    h.add_opportunity(make_plan(FIRST, quantity=quantity, entitlements=_seats(quantity)))
+    _enqueue(h, FIRST)
+    drain(h.worker(), settled(h, FIRST))
+    assert h.deal(FIRST).status == "done", h.deal(FIRST).last_error
+
+
+def _amendment(
+    opp: str, quantity: int, *, lines: str = "additions", proration: str | None = None, **kw: Any
+) -> Any:
+    plan = make_plan(opp, quantity=quantity, entitlements=_seats(quantity), **kw)
+    return replace(plan, intent="amendment", amendment_lines=lines, proration=proration)
+
+
+def _items(emu: Any, subscription_id: str | None) -> dict[str, int]:
+    sub = emu.get(subscription_id)
+    return {i["price"]["lookup_key"]: i["quantity"] for i in sub["items"]["data"]}
+
+
+def _grants(h: Harness) -> dict[str, int]:
+    with h.session_factory() as session:
+        rows = session.query(EntitlementGrant).filter(EntitlementGrant.active.is_(True)).all()
+        return {f"{r.deal_id}:{r.feature}": r.value for r in rows}
+
+
+def test_upsell_of_20_seats_adds_them_to_the_live_subscription(
+    stripe_harness: Harness, provisioning_emulator: Any
+) -> None:
+    h, emu = stripe_harness, provisioning_emulator
+    _first_deal(h)
+    sub_id = h.deal(FIRST).stripe_subscription_id
+    h.add_opportunity(_amendment(SECOND, 20))
+    _enqueue(h, SECOND)
+    drain(h.worker(), settled(h, SECOND))
+
+    deal = h.deal(SECOND)
+    assert deal.status == "done", deal.last_error
+    assert deal.stripe_subscription_id == sub_id
+    assert emu.count("subscription") == 1
+    assert _items(emu, sub_id) == {"pro_monthly": 25}
+    assert SECOND in emu.get(sub_id)["metadata"]["sf_amendments"]
+    # additions: each deal grants its own seats (25 in all, seats add up)
+    assert sorted(_grants(h).values()) == [5, 20]
+
+
+def test_an_add_on_is_a_new_item_and_a_totals_downgrade_replaces_the_grants(
+    stripe_harness: Harness, provisioning_emulator: Any
+) -> None:
+    h, emu = stripe_harness, provisioning_emulator
+    emu.seed_catalog([CatalogEntry("team_monthly_addon", "Team add-on", 700)])
+    _first_deal(h, quantity=10)
+    sub_id = h.deal(FIRST).stripe_subscription_id
+    h.add_opportunity(_amendment(SECOND, 2, lookup_key="team_monthly_addon"))
+    h.mappings.plans[SECOND] = replace(
+        h.mappings.plans[SECOND],  # type: ignore[arg-type]
+        items=tuple(replace(i, kind="addon") for i in h.mappings.plans[SECOND].items),  # type: ignore[union-attr]
+    )
+    _enqueue(h, SECOND)
+    drain(h.worker(), settled(h, SECOND))
+    assert h.deal(SECOND).status == "done", h.deal(SECOND).last_error
+    assert _items(emu, sub_id) == {"pro_monthly": 10, "team_monthly_addon": 2}
+
+    h.add_opportunity(_amendment(THIRD, 4, lines="totals"))
+    _enqueue(h, THIRD)
+    drain(h.worker(), settled(h, THIRD))
+    assert h.deal(THIRD).status == "done", h.deal(THIRD).last_error
+    # totals: 4 seats in all, the add-on no longer listed is removed
+    assert _items(emu, sub_id) == {"pro_monthly": 4}
+    assert list(_grants(h).values()) == [4]
+
+
+def test_always_invoice_finalizes_the_proration_invoice_and_keeps_its_link(
+    stripe_harness: Harness, provisioning_emulator: Any
+) -> None:
+    h, emu = stripe_harness, provisioning_emulator
+    _first_deal(h)
+    first_invoice = h.deal(FIRST).stripe_invoice_id
+    h.add_opportunity(_amendment(SECOND, 20, proration="always_invoice"))
+    _enqueue(h, SECOND)
+    drain(h.worker(), settled(h, SECOND))
+    deal = h.deal(SECOND)
+    assert deal.status == "done", deal.last_error
+    assert deal.stripe_invoice_id
+    assert deal.stripe_invoice_id != first_invoice
+    invoice = emu.get(deal.stripe_invoice_id)
+    assert invoice["status"] == "open"
+    assert deal.hosted_invoice_url == invoice["hosted_invoice_url"]
+    assert emu.count("invoice") == 2
+
+
+def test_renewal_with_a_price_increase_bills_nothing_now(
+    stripe_harness: Harness, provisioning_emulator: Any
+) -> None:
+    h, emu = stripe_harness, provisioning_emulator
+    _first_deal(h)
+    sub_id = h.deal(FIRST).stripe_subscription_id
+    period_end = emu.get(sub_id)["items"]["data"][0]["current_period_end"]
+    renewal = replace(make_plan(SECOND, quantity=5, lookup_key="team_monthly"), intent="renewal")
+    h.add_opportunity(renewal)
+    _enqueue(h, SECOND)
+    drain(h.worker(), settled(h, SECOND))
+    assert h.deal(SECOND).status == "done", h.deal(SECOND).last_error
+    assert _items(emu, sub_id) == {"team_monthly": 5}
+    sub = emu.get(sub_id)
+    assert sub["items"]["data"][0]["current_period_end"] == period_end  # same period
+    assert emu.count("invoice") == 1  # nothing billed before the renewal date
+    assert emu.count("invoiceitem") == 0
+
+
+@pytest.mark.parametrize("phase", ["before", "after"])
+def test_crash_around_the_amendment_commit_changes_the_subscription_once(
+    stripe_harness: Harness, provisioning_emulator: Any, phase: str
+) -> None:
+    h, emu = stripe_harness, provisioning_emulator
+    _first_deal(h)
+    sub_id = h.deal(FIRST).stripe_subscription_id
+    h.add_opportunity(_amendment(SECOND, 20))
+    _enqueue(h, SECOND)
+    fired: list[bool] = []
+
+    def hook(step: str, _deal_id: int) -> None:
+        if step == "subscription" and not fired:
+            fired.append(True)
+            raise SimulatedCrash(phase)
+
+    hooks = StepHooks(before_commit=hook) if phase == "before" else StepHooks(after_commit=hook)
+    with pytest.raises(SimulatedCrash):
+        drain(h.worker(hooks=hooks, owner="first"), settled(h, SECOND))
+    h.clock.advance(120)
+    drain(h.worker(owner="restarted"), settled(h, SECOND))
+    assert h.deal(SECOND).status == "done", h.deal(SECOND).last_error
+    assert _items(emu, sub_id) == {"pro_monthly": 25}  # +20 once, never +40
+
+
+def test_crash_before_the_request_reaches_stripe_then_restart_updates_once(
+    stripe_harness: Harness, provisioning_emulator: Any
+) -> None:
+    h, emu = stripe_harness, provisioning_emulator
+    _first_deal(h)
+    sub_id = h.deal(FIRST).stripe_subscription_id
+    h.add_opportunity(_amendment(SECOND, 20))
+    _enqueue(h, SECOND)
+    # the step's start is committed (the request is marked), then the process dies
+    calls = {"n": 0}
+    billing = h.billing
+    assert billing is not None
+
+    class Dying:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(billing, name)
+
+        def update_subscription(self, *a: Any, **k: Any) -> Any:
+            calls["n"] += 1
+            raise SimulatedCrash("before the request")
+
+    with pytest.raises(SimulatedCrash):
+        drain(h.worker(billing=Dying(), owner="first"), settled(h, SECOND))  # type: ignore[arg-type]
+    h.clock.advance(120)
+    drain(h.worker(owner="restarted"), settled(h, SECOND))
+    assert calls["n"] == 1
+    assert _items(emu, sub_id) == {"pro_monthly": 25}
+
+
+def test_a_later_deal_of_the_account_waits_for_an_earlier_one_in_flight(
+    stripe_harness: Harness, provisioning_emulator: Any
+) -> None:
+    h, emu = stripe_harness, provisioning_emulator
+    _first_deal(h)
+    sub_id = h.deal(FIRST).stripe_subscription_id
+    h.add_opportunity(_amendment(SECOND, 20, lines="totals"))
+    h.add_opportunity(_amendment(THIRD, 30, lines="totals"))
+    _enqueue(h, SECOND)
+    _enqueue(h, THIRD)
+    # the earlier deal got as far as its customer step and waits for a retry (Stripe was
+    # down): the later one must not overtake it
+    from datetime import timedelta
+
+    from sf_bridge.db.models import Deal
+
+    worker = h.worker()
+    with h.session_factory() as session, session.begin():
+        session.query(Deal).filter_by(opportunity_id=SECOND).update(
+            {
+                "status": "retrying",
+                "current_step": "customer",
+                "account_id": "001000000000001AAA",
+                "plan": h.mappings.plans[SECOND].to_dict(),  # type: ignore[union-attr]
+                "next_attempt_at": h.clock() + timedelta(hours=1),
+            }
+        )
+    for _ in range(30):
+        worker.run_once()
+    third = h.deal(THIRD)
+    assert third.status == "customer_ready"  # waiting, its attempts not used up
+    assert third.current_step == "subscription"
+    assert _items(emu, sub_id) == {"pro_monthly": 5}
+    with h.session_factory() as session, session.begin():
+        session.query(Deal).filter_by(opportunity_id=SECOND).update({"next_attempt_at": None})
+    drain(worker, settled(h, SECOND, THIRD))
+    assert h.deal(SECOND).status == "done", h.deal(SECOND).last_error
+    assert h.deal(THIRD).status == "done", h.deal(THIRD).last_error
+    assert _items(emu, sub_id) == {"pro_monthly": 30}  # applied in order: 20 then 30
+
+
+def test_reopened_deal_closed_with_40_seats_instead_of_5_updates_once_to_40(
+    stripe_harness: Harness, provisioning_emulator: Any
+) -> None:
+    h, emu = stripe_harness, provisioning_emulator
+    _first_deal(h, quantity=5)
+    deal = h.deal(FIRST)
+    sub_id = deal.stripe_subscription_id
+    with h.session_factory() as session, session.begin():
+        session.query(type(deal)).filter_by(id=deal.id).update({"status": "unwon"})
+        assert mark_changed_after_provisioning(session, [FIRST], source="test") == [FIRST]
+    assert h.deal(FIRST).status == "needs_attention"
+    h.mappings.set_plan(make_plan(FIRST, quantity=40, entitlements=_seats(40)))
+    h.crm.opportunities[FIRST]["Amount"] = 40  # it changed in Salesforce
+    replay(h.session_factory, [FIRST], mappings=h.mappings, crm=h.crm)
+    drain(h.worker(), settled(h, FIRST))
+    deal = h.deal(FIRST)
+    assert deal.status == "done", deal.last_error
+    assert emu.count("subscription") == 1
+    assert _items(emu, sub_id) == {"pro_monthly": 40}
+    assert list(_grants(h).values()) == [40]
+    assert deal.writeback_pending is False or deal.written_back_at is not None
+    # replayed again: nothing changes
+    replay(h.session_factory, [FIRST], mappings=h.mappings, crm=h.crm)
+    drain(h.worker(), settled(h, FIRST))
+    assert _items(emu, sub_id) == {"pro_monthly": 40}
+
+
+def test_an_amendment_without_a_live_subscription_parks_with_its_reason(
+    stripe_harness: Harness,
+) -> None:
+    h = stripe_harness
+    h.add_opportunity(_amendment(SECOND, 20))
+    _enqueue(h, SECOND)
+    drain(h.worker(), settled(h, SECOND))
+    deal = h.deal(SECOND)
+    assert deal.status == "needs_attention"
+    assert deal.last_error_code == "no_subscription_to_amend"
+    assert "replay" in (deal.last_error or "")
+
+
+def test_preview_of_an_upsell_shows_before_after_and_the_invoice_creating_nothing(
+    stripe_harness: Harness, provisioning_emulator: Any
+) -> None:
+    from sf_bridge.provisioning.change_preview import change_json, preview_change
+
+    h, emu = stripe_harness, provisioning_emulator
+    _first_deal(h)
+    kinds = ("customer", "subscription", "invoice", "invoiceitem")
+    counts = {k: emu.count(k) for k in kinds}
+    sub_before = emu.get(h.deal(FIRST).stripe_subscription_id)
+    assert h.billing is not None
+    plan = _amendment(SECOND, 20, proration="always_invoice")
+    shown = change_json(preview_change(plan, h.billing, h.session_factory))
+    assert [(i["lookup_key"], i["quantity"]) for i in shown["before"]] == [("pro_monthly", 5)]
+    assert [(i["lookup_key"], i["quantity"]) for i in shown["after"]] == [("pro_monthly", 25)]
+    assert shown["invoice"] is not None
+    assert any(line["proration"] for line in shown["invoice"]["lines"])
+    assert {k: emu.count(k) for k in kinds} == counts
+    assert emu.get(h.deal(FIRST).stripe_subscription_id) == sub_before
+
+
+@pytest.mark.parametrize("phase", ["before", "after"])
+@pytest.mark.parametrize("step", ["subscription", "invoice"])
+def test_crash_around_an_always_invoice_amendment_gives_one_update_and_one_invoice(
+    stripe_harness: Harness, provisioning_emulator: Any, step: str, phase: str
+) -> None:
+    h, emu = stripe_harness, provisioning_emulator
+    _first_deal(h)
+    sub_id = h.deal(FIRST).stripe_subscription_id
+    h.add_opportunity(_amendment(SECOND, 20, proration="always_invoice"))
+    _enqueue(h, SECOND)
+    fired: list[bool] = []
+
+    def hook(at: str, _deal_id: int) -> None:
+        if at == step and not fired:
+            fired.append(True)
+            raise SimulatedCrash(phase)
+
+    hooks = StepHooks(before_commit=hook) if phase == "before" else StepHooks(after_commit=hook)
+    with pytest.raises(SimulatedCrash):
+        drain(h.worker(hooks=hooks, owner="first"), settled(h, SECOND))
+    h.clock.advance(120)
+    drain(h.worker(owner="restarted"), settled(h, SECOND))
+    deal = h.deal(SECOND)
+    assert deal.status == "done", deal.last_error
+    assert _items(emu, sub_id) == {"pro_monthly": 25}
+    assert emu.count("invoice") == 2  # the first deal's and the proration's
+    assert emu.get(deal.stripe_invoice_id)["status"] == "open"
+    assert deal.hosted_invoice_url
