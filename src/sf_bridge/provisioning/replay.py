@@ -33,7 +33,7 @@ from sf_bridge.provisioning.states import (
     STEPS,
     status_before,
 )
-from sf_bridge.provisioning.store import CHANGED_CODE, UNWON_CODE, DealStore
+from sf_bridge.provisioning.store import UNWON_CODE, DealStore
 
 log = get_logger(__name__)
 
@@ -202,17 +202,18 @@ def _requeue(
                 False,
             )
         )
-    if deal.status == NEEDS_ATTENTION and deal.last_error_code in (UNWON_CODE, CHANGED_CODE):
-        # Provisioned, then no longer won (or won again with changes): a replay would re-fetch
-        # it and record it skipped while its subscription and grants stay live. A person
-        # decides instead.
+    if deal.status == NEEDS_ATTENTION and deal.last_error_code == UNWON_CODE:
+        # Provisioned, then no longer won: a replay would re-fetch it and record it skipped
+        # while its subscription and grants stay live. A person decides instead. (A deal won
+        # again with changes, CHANGED_CODE, is replayed: its lines become an amendment of its
+        # own subscription.)
         return _Change(
             ReplayOutcome(
                 deal.id,
                 deal.opportunity_id,
                 None,
                 f"parked ({deal.last_error_code}): it was provisioned and its opportunity "
-                f"changed since; a replay does not settle it. Run `sf-bridge deals cancel "
+                f"is no longer won; a replay does not settle it. Run `sf-bridge deals cancel "
                 f"{deal.id}` or `sf-bridge deals keep {deal.id}`.",
                 False,
             )
