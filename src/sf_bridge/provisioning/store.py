@@ -51,6 +51,7 @@ from sf_bridge.db.models import (
 from sf_bridge.entitlements.ledger import grant_entitlements
 from sf_bridge.logging import get_logger
 from sf_bridge.provisioning.dbscope import SessionScope
+from sf_bridge.provisioning.group_commit import Batch, GroupCommit, NotHeld, Work
 from sf_bridge.provisioning.outcome import CustomerView, DealView, Outcome
 from sf_bridge.provisioning.states import ACCOUNT_STEPS, SETTLED, STEP_CUSTOMER
 from sf_bridge.provisioning.wakeup import work_added
@@ -65,8 +66,8 @@ _VIEW = [deals.c[name] for name in DealView.columns()]
 log = get_logger(__name__)
 
 
-class _NotHeld(Exception):
-    """Rolls the transaction back: the deal or its account is not this worker's."""
+# The deal or its account is not this worker's: the unit of work writes nothing.
+_NotHeld = NotHeld
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,11 @@ class DealStore:
         self.owner = owner
         self.lease = lease
         self.clock = clock
+        self.group = GroupCommit(self.db, attempts, events)
+
+    def flush(self) -> None:
+        """Commits the deferred outcomes (`commit(..., defer=True)`) now."""
+        self.group.flush()
 
     # claims --------------------------------------------------------------------------------
 
@@ -219,60 +225,62 @@ class DealStore:
         step that rides in this start) written with it, and that step's attempt row
         (`prior`: step, attempt, duration in ms, detail). None, writing nothing, when the
         account is busy or the deal is no longer this worker's."""
-        try:
-            return self._start(
-                deal, step, account, identity, dict(changes or {}), prior, before_commit
-            )
-        except _NotHeld:
-            return None
+        values = dict(changes or {})
+
+        def run(conn: Connection, batch: Batch) -> Started:
+            return self._start(conn, batch, deal, step, account, identity, values, prior)
+
+        started: Started | None = self.group.run(
+            Work(run, savepoint=step == STEP_CUSTOMER, before_commit=before_commit)
+        )
+        return started
 
     def _start(
         self,
+        conn: Connection,
+        batch: Batch,
         deal: DealView,
         step: str,
         account: str,
         identity: Any,
         changes: dict[str, Any],
         prior: tuple[str, int, int, Mapping[str, Any]] | None,
-        before_commit: Callable[[], None] | None,
     ) -> Started:
         now = self.clock()
-        with self.db() as session, session.begin():
-            conn = session.connection()
-            known: CustomerView | None = None
-            customer_id = deal.customer_id
-            resumed = deal.requested(step)
-            if step == STEP_CUSTOMER:
-                known, earlier = _customer_to_request(conn, identity, now)
-                customer_id = known.id
-                resumed = resumed or earlier
-            if conn.dialect.name == "postgresql":
-                names = sorted({f"account:{account}", f"customer:{customer_id}"})
-                conn.execute(select(*[func.pg_advisory_xact_lock(func.hashtext(n)) for n in names]))
-            values = {
-                **changes,
-                "account_id": account,
-                "customer_id": customer_id,
-                "account_until": now + self.lease,
-                "locked_until": now + self.lease,
-                "stripe_requested": deal.with_requested(step),
-            }
-            taken = conn.execute(
-                update(deals)
-                .where(
-                    deals.c.id == deal.id,
-                    deals.c.locked_by == self.owner,
-                    deals.c.status != CANCELLED,
-                    ~_account_held(deal.id, account, customer_id, now),
-                )
-                .values(**values)
-            ).rowcount
-            if taken != 1:
-                raise _NotHeld
-            if prior is not None:
-                done, attempt_no, duration, detail = prior
-                _finish_attempt(
-                    conn,
+        known: CustomerView | None = None
+        customer_id = deal.customer_id
+        resumed = deal.requested(step)
+        if step == STEP_CUSTOMER:
+            known, earlier = _customer_to_request(conn, identity, now)
+            customer_id = known.id
+            resumed = resumed or earlier
+        if conn.dialect.name == "postgresql":
+            names = sorted({f"account:{account}", f"customer:{customer_id}"})
+            conn.execute(select(*[func.pg_advisory_xact_lock(func.hashtext(n)) for n in names]))
+        values = {
+            **changes,
+            "account_id": account,
+            "customer_id": customer_id,
+            "account_until": now + self.lease,
+            "locked_until": now + self.lease,
+            "stripe_requested": deal.with_requested(step),
+        }
+        taken = conn.execute(
+            update(deals)
+            .where(
+                deals.c.id == deal.id,
+                deals.c.locked_by == self.owner,
+                deals.c.status != CANCELLED,
+                ~_account_held(deal.id, account, customer_id, now),
+            )
+            .values(**values)
+        ).rowcount
+        if taken != 1:
+            raise _NotHeld
+        if prior is not None:
+            done, attempt_no, duration, detail = prior
+            batch.attempt_rows.append(
+                _attempt_row(
                     deal.id,
                     done,
                     attempt_no,
@@ -281,8 +289,7 @@ class DealStore:
                     duration_ms=duration,
                     detail=dict(detail),
                 )
-            if before_commit is not None:
-                before_commit()
+            )
         return Started(resumed, known, deal.with_changes(values))
 
     # outcomes ------------------------------------------------------------------------------
@@ -301,6 +308,8 @@ class DealStore:
         before_commit: Callable[[], None],
         start_next: bool = False,
         also: tuple[tuple[str, Outcome, str, Mapping[str, Any]], ...] = (),
+        defer: bool = False,
+        after_commit: Callable[[], None] | None = None,
     ) -> tuple[DealView, Started | None] | None:
         """Records a step's outcome and its attempt row and moves the deal on; the deal as
         committed, or None when this worker no longer holds it (lease taken over, or
@@ -308,112 +317,133 @@ class DealStore:
         account's lease is kept and the next step marked as requested in the same UPDATE,
         before its request; otherwise the account's lease is given back. `also`: the outcomes
         of pure steps that ran after this one (step, outcome, status, detail), committed with
-        it; `next_step` is then the step after the last of them."""
-        now = self.clock()
-        try:
-            return self._commit(
-                deal,
-                [(step, outcome, status, detail), *also],
-                next_step,
-                attempt_no,
-                duration,
-                before_commit,
-                now,
-                start_next,
-            )
-        except _NotHeld:
-            return None
+        it; `next_step` is then the step after the last of them.
 
-    def _commit(
+        `defer` (only when the deal leaves the per-deal steps and nothing is requested from
+        Stripe after it): the outcome rides in this store's next transaction or `flush()`
+        (`sf_bridge.provisioning.group_commit`); the deal as it will be committed is returned
+        at once, and `after_commit` runs once it is (not at all when the lease was lost)."""
+        now = self.clock()
+        results = [(step, outcome, status, detail), *also]
+        values = self._commit_values(deal, results, next_step, now, start_next)
+
+        def run(conn: Connection, batch: Batch) -> tuple[DealView, Started | None]:
+            return self._commit(conn, batch, deal, results, values, attempt_no, duration, now)
+
+        unit = Work(
+            run,
+            savepoint=any(r[1].ensure_customer is not None for r in results),
+            before_commit=before_commit,
+        )
+        if defer and not start_next and (next_step is None or not _is_deal_step(next_step)):
+            unit.after_commit = (lambda _r: after_commit()) if after_commit else _nothing
+            self.group.defer(unit)
+            return deal.with_changes(values), None
+        committed: tuple[DealView, Started | None] | None = self.group.run(unit)
+        if committed is not None and after_commit is not None:
+            after_commit()
+        return committed
+
+    def _commit_values(
         self,
         deal: DealView,
         results: list[tuple[str, Outcome, str, Mapping[str, Any]]],
         next_step: str | None,
-        attempt_no: int,
-        duration: int,
-        before_commit: Callable[[], None],
         now: datetime,
         start_next: bool,
+    ) -> dict[str, Any]:
+        in_flight = next_step is not None and _is_deal_step(next_step)
+        values: dict[str, Any] = {}
+        for _step, outcome, _status, _detail in results:
+            values.update(outcome.changes)
+        values.update(
+            status=results[-1][2],
+            current_step=next_step,
+            attempts=0,
+            next_attempt_at=None,
+            last_error=None,
+            last_error_code=None,
+            locked_by=self.owner if in_flight else None,
+            locked_until=now + self.lease if in_flight else None,
+            account_until=now + self.lease if start_next else None,
+            updated_at=now,
+        )
+        if start_next and next_step is not None:
+            values["stripe_requested"] = deal.with_requested(next_step)
+        return values
+
+    def _commit(
+        self,
+        conn: Connection,
+        batch: Batch,
+        deal: DealView,
+        results: list[tuple[str, Outcome, str, Mapping[str, Any]]],
+        values: dict[str, Any],
+        attempt_no: int,
+        duration: int,
+        now: datetime,
     ) -> tuple[DealView, Started | None]:
-        with self.db() as session, session.begin():
-            conn = session.connection()
-            changes: dict[str, Any] = {}
-            for _step, outcome, _status, _detail in results:
-                changes.update(outcome.changes)
-                if outcome.ensure_customer is not None:
-                    changes["customer_id"] = ensure_customer(conn, outcome.ensure_customer).id
-            in_flight = next_step is not None and _is_deal_step(next_step)
-            values = {
-                **changes,
-                "status": results[-1][2],
-                "current_step": next_step,
-                "attempts": 0,
-                "next_attempt_at": None,
-                "last_error": None,
-                "last_error_code": None,
-                "locked_by": self.owner if in_flight else None,
-                "locked_until": now + self.lease if in_flight else None,
-                "account_until": now + self.lease if start_next else None,
-                "updated_at": now,
-            }
-            if start_next and next_step is not None:
-                values["stripe_requested"] = deal.with_requested(next_step)
-            held = conn.execute(
-                update(deals)
-                .where(
-                    deals.c.id == deal.id,
-                    deals.c.locked_by == self.owner,
-                    deals.c.status != CANCELLED,
-                )
-                .values(**values)
-            ).rowcount
-            if held != 1:
-                raise _NotHeld
-            customer_id = changes.get("customer_id", deal.customer_id)
-            started_at = now - timedelta(milliseconds=duration)
-            attempt_rows: list[dict[str, Any]] = []
-            for step, outcome, _status, detail in results:
-                if outcome.stripe_customer_id and customer_id is not None:
-                    conn.execute(
-                        update(customers)
-                        .where(
-                            customers.c.id == customer_id,
-                            customers.c.stripe_customer_id.is_(None),
-                        )
-                        .values(stripe_customer_id=outcome.stripe_customer_id, updated_at=now)
-                    )
-                if outcome.grants and customer_id is not None:
-                    grant_entitlements(
-                        conn,
-                        deal_id=deal.id,
-                        opportunity_id=deal.opportunity_id,
-                        customer_id=customer_id,
-                        entitlements=outcome.grants,
-                        subscription_id=changes.get(
-                            "stripe_subscription_id", deal.stripe_subscription_id
-                        ),
-                    )
-                attempt_rows.append(
-                    {
-                        "deal_id": deal.id,
-                        "step": step,
-                        "attempt": attempt_no if not attempt_rows else 1,
-                        "started_at": started_at,
-                        "finished_at": now,
-                        "outcome": "ok",
-                        "duration_ms": duration if not attempt_rows else 0,
-                        "idempotency_key": outcome.idempotency_key,
-                        "stripe_request_id": outcome.stripe_request_id,
-                        "detail": dict(detail),
-                        "error": None,
-                        "error_code": None,
-                    }
-                )
-            conn.execute(insert(attempts), attempt_rows)
-            started = (
-                Started(deal.requested(next_step)) if start_next and next_step is not None else None
+        values = dict(values)
+        for _step, outcome, _status, _detail in results:
+            if outcome.ensure_customer is not None:
+                values["customer_id"] = ensure_customer(conn, outcome.ensure_customer).id
+        held = conn.execute(
+            update(deals)
+            .where(
+                deals.c.id == deal.id,
+                deals.c.locked_by == self.owner,
+                deals.c.status != CANCELLED,
             )
-            before_commit()
+            .values(**values)
+        ).rowcount
+        if held != 1:
+            raise _NotHeld
+        customer_id = values.get("customer_id", deal.customer_id)
+        started_at = now - timedelta(milliseconds=duration)
+        first = True
+        for step, outcome, _status, detail in results:
+            if outcome.stripe_customer_id and customer_id is not None:
+                conn.execute(
+                    update(customers)
+                    .where(
+                        customers.c.id == customer_id,
+                        customers.c.stripe_customer_id.is_(None),
+                    )
+                    .values(stripe_customer_id=outcome.stripe_customer_id, updated_at=now)
+                )
+            if outcome.grants and customer_id is not None:
+                grant_entitlements(
+                    conn,
+                    deal_id=deal.id,
+                    opportunity_id=deal.opportunity_id,
+                    customer_id=customer_id,
+                    entitlements=outcome.grants,
+                    subscription_id=values.get(
+                        "stripe_subscription_id", deal.stripe_subscription_id
+                    ),
+                )
+            batch.attempt_rows.append(
+                {
+                    "deal_id": deal.id,
+                    "step": step,
+                    "attempt": attempt_no if first else 1,
+                    "started_at": started_at,
+                    "finished_at": now,
+                    "outcome": "ok",
+                    "duration_ms": duration if first else 0,
+                    "idempotency_key": outcome.idempotency_key,
+                    "stripe_request_id": outcome.stripe_request_id,
+                    "detail": dict(detail),
+                    "error": None,
+                    "error_code": None,
+                }
+            )
+            first = False
+        next_step = values["current_step"]
+        start_next = values["account_until"] is not None
+        started = (
+            Started(deal.requested(next_step)) if start_next and next_step is not None else None
+        )
         return deal.with_changes({**values, "customer_id": customer_id}), started
 
     def fail(
@@ -434,8 +464,8 @@ class DealStore:
         with an event; gives the leases back. False when this worker no longer held the deal."""
         now = self.clock()
         retrying = retry_at is not None
-        with self.db() as session, session.begin():
-            conn = session.connection()
+
+        def run(conn: Connection, batch: Batch) -> bool:
             values: dict[str, Any] = {
                 "status": "retrying" if retrying else "needs_attention",
                 "current_step": step,
@@ -460,32 +490,35 @@ class DealStore:
                 .values(**values)
             ).rowcount
             if held != 1:
-                return False  # nothing of this attempt is ours to record
-            _finish_attempt(
-                conn,
-                deal_id,
-                step,
-                attempt_no,
-                now,
-                outcome="retry" if retrying else "failed",
-                duration_ms=duration,
-                error=reason,
-                error_code=code,
-                stripe_request_id=stripe_request_id,
-                idempotency_key=idempotency_key,
-                detail=detail,
+                raise _NotHeld  # nothing of this attempt is ours to record
+            batch.attempt_rows.append(
+                _attempt_row(
+                    deal_id,
+                    step,
+                    attempt_no,
+                    now,
+                    outcome="retry" if retrying else "failed",
+                    duration_ms=duration,
+                    error=reason,
+                    error_code=code,
+                    stripe_request_id=stripe_request_id,
+                    idempotency_key=idempotency_key,
+                    detail=detail,
+                )
             )
             if not retrying:
-                conn.execute(
-                    insert(events).values(
-                        deal_id=deal_id,
-                        at=now,
-                        kind="needs_attention",
-                        message=reason,
-                        detail={"step": step, "code": code},
-                    )
+                batch.event_rows.append(
+                    {
+                        "deal_id": deal_id,
+                        "at": now,
+                        "kind": "needs_attention",
+                        "message": reason,
+                        "detail": {"step": step, "code": code},
+                    }
                 )
-        return True
+            return True
+
+        return bool(self.group.run(Work(run)))
 
     # batches -------------------------------------------------------------------------------
 
@@ -1229,6 +1262,36 @@ def _customer_to_request(
             update(customers).where(customers.c.id == known.id).values(create_requested_at=now)
         )
     return known, known.create_requested_at is not None
+
+
+# Every column of an attempt row, so that the rows of one batch go in one multi-row INSERT.
+_ATTEMPT_DEFAULTS: dict[str, Any] = {
+    "duration_ms": None,
+    "idempotency_key": None,
+    "stripe_request_id": None,
+    "detail": None,
+    "error": None,
+    "error_code": None,
+}
+
+
+def _attempt_row(
+    deal_id: int, step: str, attempt_no: int, now: datetime, **values: Any
+) -> dict[str, Any]:
+    """An attempt row, whole, when the attempt is over."""
+    return {
+        **_ATTEMPT_DEFAULTS,
+        "deal_id": deal_id,
+        "step": step,
+        "attempt": attempt_no,
+        "started_at": now - timedelta(milliseconds=values.get("duration_ms") or 0),
+        "finished_at": now,
+        **values,
+    }
+
+
+def _nothing(_result: Any) -> None:
+    return None
 
 
 def _finish_attempt(
