@@ -230,9 +230,7 @@ class DealStore:
         def run(conn: Connection, batch: Batch) -> Started:
             return self._start(conn, batch, deal, step, account, identity, values, prior)
 
-        started: Started | None = self.group.run(
-            Work(run, savepoint=step == STEP_CUSTOMER, before_commit=before_commit)
-        )
+        started: Started | None = self.group.run(Work(run, before_commit=before_commit))
         return started
 
     def _start(
