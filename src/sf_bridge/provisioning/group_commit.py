@@ -160,8 +160,7 @@ class GroupCommit:
     def _transaction(self, units: list[Work]) -> None:
         alone = len(units) == 1
         batch = Batch()
-        with self._scope() as session, session.begin():
-            conn = session.connection()
+        with self._scope.transaction() as conn:
             for unit in units:
                 unit.held, unit.error = False, None
                 try:

@@ -35,7 +35,20 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Table, and_, case, exists, func, insert, or_, select, update
+from sqlalchemy import (
+    Connection,
+    String,
+    Table,
+    and_,
+    bindparam,
+    case,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -92,7 +105,7 @@ def _due(now: datetime) -> Any:
     )
 
 
-def _account_held(deal_id: Any, account: Any, customer_id: Any, now: datetime) -> Any:
+def _account_held(deal_id: Any, account: Any, customer_id: Any, now: Any) -> Any:
     """Another live deal holds the account's lease of this account or customers row."""
     other = deals.alias("holder")
     return exists().where(
@@ -103,6 +116,32 @@ def _account_held(deal_id: Any, account: Any, customer_id: Any, now: datetime) -
         other.c.locked_until >= now,
         other.c.status.not_in(SETTLED),
     )
+
+
+# The per-deal statements, built once: each run passes its values as parameters (the deal
+# columns to set by their names, the guard's values as `b_*`), so SQLAlchemy finds the
+# compiled form in its cache without building and hashing a statement per deal.
+_GUARD = (
+    deals.c.id == bindparam("b_id"),
+    deals.c.locked_by == bindparam("b_owner"),
+    deals.c.status != CANCELLED,
+)
+_START = update(deals).where(
+    *_GUARD,
+    ~_account_held(
+        bindparam("b_id"), bindparam("b_account"), bindparam("b_customer"), bindparam("b_now")
+    ),
+)
+_COMMIT = update(deals).where(*_GUARD)
+_PARK = _COMMIT.values(writeback_pending=deals.c.source != "file")  # Salesforce is told too
+_CUSTOMER_STRIPE_ID = update(customers).where(
+    customers.c.id == bindparam("b_id"), customers.c.stripe_customer_id.is_(None)
+)
+_CUSTOMER_MARK = update(customers).where(customers.c.id == bindparam("b_id"))
+
+
+def _guard(deal_id: int, owner: str) -> dict[str, Any]:
+    return {"b_id": deal_id, "b_owner": owner}
 
 
 def _claimable(now: datetime) -> Any:
@@ -254,7 +293,7 @@ class DealStore:
             resumed = resumed or earlier
         if conn.dialect.name == "postgresql":
             names = sorted({f"account:{account}", f"customer:{customer_id}"})
-            conn.execute(select(*[func.pg_advisory_xact_lock(func.hashtext(n)) for n in names]))
+            conn.execute(_ADVISORY_LOCKS[len(names)], {f"n{i}": n for i, n in enumerate(names)})
         values = {
             **changes,
             "account_id": account,
@@ -264,14 +303,14 @@ class DealStore:
             "stripe_requested": deal.with_requested(step),
         }
         taken = conn.execute(
-            update(deals)
-            .where(
-                deals.c.id == deal.id,
-                deals.c.locked_by == self.owner,
-                deals.c.status != CANCELLED,
-                ~_account_held(deal.id, account, customer_id, now),
-            )
-            .values(**values)
+            _START,
+            {
+                **values,
+                **_guard(deal.id, self.owner),
+                "b_account": account,
+                "b_customer": customer_id,
+                "b_now": now,
+            },
         ).rowcount
         if taken != 1:
             raise _NotHeld
@@ -385,15 +424,7 @@ class DealStore:
         for _step, outcome, _status, _detail in results:
             if outcome.ensure_customer is not None:
                 values["customer_id"] = ensure_customer(conn, outcome.ensure_customer).id
-        held = conn.execute(
-            update(deals)
-            .where(
-                deals.c.id == deal.id,
-                deals.c.locked_by == self.owner,
-                deals.c.status != CANCELLED,
-            )
-            .values(**values)
-        ).rowcount
+        held = conn.execute(_COMMIT, {**values, **_guard(deal.id, self.owner)}).rowcount
         if held != 1:
             raise _NotHeld
         customer_id = values.get("customer_id", deal.customer_id)
@@ -402,12 +433,12 @@ class DealStore:
         for step, outcome, _status, detail in results:
             if outcome.stripe_customer_id and customer_id is not None:
                 conn.execute(
-                    update(customers)
-                    .where(
-                        customers.c.id == customer_id,
-                        customers.c.stripe_customer_id.is_(None),
-                    )
-                    .values(stripe_customer_id=outcome.stripe_customer_id, updated_at=now)
+                    _CUSTOMER_STRIPE_ID,
+                    {
+                        "b_id": customer_id,
+                        "stripe_customer_id": outcome.stripe_customer_id,
+                        "updated_at": now,
+                    },
                 )
             if outcome.grants and customer_id is not None:
                 grant_entitlements(
@@ -476,16 +507,8 @@ class DealStore:
                 "next_attempt_at": retry_at,
                 "updated_at": now,
             }
-            if not retrying:
-                values["writeback_pending"] = deals.c.source != "file"  # tell Salesforce too
             held = conn.execute(
-                update(deals)
-                .where(
-                    deals.c.id == deal_id,
-                    deals.c.locked_by == self.owner,
-                    deals.c.status != CANCELLED,
-                )
-                .values(**values)
+                _COMMIT if retrying else _PARK, {**values, **_guard(deal_id, self.owner)}
             ).rowcount
             if held != 1:
                 raise _NotHeld  # nothing of this attempt is ours to record
@@ -1221,6 +1244,35 @@ _CUSTOMER_VIEW = [
 ]
 
 
+_CUSTOMER_BY_KEY = select(*_CUSTOMER_VIEW).where(customers.c.customer_key == bindparam("b_key"))
+_CUSTOMER_INSERTS: dict[str, Any] = {}
+
+
+def _customer_insert(dialect: str) -> Any:
+    """A new customers row, made already marked unless its key exists: built once a dialect."""
+    statement = _CUSTOMER_INSERTS.get(dialect)
+    if statement is None:
+        statement = _CUSTOMER_INSERTS[dialect] = (
+            (postgresql if dialect == "postgresql" else sqlite)
+            .insert(customers)
+            .on_conflict_do_nothing(index_elements=["customer_key"])
+            .returning(*_CUSTOMER_VIEW)
+        )
+    return statement
+
+
+# The start's transaction-scoped advisory locks (PostgreSQL), one or two names.
+_ADVISORY_LOCKS = {
+    n: select(
+        *[
+            func.pg_advisory_xact_lock(func.hashtext(bindparam(f"n{i}", type_=String())))
+            for i in range(n)
+        ]
+    )
+    for n in (1, 2)
+}
+
+
 def _customer_to_request(
     conn: Connection, identity: Any, now: datetime
 ) -> tuple[CustomerView, bool]:
@@ -1229,36 +1281,26 @@ def _customer_to_request(
     out before (another deal of the customer, or an earlier attempt)."""
     made = (
         conn.execute(
-            _insert(conn, customers)
-            .values(
-                customer_key=identity.customer_key,
-                sf_account_id=identity.account_id,
-                name=identity.name[:255],
-                email=identity.email,
-                create_requested_at=now,
-                created_at=now,
-                updated_at=now,
-            )
-            .on_conflict_do_nothing(index_elements=["customer_key"])
-            .returning(*_CUSTOMER_VIEW)
+            _customer_insert(conn.dialect.name),
+            {
+                "customer_key": identity.customer_key,
+                "sf_account_id": identity.account_id,
+                "name": identity.name[:255],
+                "email": identity.email,
+                "create_requested_at": now,
+                "created_at": now,
+                "updated_at": now,
+            },
         )
         .mappings()
         .first()
     )
     if made is not None:
         return CustomerView(**made), False
-    row = (
-        conn.execute(
-            select(*_CUSTOMER_VIEW).where(customers.c.customer_key == identity.customer_key)
-        )
-        .mappings()
-        .one()
-    )
+    row = conn.execute(_CUSTOMER_BY_KEY, {"b_key": identity.customer_key}).mappings().one()
     known = CustomerView(**row)
     if known.create_requested_at is None and known.stripe_customer_id is None:
-        conn.execute(
-            update(customers).where(customers.c.id == known.id).values(create_requested_at=now)
-        )
+        conn.execute(_CUSTOMER_MARK, {"b_id": known.id, "create_requested_at": now})
     return known, known.create_requested_at is not None
 
 
