@@ -22,6 +22,11 @@ marks the customers row) runs in a savepoint when it shares the transaction. An 
 database in a shared transaction rolls it back and each unit is committed again on its own, so
 one deal's error fails only that deal. A `BaseException` (the process going down) rolls the
 whole batch back, as a crash between building and committing the batch would.
+
+The attempt row of a step whose deal goes straight on to its next Stripe step (a history
+row; nothing is decided from it) rides in the next transaction that writes attempt rows, a
+deferred outcome's or a failure's, or in `flush()`, so that a deal's attempt rows go in one
+multi-row INSERT. A crash before then loses those rows, not the outcomes they describe.
 """
 
 from __future__ import annotations
@@ -38,6 +43,9 @@ from sf_bridge.provisioning.dbscope import SessionScope
 
 log = get_logger(__name__)
 
+# At most this many attempt rows wait for a later transaction.
+MAX_CARRIED = 200
+
 
 class NotHeld(Exception):
     """A unit of work whose guard did not hold: it wrote nothing (or its savepoint is undone)."""
@@ -49,6 +57,9 @@ class Batch:
 
     attempt_rows: list[dict[str, Any]] = field(default_factory=list)
     event_rows: list[dict[str, Any]] = field(default_factory=list)
+    # Attempt rows that may wait for a later transaction (history of a step whose deal goes
+    # straight on to its next Stripe step): they ride in the next one that writes attempts.
+    later_rows: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(eq=False)
@@ -77,6 +88,7 @@ class GroupCommit:
         self._cond = threading.Condition()
         self._queue: list[Work] = []
         self._committing = False
+        self._carried: list[dict[str, Any]] = []  # later rows not written yet
 
     def run(self, work: Work) -> Any:
         """Commits `work` (with whatever else is queued); its result, None when its guard did
@@ -103,7 +115,7 @@ class GroupCommit:
         with self._cond:
             while self._committing:
                 self._cond.wait()
-            if not self._queue:
+            if not self._queue and not self._carried:
                 return
             self._committing = True
         self._commit_queued()
@@ -160,6 +172,7 @@ class GroupCommit:
     def _transaction(self, units: list[Work]) -> None:
         alone = len(units) == 1
         batch = Batch()
+        deferred = not units or any(u.after_commit is not None for u in units)
         with self._scope.transaction() as conn:
             for unit in units:
                 unit.held, unit.error = False, None
@@ -173,10 +186,15 @@ class GroupCommit:
                 except NotHeld:
                     if alone:
                         raise
-            if batch.attempt_rows:
-                conn.execute(insert(self._attempts), batch.attempt_rows)
+            carried = self._carried + batch.later_rows
+            rows = batch.attempt_rows
+            if rows or deferred or len(carried) >= MAX_CARRIED:
+                rows, carried = carried + rows, []
+            if rows:
+                conn.execute(insert(self._attempts), rows)
             if batch.event_rows:
                 conn.execute(insert(self._events), batch.event_rows)
             for unit in units:
                 if unit.held and unit.before_commit is not None:
                     unit.before_commit()
+        self._carried = carried  # only the committing thread touches it

@@ -316,7 +316,7 @@ class DealStore:
             raise _NotHeld
         if prior is not None:
             done, attempt_no, duration, detail = prior
-            batch.attempt_rows.append(
+            batch.later_rows.append(
                 _attempt_row(
                     deal.id,
                     done,
@@ -430,6 +430,9 @@ class DealStore:
         customer_id = values.get("customer_id", deal.customer_id)
         started_at = now - timedelta(milliseconds=duration)
         first = True
+        next_step = values["current_step"]
+        start_next = values["account_until"] is not None
+        history = batch.later_rows if start_next else batch.attempt_rows
         for step, outcome, _status, detail in results:
             if outcome.stripe_customer_id and customer_id is not None:
                 conn.execute(
@@ -451,7 +454,7 @@ class DealStore:
                         "stripe_subscription_id", deal.stripe_subscription_id
                     ),
                 )
-            batch.attempt_rows.append(
+            history.append(
                 {
                     "deal_id": deal.id,
                     "step": step,
@@ -468,8 +471,6 @@ class DealStore:
                 }
             )
             first = False
-        next_step = values["current_step"]
-        start_next = values["account_until"] is not None
         started = (
             Started(deal.requested(next_step)) if start_next and next_step is not None else None
         )
