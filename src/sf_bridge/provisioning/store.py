@@ -97,7 +97,7 @@ def _insert(conn: Connection, table: Any) -> Any:
     return (postgresql if conn.dialect.name == "postgresql" else sqlite).insert(table)
 
 
-def _due(now: datetime) -> Any:
+def _due(now: Any) -> Any:
     return and_(
         deals.c.status.not_in(SETTLED),
         or_(deals.c.next_attempt_at.is_(None), deals.c.next_attempt_at <= now),
@@ -140,11 +140,42 @@ _CUSTOMER_STRIPE_ID = update(customers).where(
 _CUSTOMER_MARK = update(customers).where(customers.c.id == bindparam("b_id"))
 
 
+_CLAIMS: dict[str, Any] = {}
+
+
+def _claim_statement(dialect: str) -> Any:
+    """The claim, built once a dialect (its subquery and the account check are the costliest
+    statement of the worker to build): due deals at one of `b_steps`, `b_limit` of them."""
+    statement = _CLAIMS.get(dialect)
+    if statement is None:
+        now: Any = bindparam("b_now")
+        steps: Any = bindparam("b_steps", expanding=True)
+        candidates = (
+            select(deals.c.id)
+            .where(deals.c.current_step.in_(steps), _due(now), _claimable(now))
+            .order_by(deals.c.id)
+            .limit(bindparam("b_limit"))
+        )
+        if dialect == "postgresql":
+            candidates = candidates.with_for_update(skip_locked=True, of=deals)
+        statement = _CLAIMS[dialect] = (
+            update(deals)
+            .where(
+                deals.c.id.in_(candidates.scalar_subquery()),
+                deals.c.current_step.in_(steps),
+                _due(now),
+                _claimable(now),
+            )
+            .returning(*_VIEW)
+        )
+    return statement
+
+
 def _guard(deal_id: int, owner: str) -> dict[str, Any]:
     return {"b_id": deal_id, "b_owner": owner}
 
 
-def _claimable(now: datetime) -> Any:
+def _claimable(now: Any) -> Any:
     """Not about to write to Stripe, or its account and customers row are free."""
     return or_(
         deals.c.current_step.not_in(ACCOUNT_STEPS),
@@ -179,26 +210,17 @@ class DealStore:
         """Leases up to `limit` due deals whose next step is one of `steps`, oldest first, in
         one statement; returns them as views."""
         now = self.clock()
-        with self.db() as session, session.begin():
-            conn = session.connection()
-            candidates = (
-                select(deals.c.id)
-                .where(deals.c.current_step.in_(list(steps)), _due(now), _claimable(now))
-                .order_by(deals.c.id)
-                .limit(limit)
-            )
-            if conn.dialect.name == "postgresql":
-                candidates = candidates.with_for_update(skip_locked=True, of=deals)
+        with self.db.transaction() as conn:
             rows = conn.execute(
-                update(deals)
-                .where(
-                    deals.c.id.in_(candidates.scalar_subquery()),
-                    deals.c.current_step.in_(list(steps)),
-                    _due(now),
-                    _claimable(now),
-                )
-                .values(locked_by=self.owner, locked_until=now + self.lease, account_until=None)
-                .returning(*_VIEW)
+                _claim_statement(conn.dialect.name),
+                {
+                    "locked_by": self.owner,
+                    "locked_until": now + self.lease,
+                    "account_until": None,
+                    "b_now": now,
+                    "b_steps": list(steps),
+                    "b_limit": limit,
+                },
             ).mappings()
             views = [DealView.from_row(dict(row)) for row in rows]
         return sorted(views, key=lambda v: v.id)
