@@ -42,6 +42,17 @@ def kind(statement: str) -> str:
     return f"{verb} {match.group(1) if match else ''}{locking}".strip()
 
 
+def caller() -> str:
+    """The innermost sf_bridge function (outside the database plumbing) on the stack."""
+    frame = sys._getframe(2)
+    while frame is not None:
+        module = frame.f_globals.get("__name__", "")
+        if module.startswith("sf_bridge") and not module.startswith("sf_bridge.db.engine"):
+            return f"{module.rsplit('.', 1)[-1]}.{frame.f_code.co_name}"
+        frame = frame.f_back  # type: ignore[assignment]
+    return "?"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--deals", type=int, default=200)
@@ -49,6 +60,11 @@ def main() -> int:
         "--burst",
         action="store_true",
         help="run the deals 8 at a time (a burst: many deals enqueued at once) instead of one",
+    )
+    parser.add_argument(
+        "--by-caller",
+        action="store_true",
+        help="also count the statements by the sf_bridge function that sent them",
     )
     add_common_arguments(parser)
     args = parser.parse_args()
@@ -89,6 +105,7 @@ def main() -> int:
             mappings_loader=loader,
         )
         statements: Counter[str] = Counter()
+        callers: Counter[str] = Counter()
         transactions = Counter[str]()
 
         @event.listens_for(stack.engine, "begin")
@@ -98,6 +115,8 @@ def main() -> int:
         @event.listens_for(stack.engine, "before_cursor_execute")
         def count(_c: Any, _cur: Any, statement: str, *_args: Any) -> None:
             statements[kind(statement)] += 1
+            if args.by_caller:
+                callers[f"{caller()} {kind(statement)}"] += 1
 
         cpu0, wall0 = time.process_time(), time.monotonic()
         while worker.run_once(max_deals=1_000_000):
@@ -116,6 +135,11 @@ def main() -> int:
         print("|---:|---|")
         for name, value in statements.most_common():
             print(f"| {value / n:.2f} | `{name}` |")
+        if args.by_caller:
+            print("\n| per deal | caller, statement |")
+            print("|---:|---|")
+            for name, value in callers.most_common():
+                print(f"| {value / n:.2f} | `{name}` |")
     print_load_after()
     return 0
 

@@ -15,7 +15,7 @@ from contextlib import contextmanager, nullcontext
 from typing import Any
 from weakref import WeakKeyDictionary
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from sf_bridge.db.dialect import single_writer
@@ -36,13 +36,26 @@ def _lock_for(factory: sessionmaker[Session]) -> Any:
 
 
 class SessionScope:
-    """`with scope() as session:` a session, taking turns with the other threads on SQLite."""
+    """`with scope() as session:` a session, taking turns with the other threads on SQLite;
+    `with scope.transaction() as conn:` a connection in a transaction (committed at the end),
+    without an ORM session, where only Core statements run."""
 
     def __init__(self, factory: sessionmaker[Session]) -> None:
         self.factory = factory
         self._lock = _lock_for(factory)
+        bind = factory.kw.get("bind")
+        self._engine = bind if isinstance(bind, Engine) else None
 
     @contextmanager
     def __call__(self) -> Iterator[Session]:
         with self._lock, self.factory() as session:
             yield session
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        if self._engine is None:  # bound to a connection: through a session, as before
+            with self._lock, self.factory() as session, session.begin():
+                yield session.connection()
+            return
+        with self._lock, self._engine.begin() as conn:
+            yield conn

@@ -161,6 +161,40 @@ class InMemoryStore:
         before_commit: Callable[[], None],
         start_next: bool = False,
         also: tuple[tuple[str, Outcome, str, Mapping[str, Any]], ...] = (),
+        defer: bool = False,  # committed at once here: nothing rides in a later transaction
+        after_commit: Callable[[], None] | None = None,
+    ) -> tuple[DealView, Started | None] | None:
+        committed = self._commit(
+            deal,
+            step,
+            outcome,
+            status,
+            next_step,
+            attempt_no,
+            detail,
+            before_commit,
+            start_next,
+            also,
+        )
+        if committed is not None and after_commit is not None:
+            after_commit()
+        return committed
+
+    def flush(self) -> None:
+        """Nothing waits for a later transaction in memory."""
+
+    def _commit(
+        self,
+        deal: DealView,
+        step: str,
+        outcome: Outcome,
+        status: str,
+        next_step: str | None,
+        attempt_no: int,
+        detail: Mapping[str, Any],
+        before_commit: Callable[[], None],
+        start_next: bool,
+        also: tuple[tuple[str, Outcome, str, Mapping[str, Any]], ...],
     ) -> tuple[DealView, Started | None] | None:
         now = self.clock()
         results = [(step, outcome, status, detail), *also]

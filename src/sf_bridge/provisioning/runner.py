@@ -4,7 +4,10 @@ For every step: take the account's lease for Stripe steps and record the attempt
 *before* Stripe is called, so a later attempt knows an earlier one may have created
 something: `DealStore.start`), run the pure step on the deal's view
 (`sf_bridge.provisioning.steps`), then have the store commit its outcome in one guarded
-transaction (`DealStore.commit`), which moves the deal on and renews the lease. A failure
+transaction (`DealStore.commit`), which moves the deal on and renews the lease. The store
+commits the writes of the deals of many threads together (`group_commit`); a deal's last
+outcome, after which nothing is requested from Stripe, is not waited for: it rides in the
+next transaction or in `flush()`, which the worker loop calls before it looks for work. A failure
 goes through `retry.decide`: `retrying` with its next attempt time, or `needs_attention`
 with a reason a person can act on (`DealStore.fail`).
 
@@ -228,6 +231,9 @@ class Provisioner:
                 before_commit=lambda: self._before_commit(done, deal.id),
                 start_next=keep,
                 also=also,
+                # a last outcome with no Stripe request after it rides in the next commit
+                defer=True,
+                after_commit=lambda: self._after_commit(done, deal.id),
             )
         except EarlierDealFirst as exc:
             bound.info("earlier_deal_first", reason=str(exc))
@@ -239,8 +245,6 @@ class Provisioner:
             bound.warning("lease_lost", attempt=attempt_no)
             return None, None, None
         view, next_started = committed
-        for s in done:
-            self.hooks.after_commit(s, deal.id)
         bound.info(
             "step_done",
             attempt=attempt_no,
@@ -253,6 +257,15 @@ class Provisioner:
     def _before_commit(self, steps: list[str], deal_id: int) -> None:
         for step in steps:
             self.hooks.before_commit(step, deal_id)
+
+    def _after_commit(self, steps: list[str], deal_id: int) -> None:
+        for step in steps:
+            self.hooks.after_commit(step, deal_id)
+
+    def flush(self) -> None:
+        """Commits the outcomes waiting to ride in the next transaction (see
+        `DealStore.commit`'s `defer`): before the deals are looked for again."""
+        self.store.flush()
 
     def _following(self, deal: DealView, step: str, outcome: Outcome) -> str | None:
         custom = (

@@ -35,7 +35,20 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Table, and_, case, exists, func, insert, or_, select, update
+from sqlalchemy import (
+    Connection,
+    String,
+    Table,
+    and_,
+    bindparam,
+    case,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -54,6 +67,7 @@ from sf_bridge.entitlements.ledger import grant_entitlements, replace_grants
 from sf_bridge.logging import get_logger
 from sf_bridge.provisioning.amendment import LiveSubscription, is_change
 from sf_bridge.provisioning.dbscope import SessionScope
+from sf_bridge.provisioning.group_commit import Batch, GroupCommit, NotHeld, Work
 from sf_bridge.provisioning.outcome import CustomerView, DealView, Outcome
 from sf_bridge.provisioning.states import ACCOUNT_STEPS, SETTLED, STEP_CUSTOMER
 from sf_bridge.provisioning.wakeup import work_added
@@ -68,8 +82,8 @@ _VIEW = [deals.c[name] for name in DealView.columns()]
 log = get_logger(__name__)
 
 
-class _NotHeld(Exception):
-    """Rolls the transaction back: the deal or its account is not this worker's."""
+# The deal or its account is not this worker's: the unit of work writes nothing.
+_NotHeld = NotHeld
 
 
 @dataclass(frozen=True)
@@ -86,7 +100,7 @@ def _insert(conn: Connection, table: Any) -> Any:
     return (postgresql if conn.dialect.name == "postgresql" else sqlite).insert(table)
 
 
-def _due(now: datetime) -> Any:
+def _due(now: Any) -> Any:
     return and_(
         deals.c.status.not_in(SETTLED),
         or_(deals.c.next_attempt_at.is_(None), deals.c.next_attempt_at <= now),
@@ -94,7 +108,7 @@ def _due(now: datetime) -> Any:
     )
 
 
-def _account_held(deal_id: Any, account: Any, customer_id: Any, now: datetime) -> Any:
+def _account_held(deal_id: Any, account: Any, customer_id: Any, now: Any) -> Any:
     """Another live deal holds the account's lease of this account or customers row."""
     other = deals.alias("holder")
     return exists().where(
@@ -107,7 +121,64 @@ def _account_held(deal_id: Any, account: Any, customer_id: Any, now: datetime) -
     )
 
 
-def _claimable(now: datetime) -> Any:
+# The per-deal statements, built once: each run passes its values as parameters (the deal
+# columns to set by their names, the guard's values as `b_*`), so SQLAlchemy finds the
+# compiled form in its cache without building and hashing a statement per deal.
+_GUARD = (
+    deals.c.id == bindparam("b_id"),
+    deals.c.locked_by == bindparam("b_owner"),
+    deals.c.status != CANCELLED,
+)
+_START = update(deals).where(
+    *_GUARD,
+    ~_account_held(
+        bindparam("b_id"), bindparam("b_account"), bindparam("b_customer"), bindparam("b_now")
+    ),
+)
+_COMMIT = update(deals).where(*_GUARD)
+_PARK = _COMMIT.values(writeback_pending=deals.c.source != "file")  # Salesforce is told too
+_CUSTOMER_STRIPE_ID = update(customers).where(
+    customers.c.id == bindparam("b_id"), customers.c.stripe_customer_id.is_(None)
+)
+_CUSTOMER_MARK = update(customers).where(customers.c.id == bindparam("b_id"))
+
+
+_CLAIMS: dict[str, Any] = {}
+
+
+def _claim_statement(dialect: str) -> Any:
+    """The claim, built once a dialect (its subquery and the account check are the costliest
+    statement of the worker to build): due deals at one of `b_steps`, `b_limit` of them."""
+    statement = _CLAIMS.get(dialect)
+    if statement is None:
+        now: Any = bindparam("b_now")
+        steps: Any = bindparam("b_steps", expanding=True)
+        candidates = (
+            select(deals.c.id)
+            .where(deals.c.current_step.in_(steps), _due(now), _claimable(now))
+            .order_by(deals.c.id)
+            .limit(bindparam("b_limit"))
+        )
+        if dialect == "postgresql":
+            candidates = candidates.with_for_update(skip_locked=True, of=deals)
+        statement = _CLAIMS[dialect] = (
+            update(deals)
+            .where(
+                deals.c.id.in_(candidates.scalar_subquery()),
+                deals.c.current_step.in_(steps),
+                _due(now),
+                _claimable(now),
+            )
+            .returning(*_VIEW)
+        )
+    return statement
+
+
+def _guard(deal_id: int, owner: str) -> dict[str, Any]:
+    return {"b_id": deal_id, "b_owner": owner}
+
+
+def _claimable(now: Any) -> Any:
     """Not about to write to Stripe, or its account and customers row are free."""
     return or_(
         deals.c.current_step.not_in(ACCOUNT_STEPS),
@@ -130,6 +201,11 @@ class DealStore:
         self.owner = owner
         self.lease = lease
         self.clock = clock
+        self.group = GroupCommit(self.db, attempts, events)
+
+    def flush(self) -> None:
+        """Commits the deferred outcomes (`commit(..., defer=True)`) now."""
+        self.group.flush()
 
     # claims --------------------------------------------------------------------------------
 
@@ -137,26 +213,17 @@ class DealStore:
         """Leases up to `limit` due deals whose next step is one of `steps`, oldest first, in
         one statement; returns them as views."""
         now = self.clock()
-        with self.db() as session, session.begin():
-            conn = session.connection()
-            candidates = (
-                select(deals.c.id)
-                .where(deals.c.current_step.in_(list(steps)), _due(now), _claimable(now))
-                .order_by(deals.c.id)
-                .limit(limit)
-            )
-            if conn.dialect.name == "postgresql":
-                candidates = candidates.with_for_update(skip_locked=True, of=deals)
+        with self.db.transaction() as conn:
             rows = conn.execute(
-                update(deals)
-                .where(
-                    deals.c.id.in_(candidates.scalar_subquery()),
-                    deals.c.current_step.in_(list(steps)),
-                    _due(now),
-                    _claimable(now),
-                )
-                .values(locked_by=self.owner, locked_until=now + self.lease, account_until=None)
-                .returning(*_VIEW)
+                _claim_statement(conn.dialect.name),
+                {
+                    "locked_by": self.owner,
+                    "locked_until": now + self.lease,
+                    "account_until": None,
+                    "b_now": now,
+                    "b_steps": list(steps),
+                    "b_limit": limit,
+                },
             ).mappings()
             views = [DealView.from_row(dict(row)) for row in rows]
         return sorted(views, key=lambda v: v.id)
@@ -222,60 +289,60 @@ class DealStore:
         step that rides in this start) written with it, and that step's attempt row
         (`prior`: step, attempt, duration in ms, detail). None, writing nothing, when the
         account is busy or the deal is no longer this worker's."""
-        try:
-            return self._start(
-                deal, step, account, identity, dict(changes or {}), prior, before_commit
-            )
-        except _NotHeld:
-            return None
+        values = dict(changes or {})
+
+        def run(conn: Connection, batch: Batch) -> Started:
+            return self._start(conn, batch, deal, step, account, identity, values, prior)
+
+        started: Started | None = self.group.run(Work(run, before_commit=before_commit))
+        return started
 
     def _start(
         self,
+        conn: Connection,
+        batch: Batch,
         deal: DealView,
         step: str,
         account: str,
         identity: Any,
         changes: dict[str, Any],
         prior: tuple[str, int, int, Mapping[str, Any]] | None,
-        before_commit: Callable[[], None] | None,
     ) -> Started:
         now = self.clock()
-        with self.db() as session, session.begin():
-            conn = session.connection()
-            known: CustomerView | None = None
-            customer_id = deal.customer_id
-            resumed = deal.requested(step)
-            if step == STEP_CUSTOMER:
-                known, earlier = _customer_to_request(conn, identity, now)
-                customer_id = known.id
-                resumed = resumed or earlier
-            if conn.dialect.name == "postgresql":
-                names = sorted({f"account:{account}", f"customer:{customer_id}"})
-                conn.execute(select(*[func.pg_advisory_xact_lock(func.hashtext(n)) for n in names]))
-            values = {
-                **changes,
-                "account_id": account,
-                "customer_id": customer_id,
-                "account_until": now + self.lease,
-                "locked_until": now + self.lease,
-                "stripe_requested": deal.with_requested(step),
-            }
-            taken = conn.execute(
-                update(deals)
-                .where(
-                    deals.c.id == deal.id,
-                    deals.c.locked_by == self.owner,
-                    deals.c.status != CANCELLED,
-                    ~_account_held(deal.id, account, customer_id, now),
-                )
-                .values(**values)
-            ).rowcount
-            if taken != 1:
-                raise _NotHeld
-            if prior is not None:
-                done, attempt_no, duration, detail = prior
-                _finish_attempt(
-                    conn,
+        known: CustomerView | None = None
+        customer_id = deal.customer_id
+        resumed = deal.requested(step)
+        if step == STEP_CUSTOMER:
+            known, earlier = _customer_to_request(conn, identity, now)
+            customer_id = known.id
+            resumed = resumed or earlier
+        if conn.dialect.name == "postgresql":
+            names = sorted({f"account:{account}", f"customer:{customer_id}"})
+            conn.execute(_ADVISORY_LOCKS[len(names)], {f"n{i}": n for i, n in enumerate(names)})
+        values = {
+            **changes,
+            "account_id": account,
+            "customer_id": customer_id,
+            "account_until": now + self.lease,
+            "locked_until": now + self.lease,
+            "stripe_requested": deal.with_requested(step),
+        }
+        taken = conn.execute(
+            _START,
+            {
+                **values,
+                **_guard(deal.id, self.owner),
+                "b_account": account,
+                "b_customer": customer_id,
+                "b_now": now,
+            },
+        ).rowcount
+        if taken != 1:
+            raise _NotHeld
+        if prior is not None:
+            done, attempt_no, duration, detail = prior
+            batch.later_rows.append(
+                _attempt_row(
                     deal.id,
                     done,
                     attempt_no,
@@ -284,8 +351,7 @@ class DealStore:
                     duration_ms=duration,
                     detail=dict(detail),
                 )
-            if before_commit is not None:
-                before_commit()
+            )
         return Started(resumed, known, deal.with_changes(values))
 
     # outcomes ------------------------------------------------------------------------------
@@ -304,6 +370,8 @@ class DealStore:
         before_commit: Callable[[], None],
         start_next: bool = False,
         also: tuple[tuple[str, Outcome, str, Mapping[str, Any]], ...] = (),
+        defer: bool = False,
+        after_commit: Callable[[], None] | None = None,
     ) -> tuple[DealView, Started | None] | None:
         """Records a step's outcome and its attempt row and moves the deal on; the deal as
         committed, or None when this worker no longer holds it (lease taken over, or
@@ -311,138 +379,147 @@ class DealStore:
         account's lease is kept and the next step marked as requested in the same UPDATE,
         before its request; otherwise the account's lease is given back. `also`: the outcomes
         of pure steps that ran after this one (step, outcome, status, detail), committed with
-        it; `next_step` is then the step after the last of them."""
-        now = self.clock()
-        try:
-            return self._commit(
-                deal,
-                [(step, outcome, status, detail), *also],
-                next_step,
-                attempt_no,
-                duration,
-                before_commit,
-                now,
-                start_next,
-            )
-        except _NotHeld:
-            return None
+        it; `next_step` is then the step after the last of them.
 
-    def _commit(
+        `defer` (only when the deal leaves the per-deal steps and nothing is requested from
+        Stripe after it): the outcome rides in this store's next transaction or `flush()`
+        (`sf_bridge.provisioning.group_commit`); the deal as it will be committed is returned
+        at once, and `after_commit` runs once it is (not at all when the lease was lost)."""
+        now = self.clock()
+        results = [(step, outcome, status, detail), *also]
+        values = self._commit_values(deal, results, next_step, now, start_next)
+
+        def run(conn: Connection, batch: Batch) -> tuple[DealView, Started | None]:
+            return self._commit(conn, batch, deal, results, values, attempt_no, duration, now)
+
+        unit = Work(
+            run,
+            savepoint=any(r[1].ensure_customer is not None for r in results),
+            before_commit=before_commit,
+        )
+        if defer and not start_next and (next_step is None or not _is_deal_step(next_step)):
+            unit.after_commit = (lambda _r: after_commit()) if after_commit else _nothing
+            self.group.defer(unit)
+            return deal.with_changes(values), None
+        committed: tuple[DealView, Started | None] | None = self.group.run(unit)
+        if committed is not None and after_commit is not None:
+            after_commit()
+        return committed
+
+    def _commit_values(
         self,
         deal: DealView,
         results: list[tuple[str, Outcome, str, Mapping[str, Any]]],
         next_step: str | None,
-        attempt_no: int,
-        duration: int,
-        before_commit: Callable[[], None],
         now: datetime,
         start_next: bool,
+    ) -> dict[str, Any]:
+        in_flight = next_step is not None and _is_deal_step(next_step)
+        values: dict[str, Any] = {}
+        for _step, outcome, _status, _detail in results:
+            values.update(outcome.changes)
+        values.update(
+            status=results[-1][2],
+            current_step=next_step,
+            attempts=0,
+            next_attempt_at=None,
+            last_error=None,
+            last_error_code=None,
+            locked_by=self.owner if in_flight else None,
+            locked_until=now + self.lease if in_flight else None,
+            account_until=now + self.lease if start_next else None,
+            updated_at=now,
+        )
+        if start_next and next_step is not None:
+            values["stripe_requested"] = deal.with_requested(next_step)
+        return values
+
+    def _commit(
+        self,
+        conn: Connection,
+        batch: Batch,
+        deal: DealView,
+        results: list[tuple[str, Outcome, str, Mapping[str, Any]]],
+        values: dict[str, Any],
+        attempt_no: int,
+        duration: int,
+        now: datetime,
     ) -> tuple[DealView, Started | None]:
-        with self.db() as session, session.begin():
-            conn = session.connection()
-            changes: dict[str, Any] = {}
-            for _step, outcome, _status, _detail in results:
-                changes.update(outcome.changes)
-                if outcome.ensure_customer is not None:
-                    changes["customer_id"] = ensure_customer(conn, outcome.ensure_customer).id
-            in_flight = next_step is not None and _is_deal_step(next_step)
-            values = {
-                **changes,
-                "status": results[-1][2],
-                "current_step": next_step,
-                "attempts": 0,
-                "next_attempt_at": None,
-                "last_error": None,
-                "last_error_code": None,
-                "locked_by": self.owner if in_flight else None,
-                "locked_until": now + self.lease if in_flight else None,
-                "account_until": now + self.lease if start_next else None,
-                "updated_at": now,
-            }
-            if start_next and next_step is not None:
-                values["stripe_requested"] = deal.with_requested(next_step)
-            held = conn.execute(
-                update(deals)
-                .where(
-                    deals.c.id == deal.id,
-                    deals.c.locked_by == self.owner,
-                    deals.c.status != CANCELLED,
-                )
-                .values(**values)
-            ).rowcount
-            if held != 1:
-                raise _NotHeld
-            customer_id = changes.get("customer_id", deal.customer_id)
-            started_at = now - timedelta(milliseconds=duration)
-            attempt_rows: list[dict[str, Any]] = []
-            for step, outcome, _status, detail in results:
-                if outcome.stripe_customer_id and customer_id is not None:
-                    conn.execute(
-                        update(customers)
-                        .where(
-                            customers.c.id == customer_id,
-                            customers.c.stripe_customer_id.is_(None),
-                        )
-                        .values(stripe_customer_id=outcome.stripe_customer_id, updated_at=now)
-                    )
-                if outcome.grants and customer_id is not None and is_change(deal.plan):
-                    # an amendment, renewal or reopened deal: its grants are what it says now
-                    replace_grants(
-                        conn,
-                        deal_id=deal.id,
-                        subscription_id=changes.get(
-                            "stripe_subscription_id", deal.stripe_subscription_id
-                        ),
-                        others=outcome.replace_subscription_grants,
-                    )
-                if outcome.grants and customer_id is not None:
-                    grant_entitlements(
-                        conn,
-                        deal_id=deal.id,
-                        opportunity_id=deal.opportunity_id,
-                        customer_id=customer_id,
-                        entitlements=outcome.grants,
-                        subscription_id=changes.get(
-                            "stripe_subscription_id", deal.stripe_subscription_id
-                        ),
-                    )
-                for dated in outcome.dated_grants:
-                    if customer_id is None:
-                        break
-                    grant_entitlements(
-                        conn,
-                        deal_id=deal.id,
-                        opportunity_id=deal.opportunity_id,
-                        customer_id=customer_id,
-                        entitlements=dated.entitlements,
-                        subscription_id=changes.get(
-                            "stripe_subscription_id", deal.stripe_subscription_id
-                        ),
-                        valid_from=dated.valid_from,
-                        valid_until=dated.valid_until,
-                        phase=dated.phase,
-                    )
-                attempt_rows.append(
+        values = dict(values)
+        for _step, outcome, _status, _detail in results:
+            if outcome.ensure_customer is not None:
+                values["customer_id"] = ensure_customer(conn, outcome.ensure_customer).id
+        held = conn.execute(_COMMIT, {**values, **_guard(deal.id, self.owner)}).rowcount
+        if held != 1:
+            raise _NotHeld
+        customer_id = values.get("customer_id", deal.customer_id)
+        started_at = now - timedelta(milliseconds=duration)
+        first = True
+        next_step = values["current_step"]
+        start_next = values["account_until"] is not None
+        history = batch.later_rows if start_next else batch.attempt_rows
+        for step, outcome, _status, detail in results:
+            if outcome.stripe_customer_id and customer_id is not None:
+                conn.execute(
+                    _CUSTOMER_STRIPE_ID,
                     {
-                        "deal_id": deal.id,
-                        "step": step,
-                        "attempt": attempt_no if not attempt_rows else 1,
-                        "started_at": started_at,
-                        "finished_at": now,
-                        "outcome": "ok",
-                        "duration_ms": duration if not attempt_rows else 0,
-                        "idempotency_key": outcome.idempotency_key,
-                        "stripe_request_id": outcome.stripe_request_id,
-                        "detail": dict(detail),
-                        "error": None,
-                        "error_code": None,
-                    }
+                        "b_id": customer_id,
+                        "stripe_customer_id": outcome.stripe_customer_id,
+                        "updated_at": now,
+                    },
                 )
-            conn.execute(insert(attempts), attempt_rows)
-            started = (
-                Started(deal.requested(next_step)) if start_next and next_step is not None else None
+            subscription_id = values.get("stripe_subscription_id", deal.stripe_subscription_id)
+            if outcome.grants and customer_id is not None and is_change(deal.plan):
+                # an amendment, renewal or reopened deal: its grants are what it says now
+                replace_grants(
+                    conn,
+                    deal_id=deal.id,
+                    subscription_id=subscription_id,
+                    others=outcome.replace_subscription_grants,
+                )
+            if outcome.grants and customer_id is not None:
+                grant_entitlements(
+                    conn,
+                    deal_id=deal.id,
+                    opportunity_id=deal.opportunity_id,
+                    customer_id=customer_id,
+                    entitlements=outcome.grants,
+                    subscription_id=subscription_id,
+                )
+            for dated in outcome.dated_grants:
+                if customer_id is None:
+                    break
+                grant_entitlements(
+                    conn,
+                    deal_id=deal.id,
+                    opportunity_id=deal.opportunity_id,
+                    customer_id=customer_id,
+                    entitlements=dated.entitlements,
+                    subscription_id=subscription_id,
+                    valid_from=dated.valid_from,
+                    valid_until=dated.valid_until,
+                    phase=dated.phase,
+                )
+            history.append(
+                {
+                    "deal_id": deal.id,
+                    "step": step,
+                    "attempt": attempt_no if first else 1,
+                    "started_at": started_at,
+                    "finished_at": now,
+                    "outcome": "ok",
+                    "duration_ms": duration if first else 0,
+                    "idempotency_key": outcome.idempotency_key,
+                    "stripe_request_id": outcome.stripe_request_id,
+                    "detail": dict(detail),
+                    "error": None,
+                    "error_code": None,
+                }
             )
-            before_commit()
+            first = False
+        started = (
+            Started(deal.requested(next_step)) if start_next and next_step is not None else None
+        )
         return deal.with_changes({**values, "customer_id": customer_id}), started
 
     def fail(
@@ -463,8 +540,8 @@ class DealStore:
         with an event; gives the leases back. False when this worker no longer held the deal."""
         now = self.clock()
         retrying = retry_at is not None
-        with self.db() as session, session.begin():
-            conn = session.connection()
+
+        def run(conn: Connection, batch: Batch) -> bool:
             values: dict[str, Any] = {
                 "status": "retrying" if retrying else "needs_attention",
                 "current_step": step,
@@ -477,44 +554,39 @@ class DealStore:
                 "next_attempt_at": retry_at,
                 "updated_at": now,
             }
-            if not retrying:
-                values["writeback_pending"] = deals.c.source != "file"  # tell Salesforce too
             held = conn.execute(
-                update(deals)
-                .where(
-                    deals.c.id == deal_id,
-                    deals.c.locked_by == self.owner,
-                    deals.c.status != CANCELLED,
-                )
-                .values(**values)
+                _COMMIT if retrying else _PARK, {**values, **_guard(deal_id, self.owner)}
             ).rowcount
             if held != 1:
-                return False  # nothing of this attempt is ours to record
-            _finish_attempt(
-                conn,
-                deal_id,
-                step,
-                attempt_no,
-                now,
-                outcome="retry" if retrying else "failed",
-                duration_ms=duration,
-                error=reason,
-                error_code=code,
-                stripe_request_id=stripe_request_id,
-                idempotency_key=idempotency_key,
-                detail=detail,
+                raise _NotHeld  # nothing of this attempt is ours to record
+            batch.attempt_rows.append(
+                _attempt_row(
+                    deal_id,
+                    step,
+                    attempt_no,
+                    now,
+                    outcome="retry" if retrying else "failed",
+                    duration_ms=duration,
+                    error=reason,
+                    error_code=code,
+                    stripe_request_id=stripe_request_id,
+                    idempotency_key=idempotency_key,
+                    detail=detail,
+                )
             )
             if not retrying:
-                conn.execute(
-                    insert(events).values(
-                        deal_id=deal_id,
-                        at=now,
-                        kind="needs_attention",
-                        message=reason,
-                        detail={"step": step, "code": code},
-                    )
+                batch.event_rows.append(
+                    {
+                        "deal_id": deal_id,
+                        "at": now,
+                        "kind": "needs_attention",
+                        "message": reason,
+                        "detail": {"step": step, "code": code},
+                    }
                 )
-        return True
+            return True
+
+        return bool(self.group.run(Work(run)))
 
     # batches -------------------------------------------------------------------------------
 
@@ -1294,6 +1366,35 @@ _CUSTOMER_VIEW = [
 ]
 
 
+_CUSTOMER_BY_KEY = select(*_CUSTOMER_VIEW).where(customers.c.customer_key == bindparam("b_key"))
+_CUSTOMER_INSERTS: dict[str, Any] = {}
+
+
+def _customer_insert(dialect: str) -> Any:
+    """A new customers row, made already marked unless its key exists: built once a dialect."""
+    statement = _CUSTOMER_INSERTS.get(dialect)
+    if statement is None:
+        statement = _CUSTOMER_INSERTS[dialect] = (
+            (postgresql if dialect == "postgresql" else sqlite)
+            .insert(customers)
+            .on_conflict_do_nothing(index_elements=["customer_key"])
+            .returning(*_CUSTOMER_VIEW)
+        )
+    return statement
+
+
+# The start's transaction-scoped advisory locks (PostgreSQL), one or two names.
+_ADVISORY_LOCKS = {
+    n: select(
+        *[
+            func.pg_advisory_xact_lock(func.hashtext(bindparam(f"n{i}", type_=String())))
+            for i in range(n)
+        ]
+    )
+    for n in (1, 2)
+}
+
+
 def _customer_to_request(
     conn: Connection, identity: Any, now: datetime
 ) -> tuple[CustomerView, bool]:
@@ -1302,37 +1403,57 @@ def _customer_to_request(
     out before (another deal of the customer, or an earlier attempt)."""
     made = (
         conn.execute(
-            _insert(conn, customers)
-            .values(
-                customer_key=identity.customer_key,
-                sf_account_id=identity.account_id,
-                name=identity.name[:255],
-                email=identity.email,
-                create_requested_at=now,
-                created_at=now,
-                updated_at=now,
-            )
-            .on_conflict_do_nothing(index_elements=["customer_key"])
-            .returning(*_CUSTOMER_VIEW)
+            _customer_insert(conn.dialect.name),
+            {
+                "customer_key": identity.customer_key,
+                "sf_account_id": identity.account_id,
+                "name": identity.name[:255],
+                "email": identity.email,
+                "create_requested_at": now,
+                "created_at": now,
+                "updated_at": now,
+            },
         )
         .mappings()
         .first()
     )
     if made is not None:
         return CustomerView(**made), False
-    row = (
-        conn.execute(
-            select(*_CUSTOMER_VIEW).where(customers.c.customer_key == identity.customer_key)
-        )
-        .mappings()
-        .one()
-    )
+    row = conn.execute(_CUSTOMER_BY_KEY, {"b_key": identity.customer_key}).mappings().one()
     known = CustomerView(**row)
     if known.create_requested_at is None and known.stripe_customer_id is None:
-        conn.execute(
-            update(customers).where(customers.c.id == known.id).values(create_requested_at=now)
-        )
+        conn.execute(_CUSTOMER_MARK, {"b_id": known.id, "create_requested_at": now})
     return known, known.create_requested_at is not None
+
+
+# Every column of an attempt row, so that the rows of one batch go in one multi-row INSERT.
+_ATTEMPT_DEFAULTS: dict[str, Any] = {
+    "duration_ms": None,
+    "idempotency_key": None,
+    "stripe_request_id": None,
+    "detail": None,
+    "error": None,
+    "error_code": None,
+}
+
+
+def _attempt_row(
+    deal_id: int, step: str, attempt_no: int, now: datetime, **values: Any
+) -> dict[str, Any]:
+    """An attempt row, whole, when the attempt is over."""
+    return {
+        **_ATTEMPT_DEFAULTS,
+        "deal_id": deal_id,
+        "step": step,
+        "attempt": attempt_no,
+        "started_at": now - timedelta(milliseconds=values.get("duration_ms") or 0),
+        "finished_at": now,
+        **values,
+    }
+
+
+def _nothing(_result: Any) -> None:
+    return None
 
 
 def _finish_attempt(

@@ -199,6 +199,7 @@ class Worker:
                 futures = [pool.submit(self.provisioner.run_deal, i, never) for i in claimed]
                 for future in futures:
                     future.result()
+                self.provisioner.flush()  # the deals' last outcomes, before the write-back
                 claimed = [*claimed, *self._run_unwon()]
                 written = write_back_batch(
                     self.provisioner,
@@ -240,6 +241,7 @@ class Worker:
                     else:
                         self.wake.wait(self._idle_timeout(), seen, stop)
                 done, pending = wait(inflight, timeout=DRAIN_SECONDS)
+                self._flush()
                 self._report(done)
                 if pending:
                     log.warning("worker_drain_incomplete", deals_in_flight=len(pending))
@@ -256,6 +258,7 @@ class Worker:
         it found work."""
         busy = False
         try:
+            self.provisioner.flush()  # the last outcomes of the deals finished since
             self.mappings.refresh()
             fetched = fetch_batch(
                 self.provisioner,
@@ -284,6 +287,12 @@ class Worker:
         except Exception as exc:  # keep running through a database hiccup
             log.error("worker_cycle_failed", error=str(exc), error_type=type(exc).__name__)
         return busy
+
+    def _flush(self) -> None:
+        try:
+            self.provisioner.flush()
+        except Exception as exc:  # their leases run out: another run finds them at Stripe
+            log.error("deferred_commit_failed", error=str(exc), error_type=type(exc).__name__)
 
     def _idle_timeout(self) -> float:
         """Seconds until the earliest retry or lease expiry, bounded by the safety poll."""
