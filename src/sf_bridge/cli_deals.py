@@ -144,12 +144,33 @@ def deals(
             _named(account_name(deal), deal.account_id),
             f"[{style}]{deal.status}[/]" if style else deal.status,
             f"{step} ({deal.attempts})" if step and deal.attempts else step,
-            deal.invoice_status or "",
+            _invoice_cell(deal),
             deal.updated_at.strftime("%m-%d %H:%M") if deal.updated_at else "",
             code,
             text,
         )
     _console().print(table)
+
+
+def _invoice_cell(deal: Deal) -> str:
+    """The invoice status, and a card deal's payment state when it is not simply paid."""
+    status = deal.invoice_status or ""
+    if deal.payment_state and deal.payment_state != "paid":
+        return f"{status} ({deal.payment_state})" if status else deal.payment_state
+    return status
+
+
+def _payment_text(deal: Deal) -> str | None:
+    from sf_bridge.provisioning.payment import describe_payment
+
+    described = describe_payment(deal.payment_state)
+    return f"{deal.payment_state}: {described}" if described else None
+
+
+def _grant_note(grant: Any) -> str:
+    if getattr(grant, "pending", False):
+        return " (pending the first payment)"
+    return "" if grant.active else " (revoked)"
 
 
 @deals_app.command("show")
@@ -198,6 +219,7 @@ def print_story(console: Console, story: Any) -> None:
             "invoice",
             f"{deal.stripe_invoice_id} ({deal.invoice_status})" if deal.stripe_invoice_id else None,
         ),
+        ("payment", _payment_text(deal)),
         ("amount due", invoice_amount(deal)),
         ("pay link", deal.hosted_invoice_url),
         ("invoice PDF", deal.invoice_pdf),
@@ -210,9 +232,7 @@ def print_story(console: Console, story: Any) -> None:
         if value:
             console.print(f"  {name:<13} {escape(str(value))}")
     if story.grants:
-        granted = ", ".join(
-            f"{g.feature}={g.value}{'' if g.active else ' (revoked)'}" for g in story.grants
-        )
+        granted = ", ".join(f"{g.feature}={g.value}{_grant_note(g)}" for g in story.grants)
         console.print(f"  entitlements  {granted}")
     table = Table(title="Timeline", show_lines=False)
     for column in (

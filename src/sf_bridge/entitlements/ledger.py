@@ -121,8 +121,12 @@ def grant_entitlements(
     entitlements: Sequence[EntitlementValue],
     subscription_id: str | None,
     ended: bool = False,
+    pending: bool = False,
 ) -> int:
-    """`grant_deal_entitlements` from plain values (the provisioning store's commit)."""
+    """`grant_deal_entitlements` from plain values (the provisioning store's commit).
+
+    `pending`: recorded, not in effect, until the card deal's first payment
+    (`sf_bridge.provisioning.payment`)."""
     if not entitlements:
         return 0
     now = utcnow()
@@ -137,7 +141,8 @@ def grant_entitlements(
             "combine": e.combine_rule,
             "source": e.source[:255],
             "stripe_subscription_id": subscription_id,
-            "active": not ended,
+            "active": not ended and not pending,
+            "pending": pending and not ended,
             "granted_at": now,
             "revoked_at": now if ended else None,
             "revoked_reason": "the subscription had ended before the grant" if ended else None,
@@ -157,6 +162,7 @@ def grant_entitlements(
         stripe_subscription_id=subscription_id,
         features=[e.feature for e in entitlements],
         newly_granted=granted,
+        pending=pending,
     )
     return granted
 

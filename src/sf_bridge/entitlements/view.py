@@ -54,6 +54,7 @@ def _account_with_grants(condition: Any) -> Select[Any]:
             _g.revoked_at,
             _g.revoked_reason,
             _g.combine,
+            _g.pending,
         )
         .select_from(
             Deal.__table__.outerjoin(EntitlementGrant.__table__, _g.deal_id == _d.id).outerjoin(
@@ -145,6 +146,23 @@ def _revoked_status(
     }
 
 
+def _pending_status(feature: str, kind: str) -> dict[str, Any]:
+    """A feature granted by a card deal whose first payment is still to come: no access yet
+    (`sf_bridge.provisioning.payment`)."""
+    return {
+        "feature": feature,
+        "kind": kind,
+        "access": False,
+        "pending": True,
+        "pending_reason": "awaiting the first card payment",
+        "granted_by": [],
+    }
+
+
+def feature_wanted(feature: str, only: str | None) -> bool:
+    return only is None or feature == only
+
+
 def _grant_row(g: tuple[Any, ...]) -> GrantRow:
     feature, kind, value, unit, deal_id, opportunity_id, source, subscription, granted_at = g[:9]
     return GrantRow(
@@ -177,7 +195,7 @@ def read_customer(
     customer = account_summary(account, billed_to)
     grants = [tuple(r)[4:] for r in rows if r[4] is not None]
     # (feature, kind, value, unit, deal_id, opportunity_id, source, subscription, granted_at,
-    #  active, revoked_at, revoked_reason, combine)
+    #  active, revoked_at, revoked_reason, combine, pending)
     effective = combine_grants(_grant_row(g) for g in grants if g[9])
     wanted = effective if only is None else {k: v for k, v in effective.items() if k == only}
     usage: dict[tuple[str, str], int] = {}
@@ -202,6 +220,9 @@ def read_customer(
             latest_revocation[feature] = g
     for feature, g in latest_revocation.items():
         features[feature] = _revoked_status(feature, g[1], g[10], g[11])
+    for g in grants:
+        if g[13] and not g[9] and feature_wanted(g[0], only) and g[0] not in effective:
+            features[g[0]] = _pending_status(g[0], g[1])
     held = sorted({g[0] for g in grants})
     return CustomerEntitlements(customer, dict(sorted(features.items())), tuple(held))
 
