@@ -144,20 +144,12 @@ def deals(
             _named(account_name(deal), deal.account_id),
             f"[{style}]{deal.status}[/]" if style else deal.status,
             f"{step} ({deal.attempts})" if step and deal.attempts else step,
-            _invoice_cell(deal),
+            deal.invoice_status or "",
             deal.updated_at.strftime("%m-%d %H:%M") if deal.updated_at else "",
             code,
             text,
         )
     _console().print(table)
-
-
-def _invoice_cell(deal: Deal) -> str:
-    """The invoice status, and a card deal's payment state when it is not simply paid."""
-    status = deal.invoice_status or ""
-    if deal.payment_state and deal.payment_state != "paid":
-        return f"{status} ({deal.payment_state})" if status else deal.payment_state
-    return status
 
 
 def _payment_text(deal: Deal) -> str | None:

@@ -53,8 +53,9 @@ def _features(client: httpx.Client) -> dict[str, Any]:
 def _grants(session_factory: sessionmaker[Session]) -> list[tuple[str, bool, bool]]:
     with session_factory() as session:
         rows = session.execute(
-            select(EntitlementGrant.feature, EntitlementGrant.active, EntitlementGrant.pending)
-            .order_by(EntitlementGrant.feature)
+            select(
+                EntitlementGrant.feature, EntitlementGrant.active, EntitlementGrant.pending
+            ).order_by(EntitlementGrant.feature)
         ).all()
         return [tuple(r) for r in rows]  # type: ignore[misc]
 
@@ -193,8 +194,7 @@ def test_duplicate_and_out_of_order_deliveries_act_on_the_current_state(
     # Newest first, each twice: the stale `customer.subscription.created` (incomplete) after
     # the payment changes nothing back.
     outcomes = [
-        process_event(h.session_factory, e, h.billing).outcome
-        for e in [*reversed(events), *events]
+        process_event(h.session_factory, e, h.billing).outcome for e in [*reversed(events), *events]
     ]
     assert outcomes.count("first_payment_recorded") == 1, outcomes
     assert outcomes[len(events) :] == ["duplicate"] * len(events)
