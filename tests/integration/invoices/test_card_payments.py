@@ -190,7 +190,8 @@ def test_duplicate_and_out_of_order_deliveries_act_on_the_current_state(
     emu.pay_invoice(deal.stripe_invoice_id)
     events = _events(emu, sub)
     kinds = [e["type"] for e in events]
-    assert "invoice.paid" in kinds and "customer.subscription.updated" in kinds
+    assert "invoice.paid" in kinds
+    assert "customer.subscription.updated" in kinds
     # Newest first, each twice: the stale `customer.subscription.created` (incomplete) after
     # the payment changes nothing back.
     outcomes = [
