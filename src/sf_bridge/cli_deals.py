@@ -152,6 +152,19 @@ def deals(
     _console().print(table)
 
 
+def _payment_text(deal: Deal) -> str | None:
+    from sf_bridge.provisioning.payment import describe_payment
+
+    described = describe_payment(deal.payment_state)
+    return f"{deal.payment_state}: {described}" if described else None
+
+
+def _grant_note(grant: Any) -> str:
+    if getattr(grant, "pending", False):
+        return " (pending the first payment)"
+    return "" if grant.active else " (revoked)"
+
+
 @deals_app.command("show")
 @handle_errors
 def show(ref: str = typer.Argument(..., help="Deal number or Opportunity Id.")) -> None:
@@ -203,6 +216,7 @@ def print_story(console: Console, story: Any) -> None:
             "invoice",
             f"{deal.stripe_invoice_id} ({deal.invoice_status})" if deal.stripe_invoice_id else None,
         ),
+        ("payment", _payment_text(deal)),
         ("amount due", invoice_amount(deal)),
         ("pay link", deal.hosted_invoice_url),
         ("invoice PDF", deal.invoice_pdf),
@@ -215,9 +229,7 @@ def print_story(console: Console, story: Any) -> None:
         if value:
             console.print(f"  {name:<13} {escape(str(value))}")
     if story.grants:
-        granted = ", ".join(
-            f"{g.feature}={g.value}{'' if g.active else ' (revoked)'}" for g in story.grants
-        )
+        granted = ", ".join(f"{g.feature}={g.value}{_grant_note(g)}" for g in story.grants)
         console.print(f"  entitlements  {granted}")
     table = Table(title="Timeline", show_lines=False)
     for column in (

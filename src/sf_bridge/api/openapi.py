@@ -105,6 +105,11 @@ DOCUMENT: dict[str, Any] = {
                     "period": {"$ref": "#/components/schemas/Period"},
                     "revoked": {"type": "boolean"},
                     "revoked_reason": {"type": ["string", "null"]},
+                    "pending": {
+                        "type": "boolean",
+                        "description": "granted by a card deal whose first payment is to come",
+                    },
+                    "pending_reason": {"type": "string"},
                     "granted_by": {
                         "type": "array",
                         "items": {"$ref": "#/components/schemas/Grant"},

@@ -28,6 +28,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.sql.expression import false
 from sqlalchemy.types import TypeDecorator
 
 
@@ -126,6 +127,9 @@ class Deal(Base):
     # subscription at the contract's start, and that start.
     stripe_schedule_id: Mapped[str | None] = mapped_column(String(64))
     contract_start_at: Mapped[datetime | None]
+    # A deal charged automatically (card): awaiting_payment until its first invoice is paid,
+    # then paid; expired when the subscription expired unpaid. None for other deals.
+    payment_state: Mapped[str | None] = mapped_column(String(32))
 
     last_error: Mapped[str | None] = mapped_column(Text)
     last_error_code: Mapped[str | None] = mapped_column(String(64))
@@ -263,6 +267,9 @@ class EntitlementGrant(Base):
     source: Mapped[str] = mapped_column(String(255), default="")
     stripe_subscription_id: Mapped[str | None] = mapped_column(String(64), index=True)
     active: Mapped[bool] = mapped_column(Boolean, default=True)
+    # Recorded but not in effect: waiting for the card deal's first payment (then active), or
+    # revoked when the subscription expires unpaid. A pending grant is never active.
+    pending: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     granted_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None]
     revoked_reason: Mapped[str | None] = mapped_column(Text)

@@ -145,10 +145,14 @@ def grant_entitlements(
     valid_from: datetime | None = None,
     valid_until: datetime | None = None,
     phase: int = 0,
+    pending: bool = False,
 ) -> int:
     """`grant_deal_entitlements` from plain values (the provisioning store's commit). A
     dated grant is in effect from `valid_from` until `valid_until` (a contract's term, or one
-    phase of a ramp, `phase`)."""
+    phase of a ramp, `phase`).
+
+    `pending`: recorded, not in effect, until the card deal's first payment
+    (`sf_bridge.provisioning.payment`)."""
     if not entitlements:
         return 0
     now = utcnow()
@@ -163,7 +167,8 @@ def grant_entitlements(
             "combine": e.combine_rule,
             "source": e.source[:255],
             "stripe_subscription_id": subscription_id,
-            "active": not ended,
+            "active": not ended and not pending,
+            "pending": pending and not ended,
             "granted_at": now,
             "revoked_at": now if ended else None,
             "revoked_reason": "the subscription had ended before the grant" if ended else None,
@@ -186,6 +191,7 @@ def grant_entitlements(
         stripe_subscription_id=subscription_id,
         features=[e.feature for e in entitlements],
         newly_granted=granted,
+        pending=pending,
     )
     return granted
 

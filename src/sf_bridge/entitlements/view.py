@@ -56,6 +56,7 @@ def _account_with_grants(condition: Any) -> Select[Any]:
             _g.combine,
             _g.valid_from,
             _g.valid_until,
+            _g.pending,
         )
         .select_from(
             Deal.__table__.outerjoin(EntitlementGrant.__table__, _g.deal_id == _d.id).outerjoin(
@@ -147,6 +148,23 @@ def _revoked_status(
     }
 
 
+def _pending_status(feature: str, kind: str) -> dict[str, Any]:
+    """A feature granted by a card deal whose first payment is still to come: no access yet
+    (`sf_bridge.provisioning.payment`)."""
+    return {
+        "feature": feature,
+        "kind": kind,
+        "access": False,
+        "pending": True,
+        "pending_reason": "awaiting the first card payment",
+        "granted_by": [],
+    }
+
+
+def feature_wanted(feature: str, only: str | None) -> bool:
+    return only is None or feature == only
+
+
 def _grant_row(g: tuple[Any, ...]) -> GrantRow:
     feature, kind, value, unit, deal_id, opportunity_id, source, subscription, granted_at = g[:9]
     return GrantRow(
@@ -201,7 +219,7 @@ def read_customer(
     customer = account_summary(account, billed_to)
     grants = [tuple(r)[4:] for r in rows if r[4] is not None]
     # (feature, kind, value, unit, deal_id, opportunity_id, source, subscription, granted_at,
-    #  active, revoked_at, revoked_reason, combine, valid_from, valid_until)
+    #  active, revoked_at, revoked_reason, combine, valid_from, valid_until, pending)
     effective = combine_grants(
         _grant_row(g) for g in grants if g[9] and in_effect(g[13], g[14], now)
     )
@@ -232,6 +250,9 @@ def read_customer(
     for feature, g in latest_revocation.items():
         if feature not in features:
             features[feature] = _revoked_status(feature, g[1], g[10], g[11])
+    for g in grants:
+        if g[15] and not g[9] and feature_wanted(g[0], only) and g[0] not in effective:
+            features[g[0]] = _pending_status(g[0], g[1])
     held = sorted({g[0] for g in grants})
     return CustomerEntitlements(customer, dict(sorted(features.items())), tuple(held))
 

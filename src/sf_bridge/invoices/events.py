@@ -18,6 +18,7 @@ from sf_bridge.invoices.records import (
     TERMINAL_INVOICE_STATUSES,
     add_event,
     deal_for_invoice,
+    record_first_payment,
     record_invoice_status,
     record_subscription_ended,
 )
@@ -165,6 +166,12 @@ def _apply_invoice(
         )
     if deal.stripe_invoice_id == invoice_id and deal.invoice_status:
         status = deal.invoice_status  # what we hold now, after this event was considered
+    first = deal.stripe_invoice_id == invoice_id or (
+        invoice.get("billing_reason") == "subscription_create"
+    )
+    paid_first = status == "paid" and first and subscription_id
+    if paid_first and record_first_payment(session, subscription_id or "", how=kind):
+        return "first_payment_recorded"
     if kind == "invoice.payment_failed" and status not in TERMINAL_INVOICE_STATUSES:
         add_event(
             session,
@@ -198,6 +205,13 @@ def _apply_subscription(
         status = "canceled"
     else:
         status = str(subscription.get("status", ""))
+    if status == "active":
+        # incomplete -> active: the first invoice is paid (a deal already paid is left as is).
+        return (
+            "first_payment_recorded"
+            if record_first_payment(session, subscription_id, how=kind)
+            else "unchanged"
+        )
     if status not in ENDED_SUBSCRIPTION_STATUSES:
         return "unchanged"
     reason = f"Stripe subscription {status}"

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from sf_bridge.db.models import Deal, DealEvent, utcnow
 from sf_bridge.provisioning.store import cancel_subscription_deals
+from sf_bridge.provisioning.store import record_first_payment as _record_first_payment
 
 # An invoice in one of these states never goes back to draft or open.
 TERMINAL_INVOICE_STATUSES = frozenset({"paid", "void", "uncollectible"})
@@ -85,3 +86,11 @@ def record_subscription_ended(
     """
     session.flush()
     return cancel_subscription_deals(session.connection(), subscription_id, reason, how, utcnow())
+
+
+def record_first_payment(session: Session, subscription_id: str, *, how: str) -> int:
+    """The subscription's first invoice is paid: its card deals awaiting the payment are
+    paid, their pending grants in effect (`sf_bridge.provisioning.payment`); idempotent.
+    Returns how many deals changed."""
+    session.flush()
+    return len(_record_first_payment(session.connection(), subscription_id, how, utcnow()))

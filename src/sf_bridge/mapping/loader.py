@@ -237,5 +237,6 @@ def build(draft: Draft, version: str) -> Mappings:
         write_back=draft.write_back,
         won_stages=list(draft.won_stages),
         when_unwon=draft.when_unwon,
+        card_entitlements=draft.card_entitlements,
         terms=draft.terms.build() if any(k in draft.sections for k in TERMS_SECTIONS) else None,
     )

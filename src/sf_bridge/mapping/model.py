@@ -261,6 +261,10 @@ class Mappings:
     # A provisioned deal whose opportunity is no longer won: park it for RevOps ("review")
     # or cancel its billing and entitlements ("cancel"). See sf_bridge.provisioning.unwon.
     when_unwon: str = "review"
+    # A deal charged automatically (card) whose subscription waits for its first payment:
+    # its entitlements take effect when that payment succeeds ("on_first_payment") or at
+    # once ("at_once"). See sf_bridge.provisioning.payment.
+    card_entitlements: str = "on_first_payment"
     # intent, amendments, contract dates, discount (sf_bridge.mapping.terms); None: none set
     terms: DealTerms | None = None
 

@@ -44,6 +44,7 @@ SECTIONS = (
     "price_overrides",
     "write_back",
     "when_unwon",
+    "card_payments",
     *TERMS_SECTIONS,
 )
 REQUIRED_SECTIONS = ("features", "plans", "currencies", "products")
@@ -55,6 +56,9 @@ COLLECTION_METHODS = ("send_invoice", "charge_automatically")
 OVERRIDE_POLICIES = ("negotiated", "catalog", "reject")
 MATCH_BY = ("product_code", "product_id")
 UNWON_POLICIES = ("review", "cancel")  # what to do with a provisioned deal no longer won
+# when a card deal's entitlements take effect: at once, or when its first invoice is paid
+CARD_ENTITLEMENT_POLICIES = ("on_first_payment", "at_once")
+CARD_PAYMENTS_KEYS = ("entitlements",)
 
 
 @dataclass
@@ -134,6 +138,7 @@ class Draft:
     override_policy: OverridePolicy = "negotiated"
     write_back: WriteBackFields = field(default_factory=WriteBackFields)
     when_unwon: str = "review"
+    card_entitlements: str = "on_first_payment"
     terms: DraftTerms = field(default_factory=DraftTerms)
     # plans and add-ons ("plan 'team'") with a price entry that did not read: their missing
     # prices are not reported on top
@@ -710,6 +715,16 @@ class SectionReader:
         policy = self.w.choice(node, "'when_unwon'", UNWON_POLICIES)
         if policy is not None:
             self.draft.when_unwon = policy
+
+    def read_card_payments(self, node: Node) -> None:
+        spec = self.w.fields(node, "'card_payments'", CARD_PAYMENTS_KEYS)
+        if spec is None or "entitlements" not in spec:
+            return
+        policy = self.w.choice(
+            spec["entitlements"], "'card_payments.entitlements'", CARD_ENTITLEMENT_POLICIES
+        )
+        if policy is not None:
+            self.draft.card_entitlements = policy
 
     def read_write_back(self, node: Node) -> None:
         spec = self.w.fields(node, "'write_back'", WRITE_BACK_KEYS)

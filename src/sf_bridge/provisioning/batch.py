@@ -16,6 +16,7 @@ from sf_bridge.mapping.model import WRITE_BACK_KEYS
 from sf_bridge.provisioning.eligibility import FLOOR_WAIVED, Skip, judge
 from sf_bridge.provisioning.error_text import opportunity_error_text
 from sf_bridge.provisioning.outcome import DealView
+from sf_bridge.provisioning.payment import AWAITING_PAYMENT, PROVISIONED_AWAITING_PAYMENT
 from sf_bridge.provisioning.runner import Provisioner, record_failure
 from sf_bridge.provisioning.states import (
     SCHEDULED,
@@ -267,11 +268,19 @@ def waits_for_schedule(deal: DealView) -> bool:
     return bool(deal.stripe_schedule_id) and not deal.stripe_subscription_id
 
 
+def provisioned_status_text(payment_state: str | None) -> str:
+    """The status field of a provisioned deal: a card deal awaiting its first payment says
+    so (it fits the field's 40 characters)."""
+    if payment_state == AWAITING_PAYMENT:
+        return PROVISIONED_AWAITING_PAYMENT
+    return "Provisioned"
+
+
 def write_back_fields(deal: DealView, names: Any, now_iso: str) -> dict[str, Any]:
     """Opportunity field values for a provisioned deal, for the fields the mapping names."""
     scheduled = waits_for_schedule(deal)
     values: dict[str, Any] = {
-        "status": "Scheduled" if scheduled else "Provisioned",
+        "status": "Scheduled" if scheduled else provisioned_status_text(deal.payment_state),
         "stripe_customer_id": deal.stripe_customer_id,
         "stripe_subscription_id": deal.stripe_subscription_id,
         "invoice_url": deal.hosted_invoice_url,

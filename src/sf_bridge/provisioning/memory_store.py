@@ -231,7 +231,12 @@ class InMemoryStore:
                 for grant in done.grants:
                     self.grants.setdefault(
                         (deal.id, grant.feature),
-                        {"customer_id": customer_id, "value": grant.value, "active": True},
+                        {
+                            "customer_id": customer_id,
+                            "value": grant.value,
+                            "active": not done.grants_pending,
+                            "pending": done.grants_pending,
+                        },
                     )
                 self._attempt(deal.id, done_step, attempt_no, now, outcome="ok", detail=done_detail)
             started = (

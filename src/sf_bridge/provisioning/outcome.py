@@ -42,6 +42,7 @@ class DealView:
     hosted_invoice_url: str | None = None
     stripe_schedule_id: str | None = None
     contract_start_at: datetime | None = None
+    payment_state: str | None = None  # card deals: awaiting_payment | paid | expired
     last_error: str | None = None
     last_error_code: str | None = None
     created_at: datetime | None = None
@@ -116,7 +117,8 @@ class Outcome:
     `changes`: deal columns to set. `stripe_customer_id`: the Stripe customer to record on
     the deal's customers row (`customer_id`), unless it has one. `ensure_customer`: the
     customers row to make (custom plans, no Stripe). `grants`: entitlements to grant to the
-    deal's customer. `skip_to`: the next step when the plan says so.
+    deal's customer; `grants_pending`: recorded as waiting for the first payment, not in
+    effect (`sf_bridge.provisioning.payment`). `skip_to`: the next step when the plan says so.
     `replace_subscription_grants`: this deal's grants replace those of the other deals on
     its subscription."""
 
@@ -124,6 +126,7 @@ class Outcome:
     stripe_customer_id: str | None = None
     ensure_customer: CustomerIdentity | None = None
     grants: tuple[EntitlementValue, ...] = ()
+    grants_pending: bool = False
     idempotency_key: str | None = None
     stripe_request_id: str | None = None
     detail: Mapping[str, Any] = field(default_factory=dict)

@@ -36,6 +36,12 @@ from sf_bridge.plan import MappingError, ProvisioningPlan
 from sf_bridge.provisioning import amendment
 from sf_bridge.provisioning import schedule as schedule_mod
 from sf_bridge.provisioning.outcome import CustomerView, DealView, Outcome
+from sf_bridge.provisioning.payment import (
+    PAID,
+    card_entitlements_of,
+    first_payment_state,
+    grants_wait_for_payment,
+)
 from sf_bridge.provisioning.prices import PriceCache
 from sf_bridge.provisioning.stripe_request import (
     customer_spec,
@@ -325,8 +331,12 @@ def _subscription(subscription_id: str, invoice_id: str | None) -> dict[str, Any
 
 def invoice_step(ctx: StepContext, deal: DealView) -> Outcome:
     plan = deal.plan_or_fail()
+    send = plan.billing is not None and plan.billing.collection_method == "send_invoice"
     if deal.invoice_status in ("open", "paid") and deal.hosted_invoice_url:
-        return Outcome(detail={"invoice": deal.stripe_invoice_id})
+        known: dict[str, Any] = {}
+        if not send and deal.payment_state is None:
+            known["payment_state"] = first_payment_state(deal.invoice_status)
+        return Outcome(changes=known, detail={"invoice": deal.stripe_invoice_id})
     billing = _billing(ctx)
     invoice_id = deal.stripe_invoice_id
     if not invoice_id and deal.stripe_subscription_id:
@@ -338,7 +348,6 @@ def invoice_step(ctx: StepContext, deal: DealView) -> Outcome:
         )
     key: str | None = None
     invoice: BillingInvoice | None
-    send = plan.billing is not None and plan.billing.collection_method == "send_invoice"
     if not send:
         invoice = billing.get_invoice(invoice_id)
     else:
@@ -358,14 +367,18 @@ def invoice_step(ctx: StepContext, deal: DealView) -> Outcome:
             f"The first invoice {invoice.id} is {invoice.status!r}, not open.",
             hint="look at the invoice in Stripe; void it and replay the deal to start again.",
         )
+    changes: dict[str, Any] = {
+        "stripe_invoice_id": invoice.id,
+        "invoice_status": invoice.status,
+        "hosted_invoice_url": invoice.hosted_invoice_url,
+        "invoice_pdf": invoice.invoice_pdf,
+        "invoice_due_at": invoice.due_date,
+    }
+    if not send and deal.payment_state != PAID:
+        # A card deal: paid at creation, or its subscription waits for the first payment.
+        changes["payment_state"] = first_payment_state(invoice.status)
     return Outcome(
-        changes={
-            "stripe_invoice_id": invoice.id,
-            "invoice_status": invoice.status,
-            "hosted_invoice_url": invoice.hosted_invoice_url,
-            "invoice_pdf": invoice.invoice_pdf,
-            "invoice_due_at": invoice.due_date,
-        },
+        changes=changes,
         idempotency_key=key,
         stripe_request_id=invoice.request_id or None,
         detail={"invoice": invoice.id, "status": invoice.status},
@@ -383,15 +396,22 @@ def entitlements_step(ctx: StepContext, deal: DealView) -> Outcome:
             hint="replay the deal so that the customer step runs again.",
         )
     features = ", ".join(e.feature for e in plan.entitlements) or "none"
+    policy = card_entitlements_of(ctx.mappings_loader())
+    pending = grants_wait_for_payment(policy, deal.payment_state)
+    detail: dict[str, Any] = {"features": features}
+    if deal.payment_state is not None:
+        detail.update(payment_state=deal.payment_state, card_entitlements=policy)
+    if pending:
+        detail["grants"] = "pending until the first payment"
     dated = schedule_mod.dated_grants(plan, ctx.today())
     if not dated:
         return Outcome(
             grants=tuple(plan.entitlements),
-            detail={"features": features},
+            grants_pending=pending,
+            detail=detail,
             replace_subscription_grants=amendment.replaces_grants(plan, deal.plan),
         )
     waiting = bool(deal.stripe_schedule_id) and not deal.stripe_subscription_id
-    detail: dict[str, Any] = {"features": features}
     if dated[0].valid_from is not None:
         detail["from"] = dated[0].valid_from.date().isoformat()
     if dated[-1].valid_until is not None:

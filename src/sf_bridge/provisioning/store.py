@@ -485,7 +485,12 @@ class DealStore:
                     customer_id=customer_id,
                     entitlements=outcome.grants,
                     subscription_id=subscription_id,
+                    pending=outcome.grants_pending,
                 )
+                if outcome.grants_pending:
+                    # The first payment may have been recorded since the step read the deal:
+                    # the deal row is locked by the guarded update above, so this sees it.
+                    activate_paid_grants(conn, deal.id)
             for dated in outcome.dated_grants:
                 if customer_id is None:
                     break
@@ -1194,6 +1199,40 @@ class DealStore:
             )
         return True
 
+    # card deals' first payment (sf_bridge.provisioning.payment) ----------------------------
+
+    def payments_to_report(self, limit: int) -> list[DealView]:
+        """Provisioned card deals whose payment state changed since the opportunity was told
+        (their first payment came in)."""
+        with self.db() as session:
+            rows = session.connection().execute(
+                select(*_VIEW)
+                .where(
+                    deals.c.status == "done",
+                    deals.c.writeback_pending.is_(True),
+                    deals.c.payment_state.is_not(None),
+                )
+                .order_by(deals.c.id)
+                .limit(limit)
+            )
+            return [DealView.from_row(dict(row)) for row in rows.mappings()]
+
+    def payments_reported(self, reported: Mapping[int, str | None]) -> None:
+        """Clears the deals' pending write-back if their payment state is still the one
+        written (deal id -> payment state written)."""
+        with self.db() as session, session.begin():
+            conn = session.connection()
+            for deal_id, state in reported.items():
+                conn.execute(
+                    update(deals)
+                    .where(
+                        deals.c.id == deal_id,
+                        deals.c.status == "done",
+                        deals.c.payment_state == state,
+                    )
+                    .values(writeback_pending=False)
+                )
+
 
 # The steps before a deal's subscription is created or changed.
 _BEFORE_CHANGE = ("fetch", "map", "customer", "subscription")
@@ -1281,11 +1320,15 @@ def cancel_subscription_deals(
     revoked = int(
         conn.execute(
             update(grants)
-            .where(grants.c.stripe_subscription_id == subscription_id, grants.c.active.is_(True))
-            .values(active=False, revoked_at=now, revoked_reason=reason)
+            .where(
+                grants.c.stripe_subscription_id == subscription_id,
+                or_(grants.c.active.is_(True), grants.c.pending.is_(True)),
+            )
+            .values(active=False, pending=False, revoked_at=now, revoked_reason=reason)
         ).rowcount
         or 0
     )
+    unpaid = _end_unpaid_deals(conn, subscription_id, reason, now)
     log.info(
         "entitlements_revoked",
         stripe_subscription_id=subscription_id,
@@ -1310,6 +1353,7 @@ def cancel_subscription_deals(
             message=f"Subscription {subscription_id} ended ({by}): {reason}. "
             f"{revoked} entitlement grant(s) revoked.",
             detail={"subscription_id": subscription_id, "grants_revoked": revoked},
+            code=FIRST_PAYMENT_MISSING if deal_id in unpaid else None,
         )
     ]
     return cancelled, revoked
@@ -1671,3 +1715,90 @@ def keep_unwon(session: Session, deal_id: int, *, actor: str, note: str | None) 
             )
         )
     return kept == 1
+
+
+# card deals: the first payment (sf_bridge.provisioning.payment) ------------------------------
+
+FIRST_PAYMENT_MISSING = "first_payment_missing"
+
+
+def activate_paid_grants(conn: Connection, deal_id: int) -> int:
+    """Puts the deal's pending grants in effect if its first payment is recorded (and it is
+    not cancelled); how many."""
+    paid = (
+        select(deals.c.id)
+        .where(
+            deals.c.id == deal_id,
+            deals.c.payment_state == "paid",
+            deals.c.status != CANCELLED,
+        )
+        .exists()
+    )
+    return int(
+        conn.execute(
+            update(grants)
+            .where(grants.c.deal_id == deal_id, grants.c.pending.is_(True), paid)
+            .values(active=True, pending=False)
+        ).rowcount
+        or 0
+    )
+
+
+def record_first_payment(
+    conn: Connection, subscription_id: str, how: str, now: datetime
+) -> list[tuple[int, int]]:
+    """The subscription's first invoice is paid: its deals awaiting the payment become paid,
+    their pending grants take effect, and the opportunity is told; idempotent (a deal already
+    paid, expired or cancelled is left as it is). The deals changed, with the grants put in
+    effect."""
+    changed = conn.execute(
+        update(deals)
+        .where(
+            deals.c.stripe_subscription_id == subscription_id,
+            deals.c.payment_state == "awaiting_payment",
+            deals.c.status != CANCELLED,
+        )
+        .values(
+            payment_state="paid",
+            writeback_pending=deals.c.source != "file",
+            updated_at=now,
+        )
+        .returning(deals.c.id)
+    ).scalars()
+    results: list[tuple[int, int]] = []
+    for deal_id in sorted(changed):
+        activated = activate_paid_grants(conn, deal_id)
+        _add_events(
+            conn,
+            deal_id,
+            [
+                {
+                    "kind": "first_payment_received",
+                    "message": f"The first invoice of subscription {subscription_id} is paid "
+                    f"({how}); {activated} pending entitlement grant(s) now in effect.",
+                    "detail": {"subscription_id": subscription_id, "grants_activated": activated},
+                }
+            ],
+            now,
+        )
+        results.append((deal_id, activated))
+    return results
+
+
+def _end_unpaid_deals(
+    conn: Connection, subscription_id: str, reason: str, now: datetime
+) -> set[int]:
+    """The subscription ended before its first payment: its deals awaiting it are marked
+    expired, to be cancelled with the reason and written back."""
+    return set(
+        conn.execute(
+            update(deals)
+            .where(
+                deals.c.stripe_subscription_id == subscription_id,
+                deals.c.payment_state == "awaiting_payment",
+                deals.c.status != CANCELLED,
+            )
+            .values(payment_state="expired", writeback_pending=deals.c.source != "file")
+            .returning(deals.c.id)
+        ).scalars()
+    )

@@ -23,6 +23,7 @@ from sf_bridge.db.account_facts import mapper_with_facts
 from sf_bridge.logging import get_logger
 from sf_bridge.provisioning.batch import fetch_batch, report_parked_batch, write_back_batch
 from sf_bridge.provisioning.floor import FloorSource, parse_floor
+from sf_bridge.provisioning.payment_report import report_payments
 from sf_bridge.provisioning.prices import PriceCache
 from sf_bridge.provisioning.retry import RetryPolicy
 from sf_bridge.provisioning.runner import Provisioner, RunnerOptions, StepHooks
@@ -174,6 +175,7 @@ class Worker:
         sequence (sf_bridge.provisioning.unwon), then "Cancelled" onto the opportunity."""
         ran = self.unwon.run_due()
         report_cancelled(self.provisioner.store, self.crm, self.mappings)
+        report_payments(self.provisioner.store, self.crm, self.mappings)
         return ran
 
     def run_once(self, max_deals: int = 100) -> int:

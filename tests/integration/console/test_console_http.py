@@ -203,8 +203,9 @@ def test_the_reconciliation_page_shows_the_last_report_grouped_by_kind(
         assert "<code>sf-bridge reconcile</code>" in empty.text
         assert 'href="/console/reconcile"' in empty.text  # in the navigation
 
-        # A deal provisioned by the worker, then changed by hand in Stripe.
-        done = console_site.provision("team-self-serve")
+        # A deal provisioned by the worker (invoiced: its grants are in effect at once), then
+        # changed by hand in Stripe.
+        done = console_site.provision("team-self-serve", Payment_Method__c="Invoice")
         with console_site.session_factory() as session:
             deal = session.get_one(Deal, done)
             opp_id, sub_id = deal.opportunity_id, deal.stripe_subscription_id
