@@ -92,6 +92,8 @@ class IntakeCrm(Protocol):
 
     def won_among(self, opportunity_ids: list[str]) -> set[str]: ...
 
+    def unwon_among(self, opportunity_ids: list[str]) -> dict[str, str]: ...
+
 
 class StreamRestart(Exception):
     """The watchdog ended a session (silence, refused subscription, repeated connect errors)."""
@@ -174,6 +176,8 @@ class StreamIntake:
             initial_lookback=timedelta(seconds=self.options.sweep_initial_lookback_seconds),
             page_size=self.options.sweep_page_size,
             refresh=_refresh_modified,
+            unwon_among=crm.unwon_among,
+            unwon_batch=self.options.sweep_unwon_batch,
         )
         self.on_enqueued: Callable[[list[str]], None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None

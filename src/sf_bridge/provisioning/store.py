@@ -1444,3 +1444,22 @@ def keep_unwon(session: Session, deal_id: int, *, actor: str, note: str | None) 
             )
         )
     return kept == 1
+
+
+def deals_to_check_unwon(session: Session, after_id: int, limit: int) -> list[tuple[int, str]]:
+    """The catch-up's share of known deals whose opportunity may have left its won stage
+    while the stream could not tell (an outage longer than the replay window): `(id,
+    opportunity id)` of the next `limit` deals after `after_id` that `mark_unwon` would
+    touch, by id. Deals from a file have no opportunity to re-read."""
+    rows = session.execute(
+        select(deals.c.id, deals.c.opportunity_id)
+        .where(
+            deals.c.id > after_id,
+            deals.c.status.not_in(_UNWON_UNTOUCHED),
+            or_(deals.c.last_error_code.is_(None), deals.c.last_error_code != UNWON_CODE),
+            deals.c.source != "file",
+        )
+        .order_by(deals.c.id)
+        .limit(limit)
+    ).all()
+    return [(int(r[0]), str(r[1])) for r in rows]

@@ -78,3 +78,72 @@ def test_lost_reopened_and_deleted_deals_are_recorded_unwon(
     assert code == "changed_after_provisioning"
     assert _status(session_factory, reopened) == "unwon"  # still open: left alone
     h.stop()
+
+
+def test_sweep_finds_deals_lost_or_deleted_while_nobody_listened(
+    intake_org: SalesforceSandbox, session_factory
+):
+    """An outage longer than the replay window: the change events are gone, and a won-since
+    query cannot see a deal that left its won stage. The sweep re-reads the known deals'
+    won state through QueryAll (which returns soft-deleted records), a share per sweep."""
+    from datetime import timedelta
+
+    from sf_bridge.crm.salesforce import SalesforceCrm
+    from sf_bridge.intake.sweep import Sweeper
+    from sf_bridge.provisioning.queue import enqueue_opportunities
+    from tests.integration.intake.conftest import API_VERSION, credentials_for
+
+    names = ("Lost", "Reopened", "Deleted", "Purged", "Still won")
+    lost, reopened, deleted, purged, still_won = (open_deal(intake_org, n) for n in names)
+    for opp in (lost, reopened, deleted, purged, still_won):
+        intake_org.close_won(opp)
+    with session_factory() as session, session.begin():
+        enqueue_opportunities(session, [lost, reopened, deleted, purged, still_won], source="stream")
+    _provisioned(session_factory, lost, reopened, deleted, purged, still_won)
+    # Nobody listens while these happen.
+    intake_org.lose_deal(lost)
+    intake_org.lose_deal(reopened, stage="Negotiation/Review")
+    intake_org.delete_opportunity(deleted)
+    intake_org.delete_opportunity(purged)
+    intake_org.purge_deleted(purged)
+
+    crm = SalesforceCrm(credentials_for(intake_org), api_version=API_VERSION)
+    assert crm.unwon_among([lost, reopened, deleted, purged, still_won]) == {
+        lost: "lost",
+        reopened: "lost",
+        deleted: "deleted",
+        purged: "deleted",
+    }
+    sweeper = Sweeper(
+        crm,
+        session_factory,
+        lambda session, ids: enqueue_opportunities(session, ids, source="sweep"),
+        initial_lookback=timedelta(days=1),
+        unwon_among=crm.unwon_among,
+        unwon_batch=3,  # a share of the known deals per sweep
+    )
+    queries = intake_org.calls["query"]
+    sweeper.run_once()
+    # one won-since query and one QueryAll for the first three deals
+    assert intake_org.calls["query"] - queries == 2
+    assert [_status(session_factory, o) for o in (lost, reopened, deleted)] == ["unwon"] * 3
+    assert _status(session_factory, purged) == "done"  # its turn is the next sweep
+    sweeper.run_once()
+    assert _status(session_factory, purged) == "unwon"
+    assert _status(session_factory, still_won) == "done"
+    assert sweeper.unwon_found == 4
+    with session_factory() as session:
+        reasons = dict(
+            session.execute(
+                select(Deal.opportunity_id, DealEvent.message)
+                .join(DealEvent, DealEvent.deal_id == Deal.id)
+                .where(DealEvent.kind == "unwon")
+            ).all()
+        )
+    assert "deleted" in reasons[purged] and "sweep" in reasons[purged]
+    assert "left its won stage" in reasons[lost]
+    # Round again from the start: nothing new is marked (the un-won ones are not re-read).
+    queries = intake_org.calls["query"]
+    sweeper.run_once()
+    assert sweeper.unwon_found == 4
+    assert intake_org.calls["query"] - queries == 2  # won-since + the one still won
