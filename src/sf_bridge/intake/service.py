@@ -73,12 +73,18 @@ def _mark_unwon(session: Session, unwon: Sequence[str], deleted: Sequence[str]) 
 
 
 def _mark_won_again(session: Session, known: Sequence[str]) -> list[str]:
-    from sf_bridge.provisioning.store import mark_changed_after_provisioning
+    from sf_bridge.provisioning.store import (
+        mark_changed_after_provisioning,
+        note_won_after_cancel,
+    )
 
     parked = mark_changed_after_provisioning(session, known, source="stream")
     if parked:
         log.warning("stream_deals_won_again", opportunities=parked[:20], count=len(parked))
-    return parked
+    noted = note_won_after_cancel(session, known, source="stream")
+    if noted:
+        log.warning("stream_cancelled_deals_won_again", opportunities=noted[:20], count=len(noted))
+    return parked + noted
 
 
 def _known_opportunities(session: Session, ids: Sequence[str]) -> set[str]:

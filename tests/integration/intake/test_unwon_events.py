@@ -147,3 +147,57 @@ def test_sweep_finds_deals_lost_or_deleted_while_nobody_listened(
     sweeper.run_once()
     assert sweeper.unwon_found == 4
     assert intake_org.calls["query"] - queries == 2  # won-since + the one still won
+
+
+def test_cancelled_deal_won_again_stays_cancelled_and_says_so(
+    intake_org: SalesforceSandbox, session_factory, harness
+):
+    h = harness()
+    h.start()
+    opp = open_deal(intake_org, "Cancelled then won")
+    intake_org.close_won(opp)
+    wait_until(lambda: _status(session_factory, opp) is not None, 5, "the won deal")
+    _provisioned(session_factory, opp)
+    intake_org.lose_deal(opp)
+    wait_until(lambda: _status(session_factory, opp) == "unwon", 5, "the deal un-won")
+    with session_factory() as session, session.begin():  # as the cancellation leaves it
+        session.execute(
+            update(Deal)
+            .where(Deal.opportunity_id == opp)
+            .values(
+                status="cancelled",
+                current_step=None,
+                last_error="Cancelled: lost to a competitor",
+                last_error_code="cancelled",
+                writeback_pending=False,
+            )
+        )
+
+    def _noted() -> list[str]:
+        with session_factory() as session:
+            return list(
+                session.scalars(
+                    select(DealEvent.message)
+                    .join(Deal, Deal.id == DealEvent.deal_id)
+                    .where(Deal.opportunity_id == opp, DealEvent.kind == "won_after_cancel")
+                )
+            )
+
+    intake_org.close_won(opp)
+    wait_until(lambda: len(_noted()) == 1, 5, "the note on the cancelled deal")
+    with session_factory() as session:
+        deal = session.scalars(select(Deal).where(Deal.opportunity_id == opp)).one()
+    assert deal.status == "cancelled"  # never resurrected silently
+    assert deal.last_error_code == "won_after_cancel"
+    assert "stays cancelled" in (deal.last_error or "")
+    assert "lost to a competitor" in (deal.last_error or "")  # the cancel reason is kept
+    assert deal.writeback_pending  # Salesforce is told again
+    # Lost and won once more: recorded once, not on every flap.
+    intake_org.lose_deal(opp)
+    intake_org.close_won(opp)
+    marker = open_deal(intake_org, "Marker")
+    intake_org.close_won(marker)
+    wait_until(lambda: _status(session_factory, marker) is not None, 5, "the marker deal")
+    assert len(_noted()) == 1
+    assert _status(session_factory, opp) == "cancelled"
+    h.stop()
