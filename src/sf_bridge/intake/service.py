@@ -100,6 +100,8 @@ class IntakeCrm(Protocol):
 
     def unwon_among(self, opportunity_ids: list[str]) -> dict[str, str]: ...
 
+    def fetch_opportunities(self, opportunity_ids: list[str]) -> list[dict[str, Any]]: ...
+
 
 class StreamRestart(Exception):
     """The watchdog ended a session (silence, refused subscription, repeated connect errors)."""
@@ -116,6 +118,7 @@ class IntakeStats:
     rechecked: int = 0
     refreshed: int = 0  # known deals fetched again because their lines or amount changed
     unwon: int = 0  # known deals whose opportunity left its won stage or was deleted
+    changed: int = 0  # provisioned deals whose lines or amount changed since
     replay_fallbacks: int = 0
     sweeps_requested: int = 0
     last_delay_ms: float | None = None
@@ -184,6 +187,7 @@ class StreamIntake:
             refresh=_refresh_modified,
             unwon_among=crm.unwon_among,
             unwon_batch=self.options.sweep_unwon_batch,
+            find_changed=lambda modified: self._changed_lines(list(modified), modified),
         )
         self.on_enqueued: Callable[[list[str]], None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -452,6 +456,7 @@ class StreamIntake:
             sweep = sweep or outcome.sweep
         ids = list(won)
         refresh_known: list[str] = []
+        changed: dict[str, str] = {}
         if refresh:
             # Lines or amount changed: a known deal not provisioned yet is fetched again; an
             # unknown one changed by an API client (a data load) may have been inserted won
@@ -459,6 +464,9 @@ class StreamIntake:
             # (a deal created won has its CREATE event; outages are the sweep's).
             known = await asyncio.to_thread(self._known_among, list(refresh))
             refresh_known = [i for i in refresh if i in known and i not in won]
+            if refresh_known:
+                # A provisioned deal whose lines or amount now differ from its snapshot.
+                changed = await asyncio.to_thread(self._changed_lines, refresh_known)
             recheck.update(
                 dict.fromkeys(
                     i for i in refresh if i not in known and i not in won and i in from_api
@@ -476,7 +484,7 @@ class StreamIntake:
             ((o.replay_id, o.created) for o in reversed(outcomes) if o.replay_id is not None), None
         )
         new, refreshed = await asyncio.to_thread(
-            self._commit, ids, marker, refresh_known, list(unwon), list(deleted)
+            self._commit, ids, marker, refresh_known, list(unwon), list(deleted), changed
         )
         self.stats.refreshed += len(refreshed)
         self.stats.won_ids += len(ids)
@@ -499,6 +507,15 @@ class StreamIntake:
         if new and self.on_enqueued is not None:
             self.on_enqueued(new)
 
+    def _changed_lines(
+        self, ids: list[str], modified: dict[str, datetime] | None = None
+    ) -> dict[str, str]:
+        from sf_bridge.provisioning.changes import find_changed_lines
+
+        return find_changed_lines(
+            self.session_factory, self.crm.fetch_opportunities, ids, modified=modified
+        )
+
     def _known_among(self, ids: list[str]) -> set[str]:
         with self.session_factory() as session:
             return self.known(session, ids)
@@ -510,6 +527,7 @@ class StreamIntake:
         refresh: list[str],
         unwon: Sequence[str] = (),
         deleted: Sequence[str] = (),
+        changed: dict[str, str] | None = None,
     ) -> tuple[list[str], list[str]]:
         """Enqueues the deals, sends the ones to refresh back to their fetch, records the
         known deals no longer won (or deleted), and commits the replay id, in one
@@ -522,6 +540,11 @@ class StreamIntake:
             if unwon or deleted:
                 marked = _mark_unwon(session, unwon, deleted)
                 self.stats.unwon += len(marked)
+            if changed:
+                from sf_bridge.provisioning.changes import mark_changed_lines
+
+                parked = mark_changed_lines(session, changed, source="stream")
+                self.stats.changed += len(parked)
             if marker is not None:
                 stage_marker(session, self.channel, marker[0], marker[1])
         return new, refreshed

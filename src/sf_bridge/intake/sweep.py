@@ -39,6 +39,9 @@ RefreshModified = Callable[[Session, dict[str, datetime]], list[str]]
 # Opportunity ids -> {id: "lost" | "deleted"} for those no longer won (SalesforceCrm.unwon_among).
 UnwonAmong = Callable[[list[str]], dict[str, str]]
 UNWON_CHECKPOINT = "sweep_unwon"
+# {opportunity id: LastModifiedDate} of won opportunities -> {id: what differs} for the
+# provisioned deals among them whose lines or amount changed (sf_bridge.provisioning.changes).
+FindChanged = Callable[[dict[str, datetime]], dict[str, str]]
 
 
 class WonFinder(Protocol):
@@ -59,7 +62,10 @@ class Sweeper:
         refresh: RefreshModified | None = None,
         unwon_among: UnwonAmong | None = None,
         unwon_batch: int = 2000,
+        find_changed: FindChanged | None = None,
     ) -> None:
+        self.find_changed = find_changed
+        self.changed_found = 0  # provisioned deals found with other lines by sweeps
         self.crm = crm
         self.unwon_among = unwon_among
         self.unwon_batch = unwon_batch
@@ -106,7 +112,24 @@ class Sweeper:
             seen += len(found)
             ids = [to_18(w.opportunity_id) for w in found if is_salesforce_id(w.opportunity_id)]
             newest = max((w.last_modified for w in found), default=checkpoint)
+            # Provisioned deals whose lines or amount changed: read before the checkpoint
+            # moves, recorded in the same transaction.
+            changes = (
+                self.find_changed(
+                    {
+                        to_18(w.opportunity_id): w.last_modified
+                        for w in found
+                        if is_salesforce_id(w.opportunity_id)
+                    }
+                )
+                if ids and self.find_changed is not None
+                else {}
+            )
             with transaction(self.session_factory) as session:
+                if changes:
+                    from sf_bridge.provisioning.changes import mark_changed_lines
+
+                    self.changed_found += len(mark_changed_lines(session, changes, source="sweep"))
                 if ids:
                     new = self.enqueue(session, ids)
                     enqueued.extend(new)

@@ -98,7 +98,9 @@ def test_sweep_finds_deals_lost_or_deleted_while_nobody_listened(
     for opp in (lost, reopened, deleted, purged, still_won):
         intake_org.close_won(opp)
     with session_factory() as session, session.begin():
-        enqueue_opportunities(session, [lost, reopened, deleted, purged, still_won], source="stream")
+        enqueue_opportunities(
+            session, [lost, reopened, deleted, purged, still_won], source="stream"
+        )
     _provisioned(session_factory, lost, reopened, deleted, purged, still_won)
     # Nobody listens while these happen.
     intake_org.lose_deal(lost)
@@ -140,7 +142,8 @@ def test_sweep_finds_deals_lost_or_deleted_while_nobody_listened(
                 .where(DealEvent.kind == "unwon")
             ).all()
         )
-    assert "deleted" in reasons[purged] and "sweep" in reasons[purged]
+    assert "deleted" in reasons[purged]
+    assert "sweep" in reasons[purged]
     assert "left its won stage" in reasons[lost]
     # Round again from the start: nothing new is marked (the un-won ones are not re-read).
     queries = intake_org.calls["query"]
@@ -201,3 +204,67 @@ def test_cancelled_deal_won_again_stays_cancelled_and_says_so(
     assert len(_noted()) == 1
     assert _status(session_factory, opp) == "cancelled"
     h.stop()
+
+
+def test_sweep_parks_provisioned_deals_whose_lines_changed_and_only_those(
+    intake_org: SalesforceSandbox, session_factory
+):
+    """The sweep's won opportunities modified since their snapshot are read again and
+    compared: only a real difference in lines or amount parks the deal; any other edit (a
+    write-back, a description) moves LastModifiedDate but is not a change to bill."""
+    from datetime import timedelta
+
+    from sf_bridge.crm.salesforce import SalesforceCrm
+    from sf_bridge.intake.sweep import Sweeper
+    from sf_bridge.provisioning.changes import find_changed_lines
+    from sf_bridge.provisioning.queue import enqueue_opportunities
+    from tests.integration.intake.conftest import API_VERSION, credentials_for
+
+    crm = SalesforceCrm(credentials_for(intake_org), api_version=API_VERSION)
+    edited, described, loading = (
+        open_deal(intake_org, n) for n in ("Edited", "Described", "Loading")
+    )
+    for opp in (edited, described, loading):
+        intake_org.close_won(opp)
+    with session_factory() as session, session.begin():
+        enqueue_opportunities(session, [edited, described, loading], source="stream")
+    _provisioned(session_factory, edited, described)
+    for record in crm.fetch_opportunities([edited, described, loading]):  # the fetch's snapshot
+        with session_factory() as session, session.begin():
+            session.execute(
+                update(Deal).where(Deal.opportunity_id == record["Id"]).values(opportunity=record)
+            )
+    with session_factory() as session, session.begin():  # not provisioned yet: refetched
+        session.execute(update(Deal).where(Deal.opportunity_id == loading).values(status="mapped"))
+    intake_org.add_line_items(edited, [{"product_code": "PRO-M", "quantity": 2, "unit_price": 100}])
+    intake_org.update_opportunity(described, Description="Renewal notes")
+    intake_org.add_line_items(
+        loading, [{"product_code": "PRO-M", "quantity": 2, "unit_price": 100}]
+    )
+    # Read again, nothing billed differs for the described one.
+    assert set(
+        find_changed_lines(session_factory, crm.fetch_opportunities, [edited, described])
+    ) == {edited}
+    sweeper = Sweeper(
+        crm,
+        session_factory,
+        lambda session, ids: enqueue_opportunities(session, ids, source="sweep"),
+        initial_lookback=timedelta(days=1),
+        find_changed=lambda modified: find_changed_lines(
+            session_factory, crm.fetch_opportunities, list(modified), modified=modified
+        ),
+        refresh=lambda session, modified: __import__(
+            "sf_bridge.provisioning.queue", fromlist=["refresh_modified"]
+        ).refresh_modified(session, modified, source="sweep"),
+    )
+    sweeper.run_once()
+    assert _status(session_factory, edited) == "needs_attention"
+    assert _status(session_factory, described) == "done"
+    assert _status(session_factory, loading) == "mapped"  # not provisioned: not parked
+    assert sweeper.changed_found == 1
+    with session_factory() as session:
+        code, error = session.execute(
+            select(Deal.last_error_code, Deal.last_error).where(Deal.opportunity_id == edited)
+        ).one()
+    assert code == "changed_after_provisioning"
+    assert "its line items changed (1 line(s) then, 2 now)" in error
