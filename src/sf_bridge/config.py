@@ -105,6 +105,9 @@ class IntakeOptions(Section):
     sweep_initial_lookback_seconds: float = Field(0.0, alias="SF_BRIDGE_SWEEP_LOOKBACK")
     sweep_page_size: int = Field(2000, alias="SF_BRIDGE_SWEEP_PAGE")
     sweep_retry_seconds: float = Field(30.0, alias="SF_BRIDGE_SWEEP_RETRY")
+    # Known deals each sweep re-reads to find the ones no longer won (one QueryAll per 200);
+    # 0 turns that check off.
+    sweep_unwon_batch: int = Field(2000, alias="SF_BRIDGE_SWEEP_UNWON_BATCH", ge=0)
 
 
 class SalesforceOptions(Section):

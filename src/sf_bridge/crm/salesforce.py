@@ -229,21 +229,28 @@ class SalesforceCrm:
 
     # -- queries -------------------------------------------------------------------------
 
-    def _query_page(self, what: str, query: str | None = None, url: str | None = None) -> Any:
+    def _query_page(
+        self,
+        what: str,
+        query: str | None = None,
+        url: str | None = None,
+        include_deleted: bool = False,
+    ) -> Any:
         timeout = self.request_timeout
 
         def run(client: Salesforce) -> Any:
             if url is not None:
                 return client.query_more(url, identifier_is_url=True, timeout=timeout)
-            return client.query(query or "", timeout=timeout)
+            return client.query(query or "", include_deleted=include_deleted, timeout=timeout)
 
         return self._call(what, run)
 
-    def _query_all(self, query: str) -> list[dict[str, Any]]:
+    def _query_all(self, query: str, *, include_deleted: bool = False) -> list[dict[str, Any]]:
         """Every record of a query. The child subqueries of a page are completed before the
         next page is asked for: Salesforce's next page invalidates the previous page's child
-        cursors."""
-        page = self._query_page("query", query=query)
+        cursors. `include_deleted` asks the QueryAll resource (soft-deleted records too); its
+        `nextRecordsUrl` goes on with the same result set."""
+        page = self._query_page("query", query=query, include_deleted=include_deleted)
         records: list[dict[str, Any]] = []
         while True:
             for record in page["records"]:
@@ -362,6 +369,27 @@ class SalesforceCrm:
         for batch in soql.chunks(ids):
             won.update(str(r["Id"]) for r in self._query_all(soql.won_among(batch)))
         return won
+
+    def unwon_among(self, opportunity_ids: list[str]) -> dict[str, str]:
+        """Which of these opportunities are no longer won: `lost` (not `IsWon`: Closed Lost or
+        an open stage) or `deleted` (in the Recycle Bin, `IsDeleted`, or gone from it). One
+        QueryAll per 200 ids: Query alone would not tell deleted from unknown."""
+        ids, _ = soql.split_ids(opportunity_ids)
+        found: dict[str, str] = {}
+        seen: set[str] = set()
+        for batch in soql.chunks(ids):
+            query = soql.won_state_among(batch)
+            for record in self._query_all(query, include_deleted=True):
+                opp_id = soql.to_18(str(record.get("Id")))
+                seen.add(opp_id)
+                if record.get("IsDeleted") is True:
+                    found[opp_id] = "deleted"
+                elif record.get("IsWon") is not True:
+                    found[opp_id] = "lost"
+        for opp_id in ids:
+            if soql.to_18(opp_id) not in seen:
+                found[soql.to_18(opp_id)] = "deleted"  # purged from the Recycle Bin
+        return found
 
     # -- write-back ----------------------------------------------------------------------
 

@@ -180,6 +180,14 @@ def won_among(ids: list[str]) -> str:
     return f"SELECT Id FROM Opportunity WHERE IsWon = true AND Id IN ({id_list(ids)})"
 
 
+def won_state_among(ids: list[str]) -> str:
+    """Whether these opportunities are won or deleted; for the QueryAll resource, which also
+    returns soft-deleted records (`IsDeleted = true`, until the Recycle Bin is emptied)."""
+    if not ids or len(ids) > MAX_IDS_PER_QUERY:
+        raise ValueError(f"between 1 and {MAX_IDS_PER_QUERY} ids per query, got {len(ids)}")
+    return f"SELECT Id, IsWon, IsDeleted FROM Opportunity WHERE Id IN ({id_list(ids)})"
+
+
 def won_since(since: datetime | None, limit: int) -> str:
     """Won opportunities modified after `since`, oldest first."""
     where = "IsWon = true"

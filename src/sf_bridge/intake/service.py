@@ -73,12 +73,18 @@ def _mark_unwon(session: Session, unwon: Sequence[str], deleted: Sequence[str]) 
 
 
 def _mark_won_again(session: Session, known: Sequence[str]) -> list[str]:
-    from sf_bridge.provisioning.store import mark_changed_after_provisioning
+    from sf_bridge.provisioning.store import (
+        mark_changed_after_provisioning,
+        note_won_after_cancel,
+    )
 
     parked = mark_changed_after_provisioning(session, known, source="stream")
     if parked:
         log.warning("stream_deals_won_again", opportunities=parked[:20], count=len(parked))
-    return parked
+    noted = note_won_after_cancel(session, known, source="stream")
+    if noted:
+        log.warning("stream_cancelled_deals_won_again", opportunities=noted[:20], count=len(noted))
+    return parked + noted
 
 
 def _known_opportunities(session: Session, ids: Sequence[str]) -> set[str]:
@@ -91,6 +97,10 @@ class IntakeCrm(Protocol):
     def find_won_since(self, since: datetime | None, limit: int = 2000) -> list[WonOpportunity]: ...
 
     def won_among(self, opportunity_ids: list[str]) -> set[str]: ...
+
+    def unwon_among(self, opportunity_ids: list[str]) -> dict[str, str]: ...
+
+    def fetch_opportunities(self, opportunity_ids: list[str]) -> list[dict[str, Any]]: ...
 
 
 class StreamRestart(Exception):
@@ -108,6 +118,7 @@ class IntakeStats:
     rechecked: int = 0
     refreshed: int = 0  # known deals fetched again because their lines or amount changed
     unwon: int = 0  # known deals whose opportunity left its won stage or was deleted
+    changed: int = 0  # provisioned deals whose lines or amount changed since
     replay_fallbacks: int = 0
     sweeps_requested: int = 0
     last_delay_ms: float | None = None
@@ -186,6 +197,9 @@ class StreamIntake:
             initial_lookback=timedelta(seconds=self.options.sweep_initial_lookback_seconds),
             page_size=self.options.sweep_page_size,
             refresh=_refresh_modified,
+            unwon_among=crm.unwon_among,
+            unwon_batch=self.options.sweep_unwon_batch,
+            find_changed=lambda modified: self._changed_lines(list(modified), modified),
         )
         self.on_enqueued: Callable[[list[str]], None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -457,6 +471,7 @@ class StreamIntake:
             sweep = sweep or outcome.sweep
         ids = list(won)
         refresh_known: list[str] = []
+        changed: dict[str, str] = {}
         if refresh:
             # Lines or amount changed: a known deal not provisioned yet is fetched again; an
             # unknown one changed by an API client (a data load) may have been inserted won
@@ -464,6 +479,9 @@ class StreamIntake:
             # (a deal created won has its CREATE event; outages are the sweep's).
             known = await asyncio.to_thread(self._known_among, list(refresh))
             refresh_known = [i for i in refresh if i in known and i not in won]
+            if refresh_known:
+                # A provisioned deal whose lines or amount now differ from its snapshot.
+                changed = await asyncio.to_thread(self._changed_lines, refresh_known)
             recheck.update(
                 dict.fromkeys(
                     i for i in refresh if i not in known and i not in won and i in from_api
@@ -481,7 +499,7 @@ class StreamIntake:
             ((o.replay_id, o.created) for o in reversed(outcomes) if o.replay_id is not None), None
         )
         new, refreshed = await asyncio.to_thread(
-            self._commit, ids, marker, refresh_known, list(unwon), list(deleted)
+            self._commit, ids, marker, refresh_known, list(unwon), list(deleted), changed
         )
         self.stats.refreshed += len(refreshed)
         self.stats.won_ids += len(ids)
@@ -504,6 +522,15 @@ class StreamIntake:
         if new and self.on_enqueued is not None:
             self.on_enqueued(new)
 
+    def _changed_lines(
+        self, ids: list[str], modified: dict[str, datetime] | None = None
+    ) -> dict[str, str]:
+        from sf_bridge.provisioning.changes import find_changed_lines
+
+        return find_changed_lines(
+            self.session_factory, self.crm.fetch_opportunities, ids, modified=modified
+        )
+
     def _known_among(self, ids: list[str]) -> set[str]:
         with self.session_factory() as session:
             return self.known(session, ids)
@@ -515,6 +542,7 @@ class StreamIntake:
         refresh: list[str],
         unwon: Sequence[str] = (),
         deleted: Sequence[str] = (),
+        changed: dict[str, str] | None = None,
     ) -> tuple[list[str], list[str]]:
         """Enqueues the deals, sends the ones to refresh back to their fetch, records the
         known deals no longer won (or deleted), and commits the replay id, in one
@@ -527,6 +555,11 @@ class StreamIntake:
             if unwon or deleted:
                 marked = _mark_unwon(session, unwon, deleted)
                 self.stats.unwon += len(marked)
+            if changed:
+                from sf_bridge.provisioning.changes import mark_changed_lines
+
+                parked = mark_changed_lines(session, changed, source="stream")
+                self.stats.changed += len(parked)
             if marker is not None:
                 stage_marker(session, self.channel, marker[0], marker[1])
         return new, refreshed

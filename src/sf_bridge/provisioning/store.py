@@ -1802,3 +1802,77 @@ def _end_unpaid_deals(
             .returning(deals.c.id)
         ).scalars()
     )
+
+
+def deals_to_check_unwon(session: Session, after_id: int, limit: int) -> list[tuple[int, str]]:
+    """The catch-up's share of known deals whose opportunity may have left its won stage
+    while the stream could not tell (an outage longer than the replay window): `(id,
+    opportunity id)` of the next `limit` deals after `after_id` that `mark_unwon` would
+    touch, by id. Deals from a file have no opportunity to re-read."""
+    rows = session.execute(
+        select(deals.c.id, deals.c.opportunity_id)
+        .where(
+            deals.c.id > after_id,
+            deals.c.status.not_in(_UNWON_UNTOUCHED),
+            or_(deals.c.last_error_code.is_(None), deals.c.last_error_code != UNWON_CODE),
+            deals.c.source != "file",
+        )
+        .order_by(deals.c.id)
+        .limit(limit)
+    ).all()
+    return [(int(r[0]), str(r[1])) for r in rows]
+
+
+WON_AFTER_CANCEL_CODE = "won_after_cancel"
+
+
+def note_won_after_cancel(
+    session: Session, opportunity_ids: Collection[str], *, source: str
+) -> list[str]:
+    """A won event for a deal already `cancelled` (its subscription cancelled, its grants
+    revoked): the deal stays cancelled, as a cancelled subscription is never resurrected
+    silently, but the fact is recorded once in its history and in its error column (code
+    `won_after_cancel`), and "Cancelled" with that reason is written back again. Returns the
+    opportunity ids noted."""
+    ids = sorted({str(i) for i in opportunity_ids if i})
+    if not ids:
+        return []
+    conn = session.connection()
+    now = utcnow()
+    rows = conn.execute(
+        select(deals.c.id, deals.c.opportunity_id, deals.c.last_error).where(
+            deals.c.opportunity_id.in_(ids),
+            deals.c.status == CANCELLED,
+            or_(
+                deals.c.last_error_code.is_(None),
+                deals.c.last_error_code != WON_AFTER_CANCEL_CODE,
+            ),
+        )
+    ).all()
+    for deal_id, _opportunity, previous in rows:
+        message = (
+            "The opportunity was won again after this deal was cancelled; it stays cancelled "
+            "(its subscription is not restarted, its entitlements stay revoked). To bill it "
+            "again, close a new opportunity won (a clone of this one); "
+            f"`sf-bridge deals show {deal_id}` shows what was cancelled."
+        )
+        conn.execute(
+            update(deals)
+            .where(deals.c.id == deal_id)
+            .values(
+                last_error=f"{message} {previous}" if previous else message,
+                last_error_code=WON_AFTER_CANCEL_CODE,
+                writeback_pending=deals.c.source != "file",
+                updated_at=now,
+            )
+        )
+        conn.execute(
+            insert(events).values(
+                deal_id=deal_id,
+                at=now,
+                kind=WON_AFTER_CANCEL_CODE,
+                message=message,
+                detail={"code": WON_AFTER_CANCEL_CODE, "source": source},
+            )
+        )
+    return [str(r[1]) for r in rows]

@@ -201,3 +201,31 @@ def test_a_deal_whose_lines_never_came_is_parked_with_what_to_do_then_fetched_wh
     finally:
         assert worker.stop()
     assert stripe_objects(stripe) == {"customer": 1, "subscription": 1, "invoice": 1}
+
+
+def test_a_provisioned_deal_whose_lines_change_in_its_won_stage_is_parked_for_an_amendment(
+    org: SalesforceSandbox, stripe: StripeEmulator, db_url: str, session_factory: Any
+):
+    worker = start_worker(environment(org, stripe, db_url))
+    try:
+        opp = team_deal(org, "Edited After Close")
+        org.close_won(opp)
+        wait_until(lambda: statuses(session_factory).get(opp) == "done", 10, "provisioned")
+        # A rep adds a line to the won deal, in the UI: no stage change.
+        org.add_line_items(opp, [{"product_code": "SB-TEAM-M", "quantity": 5, "unit_price": 15.0}])
+        wait_until(
+            lambda: statuses(session_factory).get(opp) == "needs_attention", 10, "the change"
+        )
+        deal = deal_row(session_factory, opp)
+        assert deal.last_error_code == "changed_after_provisioning"
+        assert "line items changed (1 line(s) then, 2 now)" in (deal.last_error or "")
+        assert "amendment" in (deal.last_error or "")
+        wait_until(
+            lambda: org.get_opportunity(opp).get("SF_Bridge_Status__c") == "Needs attention",
+            10,
+            "the reason written onto the opportunity",
+        )
+    finally:
+        assert worker.stop()
+    # Nothing billed twice, nothing changed in Stripe by itself.
+    assert stripe_objects(stripe) == {"customer": 1, "subscription": 1, "invoice": 1}

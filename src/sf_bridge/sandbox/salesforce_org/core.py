@@ -100,6 +100,7 @@ class Org:
         self._lock = threading.RLock()
         self.channels = Channels(self.store, self.events, self.queries, self.now)
         self._recycle_bin: dict[str, dict[str, Any]] = {}  # deleted opportunities by id
+        self.queries.recycle_bin["Opportunity"] = self._recycle_bin
         self.channels.changed_fields_in_header = changed_fields_in_header
 
     @property
@@ -493,6 +494,7 @@ class Org:
             if record is None:
                 raise KeyError(opportunity_id)
             del self.store.records["Opportunity"][record["Id"]]
+            record["IsDeleted"] = True  # `queryAll` still finds it, until it is purged
             self._recycle_bin[record["Id"]] = record
             self.channels.publish_opportunity_removal(record, change_type="DELETE", origin="")
 
@@ -501,8 +503,15 @@ class Org:
         its fields."""
         with self.store.lock:
             record = self._recycle_bin.pop(to_18(opportunity_id))
+            record["IsDeleted"] = False
             self.store.records["Opportunity"][record["Id"]] = record
             self.channels.publish_opportunity_removal(record, change_type="UNDELETE", origin="")
+
+    def purge_deleted(self, opportunity_id: str) -> None:
+        """Empties the opportunity from the Recycle Bin (a hard delete, or the bin's own purge
+        after its retention): not even `queryAll` finds it any more."""
+        with self.store.lock:
+            self._recycle_bin.pop(to_18(opportunity_id))
 
     def close_won_and_revert(
         self, opportunity_id: str, revert_to: str = "Negotiation/Review", **field_changes: Any

@@ -78,14 +78,21 @@ class QueryEngine:
         self.now = now  # callable returning the org's current datetime
         # id(condition) -> (condition, its IN list as a set); identity-checked on use.
         self._in_sets: dict[int, tuple[InList, frozenset[Any] | None]] = {}
+        # Soft-deleted records by object name (the Recycle Bin): only `queryAll` sees them.
+        self.recycle_bin: dict[str, dict[str, Record]] = {}
 
-    def run(self, soql: str) -> tuple[int, list[dict[str, Any]]]:
-        """(totalSize, rendered records). Raises SoqlError with Salesforce's error codes."""
+    def run(self, soql: str, *, include_deleted: bool = False) -> tuple[int, list[dict[str, Any]]]:
+        """(totalSize, rendered records). Raises SoqlError with Salesforce's error codes.
+        `include_deleted` is the QueryAll resource: soft-deleted records (the Recycle Bin,
+        `IsDeleted = true`) match too; the Query resource filters them out."""
         query = parse(soql)
         with self.store.lock:
             obj = self._object_for(soql, query.sobject, query.sobject_position)
             self._validate(soql, query, obj)
-            rows = self._select(soql, query, obj, self._candidates(obj, query.where))
+            candidates = self._candidates(obj, query.where)
+            if include_deleted:
+                candidates += list(self.recycle_bin.get(obj.name, {}).values())
+            rows = self._select(soql, query, obj, candidates)
             if query.count_only:
                 return len(rows), []
             return len(rows), [self._render(soql, query, obj, row) for row in rows]

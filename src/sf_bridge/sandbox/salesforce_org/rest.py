@@ -57,8 +57,8 @@ class RestApi:
             web.get("/services/data/", self.versions),
             web.get(base + "/query", self._api("query", self.query)),
             web.get(base + "/query/", self._api("query", self.query)),
-            web.get(base + "/queryAll", self._api("query", self.query)),
-            web.get(base + "/queryAll/", self._api("query", self.query)),
+            web.get(base + "/queryAll", self._api("query", self.query_all)),
+            web.get(base + "/queryAll/", self._api("query", self.query_all)),
             web.get(base + "/query/{locator}", self._api("query_more", self.query_more)),
             web.get(base + "/queryAll/{locator}", self._api("query_more", self.query_more)),
             web.get(base + "/limits", self._api("limits", self.limits)),
@@ -123,11 +123,18 @@ class RestApi:
 
     # -- query ---------------------------------------------------------------------------
     async def query(self, request: web.Request) -> web.Response:
+        return self._run_query(request, include_deleted=False)
+
+    async def query_all(self, request: web.Request) -> web.Response:
+        """The QueryAll resource: as Query, with the soft-deleted records (`IsDeleted`)."""
+        return self._run_query(request, include_deleted=True)
+
+    def _run_query(self, request: web.Request, *, include_deleted: bool) -> web.Response:
         soql = request.query.get("q")
         if not soql:
             return error_response(400, "MALFORMED_QUERY", "A query string has to be specified")
         try:
-            total, records = self.org.queries.run(soql)
+            total, records = self.org.queries.run(soql, include_deleted=include_deleted)
         except SoqlError as exc:
             log.info("sandbox_query_refused", error_code=exc.error_code)
             return error_response(400, exc.error_code, exc.message)
