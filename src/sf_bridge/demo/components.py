@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import json
 import os
 import signal
 import socket
@@ -136,6 +137,25 @@ class ManagedProcess:
             return
         tail = self.log_tail()
         raise DemoFailed(f"`{self.command_line}` exited with code {code}. Its last lines:\n{tail}")
+
+    def has_logged(self, event: str, **fields: object) -> bool:
+        """True once the process wrote a JSON log record `event` with these field values."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return False
+        for line in text.splitlines():
+            if f'"{event}"' not in line:
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if record.get("event") == event and all(
+                record.get(key) == value for key, value in fields.items()
+            ):
+                return True
+        return False
 
     def log_tail(self, lines: int = 15) -> str:
         try:

@@ -293,13 +293,17 @@ class Demo:
         self.say(f"worker (`sf-bridge run`) subscribed to the Salesforce stream over the {api}")
 
     def _stream_subscribed(self, stack: Stack) -> bool:
-        """True once a streaming client of the org is subscribed to the CDC channel."""
+        """True once a streaming client of the org is subscribed to the CDC channel and the
+        worker's start-up sweep has finished: a deal closed while that sweep still reads the
+        org could be found by it first, and the demo shows deals arriving through the stream."""
         assert stack.worker is not None
         stack.worker.check_alive()
         if self.options.transport == "pubsub":
-            return bool(stack.org.pubsub.subscriptions())
-        subscriptions: dict[str, set[str]] = stack.org.subscriptions()
-        return any(CDC_CHANNEL in channels for channels in subscriptions.values())
+            subscribed = bool(stack.org.pubsub.subscriptions())
+        else:
+            subscriptions: dict[str, set[str]] = stack.org.subscriptions()
+            subscribed = any(CDC_CHANNEL in channels for channels in subscriptions.values())
+        return subscribed and stack.worker.has_logged("sweep_done")
 
     def _create_deals(self, stack: Stack) -> list[DealFacts]:
         org = stack.org
