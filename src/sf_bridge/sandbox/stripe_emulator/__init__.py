@@ -8,6 +8,7 @@
         client = stripe.StripeClient(emu.api_key, base_addresses={"api": emu.url})
         ...
         emu.count("subscription"); emu.get(sub_id); emu.events("invoice.paid")
+        [r.param("proration_behavior") for r in emu.requests("POST /v1/subscriptions/{id}")]
 
 What it serves (form-encoded, exactly as the SDK sends it, `expand[]` honoured):
 customers (create, retrieve, update, list, search), products and prices (create, retrieve,
@@ -31,6 +32,10 @@ runs), `drop_rate` with `drop_phase` (connection closed before or after processi
 `lock_timeout` (429 with `Stripe-Should-Retry: true` when two writes hit one customer), and
 `search_lag_seconds` (search is eventually consistent). `emu.fail_next(route, kind)` scripts a
 one-off fault for one route, including a 500 after the endpoint ran (saved under the key).
+
+Request log (`emu.requests(route)`): the last 10,000 API requests, oldest first, each with its
+method, route, path, status, Idempotency-Key, whether it was an idempotent replay, and its
+parameters as sent (`form`, `param(name)`, `indices("phases")`).
 
 Not modelled: taxes, discounts, coupons, trials, prorations, payment intents and payment
 methods as objects (a customer's `invoice_settings.default_payment_method` is trusted, and

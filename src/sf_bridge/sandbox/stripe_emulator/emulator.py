@@ -148,7 +148,8 @@ class StripeEmulator:
         raise KeyError(object_id)
 
     def requests(self, route: str | None = None) -> list[RequestRecord]:
-        """The last API requests (up to 10,000), oldest first; only `route`'s when given."""
+        """The last API requests (up to 10,000), oldest first; only `route`'s when given. Each
+        has its method, route, path, status, Idempotency-Key and parameters as sent (`form`)."""
         return [r for r in list(self._requests) if route is None or r.route == route]
 
     def record_request(self, record: RequestRecord) -> None:

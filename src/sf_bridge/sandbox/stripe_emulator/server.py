@@ -10,7 +10,7 @@ import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from sf_bridge.logging import get_logger
 
@@ -121,7 +121,14 @@ class Handler(BaseHTTPRequestHandler):
         replayed = answer.replayed if answer else False
         emu.stats.record(req.route_name, status, replayed=replayed)
         record = RequestRecord(
-            req.request_id, method, req.route_name, self.path, status, req.idempotency_key, replayed
+            req.request_id,
+            method,
+            req.route_name,
+            self.path,
+            status,
+            req.idempotency_key,
+            replayed,
+            tuple(parse_qsl(body if method == "POST" else url.query, keep_blank_values=True)),
         )
         emu.record_request(record)
         if answer is None:

@@ -9,7 +9,12 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class RequestRecord:
-    """One API request as the emulator saw it (status None: dropped without an answer)."""
+    """One API request as the emulator saw it (status None: dropped without an answer).
+
+    `form` holds its parameters as sent, in order: the form-encoded body of a POST, the query
+    string of a GET or DELETE, one `(name, value)` pair each with the SDK's bracketed names
+    (`items[0][price]`, `phases[1][items][0][quantity]`). The API key travels in a header and
+    is never part of it."""
 
     request_id: str
     method: str
@@ -18,6 +23,23 @@ class RequestRecord:
     status: int | None
     idempotency_key: str | None
     replayed: bool
+    form: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def params(self) -> dict[str, str]:
+        """The parameters by name (a name sent twice keeps its last value)."""
+        return dict(self.form)
+
+    def param(self, name: str) -> str | None:
+        """The value sent for `name` (`proration_behavior`, `discounts[0][coupon]`), or None."""
+        return self.params.get(name)
+
+    def indices(self, name: str) -> int:
+        """How many entries the list parameter `name` has (`phases`, `items`): the distinct
+        indices sent as `name[<n>]...`."""
+        prefix = f"{name}["
+        found = {k[len(prefix) :].split("]", 1)[0] for k, _ in self.form if k.startswith(prefix)}
+        return len(found)
 
 
 @dataclass(frozen=True)
