@@ -241,12 +241,15 @@ def subscription_step(ctx: StepContext, deal: DealView) -> Outcome:
     if schedule_mod.needs_schedule(plan, today):
         return schedule_step(ctx, deal, plan, today)
     if deal.resumed:
-        found = billing.find_subscription(sf_opportunity_id=deal.opportunity_id)
+        # by listing the customer's subscriptions: current, unlike search
+        found = billing.find_subscription(
+            sf_opportunity_id=deal.opportunity_id, customer=deal.stripe_customer_id
+        )
         if found is not None:
             return Outcome(
                 changes=_subscription(found.id, found.latest_invoice),
                 stripe_request_id=found.request_id,
-                detail={"subscription": found.id, "found_by": "search"},
+                detail={"subscription": found.id, "found_by": "list"},
             )
     spec = build_subscription(ctx, deal, plan)
     coupons = _coupons(ctx, deal, plan)
