@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import select
 
 from sf_bridge.crm.port import OpportunityUpdate
-from sf_bridge.db.models import DealEvent, EntitlementGrant
+from sf_bridge.db.models import Deal, DealEvent, EntitlementGrant
 from sf_bridge.provisioning.queue import enqueue_opportunities
 from sf_bridge.provisioning.runner import StepHooks
 from sf_bridge.provisioning.store import mark_unwon, queue_cancel
@@ -330,3 +330,105 @@ def test_crash_around_each_commit_of_the_cancellation_then_restart(
     assert len(cancelled_writes) == (2 if between else 1)
     assert all(u.fields == cancelled_writes[0].fields for u in cancelled_writes)
     assert "Moved to Closed Lost." in cancelled_writes[0].fields["Provisioning_Error__c"]
+
+
+# the sandbox org: a rep moves the deal to Closed Lost while the create is in flight -----------
+
+
+def test_closed_lost_in_the_org_while_the_create_is_in_flight_is_cancelled(
+    session_factory: Any,
+) -> None:
+    """The real Salesforce client, mapping engine, Stripe SDK and worker: the rep moves the
+    deal to Closed Lost in the sandbox org while the worker's subscription create is in
+    flight, and the sweep's un-won check records it at once (QueryAll). No replica skips it;
+    after the old lease its subscription is cancelled, its invoice voided and "Cancelled"
+    written onto the opportunity."""
+    from dataclasses import replace
+    from datetime import timedelta
+    from pathlib import Path
+
+    from sf_bridge.billing.stripe_gateway import StripeGateway
+    from sf_bridge.config import Settings
+    from sf_bridge.crm.salesforce import SalesforceCrm
+    from sf_bridge.intake.sweep import Sweeper
+    from sf_bridge.mapping import load_mappings
+    from sf_bridge.provisioning.retry import request_retrier
+    from sf_bridge.provisioning.worker import Worker
+    from sf_bridge.sandbox.salesforce_org import SalesforceSandbox, prepare_for_mappings
+    from sf_bridge.sandbox.stripe_emulator import StripeEmulator
+    from tests.fixtures.provisioning import FAST_RETRY, TestClock
+    from tests.integration.intake.conftest import API_VERSION, credentials_for
+
+    mappings = replace(
+        load_mappings(Path(__file__).resolve().parents[3] / "mappings"), when_unwon="cancel"
+    )
+    org = SalesforceSandbox(port=0, long_poll_seconds=1.0).start()
+    try:
+        prepare_for_mappings(org, mappings)
+        with StripeEmulator() as emu:
+            emu.seed_catalog(mappings.catalog_prices())
+            emu.faults.search_lag_seconds = 3600
+            billing = StripeGateway(
+                emu.api_key, api_base=emu.url, retry=request_retrier(FAST_RETRY)
+            )
+            crm = SalesforceCrm(credentials_for(org), api_version=API_VERSION, fields=mappings)
+            settings = Settings(SF_BRIDGE_WORKER_CONCURRENCY=2, SF_BRIDGE_MAX_ATTEMPTS=6)  # type: ignore[call-arg]
+            clock = TestClock()
+
+            def worker(owner: str) -> Worker:
+                return Worker(
+                    settings,
+                    session_factory,
+                    billing,
+                    crm,
+                    lambda: mappings,
+                    policy=FAST_RETRY,
+                    clock=clock,
+                    owner=owner,
+                    lease=timedelta(seconds=LEASE),
+                )
+
+            sweeper = Sweeper(
+                crm, session_factory, lambda *_a, **_k: [], unwon_among=crm.unwon_among
+            )
+            account = org.create_account("Lost Co", Billing_Email__c="ap@lost.example")
+            opp = org.create_opportunity(
+                account,
+                "Lost Co - Team",
+                [{"product_code": "SB-TEAM-M", "quantity": 5, "unit_price": 15.0}],
+                stage="Closed Won",
+                currency="USD",
+                Payment_Method__c="Invoice",
+                Payment_Terms__c="Net 30",
+            )
+            with session_factory() as session, session.begin():
+                enqueue_opportunities(session, [opp], source="test")
+            real = billing.create_subscription
+            seen: dict[str, Any] = {}
+
+            def in_flight(*args: Any, **kwargs: Any) -> Any:
+                billing.create_subscription = real  # type: ignore[method-assign]
+                org.lose_deal(opp)
+                seen["marked"] = sweeper._check_unwon()
+                seen["claimed"] = worker("replica").unwon.run_due()
+                return real(*args, **kwargs)
+
+            billing.create_subscription = in_flight  # type: ignore[method-assign]
+            worker("first").run_once()
+            assert seen == {"marked": [opp], "claimed": []}
+            assert emu.count("subscription") == 1
+
+            clock.advance(LEASE + 1)
+
+            def cancelled() -> bool:
+                with session_factory() as session:
+                    deal = session.scalars(select(Deal).where(Deal.opportunity_id == opp)).one()
+                    return deal.status == "cancelled" and not deal.writeback_pending
+
+            drain(worker("later"), cancelled)
+            (subscription,) = _subscriptions(emu)
+            assert subscription["status"] == "canceled"
+            assert emu.get(subscription["latest_invoice"])["status"] == "void"
+            assert org.get_opportunity(opp)["SF_Bridge_Status__c"] == "Cancelled"
+    finally:
+        org.stop()
