@@ -432,3 +432,49 @@ def test_closed_lost_in_the_org_while_the_create_is_in_flight_is_cancelled(
             assert org.get_opportunity(opp)["SF_Bridge_Status__c"] == "Cancelled"
     finally:
         org.stop()
+
+
+def test_a_draft_first_invoice_is_finalized_once_then_voided_when_an_answer_is_lost(
+    stripe_harness: Harness, provisioning_emulator: Any
+) -> None:
+    """Un-won before its invoice step: the first invoice is still a draft, which Stripe does
+    not void. It is finalized (`auto_advance` false), then voided; the finalize's answer lost
+    once (it reached Stripe) is retried without a second finalize."""
+    from sf_bridge.errors import TransientError
+
+    h, emu = stripe_harness, provisioning_emulator
+    h.mappings.when_unwon = "cancel"
+    opp = "006000000000208AAA"
+    _enqueue(h, opp)
+    _in_flight(h, "create_subscription", opp, lambda: _unwin(h, opp))
+    h.worker(owner="first").run_once()
+    (subscription,) = _subscriptions(emu)
+    invoice_id = subscription["latest_invoice"]
+    assert emu.get(invoice_id)["status"] == "draft"
+
+    billing = h.billing
+    assert billing is not None
+    real = billing.finalize_invoice
+    sent: list[dict[str, Any]] = []
+
+    def lost_once(invoice: str, **kwargs: Any) -> Any:
+        sent.append(kwargs)
+        answer = real(invoice, **kwargs)
+        if len(sent) == 1:
+            raise TransientError("connection reset after Stripe finalized it")
+        return answer
+
+    billing.finalize_invoice = lost_once  # type: ignore[method-assign]
+    h.clock.advance(LEASE + 1)
+    worker = h.worker(owner="later")
+    worker.unwon.run_due()
+    assert h.deal(opp).status == "unwon"  # given back, to be retried
+    h.clock.advance(60)
+    drain(worker, lambda: h.deal(opp).status == "cancelled")
+    invoice = emu.get(invoice_id)
+    assert invoice["status"] == "void"
+    assert invoice["auto_advance"] is False
+    assert sent[0]["auto_advance"] is False
+    assert _stripe_events(emu, "invoice.finalized", invoice_id) == 1
+    assert _stripe_events(emu, "invoice.voided", invoice_id) == 1
+    assert emu.get(subscription["id"])["status"] == "canceled"
