@@ -10,8 +10,9 @@ Each step is idempotent on its own:
 
 1. it looks for what it would create: the id stored on the deal (or the customers row of its
    customer key), then, only when an earlier attempt of the step may have reached Stripe
-   (`DealView.resumed`), the object tagged with `metadata.sf_opportunity_id` /
-   `sf_customer_key` (Stripe search);
+   (`DealView.resumed`), the object tagged with `metadata.sf_opportunity_id` (among the
+   customer's subscriptions, listed: current) / `sf_customer_key` (Stripe search, which
+   lags);
 2. it creates with a deterministic Idempotency-Key: a hash of the opportunity id (the
    customer key for the customer, which all its deals share), the step and the request;
 3. it returns what to record; the runner has the store commit it before the next step starts.
