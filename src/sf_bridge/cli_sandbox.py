@@ -333,7 +333,8 @@ def lose_deal_command(
     except SalesforceResourceNotFound:
         raise not_found from None
     except SalesforceMalformedRequest as exc:
-        codes = {e.get("errorCode") for e in exc.content if isinstance(e, dict)}
+        content: Any = exc.content  # Salesforce's list of {"errorCode", "message"}
+        codes = {e.get("errorCode") for e in content or [] if isinstance(e, dict)}
         if codes & {"MALFORMED_ID", "INVALID_ID_FIELD", "NOT_FOUND"}:
             raise not_found from None
         if "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST" in codes:
