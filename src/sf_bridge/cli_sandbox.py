@@ -314,6 +314,33 @@ def lose_deal_command(
             hint="export the settings `sf-bridge sandbox` printed when it started, then run "
             "the command again.",
         )
+    from simple_salesforce.exceptions import (
+        SalesforceMalformedRequest,
+        SalesforceResourceNotFound,
+    )
+
     sf = connect(SalesforceCredentials.from_settings(settings), settings.sf_api_version)
-    sf.restful(f"sobjects/Opportunity/{opportunity_id}", method="PATCH", json={"StageName": stage})
+    not_found = ConfigurationError(
+        f"The sandbox org has no Opportunity {opportunity_id}.",
+        hint="pass the Opportunity Id close-deal printed (18 characters starting with 006, "
+        "e.g. `sf-bridge sandbox lose-deal 006...`); `sf-bridge deals` lists the "
+        "opportunity ids of the deals the worker knows.",
+    )
+    try:
+        sf.restful(
+            f"sobjects/Opportunity/{opportunity_id}", method="PATCH", json={"StageName": stage}
+        )
+    except SalesforceResourceNotFound:
+        raise not_found from None
+    except SalesforceMalformedRequest as exc:
+        content: Any = exc.content  # Salesforce's list of {"errorCode", "message"}
+        codes = {e.get("errorCode") for e in content or [] if isinstance(e, dict)}
+        if codes & {"MALFORMED_ID", "INVALID_ID_FIELD", "NOT_FOUND"}:
+            raise not_found from None
+        if "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST" in codes:
+            raise ConfigurationError(
+                f"--stage {stage!r} is not a stage of the sandbox org.",
+                hint="pass --stage 'Closed Lost', or an open stage such as 'Negotiation/Review'.",
+            ) from None
+        raise
     typer.echo(f"Opportunity {opportunity_id} moved to {stage} in the sandbox org.")

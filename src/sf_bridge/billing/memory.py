@@ -184,10 +184,14 @@ class InMemoryBilling:
             self._enter("get_subscription")
             return self.subscriptions.get(subscription_id)
 
-    def find_subscription(self, *, sf_opportunity_id: str) -> BillingSubscription | None:
+    def find_subscription(
+        self, *, sf_opportunity_id: str, customer: str | None = None
+    ) -> BillingSubscription | None:
         with self._lock:
             self._enter("find_subscription")
             for sub in self.subscriptions.values():
+                if customer and sub.customer != customer:
+                    continue
                 if sub.metadata.get("sf_opportunity_id") == sf_opportunity_id:
                     return sub
             return None
@@ -288,7 +292,9 @@ class InMemoryBilling:
                 raise BillingRejected(f"No such invoice: '{invoice_id}'")
             return self.invoices[invoice_id]
 
-    def finalize_invoice(self, invoice_id: str, *, idempotency_key: str) -> BillingInvoice:
+    def finalize_invoice(
+        self, invoice_id: str, *, idempotency_key: str, auto_advance: bool | None = None
+    ) -> BillingInvoice:
         with self._lock:
             fault = self._enter("finalize_invoice")
 

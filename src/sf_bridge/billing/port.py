@@ -295,8 +295,12 @@ class BillingGateway(Protocol):
 
     def get_subscription(self, subscription_id: str) -> BillingSubscription | None: ...
 
-    def find_subscription(self, *, sf_opportunity_id: str) -> BillingSubscription | None:
-        """The subscription tagged `metadata.sf_opportunity_id` (search; eventually consistent)."""
+    def find_subscription(
+        self, *, sf_opportunity_id: str, customer: str | None = None
+    ) -> BillingSubscription | None:
+        """The subscription tagged `metadata.sf_opportunity_id`: among the `customer`'s
+        subscriptions of every status when the customer is known (a list, current), else by
+        search (eventually consistent: a subscription just created may not be found)."""
         ...
 
     def create_subscription(
@@ -305,7 +309,9 @@ class BillingGateway(Protocol):
 
     def get_invoice(self, invoice_id: str) -> BillingInvoice: ...
 
-    def finalize_invoice(self, invoice_id: str, *, idempotency_key: str) -> BillingInvoice: ...
+    def finalize_invoice(
+        self, invoice_id: str, *, idempotency_key: str, auto_advance: bool | None = None
+    ) -> BillingInvoice: ...
 
     def send_invoice(self, invoice_id: str, *, idempotency_key: str) -> BillingInvoice: ...
 

@@ -653,8 +653,34 @@ class StripeGateway:
         )
         return None if answer is None else _subscription(*answer)
 
-    def find_subscription(self, *, sf_opportunity_id: str) -> BillingSubscription | None:
-        query = f"metadata['sf_opportunity_id']:{_search_literal(sf_opportunity_id)}"
+    def find_subscription(
+        self, *, sf_opportunity_id: str, customer: str | None = None
+    ) -> BillingSubscription | None:
+        """The subscription tagged `metadata.sf_opportunity_id`, newest first.
+
+        With the `customer`: lists that customer's subscriptions of every status
+        (`GET /v1/subscriptions?customer=...&status=all`, 100 a page; without `status=all`
+        Stripe leaves canceled ones out) and matches the tag. Lists are current, whereas
+        Stripe documents search as not read-after-write: "data is searchable in under 1
+        minute" normally, later during an outage, and "for read-after-write flows ... use
+        the various list APIs" (stripe.com/docs/search, Data freshness). So a subscription
+        created a moment ago, by a request whose answer was lost, is found by the list.
+        Without the customer (not known yet): the search, eventually consistent."""
+        tag = metadata_value(sf_opportunity_id)
+        if customer:
+            params: dict[str, Any] = {"customer": customer, "status": "all", "limit": 100}
+            while True:
+                data, request_id = self._request(
+                    "list the customer's subscriptions", "get", "/v1/subscriptions", params
+                )
+                rows = data.get("data") or []
+                for row in rows:
+                    if _meta(row.get("metadata")).get("sf_opportunity_id") == tag:
+                        return _subscription(row, request_id)
+                if not data.get("has_more") or not rows:
+                    return None
+                params = {**params, "starting_after": rows[-1]["id"]}
+        query = f"metadata['sf_opportunity_id']:{_search_literal(tag)}"
         data, request_id = self._request(
             "search subscriptions",
             "get",
@@ -917,12 +943,18 @@ class StripeGateway:
             *self._request("retrieve an invoice", "get", _path("/v1/invoices/{}", invoice_id))
         )
 
-    def finalize_invoice(self, invoice_id: str, *, idempotency_key: str) -> BillingInvoice:
+    def finalize_invoice(
+        self, invoice_id: str, *, idempotency_key: str, auto_advance: bool | None = None
+    ) -> BillingInvoice:
+        """`POST /v1/invoices/{id}/finalize`, with `auto_advance` when given (false: Stripe
+        does not advance the invoice towards collection on its own)."""
+        params = None if auto_advance is None else {"auto_advance": auto_advance}
         return _invoice(
             *self._request(
                 "finalize an invoice",
                 "post",
                 _path("/v1/invoices/{}/finalize", invoice_id),
+                params,
                 idempotency_key=idempotency_key,
             )
         )

@@ -10,8 +10,9 @@ Each step is idempotent on its own:
 
 1. it looks for what it would create: the id stored on the deal (or the customers row of its
    customer key), then, only when an earlier attempt of the step may have reached Stripe
-   (`DealView.resumed`), the object tagged with `metadata.sf_opportunity_id` /
-   `sf_customer_key` (Stripe search);
+   (`DealView.resumed`), the object tagged with `metadata.sf_opportunity_id` (among the
+   customer's subscriptions, listed: current) / `sf_customer_key` (Stripe search, which
+   lags);
 2. it creates with a deterministic Idempotency-Key: a hash of the opportunity id (the
    customer key for the customer, which all its deals share), the step and the request;
 3. it returns what to record; the runner has the store commit it before the next step starts.
@@ -241,12 +242,15 @@ def subscription_step(ctx: StepContext, deal: DealView) -> Outcome:
     if schedule_mod.needs_schedule(plan, today):
         return schedule_step(ctx, deal, plan, today)
     if deal.resumed:
-        found = billing.find_subscription(sf_opportunity_id=deal.opportunity_id)
+        # by listing the customer's subscriptions: current, unlike search
+        found = billing.find_subscription(
+            sf_opportunity_id=deal.opportunity_id, customer=deal.stripe_customer_id
+        )
         if found is not None:
             return Outcome(
                 changes=_subscription(found.id, found.latest_invoice),
                 stripe_request_id=found.request_id,
-                detail={"subscription": found.id, "found_by": "search"},
+                detail={"subscription": found.id, "found_by": "list"},
             )
     spec = build_subscription(ctx, deal, plan)
     coupons = _coupons(ctx, deal, plan)

@@ -1031,18 +1031,10 @@ class DealStore:
     ) -> bool:
         """One committed step of a cancellation (invoice voided, subscription cancelled) on a
         deal this worker holds, with its history line."""
-        now = self.clock()
         with self.db() as session, session.begin():
-            conn = session.connection()
-            held = conn.execute(
-                update(deals)
-                .where(deals.c.id == deal_id, deals.c.locked_by == self.owner)
-                .values(**values, updated_at=now)
-            ).rowcount
-            if held != 1:
-                return False
-            conn.execute(insert(events).values(deal_id=deal_id, at=now, kind=kind, message=message))
-        return True
+            return self._update_held(
+                session.connection(), deal_id, dict(values), kind=kind, message=message
+            )
 
     def finish_cancel(self, deal_id: int, *, reason: str) -> tuple[bool, int]:
         """The last step of a cancellation: revokes exactly this deal's active grants and marks
@@ -1050,39 +1042,36 @@ class DealStore:
         now = self.clock()
         with self.db() as session, session.begin():
             conn = session.connection()
-            held = conn.execute(
-                update(deals)
-                .where(deals.c.id == deal_id, deals.c.locked_by == self.owner)
-                .values(
-                    status=CANCELLED,
-                    current_step=None,
-                    last_error=f"Cancelled: {reason}",
-                    last_error_code="cancelled",
-                    writeback_pending=deals.c.source != "file",
-                    locked_by=None,
-                    locked_until=None,
-                    next_attempt_at=None,
-                    updated_at=now,
-                )
-            ).rowcount
-            if held != 1:
+            values = {
+                "status": CANCELLED,
+                "last_error": f"Cancelled: {reason}",
+                "last_error_code": "cancelled",
+                "writeback_pending": deals.c.source != "file",
+                **_LEASE_GIVEN_BACK,
+            }
+            if not self._update_held(conn, deal_id, values):
                 return False, 0
-            revoked = conn.execute(
-                update(grants)
-                .where(grants.c.deal_id == deal_id, grants.c.active.is_(True))
-                .values(active=False, revoked_at=now, revoked_reason=reason)
-            ).rowcount
-            conn.execute(
-                insert(events).values(
-                    deal_id=deal_id,
-                    at=now,
-                    kind="cancelled",
-                    message=f"Cancelled: {reason}. {int(revoked or 0)} entitlement grant(s) "
-                    "revoked.",
-                    detail={"reason": reason, "grants_revoked": int(revoked or 0)},
-                )
+            revoked = int(
+                conn.execute(
+                    update(grants)
+                    .where(grants.c.deal_id == deal_id, grants.c.active.is_(True))
+                    .values(active=False, revoked_at=now, revoked_reason=reason)
+                ).rowcount
+                or 0
             )
-        return True, int(revoked or 0)
+            _add_events(
+                conn,
+                deal_id,
+                [
+                    {
+                        "kind": "cancelled",
+                        "message": f"Cancelled: {reason}. {revoked} entitlement grant(s) revoked.",
+                        "detail": {"reason": reason, "grants_revoked": revoked},
+                    }
+                ],
+                now,
+            )
+        return True, revoked
 
     def cancelled_to_report(self, limit: int) -> list[DealView]:
         """Cancelled deals whose opportunity is still to be told "Cancelled"."""
@@ -1175,28 +1164,42 @@ class DealStore:
         message: str,
         detail: dict[str, Any],
     ) -> bool:
-        now = self.clock()
         with self.db() as session, session.begin():
-            conn = session.connection()
-            held = conn.execute(
-                update(deals)
-                .where(deals.c.id == deal_id, deals.c.locked_by == self.owner)
-                .values(
-                    **values,
-                    current_step=None,
-                    locked_by=None,
-                    locked_until=None,
-                    next_attempt_at=None,
-                    updated_at=now,
-                )
-            ).rowcount
-            if held != 1:
-                return False
-            conn.execute(
-                insert(events).values(
-                    deal_id=deal_id, at=now, kind=kind, message=message, detail=detail
-                )
+            return self._update_held(
+                session.connection(),
+                deal_id,
+                {**values, **_LEASE_GIVEN_BACK},
+                kind=kind,
+                message=message,
+                detail=detail,
             )
+
+    def _update_held(
+        self,
+        conn: Connection,
+        deal_id: int,
+        values: dict[str, Any],
+        *,
+        kind: str | None = None,
+        message: str | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> bool:
+        """Updates the deal this worker holds (its lease, `locked_by`), with its history line
+        when `kind` is given, in the caller's transaction; False, writing nothing, when the
+        lease was taken back (un-won, `deals cancel`, run out and claimed by another)."""
+        now = self.clock()
+        held = conn.execute(
+            update(deals)
+            .where(deals.c.id == deal_id, deals.c.locked_by == self.owner)
+            .values(**values, updated_at=now)
+        ).rowcount
+        if held != 1:
+            return False
+        if kind is not None:
+            row: dict[str, Any] = {"kind": kind, "message": message}
+            if detail is not None:
+                row["detail"] = detail
+            _add_events(conn, deal_id, [row], now)
         return True
 
     # card deals' first payment (sf_bridge.provisioning.payment) ----------------------------
@@ -1232,6 +1235,15 @@ class DealStore:
                     )
                     .values(writeback_pending=False)
                 )
+
+
+# A deal leaving the per-deal steps settled: no next step, no lease, nothing due.
+_LEASE_GIVEN_BACK: dict[str, Any] = {
+    "current_step": None,
+    "locked_by": None,
+    "locked_until": None,
+    "next_attempt_at": None,
+}
 
 
 # The steps before a deal's subscription is created or changed.
@@ -1529,6 +1541,24 @@ __all__ = ["DealStore", "Started", "cancel_subscription_deals", "ensure_customer
 _UNWON_UNTOUCHED = ("received", "skipped", CANCELLED, "unwon", "cancelling")
 UNWON_CODE = "unwon_after_provisioning"
 
+# A worker in the middle of a Stripe step (it took the account's lease, `account_until`, and
+# marked the step `stripe_requested` before its request) may still get its answer after the
+# lease is taken back: the request may reach Stripe after the deal is un-won or cancelled.
+# The `unwon` / `cancel` step waits until the old lease has run out (the worker's heartbeat no
+# longer renews it, and a worker whose lease runs out commits nothing), so it finds what that
+# request made instead of deciding "nothing billed" while it is in flight.
+_REQUEST_MAY_BE_IN_FLIGHT = and_(deals.c.locked_by.is_not(None), deals.c.account_until.is_not(None))
+_AFTER_THE_OLD_LEASE = case(
+    (_REQUEST_MAY_BE_IN_FLIGHT, func.coalesce(deals.c.locked_until, deals.c.account_until)),
+    else_=None,
+)
+
+
+def _in_flight_detail(waits_until: datetime | None) -> dict[str, Any]:
+    if waits_until is None:
+        return {}
+    return {"waits_for_request_in_flight_until": _utc(waits_until).isoformat()}
+
 
 def mark_unwon(
     session: Session, opportunity_ids: Collection[str], *, reason: str, source: str
@@ -1536,7 +1566,9 @@ def mark_unwon(
     """Records, in the caller's transaction (the intake's, with the replay id), that these
     opportunities left their won stage or were deleted: each known deal past `received` goes
     to the `unwon` step, where a worker applies the mapping's `when_unwon` policy. The lease
-    is taken back, so a step in flight commits nothing and the deal stops where it is.
+    is taken back, so a step in flight commits nothing and the deal stops where it is; when
+    that step may have a Stripe request in flight, the `unwon` step is due only once the old
+    lease has run out (`_AFTER_THE_OLD_LEASE`), and then finds what the request made.
     Returns the opportunity ids newly marked."""
     ids = sorted({str(i) for i in opportunity_ids if i})
     if not ids:
@@ -1557,19 +1589,19 @@ def mark_unwon(
             last_error_code="unwon",
             locked_by=None,
             locked_until=None,
-            next_attempt_at=None,
+            next_attempt_at=_AFTER_THE_OLD_LEASE,
             updated_at=now,
         )
-        .returning(deals.c.id, deals.c.opportunity_id)
+        .returning(deals.c.id, deals.c.opportunity_id, deals.c.next_attempt_at)
     ).all()
-    for deal_id, _opportunity in rows:
+    for deal_id, _opportunity, waits_until in rows:
         conn.execute(
             insert(events).values(
                 deal_id=deal_id,
                 at=now,
                 kind="unwon",
                 message=reason,
-                detail={"source": source},
+                detail={"source": source, **_in_flight_detail(waits_until)},
             )
         )
     if rows:
@@ -1644,10 +1676,12 @@ def mark_changed_after_provisioning(
 
 def queue_cancel(session: Session, deal_id: int, *, reason: str, actor: str) -> bool:
     """`deals cancel N`: sends the deal to the `cancel` step (a worker runs it), recorded in
-    its history with who asked. False when the deal is already cancelled or skipped."""
+    its history with who asked. False when the deal is already cancelled or skipped. A deal
+    whose Stripe request may be in flight is cancelled once the old lease has run out, as in
+    `mark_unwon`."""
     conn = session.connection()
     now = utcnow()
-    done = conn.execute(
+    row = conn.execute(
         update(deals)
         .where(deals.c.id == deal_id, deals.c.status.not_in((CANCELLED, "skipped")))
         .values(
@@ -1657,11 +1691,12 @@ def queue_cancel(session: Session, deal_id: int, *, reason: str, actor: str) -> 
             last_error_code="cancelling",
             locked_by=None,
             locked_until=None,
-            next_attempt_at=None,
+            next_attempt_at=_AFTER_THE_OLD_LEASE,
             updated_at=now,
         )
-    ).rowcount
-    if done == 1:
+        .returning(deals.c.next_attempt_at)
+    ).first()
+    if row is not None:
         _work_added(session)
         conn.execute(
             insert(events).values(
@@ -1669,10 +1704,10 @@ def queue_cancel(session: Session, deal_id: int, *, reason: str, actor: str) -> 
                 at=now,
                 kind="cancel_requested",
                 message=f"Cancellation requested by {actor}: {reason}",
-                detail={"actor": actor, "reason": reason},
+                detail={"actor": actor, "reason": reason, **_in_flight_detail(row[0])},
             )
         )
-    return done == 1
+    return row is not None
 
 
 def keep_unwon(session: Session, deal_id: int, *, actor: str, note: str | None) -> bool:

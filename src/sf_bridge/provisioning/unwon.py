@@ -14,13 +14,23 @@ The cancellation sequence (step `cancel`; also what `deals cancel N` queues), ea
 guarded on the stored ids and on the Stripe object's state, each committed on its own, so a
 crash before or after any commit ends in one void and one cancel:
 
-    1. void the deal's invoice when it is open (or uncollectible)
+    1. void the deal's invoice when it is open (or uncollectible); a draft is finalized
+       first, `auto_advance` false (Stripe voids only finalized invoices)
     2. cancel the subscription unless it is canceled or incomplete_expired already
     3. revoke exactly this deal's grants and mark it `cancelled` (one transaction)
     4. write "Cancelled" and the reason onto the opportunity
 
-A subscription created by a step that was in flight when the deal was un-won (its result was
-never committed, as the lease was taken back) is found by its `sf_opportunity_id` metadata.
+A Stripe request in flight when the deal was un-won (or `deals cancel` was asked): the step
+had marked itself `stripe_requested` and held the account's lease before sending it, and its
+answer is never committed, as the lease is taken back. The `unwon` / `cancel` step is then due
+only once that old lease has run out (`store.mark_unwon`), so the request has ended by then, and
+finds what it made: the subscription by its stored id, else among the customer's subscriptions
+(every status, a list: current, unlike Stripe's search) by its `sf_opportunity_id` metadata,
+with its latest invoice. It never decides "nothing billed" while a request may still land.
+
+Each step of the sequence runs `hooks.before_commit(name, deal_id)` before its commit and
+`hooks.after_commit` after it (names `invoice_voided`, `subscription_cancelled`, `cancelled`,
+`cancel_written_back`): tests raise from them to imitate a crash at exactly that point.
 """
 
 from __future__ import annotations
@@ -31,12 +41,13 @@ from typing import Any, Literal
 
 from sqlalchemy import func, select
 
-from sf_bridge.billing.port import BillingGateway, BillingSubscription
+from sf_bridge.billing.port import BillingGateway, BillingInvoice, BillingSubscription
 from sf_bridge.crm.port import CrmGateway, OpportunityUpdate
 from sf_bridge.db.models import EntitlementGrant
-from sf_bridge.errors import PermanentError, TransientError
+from sf_bridge.errors import BillingRejected, PermanentError, TransientError
 from sf_bridge.logging import get_logger
 from sf_bridge.provisioning.outcome import DealView
+from sf_bridge.provisioning.runner import StepHooks
 from sf_bridge.provisioning.states import STEP_CANCEL, STEP_UNWON, UNWON_STEPS
 from sf_bridge.provisioning.store import UNWON_CODE, DealStore
 
@@ -70,10 +81,12 @@ class UnwonRunner:
         store: DealStore,
         billing: BillingGateway | None,
         mappings_loader: Callable[[], Any],
+        hooks: StepHooks | None = None,
     ) -> None:
         self.store = store
         self.billing = billing
         self.mappings_loader = mappings_loader
+        self.hooks = hooks or StepHooks()
 
     def run_due(self, limit: int = 20) -> list[int]:
         """Claims due `unwon` / `cancel` deals and runs them; returns their ids."""
@@ -120,11 +133,37 @@ class UnwonRunner:
         return "parked"
 
     def _subscription(self, deal: DealView) -> BillingSubscription | None:
+        """The deal's subscription: by its stored id, else (its creation's answer was never
+        committed) by its tag among the customer's subscriptions."""
         if self.billing is None:
             return None
         if deal.stripe_subscription_id:
             return self.billing.get_subscription(deal.stripe_subscription_id)
-        return self.billing.find_subscription(sf_opportunity_id=deal.opportunity_id)
+        return self.billing.find_subscription(
+            sf_opportunity_id=deal.opportunity_id, customer=deal.stripe_customer_id
+        )
+
+    @staticmethod
+    def _finalize_draft(billing: BillingGateway, deal: DealView, invoice_id: str) -> BillingInvoice:
+        """A subscription's first invoice still a draft (its finalize never ran, or ran in
+        flight): Stripe voids only finalized invoices, deletes only one-off drafts ("if an
+        invoice is for a subscription, it must be voided"), and finalizes a draft left with
+        `auto_advance` on its own after an hour. So it is finalized with `auto_advance`
+        false (no collection, no email on its own), then voided."""
+        try:
+            return billing.finalize_invoice(
+                invoice_id,
+                idempotency_key=f"unwon-finalize:{deal.opportunity_id}:{invoice_id}",
+                auto_advance=False,
+            )
+        except BillingRejected:  # finalized meanwhile (by Stripe, or a lost earlier answer)
+            return billing.get_invoice(invoice_id)
+
+    def _committed(self, name: str, deal_id: int, commit: Callable[[], Any]) -> Any:
+        self.hooks.before_commit(name, deal_id)
+        result = commit()
+        self.hooks.after_commit(name, deal_id)
+        return result
 
     def _grants(self, deal_id: int) -> int:
         with self.store.db() as session:
@@ -148,16 +187,22 @@ class UnwonRunner:
         )
         if billing is not None and invoice_id:
             invoice = billing.get_invoice(invoice_id)
+            if invoice.status == "draft":
+                invoice = self._finalize_draft(billing, deal, invoice_id)
             if invoice.status in VOIDABLE:
                 invoice = billing.void_invoice(
                     invoice_id, idempotency_key=f"unwon-void:{deal.opportunity_id}:{invoice_id}"
                 )
             if invoice.status == "void" and deal.invoice_status != "void":
-                self.store.record_cancel_step(
+                self._committed(
+                    "invoice_voided",
                     deal.id,
-                    {"invoice_status": "void", "stripe_invoice_id": invoice_id},
-                    kind="invoice_voided",
-                    message=f"Invoice {invoice_id} voided: {reason}",
+                    lambda: self.store.record_cancel_step(
+                        deal.id,
+                        {"invoice_status": "void", "stripe_invoice_id": invoice_id},
+                        kind="invoice_voided",
+                        message=f"Invoice {invoice_id} voided: {reason}",
+                    ),
                 )
             elif invoice.status == "paid":
                 reason = f"{reason} (invoice {invoice_id} was already paid: refund it in Stripe)"
@@ -169,21 +214,33 @@ class UnwonRunner:
                 )
             recorded = self.store.events_of_kind([deal.id], ["subscription_cancelled"])
             if subscription.status in ENDED and not recorded:
-                self.store.record_cancel_step(
+                ended = subscription.id
+                self._committed(
+                    "subscription_cancelled",
                     deal.id,
-                    {"stripe_subscription_id": subscription.id},
-                    kind="subscription_cancelled",
-                    message=f"Subscription {subscription.id} cancelled: {reason}",
+                    lambda: self.store.record_cancel_step(
+                        deal.id,
+                        {"stripe_subscription_id": ended},
+                        kind="subscription_cancelled",
+                        message=f"Subscription {ended} cancelled: {reason}",
+                    ),
                 )
-        held, revoked = self.store.finish_cancel(deal.id, reason=reason)
+        held, revoked = self._committed(
+            "cancelled", deal.id, lambda: self.store.finish_cancel(deal.id, reason=reason)
+        )
         log.info("deal_cancelled", deal_id=deal.id, held=held, grants_revoked=revoked)
         return "cancelled" if held else "lost"
 
 
 def report_cancelled(
-    store: DealStore, crm: CrmGateway | None, mappings_loader: Callable[[], Any], limit: int = 200
+    store: DealStore,
+    crm: CrmGateway | None,
+    mappings_loader: Callable[[], Any],
+    limit: int = 200,
+    hooks: StepHooks | None = None,
 ) -> list[int]:
-    """Writes "Cancelled" and the reason onto the opportunities of newly cancelled deals."""
+    """Writes "Cancelled" and the reason onto the opportunities of newly cancelled deals, then
+    commits that they were told (a crash in between writes the same values again)."""
     if crm is None:
         return []
     cancelled = store.cancelled_to_report(limit)
@@ -208,5 +265,10 @@ def report_cancelled(
                 error=result.error,
             )
     ids = [d.id for d in cancelled]
+    hooks = hooks or StepHooks()
+    for deal_id in ids:
+        hooks.before_commit("cancel_written_back", deal_id)
     store.cancelled_reported(ids)
+    for deal_id in ids:
+        hooks.after_commit("cancel_written_back", deal_id)
     return ids

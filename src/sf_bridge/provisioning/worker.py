@@ -164,7 +164,9 @@ class Worker:
         )
         if isinstance(self.provisioner.store, DealStore):
             ctx.accounts = self.provisioner.store  # amendments find the live subscription
-        self.unwon = UnwonRunner(self.provisioner.store, billing, self.mappings)
+        self.unwon = UnwonRunner(
+            self.provisioner.store, billing, self.mappings, hooks=self.provisioner.hooks
+        )
 
     @property
     def owner(self) -> str:
@@ -174,7 +176,9 @@ class Worker:
         """Deals whose opportunity is no longer won, and cancellations: their policy and
         sequence (sf_bridge.provisioning.unwon), then "Cancelled" onto the opportunity."""
         ran = self.unwon.run_due()
-        report_cancelled(self.provisioner.store, self.crm, self.mappings)
+        report_cancelled(
+            self.provisioner.store, self.crm, self.mappings, hooks=self.provisioner.hooks
+        )
         report_payments(self.provisioner.store, self.crm, self.mappings)
         return ran
 

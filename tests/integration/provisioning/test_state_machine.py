@@ -129,7 +129,7 @@ def test_transient_errors_retry_then_complete(harness: Harness) -> None:
     assert len(tries) == 2
     assert tries[0][0] is not None
     assert tries[0][0].startswith("sfb-subscription-")
-    assert tries[1][1]["found_by"] == "search"
+    assert tries[1][1]["found_by"] == "list"  # the customer's subscriptions, not search
 
 
 def test_permanent_error_parks_with_reason(harness: Harness) -> None:

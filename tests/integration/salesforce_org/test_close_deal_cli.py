@@ -131,3 +131,17 @@ def test_close_deal_closes_today_with_the_lines_discounts_and_service_dates(
     )
     assert wrong.exit_code == 2
     assert "YYYY-MM-DD" in wrong.output
+
+
+@pytest.mark.parametrize("opportunity_id", ["006000000000000AAA", "not-an-id", "001000000000001"])
+def test_lose_deal_names_an_unknown_id_and_what_to_pass(
+    running_sandbox: SalesforceSandbox, opportunity_id: str
+) -> None:
+    org = running_sandbox
+    result = CliRunner().invoke(
+        app, ["sandbox", "lose-deal", opportunity_id, "--login-url", org.url]
+    )
+    assert result.exit_code == 2, result.output
+    assert f"no Opportunity {opportunity_id}" in result.output
+    assert "close-deal printed" in result.output
+    assert "NOT_FOUND" not in result.output  # not the raw Salesforce answer
