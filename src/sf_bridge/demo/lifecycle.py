@@ -142,9 +142,11 @@ def run(
                     f"the new price {item.unit_amount} is on the subscription for the next "
                     "period, nothing billed now",
                     amount == item.unit_amount
+                    and before[key]["invoices"] >= 1  # the first deal's invoice is counted
                     and _invoices_of(stack, changed.stripe_subscription_id)
                     == before[key]["invoices"],
-                    f"unit_amount {amount}",
+                    f"unit_amount {amount}, invoices {before[key]['invoices']} -> "
+                    f"{_invoices_of(stack, changed.stripe_subscription_id)}",
                 )
             )
         if item.seats is not None:
@@ -161,8 +163,15 @@ def run(
 
 
 def _invoices_of(stack: Any, subscription_id: str | None) -> int:
+    """The subscription's invoices in the emulator. Since the pinned API version an invoice
+    names its subscription only under `parent.subscription_details.subscription`."""
+    if not subscription_id:
+        return 0
     return sum(
-        1 for i in stack.stripe.objects("invoice") if i.get("subscription") == subscription_id
+        1
+        for i in stack.stripe.objects("invoice")
+        if ((i.get("parent") or {}).get("subscription_details") or {}).get("subscription")
+        == subscription_id
     )
 
 
