@@ -118,6 +118,37 @@ def keep_refusal(deal: Deal) -> str | None:
 
 
 REFUSAL_HINT = "reload the deal's page: it offers the actions that apply to it now."
+# The lifecycle's own steps are running (un-won: the policy is being applied; cancelling: the
+# cancellation sequence): a replay or a payment would race them.
+IN_LIFECYCLE = ("unwon", "cancelling")
+NOT_REPLAYED = ("done", "cancelled", "skipped", "scheduled", *IN_LIFECYCLE)
+
+
+def replay_refusal(deal: Deal) -> str | None:
+    """Why the console does not replay this deal, or None when it does: a deal on its way or
+    parked, but not one parked as no longer won (a person cancels or keeps it), not one done,
+    scheduled, skipped (`sf-bridge replay --include-skipped` provisions it on purpose),
+    cancelled, or in the un-won or cancellation steps."""
+    if _parked_with(deal, (UNWON_CODE,)):
+        return (
+            f"Deal {deal.id} was provisioned and its opportunity is no longer won: a replay "
+            "does not settle it; cancel it or keep it."
+        )
+    if deal.status in NOT_REPLAYED:
+        return f"Deal {deal.id} is {deal.status}: there is nothing to replay."
+    return None
+
+
+def mark_paid_refusal(deal: Deal) -> str | None:
+    """Why the console does not record a payment on this deal's invoice now, or None."""
+    if deal.status in IN_LIFECYCLE:
+        return (
+            f"Deal {deal.id} is {deal.status}: its invoice may be voided; record the payment "
+            "once the deal has settled."
+        )
+    if not deal.stripe_invoice_id or deal.invoice_status != "open":
+        return f"Deal {deal.id} has no open invoice."
+    return None
 
 
 def cancel_deal(
@@ -171,7 +202,15 @@ def replay_deals(
     mappings: Mappings | None,
     crm: CrmGateway | None,
 ) -> list[ReplayOutcome]:
-    """Requeues the deals as `sf-bridge replay --queue-only` does; the worker carries on."""
+    """Requeues the deals as `sf-bridge replay --queue-only` does; the worker carries on.
+    Refused, with the reason, when one of them is in a state the console does not replay."""
+    with session_factory() as session:
+        found = {d.id: d for d in session.query(Deal).filter(Deal.id.in_(list(deal_ids)))}
+        for deal_id in deal_ids:
+            deal = found.get(deal_id)
+            refusal = f"No deal {deal_id}." if deal is None else replay_refusal(deal)
+            if refusal is not None:
+                raise ActionRefused(refusal, hint=REFUSAL_HINT)
     if mappings is None:
         raise ConfigurationError(
             "The mapping files have problems: a replay would park the deals again.",
@@ -203,6 +242,15 @@ def mark_invoice_paid(
 ) -> ActionResult:
     """Records a wire payment, all that remains (`amount` None) or part of it, as `sf-bridge
     invoices mark-paid --amount --reference` does."""
+    with session_factory() as session:
+        deal = session.get(Deal, deal_id)
+        if deal is None:
+            raise ActionRefused(f"No deal {deal_id}.", hint=REFUSAL_HINT)
+        # Whether the invoice is open is Stripe's to say (mark_paid asks it); the deal's own
+        # state is ours.
+        refusal = mark_paid_refusal(deal) if deal.status in IN_LIFECYCLE else None
+    if refusal is not None:
+        raise ActionRefused(refusal, hint=REFUSAL_HINT)
     if billing is None:
         raise ConfigurationError(
             "Stripe is not configured for this service, so it cannot mark the invoice paid.",

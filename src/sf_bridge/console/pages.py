@@ -337,8 +337,8 @@ def _deal_values(request: Request, deal_id: int) -> dict[str, Any]:
             ),
             "invoice": links.stripe_url("invoices", deal.stripe_invoice_id, live=live),
         },
-        "can_replay": deal.status != "done",
-        "can_mark_paid": bool(deal.stripe_invoice_id) and deal.invoice_status == "open",
+        "can_replay": actions.replay_refusal(deal) is None,
+        "can_mark_paid": actions.mark_paid_refusal(deal) is None,
         "can_cancel": cancel_refusal is None,
         "can_keep": keep_refusal is None,
         "cancel_refusal": cancel_refusal,
@@ -375,6 +375,9 @@ def _failure(request: Request, exc: SfBridgeError, back: str) -> Response:
 
 async def confirm_replay(request: Request) -> Response:
     values = await run_in_threadpool(_deal_values, request, request.path_params["deal_id"])
+    refusal = actions.replay_refusal(values["deal"])
+    if refusal is not None:
+        return _refused(request, refusal, values["deal"].id)
     return _render(request, "confirm_replay.html", **values)
 
 

@@ -114,7 +114,14 @@ def test_cancel_a_provisioned_deal_from_the_console(site: ConsoleSite) -> None:
         page = http.get(f"{site.url}{done.headers['location']}").text
         assert "Cancellation queued" in page
         assert "cancelling: lost to a competitor" in page
-        assert _actions_shown(page) == {"replay", "mark-paid"}  # the invoice is open still
+        # Being cancelled: no replay, and no payment on an invoice about to be voided.
+        assert _actions_shown(page) == set()
+        for action, said in (("replay", "nothing to replay"), ("mark-paid", "may be voided")):
+            refused = http.post(f"{base}/{action}", data={"csrf_token": token})
+            assert refused.status_code == 409, action
+            assert f"Deal {deal_id} is cancelling" in refused.text
+            assert said in refused.text
+        assert http.get(f"{base}/replay").status_code == 409
 
         site.run_until(lambda: site.status(deal_id) == "cancelled")
         stripe = stripe_client_for(site.settings)
@@ -159,7 +166,12 @@ def test_keep_a_deal_no_longer_won_from_the_console(site: ConsoleSite) -> None:
         assert "Keep settles only" in refused.text
         _unwon(site, deal_id)
         page = http.get(base).text
-        assert {"cancel", "keep"} <= _actions_shown(page)
+        assert _actions_shown(page) == {"cancel", "keep", "mark-paid"}  # no replay
+        replayed = http.post(f"{base}/replay", data={"csrf_token": token})
+        assert replayed.status_code == 409
+        assert "a replay does not settle it" in replayed.text
+        listed = http.get(f"{site.url}/console/deals").text
+        assert "no longer won: cancel or keep each" in listed  # no "Replay all" for them
         confirm = http.get(f"{base}/keep")
         assert confirm.status_code == 200
         assert "unwon_after_provisioning" in confirm.text
