@@ -121,7 +121,7 @@ def _list_values(request: Request) -> dict[str, Any]:
         counts = queries.status_counts(session)
         amended = queries.amended_deals(session, page.deals)
         rows = [_row(deal, amended.get(deal.id)) for deal in page.deals]
-        codes = queries.error_codes(session)
+        codes = queries.error_codes(groups)
     return {
         "wanted": wanted,
         "page": page,
@@ -293,7 +293,7 @@ def _payments(deal: Deal, timeline: list[TimelineEntry]) -> Payments:
         elif entry.kind == "invoice_paid":
             how = entry.message.partition("(")[2].rstrip(").") or "paid"
             rest = format_minor(int(left), currency) if left is not None else ""
-            rows.append(Payment(entry.at, rest, format_minor(0, currency), how))
+            rows.append(Payment(entry.at, rest, "nothing", how))
             left = 0
     if deal.invoice_status == "paid":
         left_due = "nothing: the invoice is paid"

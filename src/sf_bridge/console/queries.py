@@ -208,10 +208,10 @@ LIFECYCLE_CODES = (
 )
 
 
-def error_codes(session: Session) -> list[str]:
-    """The codes the error code filter suggests: the parked deals' codes, then the
-    lifecycle's."""
-    parked = [g.error_code for g in parked_groups(session) if g.error_code]
+def error_codes(groups: list[ParkedGroup]) -> list[str]:
+    """The codes the error code filter suggests: the parked deals' codes (`parked_groups`),
+    then the lifecycle's."""
+    parked = [g.error_code for g in groups if g.error_code]
     return list(dict.fromkeys([*parked, *LIFECYCLE_CODES]))
 
 
