@@ -1,22 +1,27 @@
-"""The console's actions. Each calls what the CLI calls (`replay`, `mark_paid`) and adds a
-line to the deal's history naming who asked for it from the console."""
+"""The console's actions. Each calls what the CLI calls (`replay`, `mark_paid`, the store's
+`queue_cancel` and `keep_unwon`) and adds a line to the deal's history naming who asked for it
+from the console. Cancel and Keep are offered, and done, only in the states where they apply
+(`cancel_refusal`, `keep_refusal`); otherwise the answer says why not."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from sf_bridge.crm.port import CrmGateway
 from sf_bridge.db.engine import transaction
-from sf_bridge.db.models import DealEvent
-from sf_bridge.errors import ConfigurationError
+from sf_bridge.db.models import NEEDS_ATTENTION, Deal, DealEvent
+from sf_bridge.errors import ConfigurationError, SfBridgeError
 from sf_bridge.invoices.mark_paid import mark_paid
 from sf_bridge.logging import get_logger
 from sf_bridge.mapping import Mappings
+from sf_bridge.mapping.money import format_minor
 from sf_bridge.provisioning.replay import ReplayOutcome, replay
+from sf_bridge.provisioning.store import CHANGED_CODE, UNWON_CODE, keep_unwon, queue_cancel
 
 if TYPE_CHECKING:
     from sf_bridge.billing.port import BillingGateway
@@ -24,12 +29,36 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 EVENT_KIND = "ops_action"
+CANCEL_REASON = "cancelled by RevOps"  # what `sf-bridge deals cancel` says when not told
+# Parked deals a person decides on: no longer won, won again after that, or a cancellation
+# that failed (its fix is to cancel again or keep).
+CANCEL_FAILED_CODE = "cancel_failed"
+KEEPABLE_CODES = (UNWON_CODE, CHANGED_CODE)
+CANCELLABLE_CODES = (*KEEPABLE_CODES, CANCEL_FAILED_CODE)
+
+
+class ActionRefused(SfBridgeError):
+    """The deal is not in a state where this action applies."""
+
+    code = "action_refused"
 
 
 @dataclass(frozen=True)
 class ActionResult:
     message: str
     deal_ids: tuple[int, ...]
+    notice: str = ""  # which notice the deal's page shows after it
+
+
+def _event(
+    deal_id: int, actor: str, action: str, message: str, detail: dict[str, Any] | None
+) -> DealEvent:
+    return DealEvent(
+        deal_id=deal_id,
+        kind=EVENT_KIND,
+        message=f"{actor} {message} from the console.",
+        detail={"by": actor, "via": "console", "action": action, **(detail or {})},
+    )
 
 
 def _record(
@@ -42,15 +71,126 @@ def _record(
 ) -> None:
     with transaction(session_factory) as session:
         for deal_id in deal_ids:
-            session.add(
-                DealEvent(
-                    deal_id=deal_id,
-                    kind=EVENT_KIND,
-                    message=f"{actor} {message} from the console.",
-                    detail={"by": actor, "via": "console", "action": action, **(detail or {})},
-                )
-            )
+            session.add(_event(deal_id, actor, action, message, detail))
     log.info("console_action", action=action, by=actor, deal_ids=list(deal_ids)[:50])
+
+
+# -- cancel / keep ------------------------------------------------------------------------
+
+
+def _parked_with(deal: Deal, codes: Sequence[str]) -> bool:
+    return deal.status == NEEDS_ATTENTION and deal.last_error_code in codes
+
+
+def cancel_refusal(deal: Deal) -> str | None:
+    """Why the console does not cancel this deal, or None when it does: a provisioned deal
+    (`done`) or one parked no longer won, changed after provisioning or with a cancellation
+    that failed."""
+    if deal.status == "done" or _parked_with(deal, CANCELLABLE_CODES):
+        return None
+    if deal.status in ("cancelled", "cancelling"):
+        return f"Deal {deal.id} is {deal.status} already."
+    if deal.status == "scheduled":
+        return (
+            f"Deal {deal.id} is scheduled: its subscription schedule has not started, and the "
+            "cancellation cancels subscriptions, not schedules. Cancel the schedule in Stripe "
+            "(Subscriptions, Scheduled)."
+        )
+    return (
+        f"Deal {deal.id} is {deal.status}"
+        + (f" ({deal.last_error_code})" if deal.last_error_code else "")
+        + ": the console cancels a provisioned deal (done) or one parked as no longer won "
+        f"({UNWON_CODE}) or changed after provisioning ({CHANGED_CODE})."
+    )
+
+
+def keep_refusal(deal: Deal) -> str | None:
+    """Why the console does not keep this deal, or None when it does: parked no longer won
+    or changed after provisioning (what `keep_unwon` settles)."""
+    if _parked_with(deal, KEEPABLE_CODES):
+        return None
+    return (
+        f"Deal {deal.id} is {deal.status}"
+        + (f" ({deal.last_error_code})" if deal.last_error_code else "")
+        + f": Keep settles only a deal parked as no longer won ({UNWON_CODE}) or changed "
+        f"after provisioning ({CHANGED_CODE})."
+    )
+
+
+REFUSAL_HINT = "reload the deal's page: it offers the actions that apply to it now."
+# The lifecycle's own steps are running (un-won: the policy is being applied; cancelling: the
+# cancellation sequence): a replay or a payment would race them.
+IN_LIFECYCLE = ("unwon", "cancelling")
+NOT_REPLAYED = ("done", "cancelled", "skipped", "scheduled", *IN_LIFECYCLE)
+
+
+def replay_refusal(deal: Deal) -> str | None:
+    """Why the console does not replay this deal, or None when it does: a deal on its way or
+    parked, but not one parked as no longer won (a person cancels or keeps it), not one done,
+    scheduled, skipped (`sf-bridge replay --include-skipped` provisions it on purpose),
+    cancelled, or in the un-won or cancellation steps."""
+    if _parked_with(deal, (UNWON_CODE,)):
+        return (
+            f"Deal {deal.id} was provisioned and its opportunity is no longer won: a replay "
+            "does not settle it; cancel it or keep it."
+        )
+    if deal.status in NOT_REPLAYED:
+        return f"Deal {deal.id} is {deal.status}: there is nothing to replay."
+    return None
+
+
+def mark_paid_refusal(deal: Deal) -> str | None:
+    """Why the console does not record a payment on this deal's invoice now, or None."""
+    if deal.status in IN_LIFECYCLE:
+        return (
+            f"Deal {deal.id} is {deal.status}: its invoice may be voided; record the payment "
+            "once the deal has settled."
+        )
+    if not deal.stripe_invoice_id or deal.invoice_status != "open":
+        return f"Deal {deal.id} has no open invoice."
+    return None
+
+
+def cancel_deal(
+    session_factory: sessionmaker[Session], deal_id: int, *, actor: str, reason: str
+) -> ActionResult:
+    """Queues the deal's cancellation as `sf-bridge deals cancel N --queue-only` does (the
+    store's `queue_cancel`); the worker voids, cancels and revokes. Refused with the reason
+    when the deal is not in a state where the console cancels."""
+    reason = reason.strip() or CANCEL_REASON
+    with transaction(session_factory) as session:
+        deal = session.get(Deal, deal_id, with_for_update=True)
+        if deal is None:
+            raise ActionRefused(f"No deal {deal_id}.", hint=REFUSAL_HINT)
+        refusal = cancel_refusal(deal)
+        if refusal is not None:
+            raise ActionRefused(refusal, hint=REFUSAL_HINT)
+        if not queue_cancel(session, deal_id, reason=reason, actor=actor):
+            raise ActionRefused(f"Deal {deal_id} cannot be cancelled now.", hint=REFUSAL_HINT)
+        session.add(_event(deal_id, actor, "cancel", f"asked to cancel this deal ({reason})", None))
+    log.info("console_action", action="cancel", by=actor, deal_ids=[deal_id])
+    return ActionResult(f"Deal {deal_id}: cancellation queued ({reason}).", (deal_id,))
+
+
+def keep_deal(
+    session_factory: sessionmaker[Session], deal_id: int, *, actor: str, note: str | None
+) -> ActionResult:
+    """Keeps the deal as provisioned, as `sf-bridge deals keep N` does (the store's
+    `keep_unwon`): billing and entitlements go on, the deal is `done`."""
+    note = (note or "").strip() or None
+    with transaction(session_factory) as session:
+        deal = session.get(Deal, deal_id, with_for_update=True)
+        if deal is None:
+            raise ActionRefused(f"No deal {deal_id}.", hint=REFUSAL_HINT)
+        refusal = keep_refusal(deal)
+        if refusal is not None:
+            raise ActionRefused(refusal, hint=REFUSAL_HINT)
+        if not keep_unwon(session, deal_id, actor=actor, note=note):
+            raise ActionRefused(f"Deal {deal_id} cannot be kept now.", hint=REFUSAL_HINT)
+        said = f"kept this deal as provisioned{f' ({note})' if note else ''}"
+        session.add(_event(deal_id, actor, "keep", said, {"note": note}))
+    log.info("console_action", action="keep", by=actor, deal_ids=[deal_id])
+    return ActionResult(f"Deal {deal_id}: kept as provisioned.", (deal_id,))
 
 
 def replay_deals(
@@ -62,7 +202,15 @@ def replay_deals(
     mappings: Mappings | None,
     crm: CrmGateway | None,
 ) -> list[ReplayOutcome]:
-    """Requeues the deals as `sf-bridge replay --queue-only` does; the worker carries on."""
+    """Requeues the deals as `sf-bridge replay --queue-only` does; the worker carries on.
+    Refused, with the reason, when one of them is in a state the console does not replay."""
+    with session_factory() as session:
+        found = {d.id: d for d in session.query(Deal).filter(Deal.id.in_(list(deal_ids)))}
+        for deal_id in deal_ids:
+            deal = found.get(deal_id)
+            refusal = f"No deal {deal_id}." if deal is None else replay_refusal(deal)
+            if refusal is not None:
+                raise ActionRefused(refusal, hint=REFUSAL_HINT)
     if mappings is None:
         raise ConfigurationError(
             "The mapping files have problems: a replay would park the deals again.",
@@ -89,22 +237,65 @@ def mark_invoice_paid(
     deal_id: int,
     *,
     actor: str,
+    amount: Decimal | None = None,
+    reference: str | None = None,
 ) -> ActionResult:
-    """Records a wire payment as `sf-bridge invoices mark-paid` does."""
+    """Records a wire payment, all that remains (`amount` None) or part of it, as `sf-bridge
+    invoices mark-paid --amount --reference` does."""
+    with session_factory() as session:
+        deal = session.get(Deal, deal_id)
+        if deal is None:
+            raise ActionRefused(f"No deal {deal_id}.", hint=REFUSAL_HINT)
+        # Whether the invoice is open is Stripe's to say (mark_paid asks it); the deal's own
+        # state is ours.
+        refusal = mark_paid_refusal(deal) if deal.status in IN_LIFECYCLE else None
+    if refusal is not None:
+        raise ActionRefused(refusal, hint=REFUSAL_HINT)
     if billing is None:
         raise ConfigurationError(
             "Stripe is not configured for this service, so it cannot mark the invoice paid.",
             hint="set STRIPE_API_KEY for `sf-bridge serve`, or run `sf-bridge invoices "
             f"mark-paid {deal_id}` where it is set.",
         )
-    result = mark_paid(session_factory, billing, str(deal_id))
-    what = "found it already paid in Stripe" if result.already_paid else "marked it paid (wire)"
+    reference = (reference or "").strip() or None
+    result = mark_paid(session_factory, billing, str(deal_id), amount=amount, reference=reference)
+    currency = result.currency or "usd"
+    if result.already_paid:
+        what = "found it already paid in Stripe"
+    elif result.replayed:
+        what = f"found the payment with reference {reference!r} recorded already"
+    elif result.status == "paid":
+        what = f"marked it paid (wire, {format_minor(result.amount_paid or 0, currency)})"
+    else:
+        what = (
+            f"recorded {format_minor(result.amount_paid or 0, currency)} paid (wire), "
+            f"{format_minor(result.amount_remaining or 0, currency)} still due"
+        )
     _record(
         session_factory,
         [deal_id],
         actor,
         "mark_paid",
-        f"recorded the payment of invoice {result.invoice_id} and {what}",
-        {"invoice_id": result.invoice_id, "already_paid": result.already_paid},
+        f"recorded the payment of invoice {result.invoice_id} and {what}"
+        + (f" (reference {reference})" if reference else ""),
+        {
+            "invoice_id": result.invoice_id,
+            "already_paid": result.already_paid,
+            "amount": result.amount_paid,
+            "amount_remaining": result.amount_remaining,
+            "currency": result.currency,
+            "reference": reference,
+            "replayed": result.replayed,
+            "status": result.status,
+        },
     )
-    return ActionResult(f"Invoice {result.invoice_id} of deal {deal_id}: {what}.", (deal_id,))
+    notice = (
+        "paid_before"
+        if result.replayed
+        else "paid"
+        if result.already_paid or result.status == "paid"
+        else "part_paid"
+    )
+    return ActionResult(
+        f"Invoice {result.invoice_id} of deal {deal_id}: {what}.", (deal_id,), notice
+    )

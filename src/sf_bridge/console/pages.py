@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
 
@@ -18,6 +19,8 @@ from sf_bridge.console.sessions import ConsoleSession
 from sf_bridge.db.models import NEEDS_ATTENTION, STATUSES, Deal
 from sf_bridge.errors import SfBridgeError
 from sf_bridge.logging import get_logger
+from sf_bridge.mapping.money import format_minor, parse_decimal
+from sf_bridge.provisioning.payment import describe_payment
 from sf_bridge.provisioning.report import DealStory, TimelineEntry, deal_story
 
 log = get_logger(__name__)
@@ -27,6 +30,11 @@ NOTICES = {
     "replayed_code": "Requeued every parked deal of that error code; the worker carries them on.",
     "nothing": "Nothing to replay: no deal is parked with that error code any more.",
     "paid": "The invoice is recorded as paid.",
+    "part_paid": "The payment is recorded; the rest of the invoice is still due (see Payments).",
+    "paid_before": "That payment (same reference) was recorded already; nothing changed.",
+    "cancel_queued": "Cancellation queued: the worker (`sf-bridge run`) voids the open invoice, "
+    "cancels the subscription and revokes the deal's entitlements.",
+    "kept": "Kept as provisioned: billing and entitlements go on; the deal is done again.",
     "signed_out": "You are signed out.",
 }
 
@@ -111,8 +119,17 @@ def _list_values(request: Request) -> dict[str, Any]:
         page = queries.deal_page(session, wanted)
         groups = queries.parked_groups(session)
         counts = queries.status_counts(session)
-        rows = [_row(deal) for deal in page.deals]
-    return {"wanted": wanted, "page": page, "rows": rows, "groups": groups, "counts": counts}
+        amended = queries.amended_deals(session, page.deals)
+        rows = [_row(deal, amended.get(deal.id)) for deal in page.deals]
+        codes = queries.error_codes(groups)
+    return {
+        "wanted": wanted,
+        "page": page,
+        "rows": rows,
+        "groups": groups,
+        "counts": counts,
+        "codes": codes,
+    }
 
 
 @dataclass(frozen=True)
@@ -129,11 +146,23 @@ class DealRow:
     error_code: str
     error: str
     updated_at: Any
+    intent: str = ""  # new, amendment or renewal; "" before the deal is mapped
+    amends: int | None = None  # the deal whose subscription an amendment or renewal changed
+    own_change: bool = False  # a reopened deal applied as a change of its own subscription
+    payment_state: str = ""  # card deals: awaiting_payment, paid, expired
+    payment_text: str = ""
+    contract_start: str = ""  # scheduled deals: the contract's start (YYYY-MM-DD)
 
 
-def _row(deal: Deal) -> DealRow:
+INTENTS = {"new_business": "new", "amendment": "amendment", "renewal": "renewal"}
+
+
+def _row(deal: Deal, amends: int | None = None) -> DealRow:
+    from sf_bridge.provisioning.amendment import REOPENED_KEY
+
     snapshot = deal.opportunity or {}
     plan = deal.plan or {}
+    intent = str(plan.get("intent") or "new_business") if plan else ""
     return DealRow(
         id=deal.id,
         opportunity_id=deal.opportunity_id,
@@ -147,6 +176,12 @@ def _row(deal: Deal) -> DealRow:
         error_code=deal.last_error_code or "",
         error=deal.last_error or "",
         updated_at=deal.updated_at,
+        intent=INTENTS.get(intent, intent.replace("_", " ")),  # "" stays ""
+        amends=amends,
+        own_change=bool(plan.get(REOPENED_KEY)),
+        payment_state=deal.payment_state or "",
+        payment_text=describe_payment(deal.payment_state) or "",
+        contract_start=deal.contract_start_at.date().isoformat() if deal.contract_start_at else "",
     )
 
 
@@ -218,6 +253,59 @@ def _fixes(deal: Deal, timeline: list[TimelineEntry]) -> list[Fix]:
     return [Fix(deal.last_error_code or "", message, hint, "")]
 
 
+@dataclass(frozen=True)
+class Payment:
+    at: datetime
+    amount: str  # "" when the record does not say (the rest of the invoice, paid at once)
+    left: str  # what was still due after it
+    how: str
+
+
+@dataclass(frozen=True)
+class Payments:
+    """The payments recorded on the deal's invoice and what is left due, from its history."""
+
+    rows: list[Payment]
+    left_due: str  # "" when no invoice is open or nothing says
+
+
+def _payments(deal: Deal, timeline: list[TimelineEntry]) -> Payments:
+    invoice_id = deal.stripe_invoice_id
+    rows: list[Payment] = []
+    left: int | None = None
+    currency = "usd"
+    for entry in timeline:
+        detail = entry.detail or {}
+        if not invoice_id or detail.get("invoice_id") != invoice_id:
+            continue
+        if entry.kind == "invoice_part_paid":
+            currency = str(detail.get("currency") or currency)
+            paid = detail.get("amount")
+            left = detail.get("amount_remaining")
+            rows.append(
+                Payment(
+                    entry.at,
+                    format_minor(int(paid), currency) if paid is not None else "",
+                    format_minor(int(left), currency) if left is not None else "",
+                    "wire (recorded by hand)",
+                )
+            )
+        elif entry.kind == "invoice_paid":
+            how = entry.message.partition("(")[2].rstrip(").") or "paid"
+            rest = format_minor(int(left), currency) if left is not None else ""
+            rows.append(Payment(entry.at, rest, "nothing", how))
+            left = 0
+    if deal.invoice_status == "paid":
+        left_due = "nothing: the invoice is paid"
+    elif deal.invoice_status == "open" and left is not None:
+        left_due = format_minor(left, currency)
+    elif deal.invoice_status == "open":
+        left_due = "the whole invoice (no payment recorded)"
+    else:
+        left_due = ""
+    return Payments(rows, left_due)
+
+
 def _deal_values(request: Request, deal_id: int) -> dict[str, Any]:
     ctx = _ctx(request)
     with ctx.session_factory() as session:
@@ -225,15 +313,18 @@ def _deal_values(request: Request, deal_id: int) -> dict[str, Any]:
         if deal is None:
             raise HTTPException(404, f"No deal {deal_id}.")
         story: DealStory = deal_story(session, deal)
+        amends = queries.amended_deals(session, [deal]).get(deal.id)
         session.expunge_all()
     settings = ctx.settings
     live = links.stripe_live_mode(
         settings.stripe_api_key.get_secret_value() if settings.stripe_api_key else None
     )
     instance = links.salesforce_instance(settings.sf_instance_url, deal.opportunity)
+    cancel_refusal = actions.cancel_refusal(deal)
+    keep_refusal = actions.keep_refusal(deal)
     return {
         "deal": deal,
-        "row": _row(deal),
+        "row": _row(deal, amends),
         "story": story,
         "steps": _steps(story.timeline),
         "fixes": _fixes(deal, story.timeline),
@@ -246,8 +337,14 @@ def _deal_values(request: Request, deal_id: int) -> dict[str, Any]:
             ),
             "invoice": links.stripe_url("invoices", deal.stripe_invoice_id, live=live),
         },
-        "can_replay": deal.status != "done",
-        "can_mark_paid": bool(deal.stripe_invoice_id) and deal.invoice_status == "open",
+        "can_replay": actions.replay_refusal(deal) is None,
+        "can_mark_paid": actions.mark_paid_refusal(deal) is None,
+        "can_cancel": cancel_refusal is None,
+        "can_keep": keep_refusal is None,
+        "cancel_refusal": cancel_refusal,
+        "keep_refusal": keep_refusal,
+        "payments": _payments(deal, story.timeline),
+        "cancel_reason": actions.CANCEL_REASON,
     }
 
 
@@ -278,6 +375,9 @@ def _failure(request: Request, exc: SfBridgeError, back: str) -> Response:
 
 async def confirm_replay(request: Request) -> Response:
     values = await run_in_threadpool(_deal_values, request, request.path_params["deal_id"])
+    refusal = actions.replay_refusal(values["deal"])
+    if refusal is not None:
+        return _refused(request, refusal, values["deal"].id)
     return _render(request, "confirm_replay.html", **values)
 
 
@@ -342,27 +442,125 @@ async def replay_code(request: Request) -> Response:
     return _redirect("/deals", notice="replayed_code", code=code or "")
 
 
+def _invoice_now(request: Request, invoice_id: str | None) -> dict[str, str] | None:
+    """What Stripe says the invoice bills, has been paid and has left (None when Stripe is not
+    configured here or does not answer: the page then says only what the history says)."""
+    billing = _ctx(request).billing
+    if billing is None or not invoice_id:
+        return None
+    try:
+        invoice = billing.get_invoice(invoice_id)
+    except Exception as exc:  # a confirmation page still shows without Stripe's figures
+        log.warning("console_invoice_unread", invoice_id=invoice_id, error=str(exc)[:200])
+        return None
+    currency = invoice.currency or "usd"
+    due = invoice.amount_due or 0
+    left = invoice.amount_remaining if invoice.amount_remaining is not None else due
+    return {
+        "status": str(invoice.status),
+        "due": format_minor(due, currency),
+        "paid": format_minor(invoice.amount_paid or 0, currency),
+        "left": format_minor(left, currency),
+        "currency": currency.upper(),
+    }
+
+
 async def confirm_mark_paid(request: Request) -> Response:
     values = await run_in_threadpool(_deal_values, request, request.path_params["deal_id"])
-    return _render(request, "confirm_mark_paid.html", **values)
+    invoice = await run_in_threadpool(_invoice_now, request, values["deal"].stripe_invoice_id)
+    return _render(request, "confirm_mark_paid.html", invoice=invoice, **values)
 
 
 async def mark_paid(request: Request) -> Response:
     from sf_bridge.console.app import PREFIX
+    from sf_bridge.invoices.errors import InvoiceNotPayable
 
     deal_id: int = request.path_params["deal_id"]
+    form: dict[str, str] = request.state.form
     ctx = _ctx(request)
+    back = f"{PREFIX}/deals/{deal_id}"
+    text = (form.get("amount") or "").strip()
+    amount = parse_decimal(text) if text else None
+    if text and amount is None:
+        problem = InvoiceNotPayable(
+            f"{text!r} is not an amount.",
+            hint="write the amount received in the invoice's currency, e.g. 1200.00, or leave "
+            "it empty to record all that remains due.",
+        )
+        return _failure(request, problem, f"{back}/mark-paid")
     try:
-        await run_in_threadpool(
+        result = await run_in_threadpool(
             actions.mark_invoice_paid,
             ctx.session_factory,
             ctx.billing,
             deal_id,
             actor=_user(request),
+            amount=amount,
+            reference=form.get("reference"),
+        )
+    except SfBridgeError as exc:
+        return _failure(request, exc, back)
+    return _redirect(f"/deals/{deal_id}", notice=result.notice)
+
+
+# -- after the first close: cancel / keep -------------------------------------------------
+
+
+async def confirm_cancel(request: Request) -> Response:
+    values = await run_in_threadpool(_deal_values, request, request.path_params["deal_id"])
+    if not values["can_cancel"]:
+        return _refused(request, values["cancel_refusal"], values["deal"].id)
+    return _render(request, "confirm_cancel.html", **values)
+
+
+async def cancel(request: Request) -> Response:
+    from sf_bridge.console.app import PREFIX
+
+    deal_id: int = request.path_params["deal_id"]
+    form: dict[str, str] = request.state.form
+    try:
+        await run_in_threadpool(
+            actions.cancel_deal,
+            _ctx(request).session_factory,
+            deal_id,
+            actor=_user(request),
+            reason=form.get("reason") or "",
         )
     except SfBridgeError as exc:
         return _failure(request, exc, f"{PREFIX}/deals/{deal_id}")
-    return _redirect(f"/deals/{deal_id}", notice="paid")
+    return _redirect(f"/deals/{deal_id}", notice="cancel_queued")
+
+
+async def confirm_keep(request: Request) -> Response:
+    values = await run_in_threadpool(_deal_values, request, request.path_params["deal_id"])
+    if not values["can_keep"]:
+        return _refused(request, values["keep_refusal"], values["deal"].id)
+    return _render(request, "confirm_keep.html", **values)
+
+
+async def keep(request: Request) -> Response:
+    from sf_bridge.console.app import PREFIX
+
+    deal_id: int = request.path_params["deal_id"]
+    form: dict[str, str] = request.state.form
+    try:
+        await run_in_threadpool(
+            actions.keep_deal,
+            _ctx(request).session_factory,
+            deal_id,
+            actor=_user(request),
+            note=form.get("note"),
+        )
+    except SfBridgeError as exc:
+        return _failure(request, exc, f"{PREFIX}/deals/{deal_id}")
+    return _redirect(f"/deals/{deal_id}", notice="kept")
+
+
+def _refused(request: Request, why: str, deal_id: int) -> Response:
+    from sf_bridge.console.app import PREFIX
+
+    refused = actions.ActionRefused(why, hint=actions.REFUSAL_HINT)
+    return _failure(request, refused, f"{PREFIX}/deals/{deal_id}")
 
 
 # -- mappings -----------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from sf_bridge.crm import ids
 from sf_bridge.crm.soql import is_salesforce_id, to_18
 from sf_bridge.db.models import NEEDS_ATTENTION, STATUSES, Deal
+from sf_bridge.provisioning.amendment import REOPENED_KEY
 
 PAGE_SIZE = 50
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -192,3 +193,55 @@ def parked_deal_ids(session: Session, error_code: str | None) -> list[int]:
 def status_counts(session: Session) -> dict[str, int]:
     rows = session.execute(select(Deal.status, func.count(Deal.id)).group_by(Deal.status)).all()
     return {str(status): int(n) for status, n in rows}
+
+
+# Error codes of the deal lifecycle, offered by the error code filter next to the parked
+# groups' codes: parked no longer won or changed after provisioning, a cancellation that
+# failed, and the codes a deal carries while it is un-won or being cancelled.
+LIFECYCLE_CODES = (
+    "unwon_after_provisioning",
+    "changed_after_provisioning",
+    "cancel_failed",
+    "first_payment_missing",
+    "unwon",
+    "cancelling",
+)
+
+
+def error_codes(groups: list[ParkedGroup]) -> list[str]:
+    """The codes the error code filter suggests: the parked deals' codes (`parked_groups`),
+    then the lifecycle's."""
+    parked = [g.error_code for g in groups if g.error_code]
+    return list(dict.fromkeys([*parked, *LIFECYCLE_CODES]))
+
+
+CHANGE_INTENTS = ("amendment", "renewal")
+
+
+def amended_deals(session: Session, deals: list[Deal]) -> dict[int, int]:
+    """For each amendment or renewal among `deals` that has changed a subscription: the deal
+    that created it (the earliest other deal holding that subscription, made before it: a
+    deal reopened and applied as a change of its own subscription has none). One query."""
+    changing = {
+        d.id: d.stripe_subscription_id
+        for d in deals
+        if d.stripe_subscription_id
+        and (d.plan or {}).get("intent") in CHANGE_INTENTS
+        and not (d.plan or {}).get(REOPENED_KEY)
+    }
+    if not changing:
+        return {}
+    rows = session.execute(
+        select(Deal.stripe_subscription_id, func.min(Deal.id))
+        .where(
+            Deal.stripe_subscription_id.in_(set(changing.values())),
+            Deal.id.not_in(list(changing)),
+        )
+        .group_by(Deal.stripe_subscription_id)
+    ).all()
+    first = {str(sub): int(n) for sub, n in rows}
+    return {
+        deal_id: first[sub]
+        for deal_id, sub in changing.items()
+        if sub in first and first[sub] < deal_id
+    }

@@ -312,3 +312,41 @@ def test_mark_an_invoice_paid_from_the_console(console_site: ConsoleSite, browse
     assert actions[0][2]["by"] == OPS_USER
     assert actions[0][2]["action"] == "mark_paid"
     assert not browser.find_elements(By.ID, "mark-paid")  # a paid invoice offers it no more
+
+
+def test_cancel_a_deal_from_the_console(site: ConsoleSite, browser: Any) -> None:
+    """On each backend (the `site` fixture of this folder's conftest)."""
+    from sf_bridge.db.models import Deal
+
+    done = site.provision("enterprise-negotiated")  # invoiced: its invoice is open
+    with site.session_factory() as session:
+        deal = session.get_one(Deal, done)
+        invoice_id, sub_id = deal.stripe_invoice_id, deal.stripe_subscription_id
+    _sign_in(browser, site)
+    browser.get(f"{site.url}/console/deals/{done}")
+    assert not browser.find_elements(By.ID, "keep")  # a provisioned deal: nothing to keep
+    wait_for(browser, lambda d: d.find_elements(By.ID, "cancel"))[0].click()
+    reason = wait_for(browser, lambda d: d.find_elements(By.ID, "reason"))[0]
+    assert site.status(done) == "done"  # nothing before the confirmation
+    reason.send_keys("lost to a competitor")
+    screenshot(browser, "console-cancel")
+    browser.find_element(By.ID, "confirm").click()
+    notice = wait_for(browser, lambda d: d.find_elements(By.ID, "notice"))
+    assert "Cancellation queued" in notice[0].text
+    assert site.status(done) == "cancelling"
+
+    # The worker voids, cancels and revokes; the open page follows without a reload.
+    site.run_until(lambda: site.status(done) == "cancelled")
+    wait_for(browser, lambda d: d.find_element(By.ID, "deal-status").text == "cancelled")
+    assert browser.find_element(By.ID, "notice")  # the same page: it was not reloaded
+    assert not browser.find_elements(By.ID, "cancel")
+    stripe = stripe_client_for(site.settings)
+    assert stripe.v1.invoices.retrieve(invoice_id).status == "void"
+    assert stripe.v1.subscriptions.retrieve(sub_id).status == "canceled"
+    actions = [e for e in site.deal_events(done) if e[0] == "ops_action"]
+    assert len(actions) == 1
+    assert actions[0][2] is not None
+    assert (actions[0][2]["by"], actions[0][2]["action"]) == (OPS_USER, "cancel")
+    history = browser.find_element(By.ID, "timeline").text
+    assert f"{OPS_USER} asked to cancel this deal (lost to a competitor)" in history
+    assert f"Cancellation requested by {OPS_USER}: lost to a competitor" in history
