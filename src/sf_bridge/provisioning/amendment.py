@@ -45,6 +45,7 @@ from sf_bridge.billing.port import (
 from sf_bridge.errors import PermanentError, TransientError
 from sf_bridge.plan import PlanItem, ProvisioningPlan
 from sf_bridge.provisioning.outcome import DealView, Outcome
+from sf_bridge.provisioning.stripe_request import LINE_KEY
 
 # The subscription's metadata key holding the markers of the deals applied to it.
 MARKERS_KEY = "sf_amendments"
@@ -154,9 +155,16 @@ class Target:
     change: ItemChange  # the new-item form of it
 
 
+def line_of(sub_item: BillingSubscriptionItem) -> str | None:
+    """The plan line a subscription item bills: its tag (`metadata.sf_line`, set on every item
+    we create), else its catalog price's lookup key (items made before the tag; a negotiated
+    price has none)."""
+    return sub_item.metadata.get(LINE_KEY) or sub_item.lookup_key
+
+
 def _matches(sub_item: BillingSubscriptionItem, target: Target) -> bool:
     key = target.item.lookup_key
-    return (key is not None and sub_item.lookup_key == key) or (
+    return (key is not None and line_of(sub_item) == key) or (
         target.price is not None and sub_item.price == target.price
     )
 
@@ -181,7 +189,7 @@ def item_changes(
         if existing is None and target.item.kind == "plan":
             # another plan: swap the price of the live plan's item
             existing = next(
-                (i for i in items if i.id not in used and i.lookup_key in live_plan_keys), None
+                (i for i in items if i.id not in used and line_of(i) in live_plan_keys), None
             )
             if existing is not None:
                 used.add(existing.id)
@@ -216,6 +224,7 @@ def _swap(existing: BillingSubscriptionItem, target: Target, quantity: int) -> I
         quantity=quantity,
         price=target.change.price,
         price_data=target.change.price_data,
+        metadata=target.change.metadata,  # the item now bills the target's line
     )
 
 
@@ -249,7 +258,7 @@ def _difference(
     for key, quantity in before.items():
         if key in seen:
             continue
-        existing = next((i for i in items if i.lookup_key == key), None)
+        existing = next((i for i in items if line_of(i) == key), None)
         if existing is None:
             continue
         left = existing.quantity - quantity
@@ -436,6 +445,9 @@ def new_item(item: PlanItem, spec_item: Any) -> Target:
         item=item,
         price=spec_item.price,
         change=ItemChange(
-            quantity=item.quantity, price=spec_item.price, price_data=spec_item.price_data
+            quantity=item.quantity,
+            price=spec_item.price,
+            price_data=spec_item.price_data,
+            metadata=dict(spec_item.metadata) or None,
         ),
     )

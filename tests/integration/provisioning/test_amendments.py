@@ -327,3 +327,27 @@ def test_crash_around_an_always_invoice_amendment_gives_one_update_and_one_invoi
     assert emu.count("invoice") == 2  # the first deal's and the proration's
     assert emu.get(deal.stripe_invoice_id)["status"] == "open"
     assert deal.hosted_invoice_url
+
+
+def test_a_negotiated_line_upsold_twice_raises_its_quantity_at_its_price_on_one_item(
+    stripe_harness: Harness, provisioning_emulator: Any
+) -> None:
+    """The first deal's seats are at a negotiated 40.00 (an inline price, no lookup key):
+    each item is tagged with its plan line, so the upsells find it."""
+    h, emu = stripe_harness, provisioning_emulator
+    h.add_opportunity(make_plan(FIRST, quantity=10, unit_amount=4000, entitlements=_seats(10)))
+    _enqueue(h, FIRST)
+    drain(h.worker(), settled(h, FIRST))
+    assert h.deal(FIRST).status == "done", h.deal(FIRST).last_error
+    sub_id = h.deal(FIRST).stripe_subscription_id
+    item = emu.get(sub_id)["items"]["data"][0]
+    assert (item["price"]["lookup_key"], item["metadata"]) == (None, {"sf_line": "pro_monthly"})
+    for opp, seats in ((SECOND, 5), (THIRD, 3)):
+        h.add_opportunity(_amendment(opp, seats, unit_amount=4000))
+        _enqueue(h, opp)
+        drain(h.worker(), settled(h, opp))
+        assert h.deal(opp).status == "done", h.deal(opp).last_error
+    items = emu.get(sub_id)["items"]["data"]
+    assert [(i["id"], i["quantity"], i["price"]["unit_amount"]) for i in items] == [
+        (item["id"], 18, 4000)
+    ]
