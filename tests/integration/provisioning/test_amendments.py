@@ -4,12 +4,14 @@ subscription through the real Stripe SDK and the emulator, once, whatever crashe
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import UTC, date, datetime, time
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from sf_bridge.db.models import EntitlementGrant
-from sf_bridge.plan import EntitlementValue
+from sf_bridge.plan import ContractTerms, EntitlementValue, PlanPhase, add_months
 from sf_bridge.provisioning.queue import enqueue_opportunities
 from sf_bridge.provisioning.replay import replay
 from sf_bridge.provisioning.runner import StepHooks
@@ -351,3 +353,208 @@ def test_a_negotiated_line_upsold_twice_raises_its_quantity_at_its_price_on_one_
     assert [(i["id"], i["quantity"], i["price"]["unit_amount"]) for i in items] == [
         (item["id"], 18, 4000)
     ]
+
+
+# renewals and amendments that start later, or ramp ---------------------------------------
+
+
+def _day(ts: int) -> date:
+    return datetime.fromtimestamp(ts, tz=UTC).date()
+
+
+def _renewal_ramp(emu: Any, sub_id: str | None, opp: str = SECOND) -> tuple[Any, list[date]]:
+    """A renewal of three yearly phases (5, 10, 15 seats at 60, 65, 70) from the current
+    period's end, for a 36-month term."""
+    period_end = emu.get(sub_id)["items"]["data"][0]["current_period_end"]
+    start = _day(period_end)
+    years = [add_months(start, 12 * n) for n in range(4)]
+    base = make_plan(opp, quantity=5, entitlements=_seats(5))
+    item = base.items[0]
+    phases = tuple(
+        PlanPhase(
+            start_date=years[n].isoformat(),
+            end_date=years[n + 1].isoformat(),
+            items=(replace(item, unit_amount=amount, quantity=seats),),
+            entitlements=_seats(seats),
+        )
+        for n, (amount, seats) in enumerate(((6000, 5), (6500, 10), (7000, 15)))
+    )
+    contract = ContractTerms(
+        start_date=start.isoformat(), end_date=years[3].isoformat(), term_months=36
+    )
+    plan = replace(base, intent="renewal", items=phases[0].items, phases=phases, contract=contract)
+    return plan, years
+
+
+def _phases(emu: Any, schedule_id: str) -> list[tuple[int, int, int | None]]:
+    return [
+        (p["end_date"], p["items"][0]["quantity"], emu.get(p["items"][0]["price"])["unit_amount"])
+        for p in emu.get(schedule_id)["phases"]
+    ]
+
+
+def test_a_renewal_ramp_of_three_years_from_the_period_end_is_phased_and_bills_nothing_now(
+    stripe_harness: Harness, provisioning_emulator: Any
+) -> None:
+    h, emu = stripe_harness, provisioning_emulator
+    _first_deal(h)
+    sub_id = h.deal(FIRST).stripe_subscription_id
+    period_end = emu.get(sub_id)["items"]["data"][0]["current_period_end"]
+    plan, years = _renewal_ramp(emu, sub_id)
+    h.add_opportunity(plan)
+    _enqueue(h, SECOND)
+    drain(h.worker(), settled(h, SECOND))
+
+    deal = h.deal(SECOND)
+    assert deal.status == "done", deal.last_error
+    sub = emu.get(sub_id)
+    assert deal.stripe_schedule_id == sub["schedule"]
+    schedule = emu.get(sub["schedule"])
+    assert (schedule["status"], schedule["end_behavior"]) == ("active", "cancel")
+    # the current phase as it was, until the period's end, then one phase a year; the
+    # years start at the same time of day as the billing period (no proration at a step)
+    offset = period_end - int(datetime.combine(years[0], time(0), UTC).timestamp())
+    ends = [int(datetime.combine(y, time(0), UTC).timestamp()) + offset for y in years[1:]]
+    assert _phases(emu, schedule["id"]) == [
+        (period_end, 5, 5000),
+        (ends[0], 5, 6000),
+        (ends[1], 10, 6500),
+        (ends[2], 15, 7000),
+    ]
+    assert _items(emu, sub_id) == {"pro_monthly": 5}  # nothing changed now
+    assert emu.count("invoice") == 1
+    assert emu.count("invoiceitem") == 0
+    with h.session_factory() as session:
+        grants = session.scalars(
+            select(EntitlementGrant)
+            .where(EntitlementGrant.deal_id == deal.id)
+            .order_by(EntitlementGrant.phase)
+        ).all()
+    assert [(g.phase, g.value, g.valid_from.date()) for g in grants] == [  # type: ignore[union-attr]
+        (0, 5, years[0]),
+        (1, 10, years[1]),
+        (2, 15, years[2]),
+    ]
+    # the first deal's seats hold until the renewal starts, then the renewal's replace them
+    [first] = [g for g in _grant_rows(h) if g.deal_id == h.deal(FIRST).id]
+    assert first.active
+    assert first.valid_until is not None
+    assert first.valid_until.date() == years[0]
+
+    # at the renewal date Stripe enters the first year: its price, its item tagged
+    emu.advance_clock(period_end - emu.now() + 60)
+    sub = emu.get(sub_id)
+    [item] = sub["items"]["data"]
+    assert (item["quantity"], item["price"]["unit_amount"]) == (5, 6000)
+    assert item["metadata"]["sf_line"] == "pro_monthly"
+    assert SECOND in sub["metadata"]["sf_amendments"]
+    renewal_invoice = emu.get(sub["latest_invoice"])
+    assert renewal_invoice["amount_due"] == 5 * 6000
+
+
+def test_an_amendment_starting_next_month_adds_its_seats_from_then_only(
+    stripe_harness: Harness, provisioning_emulator: Any
+) -> None:
+    h, emu = stripe_harness, provisioning_emulator
+    _first_deal(h)
+    sub_id = h.deal(FIRST).stripe_subscription_id
+    period_end = emu.get(sub_id)["items"]["data"][0]["current_period_end"]
+    start = add_months(_day(emu.now()), 1)
+    amendment = replace(
+        _amendment(SECOND, 20), contract=ContractTerms(start_date=start.isoformat())
+    )
+    h.add_opportunity(amendment)
+    _enqueue(h, SECOND)
+    drain(h.worker(), settled(h, SECOND))
+    deal = h.deal(SECOND)
+    assert deal.status == "done", deal.last_error
+    schedule = emu.get(emu.get(sub_id)["schedule"])
+    phases = _phases(emu, schedule["id"])
+    assert [q for _end, q, _amount in phases] == [5, 25]
+    assert schedule["end_behavior"] == "release"  # open-ended: the subscription goes on
+    assert _items(emu, sub_id) == {"pro_monthly": 5}
+    assert emu.count("invoiceitem") == 0  # nothing prorated now
+    [grant] = [g for g in _grant_rows(h) if g.deal_id == deal.id]
+    assert grant.valid_from is not None
+    assert grant.valid_from.date() == start
+
+    emu.advance_clock(max(period_end, phases[0][0]) - emu.now() + 60)
+    assert _items(emu, sub_id) == {"pro_monthly": 25}
+
+
+def _grant_rows(h: Harness) -> list[EntitlementGrant]:
+    with h.session_factory() as session:
+        return list(session.scalars(select(EntitlementGrant)).all())
+
+
+@pytest.mark.parametrize("phase", ["before", "after"])
+def test_a_crash_around_a_scheduled_renewals_commit_makes_one_schedule_and_its_phases_once(
+    stripe_harness: Harness, provisioning_emulator: Any, phase: str
+) -> None:
+    h, emu = stripe_harness, provisioning_emulator
+    _first_deal(h)
+    sub_id = h.deal(FIRST).stripe_subscription_id
+    plan, _years = _renewal_ramp(emu, sub_id)
+    h.add_opportunity(plan)
+    _enqueue(h, SECOND)
+    fired: list[bool] = []
+
+    def hook(step: str, _deal_id: int) -> None:
+        if step == "subscription" and not fired:
+            fired.append(True)
+            raise SimulatedCrash(phase)
+
+    hooks = StepHooks(before_commit=hook) if phase == "before" else StepHooks(after_commit=hook)
+    with pytest.raises(SimulatedCrash):
+        drain(h.worker(hooks=hooks, owner="first"), settled(h, SECOND))
+    h.clock.advance(120)
+    drain(h.worker(owner="restarted"), settled(h, SECOND))
+    assert h.deal(SECOND).status == "done", h.deal(SECOND).last_error
+    assert emu.count("subscription_schedule") == 1
+    schedule_id = emu.get(sub_id)["schedule"]
+    assert [q for _e, q, _a in _phases(emu, schedule_id)] == [5, 5, 10, 15]  # once
+    updates = [
+        e
+        for e in emu.events("subscription_schedule.updated")
+        if e["data"]["object"]["id"] == schedule_id
+    ]
+    assert len(updates) == 1
+
+
+@pytest.mark.parametrize("where", ["after_the_schedule", "phases_response_lost"])
+def test_a_crash_between_or_after_the_two_schedule_requests_changes_stripe_once(
+    stripe_harness: Harness, provisioning_emulator: Any, where: str
+) -> None:
+    """The schedule is made from the subscription, then the process dies before its phases
+    are sent (the retry reuses the subscription's schedule); or the phases reach Stripe and
+    their answer is lost (the retry sees the deal's marker on the schedule)."""
+    h, emu = stripe_harness, provisioning_emulator
+    _first_deal(h)
+    sub_id = h.deal(FIRST).stripe_subscription_id
+    plan, _years = _renewal_ramp(emu, sub_id)
+    h.add_opportunity(plan)
+    _enqueue(h, SECOND)
+    billing = h.billing
+    assert billing is not None
+    calls = {"n": 0}
+
+    class Dying:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(billing, name)
+
+        def update_schedule(self, *a: Any, **k: Any) -> Any:
+            calls["n"] += 1
+            raise SimulatedCrash("before the phases")
+
+    if where == "after_the_schedule":
+        with pytest.raises(SimulatedCrash):
+            drain(h.worker(billing=Dying(), owner="first"), settled(h, SECOND))  # type: ignore[arg-type]
+        assert emu.count("subscription_schedule") == 1
+        h.clock.advance(120)
+    else:
+        emu.fail_next("POST /v1/subscription_schedules/{id}", "drop_after")
+    drain(h.worker(owner="restarted"), settled(h, SECOND))
+    assert h.deal(SECOND).status == "done", h.deal(SECOND).last_error
+    assert emu.count("subscription_schedule") == 1
+    schedule_id = emu.get(sub_id)["schedule"]
+    assert [q for _e, q, _a in _phases(emu, schedule_id)] == [5, 5, 10, 15]
