@@ -384,3 +384,52 @@ def test_an_update_keeps_the_inline_prices_the_schedule_holds_and_needs_the_firs
                 ]
             },
         )
+
+
+@pytest.mark.parametrize(("behavior", "invoices"), [("none", 1), ("always_invoice", 2)])
+def test_an_update_of_the_current_phase_changes_the_subscription_now_prorated_as_asked(
+    stripe_emulator: StripeEmulator,
+    stripe_client: stripe.StripeClient,
+    stripe_catalog: Any,
+    behavior: str,
+    invoices: int,
+) -> None:
+    """Stripe's `proration_behavior` of a schedule update: "If the update changes the billing
+    configuration (item price, quantity, etc.) of the current phase, indicates how prorations
+    from this change should be handled": the subscription takes the current phase's items at
+    once."""
+    customer = _customer(stripe_client)
+    sub = stripe_client.v1.subscriptions.create(
+        params={
+            "customer": customer,
+            "items": [{"price": stripe_catalog["pro_monthly"], "quantity": 3}],
+            "collection_method": "send_invoice",
+            "days_until_due": 30,
+        }
+    )
+    item_id = sub["items"].data[0].id
+    schedule = stripe_client.v1.subscription_schedules.create(params={"from_subscription": sub.id})
+    current = schedule.phases[0]
+    stripe_emulator.advance_clock(10 * DAY)
+    stripe_client.v1.subscription_schedules.update(
+        schedule.id,
+        params={
+            "phases": [
+                {
+                    "start_date": current.start_date,
+                    "end_date": current.end_date,
+                    "items": [
+                        {"price": stripe_catalog["pro_monthly"], "quantity": 5},
+                        {"price": stripe_catalog["starter_monthly"], "quantity": 1},
+                    ],
+                },
+                {"items": [{"price": stripe_catalog["pro_monthly"], "quantity": 5}]},
+            ],
+            "proration_behavior": behavior,  # type: ignore[typeddict-item]
+        },
+    )
+    after = stripe_client.v1.subscriptions.retrieve(sub.id)
+    held = {i.price.id: (i.id, i.quantity) for i in after["items"].data}
+    assert held[stripe_catalog["pro_monthly"]] == (item_id, 5)  # the same item, raised
+    assert held[stripe_catalog["starter_monthly"]][1] == 1
+    assert len(stripe_emulator.objects("invoice")) == invoices

@@ -417,14 +417,44 @@ def update_schedule(
         )
         phases = _phases(store, raw, start, customer, prices, holds=holds)
         keep_inline_prices(store, prices)
-        previous["phases"] = schedule["phases"]
+        was = schedule["phases"]
+        previous["phases"] = was
         schedule["phases"] = phases
         if schedule["status"] == "active":
             schedule["current_phase"] = {"start_date": phases[0]["start_date"],
                                          "end_date": phases[0]["end_date"]}  # fmt: skip
+            if sub is not None and sub["status"] not in subscriptions.ENDED:
+                _apply_current_phase(store, sub, phases[0], params, ctx)
     if previous:
         store.emit("subscription_schedule.updated", schedule, ctx, previous)
     return schedule
+
+
+def _apply_current_phase(
+    store: Store, sub: dict[str, Any], phase: dict[str, Any], params: Params, ctx: RequestContext
+) -> None:
+    """Stripe: the update's `proration_behavior` applies "If the update changes the billing
+    configuration (item price, quantity, etc.) of the current phase": the subscription takes
+    the current phase's items now, prorated as asked (default `create_prorations`). An item
+    of the same price keeps its id; others are removed or added."""
+    wanted = list(phase["items"])
+    changes: list[Params] = []
+    for item in sub["items"]["data"]:
+        same = next((w for w in wanted if w["price"] == item["price"]["id"]), None)
+        if same is None:
+            changes.append({"id": item["id"], "deleted": True})
+            continue
+        wanted.remove(same)
+        if same["quantity"] != item["quantity"]:
+            changes.append({"id": item["id"], "quantity": same["quantity"]})
+    changes += [_item_params(store, w) for w in wanted]
+    if not changes:
+        return
+    update: Params = {
+        "items": changes,
+        "proration_behavior": params.get("proration_behavior", "create_prorations"),
+    }
+    subscriptions.update_subscription(store, sub["id"], update, ctx)
 
 
 def release_schedule(
