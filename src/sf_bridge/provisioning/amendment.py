@@ -420,7 +420,11 @@ def amend_step(
     tag = marker(deal, stored)
     if applied(before, tag):
         return outcome_of(deal, plan, before, before, (), tag=tag, sent=False)
-    if not stored.get(REOPENED_KEY) and schedule_change.needs_schedule(plan, today or _today()):
+    if not stored.get(REOPENED_KEY) and (
+        # a subscription under a schedule is changed through it, or its next phase would
+        # undo the change
+        before.schedule or schedule_change.needs_schedule(plan, today or _today())
+    ):
         return scheduled_step(billing, deal, plan, before, tag, targets_of, idempotency_key_of)
     live_keys = [
         str(i.get("lookup_key"))
@@ -528,9 +532,17 @@ def scheduled_step(
             idempotency_key=key,
             end_behavior=end_behavior,
             metadata={MARKERS_KEY: _with_tag(schedule.metadata, tag)},
-            # the current phase is posted back unchanged: nothing to prorate now
-            proration_behavior="none",
+            # how a change of the current phase (a change from now on) is prorated; a later
+            # start posts the current phase back unchanged, and nothing is prorated
+            proration_behavior=proration(plan),
         )
+    if proration(plan) == "always_invoice" and segments[0].items != existing[0].items:
+        now_sub = billing.get_subscription(before.id)
+        if now_sub is not None and now_sub.latest_invoice != before.latest_invoice:
+            columns.update(
+                stripe_invoice_id=now_sub.latest_invoice, invoice_status=None,
+                hosted_invoice_url=None,
+            )  # fmt: skip
     return Outcome(
         changes=columns,
         idempotency_key=key,
@@ -541,7 +553,7 @@ def scheduled_step(
             "end_behavior": end_behavior,
             "phases": schedule_change.describe(segments),
         },
-        skip_to="entitlements",
+        skip_to=None if columns.get("stripe_invoice_id") else "entitlements",
     )
 
 

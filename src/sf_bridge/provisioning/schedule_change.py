@@ -60,6 +60,8 @@ from sf_bridge.provisioning import schedule as contract
 from sf_bridge.provisioning.stripe_request import LINE_KEY
 
 MARKERS_KEY = "sf_amendments"  # the same key as `amendment.MARKERS_KEY`
+# a phase's metadata key: a renewal (or totals change) starts a new term at this phase
+TERM_KEY = "sf_term"
 LIVE = ("not_started", "active")
 
 
@@ -216,6 +218,14 @@ def merged_timeline(
         for at in (seg.start, seg.end):
             if at is not None and at >= first and (horizon is None or at <= horizon):
                 points.add(at)
+    # co-terminated: additions last until the current term ends, where a renewal (or a
+    # totals change) set on the schedule begins a new one
+    term_end = min(
+        (seg.start for seg in existing if TERM_KEY in seg.metadata and seg.start > first),
+        default=None,
+    )
+    if term_end is not None and not totals:
+        points.add(term_end)
     ordered = sorted(points)
     bounds: list[tuple[datetime, datetime | None]] = list(pairwise(ordered))
     if horizon is None:
@@ -224,10 +234,16 @@ def merged_timeline(
     for start, end in bounds:
         base = _covering(existing, start) or existing[-1]
         mine = _covering(deal, start)
+        if not totals and term_end is not None and start >= term_end:
+            mine = None  # after the term the change is part of
         if mine is None:
             seg = Segment(start, end, base.items, base.coupons, dict(base.metadata))
         elif totals:
-            seg = Segment(start, end, mine.items, (), {MARKERS_KEY: markers})
+            meta = {MARKERS_KEY: markers}
+            tag = markers.rsplit(",", 1)[-1]
+            if not any(o.metadata.get(TERM_KEY) == tag for o in out):
+                meta[TERM_KEY] = tag  # a new term starts here
+            seg = Segment(start, end, mine.items, (), meta)
         else:
             seg = Segment(
                 start,

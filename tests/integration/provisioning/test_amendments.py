@@ -558,3 +558,29 @@ def test_a_crash_between_or_after_the_two_schedule_requests_changes_stripe_once(
     assert emu.count("subscription_schedule") == 1
     schedule_id = emu.get(sub_id)["schedule"]
     assert [q for _e, q, _a in _phases(emu, schedule_id)] == [5, 5, 10, 15]
+
+
+def test_an_upsell_now_under_a_renewal_schedule_changes_this_term_and_keeps_the_renewal(
+    stripe_harness: Harness, provisioning_emulator: Any
+) -> None:
+    """A subscription under a schedule is changed through it (a change of the subscription
+    alone would be undone when the next phase begins): the upsell raises the current phase
+    now, prorated, and ends with the current term; the renewal's years stay as signed."""
+    h, emu = stripe_harness, provisioning_emulator
+    _first_deal(h)
+    sub_id = h.deal(FIRST).stripe_subscription_id
+    plan, _years = _renewal_ramp(emu, sub_id)
+    h.add_opportunity(plan)
+    _enqueue(h, SECOND)
+    drain(h.worker(), settled(h, SECOND))
+    assert h.deal(SECOND).status == "done", h.deal(SECOND).last_error
+    emu.advance_clock(3 * 86_400)
+    h.add_opportunity(_amendment(THIRD, 20))
+    _enqueue(h, THIRD)
+    drain(h.worker(), settled(h, THIRD))
+    assert h.deal(THIRD).status == "done", h.deal(THIRD).last_error
+    assert _items(emu, sub_id) == {"pro_monthly": 25}  # now
+    assert emu.count("invoiceitem") > 0  # the rest of the period, prorated
+    schedule_id = emu.get(sub_id)["schedule"]
+    assert emu.count("subscription_schedule") == 1
+    assert [q for _e, q, _a in _phases(emu, schedule_id)] == [25, 5, 10, 15]
