@@ -473,20 +473,7 @@ def scheduled_step(
     """A change that starts later, or a ramp: its phases on the subscription's schedule
     (`sf_bridge.provisioning.schedule_change`), each request guarded on Stripe's state."""
 
-    def items_of(phase_plan: ProvisioningPlan) -> list[SubscriptionItemSpec]:
-        return [
-            SubscriptionItemSpec(
-                quantity=t.item.quantity,
-                price=t.change.price,
-                price_data=t.change.price_data,
-                metadata=dict(t.change.metadata or {}),
-            )
-            for t in targets_of(phase_plan)
-        ]
-
-    deal_phases = schedule_change.on_billing_time(
-        schedule_change.deal_segments(plan, items_of), before.current_period_end
-    )
+    deal_phases = deal_periods(plan, before, targets_of)
     adopt_key = idempotency_key_of("change_schedule", {"subscription": before.id, "marker": tag})
     with _keyed(adopt_key):
         schedule = schedule_change.adopt(billing, before, adopt_key)
@@ -509,14 +496,8 @@ def scheduled_step(
             detail={**detail, "applied": "before"},
             skip_to="entitlements",
         )
-    now = schedule.current_phase_start or before.current_period_start
-    existing = schedule_change.existing_segments(schedule, before, now or deal_phases[0].start)
-    segments, end_behavior = schedule_change.merged_timeline(
-        existing,
-        deal_phases,
-        totals=plan.intent == "renewal" or plan.amendment_lines == "totals",
-        end_behavior=schedule.end_behavior,
-        markers=with_marker(before, tag),
+    existing, segments, end_behavior = schedule_change.timeline(
+        plan, before, schedule, deal_phases, with_marker(before, tag)
     )
     terms = plan.billing
     phases = schedule_change.phase_specs(
@@ -554,6 +535,28 @@ def scheduled_step(
             "phases": schedule_change.describe(segments),
         },
         skip_to=None if columns.get("stripe_invoice_id") else "entitlements",
+    )
+
+
+def deal_periods(
+    plan: ProvisioningPlan, before: BillingSubscription, targets_of: Any
+) -> list[schedule_change.Segment]:
+    """The deal's periods with the items `targets_of(phase plan)` resolves, on the
+    subscription's billing time."""
+
+    def items_of(phase_plan: ProvisioningPlan) -> list[SubscriptionItemSpec]:
+        return [
+            SubscriptionItemSpec(
+                quantity=t.item.quantity,
+                price=t.change.price,
+                price_data=t.change.price_data,
+                metadata=dict(t.change.metadata or {}),
+            )
+            for t in targets_of(phase_plan)
+        ]
+
+    return schedule_change.on_billing_time(
+        schedule_change.deal_segments(plan, items_of), before.current_period_end
     )
 
 

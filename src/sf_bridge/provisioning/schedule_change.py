@@ -50,6 +50,7 @@ from sf_bridge.billing.port import (
     BillingGateway,
     BillingSchedule,
     BillingSubscription,
+    BillingSubscriptionItem,
     EndBehavior,
     PhaseSpec,
     SubscriptionItemSpec,
@@ -118,6 +119,51 @@ def existing_segments(
             )
         )
     return out
+
+
+def subscription_segment(subscription: BillingSubscription) -> Segment:
+    """The one phase Stripe makes of a subscription (`from_subscription`): its items, for its
+    current billing period (what a preview shows before the schedule exists)."""
+    start = subscription.current_period_start or datetime.now(UTC)
+    return Segment(
+        start=start,
+        end=subscription.current_period_end,
+        items=tuple(
+            SubscriptionItemSpec(quantity=i.quantity, price=i.price, metadata=_tagged(i))
+            for i in subscription.items
+        ),
+    )
+
+
+def _tagged(item: BillingSubscriptionItem) -> dict[str, str]:
+    line = item.metadata.get(LINE_KEY) or item.lookup_key
+    return {**item.metadata, LINE_KEY: line} if line else dict(item.metadata)
+
+
+def timeline(
+    plan: ProvisioningPlan,
+    subscription: BillingSubscription,
+    schedule: BillingSchedule | None,
+    deal: Sequence[Segment],
+    markers: str,
+) -> tuple[list[Segment], list[Segment], EndBehavior]:
+    """The schedule's phases now (`schedule` None: as Stripe would make it from the
+    subscription), its phases with the deal's, and its end behaviour."""
+    if schedule is None:
+        existing = [subscription_segment(subscription)]
+        behavior = "release"
+    else:
+        now = schedule.current_phase_start or subscription.current_period_start
+        existing = existing_segments(schedule, subscription, now or deal[0].start)
+        behavior = schedule.end_behavior
+    segments, end_behavior = merged_timeline(
+        existing,
+        deal,
+        totals=plan.intent == "renewal" or plan.amendment_lines == "totals",
+        end_behavior=behavior,
+        markers=markers,
+    )
+    return existing, segments, end_behavior
 
 
 def deal_segments(

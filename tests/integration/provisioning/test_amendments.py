@@ -584,3 +584,33 @@ def test_an_upsell_now_under_a_renewal_schedule_changes_this_term_and_keeps_the_
     schedule_id = emu.get(sub_id)["schedule"]
     assert emu.count("subscription_schedule") == 1
     assert [q for _e, q, _a in _phases(emu, schedule_id)] == [25, 5, 10, 15]
+
+
+def test_preview_of_a_renewal_ramp_shows_before_after_and_the_phases_creating_nothing(
+    stripe_harness: Harness, provisioning_emulator: Any
+) -> None:
+    from sf_bridge.provisioning.change_preview import change_json, preview_change
+
+    h, emu = stripe_harness, provisioning_emulator
+    _first_deal(h)
+    sub_id = h.deal(FIRST).stripe_subscription_id
+    plan, years = _renewal_ramp(emu, sub_id)
+    kinds = ("subscription", "subscription_schedule", "invoice", "invoiceitem")
+    counts = {k: emu.count(k) for k in kinds}
+    sub_before = emu.get(sub_id)
+    assert h.billing is not None
+    shown = change_json(preview_change(plan, h.billing, h.session_factory, today=_day(emu.now())))
+    assert [(i["lookup_key"], i["quantity"]) for i in shown["before"]] == [("pro_monthly", 5)]
+    assert shown["after"] == shown["before"]  # nothing changes now
+    assert shown["invoice"] is None
+    assert (shown["schedule"], shown["end_behavior"]) == ("made from the subscription", "cancel")
+    assert [
+        (p["end"], [(i["quantity"], i["unit_amount"]) for i in p["items"]]) for p in shown["phases"]
+    ] == [
+        (years[0].isoformat(), [(5, 5000)]),
+        (years[1].isoformat(), [(5, 6000)]),
+        (years[2].isoformat(), [(10, 6500)]),
+        (years[3].isoformat(), [(15, 7000)]),
+    ]
+    assert {k: emu.count(k) for k in kinds} == counts
+    assert emu.get(sub_id) == sub_before
