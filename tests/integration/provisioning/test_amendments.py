@@ -488,8 +488,9 @@ def _grant_rows(h: Harness) -> list[EntitlementGrant]:
 
 
 @pytest.mark.parametrize("phase", ["before", "after"])
+@pytest.mark.parametrize("step", ["subscription", "entitlements"])
 def test_a_crash_around_a_scheduled_renewals_commit_makes_one_schedule_and_its_phases_once(
-    stripe_harness: Harness, provisioning_emulator: Any, phase: str
+    stripe_harness: Harness, provisioning_emulator: Any, phase: str, step: str
 ) -> None:
     h, emu = stripe_harness, provisioning_emulator
     _first_deal(h)
@@ -499,8 +500,8 @@ def test_a_crash_around_a_scheduled_renewals_commit_makes_one_schedule_and_its_p
     _enqueue(h, SECOND)
     fired: list[bool] = []
 
-    def hook(step: str, _deal_id: int) -> None:
-        if step == "subscription" and not fired:
+    def hook(at: str, _deal_id: int) -> None:
+        if at == step and not fired:
             fired.append(True)
             raise SimulatedCrash(phase)
 
@@ -510,6 +511,8 @@ def test_a_crash_around_a_scheduled_renewals_commit_makes_one_schedule_and_its_p
     h.clock.advance(120)
     drain(h.worker(owner="restarted"), settled(h, SECOND))
     assert h.deal(SECOND).status == "done", h.deal(SECOND).last_error
+    deal_id = h.deal(SECOND).id
+    assert sorted(g.phase for g in _grant_rows(h) if g.deal_id == deal_id) == [0, 1, 2]
     assert emu.count("subscription_schedule") == 1
     schedule_id = emu.get(sub_id)["schedule"]
     assert [q for _e, q, _a in _phases(emu, schedule_id)] == [5, 5, 10, 15]  # once
@@ -614,3 +617,76 @@ def test_preview_of_a_renewal_ramp_shows_before_after_and_the_phases_creating_no
     ]
     assert {k: emu.count(k) for k in kinds} == counts
     assert emu.get(sub_id) == sub_before
+
+
+def test_a_ramp_amendment_whose_first_year_has_begun_changes_now_and_steps_later(
+    stripe_harness: Harness, provisioning_emulator: Any
+) -> None:
+    """Year one starts today: the current phase takes its seats now (prorated as the plan
+    says); year two is a phase at its date."""
+    h, emu = stripe_harness, provisioning_emulator
+    _first_deal(h)
+    sub_id = h.deal(FIRST).stripe_subscription_id
+    today = _day(emu.now())
+    years = [add_months(today, 12 * n) for n in range(3)]
+    base = _amendment(SECOND, 2)
+    phases = tuple(
+        PlanPhase(
+            start_date=years[n].isoformat(),
+            end_date=years[n + 1].isoformat(),
+            items=(replace(base.items[0], quantity=seats),),
+        )
+        for n, seats in enumerate((2, 4))
+    )
+    contract = ContractTerms(start_date=today.isoformat(), end_date=years[2].isoformat())
+    h.add_opportunity(replace(base, items=phases[0].items, phases=phases, contract=contract))
+    _enqueue(h, SECOND)
+    drain(h.worker(), settled(h, SECOND))
+    assert h.deal(SECOND).status == "done", h.deal(SECOND).last_error
+    assert _items(emu, sub_id) == {"pro_monthly": 7}  # +2 now
+    assert emu.count("invoiceitem") > 0  # prorated (create_prorations)
+    quantities = [q for _e, q, _a in _phases(emu, emu.get(sub_id)["schedule"])]
+    # year two: +4 on the same five; after the amendment's term the five go on alone
+    assert quantities == [7, 9, 5]
+
+
+def test_an_upsell_of_a_new_business_ramp_raises_every_remaining_year(
+    stripe_harness: Harness, provisioning_emulator: Any
+) -> None:
+    """Co-terminated: an upsell during a three-year ramp lasts the ramp's term, so each
+    remaining year is raised, and the schedule still ends with the term."""
+    h, emu = stripe_harness, provisioning_emulator
+    today = _day(emu.now())
+    years = [add_months(today, 12 * n) for n in range(4)]
+    base = make_plan(FIRST, entitlements=_seats(10))
+    phases = tuple(
+        PlanPhase(
+            start_date=years[n].isoformat(),
+            end_date=years[n + 1].isoformat(),
+            items=(replace(base.items[0], unit_amount=amount, quantity=10 + 5 * n),),
+        )
+        for n, amount in enumerate((4000, 4500, 5000))
+    )
+    contract = ContractTerms(
+        start_date=today.isoformat(), end_date=years[3].isoformat(), term_months=36
+    )
+    h.add_opportunity(replace(base, items=phases[0].items, phases=phases, contract=contract))
+    _enqueue(h, FIRST)
+    drain(h.worker(), settled(h, FIRST))
+    assert h.deal(FIRST).status == "done", h.deal(FIRST).last_error
+    sub_id = h.deal(FIRST).stripe_subscription_id
+    h.add_opportunity(_amendment(SECOND, 3, unit_amount=4000))
+    _enqueue(h, SECOND)
+    drain(h.worker(), settled(h, SECOND))
+    assert h.deal(SECOND).status == "done", h.deal(SECOND).last_error
+    sub = emu.get(sub_id)
+    assert [(i["quantity"], i["price"]["unit_amount"]) for i in sub["items"]["data"]] == [
+        (13, 4000)
+    ]
+    schedule = emu.get(sub["schedule"])
+    assert [(q, a) for _e, q, a in _phases(emu, schedule["id"])] == [
+        (13, 4000),
+        (18, 4500),
+        (23, 5000),
+    ]
+    assert schedule["end_behavior"] == "cancel"
