@@ -524,13 +524,16 @@ def test_a_crash_around_a_scheduled_renewals_commit_makes_one_schedule_and_its_p
     assert len(updates) == 1
 
 
-@pytest.mark.parametrize("where", ["after_the_schedule", "phases_response_lost"])
+@pytest.mark.parametrize(
+    "where", ["after_the_schedule", "schedule_response_lost", "phases_response_lost"]
+)
 def test_a_crash_between_or_after_the_two_schedule_requests_changes_stripe_once(
     stripe_harness: Harness, provisioning_emulator: Any, where: str
 ) -> None:
     """The schedule is made from the subscription, then the process dies before its phases
-    are sent (the retry reuses the subscription's schedule); or the phases reach Stripe and
-    their answer is lost (the retry sees the deal's marker on the schedule)."""
+    are sent, or the answer to the schedule's creation is lost (the retry reuses the
+    subscription's schedule); or the phases reach Stripe and their answer is lost (the retry
+    sees the deal's marker on the schedule)."""
     h, emu = stripe_harness, provisioning_emulator
     _first_deal(h)
     sub_id = h.deal(FIRST).stripe_subscription_id
@@ -554,6 +557,8 @@ def test_a_crash_between_or_after_the_two_schedule_requests_changes_stripe_once(
             drain(h.worker(billing=Dying(), owner="first"), settled(h, SECOND))  # type: ignore[arg-type]
         assert emu.count("subscription_schedule") == 1
         h.clock.advance(120)
+    elif where == "schedule_response_lost":
+        emu.fail_next("POST /v1/subscription_schedules", "drop_after")
     else:
         emu.fail_next("POST /v1/subscription_schedules/{id}", "drop_after")
     drain(h.worker(owner="restarted"), settled(h, SECOND))
