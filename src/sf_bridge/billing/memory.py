@@ -801,6 +801,8 @@ class InMemoryBilling:
                     else schedule.current_phase_end,
                 )
                 self.schedules[schedule_id] = schedule
+                if schedule.status == "active" and phases:
+                    self._apply_current_phase(schedule, phases[0])
                 return schedule
 
             params = {
@@ -811,6 +813,26 @@ class InMemoryBilling:
             }
             result: BillingSchedule = self._idempotent(idempotency_key, params, update)
             return result
+
+    def _apply_current_phase(self, schedule: BillingSchedule, phase: PhaseSpec) -> None:
+        """A change of the current phase's items changes the subscription now (as Stripe
+        does; no prorations are kept here)."""
+        sub = self.subscriptions.get(schedule.subscription or "")
+        if sub is None:
+            return
+        wanted = list(phase.items)
+        changes: list[ItemChange] = []
+        for item in sub.items:
+            same = next((w for w in wanted if w.price == item.price), None)
+            if same is None:
+                changes.append(ItemChange(item_id=item.id, deleted=True))
+                continue
+            wanted.remove(same)
+            if same.quantity != item.quantity:
+                changes.append(ItemChange(item_id=item.id, quantity=same.quantity))
+        changes += [change_for(w) for w in wanted]
+        if changes:
+            self.subscriptions[sub.id] = replace(sub, items=self._changed(sub, changes))
 
     def release_schedule(self, schedule_id: str, *, idempotency_key: str) -> BillingSchedule:
         with self._lock:
