@@ -32,7 +32,7 @@ import hashlib
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from typing import Any, Protocol
 
@@ -49,7 +49,7 @@ from sf_bridge.errors import PermanentError, TransientError
 from sf_bridge.plan import PlanItem, ProvisioningPlan
 from sf_bridge.provisioning import schedule_change
 from sf_bridge.provisioning.outcome import DealView, Outcome
-from sf_bridge.provisioning.schedule import contract_start, midnight
+from sf_bridge.provisioning.schedule import contract_start, ensure_coupon, midnight
 from sf_bridge.provisioning.stripe_request import LINE_KEY
 
 # The subscription's metadata key holding the markers of the deals applied to it.
@@ -474,6 +474,13 @@ def scheduled_step(
     (`sf_bridge.provisioning.schedule_change`), each request guarded on Stripe's state."""
 
     deal_phases = deal_periods(plan, before, targets_of)
+    if plan.discount is not None and totals_of(plan):
+        # a renewal's discount: the deal's coupon (its id derived from the deal, so a retry
+        # finds it) on each of its phases
+        coupon_key = idempotency_key_of("coupon", deal.opportunity_id)
+        with _keyed(coupon_key):
+            coupons = tuple(ensure_coupon(billing, plan, deal.opportunity_id, idempotency_key_of))
+        deal_phases = [replace(p, coupons=coupons) for p in deal_phases]
     adopt_key = idempotency_key_of("change_schedule", {"subscription": before.id, "marker": tag})
     with _keyed(adopt_key):
         schedule = schedule_change.adopt(billing, before, adopt_key)
@@ -558,6 +565,11 @@ def deal_periods(
     return schedule_change.on_billing_time(
         schedule_change.deal_segments(plan, items_of), before.current_period_end
     )
+
+
+def totals_of(plan: ProvisioningPlan) -> bool:
+    """Whether the deal's lines are the subscription's totals (a renewal, a totals amendment)."""
+    return plan.intent == "renewal" or plan.amendment_lines == "totals"
 
 
 def _with_tag(metadata: Mapping[str, str], tag: str) -> str:

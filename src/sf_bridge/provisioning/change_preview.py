@@ -5,7 +5,7 @@ Stripe; writes neither."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -24,6 +24,7 @@ from sf_bridge.plan import ProvisioningPlan
 from sf_bridge.provisioning import amendment, schedule_change
 from sf_bridge.provisioning.outcome import DealView
 from sf_bridge.provisioning.prices import PriceCache
+from sf_bridge.provisioning.schedule import coupon_spec
 from sf_bridge.provisioning.store import DealStore
 from sf_bridge.provisioning.stripe_request import price_lookup_keys, subscription_spec
 
@@ -139,6 +140,10 @@ def _scheduled(
 
     schedule = billing.get_schedule(before.schedule) if before.schedule else None
     deal = amendment.deal_periods(plan, before, targets_of)
+    if plan.discount is not None and amendment.totals_of(plan):
+        # the coupon the change would make (its id is the deal's; nothing is created here)
+        coupon = coupon_spec(plan.opportunity_id, plan.discount).id
+        deal = [replace(p, coupons=(coupon,)) for p in deal]
     existing, segments, end_behavior = schedule_change.timeline(
         plan, before, schedule, deal, "preview"
     )

@@ -289,7 +289,7 @@ def merged_timeline(
             tag = markers.rsplit(",", 1)[-1]
             if not any(o.metadata.get(TERM_KEY) == tag for o in out):
                 meta[TERM_KEY] = tag  # a new term starts here
-            seg = Segment(start, end, mine.items, (), meta)
+            seg = Segment(start, end, mine.items, mine.coupons, meta)
         else:
             seg = Segment(
                 start,
@@ -359,6 +359,7 @@ def describe(segments: Sequence[Segment]) -> list[dict[str, Any]]:
         {
             "start": seg.start.astimezone(UTC).date().isoformat(),
             "end": seg.end.astimezone(UTC).date().isoformat() if seg.end else None,
+            "coupons": list(seg.coupons),
             "items": [
                 {
                     "line": line_key(i),

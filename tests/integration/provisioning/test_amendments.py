@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import select
 
 from sf_bridge.db.models import EntitlementGrant
-from sf_bridge.plan import ContractTerms, EntitlementValue, PlanPhase, add_months
+from sf_bridge.plan import ContractTerms, Discount, EntitlementValue, PlanPhase, add_months
 from sf_bridge.provisioning.queue import enqueue_opportunities
 from sf_bridge.provisioning.replay import replay
 from sf_bridge.provisioning.runner import StepHooks
@@ -695,3 +695,24 @@ def test_an_upsell_of_a_new_business_ramp_raises_every_remaining_year(
         (23, 5000),
     ]
     assert schedule["end_behavior"] == "cancel"
+
+
+def test_a_renewal_discount_is_the_deals_coupon_on_each_renewal_phase(
+    stripe_harness: Harness, provisioning_emulator: Any
+) -> None:
+    h, emu = stripe_harness, provisioning_emulator
+    _first_deal(h)
+    sub_id = h.deal(FIRST).stripe_subscription_id
+    plan, _years = _renewal_ramp(emu, sub_id)
+    h.add_opportunity(replace(plan, discount=Discount("forever", percent_off=10.0)))
+    _enqueue(h, SECOND)
+    drain(h.worker(), settled(h, SECOND))
+    assert h.deal(SECOND).status == "done", h.deal(SECOND).last_error
+    [coupon] = emu.objects("coupon")
+    schedule = emu.get(emu.get(sub_id)["schedule"])
+    assert [[d["coupon"] for d in p["discounts"]] for p in schedule["phases"]] == [
+        [],
+        [coupon["id"]],
+        [coupon["id"]],
+        [coupon["id"]],
+    ]
