@@ -173,9 +173,21 @@ def print_change(console: Any, change: dict[str, Any]) -> None:
             for i in change[when]
         )
         console.print(f"  {when}: {items or 'no items'}")
+    if change.get("phases"):
+        console.print(f"  schedule {change['schedule']}, then {change['end_behavior']} at its end:")
+        for phase in change["phases"]:
+            items = ", ".join(
+                f"{i['lookup_key'] or i['price']} x {i['quantity']} at {i['unit_amount']}"
+                for i in phase["items"]
+            )
+            console.print(f"    from {phase['start']} until {phase['end'] or 'open'}: {items}")
     invoice = change["invoice"]
     if invoice is None:
-        console.print("  nothing to change: no request, no invoice")
+        console.print(
+            "  nothing billed now: each phase bills from its start"
+            if change.get("phases")
+            else "  nothing to change: no request, no invoice"
+        )
         return
     console.print(
         f"  invoice Stripe would produce: total {invoice['total']} {invoice['currency']}, "

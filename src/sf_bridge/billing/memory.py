@@ -10,7 +10,7 @@ import itertools
 import json
 import threading
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -32,6 +32,7 @@ from sf_bridge.billing.port import (
     PhaseSpec,
     PreviewLine,
     PreviewSpec,
+    ProrationBehavior,
     ScheduleSpec,
     SubscriptionItemSpec,
     SubscriptionSpec,
@@ -47,7 +48,12 @@ MAX_ITEMS = 20
 
 
 def change_for(item: SubscriptionItemSpec) -> ItemChange:
-    return ItemChange(quantity=item.quantity, price=item.price, price_data=item.price_data)
+    return ItemChange(
+        quantity=item.quantity,
+        price=item.price,
+        price_data=item.price_data,
+        metadata=dict(item.metadata) or None,
+    )
 
 
 def _amount(item: BillingSubscriptionItem) -> int:
@@ -353,6 +359,8 @@ class InMemoryBilling:
                 unit_amount=data.unit_amount,
                 currency=data.currency,
                 interval=data.interval,
+                metadata=dict(change.metadata or {}),
+                product=data.product,
             )
         price = by_id.get(change.price or "")
         if price is None:
@@ -370,6 +378,8 @@ class InMemoryBilling:
             currency=price.currency,
             interval=price.interval,
             lookup_key=price.lookup_key,
+            metadata=dict(change.metadata or {}),
+            product=price.product,
         )
 
     def _changed(
@@ -389,9 +399,16 @@ class InMemoryBilling:
                 del current[change.item_id]
             elif change.price is not None or change.price_data is not None:
                 quantity = change.quantity if change.quantity is not None else old.quantity
-                current[old.id] = self._item(replace(change, quantity=quantity), by_id, old.id)
-            elif change.quantity is not None:
-                current[old.id] = replace(old, quantity=change.quantity)
+                merged = {**old.metadata, **(change.metadata or {})}
+                current[old.id] = self._item(
+                    replace(change, quantity=quantity, metadata=merged), by_id, old.id
+                )
+            elif change.quantity is not None or change.metadata:
+                current[old.id] = replace(
+                    old,
+                    quantity=old.quantity if change.quantity is None else change.quantity,
+                    metadata={**old.metadata, **(change.metadata or {})},
+                )
         if not current:
             raise BillingRejected("A subscription must have at least one active plan.")
         if len(current) > MAX_ITEMS:
@@ -638,7 +655,16 @@ class InMemoryBilling:
             else:
                 raise BillingRejected("Every phase but the last needs an end_date or a duration.")
             items = tuple((item.price or "price_data", item.quantity) for item in phase.items)
-            made.append(BillingPhase(start, end, items, tuple(phase.coupons)))
+            made.append(
+                BillingPhase(
+                    start,
+                    end,
+                    items,
+                    tuple(phase.coupons),
+                    metadata=dict(phase.metadata),
+                    item_metadata=tuple(dict(item.metadata) for item in phase.items),
+                )
+            )
             start = end or start
         return tuple(made)
 
@@ -719,6 +745,7 @@ class InMemoryBilling:
                     current_phase_end=phase.end_date,
                 )
                 self.schedules[schedule.id] = schedule
+                self.subscriptions[sub.id] = replace(sub, schedule=schedule.id)
                 return schedule
 
             result: BillingSchedule = self._idempotent(
@@ -760,6 +787,8 @@ class InMemoryBilling:
         *,
         idempotency_key: str,
         end_behavior: EndBehavior | None = None,
+        metadata: Mapping[str, str] | None = None,
+        proration_behavior: ProrationBehavior | None = None,
     ) -> BillingSchedule:
         with self._lock:
             self._enter("update_schedule")
@@ -772,16 +801,44 @@ class InMemoryBilling:
                     schedule,
                     phases=made,
                     end_behavior=end_behavior or schedule.end_behavior,
+                    metadata={**schedule.metadata, **(metadata or {})},
                     current_phase_end=made[0].end_date
                     if schedule.status == "active"
                     else schedule.current_phase_end,
                 )
                 self.schedules[schedule_id] = schedule
+                if schedule.status == "active" and phases:
+                    self._apply_current_phase(schedule, phases[0])
                 return schedule
 
-            params = {"id": schedule_id, "phases": [str(p) for p in phases], "end": end_behavior}
+            params = {
+                "id": schedule_id,
+                "phases": [str(p) for p in phases],
+                "end": end_behavior,
+                "metadata": dict(metadata or {}),
+            }
             result: BillingSchedule = self._idempotent(idempotency_key, params, update)
             return result
+
+    def _apply_current_phase(self, schedule: BillingSchedule, phase: PhaseSpec) -> None:
+        """A change of the current phase's items changes the subscription now (as Stripe
+        does; no prorations are kept here)."""
+        sub = self.subscriptions.get(schedule.subscription or "")
+        if sub is None:
+            return
+        wanted = list(phase.items)
+        changes: list[ItemChange] = []
+        for item in sub.items:
+            same = next((w for w in wanted if w.price == item.price), None)
+            if same is None:
+                changes.append(ItemChange(item_id=item.id, deleted=True))
+                continue
+            wanted.remove(same)
+            if same.quantity != item.quantity:
+                changes.append(ItemChange(item_id=item.id, quantity=same.quantity))
+        changes += [change_for(w) for w in wanted]
+        if changes:
+            self.subscriptions[sub.id] = replace(sub, items=self._changed(sub, changes))
 
     def release_schedule(self, schedule_id: str, *, idempotency_key: str) -> BillingSchedule:
         with self._lock:

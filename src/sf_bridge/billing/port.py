@@ -58,11 +58,13 @@ class PriceData:
 
 @dataclass(frozen=True)
 class SubscriptionItemSpec:
-    """Exactly one of `price` (a catalog Price id) or `price_data`."""
+    """Exactly one of `price` (a catalog Price id) or `price_data`. `metadata` tags the item
+    with the plan line it is (`sf_line`), so a later change finds it whatever its price."""
 
     quantity: int
     price: str | None = None
     price_data: PriceData | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,8 @@ class BillingSubscriptionItem:
     currency: str
     interval: str | None = None
     lookup_key: str | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    product: str | None = None
 
 
 @dataclass(frozen=True)
@@ -114,6 +118,7 @@ class BillingSubscription:
     discounts: tuple[str, ...] = ()  # discount ids (di_...)
     current_period_start: datetime | None = None
     current_period_end: datetime | None = None
+    schedule: str | None = None  # the subscription schedule managing it, if any
 
 
 @dataclass(frozen=True)
@@ -127,6 +132,7 @@ class ItemChange:
     price: str | None = None
     price_data: PriceData | None = None
     deleted: bool = False
+    metadata: Mapping[str, str] | None = None  # merged into the item's (new items: its own)
 
 
 @dataclass(frozen=True)
@@ -265,6 +271,8 @@ class BillingPhase:
     end_date: datetime | None
     items: tuple[tuple[str, int], ...]  # (price id, quantity)
     coupons: tuple[str, ...] = ()
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    item_metadata: tuple[Mapping[str, str], ...] = ()  # one per item, in order
 
 
 @dataclass(frozen=True)
@@ -364,9 +372,13 @@ class BillingGateway(Protocol):
         *,
         idempotency_key: str,
         end_behavior: EndBehavior | None = None,
+        metadata: Mapping[str, str] | None = None,
+        proration_behavior: ProrationBehavior | None = None,
     ) -> BillingSchedule:
         """Replaces the phases from the current one on (`POST /v1/subscription_schedules/
-        {id}` with `phases[]`; the first keeps the current phase's `start_date`)."""
+        {id}` with `phases[]`; the first keeps the current phase's `start_date`), with the
+        schedule's `metadata` merged in the same request. `proration_behavior`: how a change
+        of the current phase's items is prorated (Stripe's default `create_prorations`)."""
         ...
 
     def release_schedule(self, schedule_id: str, *, idempotency_key: str) -> BillingSchedule:

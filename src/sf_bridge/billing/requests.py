@@ -33,14 +33,7 @@ def _price_data(data: PriceData) -> dict[str, Any]:
 
 def subscription_params(spec: SubscriptionSpec) -> dict[str, Any]:
     """The Stripe request body for a subscription (also the content its idempotency key hashes)."""
-    items: list[dict[str, Any]] = []
-    for item in spec.items:
-        entry: dict[str, Any] = {"quantity": item.quantity}
-        if item.price_data is not None:
-            entry["price_data"] = _price_data(item.price_data)
-        else:
-            entry["price"] = item.price
-        items.append(entry)
+    items = [_item(item) for item in spec.items]
     params: dict[str, Any] = {
         "customer": spec.customer,
         "items": items,
@@ -79,6 +72,8 @@ def item_change_params(changes: Sequence[ItemChange]) -> list[dict[str, Any]]:
             entry["price_data"] = _price_data(change.price_data)
         if change.quantity is not None:
             entry["quantity"] = change.quantity
+        if change.metadata:
+            entry["metadata"] = stripe_metadata(change.metadata)
         items.append(entry)
     return items
 
@@ -159,6 +154,8 @@ def _item(item: SubscriptionItemSpec) -> dict[str, Any]:
         entry["price_data"] = _price_data(item.price_data)
     else:
         entry["price"] = item.price
+    if item.metadata:
+        entry["metadata"] = stripe_metadata(item.metadata)
     return entry
 
 

@@ -48,6 +48,7 @@ from sf_bridge.billing.port import (
     PhaseSpec,
     PreviewLine,
     PreviewSpec,
+    ProrationBehavior,
     ScheduleSpec,
     StripeItem,
     StripeRecord,
@@ -247,6 +248,8 @@ def _subscription_item(data: dict[str, Any]) -> BillingSubscriptionItem:
         currency=str(price.get("currency") or ""),
         interval=(price.get("recurring") or {}).get("interval"),
         lookup_key=price.get("lookup_key"),
+        metadata=_meta(data.get("metadata")),
+        product=_id(price.get("product")),
     )
 
 
@@ -265,6 +268,7 @@ def _subscription(data: dict[str, Any], request_id: str | None) -> BillingSubscr
         discounts=tuple(str(_id(d)) for d in data.get("discounts") or [] if _id(d)),
         current_period_start=_to_dt(first.get("current_period_start")),
         current_period_end=_to_dt(first.get("current_period_end")),
+        schedule=_id(data.get("schedule")),
     )
 
 
@@ -283,6 +287,10 @@ def _schedule(data: dict[str, Any], request_id: str | None) -> BillingSchedule:
                     str(_id(d.get("coupon")))
                     for d in phase.get("discounts") or []
                     if _id(d.get("coupon"))
+                ),
+                metadata=_meta(phase.get("metadata")),
+                item_metadata=tuple(
+                    _meta(item.get("metadata")) for item in phase.get("items") or []
                 ),
             )
         )
@@ -803,6 +811,8 @@ class StripeGateway:
         *,
         idempotency_key: str,
         end_behavior: EndBehavior | None = None,
+        metadata: Mapping[str, str] | None = None,
+        proration_behavior: ProrationBehavior | None = None,
     ) -> BillingSchedule:
         """`GET` the schedule (its current phase's start), then `POST
         /v1/subscription_schedules/{id}` with the phases from that start on."""
@@ -821,6 +831,10 @@ class StripeGateway:
         params: dict[str, Any] = {"phases": body}
         if end_behavior is not None:
             params["end_behavior"] = end_behavior
+        if metadata is not None:
+            params["metadata"] = stripe_metadata(metadata)
+        if proration_behavior is not None:
+            params["proration_behavior"] = proration_behavior
         obj = self._call(
             "update a subscription schedule",
             lambda: self._client.v1.subscription_schedules.update(

@@ -113,14 +113,32 @@ def grant_deal_entitlements(
 
 
 def replace_grants(
-    conn: Connection, *, deal_id: int, subscription_id: str | None, others: bool
+    conn: Connection,
+    *,
+    deal_id: int,
+    subscription_id: str | None,
+    others: bool,
+    from_: datetime | None = None,
 ) -> None:
     """Before a change of a subscription grants: the deal's own earlier grants go (a reopened
     deal's 5 seats are replaced by its 40), and with `others` the active grants of the other
     deals on the subscription are revoked (a renewal or a totals amendment says what the
-    account has in all on it). In the caller's transaction."""
+    account has in all on it), or, when the change starts later (`from_`), end then. In the
+    caller's transaction."""
     table: Table = EntitlementGrant.__table__  # type: ignore[assignment]
     conn.execute(delete(table).where(table.c.deal_id == deal_id))
+    if others and subscription_id and from_ is not None:
+        conn.execute(
+            update(table)
+            .where(
+                table.c.stripe_subscription_id == subscription_id,
+                table.c.deal_id != deal_id,
+                table.c.active.is_(True),
+                (table.c.valid_until.is_(None)) | (table.c.valid_until > from_),
+            )
+            .values(valid_until=from_)
+        )
+        return
     if others and subscription_id:
         conn.execute(
             update(table)

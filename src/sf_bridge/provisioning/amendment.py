@@ -30,8 +30,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from datetime import UTC, date, datetime
 from typing import Any, Protocol
 
 from sf_bridge.billing.port import (
@@ -40,11 +42,15 @@ from sf_bridge.billing.port import (
     BillingSubscriptionItem,
     ItemChange,
     ProrationBehavior,
+    SubscriptionItemSpec,
     SubscriptionUpdate,
 )
 from sf_bridge.errors import PermanentError, TransientError
 from sf_bridge.plan import PlanItem, ProvisioningPlan
+from sf_bridge.provisioning import schedule_change
 from sf_bridge.provisioning.outcome import DealView, Outcome
+from sf_bridge.provisioning.schedule import contract_start, ensure_coupon, midnight
+from sf_bridge.provisioning.stripe_request import LINE_KEY
 
 # The subscription's metadata key holding the markers of the deals applied to it.
 MARKERS_KEY = "sf_amendments"
@@ -116,7 +122,7 @@ def reopened_plan(deal: DealView, plan: dict[str, Any]) -> dict[str, Any]:
 def marker(deal: DealView, plan: Mapping[str, Any]) -> str:
     """The deal's tag on the subscription for this change: its opportunity id and a digest of
     what it asks for (the same on every attempt, whatever the subscription holds now)."""
-    wanted = {
+    wanted: dict[str, Any] = {
         "intent": plan.get("intent"),
         "lines": plan.get("amendment_lines"),
         "items": [(i.get("lookup_key"), i.get("quantity")) for i in plan.get("items", [])],
@@ -125,6 +131,15 @@ def marker(deal: DealView, plan: Mapping[str, Any]) -> str:
             for i in (plan.get(REOPENED_KEY) or {}).get("from_items", [])
         ],
     }
+    if plan.get("phases") or plan.get("contract"):
+        # dated changes: when each period starts and what it holds (undated plans keep the
+        # digest they had)
+        wanted["dated"] = [
+            (p.get("start_date"), p.get("end_date"),
+             [(i.get("lookup_key"), i.get("quantity"), i.get("unit_amount"))
+              for i in p.get("items", [])])
+            for p in plan.get("phases") or ()
+        ] + [(plan.get("contract") or {}).get(k) for k in ("start_date", "end_date")]  # fmt: skip
     digest = hashlib.sha256(json.dumps(wanted, sort_keys=True).encode()).hexdigest()[:10]
     return f"{deal.opportunity_id}:{digest}"
 
@@ -135,11 +150,7 @@ def applied(subscription: BillingSubscription, tag: str) -> bool:
 
 def with_marker(subscription: BillingSubscription, tag: str) -> str:
     """The markers value with `tag` added last, the oldest dropped to fit Stripe's 500."""
-    tags = [t for t in (subscription.metadata.get(MARKERS_KEY) or "").split(",") if t]
-    tags.append(tag)
-    while len(",".join(tags)) > _MARKERS_MAX and len(tags) > 1:
-        tags.pop(0)
-    return ",".join(tags)
+    return _with_tag(subscription.metadata, tag)
 
 
 # the change --------------------------------------------------------------------------------
@@ -154,9 +165,16 @@ class Target:
     change: ItemChange  # the new-item form of it
 
 
+def line_of(sub_item: BillingSubscriptionItem) -> str | None:
+    """The plan line a subscription item bills: its tag (`metadata.sf_line`, set on every item
+    we create), else its catalog price's lookup key (items made before the tag; a negotiated
+    price has none)."""
+    return sub_item.metadata.get(LINE_KEY) or sub_item.lookup_key
+
+
 def _matches(sub_item: BillingSubscriptionItem, target: Target) -> bool:
     key = target.item.lookup_key
-    return (key is not None and sub_item.lookup_key == key) or (
+    return (key is not None and line_of(sub_item) == key) or (
         target.price is not None and sub_item.price == target.price
     )
 
@@ -181,7 +199,7 @@ def item_changes(
         if existing is None and target.item.kind == "plan":
             # another plan: swap the price of the live plan's item
             existing = next(
-                (i for i in items if i.id not in used and i.lookup_key in live_plan_keys), None
+                (i for i in items if i.id not in used and line_of(i) in live_plan_keys), None
             )
             if existing is not None:
                 used.add(existing.id)
@@ -216,6 +234,7 @@ def _swap(existing: BillingSubscriptionItem, target: Target, quantity: int) -> I
         quantity=quantity,
         price=target.change.price,
         price_data=target.change.price_data,
+        metadata=target.change.metadata,  # the item now bills the target's line
     )
 
 
@@ -249,7 +268,7 @@ def _difference(
     for key, quantity in before.items():
         if key in seen:
             continue
-        existing = next((i for i in items if i.lookup_key == key), None)
+        existing = next((i for i in items if line_of(i) == key), None)
         if existing is None:
             continue
         left = existing.quantity - quantity
@@ -388,10 +407,12 @@ def amend_step(
     targets_of: Any,
     deal: DealView,
     idempotency_key_of: Any,
+    today: date | None = None,
 ) -> Outcome:
     """The subscription step of an amendment, a renewal or a reopened deal (see the module
     text). `targets_of(plan)` resolves the plan's lines to catalog prices;
-    `idempotency_key_of(step, request)` gives the request's Idempotency-Key."""
+    `idempotency_key_of(step, request)` gives the request's Idempotency-Key. A change that
+    starts after `today`, or a ramp, goes through a schedule (`scheduled_step`)."""
     plan = deal.plan_or_fail()
     stored = deal.plan or {}
     subscription_id, live_plan = find_target_subscription(accounts, deal)
@@ -399,6 +420,12 @@ def amend_step(
     tag = marker(deal, stored)
     if applied(before, tag):
         return outcome_of(deal, plan, before, before, (), tag=tag, sent=False)
+    if not stored.get(REOPENED_KEY) and (
+        # a subscription under a schedule is changed through it, or its next phase would
+        # undo the change
+        before.schedule or schedule_change.needs_schedule(plan, today or _today())
+    ):
+        return scheduled_step(billing, deal, plan, before, tag, targets_of, idempotency_key_of)
     live_keys = [
         str(i.get("lookup_key"))
         for i in (live_plan or {}).get("items", [])
@@ -430,12 +457,149 @@ def amend_step(
     return outcome_of(deal, plan, before, after, changes, tag=tag, sent=True, idempotency_key=key)
 
 
+def _today() -> date:
+    return datetime.now(UTC).date()
+
+
+def scheduled_step(
+    billing: BillingGateway,
+    deal: DealView,
+    plan: ProvisioningPlan,
+    before: BillingSubscription,
+    tag: str,
+    targets_of: Any,
+    idempotency_key_of: Any,
+) -> Outcome:
+    """A change that starts later, or a ramp: its phases on the subscription's schedule
+    (`sf_bridge.provisioning.schedule_change`), each request guarded on Stripe's state."""
+
+    deal_phases = deal_periods(plan, before, targets_of)
+    if plan.discount is not None and totals_of(plan):
+        # a renewal's discount: the deal's coupon (its id derived from the deal, so a retry
+        # finds it) on each of its phases
+        coupon_key = idempotency_key_of("coupon", deal.opportunity_id)
+        with _keyed(coupon_key):
+            coupons = tuple(ensure_coupon(billing, plan, deal.opportunity_id, idempotency_key_of))
+        deal_phases = [replace(p, coupons=coupons) for p in deal_phases]
+    adopt_key = idempotency_key_of("change_schedule", {"subscription": before.id, "marker": tag})
+    with _keyed(adopt_key):
+        schedule = schedule_change.adopt(billing, before, adopt_key)
+    start = contract_start(plan)
+    columns: dict[str, Any] = {
+        "stripe_subscription_id": before.id,
+        "stripe_schedule_id": schedule.id,
+        "contract_start_at": midnight(start) if start else None,
+    }
+    detail: dict[str, Any] = {
+        "subscription": before.id,
+        "schedule": schedule.id,
+        "intent": plan.intent,
+        "marker": tag,
+    }
+    if schedule_change.applied_to(schedule, tag):
+        return Outcome(
+            changes=columns,
+            stripe_request_id=schedule.request_id,
+            detail={**detail, "applied": "before"},
+            skip_to="entitlements",
+        )
+    existing, segments, end_behavior = schedule_change.timeline(
+        plan, before, schedule, deal_phases, with_marker(before, tag)
+    )
+    terms = plan.billing
+    phases = schedule_change.phase_specs(
+        segments,
+        collection_method=before.collection_method or (terms.collection_method if terms else None),
+        days_until_due=terms.days_until_due if terms else None,
+    )
+    key = idempotency_key_of("change_phases", {"schedule": schedule.id, "marker": tag})
+    with _keyed(key):
+        after = billing.update_schedule(
+            schedule.id,
+            phases,
+            idempotency_key=key,
+            end_behavior=end_behavior,
+            metadata={MARKERS_KEY: _with_tag(schedule.metadata, tag)},
+            # how a change of the current phase (a change from now on) is prorated; a later
+            # start posts the current phase back unchanged, and nothing is prorated
+            proration_behavior=proration(plan),
+        )
+    if proration(plan) == "always_invoice" and segments[0].items != existing[0].items:
+        now_sub = billing.get_subscription(before.id)
+        if now_sub is not None and now_sub.latest_invoice != before.latest_invoice:
+            columns.update(
+                stripe_invoice_id=now_sub.latest_invoice, invoice_status=None,
+                hosted_invoice_url=None,
+            )  # fmt: skip
+    return Outcome(
+        changes=columns,
+        idempotency_key=key,
+        stripe_request_id=after.request_id,
+        detail={
+            **detail,
+            "applied": "now",
+            "end_behavior": end_behavior,
+            "phases": schedule_change.describe(segments),
+        },
+        skip_to=None if columns.get("stripe_invoice_id") else "entitlements",
+    )
+
+
+def deal_periods(
+    plan: ProvisioningPlan, before: BillingSubscription, targets_of: Any
+) -> list[schedule_change.Segment]:
+    """The deal's periods with the items `targets_of(phase plan)` resolves, on the
+    subscription's billing time."""
+
+    def items_of(phase_plan: ProvisioningPlan) -> list[SubscriptionItemSpec]:
+        return [
+            SubscriptionItemSpec(
+                quantity=t.item.quantity,
+                price=t.change.price,
+                price_data=t.change.price_data,
+                metadata=dict(t.change.metadata or {}),
+            )
+            for t in targets_of(phase_plan)
+        ]
+
+    return schedule_change.on_billing_time(
+        schedule_change.deal_segments(plan, items_of), before.current_period_end
+    )
+
+
+def totals_of(plan: ProvisioningPlan) -> bool:
+    """Whether the deal's lines are the subscription's totals (a renewal, a totals amendment)."""
+    return plan.intent == "renewal" or plan.amendment_lines == "totals"
+
+
+def _with_tag(metadata: Mapping[str, str], tag: str) -> str:
+    tags = [t for t in (metadata.get(MARKERS_KEY) or "").split(",") if t]
+    tags.append(tag)
+    while len(",".join(tags)) > _MARKERS_MAX and len(tags) > 1:
+        tags.pop(0)
+    return ",".join(tags)
+
+
+@contextmanager
+def _keyed(key: str) -> Iterator[None]:
+    """Tags an error raised inside with the Idempotency-Key of the request that failed."""
+    try:
+        yield
+    except Exception as exc:
+        if getattr(exc, "idempotency_key", None) is None:
+            setattr(exc, "idempotency_key", key)  # noqa: B010
+        raise
+
+
 def new_item(item: PlanItem, spec_item: Any) -> Target:
     """A plan line and the subscription item `stripe_request.subscription_spec` made of it."""
     return Target(
         item=item,
         price=spec_item.price,
         change=ItemChange(
-            quantity=item.quantity, price=spec_item.price, price_data=spec_item.price_data
+            quantity=item.quantity,
+            price=spec_item.price,
+            price_data=spec_item.price_data,
+            metadata=dict(spec_item.metadata) or None,
         ),
     )

@@ -317,7 +317,7 @@ def change_step(ctx: StepContext, deal: DealView) -> Outcome:
         return idempotency_key(deal.opportunity_id, step, content)
 
     try:
-        return amendment.amend_step(billing, ctx.accounts, targets, deal, key)
+        return amendment.amend_step(billing, ctx.accounts, targets, deal, key, ctx.today())
     except BillingRejected:
         ctx.prices.forget([i.lookup_key for i in deal.plan_or_fail().items if i.lookup_key])
         raise
@@ -420,4 +420,9 @@ def entitlements_step(ctx: StepContext, deal: DealView) -> Outcome:
         detail["from"] = dated[0].valid_from.date().isoformat()
     if dated[-1].valid_until is not None:
         detail["until"] = dated[-1].valid_until.date().isoformat()
-    return Outcome(dated_grants=dated, detail=detail, status="scheduled" if waiting else None)
+    return Outcome(
+        dated_grants=dated,
+        detail=detail,
+        status="scheduled" if waiting else None,
+        replace_subscription_grants=amendment.replaces_grants(plan, deal.plan),
+    )

@@ -491,6 +491,15 @@ class DealStore:
                     # The first payment may have been recorded since the step read the deal:
                     # the deal row is locked by the guarded update above, so this sees it.
                     activate_paid_grants(conn, deal.id)
+            if outcome.dated_grants and customer_id is not None and is_change(deal.plan):
+                # a change starting later: the grants it replaces end at its start
+                replace_grants(
+                    conn,
+                    deal_id=deal.id,
+                    subscription_id=subscription_id,
+                    others=outcome.replace_subscription_grants,
+                    from_=outcome.dated_grants[0].valid_from,
+                )
             for dated in outcome.dated_grants:
                 if customer_id is None:
                     break

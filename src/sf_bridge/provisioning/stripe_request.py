@@ -31,6 +31,16 @@ from sf_bridge.provisioning import schedule as contract
 DEFAULT_DAYS_UNTIL_DUE = 30
 
 
+# The subscription item's metadata key naming the plan line it bills (the catalog price's
+# lookup key): a negotiated price (`price_data`) has no lookup key of its own, so a later
+# amendment finds the item by this tag.
+LINE_KEY = "sf_line"
+
+
+def line_metadata(lookup_key: str) -> dict[str, str]:
+    return {LINE_KEY: lookup_key}
+
+
 def price_lookup_keys(plan: ProvisioningPlan) -> list[str]:
     """The catalog prices the plan's items (and its ramp phases' items) name, in item order,
     each once."""
@@ -112,10 +122,15 @@ def subscription_spec(
                         currency=item.currency or price.currency,
                         interval=item.interval or price.interval or terms.interval,
                     ),
+                    metadata=line_metadata(item.lookup_key),
                 )
             )
         else:
-            items.append(SubscriptionItemSpec(quantity=item.quantity, price=price.id))
+            items.append(
+                SubscriptionItemSpec(
+                    quantity=item.quantity, price=price.id, metadata=line_metadata(item.lookup_key)
+                )
+            )
     invoiced = terms.collection_method == "send_invoice"
     days = terms.days_until_due if terms.days_until_due is not None else DEFAULT_DAYS_UNTIL_DUE
     return SubscriptionSpec(

@@ -40,8 +40,9 @@ def _received_items(emu: Any, subscription: dict[str, Any]) -> list[dict[str, An
     items: list[dict[str, Any]] = []
     for item in subscription["items"]["data"]:
         price = item["price"]
+        tags = {"metadata": item["metadata"]} if item["metadata"] else {}
         if price["id"] in catalog:
-            items.append({"quantity": item["quantity"], "price": price["id"]})
+            items.append({"quantity": item["quantity"], "price": price["id"], **tags})
             continue
         recurring = price["recurring"]
         items.append(
@@ -56,6 +57,7 @@ def _received_items(emu: Any, subscription: dict[str, Any]) -> list[dict[str, An
                         "interval_count": recurring["interval_count"],
                     },
                 },
+                **tags,
             }
         )
     return items
@@ -142,7 +144,11 @@ def test_without_stripe_the_preview_takes_prices_from_the_catalog_and_says_so(
     assert "--no-stripe" in offline["note"]
     assert "STRIPE_API_KEY is not set" in unconfigured["note"]
     catalog_item = unconfigured["subscription"]["items"][2]
-    assert catalog_item == {"quantity": 1, "price": "<price with lookup key analytics_yearly_usd>"}
+    assert catalog_item == {
+        "quantity": 1,
+        "price": "<price with lookup key analytics_yearly_usd>",
+        "metadata": {"sf_line": "analytics_yearly_usd"},  # the plan line it bills
+    }
     # The amounts, quantities and terms do not depend on where the prices were found.
     for request in (offline, unconfigured):
         assert [i["quantity"] for i in request["subscription"]["items"]] == [1, 40, 1]

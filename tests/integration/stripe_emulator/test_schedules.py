@@ -257,3 +257,179 @@ def test_schedule_previews_bill_the_phase_that_will_run_and_create_nothing(
     assert renewal.amount_due == 2_900  # the second phase's price
     sub = stripe_client.v1.subscriptions.retrieve(sub_id)
     assert sub["items"].data[0].price.id == stripe_catalog["pro_monthly"]  # unchanged
+
+
+def test_phase_item_metadata_reaches_the_subscription_items_when_the_phase_is_entered(
+    stripe_emulator: StripeEmulator, stripe_client: stripe.StripeClient, stripe_catalog: Any
+) -> None:
+    """Stripe: metadata on a phase's configuration item "will update the underlying
+    subscription item's metadata when the phase is entered"."""
+    customer = _customer(stripe_client)
+    product = stripe_client.v1.prices.retrieve(stripe_catalog["pro_monthly"]).product
+    schedule = stripe_client.v1.subscription_schedules.create(
+        params={
+            "customer": customer,
+            "default_settings": {
+                "collection_method": "send_invoice",
+                "invoice_settings": {"days_until_due": 30},
+            },
+            "phases": [
+                {
+                    "items": [
+                        {
+                            "price_data": {
+                                "product": str(product),
+                                "unit_amount": 4000,
+                                "currency": "usd",
+                                "recurring": {"interval": "month"},
+                            },
+                            "quantity": 10,
+                            "metadata": {"sf_line": "pro_monthly"},
+                        }
+                    ],
+                    "duration": {"interval": "month", "interval_count": 1},
+                },
+                {
+                    "items": [
+                        {
+                            "price": stripe_catalog["pro_monthly"],
+                            "quantity": 12,
+                            "metadata": {"sf_line": "pro_monthly", "phase": "2"},
+                        }
+                    ],
+                },
+            ],
+        }
+    )
+    sub = stripe_client.v1.subscriptions.retrieve(str(schedule.subscription))
+    assert sub["items"].data[0].metadata.to_dict() == {"sf_line": "pro_monthly"}
+    stripe_emulator.advance_clock(32 * DAY)
+    sub = stripe_client.v1.subscriptions.retrieve(sub.id)
+    assert [(i.quantity, i.metadata.to_dict()) for i in sub["items"].data] == [
+        (12, {"sf_line": "pro_monthly", "phase": "2"})
+    ]
+
+
+def test_an_update_keeps_the_inline_prices_the_schedule_holds_and_needs_the_first_start(
+    stripe_emulator: StripeEmulator, stripe_client: stripe.StripeClient, stripe_catalog: Any
+) -> None:
+    """Posting the current phase back as Stripe returned it (its prices by id, inline ones
+    included) is accepted; a price the schedule does not hold must be active. Stripe: the
+    first phase's `start_date` "Must be set on the first phase"."""
+    customer = _customer(stripe_client)
+    product = stripe_client.v1.prices.retrieve(stripe_catalog["pro_monthly"]).product
+    sub = stripe_client.v1.subscriptions.create(
+        params={
+            "customer": customer,
+            "items": [
+                {
+                    "price_data": {
+                        "product": str(product),
+                        "unit_amount": 4000,
+                        "currency": "usd",
+                        "recurring": {"interval": "month"},
+                    },
+                    "quantity": 10,
+                }
+            ],
+            "collection_method": "send_invoice",
+            "days_until_due": 30,
+        }
+    )
+    schedule = stripe_client.v1.subscription_schedules.create(params={"from_subscription": sub.id})
+    current = schedule.phases[0]
+    inline = str(current["items"][0].price)
+    phase = {
+        "end_date": current.end_date,
+        "items": [{"price": inline, "quantity": 10}],
+    }
+    with pytest.raises(stripe.InvalidRequestError, match="start_date"):
+        stripe_client.v1.subscription_schedules.update(schedule.id, params={"phases": [phase]})
+    updated = stripe_client.v1.subscription_schedules.update(
+        schedule.id,
+        params={
+            "phases": [
+                {**phase, "start_date": current.start_date},
+                {"items": [{"price": stripe_catalog["pro_monthly"], "quantity": 12}]},
+            ],
+            "proration_behavior": "none",
+        },
+    )
+    assert [p["items"][0].price for p in updated.phases] == [inline, stripe_catalog["pro_monthly"]]
+    other = stripe_client.v1.subscriptions.create(
+        params={
+            "customer": customer,
+            "items": [
+                {
+                    "price_data": {
+                        "product": str(product),
+                        "unit_amount": 100,
+                        "currency": "usd",
+                        "recurring": {"interval": "month"},
+                    }
+                }
+            ],
+            "collection_method": "send_invoice",
+            "days_until_due": 30,
+        }
+    )
+    foreign = other["items"].data[0].price.id
+    with pytest.raises(stripe.InvalidRequestError, match="inactive"):
+        stripe_client.v1.subscription_schedules.update(
+            schedule.id,
+            params={
+                "phases": [
+                    {**phase, "start_date": current.start_date},
+                    {"items": [{"price": foreign, "quantity": 1}]},
+                ]
+            },
+        )
+
+
+@pytest.mark.parametrize(("behavior", "invoices"), [("none", 1), ("always_invoice", 2)])
+def test_an_update_of_the_current_phase_changes_the_subscription_now_prorated_as_asked(
+    stripe_emulator: StripeEmulator,
+    stripe_client: stripe.StripeClient,
+    stripe_catalog: Any,
+    behavior: str,
+    invoices: int,
+) -> None:
+    """Stripe's `proration_behavior` of a schedule update: "If the update changes the billing
+    configuration (item price, quantity, etc.) of the current phase, indicates how prorations
+    from this change should be handled": the subscription takes the current phase's items at
+    once."""
+    customer = _customer(stripe_client)
+    sub = stripe_client.v1.subscriptions.create(
+        params={
+            "customer": customer,
+            "items": [{"price": stripe_catalog["pro_monthly"], "quantity": 3}],
+            "collection_method": "send_invoice",
+            "days_until_due": 30,
+        }
+    )
+    item_id = sub["items"].data[0].id
+    schedule = stripe_client.v1.subscription_schedules.create(params={"from_subscription": sub.id})
+    current = schedule.phases[0]
+    stripe_emulator.advance_clock(10 * DAY)
+    stripe_client.v1.subscription_schedules.update(
+        schedule.id,
+        params={
+            "phases": [
+                {
+                    "start_date": current.start_date,
+                    "end_date": current.end_date,
+                    "items": [
+                        {"price": stripe_catalog["pro_monthly"], "quantity": 5},
+                        {"price": stripe_catalog["starter_monthly"], "quantity": 1},
+                    ],
+                },
+                {"items": [{"price": stripe_catalog["pro_monthly"], "quantity": 5}]},
+            ],
+            "proration_behavior": behavior,  # type: ignore[typeddict-item]
+        },
+    )
+    after = stripe_client.v1.subscriptions.retrieve(sub.id)
+    held = {i.price.id: (i.id, i.quantity) for i in after["items"].data}
+    assert held[stripe_catalog["pro_monthly"]] == (item_id, 5)  # the same item, raised
+    assert held[stripe_catalog["starter_monthly"]][1] == 1
+    assert len(stripe_emulator.objects("invoice")) == invoices

@@ -325,3 +325,35 @@ def test_preview_maps_an_amendment_onto_the_plan_it_is_told(tmp_path: Path) -> N
     )
     untold = CliRunner().invoke(app, args[:-1])
     assert "Plan: the account's current plan (not known)" in untold.stdout
+
+
+def test_a_renewal_ramp_keeps_every_year_with_its_prices_and_seats(
+    example_mappings: Mappings,
+) -> None:
+    """A renewal with lines for three years: all three phases reach the plan (provisioning
+    adds each to the live subscription's schedule), with the renewal's contract dates."""
+    deal = ramp(Type="Renewal", Contract_Term_Months__c=36.0)
+    plan = plan_of(map_opportunity(deal, example_mappings, LIVE))
+    assert plan.intent == "renewal"
+    assert plan.is_ramp
+    assert [
+        (p.start_date, [(i.quantity, i.unit_amount) for i in p.items]) for p in plan.phases
+    ] == [
+        ("2027-01-01", [(10, None)]),
+        ("2028-01-01", [(20, 1400)]),
+        ("2029-01-01", [(30, 1300)]),
+    ]
+    assert plan.contract is not None
+    assert plan.contract.end_date == "2030-01-01"
+    stored = ProvisioningPlan.from_dict(json.loads(json.dumps(plan.to_dict())))
+    assert stored.phases == plan.phases
+
+
+def test_an_amendment_starting_later_keeps_its_date_and_is_not_a_ramp(
+    example_mappings: Mappings,
+) -> None:
+    deal = seats_only(Type="Existing Customer - Upgrade", Contract_Start_Date__c="2027-03-01")
+    plan = plan_of(map_opportunity(deal, example_mappings, LIVE))
+    assert (plan.intent, plan.is_ramp) == ("amendment", False)
+    assert plan.contract is not None
+    assert plan.contract.start_mode(date(2027, 2, 1)) == "scheduled"

@@ -133,3 +133,65 @@ def test_a_custom_plan_asks_the_store_for_its_customers_row_and_calls_no_stripe(
     outcome = customer_step(_ctx(billing), _view(plan=plan.to_dict()), None)
     assert outcome.ensure_customer == plan.customer
     assert billing.total_calls == 0
+
+
+def test_a_renewal_ramp_is_phased_on_a_schedule_once_whatever_the_retries() -> None:
+    """The amendment step of a renewal for two years from next month: a schedule made from
+    the live subscription, then its phases; a retry (the outcome lost) sends neither again."""
+    from datetime import date
+
+    from sf_bridge.plan import ContractTerms, PlanPhase, add_months
+    from sf_bridge.provisioning import amendment
+
+    billing = InMemoryBilling()
+    billing.add_price("pro_monthly", 5000)
+    ctx = _ctx(billing)
+    customer = customer_step(ctx, _view(), _customer())
+    first = _view().with_changes(customer.changes)
+    sub = subscription_step(ctx, first).changes["stripe_subscription_id"]
+    today = date(2027, 1, 15)
+    start = add_months(today, 1)
+    base = make_plan("006000000000002AAA", quantity=5)
+    phases = tuple(
+        PlanPhase(
+            start_date=add_months(start, 12 * n).isoformat(),
+            end_date=add_months(start, 12 * (n + 1)).isoformat(),
+            items=(replace(base.items[0], quantity=q, unit_amount=a),),
+        )
+        for n, (q, a) in enumerate(((5, 6000), (8, 6500)))
+    )
+    plan = replace(
+        base,
+        intent="renewal",
+        items=phases[0].items,
+        phases=phases,
+        contract=ContractTerms(start_date=start.isoformat(), end_date=phases[-1].end_date),
+    )
+    deal = replace(
+        _view(plan=plan.to_dict(), opportunity_id=plan.opportunity_id),
+        stripe_customer_id=first.with_changes(customer.changes).stripe_customer_id,
+        stripe_subscription_id=str(sub),
+        current_step="subscription",
+    )
+
+    class Accounts:
+        def live_subscription(self, _deal: DealView) -> amendment.LiveSubscription:
+            return amendment.LiveSubscription(1, OPP, str(sub), None)
+
+        def earlier_in_flight(self, _deal: DealView) -> int | None:
+            return None
+
+    ctx.today = lambda: today
+    ctx.accounts = Accounts()
+    deal = replace(deal, stripe_subscription_id=None)
+    outcome = subscription_step(ctx, deal)
+    assert outcome.changes["stripe_schedule_id"] == billing.subscriptions[str(sub)].schedule
+    assert outcome.skip_to == "entitlements"
+    schedule = billing.schedules[str(outcome.changes["stripe_schedule_id"])]
+    assert [q for phase in schedule.phases for _price, q in phase.items] == [3, 5, 8]
+    assert schedule.end_behavior == "cancel"
+    assert amendment.MARKERS_KEY in schedule.metadata
+    again = subscription_step(ctx, deal)
+    assert again.detail["applied"] == "before"
+    assert (billing.calls["schedule_subscription"], billing.calls["update_schedule"]) == (1, 1)
+    assert billing.subscriptions[str(sub)].items[0].quantity == 3  # nothing changes now

@@ -63,9 +63,12 @@ def _phases(
     prices_out: list[dict[str, Any]],
     *,
     held: bool = False,
+    holds: frozenset[str] = frozenset(),
 ) -> list[dict[str, Any]]:
     """The phases of `raw`, back to back from `start`. `held`: the items' prices are those a
-    subscription holds already (inline prices are archived, yet stay valid for it)."""
+    subscription holds already (inline prices are archived, yet stay valid for it); `holds`:
+    the prices the schedule (or its subscription) holds already, accepted as such when an
+    update posts its phases back."""
     if not raw:
         raise StripeApiError.invalid_request(
             "Missing required param: phases.", param="phases", code="parameter_missing"
@@ -81,7 +84,7 @@ def _phases(
         check_item_count(len(items))
         prices = [
             store.objects["price"][item["price"]]
-            if held
+            if held or (item.get("price") in holds and not item.get("price_data"))
             else resolve_item_price(store, item, i, param)
             for i, item in enumerate(items)
         ]
@@ -265,8 +268,11 @@ def _item_params(store: Store, item: dict[str, Any]) -> Params:
     """A phase item as a subscription item parameter; an inline (archived) price again as
     the `price_data` it came from."""
     price = store.objects["price"][item["price"]]
+    # Stripe: a configuration item's metadata "will update the underlying subscription
+    # item's metadata when the phase is entered"
+    extra: Params = {"metadata": clone(item["metadata"])} if item.get("metadata") else {}
     if price["active"]:
-        return {"price": price["id"], "quantity": item["quantity"]}
+        return {"price": price["id"], "quantity": item["quantity"], **extra}
     return {
         "price_data": {
             "product": price["product"],
@@ -278,6 +284,7 @@ def _item_params(store: Store, item: dict[str, Any]) -> Params:
             },
         },
         "quantity": item["quantity"],
+        **extra,
     }
 
 
@@ -387,6 +394,13 @@ def update_schedule(
     if "phases" in params:
         raw = params["phases"] or []
         first = raw[0] if raw else {}
+        if raw and first.get("start_date") is None:
+            # Stripe: a phase's `start_date` "Must be set on the first phase"
+            raise StripeApiError.invalid_request(
+                "Missing required param: phases[0][start_date].",
+                param="phases[0][start_date]",
+                code="parameter_missing",
+            )
         start = first.get("start_date", schedule["phases"][0]["start_date"])
         start = store.now() if start == "now" else int(start)
         if schedule["status"] == "active" and start != schedule["current_phase"]["start_date"]:
@@ -396,16 +410,51 @@ def update_schedule(
             )
         customer = store.objects["customer"][schedule["customer"]]
         prices: list[dict[str, Any]] = []
-        phases = _phases(store, raw, start, customer, prices)
+        sub = store.objects["subscription"].get(schedule["subscription"] or "")
+        holds = frozenset(
+            [i["price"] for p in schedule["phases"] for i in p["items"]]
+            + [i["price"]["id"] for i in (sub["items"]["data"] if sub else [])]
+        )
+        phases = _phases(store, raw, start, customer, prices, holds=holds)
         keep_inline_prices(store, prices)
-        previous["phases"] = schedule["phases"]
+        was = schedule["phases"]
+        previous["phases"] = was
         schedule["phases"] = phases
         if schedule["status"] == "active":
             schedule["current_phase"] = {"start_date": phases[0]["start_date"],
                                          "end_date": phases[0]["end_date"]}  # fmt: skip
+            if sub is not None and sub["status"] not in subscriptions.ENDED:
+                _apply_current_phase(store, sub, phases[0], params, ctx)
     if previous:
         store.emit("subscription_schedule.updated", schedule, ctx, previous)
     return schedule
+
+
+def _apply_current_phase(
+    store: Store, sub: dict[str, Any], phase: dict[str, Any], params: Params, ctx: RequestContext
+) -> None:
+    """Stripe: the update's `proration_behavior` applies "If the update changes the billing
+    configuration (item price, quantity, etc.) of the current phase": the subscription takes
+    the current phase's items now, prorated as asked (default `create_prorations`). An item
+    of the same price keeps its id; others are removed or added."""
+    wanted = list(phase["items"])
+    changes: list[Params] = []
+    for item in sub["items"]["data"]:
+        same = next((w for w in wanted if w["price"] == item["price"]["id"]), None)
+        if same is None:
+            changes.append({"id": item["id"], "deleted": True})
+            continue
+        wanted.remove(same)
+        if same["quantity"] != item["quantity"]:
+            changes.append({"id": item["id"], "quantity": same["quantity"]})
+    changes += [_item_params(store, w) for w in wanted]
+    if not changes:
+        return
+    update: Params = {
+        "items": changes,
+        "proration_behavior": params.get("proration_behavior", "create_prorations"),
+    }
+    subscriptions.update_subscription(store, sub["id"], update, ctx)
 
 
 def release_schedule(
