@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import Engine, select, text
 
 from sf_bridge.db import dialect
-from sf_bridge.db.engine import make_session_factory
+from sf_bridge.db.engine import WriteInReadTransaction, make_session_factory
 from sf_bridge.db.models import StreamCheckpoint, utcnow
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "sf_bridge"
@@ -160,6 +160,10 @@ def test_a_read_transaction_neither_waits_for_nor_blocks_a_write(engine: Engine)
         assert reader.scalars(query).all() in ([], ["one"])  # its snapshot, or newer (PG)
     with factory() as reader:
         assert reader.scalars(query).all() == ["one"]
+        if dialect.single_writer(engine):  # a write there fails at once, saying why
+            reader.add(StreamCheckpoint(name="stray", value="x", updated_at=utcnow()))
+            with pytest.raises(WriteInReadTransaction, match=r"session\.begin\(\)"):
+                reader.flush()
 
     read: list[list[str]] = []
     done = threading.Event()

@@ -29,6 +29,11 @@ READS_ONLY = "sf_bridge_reads_only"
 _QUERY_ONLY = "sf_bridge_query_only"  # the pooled connection's PRAGMA query_only
 
 
+class WriteInReadTransaction(RuntimeError):
+    """A write ran in a read-only transaction (one a session began by itself, or a `reading`
+    connection): writes belong in `session.begin()` / `transaction()` / `engine.begin()`."""
+
+
 def normalise_url(url: str) -> str:
     """Accepts `postgres://` and `postgresql://` (as platforms hand them out) for psycopg 3."""
     if url.startswith("postgres://"):
@@ -71,6 +76,22 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             statement = begin_statement(conn, reads_only=reads)
             if statement:
                 conn.exec_driver_sql(statement)
+
+        @event.listens_for(engine, "handle_error")
+        def _write_in_read(context: Any) -> BaseException | None:
+            conn = context.connection
+            if (
+                conn is not None
+                and conn.get_execution_options().get(READS_ONLY)
+                and "readonly database" in str(context.original_exception)
+            ):
+                error = WriteInReadTransaction(
+                    "A write ran in a read-only transaction (the session began it by itself). "
+                    "Open writes with session.begin(), transaction() or engine.begin()."
+                )
+                error.__cause__ = context.sqlalchemy_exception
+                return error
+            return None
 
         return engine
     kwargs.setdefault("pool_pre_ping", True)
