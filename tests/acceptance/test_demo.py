@@ -84,11 +84,17 @@ def _explore_then_stop(proc: subprocess.Popen[str], started: float) -> tuple[int
         out = "".join(lines)
         assert "DEMO OK" in out, out
 
-        # What a user does next, with the settings the demo printed.
+        # What a user does next: the printed setup line and `deals`, pasted into a shell in
+        # another directory.
         settings = _env_file(out)
+        setup = re.search(r"^  (set -a; .*?)\s+# the settings", out, re.M)
+        shown = re.search(r"^  ((?:sf-bridge|python -m sf_bridge) deals)$", out, re.M)
+        assert setup, out
+        assert shown, out
         deals = subprocess.run(
-            [sys.executable, "-m", "sf_bridge", "deals"],
-            env={**demo_env(), **settings},
+            ["/bin/sh", "-c", f"{setup.group(1)}\n{shown.group(1)}"],
+            cwd="/",
+            env=demo_env(),
             capture_output=True,
             text=True,
             timeout=60,
@@ -103,10 +109,6 @@ def _explore_then_stop(proc: subprocess.Popen[str], started: float) -> tuple[int
         # The printed commands run as shown, and no log line mixes into their output.
         assert (settings["LOG_FORMAT"], settings["LOG_LEVEL"]) == ("console", "WARNING")
         assert '"event"' not in deals.stdout + deals.stderr, deals.stderr
-        shown = re.search(r"^  (\S+) deals$", out, re.M)
-        assert shown, out
-        command = shown.group(1)
-        assert shutil.which(command) or (REPO_ROOT / command).exists(), command
         api = re.search(r"curl -H .*? (http://127\.0\.0\.1:\d+/v1/customers/\w+/entitlements)", out)
         assert api, out
         answer = httpx.get(

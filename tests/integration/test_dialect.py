@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import Engine, select, text
 
 from sf_bridge.db import dialect
-from sf_bridge.db.engine import make_session_factory
+from sf_bridge.db.engine import WriteInReadTransaction, make_session_factory
 from sf_bridge.db.models import StreamCheckpoint, utcnow
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "sf_bridge"
@@ -136,3 +136,54 @@ def test_only_the_dialect_module_tests_the_dialect_name() -> None:
         and re.search(r"dialect\.name\b|get_backend_name\(", path.read_text())
     }
     assert testing - NOT_YET_MOVED == {"db/dialect.py"}
+
+
+def test_a_read_transaction_neither_waits_for_nor_blocks_a_write(engine: Engine) -> None:
+    """A session's own transaction (begun by its first query, never committed) only reads: on
+    SQLite it BEGINs deferred, so a write commits on another connection while it is open, and
+    it reads while a write transaction holds the lock. A transaction begun explicitly
+    (`session.begin()`, `engine.begin()`) still takes the write lock up front."""
+    import threading
+
+    factory = make_session_factory(engine)
+    query = select(StreamCheckpoint.value).where(StreamCheckpoint.name == "read-vs-write")
+    with factory() as reader:
+        assert reader.scalars(query).all() == []  # the read transaction is open
+        if dialect.single_writer(engine):
+            assert reader.connection().scalar(text("PRAGMA query_only")) == 1
+        with engine.begin() as writer:  # would wait for the reader's write lock before
+            writer.execute(
+                StreamCheckpoint.__table__.insert().values(
+                    name="read-vs-write", value="one", updated_at=utcnow()
+                )
+            )
+        assert reader.scalars(query).all() in ([], ["one"])  # its snapshot, or newer (PG)
+    with factory() as reader:
+        assert reader.scalars(query).all() == ["one"]
+        if dialect.single_writer(engine):  # a write there fails at once, saying why
+            reader.add(StreamCheckpoint(name="stray", value="x", updated_at=utcnow()))
+            with pytest.raises(WriteInReadTransaction, match=r"session\.begin\(\)"):
+                reader.flush()
+
+    read: list[list[str]] = []
+    done = threading.Event()
+
+    def read_while_writing() -> None:
+        with factory() as session:
+            read.append(list(session.scalars(query).all()))
+        done.set()
+
+    with factory() as writing, writing.begin():
+        writing.execute(
+            dialect.upsert(writing, StreamCheckpoint)
+            .values(name="read-vs-write", value="two", updated_at=utcnow())
+            .on_conflict_do_update(index_elements=["name"], set_={"value": "two"})
+        )
+        if dialect.single_writer(engine):
+            assert writing.connection().scalar(text("PRAGMA query_only")) == 0
+        thread = threading.Thread(target=read_while_writing, daemon=True)
+        thread.start()
+        reads_without_waiting = done.wait(timeout=10.0)
+    thread.join(timeout=40.0)
+    assert reads_without_waiting, "the read waited for the write transaction"
+    assert read == [["one"]]

@@ -15,6 +15,7 @@ from sf_bridge import metrics
 from sf_bridge.api.context import ApiContext
 from sf_bridge.api.responses import json_response
 from sf_bridge.db import migrate
+from sf_bridge.db.engine import reading
 from sf_bridge.db.models import StreamCheckpoint
 from sf_bridge.provisioning.mappings_status import live_worker_mappings
 
@@ -47,7 +48,7 @@ def readiness(ctx: ApiContext) -> dict[str, Any]:
     """Database reachable, schema at the head revision, and stream connected if one runs."""
     checks: dict[str, Any] = {}
     try:
-        with ctx.engine.connect() as conn:
+        with reading(ctx.engine).connect() as conn:  # never waits behind the worker's writes
             conn.execute(text("SELECT 1"))
         checks["database"] = {"ok": True}
     except Exception as exc:

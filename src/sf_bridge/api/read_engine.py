@@ -1,10 +1,11 @@
 """The engine entitlement reads use.
 
-On SQLite the shared engine opens every transaction with BEGIN IMMEDIATE (writers never
-deadlock), which would also make each read wait for any writer. Reads get their own engine
-whose transactions BEGIN deferred on `query_only` connections: in WAL mode they never wait for
-a writer and never block one. On PostgreSQL reads run without a transaction (autocommit),
-which saves two round trips per check. Other databases use the shared engine as it is.
+On SQLite the shared engine's reads BEGIN deferred already (`sf_bridge.db.engine`); entitlement
+reads get their own engine all the same, whose transactions BEGIN deferred on `query_only`
+connections from a pool of their own, so a check never waits for a connection the worker holds:
+in WAL mode they never wait for a writer and never block one. On PostgreSQL reads run without
+a transaction (autocommit), which saves two round trips per check. Other databases use the
+shared engine as it is.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@
 - `write_back`: PATCH composite/sobjects, 200 records per call, allOrNone false, per-record
   results.
 - Login is lazy (the first call logs in), an expired session logs in again once and retries,
+  each thread calls on its own requests session with the one shared token (see `http`),
   and the org's API budget (`Sforce-Limit-Info`, REQUEST_LIMIT_EXCEEDED) pauses calls with a
   transient `RateLimitedError` instead of failing deals.
 """
@@ -119,9 +120,11 @@ class SalesforceCrm:
         self.request_timeout = request_timeout
         self.budget = budget or ApiBudget()
         self._loopback_http = is_plain_http_loopback(credentials.login_url)
-        self.http = make_http_session(self._loopback_http)
-        self._client: Salesforce | None = None
+        self._local = threading.local()  # per thread: http, loopback, client, generation
+        self._token: AccessToken | None = None
+        self._generation = 0  # bumped by every login
         self._lock = threading.Lock()
+        self._calls_lock = threading.Lock()
         self._currencies: OrgCurrencies | None = None
         self._currencies_lock = threading.Lock()
         self.calls = 0  # REST calls made (logins included), for measurements
@@ -147,27 +150,58 @@ class SalesforceCrm:
         )
 
     # -- session -------------------------------------------------------------------------
+    # requests documents no thread safety for a `Session` (its maintainers advise one Session
+    # per thread: psf/requests#2766, #1871), and a simple-salesforce client keeps the last
+    # response's `Sforce-Limit-Info` on itself. So each thread calling this gateway has its
+    # own requests session and client, while the login is shared: one token for every thread,
+    # replaced once when Salesforce answers 401 INVALID_SESSION_ID (the first thread to see
+    # it logs in; the others find the new token and retry with it).
 
-    def _login(self) -> Salesforce:
-        self.calls += 1
+    @property
+    def http(self) -> requests.Session:
+        """The calling thread's requests session."""
+        local = self._local
+        session: requests.Session | None = getattr(local, "http", None)
+        if session is None or local.loopback != self._loopback_http:
+            session = make_http_session(self._loopback_http)
+            local.http, local.loopback, local.client = session, self._loopback_http, None
+        return session
+
+    def _count_call(self) -> None:
+        with self._calls_lock:
+            self.calls += 1
+
+    def _login(self) -> None:
+        """Logs in (under `_lock`) and makes the new token current for every thread."""
+        self._count_call()
         token: AccessToken = login(self.http, self.credentials, self.request_timeout)
         if is_plain_http_loopback(token.instance_url) and not self._loopback_http:
             # The https URLs simple-salesforce builds reach it through the loopback adapter.
-            self.http = make_http_session(allow_loopback_http=True)
             self._loopback_http = True
-        return Salesforce(
-            session_id=token.access_token.get_secret_value(),
-            instance_url=token.instance_url,
-            version=self.api_version,
-            session=self.http,
-            object_pairs_hook=dict,
-        )
+        self._token = token
+        self._generation += 1
 
-    def _current(self, stale: Salesforce | None = None) -> Salesforce:
+    def _current(self, stale: int | None = None) -> tuple[Salesforce, int]:
+        """The calling thread's client on the current token, and the token's generation;
+        `stale` is the generation Salesforce refused, replaced unless another thread did."""
         with self._lock:
-            if self._client is None or self._client is stale:
-                self._client = self._login()
-            return self._client
+            if self._token is None or stale == self._generation:
+                self._login()
+            token, generation = self._token, self._generation
+        assert token is not None
+        http = self.http
+        local = self._local
+        client: Salesforce | None = local.client
+        if client is None or local.generation != generation:
+            client = Salesforce(
+                session_id=token.access_token.get_secret_value(),
+                instance_url=token.instance_url,
+                version=self.api_version,
+                session=http,
+                object_pairs_hook=dict,
+            )
+            local.client, local.generation = client, generation
+        return client, generation
 
     def _call(self, what: str, fn: Callable[[Salesforce], T]) -> T:
         """Runs one REST call, counted in /metrics by operation and outcome."""
@@ -185,9 +219,9 @@ class SalesforceCrm:
     def _send(self, what: str, fn: Callable[[Salesforce], T]) -> T:
         """Runs one REST call with budget, session-expiry and error translation."""
         self.budget.before_call()
-        client = self._current()
+        client, generation = self._current()
         for attempt in (1, 2):
-            self.calls += 1
+            self._count_call()
             try:
                 result = fn(client)
             except SalesforceExpiredSession:
@@ -196,7 +230,7 @@ class SalesforceCrm:
                         f"Salesforce rejected a fresh session for {what}.", retry_after=30.0
                     ) from None
                 log.info("salesforce_session_expired", call=what)
-                client = self._current(stale=client)
+                client, generation = self._current(stale=generation)
                 continue
             except SalesforceRefusedRequest as exc:
                 if _error_code(exc) == "REQUEST_LIMIT_EXCEEDED":

@@ -12,6 +12,7 @@ dialect's name itself:
 | `listen_notify`: `LISTEN` / `pg_notify` between processes | no | yes |
 | `advisory_locks`: `pg_try_advisory_lock` (a lock held by a connection) | no | yes |
 | `single_writer`: one write transaction at a time (`BEGIN IMMEDIATE`) | yes | no |
+| `begin_statement`: a write / a read transaction opens with | `BEGIN IMMEDIATE` / `BEGIN` | - |
 | `autocommit_reads`: reads need no transaction | no | yes |
 | `rebuilds_tables_to_alter`: `ALTER` by copying the table (foreign keys off meanwhile) | yes | no |
 
@@ -92,6 +93,20 @@ def advisory_locks(bind: Bind) -> bool:
 def single_writer(bind: Bind) -> bool:
     """Every write transaction takes the database's one write lock (SQLite)."""
     return is_sqlite(bind)
+
+
+def begin_statement(bind: Bind, *, reads_only: bool) -> str | None:
+    """The statement that opens a transaction, or None where the driver's own is right.
+
+    SQLite: a transaction that may write opens with `BEGIN IMMEDIATE`, taking the one write
+    lock up front, so two writers never deadlock and a writer never finds its read snapshot
+    stale when it comes to write (SQLITE_BUSY_SNAPSHOT). A transaction that only reads opens
+    with a deferred `BEGIN`: in WAL mode it reads a snapshot without the write lock, so it
+    neither waits for a writer nor makes one wait. PostgreSQL: every transaction reads its
+    own snapshot and writers lock rows, so the driver's BEGIN serves both."""
+    if not single_writer(bind):
+        return None
+    return "BEGIN" if reads_only else "BEGIN IMMEDIATE"
 
 
 def autocommit_reads(bind: Bind) -> bool:

@@ -1,4 +1,13 @@
-"""Engine and session factory for SQLite (one process) and PostgreSQL (several replicas)."""
+"""Engine and session factory for SQLite (one process) and PostgreSQL (several replicas).
+
+Reads and writes open their transactions differently on SQLite (`dialect.begin_statement`):
+a transaction begun explicitly (`session.begin()`, `transaction()`, `engine.begin()`) may
+write and takes the write lock up front (`BEGIN IMMEDIATE`); the transaction a session begins
+by itself on its first query is never committed (nothing here commits one), so it only reads:
+it opens with a deferred `BEGIN` on a `query_only` connection, and neither waits for the
+worker's writes nor holds them up. A Core connection reads that way when it comes from
+`reading(engine)`.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +15,23 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, SessionTransaction, SessionTransactionOrigin, sessionmaker
 
-from sf_bridge.db.dialect import is_sqlite
+from sf_bridge.db.dialect import begin_statement, is_sqlite
 from sf_bridge.errors import DatabaseUnavailable
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# Execution option: the connection's transactions only read (see the module docstring).
+READS_ONLY = "sf_bridge_reads_only"
+_QUERY_ONLY = "sf_bridge_query_only"  # the pooled connection's PRAGMA query_only
+
+
+class WriteInReadTransaction(RuntimeError):
+    """A write ran in a read-only transaction (one a session began by itself, or a `reading`
+    connection): writes belong in `session.begin()` / `transaction()` / `engine.begin()`."""
 
 
 def normalise_url(url: str) -> str:
@@ -36,7 +53,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         )
 
         @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+        def _sqlite_pragmas(dbapi_conn: Any, record: Any) -> None:
             # Let SQLAlchemy manage transactions; WAL lets readers run beside the writer.
             dbapi_conn.isolation_level = None
             cur = dbapi_conn.cursor()
@@ -45,11 +62,36 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.close()
+            record.info[_QUERY_ONLY] = False
 
         @event.listens_for(engine, "begin")
-        def _sqlite_begin(conn: Any) -> None:
-            # BEGIN IMMEDIATE: take the write lock up front, so two writers never deadlock.
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        def _sqlite_begin(conn: Connection) -> None:
+            reads = bool(conn.get_execution_options().get(READS_ONLY))
+            pooled = conn.connection
+            if pooled.info.get(_QUERY_ONLY, False) != reads:
+                # A write in a read transaction fails at once ("attempt to write a readonly
+                # database") instead of racing the writer for the lock.
+                conn.exec_driver_sql(f"PRAGMA query_only={'ON' if reads else 'OFF'}")
+                pooled.info[_QUERY_ONLY] = reads
+            statement = begin_statement(conn, reads_only=reads)
+            if statement:
+                conn.exec_driver_sql(statement)
+
+        @event.listens_for(engine, "handle_error")
+        def _write_in_read(context: Any) -> BaseException | None:
+            conn = context.connection
+            if (
+                conn is not None
+                and conn.get_execution_options().get(READS_ONLY)
+                and "readonly database" in str(context.original_exception)
+            ):
+                error = WriteInReadTransaction(
+                    "A write ran in a read-only transaction (the session began it by itself). "
+                    "Open writes with session.begin(), transaction() or engine.begin()."
+                )
+                error.__cause__ = context.sqlalchemy_exception
+                return error
+            return None
 
         return engine
     kwargs.setdefault("pool_pre_ping", True)
@@ -68,7 +110,7 @@ def check_connection(engine: Engine) -> None:
     """Raises `DatabaseUnavailable` (naming DATABASE_URL, without its password, and the cause
     in one line) when the database cannot be reached."""
     try:
-        with engine.connect() as conn:
+        with reading(engine).connect() as conn:
             conn.execute(text("SELECT 1"))
     except DBAPIError as exc:
         cause = str(exc.orig or exc).strip().splitlines()
@@ -83,8 +125,24 @@ def check_connection(engine: Engine) -> None:
         ) from None
 
 
+def reading(engine: Engine) -> Engine:
+    """The engine for Core connections that only read (`engine.connect()`, never committed):
+    on SQLite their transactions BEGIN deferred on `query_only` connections, from the same pool."""
+    return engine.execution_options(**{READS_ONLY: True})
+
+
+def _mark_reads(session: Session, transaction: SessionTransaction) -> None:
+    """A session's root transaction reads only when the session began it by itself."""
+    if transaction.parent is not None or not isinstance(session.bind, Engine):
+        return  # a savepoint, or a session joined to a connection someone else holds
+    reads = transaction.origin is SessionTransactionOrigin.AUTOBEGIN
+    session.execution_options = session.execution_options.union({READS_ONLY: reads})
+
+
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
-    return sessionmaker(engine, expire_on_commit=False)
+    factory = sessionmaker(engine, expire_on_commit=False)
+    event.listen(factory, "after_transaction_create", _mark_reads)
+    return factory
 
 
 @contextmanager

@@ -11,7 +11,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine
 
 from sf_bridge.db import dialect
-from sf_bridge.db.engine import check_connection, make_engine, normalise_url
+from sf_bridge.db.engine import check_connection, make_engine, normalise_url, reading
 from sf_bridge.errors import SchemaOutOfDateError
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -30,7 +30,7 @@ def head_revision() -> str | None:
 
 
 def current_revision(engine: Engine) -> str | None:
-    with engine.connect() as conn:
+    with reading(engine).connect() as conn:
         return MigrationContext.configure(conn).get_current_revision()
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import resource
 import secrets
+import shlex
 import shutil
 import signal
 import sys
@@ -597,21 +598,14 @@ class Demo:
         self.heading("Still running: explore, then press Ctrl-C to stop")
         env_file = stack.workdir / "demo.env"
         env_file.write_text("".join(f"{k}={v}\n" for k, v in sorted(explore_settings(stack))))
-        deal_id = facts[0].opportunity_id
-        account_id = facts[0].account_id
-        cli = cli_command()
-        lines = [
-            f"set -a; . {env_file}; set +a      # the settings the worker and the API run with",
-            f"{cli} deals",
-            f"{cli} deals show {deal_id}",
-            f"{cli} mappings preview --opportunity-id " + facts[-1].opportunity_id,
-            f'curl -H "Authorization: Bearer $SF_BRIDGE_API_KEYS" '
-            f"{stack.api_url}/v1/customers/{account_id}/entitlements",
-            f"curl {stack.api_url}/metrics",
-            f"# logs: {stack.workdir / 'worker.log'}  {stack.workdir / 'serve.log'}",
-        ]
-        if cli != "sf-bridge":
-            lines.insert(1, f"# or `. {Path(cli).parent / 'activate'}`, then plain `sf-bridge ...`")
+        lines = explore_lines(
+            env_file=env_file,
+            workdir=stack.workdir,
+            api_url=stack.api_url,
+            deal_id=facts[0].opportunity_id,
+            account_id=facts[0].account_id,
+            preview_id=facts[-1].opportunity_id,
+        )
         for line in lines:
             self.console.print(f"  {line}", markup=False, highlight=False)
         with contextlib.suppress(KeyboardInterrupt):
@@ -678,16 +672,44 @@ def explore_settings(stack: Stack) -> list[tuple[str, str]]:
     return sorted({**stack.settings, **quiet}.items())
 
 
-def cli_command() -> str:
-    """How to run sf-bridge from here: `sf-bridge` when the PATH finds this one, else the
-    script beside this Python (`.venv/bin/sf-bridge` after `make demo`)."""
-    beside = Path(sys.executable).parent / "sf-bridge"
-    found = shutil.which("sf-bridge")
-    if found and beside.exists() and Path(found).resolve() == beside.resolve():
-        return "sf-bridge"
-    if not beside.exists():
-        return f"{sys.executable} -m sf_bridge"
-    try:
-        return str(beside.relative_to(Path.cwd()))
-    except ValueError:
-        return str(beside)
+def cli_command() -> tuple[str, str | None]:
+    """How a shell runs this sf-bridge: `sf-bridge` (or `python -m sf_bridge` where no script
+    was installed beside this Python), and the directory to put first on PATH when the shell
+    would not find this one there (None when it does)."""
+    bin_dir = Path(sys.executable).parent
+    command = "sf-bridge" if (bin_dir / "sf-bridge").exists() else "python -m sf_bridge"
+    found = shutil.which(command.split()[0])
+    if found and Path(found).parent.resolve() == bin_dir.resolve():
+        return command, None
+    return command, str(bin_dir)
+
+
+def explore_lines(
+    *,
+    env_file: Path,
+    workdir: Path,
+    api_url: str,
+    deal_id: str,
+    account_id: str,
+    preview_id: str,
+) -> list[str]:
+    """The commands to explore what the demo left running, to paste into any shell (another
+    terminal, any directory): the first line loads the settings the worker and the API run
+    with, and puts this sf-bridge first on PATH when needed; the others name plain
+    `sf-bridge`."""
+    cli, bin_dir = cli_command()
+    setup = f"set -a; . {shlex.quote(str(env_file))}; set +a"
+    if bin_dir is not None:
+        setup += f'; PATH={shlex.quote(bin_dir)}:"$PATH"'
+    return [
+        setup
+        + "      # the settings the worker and the API run with"
+        + (", and this sf-bridge" if bin_dir is not None else ""),
+        f"{cli} deals",
+        f"{cli} deals show {deal_id}",
+        f"{cli} mappings preview --opportunity-id {preview_id}",
+        f'curl -H "Authorization: Bearer $SF_BRIDGE_API_KEYS" '
+        f"{api_url}/v1/customers/{account_id}/entitlements",
+        f"curl {api_url}/metrics",
+        f"# logs: {workdir / 'worker.log'}  {workdir / 'serve.log'}",
+    ]

@@ -1,10 +1,11 @@
 """Sessions for the worker threads.
 
-On SQLite every transaction takes the database's single write lock (`BEGIN IMMEDIATE`), and a
-thread that finds it taken sleeps in SQLite's busy handler (up to 100 ms a try). With several
-worker threads that turns into long idle waits. So on SQLite the threads of one process take
-turns through an in-process lock instead, held only while a session is open (never around a
-Stripe or Salesforce call). PostgreSQL sessions run concurrently.
+On SQLite every write transaction takes the database's single write lock (`BEGIN IMMEDIATE`;
+reads BEGIN deferred, see `sf_bridge.db.engine`), and a thread that finds it taken sleeps in
+SQLite's busy handler (up to 100 ms a try). With several worker threads that turns into long
+idle waits. So on SQLite the threads of one process take turns through an in-process lock
+instead, held only while a session is open (never around a Stripe or Salesforce call).
+PostgreSQL sessions run concurrently.
 """
 
 from __future__ import annotations

@@ -101,3 +101,16 @@ def test_metrics_show_deals_steps_and_this_process_counters(
     checks = [line for line in lines if line.startswith("sf_bridge_entitlement_checks_total")]
     assert any('result="granted"' in line for line in checks)
     assert any('result="unknown"' in line for line in checks)
+
+
+def test_readyz_answers_while_the_worker_holds_a_write_transaction(sqlite_url: str) -> None:
+    """The readiness checks only read: on SQLite they never wait for the write lock (a probe
+    that waited behind the worker's writes would take the replica out of service)."""
+    engine = make_engine(sqlite_url)
+    app = create_app(api_settings(sqlite_url), make_session_factory(engine))
+    with serve_in_thread(app) as url, engine.begin() as writer:
+        writer.execute(text("UPDATE alembic_version SET version_num = version_num"))
+        response = httpx.get(f"{url}/readyz", timeout=10.0)
+    engine.dispose()
+    assert response.status_code == 200, response.text
+    assert response.json()["checks"]["database"]["ok"]

@@ -228,3 +228,60 @@ def test_a_single_currency_org_whose_currency_cannot_be_read_parks_with_a_fix_th
     assert "Organization.DefaultCurrencyIsoCode" in text
     assert "View Setup and Configuration" in text
     assert record[ORG_CURRENCY_KEY] == "EUR"
+
+
+def test_threads_fetch_and_write_back_at_once_each_on_its_own_http_session(
+    org: SalesforceSandbox, monkeypatch: pytest.MonkeyPatch
+):
+    """requests documents no thread safety for a Session (one Session per thread is the
+    maintainers' advice, psf/requests#2766 and #1871): each worker thread talks to Salesforce
+    on its own session, and all share one login; when the session expires in the middle, one
+    thread logs in again and every thread goes on with the new token."""
+    import threading
+
+    import requests
+
+    account = org.create_account("Acme")
+    threads = 4
+    ids = [open_deal(org, f"Deal {i}", account=account) for i in range(threads)]
+    crm = crm_for(org)
+    used: list[tuple[int, int, str]] = []  # (thread, requests session, url)
+    used_lock = threading.Lock()
+    send = requests.Session.send
+
+    def spy(self: requests.Session, request: requests.PreparedRequest, **kwargs):
+        with used_lock:
+            used.append((threading.get_ident(), id(self), request.url or ""))
+        return send(self, request, **kwargs)
+
+    monkeypatch.setattr(requests.Session, "send", spy)
+    fetched = threading.Barrier(threads, action=org.expire_sessions)
+    errors: list[BaseException] = []
+    statuses: dict[str, str] = {}
+
+    def work(opp_id: str) -> None:
+        try:
+            assert [r["Id"] for r in crm.fetch_opportunities([opp_id])] == [opp_id]
+            fetched.wait(timeout=30)  # the last to arrive expires every session
+            update = OpportunityUpdate(opp_id, {"SF_Bridge_Status__c": f"done {opp_id}"})
+            assert crm.write_back([update])[0].ok
+            statuses[opp_id] = crm.fetch_opportunities([opp_id])[0]["Id"]
+        except BaseException as exc:
+            errors.append(exc)
+
+    workers = [threading.Thread(target=work, args=(opp_id,)) for opp_id in ids]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=60)
+    assert not errors, errors
+    assert statuses == {opp_id: opp_id for opp_id in ids}
+    for opp_id in ids:
+        assert org.get_opportunity(opp_id)["SF_Bridge_Status__c"] == f"done {opp_id}"
+    threads_of_session: dict[int, set[int]] = {}
+    for thread, session, _ in used:
+        threads_of_session.setdefault(session, set()).add(thread)
+    assert all(len(t) == 1 for t in threads_of_session.values()), "a session shared by threads"
+    assert len({thread for thread, _, _ in used}) == threads
+    logins = [url for _, _, url in used if url.endswith("/services/oauth2/token")]
+    assert len(logins) == 2  # the first login, and one after the expiry for every thread

@@ -39,8 +39,9 @@ def test_the_account_facts_come_from_its_deals_with_a_subscription(
     with session_factory() as session:
         assert account_facts(session, ACCOUNT, SECOND) == AccountFacts(live_subscription=False)
         assert account_facts(session, None, SECOND) == AccountFacts()
+    with session_factory() as session, session.begin():
         session.add(first_deal(example_mappings, "sub_1"))
-        session.commit()
+    with session_factory() as session:
         assert account_facts(session, ACCOUNT, SECOND) == AccountFacts(True, "enterprise")
         # the deal itself does not count
         assert account_facts(session, ACCOUNT, FIRST) == AccountFacts(live_subscription=False)
@@ -54,9 +55,8 @@ def test_a_second_deal_of_add_ons_maps_as_an_amendment(
     )
     mapper = mapper_with_facts(session_factory)
     assert [e.code for e in mapper(second, example_mappings)] == ["no_plan"]
-    with session_factory() as session:
+    with session_factory() as session, session.begin():
         session.add(first_deal(example_mappings, "sub_1"))
-        session.commit()
     plan = mapper(second, example_mappings)
     assert isinstance(plan, ProvisioningPlan), [str(e) for e in plan]
     assert (plan.intent, plan.plan_name, plan.amendment_lines) == (

@@ -1,6 +1,15 @@
 """The org's streaming channels and what feeds them: every opportunity change becomes a Change
 Data Capture event, PushTopics publish the records their query selects, and platform events are
-published when a deal is won (as a Flow would)."""
+published when a deal is won (as a Flow would).
+
+Deletes and undeletes: CDC publishes `DELETE` / `UNDELETE`; a PushTopic notifies them when its
+`NotifyForOperationDelete` / `NotifyForOperationUndelete` is true (both default to true, API
+29.0 and later: Streaming API Developer Guide, "Events" and "Event Notification Rules"; the
+PushTopic object reference) with the `deleted` / `undeleted` event types, for a record its
+query's WHERE selects. The guide does not list the fields of a `deleted` notification, so the
+sandbox sends the least a client can count on: the record's Id. A platform event is the org's
+own: nothing is published on a delete unless the org's trigger or flow publishes one, and the
+flow modelled here publishes on Closed Won only."""
 
 from __future__ import annotations
 
@@ -34,6 +43,8 @@ class PushTopic:
     on_update: bool
     select_fields: list[str]
     where_fields: set[str]
+    on_delete: bool = True
+    on_undelete: bool = True
 
 
 @dataclass
@@ -84,8 +95,12 @@ class Channels:
         notify_for_fields: str = "Referenced",
         notify_for_operation_create: bool = True,
         notify_for_operation_update: bool = True,
+        notify_for_operation_delete: bool = True,
+        notify_for_operation_undelete: bool = True,
     ) -> str:
-        """Stores a PushTopic (a SOQL query on Opportunity); returns its channel /topic/<name>."""
+        """Stores a PushTopic (a SOQL query on Opportunity); returns its channel /topic/<name>.
+        The options are the PushTopic's NotifyForFields and NotifyForOperation* fields, with
+        Salesforce's defaults."""
         parsed = parse(query)
         if parsed.sobject.lower() != "opportunity" or parsed.subqueries:
             raise SoqlError("INVALID_FIELD", "the sandbox supports PushTopics on Opportunity only")
@@ -109,6 +124,8 @@ class Channels:
             notify_for_operation_update,
             select_fields,
             where_fields,
+            notify_for_operation_delete,
+            notify_for_operation_undelete,
         )
         return f"/topic/{name}"
 
@@ -162,7 +179,8 @@ class Channels:
         self, record: dict[str, Any], *, change_type: str, origin: str
     ) -> None:
         """A DELETE (the header only: no field values) or UNDELETE (the record's non-null
-        fields) change event of one opportunity."""
+        fields) change event of one opportunity, and the `deleted` / `undeleted` notification
+        of each PushTopic that asks for it and whose query selects the record."""
         obj = self.store.object_def("Opportunity")
         assert obj is not None
         values: dict[str, Any] = {}
@@ -185,6 +203,21 @@ class Channels:
             with_changed_fields=self.changed_fields_in_header,
         )
         self.events.publish(CDC_CHANNEL, data)
+        deleted = change_type == "DELETE"
+        for topic in self.push_topics.values():
+            if not (topic.on_delete if deleted else topic.on_undelete):
+                continue
+            if not self.queries.matches("Opportunity", record, topic.query.where):
+                continue
+            sobject = (
+                {"Id": record["Id"]}
+                if deleted
+                else {f: render_value(obj.fields[f], record.get(f)) for f in topic.select_fields}
+            )
+            self.events.publish(
+                f"/topic/{topic.name}",
+                push_topic_data(sobject, "deleted" if deleted else "undeleted", self.now()),
+            )
 
     def publish_opportunity_change(
         self, record: dict[str, Any], changed: list[str], *, origin: str, created: bool

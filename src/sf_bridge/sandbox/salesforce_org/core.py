@@ -488,7 +488,8 @@ class Org:
 
     def delete_opportunity(self, opportunity_id: str) -> None:
         """Deletes the opportunity as a user would: it goes to the Recycle Bin (no query or
-        read finds it) and a CDC `DELETE` event carries only its id."""
+        read finds it), a CDC `DELETE` event carries only its id, and PushTopics notifying
+        deletes publish a `deleted` event (see `channels`)."""
         with self.store.lock:
             record = self.store.get("Opportunity", opportunity_id)
             if record is None:
@@ -500,7 +501,7 @@ class Org:
 
     def undelete_opportunity(self, opportunity_id: str) -> None:
         """Restores a deleted opportunity from the Recycle Bin; a CDC `UNDELETE` event carries
-        its fields."""
+        its fields, and PushTopics notifying undeletes publish an `undeleted` event."""
         with self.store.lock:
             record = self._recycle_bin.pop(to_18(opportunity_id))
             record["IsDeleted"] = False
@@ -557,7 +558,8 @@ class Org:
 
     def define_push_topic(self, name: str, query: str, **options: Any) -> str:
         """Stores a PushTopic (a SOQL query on Opportunity; options notify_for_fields,
-        notify_for_operation_create / _update); returns its channel /topic/<name>."""
+        notify_for_operation_create / _update / _delete / _undelete); returns its channel
+        /topic/<name>."""
         return self.channels.define_push_topic(name, query, **options)
 
     def define_platform_event(self, name: str, fields: dict[str, str] | None = None) -> str:
