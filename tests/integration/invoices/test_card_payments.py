@@ -275,3 +275,32 @@ def test_deals_list_and_show_tell_the_payment_state_and_what_waits_for_it(
     shown = runner.invoke(app, ["deals", "show", "1"]).output
     assert "paid: first card payment received" in shown, shown
     assert "  pending " not in shown  # nothing waits any more
+
+
+def test_an_idle_worker_writes_the_payment_back_without_waiting_for_its_safety_poll(
+    stripe_harness: Harness, provisioning_emulator: Any
+) -> None:
+    """Recording the first payment wakes the worker (here in the same process; on PostgreSQL
+    across processes by NOTIFY): the opportunity is told at once."""
+    import threading
+
+    from tests.fixtures.waiting import wait_until
+
+    h, emu = stripe_harness, provisioning_emulator
+    opp = "006000000000028AAA"
+    _provision(h, opp)
+    worker = h.worker()
+    worker.safety_poll = 600.0  # far beyond the wait below
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        deal = h.deal(opp)
+        emu.pay_invoice(deal.stripe_invoice_id)
+        for event in emu.events():
+            process_event(h.session_factory, event, h.billing)
+        wait_until(lambda: _status_written(h, opp) == "Provisioned", 10, "the payment told")
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert not thread.is_alive()
