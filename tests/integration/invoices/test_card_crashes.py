@@ -6,8 +6,8 @@ asked of Stripe twice.
 
 Webhooks are delivered by the Stripe emulator to the real HTTP service, signed; a delivery
 that gets no 2xx answer (the process died handling it) is delivered again, as Stripe does
-("Stripe attempts to deliver a given event to your webhook endpoint for up to 3 days with an
-exponential back off", docs.stripe.com/webhooks#retries)."""
+("Stripe automatically resends the undelivered events to your endpoint for up to three
+days", docs.stripe.com/webhooks/process-undelivered-events)."""
 
 from __future__ import annotations
 
