@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from sf_bridge.api import create_app
 from sf_bridge.crm.port import InMemoryCrm, OpportunityUpdate, WriteBackResult
-from sf_bridge.db.models import CANCELLED, DealEvent, EntitlementGrant, WebhookEvent
+from sf_bridge.db.models import CANCELLED, Deal, DealEvent, EntitlementGrant, WebhookEvent
 from sf_bridge.invoices.webhooks import process_event
 from sf_bridge.provisioning.queue import enqueue_opportunities
 from sf_bridge.provisioning.states import STEPS
@@ -434,3 +434,99 @@ def test_every_delivery_order_twice_ends_in_the_same_state(
         assert _grants(h) == [("seats", False, False), ("sso", False, False)]
         assert kinds.count("subscription_cancelled") == 1
         assert "first_payment_received" not in kinds
+
+
+# -- the worker's own check, when the webhook never came -------------------------------------
+
+
+def _day_later() -> Any:
+    from datetime import UTC, datetime, timedelta
+
+    return datetime.now(UTC) + timedelta(hours=24)
+
+
+@pytest.mark.parametrize("phase", ["none", "before", "after"])
+@pytest.mark.parametrize("ending", ["paid", "expired"])
+def test_the_worker_asks_stripe_about_a_card_deal_whose_webhook_never_came(
+    card: Harness,
+    provisioning_emulator: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    ending: str,
+    phase: str,
+) -> None:
+    """No webhook endpoint: Stripe's events are lost. 23 hours on, the check reads the
+    subscription from Stripe and records the payment or the end once, whatever crash."""
+    import sf_bridge.db.engine as engine_module
+    import sf_bridge.provisioning.payment_check as check
+
+    h, emu = card, provisioning_emulator
+    h.mappings.card_entitlements = "at_once"
+    opp = "006000000000038AAA"
+    _provision(h, opp)
+    deal = h.deal(opp)
+    assert check.check_unpaid_card_deals(h.session_factory, h.billing, now=deal.completed_at) == []
+    if ending == "paid":
+        emu.pay_invoice(deal.stripe_invoice_id)
+    else:
+        emu.advance_clock(DAY)
+    assert h.deal(opp).payment_state == "awaiting_payment"  # nothing told sf-bridge
+    writes = _stripe_writes(emu)
+    if phase != "none":
+        real = engine_module.transaction
+        fired: list[bool] = []
+
+        @contextmanager
+        def dying(factory: sessionmaker[Session]) -> Iterator[Session]:
+            with real(factory) as session:
+                yield session
+                if phase == "before" and not fired:
+                    fired.append(True)
+                    raise SimulatedCrash("before the commit of the check")
+            if phase == "after" and not fired:
+                fired.append(True)
+                raise SimulatedCrash("after the commit of the check")
+
+        monkeypatch.setattr(check, "transaction", dying)
+        with pytest.raises(SimulatedCrash):
+            check.check_unpaid_card_deals(h.session_factory, h.billing, now=_day_later())
+    found = check.check_unpaid_card_deals(h.session_factory, h.billing, now=_day_later())
+    again = check.check_unpaid_card_deals(h.session_factory, h.billing, now=_day_later())
+
+    expected = "first_payment_recorded" if ending == "paid" else "subscription_cancelled"
+    assert [c.outcome for c in found] == ([] if phase == "after" else [expected])
+    assert again == []  # nothing left awaiting
+    deal = h.deal(opp)
+    kinds = _event_kinds(h, opp)
+    if ending == "paid":
+        assert (deal.status, deal.payment_state) == ("done", "paid")
+        assert _grants(h) == [("seats", True, False), ("sso", True, False)]
+        assert kinds.count("first_payment_received") == 1
+    else:
+        assert (deal.status, deal.payment_state) == (CANCELLED, "expired")
+        assert deal.last_error_code == FIRST_PAYMENT_MISSING
+        assert _grants(h) == [("seats", False, False), ("sso", False, False)]
+        assert kinds.count("subscription_cancelled") == 1
+    h.worker().run_once()
+    text = "Provisioned" if ending == "paid" else "Cancelled"
+    assert _crm(h).statuses(opp) == ["Provisioned, awaiting payment", text]
+    assert _stripe_writes(emu) == writes  # only reads
+
+
+def test_the_check_leaves_a_deal_stripe_still_keeps_incomplete_or_does_not_know(
+    card: Harness, provisioning_emulator: Any
+) -> None:
+    from sf_bridge.provisioning.payment_check import check_unpaid_card_deals
+
+    h = card
+    opp = "006000000000039AAA"
+    _provision(h, opp)
+    [found] = check_unpaid_card_deals(h.session_factory, h.billing, now=_day_later())
+    # The emulator's clock did not move: Stripe has not expired it yet.
+    assert (found.status, found.outcome) == ("incomplete", "unchanged")
+    with h.session_factory() as session, session.begin():
+        deal = session.scalars(select(Deal).where(Deal.opportunity_id == opp)).one()
+        deal.stripe_subscription_id = "sub_unknown"
+    [found] = check_unpaid_card_deals(h.session_factory, h.billing, now=_day_later())
+    assert (found.status, found.outcome) == ("missing", "unchanged")
+    assert h.deal(opp).payment_state == "awaiting_payment"
+    assert _grants(h) == [("seats", False, True), ("sso", False, True)]
