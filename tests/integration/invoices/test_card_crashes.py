@@ -124,6 +124,7 @@ def _stripe_writes(emu: Any) -> list[str]:
 def _service(h: Harness, db_url: str, emu: Any) -> Iterator[str]:
     """The HTTP service, receiving the emulator's webhooks (retried quickly)."""
     app = create_app(api_settings(db_url), h.session_factory, billing=h.billing)
+    emu.webhooks.timeout = 30.0  # a loaded machine is slow, not dead
     with serve_in_thread(app) as url:
         emu.add_webhook_endpoint(f"{url}/webhooks/stripe", WEBHOOK_SECRET)
         yield url
@@ -182,10 +183,12 @@ def _redelivered(emu: Any, crashed: list[tuple[str, str]], what: str) -> str:
     def answered() -> bool:
         return bool(crashed) and 200 in _deliveries(emu, crashed[0][0])
 
-    wait_until(answered, timeout=20, what=f"the delivery that recorded {what}, again")
+    wait_until(answered, timeout=30, what=f"the delivery that recorded {what}, again")
     assert emu.wait_for_webhooks(10)
     event_id = crashed[0][0]
-    assert _deliveries(emu, event_id)[0] == 500
+    # The delivery the service died on got no 2xx: a 500 (or, on a starved machine, no
+    # answer within the emulator's timeout).
+    assert _deliveries(emu, event_id)[0] in (500, None)
     return event_id
 
 
