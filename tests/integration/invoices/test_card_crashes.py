@@ -533,3 +533,32 @@ def test_the_check_leaves_a_deal_stripe_still_keeps_incomplete_or_does_not_know(
     assert (found.status, found.outcome) == ("missing", "unchanged")
     assert h.deal(opp).payment_state == "awaiting_payment"
     assert _grants(h) == [("seats", False, True), ("sso", False, True)]
+
+
+@pytest.mark.parametrize("after", ["invoice", "entitlements"])
+def test_a_payment_between_the_steps_puts_the_grants_in_effect_once(
+    card: Harness, provisioning_emulator: Any, after: str
+) -> None:
+    """The first payment is recorded right after the invoice step (the entitlements step
+    then records grants pending on a deal already paid) or right after the grants: either
+    way they end in effect, once."""
+    from sf_bridge.provisioning.runner import StepHooks
+
+    h, emu = card, provisioning_emulator
+    opp = "006000000000040AAA"
+    _enqueue(h, opp)
+    paid: list[bool] = []
+
+    def pay(step: str, _deal_id: int) -> None:
+        if step == after and not paid:
+            paid.append(True)
+            _pay(h, emu, opp)
+
+    drain(h.worker(hooks=StepHooks(after_commit=pay)), settled(h, opp))
+    h.worker().run_once()
+    assert paid
+    deal = h.deal(opp)
+    assert (deal.status, deal.payment_state) == ("done", "paid")
+    assert _grants(h) == [("seats", True, False), ("sso", True, False)]
+    assert _event_kinds(h, opp).count("first_payment_received") == 1
+    assert _crm(h).statuses(opp)[-1] == "Provisioned"
