@@ -117,6 +117,7 @@ def deals(
         raise ConfigurationError(
             f"Unknown status {status!r}.", hint=f"use one of: {', '.join(STATUSES)}."
         )
+    from sf_bridge.provisioning.payment import payment_cell
     from sf_bridge.provisioning.report import list_deals
 
     factory = _session_factory(get_settings())
@@ -144,7 +145,7 @@ def deals(
             _named(account_name(deal), deal.account_id),
             f"[{style}]{deal.status}[/]" if style else deal.status,
             f"{step} ({deal.attempts})" if step and deal.attempts else step,
-            deal.invoice_status or "",
+            payment_cell(deal.payment_state, deal.invoice_status),
             deal.updated_at.strftime("%m-%d %H:%M") if deal.updated_at else "",
             code,
             text,
@@ -157,6 +158,18 @@ def _payment_text(deal: Deal) -> str | None:
 
     described = describe_payment(deal.payment_state)
     return f"{deal.payment_state}: {described}" if described else None
+
+
+def _pending_payment(story: Any) -> list[str]:
+    """What waits on a card deal's first payment: grants, the expiry, the status to write."""
+    from sf_bridge.provisioning.payment import pending_for_payment
+
+    deal: Deal = story.deal
+    created = next(
+        (t.at for t in story.timeline if t.step == "subscription" and t.outcome == "ok"), None
+    )
+    pending = sum(1 for g in story.grants if getattr(g, "pending", False))
+    return pending_for_payment(deal.payment_state, deal.payment_reported, pending, created)
 
 
 def _grant_note(grant: Any) -> str:
@@ -231,6 +244,8 @@ def print_story(console: Console, story: Any) -> None:
     if story.grants:
         granted = ", ".join(f"{g.feature}={g.value}{_grant_note(g)}" for g in story.grants)
         console.print(f"  entitlements  {granted}")
+    for line in _pending_payment(story):
+        console.print(f"  {'pending':<13} {escape(line)}")
     table = Table(title="Timeline", show_lines=False)
     for column in (
         "When (UTC)",

@@ -232,6 +232,7 @@ class WorkerProcess:
         if self.options.reconcile_interval_seconds:
             self._spawn("reconcile", self._reconcile_loop)
         self._spawn("maintenance", self._maintenance_loop)
+        self._spawn("card_payments", self._card_payments_loop)
         if self.options.metrics_port is not None:
             self._stop_metrics = serve_process_metrics(self.options.metrics_port)
         log.info(
@@ -359,6 +360,20 @@ class WorkerProcess:
                         log.info("step_attempts_pruned", attempts=pruned, folded_to=folded_to)
             except Exception as exc:
                 log.error("maintenance_failed", error=str(exc)[:300])
+            self.stop_event.wait(self.options.maintenance_interval_seconds)
+
+    def _card_payments_loop(self) -> None:
+        """Card deals still awaiting their first payment past Stripe's 23 hours: Stripe is
+        asked, in case the webhook never came (sf_bridge.provisioning.payment_check)."""
+        from sf_bridge.provisioning.payment_check import check_unpaid_card_deals
+
+        if self.billing is None:
+            return
+        while not self.stop_event.is_set():
+            try:
+                check_unpaid_card_deals(self.session_factory, self.billing, now=datetime.now(UTC))
+            except Exception as exc:
+                log.error("card_payment_check_failed", error=str(exc)[:300])
             self.stop_event.wait(self.options.maintenance_interval_seconds)
 
     def _write_back_fields(self) -> Any:

@@ -130,6 +130,9 @@ class Deal(Base):
     # A deal charged automatically (card): awaiting_payment until its first invoice is paid,
     # then paid; expired when the subscription expired unpaid. None for other deals.
     payment_state: Mapped[str | None] = mapped_column(String(32))
+    # The payment state the opportunity was last told (by the write-back, then by the payment
+    # report): the report writes the deals whose state moved on since (payment_report.py).
+    payment_reported: Mapped[str | None] = mapped_column(String(32), index=True)
 
     last_error: Mapped[str | None] = mapped_column(Text)
     last_error_code: Mapped[str | None] = mapped_column(String(64))

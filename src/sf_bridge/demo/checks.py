@@ -8,6 +8,13 @@ from datetime import UTC, date, datetime, time
 from typing import Any
 
 from sf_bridge.demo.facts import DealFacts, entitlement_value
+from sf_bridge.provisioning.payment import (
+    AWAITING_PAYMENT,
+    PAID,
+    PROVISIONED_AWAITING_PAYMENT,
+    card_entitlements_of,
+    describe_payment,
+)
 
 
 @dataclass(frozen=True)
@@ -139,6 +146,8 @@ def check_deal(facts: DealFacts, by_key: dict[str, DealFacts], write_back: Any) 
             f"{facts.stripe_customer_id} vs {first.stripe_customer_id}",
         )
 
+    if facts.pending_grants and not facts.grants:
+        return checks  # a card deal granting on its first payment: check_card_awaiting
     add("entitlements granted by this deal", bool(facts.grants), f"{facts.grants}")
     for feature, value in expect.entitlements.items():
         granted = facts.grants.get(feature)
@@ -347,3 +356,108 @@ def check_started(facts: DealFacts, write_back: Any) -> list[Check]:
         written = facts.written_back.get(status_field)
         add(f"Opportunity.{status_field} says Provisioned", written == "Provisioned", repr(written))
     return checks
+
+
+def _status_text(facts: DealFacts, write_back: Any) -> tuple[str | None, Any]:
+    field_name = getattr(write_back, "status", None)
+    return field_name, facts.written_back.get(field_name) if field_name else None
+
+
+def check_card_awaiting(facts: DealFacts, mappings: Any) -> list[Check]:
+    """A card deal just provisioned, its first invoice not paid yet: the payment state on the
+    deal (what `deals show` prints), the Opportunity told it awaits the payment, and the
+    grants as the mapping's `card_payments.entitlements` says (the example: at once)."""
+    key, expect = facts.deal.key, facts.deal.expect
+    policy = card_entitlements_of(mappings)
+    sub = facts.subscription or {}
+    checks = [
+        Check(
+            key,
+            f"payment state {expect.payment_state} ({describe_payment(expect.payment_state)})",
+            facts.payment_state == expect.payment_state,
+            f"payment_state {facts.payment_state}",
+        ),
+        Check(
+            key,
+            "subscription incomplete until the first payment",
+            sub.get("status") == "incomplete",
+            f"{facts.stripe_subscription_id} {sub.get('status')}",
+        ),
+    ]
+    field_name, written = _status_text(facts, mappings.write_back)
+    if field_name:
+        checks.append(
+            Check(
+                key,
+                f"Opportunity.{field_name} says {PROVISIONED_AWAITING_PAYMENT!r}",
+                written == PROVISIONED_AWAITING_PAYMENT,
+                repr(written),
+            )
+        )
+    wanted = expect.entitlements
+    if policy == "at_once":
+        checks.append(
+            Check(
+                key,
+                "entitlements in effect at once (card_payments: at_once), none pending",
+                bool(facts.grants) and not facts.pending_grants,
+                f"in effect {facts.grants}, pending {facts.pending_grants}",
+            )
+        )
+    else:
+        checks.append(
+            Check(
+                key,
+                "entitlements pending until the first payment (card_payments: on_first_payment)",
+                not facts.grants
+                and all(facts.pending_grants.get(f) == v for f, v in wanted.items()),
+                f"in effect {facts.grants}, pending {facts.pending_grants}",
+            )
+        )
+    return checks
+
+
+def check_card_paid(facts: DealFacts, write_back: Any, before: dict[str, int]) -> list[Check]:
+    """The same card deal once its first invoice is paid on the payment page (the webhook
+    told sf-bridge): paid on the deal, the subscription active, the Opportunity told, and
+    every grant in effect (those in effect before, or those pending until now)."""
+    key = facts.deal.key
+    sub = facts.subscription or {}
+    checks = [
+        Check(
+            key,
+            f"payment state {PAID} after the first payment ({describe_payment(PAID)})",
+            facts.payment_state == PAID,
+            f"payment_state {facts.payment_state}",
+        ),
+        Check(
+            key,
+            "subscription active after the first payment",
+            sub.get("status") == "active",
+            f"{facts.stripe_subscription_id} {sub.get('status')}",
+        ),
+        Check(
+            key,
+            "entitlements in effect after the payment, none pending",
+            bool(facts.grants) and not facts.pending_grants and facts.grants == before,
+            f"in effect {facts.grants}, pending {facts.pending_grants}",
+        ),
+    ]
+    field_name, written = _status_text(facts, write_back)
+    if field_name:
+        checks.append(
+            Check(
+                key,
+                f"Opportunity.{field_name} now says 'Provisioned'",
+                written == "Provisioned" and facts.payment_reported == PAID,
+                f"{written!r} (told {facts.payment_reported})",
+            )
+        )
+    return checks
+
+
+def payment_told(facts: DealFacts) -> bool:
+    """The Opportunity was told the deal's current payment state (for waiting on it)."""
+    return facts.payment_state not in (None, AWAITING_PAYMENT) and (
+        facts.payment_reported == facts.payment_state
+    )

@@ -41,11 +41,14 @@ from sf_bridge.db.models import NEEDS_ATTENTION
 from sf_bridge.demo import lifecycle, view
 from sf_bridge.demo.checks import (
     Check,
+    check_card_awaiting,
+    check_card_paid,
     check_deal,
     check_no_duplicates,
     check_parked,
     check_scheduled,
     check_started,
+    payment_told,
 )
 from sf_bridge.demo.components import (
     DemoFailed,
@@ -175,9 +178,11 @@ class Demo:
                     self.checks.extend(check_scheduled(f, mappings.write_back))
                 else:
                     self.checks.extend(check_deal(f, by_key, mappings.write_back))
+                if f.deal.expect.payment_state:
+                    self.checks.extend(check_card_awaiting(f, mappings))
 
             if self.scenario.payments:
-                self._payments(stack, by_key)
+                self._payments(stack, by_key, mappings)
 
             parked = [f for f in facts if f.deal.expect.parks_with]
             if parked:
@@ -258,6 +263,9 @@ class Demo:
             "PORT": str(api_port),
             "LOG_FORMAT": "json",
             "SF_TRANSPORT": self.options.transport,
+            # A card payment is recorded by the API process; on SQLite it cannot wake the
+            # worker, whose next look (this poll) writes "Provisioned" onto the Opportunity.
+            "SF_BRIDGE_WORKER_SAFETY_POLL": "1",
         }
         if self.options.transport == "pubsub":
             env["SF_PUBSUB_ENDPOINT"] = org.pubsub_endpoint
@@ -470,7 +478,7 @@ class Demo:
             raise DemoFailed(f"`sf-bridge replay {facts.opportunity_id}` failed.")
         self._watch(stack, [facts], "Replayed deal", settled=TERMINAL)
 
-    def _payments(self, stack: Stack, by_key: dict[str, DealFacts]) -> None:
+    def _payments(self, stack: Stack, by_key: dict[str, DealFacts], mappings: Any) -> None:
         """The customers pay: by card on the payment page (the webhook tells sf-bridge) and by
         wire (finance tells sf-bridge). Checked in the database and in Stripe."""
         assert stack.env is not None
@@ -480,8 +488,16 @@ class Demo:
             for payment in self.scenario.payments:
                 facts = by_key[payment.deal]
                 invoice_id = facts.stripe_invoice_id
-                grants_before = dict(facts.grants)
+                grants_before, pending = dict(facts.grants), dict(facts.pending_grants)
                 self.say(payment.story)
+                if facts.payment_state:
+                    status = str(getattr(mappings.write_back, "status", None) or "")
+                    told = facts.written_back.get(status) if status else None
+                    self.say(
+                        f"  before: {view.payment_text(facts)}; Opportunity.{status} = {told!r}"
+                        if status
+                        else f"  before: {view.payment_text(facts)}"
+                    )
                 if not invoice_id:
                     self.checks.append(
                         Check(payment.deal, f"paid by {payment.how}", False, "no invoice")
@@ -514,6 +530,9 @@ class Demo:
                     f"Stripe shows it {invoice.get('status')}"
                 )
                 how = "wire (out of band)" if payment.how == "wire" else "card"
+                if facts.payment_state:
+                    self._card_paid(stack, facts, mappings, {**grants_before, **pending})
+                    continue
                 self.checks += [
                     Check(
                         payment.deal,
@@ -536,6 +555,30 @@ class Demo:
                 ]
         finally:
             engine.dispose()
+
+    def _card_paid(
+        self, stack: Stack, facts: DealFacts, mappings: Any, before: dict[str, int]
+    ) -> None:
+        """A card deal's first payment: the deal is paid, its grants in effect, and the worker
+        tells the Opportunity ("Provisioned")."""
+        engine = reader_engine(stack.database_url)
+        fields = _write_back_fields(mappings)
+
+        def told() -> bool:
+            read_deal(engine, facts)
+            read_written_back(stack.org, facts, fields)
+            return payment_told(facts)
+
+        try:
+            with contextlib.suppress(DemoFailed):
+                wait_until(told, timeout=15, what="the payment's status to be written back")
+        finally:
+            engine.dispose()
+        read_stripe(stack.stripe, facts)
+        status = str(getattr(mappings.write_back, "status", None) or "")
+        said = f"; Opportunity.{status} = {facts.written_back.get(status)!r}" if status else ""
+        self.say(f"  after: {view.payment_text(facts)}{said}")
+        self.checks.extend(check_card_paid(facts, mappings.write_back, before))
 
     def _pay_by_card(self, stack: Stack, invoice_id: str) -> str:
         """What the payment page does with the card the customer enters."""

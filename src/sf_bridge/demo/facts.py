@@ -49,6 +49,11 @@ class DealFacts:
     invoice_pdf: str | None = None
     plan: dict[str, Any] | None = None
     grants: dict[str, int] = field(default_factory=dict)  # feature -> value granted by this deal
+    # a card deal: its payment state, the one its opportunity was last told, and the grants
+    # recorded but waiting for the first payment (card_payments: on_first_payment)
+    payment_state: str | None = None
+    payment_reported: str | None = None
+    pending_grants: dict[str, int] = field(default_factory=dict)
     customer: dict[str, Any] | None = None  # from the emulator
     subscription: dict[str, Any] | None = None
     invoice: dict[str, Any] | None = None
@@ -115,13 +120,14 @@ def read_deal(engine: Engine, facts: DealFacts) -> None:
         facts.hosted_invoice_url = deal.hosted_invoice_url
         facts.invoice_pdf = deal.invoice_pdf
         facts.plan = deal.plan
-        grants = session.scalars(
-            select(EntitlementGrant).where(
-                EntitlementGrant.deal_id == deal.id, EntitlementGrant.active.is_(True)
-            )
+        facts.payment_state = deal.payment_state
+        facts.payment_reported = deal.payment_reported
+        every = list(
+            session.scalars(select(EntitlementGrant).where(EntitlementGrant.deal_id == deal.id))
         )
-        rows = list(grants)
+        rows = [g for g in every if g.active]
         facts.grants = {g.feature: g.value for g in rows}
+        facts.pending_grants = {g.feature: g.value for g in every if g.pending}
         facts.grants_from = {g.feature: g.valid_from for g in rows}
         facts.stripe_schedule_id = deal.stripe_schedule_id
 

@@ -49,6 +49,8 @@ class Expect:
     same_customer_as: str | None = None  # key of an earlier deal whose customer it reuses
     # the contract starts on the first of next month: scheduled, billed and granted from then
     starts_next_month: bool = False
+    # a card deal: its payment state once provisioned (awaiting_payment until it is paid)
+    payment_state: str | None = None
 
 
 @dataclass(frozen=True)
@@ -176,6 +178,7 @@ DEALS = (
             plan_kind="paid",
             collection_method="charge_automatically",
             entitlements={"seats": 10, "api_calls": 100_000},
+            payment_state="awaiting_payment",  # no card on file: paid on the payment page
         ),
     ),
     DemoDeal(

@@ -157,6 +157,8 @@ def deal_panel(facts: DealFacts, write_back_fields: list[str]) -> Panel:
             f"{facts.schedule.get('id')}  {facts.schedule.get('status')}  (starts {begins}: "
             "nothing billed or granted before)",
         )
+    if facts.payment_state:
+        table.add_row("payment", payment_text(facts))
     inv = facts.invoice
     if inv:
         table.add_row(
@@ -222,3 +224,18 @@ def make_console(force_terminal: bool | None = None) -> Console:
     if not console.is_terminal and "COLUMNS" not in os.environ:
         console.width = 160  # logs and pipes: wide enough that ids and links stay on one line
     return console
+
+
+def payment_text(facts: DealFacts) -> str:
+    """A card deal's payment state and what waits on it, in the words of `deals show`."""
+    from sf_bridge.provisioning.payment import describe_payment, pending_for_payment
+
+    created = (facts.subscription or {}).get("created")
+    pending = pending_for_payment(
+        facts.payment_state,
+        facts.payment_reported,
+        len(facts.pending_grants),
+        datetime.fromtimestamp(created, UTC) if isinstance(created, int) else None,
+    )
+    said = f"{facts.payment_state}: {describe_payment(facts.payment_state)}"
+    return "; ".join([said, *pending])

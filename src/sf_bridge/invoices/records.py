@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from sf_bridge.db.models import Deal, DealEvent, utcnow
 from sf_bridge.provisioning.store import cancel_subscription_deals
 from sf_bridge.provisioning.store import record_first_payment as _record_first_payment
+from sf_bridge.provisioning.wakeup import work_added
 
 # An invoice in one of these states never goes back to draft or open.
 TERMINAL_INVOICE_STATUSES = frozenset({"paid", "void", "uncollectible"})
@@ -85,7 +86,12 @@ def record_subscription_ended(
     Returns the deals newly cancelled and how many grants were revoked.
     """
     session.flush()
-    return cancel_subscription_deals(session.connection(), subscription_id, reason, how, utcnow())
+    cancelled, revoked = cancel_subscription_deals(
+        session.connection(), subscription_id, reason, how, utcnow()
+    )
+    if cancelled:
+        work_added(session)  # the worker writes "Cancelled" onto the opportunity at once
+    return cancelled, revoked
 
 
 def record_first_payment(session: Session, subscription_id: str, *, how: str) -> int:
@@ -93,4 +99,9 @@ def record_first_payment(session: Session, subscription_id: str, *, how: str) ->
     paid, their pending grants in effect (`sf_bridge.provisioning.payment`); idempotent.
     Returns how many deals changed."""
     session.flush()
-    return len(_record_first_payment(session.connection(), subscription_id, how, utcnow()))
+    changed = len(_record_first_payment(session.connection(), subscription_id, how, utcnow()))
+    if changed:
+        # The worker writes "Provisioned" onto the opportunity: woken on commit in this
+        # process, and by NOTIFY in the others on PostgreSQL (on SQLite, at its next look).
+        work_added(session)
+    return changed

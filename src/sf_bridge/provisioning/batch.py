@@ -368,6 +368,8 @@ def _write_back_claimed(
                 "current_step": None,
                 "writeback_pending": False,
                 "written_back_at": now if deal.opportunity_id in written else None,
+                # what a card deal's opportunity was told: paid since, it is told again
+                "payment_reported": deal.payment_state if deal.opportunity_id in written else None,
                 "completed_at": now,
             }
             for deal in ok

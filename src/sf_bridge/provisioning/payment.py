@@ -17,6 +17,7 @@ are revoked when the subscription expires unpaid (`sf_bridge.invoices.records`).
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 CardEntitlements = Literal["on_first_payment", "at_once"]
@@ -29,6 +30,13 @@ PAYMENT_STATES = (AWAITING_PAYMENT, PAID, EXPIRED)
 # The write-back's status text of a provisioned card deal awaiting its first payment (no
 # field of its own: the status field says it, within its 40 characters).
 PROVISIONED_AWAITING_PAYMENT = "Provisioned, awaiting payment"
+# "If the first invoice is not paid within 23 hours, the subscription transitions to
+# incomplete_expired. This is a terminal status, the open invoice will be voided"
+# (Stripe API reference, the subscription's `status`; docs.stripe.com/changelog/2019-03-14).
+UNPAID_EXPIRY = timedelta(hours=23)
+# The `deals` list's Invoice column for a card deal, in place of the invoice's status: no
+# wider than the column's title, so the list keeps its width.
+_CELLS = {AWAITING_PAYMENT: "unpaid", PAID: "paid", EXPIRED: "expired"}
 
 
 def card_entitlements_of(mappings: Any) -> CardEntitlements:
@@ -55,3 +63,35 @@ def describe_payment(payment_state: str | None) -> str | None:
     if payment_state == EXPIRED:
         return "expired unpaid"
     return None
+
+
+def payment_cell(payment_state: str | None, invoice_status: str | None) -> str:
+    """The `deals` list's invoice column: a card deal's payment state, else the invoice's."""
+    return _CELLS.get(payment_state or "", invoice_status or "")
+
+
+def pending_for_payment(
+    payment_state: str | None,
+    payment_reported: str | None,
+    grants_pending: int,
+    subscription_created_at: datetime | None,
+) -> list[str]:
+    """What still waits on a card deal's first payment, in words (`deals show`)."""
+    if payment_state == AWAITING_PAYMENT:
+        lines = []
+        if grants_pending:
+            lines.append(
+                f"{grants_pending} entitlement grant(s) take effect when the first payment "
+                "succeeds (card_payments: on_first_payment)"
+            )
+        if subscription_created_at is not None:
+            expires = subscription_created_at + UNPAID_EXPIRY
+            lines.append(
+                f"unpaid by about {expires:%Y-%m-%d %H:%M} UTC, Stripe expires the subscription "
+                "(incomplete_expired): the grants are revoked, the deal cancelled"
+            )
+        return lines
+    if payment_state == PAID and payment_reported == AWAITING_PAYMENT:
+        return ['the opportunity still says "Provisioned, awaiting payment": the worker writes '
+                '"Provisioned" next']  # fmt: skip
+    return []

@@ -1,6 +1,11 @@
 """Telling the opportunity that a provisioned card deal's first payment came in: its status
 field goes from "Provisioned, awaiting payment" to "Provisioned" (`sf_bridge.provisioning.payment`).
-A deal whose subscription expired unpaid is cancelled and told by the cancellation report."""
+A deal whose subscription expired unpaid is cancelled and told by the cancellation report.
+
+Each deal keeps the payment state its opportunity was last told (`payment_reported`, set by
+the write-back and here): the deals to tell are those paid since they were told they awaited
+it, whenever the payment came (even while the write-back was under way). The write happens
+before the record: a crash between the two writes the same status again on restart."""
 
 from __future__ import annotations
 
@@ -18,7 +23,8 @@ log = get_logger(__name__)
 def report_payments(
     store: DealStore, crm: CrmGateway | None, mappings_loader: Callable[[], Any], limit: int = 200
 ) -> list[int]:
-    """Writes the status of provisioned card deals whose first payment came in; their ids."""
+    """Writes the status of provisioned card deals whose first payment came in since their
+    opportunity was told they awaited it; their ids."""
     if crm is None:
         return []
     deals = store.payments_to_report(limit)

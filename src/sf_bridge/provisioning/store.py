@@ -69,6 +69,7 @@ from sf_bridge.provisioning.amendment import LiveSubscription, is_change
 from sf_bridge.provisioning.dbscope import SessionScope
 from sf_bridge.provisioning.group_commit import Batch, GroupCommit, NotHeld, Work
 from sf_bridge.provisioning.outcome import CustomerView, DealView, Outcome
+from sf_bridge.provisioning.payment import AWAITING_PAYMENT, PAID
 from sf_bridge.provisioning.states import ACCOUNT_STEPS, SETTLED, STEP_CUSTOMER
 from sf_bridge.provisioning.wakeup import work_added
 
@@ -1214,15 +1215,17 @@ class DealStore:
     # card deals' first payment (sf_bridge.provisioning.payment) ----------------------------
 
     def payments_to_report(self, limit: int) -> list[DealView]:
-        """Provisioned card deals whose payment state changed since the opportunity was told
-        (their first payment came in)."""
+        """Provisioned card deals paid since the opportunity was told they awaited the first
+        payment. Read from `payment_reported`, which only the write-back and this report
+        set: a payment recorded while the write-back was telling the opportunity "awaiting
+        payment" is still found here afterwards."""
         with self.db() as session:
             rows = session.connection().execute(
                 select(*_VIEW)
                 .where(
+                    deals.c.payment_reported == AWAITING_PAYMENT,
+                    deals.c.payment_state == PAID,
                     deals.c.status == "done",
-                    deals.c.writeback_pending.is_(True),
-                    deals.c.payment_state.is_not(None),
                 )
                 .order_by(deals.c.id)
                 .limit(limit)
@@ -1230,20 +1233,16 @@ class DealStore:
             return [DealView.from_row(dict(row)) for row in rows.mappings()]
 
     def payments_reported(self, reported: Mapping[int, str | None]) -> None:
-        """Clears the deals' pending write-back if their payment state is still the one
-        written (deal id -> payment state written)."""
+        """Records the payment state each opportunity was told (deal id -> state written)."""
+        if not reported:
+            return
         with self.db() as session, session.begin():
-            conn = session.connection()
-            for deal_id, state in reported.items():
-                conn.execute(
-                    update(deals)
-                    .where(
-                        deals.c.id == deal_id,
-                        deals.c.status == "done",
-                        deals.c.payment_state == state,
-                    )
-                    .values(writeback_pending=False)
-                )
+            session.connection().execute(
+                update(deals)
+                .where(deals.c.id == bindparam("deal_id"))
+                .values(payment_reported=bindparam("told")),
+                [{"deal_id": deal_id, "told": state} for deal_id, state in reported.items()],
+            )
 
 
 # A deal leaving the per-deal steps settled: no next step, no lease, nothing due.
@@ -1802,11 +1801,7 @@ def record_first_payment(
             deals.c.payment_state == "awaiting_payment",
             deals.c.status != CANCELLED,
         )
-        .values(
-            payment_state="paid",
-            writeback_pending=deals.c.source != "file",
-            updated_at=now,
-        )
+        .values(payment_state=PAID, updated_at=now)  # reported by payments_to_report
         .returning(deals.c.id)
     ).scalars()
     results: list[tuple[int, int]] = []

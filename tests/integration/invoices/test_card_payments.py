@@ -237,3 +237,70 @@ def test_a_stale_activation_after_expiry_grants_nothing_back(
     deal = h.deal(opp)
     assert (deal.status, deal.payment_state) == (CANCELLED, "expired")
     assert _grants(h.session_factory) == [("seats", False, False), ("sso", False, False)]
+
+
+def test_deals_list_and_show_tell_the_payment_state_and_what_waits_for_it(
+    cli_stripe: Any,
+) -> None:
+    """The example mappings grant card deals at once: `deals show` names the payment state
+    and when Stripe expires the subscription unpaid; once paid, the list says so."""
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from sf_bridge.cli import app
+    from sf_bridge.config import get_settings
+    from sf_bridge.db.engine import make_engine
+
+    emu = cli_stripe
+    example = Path(__file__).resolve().parents[3] / "examples/opportunities/team-self-serve.json"
+    runner = CliRunner(env={"COLUMNS": "200"})
+    provisioned = runner.invoke(app, ["provision", "--file", str(example)])
+    assert provisioned.exit_code == 0, provisioned.output
+    listed = runner.invoke(app, ["deals"]).output
+    assert " unpaid " in listed, listed  # the Invoice column: the card payment's state
+    shown = runner.invoke(app, ["deals", "show", "1"]).output
+    assert "awaiting_payment: awaiting the first card payment" in shown, shown
+    assert "  pending       unpaid by about" in shown
+    assert "Stripe expires the subscription" in shown
+    assert "pending the first payment" not in shown  # at_once: in effect already
+    [invoice] = emu.objects("invoice")
+    emu.pay_invoice(invoice["id"])
+    engine = make_engine(get_settings().database_url)
+    factory = sessionmaker(engine)
+    for event in emu.events():
+        process_event(factory, event, None)
+    engine.dispose()
+    assert " paid " in runner.invoke(app, ["deals"]).output
+    shown = runner.invoke(app, ["deals", "show", "1"]).output
+    assert "paid: first card payment received" in shown, shown
+    assert "  pending " not in shown  # nothing waits any more
+
+
+def test_an_idle_worker_writes_the_payment_back_without_waiting_for_its_safety_poll(
+    stripe_harness: Harness, provisioning_emulator: Any
+) -> None:
+    """Recording the first payment wakes the worker (here in the same process; on PostgreSQL
+    across processes by NOTIFY): the opportunity is told at once."""
+    import threading
+
+    from tests.fixtures.waiting import wait_until
+
+    h, emu = stripe_harness, provisioning_emulator
+    opp = "006000000000028AAA"
+    _provision(h, opp)
+    worker = h.worker()
+    worker.safety_poll = 600.0  # far beyond the wait below
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        deal = h.deal(opp)
+        emu.pay_invoice(deal.stripe_invoice_id)
+        for event in emu.events():
+            process_event(h.session_factory, event, h.billing)
+        wait_until(lambda: _status_written(h, opp) == "Provisioned", 10, "the payment told")
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert not thread.is_alive()

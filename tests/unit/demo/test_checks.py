@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 
 from sf_bridge.demo.checks import (
+    check_card_awaiting,
+    check_card_paid,
     check_deal,
     check_no_duplicates,
     check_parked,
@@ -265,3 +267,83 @@ def test_a_started_deal_check_fails_on_what_breaks_it(breaks: Any, what: str) ->
     breaks(facts)
     failed = [c.what for c in check_started(facts, WRITE_BACK) if not c.ok]
     assert failed == [what]
+
+
+@dataclasses.dataclass
+class CardMappings:
+    write_back: Any = WRITE_BACK
+    card_entitlements: str = "at_once"
+
+
+def card_facts(policy: str = "at_once") -> DealFacts:
+    """The self-serve card deal just provisioned, its first invoice unpaid."""
+    facts = DealFacts(SCENARIO.deal("self_serve"), "006B", "001B", row=row())
+    facts.stripe_subscription_id = "sub_2"
+    facts.subscription = {"id": "sub_2", "status": "incomplete"}
+    facts.payment_state, facts.payment_reported = "awaiting_payment", "awaiting_payment"
+    granted = {"seats": 10, "api_calls": 100_000}
+    if policy == "at_once":
+        facts.grants = granted
+    else:
+        facts.pending_grants = granted
+    facts.written_back = {"SF_Bridge_Status__c": "Provisioned, awaiting payment"}
+    return facts
+
+
+@pytest.mark.parametrize("policy", ["at_once", "on_first_payment"])
+def test_a_card_deal_awaiting_its_payment_passes_as_its_policy_says(policy: str) -> None:
+    assert (
+        failed_checks(
+            check_card_awaiting(card_facts(policy), CardMappings(card_entitlements=policy))
+        )
+        == []
+    )
+    # the other policy's grants fail it
+    other = "on_first_payment" if policy == "at_once" else "at_once"
+    assert failed_checks(
+        check_card_awaiting(card_facts(other), CardMappings(card_entitlements=policy))
+    )
+
+
+@pytest.mark.parametrize(
+    ("breaks", "what"),
+    [
+        (lambda f: setattr(f, "payment_state", "paid"), "payment state awaiting_payment"),
+        (lambda f: f.written_back.update(SF_Bridge_Status__c="Provisioned"), "says 'Provisioned,"),
+        (lambda f: f.subscription.update(status="active"), "subscription incomplete"),
+    ],
+)
+def test_a_card_deal_awaiting_check_fails_on_what_breaks_it(breaks: Any, what: str) -> None:
+    facts = card_facts()
+    breaks(facts)
+    assert any(what in c for c in failed_checks(check_card_awaiting(facts, CardMappings())))
+
+
+def paid_facts() -> DealFacts:
+    facts = card_facts()
+    facts.subscription = {"id": "sub_2", "status": "active"}
+    facts.payment_state, facts.payment_reported = "paid", "paid"
+    facts.written_back = {"SF_Bridge_Status__c": "Provisioned"}
+    return facts
+
+
+@pytest.mark.parametrize(
+    ("breaks", "what"),
+    [
+        (None, ""),
+        (lambda f: setattr(f, "payment_state", "awaiting_payment"), "payment state paid"),
+        (lambda f: setattr(f, "payment_reported", "awaiting_payment"), "now says 'Provisioned'"),
+        (lambda f: f.subscription.update(status="incomplete"), "subscription active"),
+        (lambda f: setattr(f, "pending_grants", {"seats": 10}), "none pending"),
+    ],
+)
+def test_a_paid_card_deal_check_fails_on_what_breaks_it(breaks: Any, what: str) -> None:
+    facts = paid_facts()
+    if breaks is not None:
+        breaks(facts)
+    failures = failed_checks(check_card_paid(facts, WRITE_BACK, dict(facts.grants)))
+    assert failures == [] if breaks is None else any(what in c for c in failures), failures
+
+
+def failed_checks(checks: list[Any]) -> list[str]:
+    return [c.what for c in checks if not c.ok]
