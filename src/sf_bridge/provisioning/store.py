@@ -69,7 +69,13 @@ from sf_bridge.provisioning.amendment import LiveSubscription, is_change
 from sf_bridge.provisioning.dbscope import SessionScope
 from sf_bridge.provisioning.group_commit import Batch, GroupCommit, NotHeld, Work
 from sf_bridge.provisioning.outcome import CustomerView, DealView, Outcome
-from sf_bridge.provisioning.states import ACCOUNT_STEPS, SETTLED, STEP_CUSTOMER
+from sf_bridge.provisioning.states import (
+    ACCOUNT_STEPS,
+    SETTLED,
+    STATUS_BEFORE,
+    STEP_CUSTOMER,
+    STEP_WRITE_BACK,
+)
 from sf_bridge.provisioning.wakeup import work_added
 
 deals: Table = Deal.__table__  # type: ignore[assignment]
@@ -1047,6 +1053,7 @@ class DealStore:
                 "last_error": f"Cancelled: {reason}",
                 "last_error_code": "cancelled",
                 "writeback_pending": deals.c.source != "file",
+                "attempts": 0,  # from here: the tries of writing "Cancelled"
                 **_LEASE_GIVEN_BACK,
             }
             if not self._update_held(conn, deal_id, values):
@@ -1074,22 +1081,71 @@ class DealStore:
         return True, revoked
 
     def cancelled_to_report(self, limit: int) -> list[DealView]:
-        """Cancelled deals whose opportunity is still to be told "Cancelled"."""
+        """Cancelled deals whose opportunity is still to be told "Cancelled" (now: a write
+        Salesforce could not take is tried again once its retry is due)."""
+        now = self.clock()
         with self.db() as session:
             rows = session.connection().execute(
                 select(*_VIEW)
-                .where(deals.c.status == CANCELLED, deals.c.writeback_pending.is_(True))
+                .where(
+                    deals.c.status == CANCELLED,
+                    deals.c.writeback_pending.is_(True),
+                    or_(deals.c.next_attempt_at.is_(None), deals.c.next_attempt_at <= now),
+                )
                 .order_by(deals.c.id)
                 .limit(limit)
             )
             return [DealView.from_row(dict(row)) for row in rows.mappings()]
 
-    def cancelled_reported(self, deal_ids: Collection[int]) -> None:
+    def cancelled_reported(
+        self,
+        deal_ids: Collection[int],
+        refused: Mapping[int, str] | None = None,
+        written: Collection[int] = (),
+    ) -> None:
+        """The cancelled deals' opportunities told (`written`: those written to), or, for
+        `refused`, why Salesforce would not take it: a `write_back_failed` line in the deal's
+        history, which the write is not tried again after. One transaction."""
+        now = self.clock()
+        with self.db() as session, session.begin():
+            conn = session.connection()
+            conn.execute(
+                update(deals)
+                .where(deals.c.id.in_(list(deal_ids)), deals.c.status == CANCELLED)
+                .values(writeback_pending=False, next_attempt_at=None)
+            )
+            if written:
+                conn.execute(
+                    update(deals)
+                    .where(deals.c.id.in_(list(written)), deals.c.status == CANCELLED)
+                    .values(written_back_at=now)
+                )
+            for deal_id, error in (refused or {}).items():
+                _add_events(
+                    conn,
+                    deal_id,
+                    [
+                        {
+                            "kind": "write_back_failed",
+                            "message": 'Writing "Cancelled" to the Opportunity failed: '
+                            f"{error}. Set it by hand.",
+                            "detail": {"error": error},
+                        }
+                    ],
+                    now,
+                )
+
+    def cancelled_report_later(self, deal_ids: Collection[int], delay: timedelta) -> None:
+        """Salesforce could not take "Cancelled" now (a lock, a limit): written again after
+        `delay`, the try counted."""
+        if not deal_ids:
+            return
+        now = self.clock()
         with self.db() as session, session.begin():
             session.connection().execute(
                 update(deals)
                 .where(deals.c.id.in_(list(deal_ids)), deals.c.status == CANCELLED)
-                .values(writeback_pending=False)
+                .values(next_attempt_at=now + delay, attempts=deals.c.attempts + 1)
             )
 
     # amendments and renewals ---------------------------------------------------------------
@@ -1540,6 +1596,9 @@ __all__ = ["DealStore", "Started", "cancel_subscription_deals", "ensure_customer
 # finds it no longer won and skips it), already skipped or cancelled, or already being handled.
 _UNWON_UNTOUCHED = ("received", "skipped", CANCELLED, "unwon", "cancelling")
 UNWON_CODE = "unwon_after_provisioning"
+# An un-won amendment or renewal whose change of the account's subscription cannot be taken
+# back on its own (`sf_bridge.provisioning.unwon`): parked for a person, kept or fixed by hand.
+NOT_REVERSIBLE = "unwon_change_not_reversible"
 
 # A worker in the middle of a Stripe step (it took the account's lease, `account_until`, and
 # marked the step `stripe_requested` before its request) may still get its answer after the
@@ -1711,8 +1770,11 @@ def queue_cancel(session: Session, deal_id: int, *, reason: str, actor: str) -> 
 
 
 def keep_unwon(session: Session, deal_id: int, *, actor: str, note: str | None) -> bool:
-    """`deals keep N`: the deal parked as un-won stays as provisioned (`done`): billing and
-    entitlements go on; recorded in its history with who decided."""
+    """`deals keep N`: the deal parked as un-won stays as provisioned: billing and
+    entitlements go on; recorded in its history with who decided. The opportunity, told
+    "Needs attention" and the commands, is told its provisioned status again with the error
+    cleared: the deal goes back to its write-back step (`write_back_batch`, which retries or
+    parks a refused write like any other), then rests `done` (or `scheduled`)."""
     conn = session.connection()
     now = utcnow()
     kept = conn.execute(
@@ -1723,22 +1785,24 @@ def keep_unwon(session: Session, deal_id: int, *, actor: str, note: str | None) 
                 deals.c.status == "unwon",
                 and_(
                     deals.c.status == "needs_attention",
-                    deals.c.last_error_code.in_((UNWON_CODE, CHANGED_CODE)),
+                    deals.c.last_error_code.in_((UNWON_CODE, CHANGED_CODE, NOT_REVERSIBLE)),
                 ),
             ),
         )
         .values(
-            status="done",
-            current_step=None,
+            status=STATUS_BEFORE[STEP_WRITE_BACK],
+            current_step=STEP_WRITE_BACK,
+            attempts=0,
             last_error=None,
             last_error_code=None,
             locked_by=None,
             locked_until=None,
-            next_attempt_at=None,
+            next_attempt_at=now,
             updated_at=now,
         )
     ).rowcount
     if kept == 1:
+        _work_added(session)
         message = f"Kept as provisioned by {actor} although no longer won"
         conn.execute(
             insert(events).values(

@@ -36,20 +36,30 @@ Each step of the sequence runs `hooks.before_commit(name, deal_id)` before its c
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any, Literal
 
 from sqlalchemy import func, select
 
-from sf_bridge.billing.port import BillingGateway, BillingInvoice, BillingSubscription
-from sf_bridge.crm.port import CrmGateway, OpportunityUpdate
+from sf_bridge.billing.port import (
+    BillingGateway,
+    BillingInvoice,
+    BillingSchedule,
+    BillingSubscription,
+    SubscriptionUpdate,
+)
+from sf_bridge.crm.port import CrmGateway, OpportunityUpdate, WriteBackResult
 from sf_bridge.db.models import EntitlementGrant
 from sf_bridge.errors import BillingRejected, PermanentError, TransientError
 from sf_bridge.logging import get_logger
+from sf_bridge.plan import ProvisioningPlan
+from sf_bridge.provisioning import amendment
+from sf_bridge.provisioning import schedule as schedule_mod
 from sf_bridge.provisioning.outcome import DealView
 from sf_bridge.provisioning.runner import StepHooks
-from sf_bridge.provisioning.states import STEP_CANCEL, STEP_UNWON, UNWON_STEPS
-from sf_bridge.provisioning.store import UNWON_CODE, DealStore
+from sf_bridge.provisioning.states import STEP_CANCEL, STEP_SUBSCRIPTION, STEP_UNWON, UNWON_STEPS
+from sf_bridge.provisioning.store import NOT_REVERSIBLE, UNWON_CODE, DealStore
 
 log = get_logger(__name__)
 
@@ -59,12 +69,25 @@ ENDED = frozenset({"canceled", "incomplete_expired"})
 VOIDABLE = frozenset({"open", "uncollectible"})
 RETRY_DELAY = timedelta(seconds=30)
 CANCELLED_STATUS_TEXT = "Cancelled"
+# A schedule Stripe cancels ("only if its status is not_started or active").
+SCHEDULE_LIVE = frozenset({"not_started", "active"})
+# The subscription's metadata key holding the markers of the changes taken back (un-won).
+REVERSALS_KEY = "sf_reversals"
+MARKERS_MAX = 500  # Stripe metadata values hold 500 characters
 
 
 def review_fix(deal_id: int) -> str:
     return (
         f"Run `sf-bridge deals cancel {deal_id}` to void its invoice, cancel its subscription "
         f"and revoke its entitlements, or `sf-bridge deals keep {deal_id}` to keep billing it."
+    )
+
+
+def change_fix(deal_id: int, subscription_id: str) -> str:
+    return (
+        f"Run `sf-bridge deals cancel {deal_id}` to reverse its change of subscription "
+        f"{subscription_id} (its items come off, its own invoice is voided, its entitlements "
+        f"revoked; the subscription stays), or `sf-bridge deals keep {deal_id}` to keep it."
     )
 
 
@@ -116,14 +139,25 @@ class UnwonRunner:
     def _decide(self, deal: DealView) -> str:
         reason = deal.last_error or "The opportunity is no longer won."
         subscription = self._subscription(deal)
-        if subscription is None and not deal.stripe_invoice_id and not self._grants(deal.id):
+        change = self._shared(deal, subscription)
+        if change is not None:
+            return self._decide_change(deal, change, reason)
+        schedule = self._schedule(deal)
+        if (
+            subscription is None
+            and schedule is None
+            and not deal.stripe_invoice_id
+            and not self._grants(deal.id)
+        ):
             self.store.skip_unwon(
                 deal.id, reason=f"{reason} Nothing of its own was billed or granted yet."
             )
             return "skipped"
         mappings = self.mappings_loader()
         if policy_of(mappings) == "cancel":
-            return self.cancel(deal, reason=reason, subscription=subscription)
+            return self.cancel(
+                deal, reason=reason, subscription=subscription, schedule=schedule, looked_up=True
+            )
         self.store.park_unwon(
             deal.id,
             reason=f"{reason} It was already provisioned.",
@@ -132,16 +166,81 @@ class UnwonRunner:
         )
         return "parked"
 
+    def _decide_change(self, deal: DealView, subscription: BillingSubscription, reason: str) -> str:
+        """An amendment or renewal of the account's subscription: nothing of its own in
+        Stripe (its marker is not on the subscription: its update never landed) and nothing
+        granted -> skipped; else reversed (`cancel`) or parked (`review`)."""
+        tag = amendment.marker(deal, deal.plan or {})
+        if (
+            not amendment.applied(subscription, tag)
+            and not _tagged(subscription, REVERSALS_KEY, tag)
+            and not deal.stripe_invoice_id
+            and not self._grants(deal.id)
+        ):
+            self.store.skip_unwon(
+                deal.id,
+                reason=f"{reason} Its change of subscription {subscription.id} was not made "
+                "and nothing was granted.",
+            )
+            return "skipped"
+        unsafe = self._not_reversible(deal, subscription)
+        if unsafe is not None:
+            return self._park_change(deal, subscription, reason, unsafe)
+        if policy_of(self.mappings_loader()) == "cancel":
+            return self.cancel(deal, reason=reason, subscription=subscription)
+        self.store.park_unwon(
+            deal.id,
+            reason=f"{reason} Its change of subscription {subscription.id} was already made.",
+            code=UNWON_CODE,
+            fix=change_fix(deal.id, subscription.id),
+        )
+        return "parked"
+
     def _subscription(self, deal: DealView) -> BillingSubscription | None:
         """The deal's subscription: by its stored id, else (its creation's answer was never
-        committed) by its tag among the customer's subscriptions."""
+        committed) by its tag among the customer's subscriptions. An amendment or renewal
+        whose update's answer was never committed: the account's live subscription, as the
+        amendment step finds it (its marker on it says whether the change landed)."""
         if self.billing is None:
             return None
         if deal.stripe_subscription_id:
             return self.billing.get_subscription(deal.stripe_subscription_id)
+        if deal.stripe_schedule_id:
+            return None  # not started: its schedule holds the subscription, once Stripe makes it
+        if amendment.is_change(deal.plan):
+            own = (deal.plan or {}).get(amendment.REOPENED_KEY)
+            target = str(own["subscription"]) if own else None
+            if target is None:
+                live = self.store.live_subscription(deal)
+                target = live.subscription_id if live is not None else None
+            if target is not None:
+                return self.billing.get_subscription(target)
         return self.billing.find_subscription(
             sf_opportunity_id=deal.opportunity_id, customer=deal.stripe_customer_id
         )
+
+    @staticmethod
+    def _shared(
+        deal: DealView, subscription: BillingSubscription | None
+    ) -> BillingSubscription | None:
+        """The subscription when the deal changed it and did not make it (an amendment or a
+        renewal of the account's subscription); None otherwise (a reopened deal changed its
+        own subscription: cancelling the deal cancels it)."""
+        if subscription is None or not amendment.is_change(deal.plan):
+            return None
+        if subscription.metadata.get("sf_opportunity_id") == deal.opportunity_id:
+            return None
+        return subscription
+
+    def _schedule(self, deal: DealView) -> BillingSchedule | None:
+        """The deal's subscription schedule: by its stored id, else (the create's answer may
+        have been lost: the step was marked requested) by its tag."""
+        if self.billing is None:
+            return None
+        dated = bool((deal.plan or {}).get("contract") or (deal.plan or {}).get("phases"))
+        if not deal.stripe_schedule_id and not (dated and deal.requested(STEP_SUBSCRIPTION)):
+            return None
+        return schedule_mod.find_schedule(self.billing, replace(deal, resumed=True))
 
     @staticmethod
     def _finalize_draft(billing: BillingGateway, deal: DealView, invoice_id: str) -> BillingInvoice:
@@ -176,36 +275,63 @@ class UnwonRunner:
                 or 0
             )
 
+    def _void(
+        self, billing: BillingGateway, deal: DealView, invoice_id: str, reason: str
+    ) -> tuple[str, str]:
+        """Voids the invoice when it is open (a draft is finalized first), commits that once;
+        returns its status and the reason (told when the invoice was paid already)."""
+        invoice = billing.get_invoice(invoice_id)
+        if invoice.status == "draft":
+            invoice = self._finalize_draft(billing, deal, invoice_id)
+        if invoice.status in VOIDABLE:
+            invoice = billing.void_invoice(
+                invoice_id, idempotency_key=f"unwon-void:{deal.opportunity_id}:{invoice_id}"
+            )
+        if invoice.status == "void" and deal.invoice_status != "void":
+            self._committed(
+                "invoice_voided",
+                deal.id,
+                lambda: self.store.record_cancel_step(
+                    deal.id,
+                    {"invoice_status": "void", "stripe_invoice_id": invoice_id},
+                    kind="invoice_voided",
+                    message=f"Invoice {invoice_id} voided: {reason}",
+                ),
+            )
+        elif invoice.status == "paid":
+            reason = f"{reason} (invoice {invoice_id} was already paid: refund it in Stripe)"
+        return invoice.status, reason
+
     def cancel(
-        self, deal: DealView, *, reason: str, subscription: BillingSubscription | None = None
+        self,
+        deal: DealView,
+        *,
+        reason: str,
+        subscription: BillingSubscription | None = None,
+        schedule: BillingSchedule | None = None,
+        looked_up: bool = False,
     ) -> str:
+        """The cancellation sequence (`looked_up`: the subscription and schedule given are
+        those the decision just read, none when None)."""
         billing = self.billing
-        if subscription is None and billing is not None:
+        if subscription is None and billing is not None and not looked_up:
             subscription = self._subscription(deal)
+        change = self._shared(deal, subscription)
+        if change is not None:
+            return self._cancel_change(deal, change, reason)
         invoice_id = deal.stripe_invoice_id or (
             subscription.latest_invoice if subscription else None
         )
         if billing is not None and invoice_id:
-            invoice = billing.get_invoice(invoice_id)
-            if invoice.status == "draft":
-                invoice = self._finalize_draft(billing, deal, invoice_id)
-            if invoice.status in VOIDABLE:
-                invoice = billing.void_invoice(
-                    invoice_id, idempotency_key=f"unwon-void:{deal.opportunity_id}:{invoice_id}"
-                )
-            if invoice.status == "void" and deal.invoice_status != "void":
-                self._committed(
-                    "invoice_voided",
-                    deal.id,
-                    lambda: self.store.record_cancel_step(
-                        deal.id,
-                        {"invoice_status": "void", "stripe_invoice_id": invoice_id},
-                        kind="invoice_voided",
-                        message=f"Invoice {invoice_id} voided: {reason}",
-                    ),
-                )
-            elif invoice.status == "paid":
-                reason = f"{reason} (invoice {invoice_id} was already paid: refund it in Stripe)"
+            _status, reason = self._void(billing, deal, invoice_id, reason)
+        if schedule is None and not looked_up:
+            schedule = self._schedule(deal)
+        if billing is not None and schedule is not None:
+            schedule = self._cancel_schedule(billing, deal, schedule, reason)
+            if subscription is None and schedule.subscription:
+                subscription = billing.get_subscription(schedule.subscription)
+            elif subscription is not None:  # the schedule's cancel ended it too
+                subscription = billing.get_subscription(subscription.id) or subscription
         if billing is not None and subscription is not None:
             if subscription.status not in ENDED:
                 subscription = billing.cancel_subscription(
@@ -225,11 +351,177 @@ class UnwonRunner:
                         message=f"Subscription {ended} cancelled: {reason}",
                     ),
                 )
+        return self._finish(deal, reason)
+
+    def _finish(self, deal: DealView, reason: str) -> str:
         held, revoked = self._committed(
             "cancelled", deal.id, lambda: self.store.finish_cancel(deal.id, reason=reason)
         )
         log.info("deal_cancelled", deal_id=deal.id, held=held, grants_revoked=revoked)
         return "cancelled" if held else "lost"
+
+    def _cancel_schedule(
+        self, billing: BillingGateway, deal: DealView, schedule: BillingSchedule, reason: str
+    ) -> BillingSchedule:
+        """A contract starting later: its schedule would create and bill the subscription at
+        the start date. Stripe cancels a schedule "and its associated subscription
+        immediately (if the subscription schedule has an active subscription)", only while it
+        is `not_started` or `active`; `invoice_now` and `prorate` (default true, for an active
+        schedule) are sent false, as a subscription's cancel does by default: no final
+        invoice. Guarded on its status, committed once."""
+        if schedule.status in SCHEDULE_LIVE:
+            schedule = billing.cancel_schedule(
+                schedule.id,
+                idempotency_key=f"unwon-cancel-schedule:{deal.opportunity_id}:{schedule.id}",
+                invoice_now=False,
+                prorate=False,
+            )
+        recorded = self.store.events_of_kind([deal.id], ["schedule_cancelled"])
+        if schedule.status == "canceled" and not recorded:
+            ended = schedule.id
+            self._committed(
+                "schedule_cancelled",
+                deal.id,
+                lambda: self.store.record_cancel_step(
+                    deal.id,
+                    {"stripe_schedule_id": ended},
+                    kind="schedule_cancelled",
+                    message=f"Subscription schedule {ended} cancelled: {reason}",
+                ),
+            )
+        return schedule
+
+    # an amendment or renewal of the account's subscription -----------------------------------
+
+    def _not_reversible(self, deal: DealView, subscription: BillingSubscription) -> str | None:
+        """Why the deal's change cannot be taken back on its own (None: it can). Only an
+        additions amendment of catalog prices says exactly what it added (its lines); a
+        totals amendment or a renewal replaced the quantities and prices of the deals before
+        it, and a plan line that swapped the plan's price kept no record of the price before."""
+        plan = deal.plan_or_fail()
+        if plan.intent == "renewal":
+            return (
+                f"It is a renewal: it replaced subscription {subscription.id}'s items and "
+                "prices with its own (billed from the renewal date), so they cannot be put "
+                "back from what sf-bridge recorded"
+            )
+        if plan.amendment_lines == "totals":
+            return (
+                f"It is a totals amendment: it set subscription {subscription.id}'s "
+                "quantities in all, replacing what the deals before it had"
+            )
+        if any(not i.lookup_key for i in plan.items):
+            return "A line of it has a price of its own (no catalog lookup key) to match"
+        live = self.store.live_subscription(deal)
+        plan_keys = {
+            str(i.get("lookup_key"))
+            for i in ((live.plan if live else None) or {}).get("items", [])
+            if i.get("kind") == "plan"
+        }
+        swapped = [i.lookup_key for i in plan.items if i.kind == "plan"]
+        if any(k not in plan_keys for k in swapped):
+            return (
+                f"Its plan line swapped the price of subscription {subscription.id}'s plan "
+                "item, and the price before is not recorded"
+            )
+        return None
+
+    def _park_change(
+        self, deal: DealView, subscription: BillingSubscription, reason: str, why: str
+    ) -> str:
+        self.store.park_unwon(
+            deal.id,
+            reason=f"{reason} {why}. Nothing was changed in Stripe.",
+            code=NOT_REVERSIBLE,
+            fix=(
+                f"Change subscription {subscription.id} back in Stripe by hand if the change "
+                f"is not to stand (its own invoice, if any, voided), or `sf-bridge deals keep "
+                f"{deal.id}` to keep it."
+            ),
+        )
+        return "parked"
+
+    def _cancel_change(self, deal: DealView, subscription: BillingSubscription, reason: str) -> str:
+        """Reverses exactly the deal's change of the account's subscription: voids its own
+        invoice (an `always_invoice` proration invoice), takes its items off (the amendment
+        step's difference, from its lines to none), revokes its grants. The subscription and
+        the other deals' invoices stay. Guarded like the change itself: the reversal tags
+        the subscription (`metadata.sf_reversals`) in the same request, so a replay, or a
+        crash after the request, never takes it off twice."""
+        billing = self.billing
+        assert billing is not None
+        unsafe = self._not_reversible(deal, subscription)
+        if unsafe is not None:
+            return self._park_change(deal, subscription, reason, unsafe)
+        plan = deal.plan_or_fail()
+        tag = amendment.marker(deal, deal.plan or {})
+        voided = False
+        if deal.stripe_invoice_id:
+            status, reason = self._void(billing, deal, deal.stripe_invoice_id, reason)
+            voided = status == "void"
+        done = _tagged(subscription, REVERSALS_KEY, tag)
+        if subscription.status in ENDED:
+            pass  # the subscription ended meanwhile (its first deal cancelled): nothing to take off
+        elif not done and not amendment.applied(subscription, tag):
+            if deal.stripe_subscription_id and not self.store.events_of_kind(
+                [deal.id], ["subscription_reversed"]
+            ):
+                # its change was committed, but its marker is no longer on the subscription
+                # (dropped from the 500 characters, or edited in Stripe): no guessing
+                return self._park_change(
+                    deal,
+                    subscription,
+                    reason,
+                    f"Its marker {tag} is no longer on subscription {subscription.id}, so "
+                    "whether its change is still there cannot be told",
+                )
+        elif not done:
+            changes = amendment._difference([], list(subscription.items), plan_lines(plan))
+            # its own invoice voided: nothing was billed for the change, so its reversal
+            # credits nothing either; else the mapping's proration for amendments
+            behavior = "none" if voided else amendment.proration(plan)
+            update = SubscriptionUpdate(
+                items=changes,
+                proration_behavior=behavior,
+                metadata={REVERSALS_KEY: _with_tag(subscription, REVERSALS_KEY, tag)},
+            )
+            subscription = billing.update_subscription(
+                subscription.id,
+                update,
+                idempotency_key=f"unwon-reverse:{deal.opportunity_id}:{subscription.id}:{tag}",
+            )
+            done = True
+        if done and not self.store.events_of_kind([deal.id], ["subscription_reversed"]):
+            changed = subscription.id
+            self._committed(
+                "subscription_reversed",
+                deal.id,
+                lambda: self.store.record_cancel_step(
+                    deal.id,
+                    {"stripe_subscription_id": changed},
+                    kind="subscription_reversed",
+                    message=f"Its change of subscription {changed} taken back: {reason}",
+                ),
+            )
+        return self._finish(deal, reason)
+
+
+def plan_lines(plan: ProvisioningPlan) -> list[dict[str, Any]]:
+    """The deal's lines as the amendment step's `from_items` (lookup key, quantity)."""
+    return [{"lookup_key": i.lookup_key, "quantity": i.quantity} for i in plan.items]
+
+
+def _tagged(subscription: BillingSubscription, key: str, tag: str) -> bool:
+    return tag in (subscription.metadata.get(key) or "").split(",")
+
+
+def _with_tag(subscription: BillingSubscription, key: str, tag: str) -> str:
+    """The metadata value with `tag` added last, the oldest dropped to fit Stripe's 500."""
+    tags = [t for t in (subscription.metadata.get(key) or "").split(",") if t]
+    tags.append(tag)
+    while len(",".join(tags)) > MARKERS_MAX and len(tags) > 1:
+        tags.pop(0)
+    return ",".join(tags)
 
 
 def report_cancelled(
@@ -238,9 +530,15 @@ def report_cancelled(
     mappings_loader: Callable[[], Any],
     limit: int = 200,
     hooks: StepHooks | None = None,
+    max_attempts: int = 8,
 ) -> list[int]:
     """Writes "Cancelled" and the reason onto the opportunities of newly cancelled deals, then
-    commits that they were told (a crash in between writes the same values again)."""
+    commits that they were told (a crash in between writes the same values again). A write
+    Salesforce refuses is handled as the provisioned write-back handles it
+    (`batch.write_back_batch`): one it may take later (`retryable`: a lock, a limit, the
+    call failing) is written again after `RETRY_DELAY`, up to `max_attempts` tries; one it
+    refuses (a validation rule, a field permission) is not tried again, and the deal's
+    history says so (`write_back_failed`). Returns the ids settled."""
     if crm is None:
         return []
     cancelled = store.cancelled_to_report(limit)
@@ -257,18 +555,45 @@ def report_cancelled(
         }
         if fields and deal.source != "file":
             updates.append(OpportunityUpdate(deal.opportunity_id, fields))
-    for result in crm.write_back(updates) if updates else []:
-        if not result.ok:
-            log.warning(
-                "cancelled_write_back_refused",
-                opportunity_id=result.opportunity_id,
-                error=result.error,
-            )
-    ids = [d.id for d in cancelled]
+    try:
+        results = crm.write_back(updates) if updates else []
+    except TransientError as exc:
+        results = [
+            WriteBackResult(u.opportunity_id, False, str(exc)[:300], retryable=True)
+            for u in updates
+        ]
+    refused = {r.opportunity_id: r for r in results if not r.ok}
+    later: list[int] = []
+    failed: dict[int, str] = {}
+    for deal in cancelled:
+        result = refused.get(deal.opportunity_id)
+        if result is None:
+            continue
+        log.warning(
+            "cancelled_write_back_refused",
+            opportunity_id=result.opportunity_id,
+            error=result.error,
+            retryable=result.retryable,
+        )
+        if result.retryable and deal.attempts + 1 < max_attempts:
+            later.append(deal.id)
+        else:
+            failed[deal.id] = result.error or "refused"
+    written = {u.opportunity_id for u in updates}
+    ids = [d.id for d in cancelled if d.id not in later]
     hooks = hooks or StepHooks()
     for deal_id in ids:
         hooks.before_commit("cancel_written_back", deal_id)
-    store.cancelled_reported(ids)
+    store.cancelled_reported(
+        ids,
+        refused=failed,
+        written=[
+            d.id
+            for d in cancelled
+            if d.opportunity_id in written and d.opportunity_id not in refused
+        ],
+    )
+    store.cancelled_report_later(later, RETRY_DELAY)
     for deal_id in ids:
         hooks.after_commit("cancel_written_back", deal_id)
     return ids
