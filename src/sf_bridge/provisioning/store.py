@@ -1042,9 +1042,13 @@ class DealStore:
                 session.connection(), deal_id, dict(values), kind=kind, message=message
             )
 
-    def finish_cancel(self, deal_id: int, *, reason: str) -> tuple[bool, int]:
+    def finish_cancel(
+        self, deal_id: int, *, reason: str, restore_on: str | None = None
+    ) -> tuple[bool, int]:
         """The last step of a cancellation: revokes exactly this deal's active grants and marks
-        it `cancelled` (Salesforce is told "Cancelled"), in one transaction."""
+        it `cancelled` (Salesforce is told "Cancelled"), in one transaction. `restore_on`: the
+        deal was a renewal or totals amendment of that subscription, taken back; the grants it
+        replaced (`replace_grants`) are in effect again."""
         now = self.clock()
         with self.db() as session, session.begin():
             conn = session.connection()
@@ -1066,19 +1070,60 @@ class DealStore:
                 ).rowcount
                 or 0
             )
+            restored = _restore_replaced(conn, deal_id, restore_on) if restore_on else 0
             _add_events(
                 conn,
                 deal_id,
                 [
                     {
                         "kind": "cancelled",
-                        "message": f"Cancelled: {reason}. {revoked} entitlement grant(s) revoked.",
-                        "detail": {"reason": reason, "grants_revoked": revoked},
+                        "message": f"Cancelled: {reason}. {revoked} entitlement grant(s) revoked"
+                        + (f", {restored} it had replaced in effect again." if restored else "."),
+                        "detail": {
+                            "reason": reason,
+                            "grants_revoked": revoked,
+                            "grants_restored": restored,
+                        },
                     }
                 ],
                 now,
             )
         return True, revoked
+
+    def replaced_by_change(self, deal_id: int) -> dict[str, Any] | None:
+        """What a renewal or totals amendment replaced on its subscription, as its change
+        recorded it (`amendment.replaced_detail`), or None when not recorded."""
+        with self.db() as session:
+            details = session.connection().execute(
+                select(attempts.c.detail)
+                .where(
+                    attempts.c.deal_id == deal_id,
+                    attempts.c.step == "subscription",
+                    attempts.c.outcome == "ok",
+                )
+                .order_by(attempts.c.id.desc())
+            )
+            for (detail,) in details:
+                if detail and detail.get("replaced") is not None:
+                    return dict(detail)
+        return None
+
+    def later_changes(
+        self, deal: DealView, subscription_id: str
+    ) -> list[tuple[int, dict[str, Any] | None]]:
+        """Later deals of the same subscription still in effect (not cancelled or skipped),
+        with their plans: changes made after this deal's."""
+        with self.db() as session:
+            rows = session.connection().execute(
+                select(deals.c.id, deals.c.plan)
+                .where(
+                    deals.c.stripe_subscription_id == subscription_id,
+                    deals.c.id > deal.id,
+                    deals.c.status.not_in((CANCELLED, "skipped")),
+                )
+                .order_by(deals.c.id)
+            )
+            return [(int(r.id), r.plan) for r in rows]
 
     def cancelled_to_report(self, limit: int) -> list[DealView]:
         """Cancelled deals whose opportunity is still to be told "Cancelled" (now: a write
@@ -1814,6 +1859,46 @@ def keep_unwon(session: Session, deal_id: int, *, actor: str, note: str | None) 
             )
         )
     return kept == 1
+
+
+def _restore_replaced(conn: Connection, deal_id: int, subscription_id: str) -> int:
+    """A renewal or totals amendment taken back: the grants it replaced on its subscription
+    (`replace_grants` left them inactive, not revoked) are in effect again. Those are the
+    grants of the deals from the last one before it that said the subscription's whole state
+    (its first deal, or an earlier renewal / totals amendment: it replaced the ones before
+    it, which stay replaced) up to it. Returns how many."""
+    earlier = conn.execute(
+        select(deals.c.id, deals.c.plan)
+        .where(
+            deals.c.stripe_subscription_id == subscription_id,
+            deals.c.id < deal_id,
+            deals.c.status.not_in((CANCELLED, "skipped")),
+        )
+        .order_by(deals.c.id.desc())
+    ).all()
+    start: int | None = None
+    for row in earlier:
+        start = row.id
+        plan = row.plan or {}
+        additions = plan.get("intent") == "amendment" and plan.get("amendment_lines") != "totals"
+        if not is_change(plan) or not additions:
+            break
+    if start is None:
+        return 0
+    return int(
+        conn.execute(
+            update(grants)
+            .where(
+                grants.c.stripe_subscription_id == subscription_id,
+                grants.c.deal_id.in_([r.id for r in earlier if r.id >= start]),
+                grants.c.active.is_(False),
+                grants.c.pending.is_(False),
+                grants.c.revoked_at.is_(None),
+            )
+            .values(active=True)
+        ).rowcount
+        or 0
+    )
 
 
 # card deals: the first payment (sf_bridge.provisioning.payment) ------------------------------

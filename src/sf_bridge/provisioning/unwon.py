@@ -35,9 +35,9 @@ Each step of the sequence runs `hooks.before_commit(name, deal_id)` before its c
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from sqlalchemy import func, select
@@ -47,6 +47,7 @@ from sf_bridge.billing.port import (
     BillingInvoice,
     BillingSchedule,
     BillingSubscription,
+    ItemChange,
     SubscriptionUpdate,
 )
 from sf_bridge.crm.port import CrmGateway, OpportunityUpdate, WriteBackResult
@@ -353,9 +354,11 @@ class UnwonRunner:
                 )
         return self._finish(deal, reason)
 
-    def _finish(self, deal: DealView, reason: str) -> str:
+    def _finish(self, deal: DealView, reason: str, restore_on: str | None = None) -> str:
         held, revoked = self._committed(
-            "cancelled", deal.id, lambda: self.store.finish_cancel(deal.id, reason=reason)
+            "cancelled",
+            deal.id,
+            lambda: self.store.finish_cancel(deal.id, reason=reason, restore_on=restore_on),
         )
         log.info("deal_cancelled", deal_id=deal.id, held=held, grants_revoked=revoked)
         return "cancelled" if held else "lost"
@@ -394,22 +397,26 @@ class UnwonRunner:
     # an amendment or renewal of the account's subscription -----------------------------------
 
     def _not_reversible(self, deal: DealView, subscription: BillingSubscription) -> str | None:
-        """Why the deal's change cannot be taken back on its own (None: it can). Only an
-        additions amendment of catalog prices says exactly what it added (its lines); a
-        totals amendment or a renewal replaced the quantities and prices of the deals before
-        it, and a plan line that swapped the plan's price kept no record of the price before."""
+        """Why the deal's change cannot be taken back on its own (None: it can).
+
+        An additions amendment of catalog prices says exactly what it added (its lines): they
+        come off, whatever later additions did. A renewal or a totals amendment replaced the
+        subscription's items: they are put back as its change recorded them, unless a later
+        deal changed the subscription again, the renewal's prices took effect already (a new
+        period started at them), or a price to put back is not a catalog price (Stripe makes
+        a price of `price_data` for that item alone). A plan line that swapped the plan's
+        price in an additions amendment kept no record of the price before."""
         plan = deal.plan_or_fail()
-        if plan.intent == "renewal":
-            return (
-                f"It is a renewal: it replaced subscription {subscription.id}'s items and "
-                "prices with its own (billed from the renewal date), so they cannot be put "
-                "back from what sf-bridge recorded"
-            )
-        if plan.amendment_lines == "totals":
-            return (
-                f"It is a totals amendment: it set subscription {subscription.id}'s "
-                "quantities in all, replacing what the deals before it had"
-            )
+        later = self.store.later_changes(deal, subscription.id)
+        replacing = _replaces(plan)
+        for later_id, later_plan in later:
+            if replacing or _replaces_stored(later_plan):
+                return (
+                    f"Deal {later_id} changed subscription {subscription.id} after it, so "
+                    "taking this change back would undo that one too"
+                )
+        if replacing:
+            return self._not_restorable(deal, plan, subscription)
         if any(not i.lookup_key for i in plan.items):
             return "A line of it has a price of its own (no catalog lookup key) to match"
         live = self.store.live_subscription(deal)
@@ -424,6 +431,36 @@ class UnwonRunner:
                 f"Its plan line swapped the price of subscription {subscription.id}'s plan "
                 "item, and the price before is not recorded"
             )
+        return None
+
+    def _not_restorable(
+        self, deal: DealView, plan: ProvisioningPlan, subscription: BillingSubscription
+    ) -> str | None:
+        what = "a renewal" if plan.intent == "renewal" else "a totals amendment"
+        recorded = self.store.replaced_by_change(deal.id)
+        if recorded is None:
+            return (
+                f"It is {what}: what it replaced on subscription {subscription.id} was not "
+                "recorded (its change was found made after an answer was lost)"
+            )
+        ended = recorded.get("period_end")
+        if plan.intent == "renewal" and (
+            not ended
+            or subscription.current_period_start is None
+            or subscription.current_period_start >= datetime.fromisoformat(ended)
+        ):
+            return (
+                f"It is a renewal whose prices took effect already: subscription "
+                f"{subscription.id} renewed at them"
+            )
+        now = {i.id: i for i in subscription.items}
+        for item_id, price, lookup_key, _quantity in recorded["replaced"]:
+            current = now.get(item_id)
+            if lookup_key is None and (current is None or current.price != price):
+                return (
+                    f"It is {what}: the price {price} it replaced is not a catalog price, "
+                    "so it cannot be put back"
+                )
         return None
 
     def _park_change(
@@ -476,7 +513,11 @@ class UnwonRunner:
                     "whether its change is still there cannot be told",
                 )
         elif not done:
-            changes = amendment._difference([], list(subscription.items), plan_lines(plan))
+            if _replaces(plan):
+                recorded = self.store.replaced_by_change(deal.id) or {}
+                changes = restore_items(subscription, recorded.get("replaced") or [])
+            else:
+                changes = amendment._difference([], list(subscription.items), plan_lines(plan))
             # its own invoice voided: nothing was billed for the change, so its reversal
             # credits nothing either; else the mapping's proration for amendments
             behavior = "none" if voided else amendment.proration(plan)
@@ -503,7 +544,40 @@ class UnwonRunner:
                     message=f"Its change of subscription {changed} taken back: {reason}",
                 ),
             )
-        return self._finish(deal, reason)
+        return self._finish(deal, reason, restore_on=subscription.id if _replaces(plan) else None)
+
+
+def _replaces(plan: ProvisioningPlan) -> bool:
+    """A renewal or a totals amendment: its lines are the subscription's whole state."""
+    return plan.intent == "renewal" or plan.amendment_lines == "totals"
+
+
+def _replaces_stored(plan: Mapping[str, Any] | None) -> bool:
+    stored = plan or {}
+    return amendment.is_change(stored) and (
+        stored.get("intent") == "renewal" or stored.get("amendment_lines") == "totals"
+    )
+
+
+def restore_items(
+    subscription: BillingSubscription, replaced: Sequence[Sequence[Any]]
+) -> list[ItemChange]:
+    """The item changes that put back the items a renewal or totals amendment replaced
+    (`[item id, price, lookup key, quantity]` each, as it recorded them): an item it added
+    is deleted, one it changed gets its price and quantity back, one it removed is added
+    again at its price."""
+    before = {str(r[0]): (str(r[1]), int(r[3])) for r in replaced}
+    changes: list[ItemChange] = []
+    for item in subscription.items:
+        was = before.pop(item.id, None)
+        if was is None:
+            changes.append(ItemChange(item_id=item.id, deleted=True))
+        elif was[0] != item.price:
+            changes.append(ItemChange(item_id=item.id, price=was[0], quantity=was[1]))
+        elif was[1] != item.quantity:
+            changes.append(ItemChange(item_id=item.id, quantity=was[1]))
+    changes += [ItemChange(price=price, quantity=quantity) for price, quantity in before.values()]
+    return changes
 
 
 def plan_lines(plan: ProvisioningPlan) -> list[dict[str, Any]]:

@@ -170,25 +170,96 @@ def test_deals_cancel_of_an_always_invoice_upsell_voids_its_own_invoice_only(
     assert _active_grants(h) == {f"{first.id}:seats": 5}
 
 
-def test_a_totals_amendment_or_renewal_is_parked_not_guessed(
+@pytest.mark.parametrize("intent", ["renewal", "totals"])
+def test_a_renewal_or_totals_amendment_is_put_back_with_the_grants_it_replaced(
+    stripe_harness: Harness, provisioning_emulator: Any, intent: str
+) -> None:
+    """A renewal (another price, billed from the renewal date) or a totals downgrade replaced
+    the subscription's items and the first deal's grants: un-won before the renewal date,
+    the items it replaced are put back, with their price, and so are those grants."""
+    h, emu = stripe_harness, provisioning_emulator
+    h.mappings.when_unwon = "cancel"
+    _first_deal(h, quantity=10)
+    first = h.deal(FIRST)
+    sub_id = first.stripe_subscription_id
+    price_before = emu.get(sub_id)["items"]["data"][0]["price"]["id"]
+    if intent == "renewal":
+        _change(h, 8, intent="renewal", lookup_key="team_monthly")
+        assert _items(emu, sub_id) == {"team_monthly": 8}
+    else:
+        _change(h, 4, lines="totals")
+        assert _items(emu, sub_id) == {"pro_monthly": 4}
+    assert _active_grants(h) == {f"{h.deal(SECOND).id}:seats": _only(h)}
+    invoices = emu.count("invoice")
+    _unwin(h, SECOND)
+    drain(h.worker(), _status_is(h, SECOND, "cancelled"))
+
+    sub = emu.get(sub_id)
+    assert sub["status"] == "active"
+    assert _items(emu, sub_id) == {"pro_monthly": 10}
+    assert sub["items"]["data"][0]["price"]["id"] == price_before
+    assert emu.count("invoice") == invoices
+    assert emu.get(first.stripe_invoice_id)["status"] == "open"
+    assert _active_grants(h) == {f"{first.id}:seats": 10}
+    assert _kinds(h, h.deal(SECOND).id).count("subscription_reversed") == 1
+    updates = _updates_of(emu, sub_id or "")
+    for _ in range(2):
+        h.worker().run_once()
+    assert _updates_of(emu, sub_id or "") == updates
+
+
+def _only(h: Harness) -> int:
+    (value,) = _active_grants(h).values()
+    return value
+
+
+def test_a_renewal_whose_prices_took_effect_is_parked_not_guessed(
     stripe_harness: Harness, provisioning_emulator: Any
 ) -> None:
-    """A renewal replaced the subscription's items and prices: reversing it is not done by
-    guess; the deal is parked with the reason and nothing in Stripe changes."""
+    """The renewal date passed: the subscription renewed at the renewal's prices. Putting the
+    old ones back is not done by guess: parked with the reason, nothing changed in Stripe."""
     h, emu = stripe_harness, provisioning_emulator
     h.mappings.when_unwon = "cancel"
     _first_deal(h)
     _change(h, 5, intent="renewal", lookup_key="team_monthly")
     sub_id = h.deal(FIRST).stripe_subscription_id
+    end = emu.get(sub_id)["items"]["data"][0]["current_period_end"]
+    emu.advance_clock(end - emu.now() + 3600)
+    assert emu.get(sub_id)["items"]["data"][0]["current_period_start"] >= end
     before = _items(emu, sub_id)
     _unwin(h, SECOND)
     drain(h.worker(), _status_is(h, SECOND, "needs_attention"))
     deal = h.deal(SECOND)
     assert deal.last_error_code == "unwon_change_not_reversible"
-    assert "renewal" in (deal.last_error or "")
-    assert emu.get(sub_id)["status"] == "active"
+    assert "renewal whose prices took effect" in (deal.last_error or "")
+    assert f"sf-bridge deals keep {deal.id}" in (deal.last_error or "")
+    assert emu.get(sub_id)["status"] != "canceled"
     assert _items(emu, sub_id) == before
-    assert emu.get(h.deal(FIRST).stripe_invoice_id)["status"] == "open"
+    with h.session_factory() as session, session.begin():
+        assert keep_unwon(session, deal.id, actor="ana", note=None)
+
+
+def test_a_totals_amendment_changed_again_later_is_parked(
+    stripe_harness: Harness, provisioning_emulator: Any
+) -> None:
+    """Totals 4, then a later upsell of 3: taking the totals back would undo the upsell."""
+    h, emu = stripe_harness, provisioning_emulator
+    h.mappings.when_unwon = "cancel"
+    _first_deal(h, quantity=10)
+    _change(h, 4, lines="totals")
+    third = "006000000000403AAA"
+    plan = make_plan(third, quantity=3, entitlements=_seats(3))
+    h.add_opportunity(replace(plan, intent="amendment", amendment_lines="additions"))
+    _enqueue(h, third)
+    drain(h.worker(), settled(h, third))
+    sub_id = h.deal(FIRST).stripe_subscription_id
+    assert _items(emu, sub_id) == {"pro_monthly": 7}
+    _unwin(h, SECOND)
+    drain(h.worker(), _status_is(h, SECOND, "needs_attention"))
+    deal = h.deal(SECOND)
+    assert deal.last_error_code == "unwon_change_not_reversible"
+    assert f"Deal {h.deal(third).id} changed subscription" in (deal.last_error or "")
+    assert _items(emu, sub_id) == {"pro_monthly": 7}
 
 
 def test_an_amendment_unwon_while_its_update_is_in_flight_is_reversed(
