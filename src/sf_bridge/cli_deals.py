@@ -353,9 +353,10 @@ def cancel_command(
     ),
     timeout: float = typer.Option(120.0, "--timeout", help="Seconds to wait for the outcome."),
 ) -> None:
-    """Cancels a deal: voids its open invoice, cancels its subscription, revokes exactly its
-    entitlements and writes "Cancelled" onto the opportunity (each step once, even after a
-    crash). Recorded in the deal's history with who asked.
+    """Cancels a deal: voids its open invoice, cancels its subscription (or schedule), revokes
+    exactly its entitlements and writes "Cancelled" onto the opportunity (each step once, even
+    after a crash); an amendment or renewal takes back only its change of the account's
+    subscription. Recorded in the deal's history with who asked.
 
     Reads DATABASE_URL, SF_BRIDGE_MAPPINGS, STRIPE_API_KEY, STRIPE_API_BASE and the SF_*
     Salesforce settings."""

@@ -16,9 +16,20 @@ crash before or after any commit ends in one void and one cancel:
 
     1. void the deal's invoice when it is open (or uncollectible); a draft is finalized
        first, `auto_advance` false (Stripe voids only finalized invoices)
-    2. cancel the subscription unless it is canceled or incomplete_expired already
-    3. revoke exactly this deal's grants and mark it `cancelled` (one transaction)
-    4. write "Cancelled" and the reason onto the opportunity
+    2. cancel its subscription schedule (a contract starting later) while it is
+       not_started or active, else Stripe starts and bills the subscription at the start
+    3. cancel the subscription unless it is canceled or incomplete_expired already
+    4. revoke exactly this deal's grants and mark it `cancelled` (one transaction)
+    5. write "Cancelled" and the reason onto the opportunity (a refused write is retried or
+       recorded, as the provisioned write-back does)
+
+An amendment or renewal shares the account's subscription with the deal that made it: its
+sequence takes back only its change (`_cancel_change`): 1. void its own invoice (a proration
+invoice), 2. take its items off (additions: the amendment step's difference from its lines
+to none) or put back what it replaced (renewal, totals: as its change recorded them), tagged
+`metadata.sf_reversals` in the same request so it is never done twice, 4. revoke its grants
+(and restore those it replaced), 5. as above. The subscription is never cancelled. When that
+cannot be done safely the deal is parked `unwon_change_not_reversible` with the reason.
 
 A Stripe request in flight when the deal was un-won (or `deals cancel` was asked): the step
 had marked itself `stripe_requested` and held the account's lease before sending it, and its
@@ -29,8 +40,9 @@ finds what it made: the subscription by its stored id, else among the customer's
 with its latest invoice. It never decides "nothing billed" while a request may still land.
 
 Each step of the sequence runs `hooks.before_commit(name, deal_id)` before its commit and
-`hooks.after_commit` after it (names `invoice_voided`, `subscription_cancelled`, `cancelled`,
-`cancel_written_back`): tests raise from them to imitate a crash at exactly that point.
+`hooks.after_commit` after it (names `invoice_voided`, `schedule_cancelled`,
+`subscription_cancelled`, `subscription_reversed`, `cancelled`, `cancel_written_back`): tests
+raise from them to imitate a crash at exactly that point.
 """
 
 from __future__ import annotations
