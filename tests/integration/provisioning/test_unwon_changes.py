@@ -301,15 +301,20 @@ def test_an_amendment_unwon_while_its_update_is_in_flight_is_reversed(
 CHANGE_COMMITS = ("subscription_reversed", "cancelled", "cancel_written_back")
 
 
+@pytest.mark.parametrize("lines", ["additions", "totals"])
 @pytest.mark.parametrize("phase", ["before", "after"])
 @pytest.mark.parametrize("commit", CHANGE_COMMITS)
 def test_crash_around_each_commit_of_an_amendments_cancellation(
-    stripe_harness: Harness, provisioning_emulator: Any, commit: str, phase: str
+    stripe_harness: Harness, provisioning_emulator: Any, commit: str, phase: str, lines: str
 ) -> None:
+    """The worker dies just before or after one commit of an amendment's cancellation; the
+    restarted one ends with one reversal in Stripe (additions: +20 off; totals 2: back to
+    5), the first deal's grants in effect (restored once, for totals) and "Cancelled"
+    written once (twice, same values, only between the write and its commit)."""
     h, emu = stripe_harness, provisioning_emulator
     h.mappings.when_unwon = "cancel"
     _first_deal(h)
-    _change(h, 20)
+    _change(h, 20 if lines == "additions" else 2, lines=lines)
     first, target = h.deal(FIRST), h.deal(SECOND).id
     sub_id = first.stripe_subscription_id or ""
     writes = _count_writes(h, SECOND)
@@ -332,6 +337,7 @@ def test_crash_around_each_commit_of_an_amendments_cancellation(
 
     assert _updates_of(emu, sub_id) == updates + 1  # one reversal
     assert _items(emu, sub_id) == {"pro_monthly": 5}
+    assert _grant_values(h, first.id) == [5]
     assert emu.get(sub_id)["status"] == "active"
     assert emu.get(first.stripe_invoice_id)["status"] == "open"
     assert _kinds(h, target).count("subscription_reversed") == 1
@@ -340,6 +346,17 @@ def test_crash_around_each_commit_of_an_amendments_cancellation(
     cancelled = [u for u in writes if u.fields.get("Provisioning_Status__c") == "Cancelled"]
     between = commit == "cancel_written_back" and phase == "before"
     assert len(cancelled) == (2 if between else 1)
+
+
+def _grant_values(h: Harness, deal_id: int) -> list[int]:
+    with h.session_factory() as session:
+        return list(
+            session.scalars(
+                select(EntitlementGrant.value).where(
+                    EntitlementGrant.deal_id == deal_id, EntitlementGrant.active.is_(True)
+                )
+            )
+        )
 
 
 def _count_writes(h: Harness, opp: str) -> list[OpportunityUpdate]:
@@ -485,3 +502,41 @@ def test_deals_keep_writes_the_provisioned_status_back(
     assert h.crm.written[FIRST]["Provisioning_Status__c"] == "Provisioned"
     assert h.crm.written[FIRST]["Provisioning_Error__c"] is None
     assert len(writes) == 1
+
+
+@pytest.mark.parametrize("phase", ["before", "after"])
+def test_deals_keep_survives_a_crash_around_its_write_back(
+    stripe_harness: Harness, provisioning_emulator: Any, phase: str
+) -> None:
+    """Kept, the deal's write-back commit is cut by a crash: the restarted worker writes
+    "Provisioned" again only when the crash fell before the commit (same values), and the
+    deal ends `done` with nothing sent to Stripe."""
+    h, emu = stripe_harness, provisioning_emulator
+    _first_deal(h)
+    _unwin(h, FIRST)
+    drain(h.worker(), _status_is(h, FIRST, "needs_attention"))
+    deal_id = h.deal(FIRST).id
+    writes = _count_writes(h, FIRST)
+    sent = len(emu.requests())
+    fired: list[bool] = []
+
+    def hook(at: str, deal: int) -> None:
+        if at == "write_back" and deal == deal_id and not fired:
+            fired.append(True)
+            raise SimulatedCrash(f"{phase} the write-back commit")
+
+    hooks = StepHooks(before_commit=hook) if phase == "before" else StepHooks(after_commit=hook)
+    with h.session_factory() as session, session.begin():
+        assert keep_unwon(session, deal_id, actor="ana", note=None)
+    with pytest.raises(SimulatedCrash):
+        drain(h.worker(hooks=hooks, owner="crashing"), lambda: False)
+    h.clock.advance(LEASE + 1)
+    drain(h.worker(owner="restarted"), _status_is(h, FIRST, "done"))
+    for _ in range(2):
+        h.worker(owner="restarted").run_once()
+    assert h.deal(FIRST).status == "done"
+    assert len(writes) == (2 if phase == "before" else 1)
+    assert all(w.fields == writes[0].fields for w in writes)
+    assert writes[0].fields["Provisioning_Status__c"] == "Provisioned"
+    assert writes[0].fields["Provisioning_Error__c"] is None
+    assert len(emu.requests()) == sent
