@@ -1108,17 +1108,18 @@ class DealStore:
                     return dict(detail)
         return None
 
-    def later_changes(
-        self, deal: DealView, subscription_id: str
+    def deals_on_subscription(
+        self, subscription_id: str, *, besides: int
     ) -> list[tuple[int, dict[str, Any] | None]]:
-        """Later deals of the same subscription still in effect (not cancelled or skipped),
-        with their plans: changes made after this deal's."""
+        """The other deals of a subscription still in effect (not cancelled or skipped), with
+        their plans, in the order they arrived: the deal that made it and those that changed
+        it."""
         with self.db() as session:
             rows = session.connection().execute(
                 select(deals.c.id, deals.c.plan)
                 .where(
                     deals.c.stripe_subscription_id == subscription_id,
-                    deals.c.id > deal.id,
+                    deals.c.id != besides,
                     deals.c.status.not_in((CANCELLED, "skipped")),
                 )
                 .order_by(deals.c.id)

@@ -419,10 +419,10 @@ class UnwonRunner:
         a price of `price_data` for that item alone). A plan line that swapped the plan's
         price in an additions amendment kept no record of the price before."""
         plan = deal.plan_or_fail()
-        later = self.store.later_changes(deal, subscription.id)
+        others = self.store.deals_on_subscription(subscription.id, besides=deal.id)
         replacing = _replaces(plan)
-        for later_id, later_plan in later:
-            if replacing or _replaces_stored(later_plan):
+        for later_id, later_plan in others:
+            if later_id > deal.id and (replacing or _replaces_stored(later_plan)):
                 return (
                     f"Deal {later_id} changed subscription {subscription.id} after it, so "
                     "taking this change back would undo that one too"
@@ -431,10 +431,13 @@ class UnwonRunner:
             return self._not_restorable(deal, plan, subscription)
         if any(not i.lookup_key for i in plan.items):
             return "A line of it has a price of its own (no catalog lookup key) to match"
-        live = self.store.live_subscription(deal)
+        # a plan line whose price no earlier deal of the subscription had swapped the plan
+        # item's price (`amendment.item_changes`) rather than adding to it
         plan_keys = {
             str(i.get("lookup_key"))
-            for i in ((live.plan if live else None) or {}).get("items", [])
+            for earlier_id, earlier_plan in others
+            if earlier_id < deal.id
+            for i in (earlier_plan or {}).get("items", [])
             if i.get("kind") == "plan"
         }
         swapped = [i.lookup_key for i in plan.items if i.kind == "plan"]

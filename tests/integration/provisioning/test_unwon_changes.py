@@ -135,6 +135,33 @@ def test_cancel_policy_reverses_an_upsell_only(
     assert _updates_of(emu, sub_id or "") == updates
 
 
+def test_an_upsell_is_reversed_whatever_later_additions_did(
+    stripe_harness: Harness, provisioning_emulator: Any
+) -> None:
+    """+20 seats, then a later add-on: the upsell's 20 come off, the add-on stays."""
+    h, emu = stripe_harness, provisioning_emulator
+    h.mappings.when_unwon = "cancel"
+    _first_deal(h)
+    _change(h, 20)
+    third = "006000000000403AAA"
+    plan = make_plan(third, quantity=2, lookup_key="team_monthly", entitlements=())
+    plan = replace(
+        plan,
+        intent="amendment",
+        amendment_lines="additions",
+        items=tuple(replace(i, kind="addon") for i in plan.items),
+    )
+    h.add_opportunity(plan)
+    _enqueue(h, third)
+    drain(h.worker(), settled(h, third))
+    sub_id = h.deal(FIRST).stripe_subscription_id
+    assert _items(emu, sub_id) == {"pro_monthly": 25, "team_monthly": 2}
+    _unwin(h, SECOND)
+    drain(h.worker(), _status_is(h, SECOND, "cancelled"))
+    assert _items(emu, sub_id) == {"pro_monthly": 5, "team_monthly": 2}
+    assert h.deal(third).status == "done"
+
+
 def test_deals_cancel_of_an_always_invoice_upsell_voids_its_own_invoice_only(
     stripe_harness: Harness, provisioning_emulator: Any
 ) -> None:
