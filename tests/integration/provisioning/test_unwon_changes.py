@@ -470,6 +470,33 @@ def test_an_unwon_scheduled_deal_cancels_its_schedule_once(
     assert h.deal(FIRST).status == "cancelled"
 
 
+def test_an_unwon_deal_whose_schedule_started_ends_schedule_and_subscription_once(
+    stripe_harness: Harness, provisioning_emulator: Any
+) -> None:
+    """Past its start: Stripe made the subscription and its first invoice under the schedule.
+    Un-won: the invoice is voided, the schedule cancelled (which ends its subscription, no
+    final invoice), the subscription not cancelled a second time."""
+    h, emu = stripe_harness, provisioning_emulator
+    h.mappings.when_unwon = "cancel"
+    contract = _scheduled(h, emu)
+    _past_start(h, emu, contract)
+    drain(h.worker(), lambda: h.deal(FIRST).status in ("done", "needs_attention"))
+    deal = h.deal(FIRST)
+    assert deal.status == "done", deal.last_error
+    assert deal.stripe_subscription_id
+    invoices = emu.count("invoice")
+    _unwin(h, FIRST)
+    drain(h.worker(), _status_is(h, FIRST, "cancelled"))
+    assert emu.get(deal.stripe_schedule_id)["status"] == "canceled"
+    assert emu.get(deal.stripe_subscription_id)["status"] == "canceled"
+    assert emu.get(deal.stripe_invoice_id)["status"] == "void"
+    assert emu.count("invoice") == invoices
+    assert not [r for r in emu.requests() if r.method == "DELETE"]
+    kinds = _kinds(h, deal.id)
+    assert [kinds.count(k) for k in ("schedule_cancelled", "subscription_cancelled")] == [1, 1]
+    assert _active_grants(h) == {}
+
+
 # what the opportunity is told ----------------------------------------------------------------
 
 
