@@ -1645,6 +1645,8 @@ UNWON_CODE = "unwon_after_provisioning"
 # An un-won amendment or renewal whose change of the account's subscription cannot be taken
 # back on its own (`sf_bridge.provisioning.unwon`): parked for a person, kept or fixed by hand.
 NOT_REVERSIBLE = "unwon_change_not_reversible"
+# An un-won deal whose subscription other deals' amendments or renewals changed since.
+SHARED = "unwon_subscription_shared"
 
 # A worker in the middle of a Stripe step (it took the account's lease, `account_until`, and
 # marked the step `stripe_requested` before its request) may still get its answer after the
@@ -1831,7 +1833,7 @@ def keep_unwon(session: Session, deal_id: int, *, actor: str, note: str | None) 
                 deals.c.status == "unwon",
                 and_(
                     deals.c.status == "needs_attention",
-                    deals.c.last_error_code.in_((UNWON_CODE, CHANGED_CODE, NOT_REVERSIBLE)),
+                    deals.c.last_error_code.in_((UNWON_CODE, CHANGED_CODE, NOT_REVERSIBLE, SHARED)),
                 ),
             ),
         )

@@ -72,7 +72,7 @@ from sf_bridge.provisioning import schedule as schedule_mod
 from sf_bridge.provisioning.outcome import DealView
 from sf_bridge.provisioning.runner import StepHooks
 from sf_bridge.provisioning.states import STEP_CANCEL, STEP_SUBSCRIPTION, STEP_UNWON, UNWON_STEPS
-from sf_bridge.provisioning.store import NOT_REVERSIBLE, UNWON_CODE, DealStore
+from sf_bridge.provisioning.store import NOT_REVERSIBLE, SHARED, UNWON_CODE, DealStore
 
 log = get_logger(__name__)
 
@@ -332,6 +332,16 @@ class UnwonRunner:
         change = self._shared(deal, subscription)
         if change is not None:
             return self._cancel_change(deal, change, reason)
+        if subscription is not None and subscription.status not in ENDED:
+            changed_by = [
+                other_id
+                for other_id, plan in self.store.deals_on_subscription(
+                    subscription.id, besides=deal.id
+                )
+                if amendment.is_change(plan)
+            ]
+            if changed_by:
+                return self._park_shared(deal, subscription, reason, changed_by)
         invoice_id = deal.stripe_invoice_id or (
             subscription.latest_invoice if subscription else None
         )
@@ -477,6 +487,27 @@ class UnwonRunner:
                     "so it cannot be put back"
                 )
         return None
+
+    def _park_shared(
+        self, deal: DealView, subscription: BillingSubscription, reason: str, others: list[int]
+    ) -> str:
+        """The deal made the subscription, and amendments or renewals of other deals changed
+        it since: cancelling it would end their items too. Parked for a person."""
+        names = ", ".join(str(i) for i in others)
+        self.store.park_unwon(
+            deal.id,
+            reason=(
+                f"{reason} Deal(s) {names} changed its subscription {subscription.id} since "
+                "(amendments, renewals): cancelling it would end theirs too. Nothing was "
+                "changed in Stripe."
+            ),
+            code=SHARED,
+            fix=(
+                f"Cancel or keep those first (`sf-bridge deals cancel {others[-1]}`), then "
+                f"`sf-bridge deals cancel {deal.id}` again, or `sf-bridge deals keep {deal.id}`."
+            ),
+        )
+        return "parked"
 
     def _park_change(
         self, deal: DealView, subscription: BillingSubscription, reason: str, why: str

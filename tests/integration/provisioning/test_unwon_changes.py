@@ -289,6 +289,33 @@ def test_a_totals_amendment_changed_again_later_is_parked(
     assert _items(emu, sub_id) == {"pro_monthly": 7}
 
 
+def test_the_first_deal_of_a_changed_subscription_is_parked_then_cancelled_after_them(
+    stripe_harness: Harness, provisioning_emulator: Any
+) -> None:
+    """Un-won, the deal that made the subscription would end an upsell's items with it: it
+    is parked; once the upsell is cancelled (taken off), it cancels as usual."""
+    h, emu = stripe_harness, provisioning_emulator
+    h.mappings.when_unwon = "cancel"
+    _first_deal(h)
+    _change(h, 20)
+    first = h.deal(FIRST)
+    _unwin(h, FIRST)
+    drain(h.worker(), _status_is(h, FIRST, "needs_attention"))
+    parked = h.deal(FIRST)
+    assert parked.last_error_code == "unwon_subscription_shared"
+    assert f"sf-bridge deals cancel {h.deal(SECOND).id}" in (parked.last_error or "")
+    assert emu.get(first.stripe_subscription_id)["status"] == "active"
+    assert emu.get(first.stripe_invoice_id)["status"] == "open"
+    _unwin(h, SECOND)
+    drain(h.worker(), _status_is(h, SECOND, "cancelled"))
+    with h.session_factory() as session, session.begin():
+        assert queue_cancel(session, first.id, reason="lost", actor="ana")
+    drain(h.worker(), _status_is(h, FIRST, "cancelled"))
+    assert emu.get(first.stripe_subscription_id)["status"] == "canceled"
+    assert emu.get(first.stripe_invoice_id)["status"] == "void"
+    assert _active_grants(h) == {}
+
+
 def test_an_amendment_unwon_while_its_update_is_in_flight_is_reversed(
     stripe_harness: Harness, provisioning_emulator: Any
 ) -> None:
