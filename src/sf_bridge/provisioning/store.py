@@ -1647,6 +1647,9 @@ UNWON_CODE = "unwon_after_provisioning"
 NOT_REVERSIBLE = "unwon_change_not_reversible"
 # An un-won deal whose subscription other deals' amendments or renewals changed since.
 SHARED = "unwon_subscription_shared"
+# Parked after provisioning, no longer won: settled by `deals cancel` / `deals keep`, never by
+# a replay or another un-won event.
+UNWON_PARKED = (UNWON_CODE, NOT_REVERSIBLE, SHARED)
 
 # A worker in the middle of a Stripe step (it took the account's lease, `account_until`, and
 # marked the step `stripe_requested` before its request) may still get its answer after the
@@ -1687,7 +1690,7 @@ def mark_unwon(
         .where(
             deals.c.opportunity_id.in_(ids),
             deals.c.status.not_in(_UNWON_UNTOUCHED),
-            or_(deals.c.last_error_code.is_(None), deals.c.last_error_code != UNWON_CODE),
+            or_(deals.c.last_error_code.is_(None), deals.c.last_error_code.not_in(UNWON_PARKED)),
         )
         .values(
             status="unwon",
@@ -1833,7 +1836,7 @@ def keep_unwon(session: Session, deal_id: int, *, actor: str, note: str | None) 
                 deals.c.status == "unwon",
                 and_(
                     deals.c.status == "needs_attention",
-                    deals.c.last_error_code.in_((UNWON_CODE, CHANGED_CODE, NOT_REVERSIBLE, SHARED)),
+                    deals.c.last_error_code.in_((*UNWON_PARKED, CHANGED_CODE)),
                 ),
             ),
         )
@@ -2001,7 +2004,7 @@ def deals_to_check_unwon(session: Session, after_id: int, limit: int) -> list[tu
         .where(
             deals.c.id > after_id,
             deals.c.status.not_in(_UNWON_UNTOUCHED),
-            or_(deals.c.last_error_code.is_(None), deals.c.last_error_code != UNWON_CODE),
+            or_(deals.c.last_error_code.is_(None), deals.c.last_error_code.not_in(UNWON_PARKED)),
             deals.c.source != "file",
         )
         .order_by(deals.c.id)

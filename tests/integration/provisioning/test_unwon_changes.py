@@ -262,6 +262,13 @@ def test_a_renewal_whose_prices_took_effect_is_parked_not_guessed(
     assert f"sf-bridge deals keep {deal.id}" in (deal.last_error or "")
     assert emu.get(sub_id)["status"] != "canceled"
     assert _items(emu, sub_id) == before
+    # a replay does not settle it, nor does another un-won event
+    from sf_bridge.provisioning.replay import replay
+
+    for outcome in replay(h.session_factory, failed=True):
+        assert not outcome.requeued
+    assert _unwin(h, SECOND) == []
+    assert h.deal(SECOND).last_error_code == "unwon_change_not_reversible"
     with h.session_factory() as session, session.begin():
         assert keep_unwon(session, deal.id, actor="ana", note=None)
 
