@@ -305,7 +305,13 @@ def _process(
             return list(session.execute(select(Deal).where(Deal.id.in_(deal_ids))).scalars())
 
     rows = current()
-    while any(d.status not in SETTLED for d in rows) and time.monotonic() < deadline:
+
+    def busy(deal: Deal) -> bool:  # a scheduled deal with no step left rests until its start
+        return deal.status not in SETTLED and not (
+            deal.status == "scheduled" and deal.current_step is None
+        )
+
+    while any(busy(d) for d in rows) and time.monotonic() < deadline:
         if worker.run_once() == 0:
             pause.wait(0.1)
         rows = current()
@@ -362,9 +368,10 @@ def cancel_command(
     ),
     timeout: float = typer.Option(120.0, "--timeout", help="Seconds to wait for the outcome."),
 ) -> None:
-    """Cancels a deal: voids its open invoice, cancels its subscription, revokes exactly its
-    entitlements and writes "Cancelled" onto the opportunity (each step once, even after a
-    crash). Recorded in the deal's history with who asked.
+    """Cancels a deal: voids its open invoice, cancels its subscription (or schedule), revokes
+    exactly its entitlements and writes "Cancelled" onto the opportunity (each step once, even
+    after a crash); an amendment or renewal takes back only its change of the account's
+    subscription. Recorded in the deal's history with who asked.
 
     Reads DATABASE_URL, SF_BRIDGE_MAPPINGS, STRIPE_API_KEY, STRIPE_API_BASE and the SF_*
     Salesforce settings."""
@@ -396,14 +403,21 @@ def keep_command(
     ref: str = typer.Argument(..., help="Deal number or Opportunity Id."),
     note: str | None = typer.Option(None, "--note", help="Why: recorded in the history."),
     by: str | None = typer.Option(None, "--by", help="Who decided (default: your user name)."),
+    queue_only: bool = typer.Option(
+        False, "--queue-only", help="Only queue it; let a running `sf-bridge run` tell Salesforce."
+    ),
+    timeout: float = typer.Option(120.0, "--timeout", help="Seconds to wait for the outcome."),
 ) -> None:
     """Keeps a deal parked as no longer won (unwon_after_provisioning) as it is: billing and
-    entitlements go on, the deal is `done` again. Recorded in its history with who decided.
+    entitlements go on, the opportunity is told its provisioned status again (its error
+    cleared), the deal is `done` (or `scheduled`) again. Recorded in its history with who
+    decided.
 
-    Reads DATABASE_URL."""
+    Reads DATABASE_URL, SF_BRIDGE_MAPPINGS and the SF_* Salesforce settings."""
     from sf_bridge.db.engine import transaction
     from sf_bridge.provisioning.replay import find_deal
     from sf_bridge.provisioning.store import keep_unwon
+    from sf_bridge.provisioning.wiring import MappingsLoader, build_crm
 
     settings = get_settings()
     factory = _session_factory(settings)
@@ -417,6 +431,11 @@ def keep_command(
             hint="`deals keep` settles only deals parked with unwon_after_provisioning.",
         )
     typer.echo(f"deal {deal_id}: kept as provisioned.")
+    if queue_only:
+        return
+    crm = build_crm(settings, MappingsLoader(settings.mappings_dir))
+    for row in _process(settings, factory, [deal_id], timeout, crm=crm):
+        typer.echo(_outcome_line(row))
 
 
 # replay --------------------------------------------------------------------------------------

@@ -862,7 +862,14 @@ class InMemoryBilling:
             )
             return result
 
-    def cancel_schedule(self, schedule_id: str, *, idempotency_key: str) -> BillingSchedule:
+    def cancel_schedule(
+        self,
+        schedule_id: str,
+        *,
+        idempotency_key: str,
+        invoice_now: bool | None = None,
+        prorate: bool | None = None,
+    ) -> BillingSchedule:
         with self._lock:
             self._enter("cancel_schedule")
 

@@ -385,9 +385,18 @@ class BillingGateway(Protocol):
         """`POST /v1/subscription_schedules/{id}/release`: the subscription goes on alone."""
         ...
 
-    def cancel_schedule(self, schedule_id: str, *, idempotency_key: str) -> BillingSchedule:
+    def cancel_schedule(
+        self,
+        schedule_id: str,
+        *,
+        idempotency_key: str,
+        invoice_now: bool | None = None,
+        prorate: bool | None = None,
+    ) -> BillingSchedule:
         """`POST /v1/subscription_schedules/{id}/cancel`: the schedule and its subscription end
-        now."""
+        now ("only if its status is `not_started` or `active`"). `invoice_now` / `prorate`
+        (Stripe's defaults: true) apply when the schedule is active: a final invoice of the
+        pending prorations, a prorated cancellation; None sends Stripe's default."""
         ...
 
     def create_coupon(self, spec: CouponSpec, *, idempotency_key: str) -> BillingCoupon:

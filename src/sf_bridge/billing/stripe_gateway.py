@@ -856,11 +856,25 @@ class StripeGateway:
         )
         return _schedule(_as_dict(obj), _request_id(obj))
 
-    def cancel_schedule(self, schedule_id: str, *, idempotency_key: str) -> BillingSchedule:
+    def cancel_schedule(
+        self,
+        schedule_id: str,
+        *,
+        idempotency_key: str,
+        invoice_now: bool | None = None,
+        prorate: bool | None = None,
+    ) -> BillingSchedule:
+        params: dict[str, bool] = {}
+        if invoice_now is not None:
+            params["invoice_now"] = invoice_now
+        if prorate is not None:
+            params["prorate"] = prorate
         obj = self._call(
             "cancel a subscription schedule",
             lambda: self._client.v1.subscription_schedules.cancel(
-                schedule_id, None, {"idempotency_key": idempotency_key}
+                schedule_id,
+                params or None,  # type: ignore[arg-type]
+                {"idempotency_key": idempotency_key},
             ),
             schedule_id=schedule_id,
         )

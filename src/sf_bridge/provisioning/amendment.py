@@ -379,6 +379,7 @@ def outcome_of(
             "marker": tag,
             "changes": len(changes),
             "applied": "now" if sent else "before" if changes else "nothing to change",
+            **replaced_detail(plan, before, sent=sent and bool(changes)),
         },
         skip_to=None if invoice_pending else "entitlements",
     )
@@ -603,3 +604,21 @@ def new_item(item: PlanItem, spec_item: Any) -> Target:
             metadata=dict(spec_item.metadata) or None,
         ),
     )
+
+
+# what a totals change replaced (read back when the deal is un-won: sf_bridge.provisioning.unwon)
+
+
+def replaced_detail(
+    plan: ProvisioningPlan, before: BillingSubscription, *, sent: bool
+) -> dict[str, Any]:
+    """For a renewal or a totals amendment sent now: the subscription's items as they were
+    before it (`replaced`: item id, price, lookup key, quantity) and the period it was sent
+    in, so that un-winning the deal can put them back. Empty otherwise (nothing replaced, or
+    the change was found made and what it replaced is no longer known)."""
+    if not sent or not (plan.intent == "renewal" or plan.amendment_lines == "totals"):
+        return {}
+    return {
+        "replaced": [[i.id, i.price, i.lookup_key, i.quantity] for i in before.items],
+        "period_end": before.current_period_end.isoformat() if before.current_period_end else None,
+    }

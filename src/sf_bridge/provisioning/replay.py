@@ -33,7 +33,7 @@ from sf_bridge.provisioning.states import (
     STEPS,
     status_before,
 )
-from sf_bridge.provisioning.store import UNWON_CODE, DealStore
+from sf_bridge.provisioning.store import UNWON_PARKED, DealStore
 
 log = get_logger(__name__)
 
@@ -202,7 +202,7 @@ def _requeue(
                 False,
             )
         )
-    if deal.status == NEEDS_ATTENTION and deal.last_error_code == UNWON_CODE:
+    if deal.status == NEEDS_ATTENTION and deal.last_error_code in UNWON_PARKED:
         # Provisioned, then no longer won: a replay would re-fetch it and record it skipped
         # while its subscription and grants stay live. A person decides instead. (A deal won
         # again with changes, CHANGED_CODE, is replayed: its lines become an amendment of its

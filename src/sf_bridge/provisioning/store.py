@@ -70,7 +70,13 @@ from sf_bridge.provisioning.dbscope import SessionScope
 from sf_bridge.provisioning.group_commit import Batch, GroupCommit, NotHeld, Work
 from sf_bridge.provisioning.outcome import CustomerView, DealView, Outcome
 from sf_bridge.provisioning.payment import AWAITING_PAYMENT, PAID
-from sf_bridge.provisioning.states import ACCOUNT_STEPS, SETTLED, STEP_CUSTOMER
+from sf_bridge.provisioning.states import (
+    ACCOUNT_STEPS,
+    SETTLED,
+    STATUS_BEFORE,
+    STEP_CUSTOMER,
+    STEP_WRITE_BACK,
+)
 from sf_bridge.provisioning.wakeup import work_added
 
 deals: Table = Deal.__table__  # type: ignore[assignment]
@@ -1046,9 +1052,13 @@ class DealStore:
                 session.connection(), deal_id, dict(values), kind=kind, message=message
             )
 
-    def finish_cancel(self, deal_id: int, *, reason: str) -> tuple[bool, int]:
+    def finish_cancel(
+        self, deal_id: int, *, reason: str, restore_on: str | None = None
+    ) -> tuple[bool, int]:
         """The last step of a cancellation: revokes exactly this deal's active grants and marks
-        it `cancelled` (Salesforce is told "Cancelled"), in one transaction."""
+        it `cancelled` (Salesforce is told "Cancelled"), in one transaction. `restore_on`: the
+        deal was a renewal or totals amendment of that subscription, taken back; the grants it
+        replaced (`replace_grants`) are in effect again."""
         now = self.clock()
         with self.db() as session, session.begin():
             conn = session.connection()
@@ -1057,6 +1067,7 @@ class DealStore:
                 "last_error": f"Cancelled: {reason}",
                 "last_error_code": "cancelled",
                 "writeback_pending": deals.c.source != "file",
+                "attempts": 0,  # from here: the tries of writing "Cancelled"
                 **_LEASE_GIVEN_BACK,
             }
             if not self._update_held(conn, deal_id, values):
@@ -1069,37 +1080,128 @@ class DealStore:
                 ).rowcount
                 or 0
             )
+            restored = _restore_replaced(conn, deal_id, restore_on) if restore_on else 0
             _add_events(
                 conn,
                 deal_id,
                 [
                     {
                         "kind": "cancelled",
-                        "message": f"Cancelled: {reason}. {revoked} entitlement grant(s) revoked.",
-                        "detail": {"reason": reason, "grants_revoked": revoked},
+                        "message": f"Cancelled: {reason}. {revoked} entitlement grant(s) revoked"
+                        + (f", {restored} it had replaced in effect again." if restored else "."),
+                        "detail": {
+                            "reason": reason,
+                            "grants_revoked": revoked,
+                            "grants_restored": restored,
+                        },
                     }
                 ],
                 now,
             )
         return True, revoked
 
+    def replaced_by_change(self, deal_id: int) -> dict[str, Any] | None:
+        """What a renewal or totals amendment replaced on its subscription, as its change
+        recorded it (`amendment.replaced_detail`), or None when not recorded."""
+        with self.db() as session:
+            details = session.connection().execute(
+                select(attempts.c.detail)
+                .where(
+                    attempts.c.deal_id == deal_id,
+                    attempts.c.step == "subscription",
+                    attempts.c.outcome == "ok",
+                )
+                .order_by(attempts.c.id.desc())
+            )
+            for (detail,) in details:
+                if detail and detail.get("replaced") is not None:
+                    return dict(detail)
+        return None
+
+    def deals_on_subscription(
+        self, subscription_id: str, *, besides: int
+    ) -> list[tuple[int, dict[str, Any] | None]]:
+        """The other deals of a subscription still in effect (not cancelled or skipped), with
+        their plans, in the order they arrived: the deal that made it and those that changed
+        it."""
+        with self.db() as session:
+            rows = session.connection().execute(
+                select(deals.c.id, deals.c.plan)
+                .where(
+                    deals.c.stripe_subscription_id == subscription_id,
+                    deals.c.id != besides,
+                    deals.c.status.not_in((CANCELLED, "skipped")),
+                )
+                .order_by(deals.c.id)
+            )
+            return [(int(r.id), r.plan) for r in rows]
+
     def cancelled_to_report(self, limit: int) -> list[DealView]:
-        """Cancelled deals whose opportunity is still to be told "Cancelled"."""
+        """Cancelled deals whose opportunity is still to be told "Cancelled" (now: a write
+        Salesforce could not take is tried again once its retry is due)."""
+        now = self.clock()
         with self.db() as session:
             rows = session.connection().execute(
                 select(*_VIEW)
-                .where(deals.c.status == CANCELLED, deals.c.writeback_pending.is_(True))
+                .where(
+                    deals.c.status == CANCELLED,
+                    deals.c.writeback_pending.is_(True),
+                    or_(deals.c.next_attempt_at.is_(None), deals.c.next_attempt_at <= now),
+                )
                 .order_by(deals.c.id)
                 .limit(limit)
             )
             return [DealView.from_row(dict(row)) for row in rows.mappings()]
 
-    def cancelled_reported(self, deal_ids: Collection[int]) -> None:
+    def cancelled_reported(
+        self,
+        deal_ids: Collection[int],
+        refused: Mapping[int, str] | None = None,
+        written: Collection[int] = (),
+    ) -> None:
+        """The cancelled deals' opportunities told (`written`: those written to), or, for
+        `refused`, why Salesforce would not take it: a `write_back_failed` line in the deal's
+        history, which the write is not tried again after. One transaction."""
+        now = self.clock()
+        with self.db() as session, session.begin():
+            conn = session.connection()
+            conn.execute(
+                update(deals)
+                .where(deals.c.id.in_(list(deal_ids)), deals.c.status == CANCELLED)
+                .values(writeback_pending=False, next_attempt_at=None)
+            )
+            if written:
+                conn.execute(
+                    update(deals)
+                    .where(deals.c.id.in_(list(written)), deals.c.status == CANCELLED)
+                    .values(written_back_at=now)
+                )
+            for deal_id, error in (refused or {}).items():
+                _add_events(
+                    conn,
+                    deal_id,
+                    [
+                        {
+                            "kind": "write_back_failed",
+                            "message": 'Writing "Cancelled" to the Opportunity failed: '
+                            f"{error}. Set it by hand.",
+                            "detail": {"error": error},
+                        }
+                    ],
+                    now,
+                )
+
+    def cancelled_report_later(self, deal_ids: Collection[int], delay: timedelta) -> None:
+        """Salesforce could not take "Cancelled" now (a lock, a limit): written again after
+        `delay`, the try counted."""
+        if not deal_ids:
+            return
+        now = self.clock()
         with self.db() as session, session.begin():
             session.connection().execute(
                 update(deals)
                 .where(deals.c.id.in_(list(deal_ids)), deals.c.status == CANCELLED)
-                .values(writeback_pending=False)
+                .values(next_attempt_at=now + delay, attempts=deals.c.attempts + 1)
             )
 
     # amendments and renewals ---------------------------------------------------------------
@@ -1548,6 +1650,14 @@ __all__ = ["DealStore", "Started", "cancel_subscription_deals", "ensure_customer
 # finds it no longer won and skips it), already skipped or cancelled, or already being handled.
 _UNWON_UNTOUCHED = ("received", "skipped", CANCELLED, "unwon", "cancelling")
 UNWON_CODE = "unwon_after_provisioning"
+# An un-won amendment or renewal whose change of the account's subscription cannot be taken
+# back on its own (`sf_bridge.provisioning.unwon`): parked for a person, kept or fixed by hand.
+NOT_REVERSIBLE = "unwon_change_not_reversible"
+# An un-won deal whose subscription other deals' amendments or renewals changed since.
+SHARED = "unwon_subscription_shared"
+# Parked after provisioning, no longer won: settled by `deals cancel` / `deals keep`, never by
+# a replay or another un-won event.
+UNWON_PARKED = (UNWON_CODE, NOT_REVERSIBLE, SHARED)
 
 # A worker in the middle of a Stripe step (it took the account's lease, `account_until`, and
 # marked the step `stripe_requested` before its request) may still get its answer after the
@@ -1588,7 +1698,7 @@ def mark_unwon(
         .where(
             deals.c.opportunity_id.in_(ids),
             deals.c.status.not_in(_UNWON_UNTOUCHED),
-            or_(deals.c.last_error_code.is_(None), deals.c.last_error_code != UNWON_CODE),
+            or_(deals.c.last_error_code.is_(None), deals.c.last_error_code.not_in(UNWON_PARKED)),
         )
         .values(
             status="unwon",
@@ -1719,8 +1829,11 @@ def queue_cancel(session: Session, deal_id: int, *, reason: str, actor: str) -> 
 
 
 def keep_unwon(session: Session, deal_id: int, *, actor: str, note: str | None) -> bool:
-    """`deals keep N`: the deal parked as un-won stays as provisioned (`done`): billing and
-    entitlements go on; recorded in its history with who decided."""
+    """`deals keep N`: the deal parked as un-won stays as provisioned: billing and
+    entitlements go on; recorded in its history with who decided. The opportunity, told
+    "Needs attention" and the commands, is told its provisioned status again with the error
+    cleared: the deal goes back to its write-back step (`write_back_batch`, which retries or
+    parks a refused write like any other), then rests `done` (or `scheduled`)."""
     conn = session.connection()
     now = utcnow()
     kept = conn.execute(
@@ -1731,22 +1844,24 @@ def keep_unwon(session: Session, deal_id: int, *, actor: str, note: str | None) 
                 deals.c.status == "unwon",
                 and_(
                     deals.c.status == "needs_attention",
-                    deals.c.last_error_code.in_((UNWON_CODE, CHANGED_CODE)),
+                    deals.c.last_error_code.in_((*UNWON_PARKED, CHANGED_CODE)),
                 ),
             ),
         )
         .values(
-            status="done",
-            current_step=None,
+            status=STATUS_BEFORE[STEP_WRITE_BACK],
+            current_step=STEP_WRITE_BACK,
+            attempts=0,
             last_error=None,
             last_error_code=None,
             locked_by=None,
             locked_until=None,
-            next_attempt_at=None,
+            next_attempt_at=now,
             updated_at=now,
         )
     ).rowcount
     if kept == 1:
+        _work_added(session)
         message = f"Kept as provisioned by {actor} although no longer won"
         conn.execute(
             insert(events).values(
@@ -1758,6 +1873,46 @@ def keep_unwon(session: Session, deal_id: int, *, actor: str, note: str | None) 
             )
         )
     return kept == 1
+
+
+def _restore_replaced(conn: Connection, deal_id: int, subscription_id: str) -> int:
+    """A renewal or totals amendment taken back: the grants it replaced on its subscription
+    (`replace_grants` left them inactive, not revoked) are in effect again. Those are the
+    grants of the deals from the last one before it that said the subscription's whole state
+    (its first deal, or an earlier renewal / totals amendment: it replaced the ones before
+    it, which stay replaced) up to it. Returns how many."""
+    earlier = conn.execute(
+        select(deals.c.id, deals.c.plan)
+        .where(
+            deals.c.stripe_subscription_id == subscription_id,
+            deals.c.id < deal_id,
+            deals.c.status.not_in((CANCELLED, "skipped")),
+        )
+        .order_by(deals.c.id.desc())
+    ).all()
+    start: int | None = None
+    for row in earlier:
+        start = row.id
+        plan = row.plan or {}
+        additions = plan.get("intent") == "amendment" and plan.get("amendment_lines") != "totals"
+        if not is_change(plan) or not additions:
+            break
+    if start is None:
+        return 0
+    return int(
+        conn.execute(
+            update(grants)
+            .where(
+                grants.c.stripe_subscription_id == subscription_id,
+                grants.c.deal_id.in_([r.id for r in earlier if r.id >= start]),
+                grants.c.active.is_(False),
+                grants.c.pending.is_(False),
+                grants.c.revoked_at.is_(None),
+            )
+            .values(active=True)
+        ).rowcount
+        or 0
+    )
 
 
 # card deals: the first payment (sf_bridge.provisioning.payment) ------------------------------
@@ -1853,7 +2008,7 @@ def deals_to_check_unwon(session: Session, after_id: int, limit: int) -> list[tu
         .where(
             deals.c.id > after_id,
             deals.c.status.not_in(_UNWON_UNTOUCHED),
-            or_(deals.c.last_error_code.is_(None), deals.c.last_error_code != UNWON_CODE),
+            or_(deals.c.last_error_code.is_(None), deals.c.last_error_code.not_in(UNWON_PARKED)),
             deals.c.source != "file",
         )
         .order_by(deals.c.id)

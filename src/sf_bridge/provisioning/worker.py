@@ -177,7 +177,11 @@ class Worker:
         sequence (sf_bridge.provisioning.unwon), then "Cancelled" onto the opportunity."""
         ran = self.unwon.run_due()
         report_cancelled(
-            self.provisioner.store, self.crm, self.mappings, hooks=self.provisioner.hooks
+            self.provisioner.store,
+            self.crm,
+            self.mappings,
+            hooks=self.provisioner.hooks,
+            max_attempts=self.provisioner.policy.max_attempts,
         )
         report_payments(self.provisioner.store, self.crm, self.mappings)
         return ran

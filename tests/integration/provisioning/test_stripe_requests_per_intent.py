@@ -180,6 +180,8 @@ SHOWN: dict[str, str] = {
     "amount_off": "amount_off",
     "duration_in_months": "duration_in_months",
     "discounts[0][coupon]": "coupon",
+    "invoice_now": "invoice_now",
+    "prorate": "prorate",
 }
 VALUELESS = {"backdate_start_date"}
 
@@ -309,6 +311,14 @@ EXPECTED: dict[str, list[str]] = {
         "DELETE /v1/subscriptions/{id}",
     ],
     "un-won, then deals keep": [],
+    "un-won amendment (upsell), when_unwon: cancel": [
+        "GET /v1/subscriptions/{id}",
+        "POST /v1/subscriptions/{id} proration_behavior=create_prorations",
+    ],
+    "un-won, contract starting later, when_unwon: cancel": [
+        "GET /v1/subscription_schedules/{id}",
+        "POST /v1/subscription_schedules/{id}/cancel invoice_now=false prorate=false",
+    ],
     "reopened and closed again, at the won event": [],
     "reopened and closed again, replayed": [
         "GET /v1/subscriptions/{id}",
@@ -659,11 +669,59 @@ def test_an_unwon_deal_under_review_is_parked_then_cancelled_or_kept(make_stack:
     assert sent_as_shown(s, cancelled) == EXPECTED["un-won, then deals cancel"]
     assert s.written(cancelled)["SF_Bridge_Error__c"] == "Cancelled: lost to a competitor"
 
+    writes: list[Any] = []
+    real_write_back = s.crm.write_back
+
+    def counting(updates: list[Any]) -> Any:
+        writes.extend(u for u in updates if u.opportunity_id == kept)
+        return real_write_back(updates)
+
+    s.crm.write_back = counting  # type: ignore[method-assign]
     with s.factory() as session, session.begin():
         assert keep_unwon(session, s.deal(kept).id, actor="ops", note="stage set by mistake")
     s.settle(kept, "done")
     assert sent_as_shown(s, kept) == EXPECTED["un-won, then deals keep"]
     assert s.emu.get(s.deal(kept).stripe_subscription_id)["status"] == "active"
+    # the opportunity said "Needs attention" and the commands: told "Provisioned", once
+    written = s.written(kept)
+    assert written["SF_Bridge_Status__c"] == "Provisioned"
+    assert written["SF_Bridge_Error__c"] is None
+    assert len(writes) == 1
+
+
+def test_an_unwon_upsell_under_cancel_takes_only_its_seats_off(make_stack: Any) -> None:
+    s = make_stack({SF: [("when_unwon: review", "when_unwon: cancel")]})
+    first = first_deal(s)
+    opp = s.close("Acme", [team(20)], Type="Existing Customer - Upgrade")
+    s.sent()
+    lose(s, opp)
+    s.settle(opp, "cancelled")
+    assert sent_as_shown(s, opp) == EXPECTED["un-won amendment (upsell), when_unwon: cancel"]
+    assert quantities(s, first.stripe_subscription_id) == {"team_monthly_usd": 5}
+    assert s.emu.get(first.stripe_subscription_id)["status"] == "active"
+    assert s.emu.get(first.stripe_invoice_id)["status"] == "open"
+    assert s.grants(opp) == {}
+    assert s.grants(first.opportunity_id)["seats"] == 5
+    assert s.written(opp)["SF_Bridge_Status__c"] == "Cancelled"
+    assert s.written(first.opportunity_id)["SF_Bridge_Status__c"] == "Provisioned"
+    no_anchor_moved(s)
+
+
+def test_an_unwon_scheduled_deal_under_cancel_cancels_its_schedule(make_stack: Any) -> None:
+    s = make_stack({SF: [("when_unwon: review", "when_unwon: cancel")]})
+    start = add_months(TODAY, 1)
+    opp = s.close(
+        "Later", [team(5)], Contract_Start_Date__c=start.isoformat(), Contract_Term_Months__c=12
+    )
+    s.sent()
+    lose(s, opp)
+    deal = s.settle(opp, "cancelled")
+    expected = EXPECTED["un-won, contract starting later, when_unwon: cancel"]
+    assert sent_as_shown(s, opp) == expected
+    assert s.emu.get(deal.stripe_schedule_id)["status"] == "canceled"
+    assert s.emu.count("subscription") == 0
+    assert s.grants(opp) == {}
+    assert s.written(opp)["SF_Bridge_Status__c"] == "Cancelled"
 
 
 def test_a_reopened_deal_closed_with_other_lines_is_replayed_as_an_amendment_of_its_own(

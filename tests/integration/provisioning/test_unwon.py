@@ -115,7 +115,10 @@ def test_review_policy_then_deals_keep(stripe_harness: Harness, provisioning_emu
     with h.session_factory() as session, session.begin():
         assert keep_unwon(session, deal_id, actor="ana", note="lost by mistake")
     deal = h.deal(opp)
-    assert deal.status == "done"
+    assert (deal.status, deal.current_step) == ("entitled", "write_back")  # told again
+    drain(h.worker(), _status_is(h, opp, "done"))
+    deal = h.deal(opp)
+    assert h.crm.written[opp]["Provisioning_Status__c"] == "Provisioned"
     assert deal.last_error is None
     assert emu.get(deal.stripe_subscription_id)["status"] != "canceled"
     assert "kept" in _event_kinds(h, deal_id)
