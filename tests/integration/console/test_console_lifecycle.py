@@ -159,7 +159,12 @@ def test_keep_a_deal_no_longer_won_from_the_console(site: ConsoleSite) -> None:
         assert done.status_code == 303
         assert done.headers["location"].endswith("notice=kept")
         deal = _deal(site, deal_id)
-        assert (deal.status, deal.last_error_code) == ("done", None)
+        # kept: back to its write-back step, which tells the Opportunity "Provisioned" again
+        assert (deal.status, deal.current_step, deal.last_error_code) == (
+            "entitled",
+            "write_back",
+            None,
+        )
         stripe = stripe_client_for(site.settings)
         assert stripe.v1.subscriptions.retrieve(deal.stripe_subscription_id).status == "active"
         events = site.deal_events(deal_id)
@@ -179,7 +184,7 @@ def test_keep_a_deal_no_longer_won_from_the_console(site: ConsoleSite) -> None:
 
         again = http.post(f"{base}/keep", data={"csrf_token": token}, follow_redirects=False)
         assert again.status_code == 409
-        assert f"Deal {deal_id} is done: Keep settles only" in again.text
+        assert f"Deal {deal_id} is entitled: Keep settles only" in again.text
     assert len(_ops_actions(site, deal_id)) == 1
 
 

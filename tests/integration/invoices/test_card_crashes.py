@@ -341,8 +341,8 @@ def test_a_crash_around_the_payment_write_back_tells_the_opportunity_its_state(
         real = getattr(DealStore, method)
         fired: list[bool] = []
 
-        def commit_then_die(self: DealStore, *args: Any) -> None:
-            real(self, *args)
+        def commit_then_die(self: DealStore, *args: Any, **kwargs: Any) -> None:
+            real(self, *args, **kwargs)
             if not fired:
                 fired.append(True)
                 raise SimulatedCrash(f"after the commit of {method}")
