@@ -289,8 +289,10 @@ def test_an_invoices_payments_are_listed_with_their_records(
     record = listed.data[0].payment.payment_record
     assert record.processor_details.custom.payment_reference == "WIRE-1"
     one = stripe_client.v1.invoice_payments.list(
-        params={"invoice": invoice.id, "payment": {"type": "payment_record",
-                                                   "payment_record": first}}
+        params={
+            "invoice": invoice.id,
+            "payment": {"type": "payment_record", "payment_record": first},
+        }
     )
     assert [p.payment.payment_record for p in one.data] == [first]
     again = stripe_client.v1.invoice_payments.retrieve(listed.data[1].id)
