@@ -23,6 +23,7 @@ from sf_bridge.config import get_settings
 from sf_bridge.crm.port import InMemoryCrm
 from sf_bridge.db.models import CANCELLED, Deal, DealEvent, EntitlementGrant
 from sf_bridge.errors import TransientError
+from sf_bridge.invoices import mark_paid as mark_paid_module
 from sf_bridge.invoices.errors import InvoiceNotPayable
 from sf_bridge.invoices.mark_paid import mark_paid
 from sf_bridge.invoices.overdue import apply_overdue_policy
@@ -281,7 +282,55 @@ def test_a_retry_after_a_lost_answer_records_one_payment(
         assert stripe_emulator.get(provisioned.invoice_id)["amount_paid"] == paid
     payments = stripe_emulator.objects("invoice_payment")
     assert sorted(p["amount_paid"] for p in payments) == [2_000, 3_000]
+    # Every try of a payment sent the same request under its key, times included.
+    reports = stripe_emulator.requests("POST /v1/payment_records/report_payment")
+    by_key: dict[str | None, set[tuple[tuple[str, str], ...]]] = {}
+    for request in reports:
+        by_key.setdefault(request.idempotency_key, set()).add(request.form)
+    assert len(by_key) == 2
+    assert all(len(forms) == 1 for forms in by_key.values()), by_key
     assert [e.detail["amount"] for e in _part_events(session_factory, provisioned.deal_id)] == [
         3_000,
         2_000,
     ]
+
+
+@pytest.mark.parametrize("crash", ["before_stripe", "before_the_deal_records_it"])
+def test_a_crash_around_each_commit_ends_in_one_payment(
+    session_factory: sessionmaker[Session],
+    stripe_emulator: StripeEmulator,
+    provisioned: Provisioned,
+    later: Callable[[float], None],
+    monkeypatch: pytest.MonkeyPatch,
+    crash: str,
+) -> None:
+    """The process dies after the first try's time is committed but before Stripe is asked,
+    or after Stripe recorded the payment but before the deal's line is committed; the command
+    is run again later."""
+
+    class Crash(BaseException):
+        pass
+
+    def die(*args: object, **kwargs: object) -> None:
+        raise Crash
+
+    target = "record_payment" if crash == "before_stripe" else "_record"
+    owner: object = provisioned.gateway if crash == "before_stripe" else mark_paid_module
+    with monkeypatch.context() as patch:
+        patch.setattr(owner, target, die)
+        with pytest.raises(Crash):
+            mark_paid(
+                session_factory, provisioned.gateway, OPP, amount=Decimal("25.00"), reference="B-5"
+            )
+    sending = list(_deal(session_factory, provisioned.deal_id).events)
+    assert [e.kind for e in sending] == [mark_paid_module.SENDING]
+    assert "Sending a wire payment of 25.00 USD" in sending[0].message
+    later(3600)
+    result = mark_paid(
+        session_factory, provisioned.gateway, OPP, amount=Decimal("25.00"), reference="B-5"
+    )
+    assert (result.replayed, result.status) == (False, "open")
+    assert stripe_emulator.get(provisioned.invoice_id)["amount_paid"] == 2_500
+    assert stripe_emulator.count("payment_record") == 1
+    kinds = [e.kind for e in _deal(session_factory, provisioned.deal_id).events]
+    assert kinds == ["invoice_part_paid"]
