@@ -20,7 +20,7 @@ from sf_bridge.invoices.mark_paid import mark_paid
 from sf_bridge.logging import get_logger
 from sf_bridge.mapping import Mappings
 from sf_bridge.mapping.money import format_minor
-from sf_bridge.provisioning.replay import ReplayOutcome, replay
+from sf_bridge.provisioning.replay import IN_LIFECYCLE, ReplayOutcome, replay, replay_refusal
 from sf_bridge.provisioning.store import CHANGED_CODE, UNWON_CODE, keep_unwon, queue_cancel
 
 if TYPE_CHECKING:
@@ -118,25 +118,6 @@ def keep_refusal(deal: Deal) -> str | None:
 
 
 REFUSAL_HINT = "reload the deal's page: it offers the actions that apply to it now."
-# The lifecycle's own steps are running (un-won: the policy is being applied; cancelling: the
-# cancellation sequence): a replay or a payment would race them.
-IN_LIFECYCLE = ("unwon", "cancelling")
-NOT_REPLAYED = ("done", "cancelled", "skipped", "scheduled", *IN_LIFECYCLE)
-
-
-def replay_refusal(deal: Deal) -> str | None:
-    """Why the console does not replay this deal, or None when it does: a deal on its way or
-    parked, but not one parked as no longer won (a person cancels or keeps it), not one done,
-    scheduled, skipped (`sf-bridge replay --include-skipped` provisions it on purpose),
-    cancelled, or in the un-won or cancellation steps."""
-    if _parked_with(deal, (UNWON_CODE,)):
-        return (
-            f"Deal {deal.id} was provisioned and its opportunity is no longer won: a replay "
-            "does not settle it; cancel it or keep it."
-        )
-    if deal.status in NOT_REPLAYED:
-        return f"Deal {deal.id} is {deal.status}: there is nothing to replay."
-    return None
 
 
 def mark_paid_refusal(deal: Deal) -> str | None:
