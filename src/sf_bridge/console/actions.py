@@ -244,7 +244,7 @@ def mark_invoice_paid(
     if result.already_paid:
         what = "found it already paid in Stripe"
     elif result.replayed:
-        what = f"found the payment with reference {reference!r} recorded already"
+        what = f"found the payment ({reference or 'this amount, no reference'}) recorded already"
     elif result.status == "paid":
         what = f"marked it paid (wire, {format_minor(result.amount_paid or 0, currency)})"
     else:

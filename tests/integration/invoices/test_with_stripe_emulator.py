@@ -334,3 +334,30 @@ def test_a_crash_around_each_commit_ends_in_one_payment(
     assert stripe_emulator.count("payment_record") == 1
     kinds = [e.kind for e in _deal(session_factory, provisioned.deal_id).events]
     assert kinds == ["invoice_part_paid"]
+
+
+def test_the_consoles_mark_paid_sent_twice_records_one_payment(
+    session_factory: sessionmaker[Session],
+    stripe_emulator: StripeEmulator,
+    provisioned: Provisioned,
+    later: Callable[[float], None],
+) -> None:
+    """The console's Mark paid calls the same code: the form sent twice (a double click, a
+    reload) records the payment once, with or without the bank's reference."""
+    from sf_bridge.console.actions import mark_invoice_paid
+
+    for reference, paid in (("WIRE-3", 1_500), ("", 3_000)):
+        for attempt in range(2):
+            result = mark_invoice_paid(
+                session_factory,
+                provisioned.gateway,
+                provisioned.deal_id,
+                actor="ana",
+                amount=Decimal("15.00"),
+                reference=reference,
+            )
+            later(5)
+            assert stripe_emulator.get(provisioned.invoice_id)["amount_paid"] == paid
+            assert (result.notice == "paid_before") == (attempt == 1), result
+    assert stripe_emulator.count("payment_record") == 2
+    assert len(_part_events(session_factory, provisioned.deal_id)) == 2
