@@ -426,7 +426,10 @@ def replay_command(
     """Re-runs failed deals from where they stopped, with the current mappings.
 
     Never duplicates: what a deal already created in Stripe is found and reused. The deals
-    are processed here and their outcome printed (unless --queue-only).
+    are processed here and their outcome printed (unless --queue-only). A deal no longer won,
+    being cancelled or cancelled is never replayed (it would be provisioned again): named, it
+    is refused with what to run instead (`deals cancel` / `deals keep`), exit 1; --failed
+    passes over it and says so.
 
     Reads DATABASE_URL, SF_BRIDGE_MAPPINGS, STRIPE_API_KEY, STRIPE_API_BASE and the SF_*
     Salesforce settings."""
