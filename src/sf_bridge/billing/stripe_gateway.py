@@ -966,8 +966,9 @@ class StripeGateway:
 
     def invoice_payments(self, invoice_id: str) -> list[InvoicePayment]:
         """`GET /v1/invoice_payments` ("List all payments for an invoice") with `invoice`,
-        `payment[type]=payment_record` and `expand[]=data.payment.payment_record` (the
-        record's `processor_details` hold the reference), every page of 100."""
+        `payment[type]=payment_record` and `expand[]=data.payment.payment_record` (an
+        expandable field in the SDK's `InvoicePayment.Payment`; the record's
+        `processor_details.custom.payment_reference` is the reference), every page of 100."""
         payments: list[InvoicePayment] = []
         after: str | None = None
         while True:
