@@ -460,7 +460,10 @@ def replay_command(
     """Re-runs failed deals from where they stopped, with the current mappings.
 
     Never duplicates: what a deal already created in Stripe is found and reused. The deals
-    are processed here and their outcome printed (unless --queue-only).
+    are processed here and their outcome printed (unless --queue-only). A deal no longer won,
+    being cancelled or cancelled is never replayed (it would be provisioned again): named, it
+    is refused with what to run instead (`deals cancel` / `deals keep`), exit 1; --failed
+    passes over it and says so.
 
     Reads DATABASE_URL, SF_BRIDGE_MAPPINGS, STRIPE_API_KEY, STRIPE_API_BASE and the SF_*
     Salesforce settings."""
@@ -489,14 +492,22 @@ def replay_command(
         typer.echo("No deal needs a replay.")
         return
     for outcome in outcomes:
-        typer.echo(f"deal {outcome.deal_id} ({outcome.opportunity_id}): {outcome.message}")
+        said = outcome.message
+        if outcome.refused:
+            said = ("not replayed: " if outcome.named else "left alone by --failed: ") + said
+        typer.echo(f"deal {outcome.deal_id} ({outcome.opportunity_id}): {said}")
     requeued = [o.deal_id for o in outcomes if o.requeued]
+    # A deal named that a replay refuses (cancelled, being cancelled, no longer won) fails
+    # the command; one `--failed` passes over is only said.
+    refused = any(o.refused and o.named for o in outcomes)
     if queue_only or not requeued:
+        if refused:
+            raise typer.Exit(1)
         return
     rows = _process(settings, factory, requeued, timeout, crm=crm)
     for deal in rows:
         typer.echo(_outcome_line(deal))
-    if any(d.status == "needs_attention" for d in rows):
+    if refused or any(d.status == "needs_attention" for d in rows):
         raise typer.Exit(1)
 
 

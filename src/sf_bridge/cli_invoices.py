@@ -29,8 +29,9 @@ def mark_paid(
     reference: str = typer.Option(
         None,
         "--reference",
-        help="The bank's reference of the transfer: running the command again with it "
-        "records the payment once",
+        help="The bank's reference of the transfer: it identifies the payment, so running "
+        "the command again records it once (without it, the same amount on the same invoice "
+        "is recorded once)",
     ),
     database_url: str = typer.Option(
         None, "--database-url", envvar="DATABASE_URL", help="SQLAlchemy URL"
@@ -82,9 +83,17 @@ def mark_paid(
             f"{result.opportunity_id}) was already paid in Stripe; recorded."
         )
     elif result.replayed:
+        currency = result.currency or "usd"
+        which = (
+            f"with reference {reference.strip()!r}"
+            if reference and reference.strip()
+            else "without a reference (pass --reference to record another transfer of the "
+            "same amount)"
+        )
         typer.echo(
-            f"Invoice {result.invoice_id}: the payment with reference {reference!r} was "
-            "recorded already; nothing changed."
+            f"Invoice {result.invoice_id} (deal {result.deal_id}): the payment of "
+            f"{format_minor(result.amount_paid or 0, currency)} {which} is already recorded; "
+            "nothing was sent to Stripe."
         )
     elif result.status == "paid":
         typer.echo(

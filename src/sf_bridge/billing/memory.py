@@ -27,6 +27,7 @@ from sf_bridge.billing.port import (
     CouponSpec,
     CustomerSpec,
     EndBehavior,
+    InvoicePayment,
     InvoicePreview,
     ItemChange,
     PhaseSpec,
@@ -84,6 +85,7 @@ class InMemoryBilling:
     pending: dict[str, list[PreviewLine]] = field(default_factory=dict)
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     schedules: dict[str, BillingSchedule] = field(default_factory=dict)
+    payments: dict[str, list[InvoicePayment]] = field(default_factory=dict)  # by invoice
 
     def now(self) -> datetime:
         return self.clock()
@@ -602,7 +604,13 @@ class InMemoryBilling:
         )
 
     def record_payment(
-        self, invoice_id: str, amount: int, *, idempotency_key: str
+        self,
+        invoice_id: str,
+        amount: int,
+        *,
+        idempotency_key: str,
+        reference: str,
+        initiated_at: int,
     ) -> BillingInvoice:
         with self._lock:
             fault = self._enter("record_payment")
@@ -633,13 +641,37 @@ class InMemoryBilling:
                     status="paid" if left == 0 else "open",
                 )
                 self.invoices[invoice_id] = invoice
+                made = self.payments.setdefault(invoice_id, [])
+                record = self._new_id("pr")
+                made.insert(
+                    0,
+                    InvoicePayment(
+                        id=f"inpay_{record}",
+                        invoice=invoice_id,
+                        payment_record=record,
+                        amount=amount,
+                        currency=invoice.currency or "usd",
+                        status="paid",
+                        reference=reference,
+                    ),
+                )
                 return invoice
 
-            params = {"invoice": invoice_id, "amount": amount}
+            params = {
+                "invoice": invoice_id,
+                "amount": amount,
+                "reference": reference,
+                "initiated_at": initiated_at,
+            }
             result: BillingInvoice = self._idempotent(idempotency_key, params, pay)
             if fault is not None:
                 raise fault.error
             return result
+
+    def invoice_payments(self, invoice_id: str) -> list[InvoicePayment]:
+        with self._lock:
+            self._enter("invoice_payments")
+            return list(self.payments.get(invoice_id, []))
 
     # subscription schedules (phases do not advance here; the emulator runs them on its clock)
 

@@ -233,6 +233,21 @@ class BillingInvoice:
     amount_remaining: int | None = None
 
 
+@dataclass(frozen=True)
+class InvoicePayment:
+    """A payment made outside Stripe attached to an invoice (an `invoice_payment` of type
+    `payment_record`): what identifies it is its `reference`, the record's
+    `processor_details.custom.payment_reference`, and its amount."""
+
+    id: str
+    invoice: str
+    payment_record: str
+    amount: int  # minor units, `amount_paid` (what was requested while it is not paid)
+    currency: str
+    status: str  # open | paid | canceled
+    reference: str | None
+
+
 EndBehavior = Literal["release", "cancel"]
 
 
@@ -411,12 +426,26 @@ class BillingGateway(Protocol):
         ...
 
     def record_payment(
-        self, invoice_id: str, amount: int, *, idempotency_key: str
+        self,
+        invoice_id: str,
+        amount: int,
+        *,
+        idempotency_key: str,
+        reference: str,
+        initiated_at: int,
     ) -> BillingInvoice:
         """A payment of `amount` (minor units of the invoice's currency) made outside Stripe:
         `POST /v1/payment_records/report_payment` (outcome `guaranteed`, a custom payment
-        method "Wire transfer") then `POST /v1/invoices/{id}/attach_payment` with its
-        `payment_record`. The invoice is `paid` once its `amount_remaining` is 0."""
+        method "Wire transfer", `reference` as `processor_details.custom.payment_reference`,
+        initiated and guaranteed at `initiated_at`, Unix seconds) then `POST
+        /v1/invoices/{id}/attach_payment` with its `payment_record`. The invoice is `paid` once
+        its `amount_remaining` is 0. Every parameter is the caller's, so a retry under the same
+        `idempotency_key` sends the same request (Stripe refuses a key reused with others)."""
+        ...
+
+    def invoice_payments(self, invoice_id: str) -> list[InvoicePayment]:
+        """The payments made outside Stripe attached to the invoice (`GET /v1/invoice_payments`
+        with `invoice` and `payment[type]=payment_record`, records expanded), newest first."""
         ...
 
     def void_invoice(self, invoice_id: str, *, idempotency_key: str) -> BillingInvoice:

@@ -44,6 +44,7 @@ from sf_bridge.billing.port import (
     CouponSpec,
     CustomerSpec,
     EndBehavior,
+    InvoicePayment,
     InvoicePreview,
     PhaseSpec,
     PreviewLine,
@@ -373,6 +374,23 @@ def _invoice(data: dict[str, Any], request_id: str | None) -> BillingInvoice:
         request_id=request_id,
         amount_paid=data.get("amount_paid"),
         amount_remaining=data.get("amount_remaining"),
+    )
+
+
+def _invoice_payment(data: dict[str, Any]) -> InvoicePayment:
+    payment = data.get("payment") or {}
+    record = payment.get("payment_record")
+    record = record if isinstance(record, dict) else {"id": record}
+    custom = ((record.get("processor_details") or {}).get("custom")) or {}
+    paid = data.get("amount_paid")
+    return InvoicePayment(
+        id=data["id"],
+        invoice=_id(data.get("invoice")) or "",
+        payment_record=str(record.get("id") or ""),
+        amount=int(paid if paid is not None else data.get("amount_requested") or 0),
+        currency=str(data.get("currency") or ""),
+        status=str(data.get("status") or ""),
+        reference=custom.get("payment_reference"),
     )
 
 
@@ -917,29 +935,37 @@ class StripeGateway:
         return _preview(_as_dict(obj), _request_id(obj))
 
     def record_payment(
-        self, invoice_id: str, amount: int, *, idempotency_key: str
+        self,
+        invoice_id: str,
+        amount: int,
+        *,
+        idempotency_key: str,
+        reference: str,
+        initiated_at: int,
     ) -> BillingInvoice:
         """A payment made outside Stripe: `GET /v1/invoices/{id}` (its currency and
         customer), `POST /v1/payment_records/report_payment` (`amount_requested`,
-        `outcome=guaranteed`, custom payment method and processor, tagged with the invoice)
-        and `POST /v1/invoices/{id}/attach_payment` with the record. Both writes carry keys
-        derived from `idempotency_key`, so a retry reports and attaches once."""
+        `outcome=guaranteed`, custom payment method and processor with the `reference`,
+        tagged with the invoice) and `POST /v1/invoices/{id}/attach_payment` with the record.
+        Both writes carry keys derived from `idempotency_key` and nothing of this moment (the
+        times are the caller's `initiated_at`): Stripe "compares incoming parameters to those
+        of the original request and errors if they're not the same" (docs: Idempotent
+        requests), so a retry must send exactly the first request to report and attach once."""
         invoice = _as_dict(
             self._call("retrieve an invoice", lambda: self._client.v1.invoices.retrieve(invoice_id))
         )
-        now = int(time.time())
         report: dict[str, Any] = {
             "amount_requested": {"currency": invoice["currency"], "value": amount},
-            "initiated_at": now,
+            "initiated_at": initiated_at,
             "outcome": "guaranteed",
-            "guaranteed": {"guaranteed_at": now},
+            "guaranteed": {"guaranteed_at": initiated_at},
             "payment_method_details": {
                 "type": "custom",
                 "custom": {"display_name": "Wire transfer"},
             },
             "processor_details": {
                 "type": "custom",
-                "custom": {"payment_reference": idempotency_key[:200]},
+                "custom": {"payment_reference": reference},
             },
             "metadata": {"sf_invoice_id": invoice_id},
         }
@@ -965,6 +991,31 @@ class StripeGateway:
             invoice_id=invoice_id,
         )
         return _invoice(_as_dict(obj), _request_id(obj))
+
+    def invoice_payments(self, invoice_id: str) -> list[InvoicePayment]:
+        """`GET /v1/invoice_payments` ("List all payments for an invoice") with `invoice`,
+        `payment[type]=payment_record` and `expand[]=data.payment.payment_record` (an
+        expandable field in the SDK's `InvoicePayment.Payment`; the record's
+        `processor_details.custom.payment_reference` is the reference), every page of 100."""
+        payments: list[InvoicePayment] = []
+        after: str | None = None
+        while True:
+            params: dict[str, Any] = {
+                "invoice": invoice_id,
+                "payment": {"type": "payment_record"},
+                "expand": ["data.payment.payment_record"],
+                "limit": 100,
+            }
+            if after:
+                params["starting_after"] = after
+            page, _ = self._request(
+                "list an invoice's payments", "get", "/v1/invoice_payments", params
+            )
+            rows = page.get("data") or []
+            payments.extend(_invoice_payment(row) for row in rows)
+            if not page.get("has_more") or not rows:
+                return payments
+            after = rows[-1]["id"]
 
     def get_invoice(self, invoice_id: str) -> BillingInvoice:
         return _invoice(

@@ -20,8 +20,14 @@ from sf_bridge.invoices.mark_paid import mark_paid
 from sf_bridge.logging import get_logger
 from sf_bridge.mapping import Mappings
 from sf_bridge.mapping.money import format_minor
-from sf_bridge.provisioning.replay import ReplayOutcome, replay
-from sf_bridge.provisioning.store import CHANGED_CODE, UNWON_CODE, keep_unwon, queue_cancel
+from sf_bridge.provisioning.replay import IN_LIFECYCLE, ReplayOutcome, replay, replay_refusal
+from sf_bridge.provisioning.store import (
+    CHANGED_CODE,
+    UNWON_CODE,
+    UNWON_PARKED,
+    keep_unwon,
+    queue_cancel,
+)
 
 if TYPE_CHECKING:
     from sf_bridge.billing.port import BillingGateway
@@ -33,7 +39,7 @@ CANCEL_REASON = "cancelled by RevOps"  # what `sf-bridge deals cancel` says when
 # Parked deals a person decides on: no longer won, won again after that, or a cancellation
 # that failed (its fix is to cancel again or keep).
 CANCEL_FAILED_CODE = "cancel_failed"
-KEEPABLE_CODES = (UNWON_CODE, CHANGED_CODE)
+KEEPABLE_CODES = (*UNWON_PARKED, CHANGED_CODE)
 CANCELLABLE_CODES = (*KEEPABLE_CODES, CANCEL_FAILED_CODE)
 
 
@@ -86,20 +92,14 @@ def cancel_refusal(deal: Deal) -> str | None:
     """Why the console does not cancel this deal, or None when it does: a provisioned deal
     (`done`) or one parked no longer won, changed after provisioning or with a cancellation
     that failed."""
-    if deal.status == "done" or _parked_with(deal, CANCELLABLE_CODES):
-        return None
+    if deal.status in ("done", "scheduled") or _parked_with(deal, CANCELLABLE_CODES):
+        return None  # a scheduled deal's cancellation cancels its subscription schedule
     if deal.status in ("cancelled", "cancelling"):
         return f"Deal {deal.id} is {deal.status} already."
-    if deal.status == "scheduled":
-        return (
-            f"Deal {deal.id} is scheduled: its subscription schedule has not started, and the "
-            "cancellation cancels subscriptions, not schedules. Cancel the schedule in Stripe "
-            "(Subscriptions, Scheduled)."
-        )
     return (
         f"Deal {deal.id} is {deal.status}"
         + (f" ({deal.last_error_code})" if deal.last_error_code else "")
-        + ": the console cancels a provisioned deal (done) or one parked as no longer won "
+        + ": the console cancels a provisioned or scheduled deal or one parked as no longer won "
         f"({UNWON_CODE}) or changed after provisioning ({CHANGED_CODE})."
     )
 
@@ -118,25 +118,6 @@ def keep_refusal(deal: Deal) -> str | None:
 
 
 REFUSAL_HINT = "reload the deal's page: it offers the actions that apply to it now."
-# The lifecycle's own steps are running (un-won: the policy is being applied; cancelling: the
-# cancellation sequence): a replay or a payment would race them.
-IN_LIFECYCLE = ("unwon", "cancelling")
-NOT_REPLAYED = ("done", "cancelled", "skipped", "scheduled", *IN_LIFECYCLE)
-
-
-def replay_refusal(deal: Deal) -> str | None:
-    """Why the console does not replay this deal, or None when it does: a deal on its way or
-    parked, but not one parked as no longer won (a person cancels or keeps it), not one done,
-    scheduled, skipped (`sf-bridge replay --include-skipped` provisions it on purpose),
-    cancelled, or in the un-won or cancellation steps."""
-    if _parked_with(deal, (UNWON_CODE,)):
-        return (
-            f"Deal {deal.id} was provisioned and its opportunity is no longer won: a replay "
-            "does not settle it; cancel it or keep it."
-        )
-    if deal.status in NOT_REPLAYED:
-        return f"Deal {deal.id} is {deal.status}: there is nothing to replay."
-    return None
 
 
 def mark_paid_refusal(deal: Deal) -> str | None:
@@ -263,7 +244,7 @@ def mark_invoice_paid(
     if result.already_paid:
         what = "found it already paid in Stripe"
     elif result.replayed:
-        what = f"found the payment with reference {reference!r} recorded already"
+        what = f"found the payment ({reference or 'this amount, no reference'}) recorded already"
     elif result.status == "paid":
         what = f"marked it paid (wire, {format_minor(result.amount_paid or 0, currency)})"
     else:

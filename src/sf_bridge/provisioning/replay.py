@@ -13,7 +13,7 @@ opportunity as Salesforce returns it now; one that is still not won stays skippe
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -22,7 +22,17 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from sf_bridge.crm import ids
 from sf_bridge.crm.port import CrmGateway
-from sf_bridge.db.models import NEEDS_ATTENTION, SKIPPED, Deal, DealEvent, utcnow
+from sf_bridge.db.models import (
+    CANCELLED,
+    CANCELLING,
+    NEEDS_ATTENTION,
+    SCHEDULED,
+    SKIPPED,
+    UNWON,
+    Deal,
+    DealEvent,
+    utcnow,
+)
 from sf_bridge.errors import SfBridgeError
 from sf_bridge.logging import get_logger
 from sf_bridge.provisioning.eligibility import BEFORE_FLOOR, FLOOR_WAIVED, NOT_WON, Skip, judge
@@ -51,6 +61,76 @@ class ReplayOutcome:
     from_step: str | None
     message: str
     requeued: bool
+    refused: bool = False  # the lifecycle after the first close: `lifecycle_refusal`
+    named: bool = True  # False: picked by `failed` only
+
+
+# What is replayable, for `sf-bridge replay` and the console alike. The lifecycle after the
+# first close is not: a deal no longer won (`unwon`: the `when_unwon` policy is applied; or
+# parked `unwon_after_provisioning`, or with a cancellation that failed) is settled by a person
+# with `deals cancel` or `deals keep`, and one being cancelled or cancelled would be sent back
+# to the fetch step, that is provisioned again. A deal won again after that is the intake's
+# (`changed_after_provisioning`, which a replay does amend; `won_after_cancel`).
+CANCEL_FAILED_CODE = "cancel_failed"
+IN_LIFECYCLE = (UNWON, CANCELLING)
+DECIDED_BY_A_PERSON = (*UNWON_PARKED, CANCEL_FAILED_CODE)  # parked codes: `deals cancel` / `keep`
+
+
+def replay_refusal(deal: Deal, *, include_skipped: bool = False) -> str | None:
+    """Why a replay leaves this deal alone, naming what to run instead, or None when it is
+    replayed: a deal on its way, retrying or parked (`needs_attention`), but not one parked no
+    longer won or with a failed cancellation, not one un-won, being cancelled or cancelled
+    (`lifecycle_refusal`), done, scheduled, or skipped (unless `include_skipped`: provisioned
+    on purpose)."""
+    refusal = lifecycle_refusal(deal)
+    if refusal is not None:
+        return refusal
+    if deal.status == DONE:
+        return "already done; nothing to replay"
+    if deal.status == SCHEDULED:
+        return "scheduled: its subscription schedule starts in Stripe on its own; nothing to replay"
+    if deal.status == SKIPPED and not include_skipped:
+        return (
+            f"skipped ({deal.last_error_code}): {deal.last_error} Pass --include-skipped "
+            "to provision it on purpose."
+        )
+    return None
+
+
+def lifecycle_refusal(deal: Deal) -> str | None:
+    """Why a replay must not touch this deal of the lifecycle after its first close (a replay
+    would provision it again), with what to run instead; None for any other deal."""
+    n = deal.id
+    settle = f"Run `sf-bridge deals cancel {n}` or `sf-bridge deals keep {n}`."
+    if deal.status == NEEDS_ATTENTION and deal.last_error_code in UNWON_PARKED:
+        return (
+            f"Deal {n} was provisioned and its opportunity is no longer won "
+            f"({deal.last_error_code}): a replay does not settle it. {settle}"
+        )
+    if deal.status == NEEDS_ATTENTION and deal.last_error_code == CANCEL_FAILED_CODE:
+        return (
+            f"Deal {n}'s cancellation failed: a replay would provision it again. Fix the "
+            f"cause, then run `sf-bridge deals cancel {n}` again, or `sf-bridge deals keep {n}`."
+        )
+    if deal.status == UNWON:
+        return (
+            f"Deal {n} is unwon: its opportunity left its won stage and the `when_unwon` policy "
+            f"is being applied; there is nothing to replay. {settle}"
+        )
+    if deal.status == CANCELLING:
+        return (
+            f"Deal {n} is cancelling: it is being cancelled (invoice voided, subscription "
+            f"cancelled, entitlements revoked); there is nothing to replay. `sf-bridge deals "
+            f"show {n}` follows it."
+        )
+    if deal.status == CANCELLED:
+        return (
+            f"Deal {n} is cancelled: a replay would provision it again, so there is nothing "
+            "to replay. An opportunity won again in Salesforce is recorded by the intake "
+            "(the deal stays cancelled and says so); to bill the customer again, close a new "
+            "opportunity won."
+        )
+    return None
 
 
 def find_deal(session: Session, ref: str | int) -> Deal:
@@ -87,8 +167,10 @@ def replay(
     floor: datetime | None = None,
 ) -> list[ReplayOutcome]:
     """Requeues the deals named (deal numbers or opportunity ids) and, with `failed`, every
-    deal in `needs_attention`. Done deals are left alone; skipped deals are provisioned only
-    when named with `include_skipped`. A deal re-read from Salesforce is judged as the fetch
+    deal in `needs_attention`. What `replay_refusal` refuses is left alone with its reason:
+    done and scheduled deals, skipped ones unless named with `include_skipped`, and the
+    lifecycle after the first close (`refused`: no longer won, being cancelled, cancelled; the
+    reason says what to run instead). A deal re-read from Salesforce is judged as the fetch
     judges it (no longer won, or closed before `floor`: recorded as skipped, not requeued).
     Each deal is written through the deal store, guarded: one a worker is running now, or
     that changed since it was read, is left alone (replay it again). Returns what was done
@@ -98,6 +180,7 @@ def replay(
         for ref in deal_ids:
             deal = find_deal(session, ref)
             deals[deal.id] = deal
+        named = set(deals)
         if failed:
             for deal in session.execute(
                 select(Deal).where(Deal.status == NEEDS_ATTENTION).order_by(Deal.id)
@@ -105,7 +188,13 @@ def replay(
                 deals[deal.id] = deal
         waived = floor_waived(session, list(deals))
         session.expunge_all()  # read only: what changes is written by the store
-    fresh = _refetch(crm, [d for d in deals.values() if d.source != "file"])
+    # A deal a replay leaves alone is not read from Salesforce either.
+    wanted = [
+        d
+        for d in deals.values()
+        if d.source != "file" and replay_refusal(d, include_skipped=include_skipped) is None
+    ]
+    fresh = _refetch(crm, wanted)
     version = getattr(mappings, "version", None)
     store = DealStore(session_factory, owner="replay", lease=timedelta(0), clock=utcnow)
     outcomes = []
@@ -114,7 +203,8 @@ def replay(
             change = _provision_skipped(deal, fresh)
         else:
             change = _requeue(deal, fresh, version, None if deal.id in waived else floor)
-        outcomes.append(_write(store, deal, change))
+        outcome = _write(store, deal, change)
+        outcomes.append(outcome if deal.id in named else replace(outcome, named=False))
     for outcome in outcomes:
         log.info(
             "deal_replayed",
@@ -122,6 +212,7 @@ def replay(
             opportunity_id=outcome.opportunity_id,
             step=outcome.from_step,
             requeued=outcome.requeued,
+            refused=outcome.refused,
         )
     return outcomes
 
@@ -185,38 +276,11 @@ def _requeue(
     version: str | None,
     floor: datetime | None,
 ) -> _Change:
-    if deal.status == DONE:
+    refusal = replay_refusal(deal)
+    if refusal is not None:
+        refused = lifecycle_refusal(deal) is not None
         return _Change(
-            ReplayOutcome(
-                deal.id, deal.opportunity_id, None, "already done; nothing to replay", False
-            )
-        )
-    if deal.status == SKIPPED:
-        return _Change(
-            ReplayOutcome(
-                deal.id,
-                deal.opportunity_id,
-                None,
-                f"skipped ({deal.last_error_code}): {deal.last_error} Pass --include-skipped "
-                "to provision it on purpose.",
-                False,
-            )
-        )
-    if deal.status == NEEDS_ATTENTION and deal.last_error_code in UNWON_PARKED:
-        # Provisioned, then no longer won: a replay would re-fetch it and record it skipped
-        # while its subscription and grants stay live. A person decides instead. (A deal won
-        # again with changes, CHANGED_CODE, is replayed: its lines become an amendment of its
-        # own subscription.)
-        return _Change(
-            ReplayOutcome(
-                deal.id,
-                deal.opportunity_id,
-                None,
-                f"parked ({deal.last_error_code}): it was provisioned and its opportunity "
-                f"is no longer won; a replay does not settle it. Run `sf-bridge deals cancel "
-                f"{deal.id}` or `sf-bridge deals keep {deal.id}`.",
-                False,
-            )
+            ReplayOutcome(deal.id, deal.opportunity_id, None, refusal, False, refused=refused)
         )
     step = deal.current_step or STEP_FETCH
     if step not in STEPS:
@@ -324,4 +388,12 @@ def _provision_skipped(deal: Deal, fresh: dict[str, dict[str, Any]]) -> _Change:
     return _Change(ReplayOutcome(deal.id, deal.opportunity_id, step, message, True), values, events)
 
 
-__all__ = ["DealNotFound", "ReplayOutcome", "find_deal", "replay"]
+__all__ = [
+    "IN_LIFECYCLE",
+    "DealNotFound",
+    "ReplayOutcome",
+    "find_deal",
+    "lifecycle_refusal",
+    "replay",
+    "replay_refusal",
+]

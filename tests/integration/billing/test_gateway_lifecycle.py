@@ -93,6 +93,7 @@ def _ten_days_in(setup: Setup, sub: BillingSubscription) -> tuple[int, int, date
 def test_both_gateways_satisfy_the_port() -> None:
     gateways: list[BillingGateway] = [InMemoryBilling(), StripeGateway("sk_test_x")]
     assert all(callable(g.record_payment) for g in gateways)
+    assert all(callable(g.invoice_payments) for g in gateways)
 
 
 def test_update_returns_the_items_and_always_invoice_bills_the_proration(setup: Setup) -> None:
@@ -171,16 +172,31 @@ def test_partial_payments_outside_stripe(setup: Setup) -> None:
     sub = _subscription(setup)
     assert sub.latest_invoice is not None
     setup.finalize(sub.latest_invoice)
+    invoice = sub.latest_invoice
+    wire = {"reference": "BANK-1", "initiated_at": 1_790_000_000}
 
-    part = setup.gateway.record_payment(sub.latest_invoice, 8_000, idempotency_key="wire-1")
+    assert setup.gateway.invoice_payments(invoice) == []
+    part = setup.gateway.record_payment(invoice, 8_000, idempotency_key="wire-1", **wire)
     assert (part.status, part.amount_paid, part.amount_remaining) == ("open", 8_000, 11_800)
-    retried = setup.gateway.record_payment(sub.latest_invoice, 8_000, idempotency_key="wire-1")
+    retried = setup.gateway.record_payment(invoice, 8_000, idempotency_key="wire-1", **wire)
     assert retried.amount_paid == 8_000  # the same key records the payment once
+    with pytest.raises(BillingRejected, match="same parameters"):
+        setup.gateway.record_payment(
+            invoice, 8_000, idempotency_key="wire-1", reference="BANK-1", initiated_at=1
+        )
 
     with pytest.raises(BillingRejected, match="exceeds"):
-        setup.gateway.record_payment(sub.latest_invoice, 20_000, idempotency_key="wire-2")
-    rest = setup.gateway.record_payment(sub.latest_invoice, 11_800, idempotency_key="wire-3")
+        setup.gateway.record_payment(invoice, 20_000, idempotency_key="wire-2", **wire)
+    rest = setup.gateway.record_payment(
+        invoice, 11_800, idempotency_key="wire-3", reference="BANK-2", initiated_at=1_790_000_100
+    )
     assert (rest.status, rest.amount_paid, rest.amount_remaining) == ("paid", 19_800, 0)
+    payments = setup.gateway.invoice_payments(invoice)
+    assert [(p.reference, p.amount, p.currency, p.status) for p in payments] == [
+        ("BANK-2", 11_800, "usd", "paid"),
+        ("BANK-1", 8_000, "usd", "paid"),
+    ]
+    assert all(p.invoice == invoice and p.payment_record for p in payments)
 
 
 def _customer(setup: Setup) -> str:

@@ -375,6 +375,6 @@ def test_the_list_and_the_page_show_the_lifecycle(site: ConsoleSite) -> None:
         going = http.get(f"{site.url}/console/deals/{d['going']}").text
         assert "cancelling: lost" in going
         assert not {"cancel", "keep"} & _actions_shown(going)
-        # The scheduled deal has not started: the console does not offer to cancel it.
-        assert "cancel" not in _actions_shown(later)
+        # The scheduled deal has not started: cancelling it cancels its subscription schedule.
+        assert "cancel" in _actions_shown(later)
         assert "cancel" in _actions_shown(card)

@@ -257,6 +257,75 @@ def test_partial_payments_outside_stripe_until_the_invoice_is_paid(
         stripe_client.v1.invoices.attach_payment(invoice.id, params={"payment_record": record})
 
 
+def test_an_invoices_payments_are_listed_with_their_records(
+    stripe_client: stripe.StripeClient, stripe_catalog: Any
+) -> None:
+    """`GET /v1/invoice_payments?invoice=...` lists the payments attached to the invoice,
+    newest first; `expand[]=data.payment.payment_record` shows each record's reference."""
+    invoice = _open_invoice(stripe_client, stripe_catalog)
+    other = _open_invoice(stripe_client, stripe_catalog)
+    assert stripe_client.v1.invoice_payments.list(params={"invoice": invoice.id}).data == []
+    first = _report(stripe_client, invoice, 8_000)
+    stripe_client.v1.invoices.attach_payment(invoice.id, params={"payment_record": first})
+    second = _report(stripe_client, invoice, 1_000)
+    stripe_client.v1.invoices.attach_payment(invoice.id, params={"payment_record": second})
+    stripe_client.v1.invoices.attach_payment(
+        other.id, params={"payment_record": _report(stripe_client, other, 500)}
+    )
+    _report(stripe_client, invoice, 700)  # reported, never attached: not a payment of it
+
+    listed = stripe_client.v1.invoice_payments.list(
+        params={
+            "invoice": invoice.id,
+            "payment": {"type": "payment_record"},
+            "expand": ["data.payment.payment_record"],
+        }
+    )
+    assert [p.payment.payment_record.id for p in listed.data] == [second, first]
+    assert [(p.amount_paid, p.currency, p.status) for p in listed.data] == [
+        (1_000, "usd", "paid"),
+        (8_000, "usd", "paid"),
+    ]
+    record = listed.data[0].payment.payment_record
+    assert record.processor_details.custom.payment_reference == "WIRE-1"
+    one = stripe_client.v1.invoice_payments.list(
+        params={
+            "invoice": invoice.id,
+            "payment": {"type": "payment_record", "payment_record": first},
+        }
+    )
+    assert [p.payment.payment_record for p in one.data] == [first]
+    again = stripe_client.v1.invoice_payments.retrieve(listed.data[1].id)
+    assert (again.invoice, again.amount_paid) == (invoice.id, 8_000)
+
+
+def test_a_payment_reported_again_under_its_key_with_other_times_is_refused(
+    stripe_client: stripe.StripeClient, stripe_catalog: Any
+) -> None:
+    """Stripe: the idempotency layer compares incoming parameters to those of the original
+    request and errors if they are not the same (400, `idempotency_error`)."""
+    invoice = _open_invoice(stripe_client, stripe_catalog)
+    params: dict[str, Any] = {
+        "amount_requested": {"currency": "usd", "value": 8_000},
+        "initiated_at": 1_700_000_000,
+        "payment_method_details": {"type": "custom", "custom": {"display_name": "Wire"}},
+        "customer_details": {"customer": str(invoice.customer)},
+    }
+    options: dict[str, Any] = {"idempotency_key": "wire-W1"}
+    first = stripe_client.v1.payment_records.report_payment(params, options)  # type: ignore[arg-type]
+    again = stripe_client.v1.payment_records.report_payment(params, options)  # type: ignore[arg-type]
+    assert again.id == first.id
+    later = {**params, "initiated_at": 1_700_000_001}
+    with pytest.raises(stripe.IdempotencyError) as refused:
+        stripe_client.v1.payment_records.report_payment(later, options)  # type: ignore[arg-type]
+    assert refused.value.http_status == 400
+    assert refused.value.error is not None
+    assert refused.value.error.type == "idempotency_error"
+    assert str(refused.value.user_message).startswith(
+        "Keys for idempotent requests can only be used with the same parameters"
+    )
+
+
 def test_a_refused_update_changes_nothing(
     stripe_emulator: StripeEmulator, stripe_client: stripe.StripeClient, stripe_catalog: Any
 ) -> None:

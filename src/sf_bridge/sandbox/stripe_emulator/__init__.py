@@ -15,8 +15,10 @@ customers (create, retrieve, update, list, search), products and prices (create,
 update/archive, list by `lookup_keys[]`, search), subscriptions (create with `price` or
 `price_data` items, retrieve, update, cancel, list, search), invoices (created with the
 subscription; retrieve, list, lines, finalize, send, pay, void, mark uncollectible, update,
-search), events (list, retrieve), webhook endpoints (create, list, update, delete), and the
-hosted invoice page and PDF at `<url>/i/<invoice id>` (`POST .../pay` is the customer paying).
+search), payments made outside Stripe (payment records reported and attached to an invoice;
+an invoice's payments listed and retrieved), events (list, retrieve), webhook endpoints
+(create, list, update, delete), and the hosted invoice page and PDF at `<url>/i/<invoice id>`
+(`POST .../pay` is the customer paying).
 
 Fidelity: every object carries every field of Stripe's fixture for its type; unknown or
 mistyped parameters are refused with `invalid_request_error` naming `param`; idempotency keys

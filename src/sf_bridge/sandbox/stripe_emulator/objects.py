@@ -28,6 +28,7 @@ PREFIXES = {
     "discount": "di",
     "invoiceitem": "ii",
     "payment_record": "pr",
+    "invoice_payment": "inpay",
     "subscription_schedule": "sub_sched",
 }
 KIND_BY_PREFIX = {v: k for k, v in PREFIXES.items()}

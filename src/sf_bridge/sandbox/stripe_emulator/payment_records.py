@@ -2,7 +2,12 @@
 payment record (`POST /v1/payment_records/report_payment`, outcome `guaranteed`) attached to
 the invoice (`POST /v1/invoices/{id}/attach_payment` with `payment_record`). Each attached
 record adds its amount to the invoice's `amount_paid`; the invoice is `paid` once nothing
-remains. (`paid_out_of_band` on invoice pay, the older way, marks the whole invoice paid.)"""
+remains. (`paid_out_of_band` on invoice pay, the older way, marks the whole invoice paid.)
+
+Each attachment is an invoice payment (`invoice_payment`, type `payment_record`), listed by
+`GET /v1/invoice_payments?invoice=...` ("List all payments for an invoice"; `payment[type]`,
+`payment[payment_record]` and `status` filter it, `expand[]=data.payment.payment_record`
+gives each record with its `processor_details`)."""
 
 from __future__ import annotations
 
@@ -126,7 +131,8 @@ def attach_payment(
                 "amount_remaining": invoice["amount_remaining"]}  # fmt: skip
     invoice["amount_paid"] += amount["value"]
     invoice["amount_remaining"] -= amount["value"]
-    store.emit("invoice_payment.paid", _invoice_payment(store, invoice, record), ctx)
+    payment = store.add(_invoice_payment(store, invoice, record))
+    store.emit("invoice_payment.paid", payment, ctx)
     if invoice["amount_remaining"] == 0:
         mark_paid(store, invoice, ctx)
     else:
@@ -151,3 +157,18 @@ def _invoice_payment(
         status="paid",
         status_transitions={"canceled_at": None, "paid_at": store.now()},
     )
+
+
+def invoice_payment_filter(params: Params) -> Any:
+    """`GET /v1/invoice_payments`: by `invoice`, `status` and `payment` (`type`, and the
+    `payment_intent` or `payment_record` it names)."""
+    wanted = params.get("payment") or {}
+
+    def keep(payment: dict[str, Any]) -> bool:
+        if params.get("invoice") and payment["invoice"] != params["invoice"]:
+            return False
+        if params.get("status") and payment["status"] != params["status"]:
+            return False
+        return all(payment["payment"].get(field) == value for field, value in wanted.items())
+
+    return keep

@@ -232,6 +232,11 @@ ROUTES: list[Route] = [
           _expanded(lambda s, p, c: payment_records.report_payment(s, p, c))),
     Route("GET", "/v1/payment_records/{id}", sp.PaymentRecordRetrieveParams,
           _retrieve("payment_record")),
+    Route("GET", "/v1/invoice_payments", sp.InvoicePaymentListParams,
+          _list("invoice_payment", "/v1/invoice_payments",
+                payment_records.invoice_payment_filter)),
+    Route("GET", "/v1/invoice_payments/{id}", sp.InvoicePaymentRetrieveParams,
+          _retrieve("invoice_payment")),
     # invoices
     Route("POST", "/v1/invoices/create_preview", sp.InvoiceCreatePreviewParams,
           _expanded(lambda s, p, c: previews.create_preview(s, p, c)), _customer_param),

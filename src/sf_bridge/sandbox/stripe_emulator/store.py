@@ -28,6 +28,7 @@ KINDS = (
     "discount",
     "invoiceitem",
     "payment_record",
+    "invoice_payment",
     "subscription_schedule",
 )
 NAMES = {
@@ -43,6 +44,7 @@ NAMES = {
     "discount": "discount",
     "invoiceitem": "invoiceitem",
     "payment_record": "payment record",
+    "invoice_payment": "invoice payment",
     "subscription_schedule": "subscription schedule",
 }
 
