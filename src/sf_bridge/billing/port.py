@@ -17,6 +17,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal, Protocol
 
+# How long one request to Stripe may take before the client gives up on it (the gateway's
+# HTTP timeout). A request may still be carried out by Stripe until then: whoever waits for a
+# request that may be in flight waits at least this long.
+REQUEST_TIMEOUT_SECONDS = 20.0
+
 CollectionMethod = Literal["send_invoice", "charge_automatically"]
 # What Stripe does with the price difference when items change mid-period: invoice items
 # waiting for the next invoice (the default), an invoice now, or nothing.

@@ -33,6 +33,7 @@ from sf_bridge.billing.metadata import (
     stripe_metadata,
 )
 from sf_bridge.billing.port import (
+    REQUEST_TIMEOUT_SECONDS,
     BillingCoupon,
     BillingCustomer,
     BillingInvoice,
@@ -487,7 +488,7 @@ class StripeGateway:
         on_rate_limited: Callable[[float], object] | None = None,
         retry: Callable[[Callable[[], Any]], Any] | None = None,
         max_network_retries: int = 0,
-        timeout_seconds: float = 20.0,
+        timeout_seconds: float = REQUEST_TIMEOUT_SECONDS,
         connection_pool_size: int = 32,
     ) -> None:
         base = {"api": api_base.rstrip("/")} if api_base else None

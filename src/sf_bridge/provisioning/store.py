@@ -45,6 +45,7 @@ from sqlalchemy import (
     exists,
     func,
     insert,
+    literal,
     or_,
     select,
     update,
@@ -52,6 +53,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
+from sf_bridge.billing.port import REQUEST_TIMEOUT_SECONDS
 from sf_bridge.db.models import (
     CANCELLED,
     CANCELLING,
@@ -1665,11 +1667,25 @@ UNWON_PARKED = (UNWON_CODE, NOT_REVERSIBLE, SHARED)
 # The `unwon` / `cancel` step waits until the old lease has run out (the worker's heartbeat no
 # longer renews it, and a worker whose lease runs out commits nothing), so it finds what that
 # request made instead of deciding "nothing billed" while it is in flight.
+# A request sent just before the deal was taken back may outlive that lease (the heartbeat
+# renews a lease shorter than Stripe's request timeout), so the wait is also at least one
+# request timeout, with a margin, from the moment the deal is taken back.
 _REQUEST_MAY_BE_IN_FLIGHT = and_(deals.c.locked_by.is_not(None), deals.c.account_until.is_not(None))
-_AFTER_THE_OLD_LEASE = case(
-    (_REQUEST_MAY_BE_IN_FLIGHT, func.coalesce(deals.c.locked_until, deals.c.account_until)),
-    else_=None,
-)
+_REQUEST_WINDOW = timedelta(seconds=REQUEST_TIMEOUT_SECONDS + 10)
+
+
+def _after_the_old_lease(now: datetime) -> Any:
+    """When the `unwon` / `cancel` step of a deal taken back at `now` may run: at once when no
+    Stripe request can be in flight, else after its old lease and one request window."""
+    lease_end = func.coalesce(deals.c.locked_until, deals.c.account_until)
+    window_end = literal(now + _REQUEST_WINDOW, deals.c.next_attempt_at.type)
+    return case(
+        (
+            _REQUEST_MAY_BE_IN_FLIGHT,
+            case((lease_end > window_end, lease_end), else_=window_end),
+        ),
+        else_=None,
+    )
 
 
 def _in_flight_detail(waits_until: datetime | None) -> dict[str, Any]:
@@ -1686,7 +1702,7 @@ def mark_unwon(
     to the `unwon` step, where a worker applies the mapping's `when_unwon` policy. The lease
     is taken back, so a step in flight commits nothing and the deal stops where it is; when
     that step may have a Stripe request in flight, the `unwon` step is due only once the old
-    lease has run out (`_AFTER_THE_OLD_LEASE`), and then finds what the request made.
+    lease has run out (`_after_the_old_lease`), and then finds what the request made.
     Returns the opportunity ids newly marked."""
     ids = sorted({str(i) for i in opportunity_ids if i})
     if not ids:
@@ -1707,7 +1723,7 @@ def mark_unwon(
             last_error_code="unwon",
             locked_by=None,
             locked_until=None,
-            next_attempt_at=_AFTER_THE_OLD_LEASE,
+            next_attempt_at=_after_the_old_lease(now),
             updated_at=now,
         )
         .returning(deals.c.id, deals.c.opportunity_id, deals.c.next_attempt_at)
@@ -1809,7 +1825,7 @@ def queue_cancel(session: Session, deal_id: int, *, reason: str, actor: str) -> 
             last_error_code="cancelling",
             locked_by=None,
             locked_until=None,
-            next_attempt_at=_AFTER_THE_OLD_LEASE,
+            next_attempt_at=_after_the_old_lease(now),
             updated_at=now,
         )
         .returning(deals.c.next_attempt_at)
