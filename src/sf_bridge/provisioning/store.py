@@ -31,7 +31,7 @@ writer serialises them already.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -52,6 +52,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
+from sf_bridge.db.account_facts import claimed_facts, facts_columns
 from sf_bridge.db.models import (
     CANCELLED,
     CANCELLING,
@@ -69,7 +70,7 @@ from sf_bridge.provisioning.amendment import LiveSubscription, is_change
 from sf_bridge.provisioning.dbscope import SessionScope
 from sf_bridge.provisioning.group_commit import Batch, GroupCommit, NotHeld, Work
 from sf_bridge.provisioning.outcome import CustomerView, DealView, Outcome
-from sf_bridge.provisioning.states import ACCOUNT_STEPS, SETTLED, STEP_CUSTOMER
+from sf_bridge.provisioning.states import ACCOUNT_STEPS, SETTLED, STEP_CUSTOMER, STEP_MAP
 from sf_bridge.provisioning.wakeup import work_added
 
 deals: Table = Deal.__table__  # type: ignore[assignment]
@@ -169,9 +170,17 @@ def _claim_statement(dialect: str) -> Any:
                 _due(now),
                 _claimable(now),
             )
-            .returning(*_VIEW)
+            # the account's facts for the deals about to be mapped (sf_bridge.db.account_facts)
+            .returning(*_VIEW, *facts_columns(deals, f"{deals.name}.current_step = '{STEP_MAP}'"))
         )
     return statement
+
+
+def _claimed_view(row: Any) -> DealView:
+    view = DealView.from_row(row)
+    if view.current_step != STEP_MAP:
+        return view
+    return replace(view, account_facts=claimed_facts(row, view.opportunity))
 
 
 def _guard(deal_id: int, owner: str) -> dict[str, Any]:
@@ -225,7 +234,7 @@ class DealStore:
                     "b_limit": limit,
                 },
             ).mappings()
-            views = [DealView.from_row(dict(row)) for row in rows]
+            views = [_claimed_view(row) for row in rows]
         return sorted(views, key=lambda v: v.id)
 
     def load(self, deal_ids: Collection[int]) -> list[DealView]:
