@@ -70,8 +70,25 @@ from sf_bridge.provisioning.amendment import LiveSubscription, is_change
 from sf_bridge.provisioning.dbscope import SessionScope
 from sf_bridge.provisioning.group_commit import Batch, GroupCommit, NotHeld, Work
 from sf_bridge.provisioning.outcome import CustomerView, DealView, Outcome
-from sf_bridge.provisioning.states import ACCOUNT_STEPS, SETTLED, STEP_CUSTOMER, STEP_MAP
-from sf_bridge.provisioning.wakeup import work_added
+from sf_bridge.provisioning.states import (
+    ACCOUNT_STEPS,
+    SCHEDULED,
+    SETTLED,
+    STEP_CUSTOMER,
+    STEP_MAP,
+    STEP_WRITE_BACK,
+)
+from sf_bridge.provisioning.wakeup import (
+    CANCELLED as REPORT_CANCELLED,
+)
+from sf_bridge.provisioning.wakeup import (
+    PARKED,
+    PAYMENTS,
+    SCHEDULES,
+    WRITE_BACK,
+    reports_changed,
+    work_added,
+)
 
 deals: Table = Deal.__table__  # type: ignore[assignment]
 attempts: Table = StepAttempt.__table__  # type: ignore[assignment]
@@ -465,6 +482,8 @@ class DealStore:
         started_at = now - timedelta(milliseconds=duration)
         first = True
         next_step = values["current_step"]
+        if next_step == STEP_WRITE_BACK:
+            batch.report(WRITE_BACK)  # the worker's write-back looks once it is committed
         start_next = values["account_until"] is not None
         history = batch.later_rows if start_next else batch.attempt_rows
         for step, outcome, _status, detail in results:
@@ -589,6 +608,7 @@ class DealStore:
                 )
             )
             if not retrying:
+                batch.report(PARKED)  # the opportunity is told "Needs attention"
                 batch.event_rows.append(
                     {
                         "deal_id": deal_id,
@@ -661,6 +681,9 @@ class DealStore:
             if before_commit is not None:
                 for deal_id in sorted(owned):
                     before_commit(deal_id)
+            if any(r["id"] in owned and r.get("status") == SCHEDULED for r in rows):
+                # resting until their schedule starts: the worker's schedule look
+                reports_changed(conn, SCHEDULES)
         return owned
 
     def retry_later(
@@ -1590,9 +1613,10 @@ CHANGED_CODE = "changed_after_provisioning"
 
 
 def _work_added(session: Session) -> None:
-    from sf_bridge.provisioning.wakeup import work_added
-
     work_added(session)  # a worker waiting for work looks at once
+    # what calls this parks deals (changed after provisioning) or leads to a park or a
+    # cancellation (un-won, cancel queued): the worker's reports of those look again
+    reports_changed(session, PARKED, REPORT_CANCELLED)
 
 
 def mark_changed_after_provisioning(
@@ -1791,6 +1815,8 @@ def record_first_payment(
             now,
         )
         results.append((deal_id, activated))
+    if results:
+        reports_changed(conn, PAYMENTS)  # the worker tells the opportunities
     return results
 
 
@@ -1799,7 +1825,7 @@ def _end_unpaid_deals(
 ) -> set[int]:
     """The subscription ended before its first payment: its deals awaiting it are marked
     expired, to be cancelled with the reason and written back."""
-    return set(
+    ended = set(
         conn.execute(
             update(deals)
             .where(
@@ -1811,6 +1837,9 @@ def _end_unpaid_deals(
             .returning(deals.c.id)
         ).scalars()
     )
+    if ended:
+        reports_changed(conn, PAYMENTS, REPORT_CANCELLED)  # the worker tells the opportunities
+    return ended
 
 
 def deals_to_check_unwon(session: Session, after_id: int, limit: int) -> list[tuple[int, str]]:
@@ -1884,4 +1913,6 @@ def note_won_after_cancel(
                 detail={"code": WON_AFTER_CANCEL_CODE, "source": source},
             )
         )
+    if rows:
+        reports_changed(conn, REPORT_CANCELLED)  # "Cancelled" is written back again
     return [str(r[1]) for r in rows]

@@ -21,18 +21,35 @@ from sf_bridge.config import Settings
 from sf_bridge.crm.port import CrmGateway
 from sf_bridge.db.account_facts import mapper_with_facts
 from sf_bridge.logging import get_logger
-from sf_bridge.provisioning.batch import fetch_batch, report_parked_batch, write_back_batch
+from sf_bridge.provisioning.batch import (
+    BATCH_LIMIT,
+    fetch_batch,
+    report_parked_batch,
+    write_back_batch,
+)
 from sf_bridge.provisioning.floor import FloorSource, parse_floor
 from sf_bridge.provisioning.payment_report import report_payments
 from sf_bridge.provisioning.prices import PriceCache
 from sf_bridge.provisioning.retry import RetryPolicy
 from sf_bridge.provisioning.runner import Provisioner, RunnerOptions, StepHooks
 from sf_bridge.provisioning.schedule_start import start_due_schedules
-from sf_bridge.provisioning.states import DEAL_STEPS
+from sf_bridge.provisioning.states import DEAL_STEPS, STEP_WRITE_BACK
 from sf_bridge.provisioning.steps import Mapper, StepContext
 from sf_bridge.provisioning.store import DealStore
 from sf_bridge.provisioning.unwon import UnwonRunner, report_cancelled
-from sf_bridge.provisioning.wakeup import WORK_ARRIVED, WakeSignal, WorkListener, next_due
+from sf_bridge.provisioning.wakeup import (
+    CANCELLED,
+    PARKED,
+    PAYMENTS,
+    REPORTS,
+    SCHEDULES,
+    WORK_ARRIVED,
+    WRITE_BACK,
+    WakeSignal,
+    WorkListener,
+    next_due,
+    next_schedule_start,
+)
 
 log = get_logger(__name__)
 
@@ -79,6 +96,78 @@ class _MappingsOnce:
             if self._error is not None:
                 raise self._error
             return self._value
+
+
+class _Looks:
+    """When each of the loop's report reads is worth its statement: when a commit that can
+    make it find something was made since it last ran (its counter in
+    `sf_bridge.provisioning.wakeup.REPORTS` moved on), when it is told to look again, or
+    once every safety poll (changes of another process on SQLite, a lost notification)."""
+
+    def __init__(self, safety: Callable[[], float]) -> None:
+        self._safety = safety
+        self._seen: dict[str, int | None] = {}
+        self._looked: dict[str, float] = {}
+
+    def due(self, kind: str) -> bool:
+        """Whether to run the read of `kind` now; when True, the read counts as run."""
+        seen = REPORTS.generation(kind)
+        now = time.monotonic()
+        if self._seen.get(kind) == seen and now < self._looked.get(kind, 0.0) + self._safety():
+            return False
+        self._seen[kind] = seen
+        self._looked[kind] = now
+        return True
+
+    def again(self, kind: str) -> None:
+        """Run the read of `kind` at the next round too (it failed, or found a full batch)."""
+        self._seen[kind] = None
+
+
+class _WriteBackWatch:
+    """How many deals wait for the write-back and since when, without a read per round: the
+    commits that move a deal to the write-back count it (`REPORTS`, kind `write_back`); the
+    database is asked at the first look, after a full batch, and every safety poll."""
+
+    def __init__(self, safety: Callable[[], float]) -> None:
+        self._safety = safety
+        self._seen: int | None = None
+        self._looked = 0.0
+        self.waiting = 0
+        self._since: datetime | None = None
+
+    def ready(self, store: Any, linger: float, now: datetime) -> bool:
+        """Whether a write-back batch is due: deals wait, and a full batch is ready or the
+        oldest has waited `linger` seconds (at once when `linger` is 0)."""
+        seen = REPORTS.generation(WRITE_BACK)
+        mono = time.monotonic()
+        if self._seen is None or mono >= self._looked + self._safety():
+            self._seen, self._looked = seen, mono
+            count, oldest = store.ready_for_write_back(STEP_WRITE_BACK)
+            self.waiting = int(count or 0)
+            if oldest is not None and oldest.tzinfo is None:
+                oldest = oldest.replace(tzinfo=UTC)
+            self._since = oldest or now
+        elif seen != self._seen:
+            if not self.waiting:
+                self._since = now
+            self.waiting += seen - self._seen
+            self._seen = seen
+        if not self.waiting:
+            return False
+        if linger <= 0 or self.waiting >= BATCH_LIMIT or self._since is None:
+            return True
+        return bool(self._since + timedelta(seconds=linger) <= now)
+
+    def written(self, *, full: bool) -> None:
+        """A batch was taken: one not full means none is left."""
+        if full:
+            self._seen = None  # more may wait: ask the database
+        else:
+            self.waiting = 0
+
+    def failed(self) -> None:
+        self._seen = None
 
 
 class _Heartbeat:
@@ -140,7 +229,9 @@ class Worker:
         self._session_factory = session_factory
         self.write_back_linger = write_back_linger
         self._report_parked_after = 0.0
-        self._schedules_after = 0.0
+        self._looks = _Looks(lambda: self.safety_poll)
+        self._write_backs = _WriteBackWatch(lambda: self.safety_poll)
+        self._schedule_at: datetime | None = None  # the next contract start known
         self.mappings = _MappingsOnce(mappings_loader)
         if settings.provision_floor:
             parse_floor(settings.provision_floor)  # a wrong value stops here, named
@@ -174,9 +265,23 @@ class Worker:
         """Deals whose opportunity is no longer won, and cancellations: their policy and
         sequence (sf_bridge.provisioning.unwon), then "Cancelled" onto the opportunity."""
         ran = self.unwon.run_due()
-        report_cancelled(self.provisioner.store, self.crm, self.mappings)
-        report_payments(self.provisioner.store, self.crm, self.mappings)
+        if ran:  # settled here: parked or cancelled, to be told
+            REPORTS.raise_(PARKED, len(ran))
+            REPORTS.raise_(CANCELLED, len(ran))
+        self._report(CANCELLED, report_cancelled)
+        self._report(PAYMENTS, report_payments)
         return ran
+
+    def _report(self, kind: str, report: Callable[..., list[int]]) -> None:
+        if self.crm is None or not self._looks.due(kind):
+            return
+        try:
+            told = report(self.provisioner.store, self.crm, self.mappings)
+        except Exception:
+            self._looks.again(kind)
+            raise
+        if len(told) >= BATCH_LIMIT:
+            self._looks.again(kind)  # a full batch: there may be more
 
     def run_once(self, max_deals: int = 100) -> int:
         """Processes what is due now (up to `max_deals` deal runs); returns how many distinct
@@ -203,15 +308,9 @@ class Worker:
                     future.result()
                 self.provisioner.flush()  # the deals' last outcomes, before the write-back
                 claimed = [*claimed, *self._run_unwon()]
-                written = write_back_batch(
-                    self.provisioner,
-                    self.crm,
-                    self.mappings,
-                    limit=budget,
-                    linger=self.write_back_linger if claimed else 0.0,
-                )
+                written = self._write_back(self.write_back_linger if claimed else 0.0, limit=budget)
                 self._report_parked()
-                started = self._start_schedules(force=True)
+                started = self._start_schedules()
                 touched.update(fetched, claimed, written)
                 budget -= len(claimed) + len(fetched) + len(written)
                 if not (fetched or claimed or written or started):
@@ -235,7 +334,7 @@ class Worker:
                     busy = self._cycle(pool, inflight, stop)
                     done = {f for f in inflight if f.done()}
                     inflight -= done
-                    self._report(done)
+                    self._log_failed(done)
                     if busy or done:
                         continue
                     if inflight:  # a finished deal wakes the loop (see _cycle)
@@ -244,7 +343,7 @@ class Worker:
                         self.wake.wait(self._idle_timeout(), seen, stop)
                 done, pending = wait(inflight, timeout=DRAIN_SECONDS)
                 self._flush()
-                self._report(done)
+                self._log_failed(done)
                 if pending:
                     log.warning("worker_drain_incomplete", deals_in_flight=len(pending))
         finally:
@@ -277,18 +376,28 @@ class Worker:
                     inflight.add(future)
                     busy = True
             busy = bool(self._run_unwon()) or busy
-            written = write_back_batch(
-                self.provisioner,
-                self.crm,
-                self.mappings,
-                linger=self.write_back_linger if inflight else 0.0,
-            )
+            written = self._write_back(self.write_back_linger if inflight else 0.0)
             busy = bool(written) or busy
             self._report_parked()
             busy = bool(self._start_schedules()) or busy
         except Exception as exc:  # keep running through a database hiccup
             log.error("worker_cycle_failed", error=str(exc), error_type=type(exc).__name__)
         return busy
+
+    def _write_back(self, linger: float, limit: int = BATCH_LIMIT) -> list[int]:
+        """A write-back batch when one is due (`_WriteBackWatch`); the deals written."""
+        watch = self._write_backs
+        try:
+            if not watch.ready(self.provisioner.store, linger, self.provisioner.clock()):
+                return []
+            written = write_back_batch(
+                self.provisioner, self.crm, self.mappings, limit=limit, linger=0.0
+            )
+        except Exception:
+            watch.failed()
+            raise
+        watch.written(full=len(written) >= min(limit, BATCH_LIMIT))
+        return written
 
     def _flush(self) -> None:
         try:
@@ -305,6 +414,8 @@ class Worker:
         except Exception as exc:
             log.warning("next_due_failed", error=str(exc)[:300])
             return self.safety_poll
+        if self._schedule_at is not None and (due is None or self._schedule_at < due):
+            due = self._schedule_at  # a contract start the schedule look waits for
         if due is None:
             return self.safety_poll
         # A little after the due time, so that the claim's `<= now` sees it due.
@@ -315,17 +426,31 @@ class Worker:
         if engine is not None and engine.dialect.name == "postgresql":
             self.listener = WorkListener(engine, self.wake).start()
 
-    def _start_schedules(self, force: bool = False) -> int:
+    def _start_schedules(self) -> int:
         """Scheduled deals whose contract start has passed, in case Stripe's event of the
-        start was lost (`start_due_schedules`); looked at every safety poll at most."""
+        start was lost (`start_due_schedules`). Looked at when a deal came to wait for its
+        schedule (`REPORTS`, kind `schedules`), once the earliest start known has come, and
+        every safety poll; the look reads that earliest start, and Stripe only when it has
+        passed."""
         billing = self.provisioner.ctx.billing
-        if billing is None or (not force and time.monotonic() < self._schedules_after):
+        if billing is None:
             return 0
-        self._schedules_after = time.monotonic() + self.safety_poll
+        now = self.provisioner.clock()
+        timed = self._schedule_at is not None and self._schedule_at <= now
+        if not self._looks.due(SCHEDULES) and not timed:
+            return 0
         try:
             with self.provisioner.db() as session, session.begin():
-                return start_due_schedules(session, billing, self.provisioner.clock())
+                first = next_schedule_start(session)
+                moved = 0
+                if first is not None and first <= now:
+                    moved = start_due_schedules(session, billing, now)
+                    first = next_schedule_start(session)
+                # a start passed that Stripe has not made yet is looked at every safety poll
+                self._schedule_at = first if first is not None and first > now else None
+                return moved
         except Exception as exc:
+            self._looks.again(SCHEDULES)
             log.warning(
                 "schedule_check_failed", error=str(exc)[:300], error_type=type(exc).__name__
             )
@@ -335,14 +460,20 @@ class Worker:
         """Tells Salesforce about newly parked deals; after a failed call, waits a while."""
         if self.crm is None or time.monotonic() < self._report_parked_after:
             return
+        if not self._looks.due(PARKED):
+            return
         try:
-            report_parked_batch(self.provisioner, self.crm, self.mappings)
+            told = report_parked_batch(self.provisioner, self.crm, self.mappings)
         except Exception as exc:
+            self._looks.again(PARKED)
             self._report_parked_after = time.monotonic() + PARKED_REPORT_BACKOFF
             log.warning("parked_write_back_failed", error=str(exc), error_type=type(exc).__name__)
+            return
+        if len(told) >= BATCH_LIMIT:
+            self._looks.again(PARKED)  # a full batch: there may be more
 
     @staticmethod
-    def _report(done: set[Future[str | None]]) -> None:
+    def _log_failed(done: set[Future[str | None]]) -> None:
         for future in done:
             exc = future.exception()
             if exc is not None:
