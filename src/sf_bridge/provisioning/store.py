@@ -30,6 +30,8 @@ writer serialises them already.
 
 from __future__ import annotations
 
+import heapq
+import threading
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -228,6 +230,24 @@ class DealStore:
         self.lease = lease
         self.clock = clock
         self.group = GroupCommit(self.db, attempts, events)
+        # When the deals this store gave back become claimable again (retries, reschedules,
+        # releases): the worker claims the rare steps only when something can be due.
+        self._retries: list[datetime] = []
+        self._retries_lock = threading.Lock()
+
+    def _retry_at(self, at: datetime) -> None:
+        with self._retries_lock:
+            if len(self._retries) < 10_000:
+                heapq.heappush(self._retries, at if at.tzinfo else at.replace(tzinfo=UTC))
+
+    def retries_due(self, now: datetime) -> bool:
+        """Whether a deal this store gave back has become claimable since last asked."""
+        due = False
+        with self._retries_lock:
+            while self._retries and self._retries[0] <= now:
+                heapq.heappop(self._retries)
+                due = True
+        return due
 
     def flush(self) -> None:
         """Commits the deferred outcomes (`commit(..., defer=True)`) now."""
@@ -271,6 +291,7 @@ class DealStore:
                 .where(deals.c.id == deal_id, deals.c.locked_by == self.owner)
                 .values(locked_by=None, locked_until=None, account_until=None)
             )
+        self._retry_at(self.clock())
 
     def reschedule(self, deal_id: int, delay: timedelta) -> bool:
         """The deal's account is busy: give the deal back, to be claimed after `delay`. False
@@ -294,6 +315,7 @@ class DealStore:
                 )
                 .rowcount
             )
+        self._retry_at(self.clock() + delay)
         return held == 1
 
     # a Stripe step -------------------------------------------------------------------------
@@ -573,6 +595,8 @@ class DealStore:
         with an event; gives the leases back. False when this worker no longer held the deal."""
         now = self.clock()
         retrying = retry_at is not None
+        if retry_at is not None:
+            self._retry_at(retry_at)
 
         def run(conn: Connection, batch: Batch) -> bool:
             values: dict[str, Any] = {
@@ -702,6 +726,7 @@ class DealStore:
         record as just fetched) is kept, so a sweep sees when the record changed since."""
         kept = {} if snapshot is None else {"opportunity": snapshot}
         now = self.clock()
+        self._retry_at(at)
         with self.db() as session, session.begin():
             conn = session.connection()
             held = conn.execute(

@@ -88,6 +88,7 @@ def work_added(session: Session) -> None:
 @event.listens_for(Session, "after_commit")
 def _wake_after_commit(session: Session) -> None:
     if session.info.pop(_PENDING, False):
+        REPORTS.raise_(WORK)
         WORK_ARRIVED.notify()
 
 
@@ -102,7 +103,8 @@ CANCELLED = "cancelled"  # cancelled, the opportunity still to be told
 PAYMENTS = "payments"  # a card deal's payment state changed, the opportunity still to be told
 SCHEDULES = "schedules"  # a deal waits for its subscription schedule's start
 WRITE_BACK = "write_back"  # a deal reached the write-back step
-REPORT_KINDS = (PARKED, CANCELLED, PAYMENTS, SCHEDULES, WRITE_BACK)
+WORK = "work"  # deals made claimable (`work_added`, or a notification from another process)
+REPORT_KINDS = (PARKED, CANCELLED, PAYMENTS, SCHEDULES, WRITE_BACK, WORK)
 REPORTS_PAYLOAD = "reports"
 _REPORTS_PENDING = "sf_bridge_reports_changed"
 
@@ -221,6 +223,7 @@ class WorkListener:
                         for note in conn.notifies(timeout=1.0):
                             if note.payload == REPORTS_PAYLOAD:
                                 REPORTS.raise_all()
+                            REPORTS.raise_(WORK)
                             self._signal.notify()
             except Exception as exc:
                 log.warning(

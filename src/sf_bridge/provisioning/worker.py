@@ -43,6 +43,7 @@ from sf_bridge.provisioning.wakeup import (
     PAYMENTS,
     REPORTS,
     SCHEDULES,
+    WORK,
     WORK_ARRIVED,
     WRITE_BACK,
     WakeSignal,
@@ -122,6 +123,44 @@ class _Looks:
     def again(self, kind: str) -> None:
         """Run the read of `kind` at the next round too (it failed, or found a full batch)."""
         self._seen[kind] = None
+
+
+FETCH_CLAIM, UNWON_CLAIM = "fetch", "unwon"
+
+
+class _RareClaims:
+    """When the claims of the steps deals seldom wait at (fetch, un-won and cancel) are worth
+    their statement: when deals were made claimable since (`work_added` here, a notification
+    from another process: `REPORTS`, kind `work`), when the last one found some (there may be
+    more), when a retry or lease this worker knows of has come due, and every safety poll."""
+
+    def __init__(self, safety: Callable[[], float]) -> None:
+        self._safety = safety
+        self._seen: dict[str, int | None] = {}
+        self._looked: dict[str, float] = {}
+        self._more: dict[str, bool] = {}
+        self._retry: set[str] = set()
+
+    def retries_came_due(self) -> None:
+        self._retry = {FETCH_CLAIM, UNWON_CLAIM}
+
+    def due(self, kind: str) -> bool:
+        seen = REPORTS.generation(WORK)
+        now = time.monotonic()
+        if (
+            kind not in self._retry
+            and self._more.get(kind) is False
+            and self._seen.get(kind) == seen
+            and now < self._looked.get(kind, 0.0) + self._safety()
+        ):
+            return False
+        self._retry.discard(kind)
+        self._seen[kind] = seen
+        self._looked[kind] = now
+        return True
+
+    def found(self, kind: str, deals: int) -> None:
+        self._more[kind] = deals > 0
 
 
 class _WriteBackWatch:
@@ -232,6 +271,8 @@ class Worker:
         self._looks = _Looks(lambda: self.safety_poll)
         self._write_backs = _WriteBackWatch(lambda: self.safety_poll)
         self._schedule_at: datetime | None = None  # the next contract start known
+        self._claims = _RareClaims(lambda: self.safety_poll)
+        self._due_at: datetime | None = None  # the next retry or lease expiry read when idle
         self.mappings = _MappingsOnce(mappings_loader)
         if settings.provision_floor:
             parse_floor(settings.provision_floor)  # a wrong value stops here, named
@@ -264,7 +305,11 @@ class Worker:
     def _run_unwon(self) -> list[int]:
         """Deals whose opportunity is no longer won, and cancellations: their policy and
         sequence (sf_bridge.provisioning.unwon), then "Cancelled" onto the opportunity."""
-        ran = self.unwon.run_due()
+        ran: list[int] = []
+        if self._claims.due(UNWON_CLAIM):
+            self._claims.found(UNWON_CLAIM, 1)  # until it answers: look again next round
+            ran = self.unwon.run_due()
+            self._claims.found(UNWON_CLAIM, len(ran))
         if ran:  # settled here: parked or cancelled, to be told
             REPORTS.raise_(PARKED, len(ran))
             REPORTS.raise_(CANCELLED, len(ran))
@@ -295,13 +340,8 @@ class Worker:
             ThreadPoolExecutor(self.concurrency, thread_name_prefix="provision") as pool,
         ):
             while budget > 0:
-                fetched = fetch_batch(
-                    self.provisioner,
-                    self.crm,
-                    limit=budget,
-                    floor=self.floor,
-                    line_items_wait=self.settings.line_items_wait_seconds,
-                )
+                self._note_retries()
+                fetched = self._fetch(limit=budget)
                 claimed = self.provisioner.claim(DEAL_STEPS, min(budget, self.concurrency * 4))
                 futures = [pool.submit(self.provisioner.run_deal, i, never) for i in claimed]
                 for future in futures:
@@ -361,12 +401,8 @@ class Worker:
         try:
             self.provisioner.flush()  # the last outcomes of the deals finished since
             self.mappings.refresh()
-            fetched = fetch_batch(
-                self.provisioner,
-                self.crm,
-                floor=self.floor,
-                line_items_wait=self.settings.line_items_wait_seconds,
-            )
+            self._note_retries()
+            fetched = self._fetch()
             busy = bool(fetched)
             free = self.concurrency * 2 - len(inflight)
             if free > 0:
@@ -383,6 +419,30 @@ class Worker:
         except Exception as exc:  # keep running through a database hiccup
             log.error("worker_cycle_failed", error=str(exc), error_type=type(exc).__name__)
         return busy
+
+    def _note_retries(self) -> None:
+        """A retry or lease expiry has come due: the rare claims look at once."""
+        now = self.provisioner.clock()
+        store = self.provisioner.store
+        due = bool(getattr(store, "retries_due", lambda _now: False)(now))
+        if self._due_at is not None and self._due_at <= now:
+            self._due_at, due = None, True
+        if due:
+            self._claims.retries_came_due()
+
+    def _fetch(self, limit: int = BATCH_LIMIT) -> list[int]:
+        if self.crm is None or not self._claims.due(FETCH_CLAIM):
+            return []
+        self._claims.found(FETCH_CLAIM, 1)  # until it answers: look again next round
+        fetched = fetch_batch(
+            self.provisioner,
+            self.crm,
+            limit=limit,
+            floor=self.floor,
+            line_items_wait=self.settings.line_items_wait_seconds,
+        )
+        self._claims.found(FETCH_CLAIM, len(fetched))
+        return fetched
 
     def _write_back(self, linger: float, limit: int = BATCH_LIMIT) -> list[int]:
         """A write-back batch when one is due (`_WriteBackWatch`); the deals written."""
@@ -414,6 +474,7 @@ class Worker:
         except Exception as exc:
             log.warning("next_due_failed", error=str(exc)[:300])
             return self.safety_poll
+        self._due_at = due  # the rare claims look again then
         if self._schedule_at is not None and (due is None or self._schedule_at < due):
             due = self._schedule_at  # a contract start the schedule look waits for
         if due is None:
