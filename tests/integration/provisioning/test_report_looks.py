@@ -128,3 +128,39 @@ def test_a_change_no_commit_here_tells_of_is_seen_at_the_safety_poll(harness: Ha
     worker.safety_poll = 0.0  # the safety poll comes round
     worker.run_once()
     assert h.crm.written[OPP]["Provisioning_Status__c"] == "Provisioned"
+
+
+def test_a_round_with_nothing_new_claims_only_the_deal_steps(harness: Harness) -> None:
+    """The fetch and un-won/cancel claims wait for work added, a retry come due or the
+    safety poll; the claim of the per-deal steps is the one statement of an empty round."""
+    worker = harness.worker()
+    worker.safety_poll = NEVER
+    worker.run_once()
+    sent: list[str] = []
+
+    def count(_c: Any, _cur: Any, statement: str, *_args: Any) -> None:
+        if not statement.lstrip().upper().startswith("BEGIN"):
+            sent.append(statement)
+
+    engine = harness.session_factory.kw["bind"]
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        worker.run_once()
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    assert len(sent) == 1, sent
+    assert sent[0].lstrip().upper().startswith("UPDATE DEALS")
+
+
+def test_a_deal_enqueued_after_an_empty_round_is_fetched(harness: Harness) -> None:
+    h = harness
+    worker = h.worker()
+    worker.safety_poll = NEVER
+    worker.run_once()
+    worker.run_once()  # nothing: the fetch claim is not sent
+    h.crm.opportunities[OPP] = opportunity(OPP, ACCOUNT)
+    h.mappings.plans[OPP] = [MappingError("unknown_product", "not mapped", "map it", "")]
+    with h.session_factory() as session, session.begin():
+        enqueue_opportunities(session, [OPP], source="test")  # work added: fetched next round
+    drain(worker, settled(h, OPP), timeout=10.0)
+    assert h.deal(OPP).status == "needs_attention"
