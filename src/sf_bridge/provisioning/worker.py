@@ -62,6 +62,10 @@ PARKED_REPORT_BACKOFF = 30.0  # seconds before telling Salesforce again after a 
 # An idle worker sleeps until woken by new work (see sf_bridge.provisioning.wakeup) or until
 # the next retry is due; it looks at the database at least this often all the same.
 DEFAULT_SAFETY_POLL = 5.0
+# On PostgreSQL, while the LISTEN connection is up, a change to report made by another
+# process comes with a notification (`wakeup.reports_changed`): the report reads' own
+# safety poll is then this many safety polls.
+LISTENING_REPORT_POLLS = 12
 
 
 def worker_id() -> str:
@@ -268,8 +272,8 @@ class Worker:
         self._session_factory = session_factory
         self.write_back_linger = write_back_linger
         self._report_parked_after = 0.0
-        self._looks = _Looks(lambda: self.safety_poll)
-        self._write_backs = _WriteBackWatch(lambda: self.safety_poll)
+        self._looks = _Looks(self._report_poll)
+        self._write_backs = _WriteBackWatch(self._report_poll)
         self._schedule_at: datetime | None = None  # the next contract start known
         self._claims = _RareClaims(lambda: self.safety_poll)
         self._due_at: datetime | None = None  # the next retry or lease expiry read when idle
@@ -301,6 +305,13 @@ class Worker:
     @property
     def owner(self) -> str:
         return self.provisioner.owner
+
+    def _report_poll(self) -> float:
+        """The safety poll of the report reads: longer while notifications are heard."""
+        listener = self.listener
+        if listener is not None and listener.connected.is_set():
+            return self.safety_poll * LISTENING_REPORT_POLLS
+        return self.safety_poll
 
     def _run_unwon(self) -> list[int]:
         """Deals whose opportunity is no longer won, and cancellations: their policy and
