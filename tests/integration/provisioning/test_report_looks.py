@@ -5,9 +5,15 @@ sends none of those reads, and what another process changed is still told."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 from sqlalchemy import Engine, event, update
 
 from sf_bridge.db.models import Deal
@@ -164,3 +170,50 @@ def test_a_deal_enqueued_after_an_empty_round_is_fetched(harness: Harness) -> No
         enqueue_opportunities(session, [OPP], source="test")  # work added: fetched next round
     drain(worker, settled(h, OPP), timeout=10.0)
     assert h.deal(OPP).status == "needs_attention"
+
+
+def test_a_payment_recorded_by_another_process_is_told_through_its_notification(
+    harness: Harness, db_url: str
+) -> None:
+    """On PostgreSQL the webhook's transaction (another process) sends `NOTIFY` with the
+    payload `reports`: the listening worker tells the opportunity without its safety poll."""
+    if db_url.startswith("sqlite"):
+        pytest.skip("SQLite is one process: other processes are seen by the safety poll")
+    h = harness
+    _provisioned_card_deal(h)
+    worker = h.worker()
+    worker.safety_poll = NEVER
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        wait_for(
+            lambda: worker.listener is not None and worker.listener.connected.is_set(),
+            "the LISTEN connection",
+        )
+        script = (
+            "import sys\n"
+            "from datetime import UTC, datetime\n"
+            "from sf_bridge.db.engine import make_engine\n"
+            "from sf_bridge.provisioning.store import record_first_payment\n"
+            "with make_engine(sys.argv[1]).begin() as conn:\n"
+            "    assert record_first_payment(conn, 'sub_card_1', 'test', datetime.now(UTC))\n"
+        )
+        subprocess.run([sys.executable, "-c", script, db_url], check=True, timeout=60)
+        wait_for(
+            lambda: h.crm.written.get(OPP, {}).get("Provisioning_Status__c") == "Provisioned",
+            "the opportunity told",
+        )
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert not thread.is_alive()
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    pause = threading.Event()
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        pause.wait(0.02)
