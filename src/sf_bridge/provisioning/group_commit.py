@@ -40,6 +40,7 @@ from sqlalchemy import Connection, Table, insert
 
 from sf_bridge.logging import get_logger
 from sf_bridge.provisioning.dbscope import SessionScope
+from sf_bridge.provisioning.wakeup import REPORTS
 
 log = get_logger(__name__)
 
@@ -60,6 +61,12 @@ class Batch:
     # Attempt rows that may wait for a later transaction (history of a step whose deal goes
     # straight on to its next Stripe step): they ride in the next one that writes attempts.
     later_rows: list[dict[str, Any]] = field(default_factory=list)
+    # The worker's report reads these units' deals can make find something (kind -> deals),
+    # told once the transaction is committed (`sf_bridge.provisioning.wakeup.REPORTS`).
+    reports: dict[str, int] = field(default_factory=dict)
+
+    def report(self, kind: str) -> None:
+        self.reports[kind] = self.reports.get(kind, 0) + 1
 
 
 @dataclass(eq=False)
@@ -198,3 +205,5 @@ class GroupCommit:
                 if unit.held and unit.before_commit is not None:
                     unit.before_commit()
         self._carried = carried  # only the committing thread touches it
+        for kind, count in batch.reports.items():
+            REPORTS.raise_(kind, count)

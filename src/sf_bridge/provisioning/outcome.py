@@ -15,7 +15,7 @@ from functools import cache
 from typing import Any
 
 from sf_bridge.errors import PermanentError
-from sf_bridge.plan import CustomerIdentity, EntitlementValue, ProvisioningPlan
+from sf_bridge.plan import AccountFacts, CustomerIdentity, EntitlementValue, ProvisioningPlan
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,9 @@ class DealView:
     created_at: datetime | None = None
     stripe_requested: str | None = None  # Stripe steps whose request may have gone out
     resumed: bool = False
+    # What the claim read of the deal's account for its mapping (not a column of the row;
+    # None when the deal was not claimed at its map step, and the mapper reads them itself)
+    account_facts: AccountFacts | None = None
 
     @classmethod
     def columns(cls) -> tuple[str, ...]:
@@ -89,7 +92,10 @@ class DealView:
 # Worked out once: a view is built and changed several times per deal.
 @cache
 def _deal_view_columns() -> tuple[str, ...]:
-    return tuple(f.name for f in fields(DealView) if f.name != "resumed")
+    return tuple(f.name for f in fields(DealView) if f.name not in _NOT_COLUMNS)
+
+
+_NOT_COLUMNS = frozenset({"resumed", "account_facts"})
 
 
 @cache

@@ -116,7 +116,11 @@ def map_step(ctx: StepContext, deal: DealView) -> Outcome:
             hint="replay the deal so that it is fetched from Salesforce again.",
         )
     mappings = ctx.mappings_loader()
-    outcome = ctx.mapper(deal.opportunity, mappings)
+    if deal.account_facts is not None and getattr(ctx.mapper, "takes_facts", False):
+        # the account's facts came with the claim (sf_bridge.db.account_facts)
+        outcome = ctx.mapper(deal.opportunity, mappings, deal.account_facts)  # type: ignore[call-arg]
+    else:
+        outcome = ctx.mapper(deal.opportunity, mappings)
     if isinstance(outcome, list):
         raise MappingFailed(
             list(outcome),

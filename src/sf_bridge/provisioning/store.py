@@ -30,8 +30,10 @@ writer serialises them already.
 
 from __future__ import annotations
 
+import heapq
+import threading
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -54,6 +56,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 from sf_bridge.billing.port import REQUEST_TIMEOUT_SECONDS
+from sf_bridge.db.account_facts import claimed_facts, facts_columns
 from sf_bridge.db.models import (
     CANCELLED,
     CANCELLING,
@@ -74,12 +77,24 @@ from sf_bridge.provisioning.outcome import CustomerView, DealView, Outcome
 from sf_bridge.provisioning.payment import AWAITING_PAYMENT, PAID
 from sf_bridge.provisioning.states import (
     ACCOUNT_STEPS,
+    SCHEDULED,
     SETTLED,
     STATUS_BEFORE,
     STEP_CUSTOMER,
+    STEP_MAP,
     STEP_WRITE_BACK,
 )
-from sf_bridge.provisioning.wakeup import work_added
+from sf_bridge.provisioning.wakeup import (
+    CANCELLED as REPORT_CANCELLED,
+)
+from sf_bridge.provisioning.wakeup import (
+    PARKED,
+    PAYMENTS,
+    SCHEDULES,
+    WRITE_BACK,
+    reports_changed,
+    work_added,
+)
 
 deals: Table = Deal.__table__  # type: ignore[assignment]
 attempts: Table = StepAttempt.__table__  # type: ignore[assignment]
@@ -178,9 +193,17 @@ def _claim_statement(dialect: str) -> Any:
                 _due(now),
                 _claimable(now),
             )
-            .returning(*_VIEW)
+            # the account's facts for the deals about to be mapped (sf_bridge.db.account_facts)
+            .returning(*_VIEW, *facts_columns(deals, f"{deals.name}.current_step = '{STEP_MAP}'"))
         )
     return statement
+
+
+def _claimed_view(row: Any) -> DealView:
+    view = DealView.from_row(row)
+    if view.current_step != STEP_MAP:
+        return view
+    return replace(view, account_facts=claimed_facts(row, view.opportunity))
 
 
 def _guard(deal_id: int, owner: str) -> dict[str, Any]:
@@ -211,6 +234,24 @@ class DealStore:
         self.lease = lease
         self.clock = clock
         self.group = GroupCommit(self.db, attempts, events)
+        # When the deals this store gave back become claimable again (retries, reschedules,
+        # releases): the worker claims the rare steps only when something can be due.
+        self._retries: list[datetime] = []
+        self._retries_lock = threading.Lock()
+
+    def _retry_at(self, at: datetime) -> None:
+        with self._retries_lock:
+            if len(self._retries) < 10_000:
+                heapq.heappush(self._retries, at if at.tzinfo else at.replace(tzinfo=UTC))
+
+    def retries_due(self, now: datetime) -> bool:
+        """Whether a deal this store gave back has become claimable since last asked."""
+        due = False
+        with self._retries_lock:
+            while self._retries and self._retries[0] <= now:
+                heapq.heappop(self._retries)
+                due = True
+        return due
 
     def flush(self) -> None:
         """Commits the deferred outcomes (`commit(..., defer=True)`) now."""
@@ -234,7 +275,7 @@ class DealStore:
                     "b_limit": limit,
                 },
             ).mappings()
-            views = [DealView.from_row(dict(row)) for row in rows]
+            views = [_claimed_view(row) for row in rows]
         return sorted(views, key=lambda v: v.id)
 
     def load(self, deal_ids: Collection[int]) -> list[DealView]:
@@ -254,6 +295,7 @@ class DealStore:
                 .where(deals.c.id == deal_id, deals.c.locked_by == self.owner)
                 .values(locked_by=None, locked_until=None, account_until=None)
             )
+        self._retry_at(self.clock())
 
     def reschedule(self, deal_id: int, delay: timedelta) -> bool:
         """The deal's account is busy: give the deal back, to be claimed after `delay`. False
@@ -277,6 +319,7 @@ class DealStore:
                 )
                 .rowcount
             )
+        self._retry_at(self.clock() + delay)
         return held == 1
 
     # a Stripe step -------------------------------------------------------------------------
@@ -465,6 +508,8 @@ class DealStore:
         started_at = now - timedelta(milliseconds=duration)
         first = True
         next_step = values["current_step"]
+        if next_step == STEP_WRITE_BACK:
+            batch.report(WRITE_BACK)  # the worker's write-back looks once it is committed
         start_next = values["account_until"] is not None
         history = batch.later_rows if start_next else batch.attempt_rows
         for step, outcome, _status, detail in results:
@@ -563,6 +608,8 @@ class DealStore:
         with an event; gives the leases back. False when this worker no longer held the deal."""
         now = self.clock()
         retrying = retry_at is not None
+        if retry_at is not None:
+            self._retry_at(retry_at)
 
         def run(conn: Connection, batch: Batch) -> bool:
             values: dict[str, Any] = {
@@ -598,6 +645,7 @@ class DealStore:
                 )
             )
             if not retrying:
+                batch.report(PARKED)  # the opportunity is told "Needs attention"
                 batch.event_rows.append(
                     {
                         "deal_id": deal_id,
@@ -670,6 +718,9 @@ class DealStore:
             if before_commit is not None:
                 for deal_id in sorted(owned):
                     before_commit(deal_id)
+            if any(r["id"] in owned and r.get("status") == SCHEDULED for r in rows):
+                # resting until their schedule starts: the worker's schedule look
+                reports_changed(conn, SCHEDULES)
         return owned
 
     def retry_later(
@@ -688,6 +739,7 @@ class DealStore:
         record as just fetched) is kept, so a sweep sees when the record changed since."""
         kept = {} if snapshot is None else {"opportunity": snapshot}
         now = self.clock()
+        self._retry_at(at)
         with self.db() as session, session.begin():
             conn = session.connection()
             held = conn.execute(
@@ -1747,9 +1799,10 @@ CHANGED_CODE = "changed_after_provisioning"
 
 
 def _work_added(session: Session) -> None:
-    from sf_bridge.provisioning.wakeup import work_added
-
     work_added(session)  # a worker waiting for work looks at once
+    # what calls this parks deals (changed after provisioning) or leads to a park or a
+    # cancellation (un-won, cancel queued): the worker's reports of those look again
+    reports_changed(session, PARKED, REPORT_CANCELLED)
 
 
 def mark_changed_after_provisioning(
@@ -1992,6 +2045,8 @@ def record_first_payment(
             now,
         )
         results.append((deal_id, activated))
+    if results:
+        reports_changed(conn, PAYMENTS)  # the worker tells the opportunities
     return results
 
 
@@ -2000,7 +2055,7 @@ def _end_unpaid_deals(
 ) -> set[int]:
     """The subscription ended before its first payment: its deals awaiting it are marked
     expired, to be cancelled with the reason and written back."""
-    return set(
+    ended = set(
         conn.execute(
             update(deals)
             .where(
@@ -2012,6 +2067,9 @@ def _end_unpaid_deals(
             .returning(deals.c.id)
         ).scalars()
     )
+    if ended:
+        reports_changed(conn, PAYMENTS, REPORT_CANCELLED)  # the worker tells the opportunities
+    return ended
 
 
 def deals_to_check_unwon(session: Session, after_id: int, limit: int) -> list[tuple[int, str]]:
@@ -2085,4 +2143,6 @@ def note_won_after_cancel(
                 detail={"code": WON_AFTER_CANCEL_CODE, "source": source},
             )
         )
+    if rows:
+        reports_changed(conn, REPORT_CANCELLED)  # "Cancelled" is written back again
     return [str(r[1]) for r in rows]

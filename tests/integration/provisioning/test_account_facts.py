@@ -3,13 +3,18 @@ deal selling only add-ons on an account with a subscription maps as an amendment
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
-from sf_bridge.db.account_facts import account_facts, mapper_with_facts
+from sf_bridge.db.account_facts import FactsMapper, account_facts, mapper_with_facts
 from sf_bridge.db.models import Deal
 from sf_bridge.mapping import Mappings
 from sf_bridge.mapping.engine import map_opportunity
 from sf_bridge.plan import AccountFacts, ProvisioningPlan
+from sf_bridge.provisioning.steps import StepContext, map_step
+from sf_bridge.provisioning.store import DealStore
 from tests.fixtures.mapping import make_opportunity, opportunity_line
 
 ACCOUNT = "001Hs00009TestAAAQ"
@@ -65,3 +70,53 @@ def test_a_second_deal_of_add_ons_maps_as_an_amendment(
         "additions",
     )
     assert [(i.name, i.quantity) for i in plan.items] == [("extra_seats", 20)]
+
+
+def test_the_claim_brings_the_facts_of_the_deals_it_leases_at_their_map_step(
+    session_factory: sessionmaker[Session], example_mappings: Mappings
+) -> None:
+    """The claim's statement carries the account's facts of a deal about to be mapped, so the
+    mapper reads no database: mapping the claimed deal opens no session."""
+    second = make_opportunity(
+        [opportunity_line("00kS1", "SB-SEATS-M", 20.0)], opportunity_id=SECOND
+    )
+    with session_factory() as session:
+        session.add(first_deal(example_mappings, "sub_1"))
+        session.add(
+            Deal(
+                opportunity_id=SECOND,
+                account_id=ACCOUNT,
+                status="fetched",
+                current_step="map",
+                opportunity=second,
+            )
+        )
+        session.commit()
+    store = DealStore(
+        session_factory, owner="w", lease=timedelta(seconds=30), clock=lambda: datetime.now(UTC)
+    )
+    (view,) = store.claim(("map",), 10)
+    assert view.account_facts == AccountFacts(True, "enterprise")
+
+    def no_session() -> Session:
+        raise AssertionError("the mapper read the database")
+
+    mapper = FactsMapper(no_session)  # type: ignore[arg-type]
+    ctx = StepContext(billing=None, mappings_loader=lambda: example_mappings, mapper=mapper)
+    plan = map_step(ctx, view).changes["plan"]
+    assert (plan["intent"], plan["plan_name"]) == ("amendment", "enterprise")
+
+
+def test_a_claim_at_another_step_reads_no_facts(
+    session_factory: sessionmaker[Session], example_mappings: Mappings
+) -> None:
+    with session_factory() as session:
+        session.add(first_deal(example_mappings, "sub_1"))
+        session.commit()
+        session.execute(update(Deal).values(current_step="write_back", status="provisioned"))
+        session.commit()
+    store = DealStore(
+        session_factory, owner="w", lease=timedelta(seconds=30), clock=lambda: datetime.now(UTC)
+    )
+    (view,) = store.claim(("write_back",), 10)
+    assert view.account_facts is None
