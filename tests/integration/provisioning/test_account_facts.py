@@ -80,7 +80,7 @@ def test_the_claim_brings_the_facts_of_the_deals_it_leases_at_their_map_step(
     second = make_opportunity(
         [opportunity_line("00kS1", "SB-SEATS-M", 20.0)], opportunity_id=SECOND
     )
-    with session_factory() as session:
+    with session_factory() as session, session.begin():
         session.add(first_deal(example_mappings, "sub_1"))
         session.add(
             Deal(
@@ -91,7 +91,6 @@ def test_the_claim_brings_the_facts_of_the_deals_it_leases_at_their_map_step(
                 opportunity=second,
             )
         )
-        session.commit()
     store = DealStore(
         session_factory, owner="w", lease=timedelta(seconds=30), clock=lambda: datetime.now(UTC)
     )
@@ -110,11 +109,10 @@ def test_the_claim_brings_the_facts_of_the_deals_it_leases_at_their_map_step(
 def test_a_claim_at_another_step_reads_no_facts(
     session_factory: sessionmaker[Session], example_mappings: Mappings
 ) -> None:
-    with session_factory() as session:
+    with session_factory() as session, session.begin():
         session.add(first_deal(example_mappings, "sub_1"))
-        session.commit()
+    with session_factory() as session, session.begin():
         session.execute(update(Deal).values(current_step="write_back", status="provisioned"))
-        session.commit()
     store = DealStore(
         session_factory, owner="w", lease=timedelta(seconds=30), clock=lambda: datetime.now(UTC)
     )

@@ -63,6 +63,7 @@ def _provisioned_card_deal(h: Harness) -> None:
                 opportunity=opportunity(OPP, ACCOUNT),
                 stripe_subscription_id="sub_card_1",
                 payment_state="awaiting_payment",
+                payment_reported="awaiting_payment",  # what the write-back told it
                 writeback_pending=False,
             )
         )
