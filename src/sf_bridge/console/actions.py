@@ -5,7 +5,7 @@ from the console. Cancel and Keep are offered, and done, only in the states wher
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -132,6 +132,18 @@ def mark_paid_refusal(deal: Deal) -> str | None:
     return None
 
 
+def _locked_deal(session: Session, deal_id: int, refusal_of: Callable[[Deal], str | None]) -> Deal:
+    """The deal, locked for the action's transaction; refused when it does not exist or
+    `refusal_of` says why the action does not apply to it now."""
+    deal = session.get(Deal, deal_id, with_for_update=True)
+    if deal is None:
+        raise ActionRefused(f"No deal {deal_id}.", hint=REFUSAL_HINT)
+    refusal = refusal_of(deal)
+    if refusal is not None:
+        raise ActionRefused(refusal, hint=REFUSAL_HINT)
+    return deal
+
+
 def cancel_deal(
     session_factory: sessionmaker[Session], deal_id: int, *, actor: str, reason: str
 ) -> ActionResult:
@@ -140,12 +152,7 @@ def cancel_deal(
     when the deal is not in a state where the console cancels."""
     reason = reason.strip() or CANCEL_REASON
     with transaction(session_factory) as session:
-        deal = session.get(Deal, deal_id, with_for_update=True)
-        if deal is None:
-            raise ActionRefused(f"No deal {deal_id}.", hint=REFUSAL_HINT)
-        refusal = cancel_refusal(deal)
-        if refusal is not None:
-            raise ActionRefused(refusal, hint=REFUSAL_HINT)
+        _locked_deal(session, deal_id, cancel_refusal)
         if not queue_cancel(session, deal_id, reason=reason, actor=actor):
             raise ActionRefused(f"Deal {deal_id} cannot be cancelled now.", hint=REFUSAL_HINT)
         session.add(_event(deal_id, actor, "cancel", f"asked to cancel this deal ({reason})", None))
@@ -157,15 +164,11 @@ def keep_deal(
     session_factory: sessionmaker[Session], deal_id: int, *, actor: str, note: str | None
 ) -> ActionResult:
     """Keeps the deal as provisioned, as `sf-bridge deals keep N` does (the store's
-    `keep_unwon`): billing and entitlements go on, the deal is `done`."""
+    `keep_unwon`): billing and entitlements go on, and the deal goes back to its write-back,
+    which tells the opportunity "Provisioned" again."""
     note = (note or "").strip() or None
     with transaction(session_factory) as session:
-        deal = session.get(Deal, deal_id, with_for_update=True)
-        if deal is None:
-            raise ActionRefused(f"No deal {deal_id}.", hint=REFUSAL_HINT)
-        refusal = keep_refusal(deal)
-        if refusal is not None:
-            raise ActionRefused(refusal, hint=REFUSAL_HINT)
+        _locked_deal(session, deal_id, keep_refusal)
         if not keep_unwon(session, deal_id, actor=actor, note=note):
             raise ActionRefused(f"Deal {deal_id} cannot be kept now.", hint=REFUSAL_HINT)
         said = f"kept this deal as provisioned{f' ({note})' if note else ''}"

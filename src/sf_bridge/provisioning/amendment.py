@@ -30,8 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from typing import Any, Protocol
@@ -50,7 +49,7 @@ from sf_bridge.plan import PlanItem, ProvisioningPlan
 from sf_bridge.provisioning import schedule_change
 from sf_bridge.provisioning.outcome import DealView, Outcome
 from sf_bridge.provisioning.schedule import contract_start, ensure_coupon, midnight
-from sf_bridge.provisioning.stripe_request import LINE_KEY
+from sf_bridge.provisioning.stripe_request import LINE_KEY, keyed
 
 # The subscription's metadata key holding the markers of the deals applied to it.
 MARKERS_KEY = "sf_amendments"
@@ -479,11 +478,11 @@ def scheduled_step(
         # a renewal's discount: the deal's coupon (its id derived from the deal, so a retry
         # finds it) on each of its phases
         coupon_key = idempotency_key_of("coupon", deal.opportunity_id)
-        with _keyed(coupon_key):
+        with keyed(coupon_key):
             coupons = tuple(ensure_coupon(billing, plan, deal.opportunity_id, idempotency_key_of))
         deal_phases = [replace(p, coupons=coupons) for p in deal_phases]
     adopt_key = idempotency_key_of("change_schedule", {"subscription": before.id, "marker": tag})
-    with _keyed(adopt_key):
+    with keyed(adopt_key):
         schedule = schedule_change.adopt(billing, before, adopt_key)
     start = contract_start(plan)
     columns: dict[str, Any] = {
@@ -514,7 +513,7 @@ def scheduled_step(
         days_until_due=terms.days_until_due if terms else None,
     )
     key = idempotency_key_of("change_phases", {"schedule": schedule.id, "marker": tag})
-    with _keyed(key):
+    with keyed(key):
         after = billing.update_schedule(
             schedule.id,
             phases,
@@ -579,17 +578,6 @@ def _with_tag(metadata: Mapping[str, str], tag: str) -> str:
     while len(",".join(tags)) > _MARKERS_MAX and len(tags) > 1:
         tags.pop(0)
     return ",".join(tags)
-
-
-@contextmanager
-def _keyed(key: str) -> Iterator[None]:
-    """Tags an error raised inside with the Idempotency-Key of the request that failed."""
-    try:
-        yield
-    except Exception as exc:
-        if getattr(exc, "idempotency_key", None) is None:
-            setattr(exc, "idempotency_key", key)  # noqa: B010
-        raise
 
 
 def new_item(item: PlanItem, spec_item: Any) -> Target:

@@ -24,8 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
@@ -46,6 +45,7 @@ from sf_bridge.provisioning.payment import (
 from sf_bridge.provisioning.prices import PriceCache
 from sf_bridge.provisioning.stripe_request import (
     customer_spec,
+    keyed,
     price_lookup_keys,
     schedule_request,
     subscription_spec,
@@ -83,18 +83,6 @@ def idempotency_key(scope: str, step: str, content: Any) -> str:
     """Deterministic: the same scope, step and request content always give the same key."""
     payload = json.dumps([scope, step, content], sort_keys=True, separators=(",", ":"), default=str)
     return f"sfb-{step}-{hashlib.sha256(payload.encode()).hexdigest()[:40]}"
-
-
-@contextmanager
-def keyed(key: str) -> Iterator[None]:
-    """Tags an error raised inside with the idempotency key of the request that failed, so the
-    attempt records it."""
-    try:
-        yield
-    except Exception as exc:
-        if getattr(exc, "idempotency_key", None) is None:
-            setattr(exc, "idempotency_key", key)  # noqa: B010
-        raise
 
 
 def _billing(ctx: StepContext) -> BillingGateway:

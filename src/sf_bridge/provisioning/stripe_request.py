@@ -8,7 +8,8 @@ preview and what Stripe receives cannot disagree. Pure: no I/O, no clock.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Literal
@@ -244,3 +245,15 @@ def preview_request(
         return RequestPreview(prices_from, customer, None, exc.user_message(), note)
     subscription = contract.with_contract(subscription, plan, day, coupons)
     return RequestPreview(prices_from, customer, subscription, note=note, coupon=coupon)
+
+
+@contextmanager
+def keyed(key: str) -> Iterator[None]:
+    """Tags an error raised inside with the idempotency key of the request that failed, so the
+    attempt records it."""
+    try:
+        yield
+    except Exception as exc:
+        if getattr(exc, "idempotency_key", None) is None:
+            setattr(exc, "idempotency_key", key)  # noqa: B010
+        raise

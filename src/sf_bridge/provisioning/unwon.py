@@ -361,18 +361,12 @@ class UnwonRunner:
                     subscription.id,
                     idempotency_key=f"unwon-cancel:{deal.opportunity_id}:{subscription.id}",
                 )
-            recorded = self.store.events_of_kind([deal.id], ["subscription_cancelled"])
-            if subscription.status in ENDED and not recorded:
-                ended = subscription.id
-                self._committed(
+            if subscription.status in ENDED:
+                self._record_once(
+                    deal,
                     "subscription_cancelled",
-                    deal.id,
-                    lambda: self.store.record_cancel_step(
-                        deal.id,
-                        {"stripe_subscription_id": ended},
-                        kind="subscription_cancelled",
-                        message=f"Subscription {ended} cancelled: {reason}",
-                    ),
+                    {"stripe_subscription_id": subscription.id},
+                    f"Subscription {subscription.id} cancelled: {reason}",
                 )
         return self._finish(deal, reason)
 
@@ -401,20 +395,25 @@ class UnwonRunner:
                 invoice_now=False,
                 prorate=False,
             )
-        recorded = self.store.events_of_kind([deal.id], ["schedule_cancelled"])
-        if schedule.status == "canceled" and not recorded:
-            ended = schedule.id
-            self._committed(
+        if schedule.status == "canceled":
+            self._record_once(
+                deal,
                 "schedule_cancelled",
-                deal.id,
-                lambda: self.store.record_cancel_step(
-                    deal.id,
-                    {"stripe_schedule_id": ended},
-                    kind="schedule_cancelled",
-                    message=f"Subscription schedule {ended} cancelled: {reason}",
-                ),
+                {"stripe_schedule_id": schedule.id},
+                f"Subscription schedule {schedule.id} cancelled: {reason}",
             )
         return schedule
+
+    def _record_once(self, deal: DealView, kind: str, values: dict[str, Any], message: str) -> None:
+        """Commits one step of the cancellation (`kind`, a crash hook's name too) unless the
+        deal's history has it already: a step redone after a crash records nothing twice."""
+        if self.store.events_of_kind([deal.id], [kind]):
+            return
+        self._committed(
+            kind,
+            deal.id,
+            lambda: self.store.record_cancel_step(deal.id, values, kind=kind, message=message),
+        )
 
     # an amendment or renewal of the account's subscription -----------------------------------
 
@@ -578,17 +577,12 @@ class UnwonRunner:
                 idempotency_key=f"unwon-reverse:{deal.opportunity_id}:{subscription.id}:{tag}",
             )
             done = True
-        if done and not self.store.events_of_kind([deal.id], ["subscription_reversed"]):
-            changed = subscription.id
-            self._committed(
+        if done:
+            self._record_once(
+                deal,
                 "subscription_reversed",
-                deal.id,
-                lambda: self.store.record_cancel_step(
-                    deal.id,
-                    {"stripe_subscription_id": changed},
-                    kind="subscription_reversed",
-                    message=f"Its change of subscription {changed} taken back: {reason}",
-                ),
+                {"stripe_subscription_id": subscription.id},
+                f"Its change of subscription {subscription.id} taken back: {reason}",
             )
         return self._finish(deal, reason, restore_on=subscription.id if _replaces(plan) else None)
 
